@@ -1,0 +1,23 @@
+//! The single writer of attribution state, and the log and store interfaces around it.
+//!
+//! ```text
+//!   edge / API ──publish──▶ EventLog ──▶ writer (group commit) ──▶ store ──read──▶ API
+//!                                           │
+//!                                           └─ code changes ──▶ CodeDirectory ──▶ edge
+//! ```
+//!
+//! * [`log`]: the producer interface ([`log::EventLog`]) that the edge and the API publish
+//!   to. `publish` resolves once the event is durable: in embedded mode, once the writer
+//!   committed it; with Kafka (a later issue), once the broker acknowledged it.
+//! * [`embedded`]: the in-process log, a bounded queue drained by one writer thread that
+//!   applies many events per transaction (group commit) and only then acknowledges them.
+//! * [`store`]: the read interface ([`store::AttributionReader`]) and the write interface
+//!   ([`store::StateWriter`]); [`store::sqlite`] implements both for the embedded mode.
+//! * [`codes`]: the in-memory code -> mentor directory the edge resolves clicks with.
+//! * [`config`]: the pipeline settings shared by every binary.
+
+pub mod codes;
+pub mod config;
+pub mod embedded;
+pub mod log;
+pub mod store;

@@ -1,0 +1,178 @@
+//! The router, the shared state, and the process's life cycle.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::StatusCode;
+use metrics_exporter_prometheus::PrometheusHandle;
+use referral_aggregator::embedded::EmbeddedPipeline;
+use referral_aggregator::log::EventLog;
+use referral_aggregator::store::AttributionReader;
+use referral_ingest::edge::{ClickEdge, error_response};
+use referral_ingest::shutdown::Shutdown;
+use referral_ingest::{ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, server, telemetry};
+use referral_schemas::{ApiError, ErrorKind};
+use tokio::net::TcpListener;
+
+use crate::auth::ApiTokens;
+use crate::config::Config;
+use crate::routes::{attributions, codes, ops};
+
+/// Everything a handler needs. Shared behind an `Arc`.
+pub struct AppState {
+    /// The click POST, shared with the ingest binary.
+    pub edge: ClickEdge,
+    /// Where commands go.
+    pub log: Arc<dyn EventLog>,
+    /// Where reads and verdicts come from.
+    pub reader: Arc<dyn AttributionReader>,
+    pub tokens: ApiTokens,
+    pub metrics: PrometheusHandle,
+    /// Longest wait for a command's verdict before 503.
+    pub command_timeout: Duration,
+}
+
+/// An error as an axum response: the one rendering shared with the ingest edge.
+pub struct HttpError(pub ApiError);
+
+impl From<ApiError> for HttpError {
+    fn from(error: ApiError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        error_response::<Body>(&self.0)
+    }
+}
+
+/// The whole HTTP surface. Attribution routes are served under the canonical prefix and
+/// under the doubled prefix the contract prints.
+pub fn app(state: Arc<AppState>) -> Router {
+    let mut router = Router::new();
+    for prefix in [ATTRIBUTIONS_PREFIX, ATTRIBUTIONS_DOUBLED_PREFIX] {
+        router = attributions::routes(router, prefix);
+    }
+    codes::routes(router)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async {
+            HttpError(ApiError::new(ErrorKind::RouteNotFound, "no such route"))
+        })
+        .layer(middleware::from_fn(json_method_not_allowed))
+        .layer(middleware::from_fn(track_requests))
+        .with_state(state)
+}
+
+/// axum answers a known path with an unknown method with a bare 405 (and adds `Allow`
+/// outside this layer); give it the JSON error body every other error has.
+async fn json_method_not_allowed(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED
+        || response.headers().contains_key(http::header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let error = ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "this route does not accept this method; the Allow header lists those it does",
+    );
+    let json = HttpError(error).into_response();
+    parts.headers.extend(json.headers().clone());
+    Response::from_parts(parts, json.into_body())
+}
+
+/// Requests by matched route and status, and their latency.
+async fn track_requests(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let response = next.run(request).await;
+    telemetry::record_request(route, &method, response.status(), started);
+    response
+}
+
+/// A running embedded pipeline and the state that serves it.
+pub struct EmbeddedService {
+    pub state: Arc<AppState>,
+    pipeline: EmbeddedPipeline,
+    drain_timeout: Duration,
+}
+
+impl EmbeddedService {
+    /// Opens the store, starts the writer and builds the handlers' state.
+    pub fn start(config: &Config) -> anyhow::Result<Self> {
+        let tokens = config.validate()?;
+        if tokens.is_open() {
+            tracing::warn!("no --api-tokens configured: every endpoint is open to anyone who can reach it");
+        }
+        let (pipeline, reader, directory) =
+            EmbeddedPipeline::open(&config.pipeline).context("cannot open the embedded store")?;
+        let log: Arc<dyn EventLog> = pipeline.log();
+        let edge = ClickEdge::new(
+            log.clone(),
+            directory,
+            config.edge.trusted_proxies()?,
+            config.edge.ack_timeout,
+        );
+        let state = Arc::new(AppState {
+            edge,
+            log,
+            reader: Arc::new(reader),
+            tokens,
+            metrics: telemetry::metrics_handle(),
+            command_timeout: config.edge.ack_timeout,
+        });
+        Ok(Self {
+            state,
+            pipeline,
+            drain_timeout: config.server.drain_timeout,
+        })
+    }
+
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// Lets the writer apply what is queued, then stops it.
+    pub async fn shutdown(self) {
+        self.pipeline.shutdown(self.drain_timeout).await;
+    }
+}
+
+/// Serves `config` on `listener` until `shutdown`, then drains requests and the writer.
+pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let settings = config.server.settings()?;
+    let service = EmbeddedService::start(&config)?;
+    telemetry::spawn_metrics_upkeep(service.state.metrics.clone(), shutdown.clone());
+    let router = service.router();
+    tracing::info!(address = %listener.local_addr()?, "referral-api listening");
+    let make_service = |peer: SocketAddr| {
+        let router = router.clone();
+        hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                use tower::ServiceExt;
+                router.oneshot(request.map(Body::new)).await
+            }
+        })
+    };
+    server::serve(listener, make_service, settings, shutdown).await;
+    service.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! `referral-api`: the whole contract; the embedded pipeline by default.
+
+use anyhow::Context;
+use clap::Parser;
+use referral_api::config::Config;
+use referral_ingest::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init_tracing();
+    let config = Config::parse();
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::os_signal().await;
+        trigger.trigger();
+    });
+    referral_api::run(listener, config, shutdown).await
+}

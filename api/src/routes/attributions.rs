@@ -1,0 +1,205 @@
+//! The seven contract endpoints under one prefix.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
+use axum::extract::rejection::PathRejection;
+use axum::routing::get;
+use http::StatusCode;
+use referral_ingest::body::read_limited;
+use referral_schemas::id::{is_attribution_id, new_command_id};
+use referral_schemas::messages::{ConfirmConversion, DeleteAttribution, LogEvent, Verdict};
+use referral_schemas::query::{Pagination, parse_list_query, parse_totals_query, conversion_rate};
+use referral_schemas::validation::{ConfirmRequest, MAX_BODY_BYTES, validate_party_id};
+use referral_schemas::{ApiError, ErrorKind, Timestamp};
+use serde::Serialize;
+
+use super::{HandlerResult, ListBody, json, json_body, store_failure};
+use crate::app::{AppState, HttpError};
+use crate::auth::Scope;
+use crate::commands::{rejection_error, submit};
+
+/// Adds the attribution routes under `prefix`.
+pub fn routes(router: Router<Arc<AppState>>, prefix: &str) -> Router<Arc<AppState>> {
+    router
+        .route(prefix, get(list).post(record_click))
+        .route(&format!("{prefix}/{{id}}"), get(get_one).put(confirm).delete(remove))
+        .route(&format!("{prefix}/mentor/{{mentor_id}}"), get(mentor_list))
+        .route(&format!("{prefix}/mentor/{{mentor_id}}/total"), get(mentor_total))
+}
+
+fn not_found() -> HttpError {
+    HttpError(ApiError::new(ErrorKind::AttributionNotFound, "no such attribution").on_field("id"))
+}
+
+/// The path's attribution id; anything not shaped like one cannot exist.
+fn attribution_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    match path {
+        Ok(Path(id)) if is_attribution_id(&id) => Ok(id),
+        _ => Err(not_found()),
+    }
+}
+
+fn mentor_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+    let Ok(Path(mentor_id)) = path else {
+        return Err(HttpError(ApiError::invalid("mentor_id", "must be valid UTF-8")));
+    };
+    validate_party_id("mentor_id", &mentor_id)?;
+    Ok(mentor_id)
+}
+
+/// POST: record a click (public; the same edge code as `referral-ingest`).
+async fn record_click(State(state): State<Arc<AppState>>, request: Request) -> HandlerResult {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| peer.ip());
+    let (parts, body) = request.into_parts();
+    let bytes = read_limited(&parts.headers, body, MAX_BODY_BYTES).await?;
+    let attribution = state.edge.record_click(peer, &parts.headers, bytes).await?;
+    Ok(json(StatusCode::CREATED, &attribution))
+}
+
+/// GET: every live attribution, filtered, newest first.
+async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    RawQuery(query): RawQuery,
+) -> HandlerResult {
+    state.tokens.authorize(&headers, Scope::Read)?;
+    let (filter, page) = parse_list_query(query.as_deref(), false)?;
+    let found = state.reader.attributions(&filter, page).await.map_err(store_failure)?;
+    Ok(json(
+        StatusCode::OK,
+        &ListBody {
+            data: found.attributions,
+            pagination: Pagination { page: page.page, limit: page.limit, total: found.total },
+        },
+    ))
+}
+
+/// GET /:id.
+async fn get_one(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> HandlerResult {
+    state.tokens.authorize(&headers, Scope::Read)?;
+    let id = attribution_id(path)?;
+    match state.reader.attribution(&id).await.map_err(store_failure)? {
+        Some(attribution) => Ok(json(StatusCode::OK, &attribution)),
+        None => Err(not_found()),
+    }
+}
+
+/// PUT /:id (confirmRecruitment).
+async fn confirm(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> HandlerResult {
+    state.tokens.authorize(request.headers(), Scope::Write)?;
+    let id = attribution_id(path)?;
+    let now = Timestamp::now();
+    let mut body = json_body(request).await?;
+    let confirmation = ConfirmRequest::parse(&mut body, now)?;
+    let command = LogEvent::ConfirmConversion(ConfirmConversion {
+        command_id: new_command_id(),
+        attribution_id: id,
+        code: confirmation.code,
+        new_member_id: confirmation.new_member_id,
+        confirmed_at: confirmation.confirmed_at.unwrap_or(now),
+        issued_at: now,
+    });
+    match submit(&state, command).await? {
+        Verdict::Confirmed { attribution, .. } => Ok(json(StatusCode::OK, &attribution.conversion_view())),
+        Verdict::Rejected { reason } => Err(rejection_error(reason).into()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// DELETE /:id.
+async fn remove(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> HandlerResult {
+    state.tokens.authorize(&headers, Scope::Write)?;
+    let id = attribution_id(path)?;
+    let command = LogEvent::DeleteAttribution(DeleteAttribution {
+        command_id: new_command_id(),
+        attribution_id: id,
+        issued_at: Timestamp::now(),
+    });
+    match submit(&state, command).await? {
+        Verdict::Deleted { deletion } => Ok(json(StatusCode::OK, &deletion)),
+        Verdict::Rejected { reason } => Err(rejection_error(reason).into()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A verdict of the wrong kind for its command: a bug in the writer.
+pub(crate) fn unexpected(verdict: Verdict) -> HttpError {
+    tracing::error!(?verdict, "verdict does not fit its command");
+    HttpError(ApiError::internal())
+}
+
+/// GET /mentor/:mentorId (getAttributionsByMentor).
+async fn mentor_list(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> HandlerResult {
+    state.tokens.authorize(&headers, Scope::Read)?;
+    let mentor_id = mentor_id(path)?;
+    let (mut filter, page) = parse_list_query(query.as_deref(), true)?;
+    filter.mentor_id = Some(mentor_id);
+    let found = state.reader.attributions(&filter, page).await.map_err(store_failure)?;
+    Ok(json(
+        StatusCode::OK,
+        &ListBody {
+            data: found.attributions.iter().map(|a| a.summary()).collect(),
+            pagination: Pagination { page: page.page, limit: page.limit, total: found.total },
+        },
+    ))
+}
+
+/// The totals answer (getTotalRecruitments).
+#[derive(Serialize)]
+struct MentorTotalsBody {
+    mentor_id: String,
+    total_clicks: u64,
+    total_conversions: u64,
+    conversion_rate: f64,
+    period: &'static str,
+}
+
+/// GET /mentor/:mentorId/total, from the materialized totals.
+async fn mentor_total(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> HandlerResult {
+    state.tokens.authorize(&headers, Scope::Read)?;
+    let mentor_id = mentor_id(path)?;
+    let request = parse_totals_query(query.as_deref(), Timestamp::now())?;
+    let totals = state
+        .reader
+        .mentor_totals(&mentor_id, request.hours)
+        .await
+        .map_err(store_failure)?;
+    Ok(json(
+        StatusCode::OK,
+        &MentorTotalsBody {
+            mentor_id,
+            total_clicks: totals.clicks,
+            total_conversions: totals.conversions,
+            conversion_rate: conversion_rate(totals.clicks, totals.conversions),
+            period: request.period.as_str(),
+        },
+    ))
+}

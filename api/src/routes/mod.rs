@@ -1,0 +1,45 @@
+//! Handlers, one module per resource, and the helpers they share.
+
+pub mod attributions;
+pub mod codes;
+pub mod ops;
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::StatusCode;
+use referral_ingest::body::read_limited;
+use referral_ingest::edge::serialize_response;
+use referral_schemas::ApiError;
+use referral_schemas::query::Pagination;
+use referral_schemas::validation::{MAX_BODY_BYTES, require_json_content_type};
+use serde::Serialize;
+
+use crate::app::HttpError;
+
+pub type HandlerResult = Result<Response, HttpError>;
+
+/// A list answer: `{"data": [...], "pagination": {...}}`.
+#[derive(Serialize)]
+pub struct ListBody<T> {
+    pub data: Vec<T>,
+    pub pagination: Pagination,
+}
+
+/// Reads a JSON body: 415 unless declared JSON, 413 past the limit.
+pub async fn json_body(request: axum::extract::Request) -> Result<Vec<u8>, ApiError> {
+    let (parts, body) = request.into_parts();
+    require_json_content_type(parts.headers.get(http::header::CONTENT_TYPE))?;
+    let bytes: Bytes = read_limited(&parts.headers, body, MAX_BODY_BYTES).await?;
+    Ok(bytes.to_vec())
+}
+
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    serialize_response::<Body, T>(status, value)
+}
+
+/// Logs a store failure and hides it from the client.
+pub fn store_failure(error: referral_aggregator::store::StoreError) -> HttpError {
+    tracing::error!(%error, "store read failed");
+    HttpError(ApiError::internal())
+}

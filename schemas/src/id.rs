@@ -1,0 +1,53 @@
+//! Identifiers made at the edge: `attr_` / `cmd_` followed by a ULID.
+//!
+//! A ULID starts with its creation time in milliseconds, so ids sort by creation time and
+//! the stores can use them as a tie-breaker in time-ordered indexes. 80 random bits make
+//! collisions between edges negligible without any coordination.
+
+use ulid::Ulid;
+
+/// Prefix of every attribution id.
+pub const ATTRIBUTION_PREFIX: &str = "attr_";
+/// Prefix of every command id.
+pub const COMMAND_PREFIX: &str = "cmd_";
+/// Length of a ULID in Crockford base32.
+const ULID_LEN: usize = 26;
+
+/// A fresh attribution id, e.g. `attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G`.
+pub fn new_attribution_id() -> String {
+    format!("{ATTRIBUTION_PREFIX}{}", Ulid::new())
+}
+
+/// A fresh command id; the API waits for the verdict recorded under it.
+pub fn new_command_id() -> String {
+    format!("{COMMAND_PREFIX}{}", Ulid::new())
+}
+
+/// Whether `text` has the shape of an attribution id. Anything else cannot exist, so the
+/// API answers 404 without asking the store.
+pub fn is_attribution_id(text: &str) -> bool {
+    text.strip_prefix(ATTRIBUTION_PREFIX)
+        .is_some_and(|ulid| ulid.len() == ULID_LEN && Ulid::from_string(ulid).is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_prefixed_unique_and_time_ordered() {
+        let first = new_attribution_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = new_attribution_id();
+        assert!(is_attribution_id(&first), "{first}");
+        assert!(first < second, "{first} !< {second}");
+        assert!(new_command_id().starts_with(COMMAND_PREFIX));
+    }
+
+    #[test]
+    fn rejects_foreign_shapes() {
+        for text in ["attr_a1b2c3", "attr_", "usr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G", "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4U"] {
+            assert!(!is_attribution_id(text), "{text}");
+        }
+    }
+}

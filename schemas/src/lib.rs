@@ -1,0 +1,29 @@
+//! What every part of the referral attribution pipeline shares.
+//!
+//! Data flows through these modules in this order:
+//!
+//! * [`validation`] turns hostile request bodies and query strings into typed inputs, or a
+//!   field-level [`error::ApiError`]. Every rule lives here once; the edge and the API call
+//!   the same functions.
+//! * [`messages`] defines the versioned events that travel on the log (clicks and commands)
+//!   and the [`messages::Verdict`] the single writer records for each command.
+//! * [`state`] is the attribution state machine as pure functions: a store loads the current
+//!   state, calls these, and persists the result plus the per-mentor [`state::TotalsDelta`]s.
+//! * [`attribution`] holds the records and the views the public contract prints.
+//! * [`query`] holds the read-side filters, pages and periods shared by every store.
+//! * [`timestamp`] and [`id`] are the small value types everything above uses.
+//! * [`migrations`] holds the store schemas, applied by the aggregator (the only writer).
+
+pub mod attribution;
+pub mod error;
+pub mod id;
+pub mod messages;
+pub mod migrations;
+pub mod query;
+pub mod state;
+pub mod timestamp;
+pub mod validation;
+
+pub use attribution::{Attribution, AttributionKind, AttributionStatus, ReferralCode};
+pub use error::{ApiError, ErrorKind};
+pub use timestamp::Timestamp;

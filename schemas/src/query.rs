@@ -1,0 +1,406 @@
+//! Read-side requests shared by every store: list filters, pages and totals periods,
+//! parsed from query strings with the same field-level errors as bodies.
+
+use serde::Serialize;
+
+use crate::attribution::{AttributionKind, AttributionStatus};
+use crate::error::{ApiError, ErrorKind};
+use crate::timestamp::{DAY_MS, HOUR_MS};
+use crate::validation::{normalize_code, validate_party_id};
+use crate::Timestamp;
+
+/// Default and largest page sizes.
+pub const DEFAULT_LIMIT: u32 = 20;
+pub const MAX_LIMIT: u32 = 100;
+/// Deepest page reachable by offset: beyond this, offset pagination costs more than it is
+/// worth to a dashboard, and a filter (`from`/`to`) is the way in.
+pub const MAX_OFFSET: u64 = 100_000;
+
+/// Which attributions a list shows. All filters combine with AND.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttributionFilter {
+    pub status: Option<AttributionStatus>,
+    pub kind: Option<AttributionKind>,
+    pub code: Option<String>,
+    pub mentor_id: Option<String>,
+    /// Inclusive lower bound on `occurred_at`.
+    pub from: Option<Timestamp>,
+    /// Exclusive upper bound on `occurred_at`.
+    pub to: Option<Timestamp>,
+}
+
+/// A page of a list: 1-based.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PageRequest {
+    pub page: u32,
+    pub limit: u32,
+}
+
+impl PageRequest {
+    pub fn offset(self) -> u64 {
+        u64::from(self.page - 1) * u64::from(self.limit)
+    }
+}
+
+/// `pagination` in list answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Pagination {
+    pub page: u32,
+    pub limit: u32,
+    pub total: u64,
+}
+
+/// Query-string pairs with duplicate and unknown names refused.
+struct QueryParams<'q> {
+    pairs: Vec<(std::borrow::Cow<'q, str>, std::borrow::Cow<'q, str>)>,
+}
+
+impl<'q> QueryParams<'q> {
+    fn parse(query: Option<&'q str>, allowed: &[&str]) -> Result<Self, ApiError> {
+        let pairs: Vec<_> = form_urlencoded::parse(query.unwrap_or("").as_bytes()).collect();
+        for (index, (name, _)) in pairs.iter().enumerate() {
+            if !allowed.contains(&name.as_ref()) {
+                return Err(ApiError::new(
+                    ErrorKind::UnknownField,
+                    format!("unknown query parameter; allowed: {}", allowed.join(", ")),
+                )
+                .on_field(name));
+            }
+            if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+                return Err(ApiError::invalid(name, "must be given at most once"));
+            }
+        }
+        Ok(Self { pairs })
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_ref())
+    }
+}
+
+fn parse_bound(name: &str, raw: Option<&str>) -> Result<Option<Timestamp>, ApiError> {
+    raw.map(|raw| {
+        Timestamp::parse_rfc3339(raw).map_err(|error| ApiError::invalid(name, error.to_string()))
+    })
+    .transpose()
+}
+
+fn parse_u32(name: &str, raw: &str, range: std::ops::RangeInclusive<u32>) -> Result<u32, ApiError> {
+    let out_of_range = || {
+        ApiError::invalid(
+            name,
+            format!("must be an integer from {} to {}", range.start(), range.end()),
+        )
+    };
+    let value: u32 = raw.parse().map_err(|_| out_of_range())?;
+    if range.contains(&value) { Ok(value) } else { Err(out_of_range()) }
+}
+
+/// Parses `page` and `limit`.
+fn parse_page(params: &QueryParams<'_>) -> Result<PageRequest, ApiError> {
+    let page = params
+        .get("page")
+        .map(|raw| parse_u32("page", raw, 1..=u32::MAX))
+        .transpose()?
+        .unwrap_or(1);
+    let limit = params
+        .get("limit")
+        .map(|raw| parse_u32("limit", raw, 1..=MAX_LIMIT))
+        .transpose()?
+        .unwrap_or(DEFAULT_LIMIT);
+    let request = PageRequest { page, limit };
+    if request.offset() > MAX_OFFSET {
+        return Err(ApiError::invalid(
+            "page",
+            format!("page * limit must be at most {MAX_OFFSET}; narrow the list with from/to"),
+        ));
+    }
+    Ok(request)
+}
+
+/// Parses the list query: `page`, `limit`, `status`, `type`, `code`, `mentor_id`, `from`,
+/// `to`. `mentor_id` is taken from the path, not the query, on the mentor route.
+pub fn parse_list_query(
+    query: Option<&str>,
+    mentor_in_path: bool,
+) -> Result<(AttributionFilter, PageRequest), ApiError> {
+    const LIST: &[&str] = &["page", "limit", "status", "type", "code", "mentor_id", "from", "to"];
+    const MENTOR_LIST: &[&str] = &["page", "limit", "status", "type", "code", "from", "to"];
+    let params = QueryParams::parse(query, if mentor_in_path { MENTOR_LIST } else { LIST })?;
+    let page = parse_page(&params)?;
+    let status = params
+        .get("status")
+        .map(|raw| {
+            AttributionStatus::parse(raw)
+                .ok_or_else(|| ApiError::invalid("status", "must be pending or confirmed"))
+        })
+        .transpose()?;
+    let kind = params
+        .get("type")
+        .map(|raw| {
+            AttributionKind::parse(raw)
+                .ok_or_else(|| ApiError::invalid("type", "must be click or conversion"))
+        })
+        .transpose()?;
+    let code = params.get("code").map(|raw| normalize_code("code", raw)).transpose()?;
+    let mentor_id = params.get("mentor_id").map(str::to_owned);
+    if let Some(mentor_id) = &mentor_id {
+        validate_party_id("mentor_id", mentor_id)?;
+    }
+    let from = parse_bound("from", params.get("from"))?;
+    let to = parse_bound("to", params.get("to"))?;
+    if let (Some(from), Some(to)) = (from, to)
+        && from > to
+    {
+        return Err(ApiError::invalid("to", "must not be before from"));
+    }
+    let filter = AttributionFilter {
+        status,
+        kind,
+        code,
+        mentor_id,
+        from,
+        to,
+    };
+    Ok((filter, page))
+}
+
+/// Parses `page`, `limit` and an optional `mentor_id` for the referral-code list.
+pub fn parse_code_list_query(query: Option<&str>) -> Result<(Option<String>, PageRequest), ApiError> {
+    let params = QueryParams::parse(query, &["page", "limit", "mentor_id"])?;
+    let page = parse_page(&params)?;
+    let mentor_id = params.get("mentor_id").map(str::to_owned);
+    if let Some(mentor_id) = &mentor_id {
+        validate_party_id("mentor_id", mentor_id)?;
+    }
+    Ok((mentor_id, page))
+}
+
+/// The named periods of the totals endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    AllTime,
+    Last24Hours,
+    Last7Days,
+    Last30Days,
+    Last90Days,
+    Custom,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllTime => "all_time",
+            Self::Last24Hours => "24h",
+            Self::Last7Days => "7d",
+            Self::Last30Days => "30d",
+            Self::Last90Days => "90d",
+            Self::Custom => "custom",
+        }
+    }
+}
+
+/// Which hours of totals to add up: `[from_hour, to_hour)` in hours since the epoch;
+/// `None` is unbounded.
+///
+/// Totals are materialized per hour (and per day), so periods resolve to whole hours: a
+/// start is rounded down to its hour, an end up to the next hour boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HourRange {
+    pub from_hour: Option<i64>,
+    pub to_hour: Option<i64>,
+}
+
+/// A parsed totals request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TotalsRequest {
+    pub period: Period,
+    pub hours: HourRange,
+}
+
+/// Parses `period` (`all_time`, `24h`, `7d`, `30d`, `90d`) or `from`/`to` (answered as
+/// `custom`; `period=custom` may be given with them).
+pub fn parse_totals_query(query: Option<&str>, now: Timestamp) -> Result<TotalsRequest, ApiError> {
+    let params = QueryParams::parse(query, &["period", "from", "to"])?;
+    let from = parse_bound("from", params.get("from"))?;
+    let to = parse_bound("to", params.get("to"))?;
+    let custom = from.is_some() || to.is_some();
+    let period = match (params.get("period"), custom) {
+        (None | Some("custom"), true) => Period::Custom,
+        (Some("custom"), false) => {
+            return Err(ApiError::invalid("from", "period=custom needs from and/or to"));
+        }
+        (Some(_), true) => {
+            return Err(ApiError::invalid("period", "give either a named period or from/to, not both"));
+        }
+        (None | Some("all_time"), false) => Period::AllTime,
+        (Some("24h"), false) => Period::Last24Hours,
+        (Some("7d"), false) => Period::Last7Days,
+        (Some("30d"), false) => Period::Last30Days,
+        (Some("90d"), false) => Period::Last90Days,
+        (Some(_), false) => {
+            return Err(ApiError::invalid("period", "must be all_time, 24h, 7d, 30d, 90d or custom"));
+        }
+    };
+    if let (Some(from), Some(to)) = (from, to)
+        && from > to
+    {
+        return Err(ApiError::invalid("to", "must not be before from"));
+    }
+    let rolling_from = |millis: i64| Some(now.saturating_sub_millis(millis).hour_bucket());
+    let hours = match period {
+        Period::AllTime => HourRange { from_hour: None, to_hour: None },
+        Period::Last24Hours => HourRange { from_hour: rolling_from(DAY_MS), to_hour: None },
+        Period::Last7Days => HourRange { from_hour: rolling_from(7 * DAY_MS), to_hour: None },
+        Period::Last30Days => HourRange { from_hour: rolling_from(30 * DAY_MS), to_hour: None },
+        Period::Last90Days => HourRange { from_hour: rolling_from(90 * DAY_MS), to_hour: None },
+        Period::Custom => HourRange {
+            from_hour: from.map(Timestamp::hour_bucket),
+            // Round the exclusive end up to the next hour boundary.
+            to_hour: to.map(|to| to.saturating_add_millis(HOUR_MS - 1).hour_bucket()),
+        },
+    };
+    Ok(TotalsRequest { period, hours })
+}
+
+/// How a store adds up an [`HourRange`]: whole days from the per-day table, the ragged ends
+/// from the per-hour table, so any period reads a few dozen rows at most.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketPlan {
+    /// `[from_hour, to_hour)` ranges to sum from the per-hour table.
+    pub hourly: Vec<(i64, i64)>,
+    /// `[from_day, to_day)` to sum from the per-day table; `None` ends are unbounded.
+    pub daily: Option<(Option<i64>, Option<i64>)>,
+}
+
+impl HourRange {
+    pub fn plan(self) -> BucketPlan {
+        // First whole day at or after `from`, and the day `to` falls in (days since epoch).
+        let first_day = self.from_hour.map(|hour| hour.div_euclid(24) + i64::from(hour.rem_euclid(24) != 0));
+        let end_day = self.to_hour.map(|hour| hour.div_euclid(24));
+        if let (Some(from), Some(to)) = (self.from_hour, self.to_hour) {
+            if from >= to {
+                return BucketPlan::default();
+            }
+            if let (Some(first), Some(end)) = (first_day, end_day)
+                && first >= end
+            {
+                return BucketPlan { hourly: vec![(from, to)], daily: None };
+            }
+        }
+        let mut plan = BucketPlan { hourly: Vec::new(), daily: Some((first_day, end_day)) };
+        if let (Some(from), Some(first)) = (self.from_hour, first_day)
+            && from < first * 24
+        {
+            plan.hourly.push((from, first * 24));
+        }
+        if let (Some(to), Some(end)) = (self.to_hour, end_day)
+            && end * 24 < to
+        {
+            plan.hourly.push((end * 24, to));
+        }
+        plan
+    }
+}
+
+/// `conversions / clicks` rounded to 3 decimals; 0 with no clicks.
+pub fn conversion_rate(clicks: u64, conversions: u64) -> f64 {
+    if clicks == 0 {
+        return 0.0;
+    }
+    (conversions as f64 / clicks as f64 * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        Timestamp::parse_rfc3339("2026-03-20T14:22:00Z").unwrap()
+    }
+
+    #[test]
+    fn list_defaults_and_bounds() {
+        let (filter, page) = parse_list_query(None, false).unwrap();
+        assert_eq!(filter, AttributionFilter::default());
+        assert_eq!(page, PageRequest { page: 1, limit: 20 });
+        for (query, field) in [
+            ("page=0", "page"),
+            ("limit=0", "limit"),
+            ("limit=101", "limit"),
+            ("page=abc", "page"),
+            ("page=-1", "page"),
+            ("status=paid", "status"),
+            ("type=lead", "type"),
+            ("from=yesterday", "from"),
+            ("from=2026-03-02T00:00:00Z&to=2026-03-01T00:00:00Z", "to"),
+            ("page=1&page=2", "page"),
+            ("page=100000&limit=100", "page"),
+        ] {
+            let error = parse_list_query(Some(query), false).unwrap_err();
+            assert_eq!(error.field.as_deref(), Some(field), "{query}");
+            assert_eq!(error.status(), http::StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+        }
+        let error = parse_list_query(Some("mentor_id=usr_1"), true).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::UnknownField);
+        let (filter, page) =
+            parse_list_query(Some("page=2&limit=100&status=confirmed&type=conversion&code=jan-1"), false).unwrap();
+        assert_eq!(page, PageRequest { page: 2, limit: 100 });
+        assert_eq!(filter.code.as_deref(), Some("JAN-1"));
+        assert_eq!(filter.status, Some(AttributionStatus::Confirmed));
+    }
+
+    #[test]
+    fn totals_periods() {
+        let all = parse_totals_query(None, now()).unwrap();
+        assert_eq!(all.period, Period::AllTime);
+        assert_eq!(all.hours, HourRange { from_hour: None, to_hour: None });
+        let day = parse_totals_query(Some("period=24h"), now()).unwrap();
+        assert_eq!(day.hours.from_hour, Some(now().hour_bucket() - 24));
+        let custom = parse_totals_query(Some("from=2026-03-01T00:30:00Z&to=2026-03-02T10:00:01Z"), now()).unwrap();
+        assert_eq!(custom.period, Period::Custom);
+        let hour = |text: &str| Timestamp::parse_rfc3339(text).unwrap().hour_bucket();
+        assert_eq!(custom.hours.from_hour, Some(hour("2026-03-01T00:00:00Z")));
+        assert_eq!(custom.hours.to_hour, Some(hour("2026-03-02T11:00:00Z")));
+        for query in ["period=1y", "period=7d&from=2026-03-01T00:00:00Z", "period=custom", "since=1"] {
+            assert!(parse_totals_query(Some(query), now()).is_err(), "{query}");
+        }
+    }
+
+    #[test]
+    fn plans_cover_every_hour_exactly_once() {
+        let cases = [
+            (Some(5), Some(100)),
+            (Some(24), Some(48)),
+            (Some(3), Some(20)),
+            (Some(-30), Some(30)),
+            (None, Some(50)),
+            (Some(50), None),
+            (Some(48), Some(48)),
+        ];
+        for (from_hour, to_hour) in cases {
+            let plan = HourRange { from_hour, to_hour }.plan();
+            // Expand the plan over a finite probe range and compare with the range itself.
+            for hour in -100..200 {
+                let in_range = from_hour.is_none_or(|f| hour >= f) && to_hour.is_none_or(|t| hour < t);
+                let hourly = plan.hourly.iter().filter(|(a, b)| (*a..*b).contains(&hour)).count();
+                let daily = plan.daily.iter().filter(|(a, b)| {
+                    let day = hour.div_euclid(24);
+                    a.is_none_or(|a| day >= a) && b.is_none_or(|b| day < b)
+                }).count();
+                assert_eq!(hourly + daily, usize::from(in_range), "{from_hour:?}..{to_hour:?} hour {hour}");
+            }
+        }
+    }
+
+    #[test]
+    fn rates_round_to_three_decimals() {
+        assert_eq!(conversion_rate(0, 0), 0.0);
+        assert_eq!(conversion_rate(94, 12), 0.128);
+        assert_eq!(conversion_rate(3, 1), 0.333);
+        assert_eq!(conversion_rate(3, 2), 0.667);
+    }
+}

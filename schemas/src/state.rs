@@ -1,0 +1,321 @@
+//! The attribution state machine as pure functions, shared by every store.
+//!
+//! A store loads the current state, calls one of these, and persists what it returns: the
+//! new state and the per-mentor [`TotalsDelta`]s. Keeping the rules free of I/O is what lets
+//! the embedded SQLite store and the ClickHouse store behave the same, and lets the rules be
+//! tested exhaustively without either.
+//!
+//! Totals invariant: for every mentor and hour, `clicks` is the number of live (not deleted)
+//! attributions whose `occurred_at` falls in that hour, and `conversions` the number of live
+//! confirmed attributions whose `confirmed_at` falls in it. Every function here returns the
+//! deltas that keep that invariant.
+
+use crate::attribution::{
+    Attribution, AttributionKind, AttributionStatus, CodeRetirement, DeletionView, ReferralCode,
+};
+use crate::messages::{AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, Rejection, RetireCode};
+
+/// A signed change to one mentor's totals in one hour bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TotalsDelta {
+    pub mentor_id: String,
+    /// Hours since the Unix epoch ([`Timestamp::hour_bucket`]).
+    pub hour: i64,
+    pub clicks: i64,
+    pub conversions: i64,
+}
+
+/// A new attribution and the click it adds to its mentor's totals.
+pub fn record_click(click: &ClickEvent) -> (Attribution, TotalsDelta) {
+    let attribution = Attribution {
+        id: click.attribution_id.clone(),
+        code: click.code.clone(),
+        mentor_id: click.mentor_id.clone(),
+        kind: AttributionKind::Click,
+        status: AttributionStatus::Pending,
+        new_member_id: None,
+        ip_address: click.ip_address.clone(),
+        user_agent: click.user_agent.clone(),
+        referrer_url: click.referrer_url.clone(),
+        occurred_at: click.occurred_at,
+        confirmed_at: None,
+        created_at: click.received_at,
+    };
+    let delta = TotalsDelta {
+        mentor_id: click.mentor_id.clone(),
+        hour: click.occurred_at.hour_bucket(),
+        clicks: 1,
+        conversions: 0,
+    };
+    (attribution, delta)
+}
+
+/// The result of an accepted confirmation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The attribution became a conversion: persist it, claim the member, apply the delta.
+    Applied {
+        attribution: Attribution,
+        delta: TotalsDelta,
+    },
+    /// The same confirmation was already applied: answer with the stored record, change nothing.
+    Replayed { attribution: Attribution },
+}
+
+/// Confirms a recruitment.
+///
+/// * `current`: the live attribution (`None` when unknown or deleted).
+/// * `member_holder`: the id of the live attribution the member is already attributed to.
+/// * `window_ms`: the longest allowed time from click to confirmation.
+///
+/// Checks, in order: exists; same code; an identical earlier confirmation (replay) or a
+/// different one (conflict); confirmation not before the click; inside the window; the member
+/// not attributed elsewhere.
+pub fn confirm(
+    current: Option<&Attribution>,
+    member_holder: Option<&str>,
+    command: &ConfirmConversion,
+    window_ms: i64,
+) -> Result<Confirmation, Rejection> {
+    let current = current.ok_or(Rejection::AttributionNotFound)?;
+    if current.code != command.code {
+        return Err(Rejection::CodeMismatch);
+    }
+    if current.status == AttributionStatus::Confirmed {
+        return if current.new_member_id.as_deref() == Some(command.new_member_id.as_str()) {
+            Ok(Confirmation::Replayed {
+                attribution: current.clone(),
+            })
+        } else {
+            Err(Rejection::AlreadyConfirmed)
+        };
+    }
+    if command.confirmed_at < current.occurred_at {
+        return Err(Rejection::ConfirmedBeforeClick);
+    }
+    let elapsed = command.confirmed_at.as_millis() - current.occurred_at.as_millis();
+    if elapsed > window_ms {
+        return Err(Rejection::AttributionExpired);
+    }
+    if member_holder.is_some_and(|holder| holder != current.id) {
+        return Err(Rejection::MemberAlreadyAttributed);
+    }
+    let mut attribution = current.clone();
+    attribution.kind = AttributionKind::Conversion;
+    attribution.status = AttributionStatus::Confirmed;
+    attribution.new_member_id = Some(command.new_member_id.clone());
+    attribution.confirmed_at = Some(command.confirmed_at);
+    let delta = TotalsDelta {
+        mentor_id: attribution.mentor_id.clone(),
+        hour: command.confirmed_at.hour_bucket(),
+        clicks: 0,
+        conversions: 1,
+    };
+    Ok(Confirmation::Applied { attribution, delta })
+}
+
+/// The result of an accepted deletion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    pub view: DeletionView,
+    /// The member whose attribution this was: free to be attributed again.
+    pub released_member: Option<String>,
+    /// One click removed, and one conversion when the attribution was confirmed.
+    pub deltas: Vec<TotalsDelta>,
+}
+
+/// Deletes a live attribution.
+pub fn delete(
+    current: Option<&Attribution>,
+    command: &DeleteAttribution,
+) -> Result<Deletion, Rejection> {
+    let current = current.ok_or(Rejection::AttributionNotFound)?;
+    let mut deltas = vec![TotalsDelta {
+        mentor_id: current.mentor_id.clone(),
+        hour: current.occurred_at.hour_bucket(),
+        clicks: -1,
+        conversions: 0,
+    }];
+    if let Some(confirmed_at) = current.confirmed_at {
+        deltas.push(TotalsDelta {
+            mentor_id: current.mentor_id.clone(),
+            hour: confirmed_at.hour_bucket(),
+            clicks: 0,
+            conversions: -1,
+        });
+    }
+    Ok(Deletion {
+        view: DeletionView {
+            id: current.id.clone(),
+            deleted: true,
+            deleted_at: command.issued_at,
+        },
+        released_member: current.new_member_id.clone(),
+        deltas,
+    })
+}
+
+/// Assigns a code: `(code, created)`. A retired code assigned again counts as created.
+pub fn assign_code(current: Option<&ReferralCode>, command: &AssignCode) -> (ReferralCode, bool) {
+    match current {
+        Some(existing) => {
+            let mut code = existing.clone();
+            if code.mentor_id != command.mentor_id {
+                code.mentor_id = command.mentor_id.clone();
+                code.updated_at = command.issued_at;
+            }
+            (code, false)
+        }
+        None => (
+            ReferralCode {
+                code: command.code.clone(),
+                mentor_id: command.mentor_id.clone(),
+                created_at: command.issued_at,
+                updated_at: command.issued_at,
+            },
+            true,
+        ),
+    }
+}
+
+/// Retires a live code: later clicks for it are refused with `unknown_code`.
+pub fn retire_code(
+    current: Option<&ReferralCode>,
+    command: &RetireCode,
+) -> Result<CodeRetirement, Rejection> {
+    let current = current.ok_or(Rejection::CodeNotFound)?;
+    Ok(CodeRetirement {
+        code: current.code.clone(),
+        deleted: true,
+        deleted_at: command.issued_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timestamp::DAY_MS;
+    use crate::Timestamp;
+
+    fn at(text: &str) -> Timestamp {
+        Timestamp::parse_rfc3339(text).unwrap()
+    }
+
+    fn click() -> ClickEvent {
+        ClickEvent {
+            attribution_id: "attr_1".into(),
+            code: "JAN-VERV-8F3A".into(),
+            mentor_id: "usr_4491".into(),
+            ip_address: "185.12.34.56".into(),
+            user_agent: None,
+            referrer_url: None,
+            occurred_at: at("2026-03-20T14:22:00Z"),
+            received_at: at("2026-03-20T14:22:01Z"),
+        }
+    }
+
+    fn confirmation(member: &str, confirmed_at: &str) -> ConfirmConversion {
+        ConfirmConversion {
+            command_id: "cmd_1".into(),
+            attribution_id: "attr_1".into(),
+            code: "JAN-VERV-8F3A".into(),
+            new_member_id: member.into(),
+            confirmed_at: at(confirmed_at),
+            issued_at: at(confirmed_at),
+        }
+    }
+
+    const WINDOW: i64 = 90 * DAY_MS;
+
+    #[test]
+    fn a_click_adds_one_click_in_its_hour() {
+        let (attribution, delta) = record_click(&click());
+        assert_eq!(attribution.status, AttributionStatus::Pending);
+        assert_eq!(delta.clicks, 1);
+        assert_eq!(delta.conversions, 0);
+        assert_eq!(delta.hour, at("2026-03-20T14:00:00Z").hour_bucket());
+    }
+
+    #[test]
+    fn confirming_turns_the_click_into_a_conversion_counted_at_confirmation() {
+        let (pending, _) = record_click(&click());
+        let command = confirmation("usr_5892", "2026-03-25T10:00:00Z");
+        let Ok(Confirmation::Applied { attribution, delta }) =
+            confirm(Some(&pending), None, &command, WINDOW)
+        else {
+            panic!("expected an applied confirmation");
+        };
+        assert_eq!(attribution.kind, AttributionKind::Conversion);
+        assert_eq!(attribution.new_member_id.as_deref(), Some("usr_5892"));
+        assert_eq!((delta.clicks, delta.conversions), (0, 1));
+        assert_eq!(delta.hour, at("2026-03-25T10:00:00Z").hour_bucket());
+
+        // The same confirmation again is a replay; another member is a conflict.
+        assert!(matches!(
+            confirm(Some(&attribution), Some("attr_1"), &command, WINDOW),
+            Ok(Confirmation::Replayed { .. })
+        ));
+        let other = confirmation("usr_7777", "2026-03-25T10:00:00Z");
+        assert_eq!(
+            confirm(Some(&attribution), None, &other, WINDOW),
+            Err(Rejection::AlreadyConfirmed)
+        );
+    }
+
+    #[test]
+    fn confirmation_rules_reject_in_order() {
+        let (pending, _) = record_click(&click());
+        let ok = confirmation("usr_5892", "2026-03-25T10:00:00Z");
+        assert_eq!(confirm(None, None, &ok, WINDOW), Err(Rejection::AttributionNotFound));
+        let mut wrong_code = ok.clone();
+        wrong_code.code = "OTHER".into();
+        assert_eq!(confirm(Some(&pending), None, &wrong_code, WINDOW), Err(Rejection::CodeMismatch));
+        let early = confirmation("usr_5892", "2026-03-20T14:21:59Z");
+        assert_eq!(confirm(Some(&pending), None, &early, WINDOW), Err(Rejection::ConfirmedBeforeClick));
+        let late = confirmation("usr_5892", "2026-06-18T14:22:01Z");
+        assert_eq!(confirm(Some(&pending), None, &late, WINDOW), Err(Rejection::AttributionExpired));
+        let edge = confirmation("usr_5892", "2026-06-18T14:22:00Z");
+        assert!(confirm(Some(&pending), None, &edge, WINDOW).is_ok(), "the window is inclusive");
+        assert_eq!(
+            confirm(Some(&pending), Some("attr_other"), &ok, WINDOW),
+            Err(Rejection::MemberAlreadyAttributed)
+        );
+    }
+
+    #[test]
+    fn deleting_a_conversion_removes_its_click_and_its_conversion() {
+        let (pending, _) = record_click(&click());
+        let Ok(Confirmation::Applied { attribution, .. }) =
+            confirm(Some(&pending), None, &confirmation("usr_5892", "2026-03-25T10:00:00Z"), WINDOW)
+        else {
+            panic!("expected an applied confirmation");
+        };
+        let command = DeleteAttribution {
+            command_id: "cmd_2".into(),
+            attribution_id: "attr_1".into(),
+            issued_at: at("2026-03-26T12:00:00Z"),
+        };
+        let deletion = delete(Some(&attribution), &command).unwrap();
+        assert_eq!(deletion.released_member.as_deref(), Some("usr_5892"));
+        let clicks: i64 = deletion.deltas.iter().map(|d| d.clicks).sum();
+        let conversions: i64 = deletion.deltas.iter().map(|d| d.conversions).sum();
+        assert_eq!((clicks, conversions), (-1, -1));
+        assert_eq!(delete(None, &command), Err(Rejection::AttributionNotFound));
+    }
+
+    #[test]
+    fn codes_are_created_then_reassigned() {
+        let assign = |mentor: &str| AssignCode {
+            command_id: "cmd_3".into(),
+            code: "JAN-VERV-8F3A".into(),
+            mentor_id: mentor.into(),
+            issued_at: at("2026-03-20T00:00:00Z"),
+        };
+        let (created, is_new) = assign_code(None, &assign("usr_1"));
+        assert!(is_new);
+        let (moved, is_new) = assign_code(Some(&created), &assign("usr_2"));
+        assert!(!is_new);
+        assert_eq!(moved.mentor_id, "usr_2");
+        assert_eq!(moved.created_at, created.created_at);
+    }
+}

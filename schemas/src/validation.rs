@@ -1,0 +1,367 @@
+//! Every input rule, in one place. The edge and the API call these; nothing else decides
+//! whether a field is acceptable.
+//!
+//! Bodies are parsed with simd-json into a borrowed document, then each field is read by
+//! hand, so that every error names its field (serde's messages do not, reliably) and
+//! unknown fields are refused by name.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::HeaderValue;
+use simd_json::{BorrowedValue, StaticNode};
+
+use crate::error::{ApiError, ErrorKind};
+use crate::Timestamp;
+
+/// Largest accepted request body. Clicks are a few hundred bytes; this leaves room for long
+/// user agents and referrers while bounding what one request can make us parse.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest accepted `user_agent`, in bytes.
+pub const MAX_USER_AGENT_BYTES: usize = 1024;
+/// Longest accepted `referrer_url`, in bytes.
+pub const MAX_REFERRER_URL_BYTES: usize = 2048;
+/// How far in the future a client may date a click: tolerance for skewed client clocks.
+pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+/// Shortest and longest referral code.
+pub const CODE_LEN: std::ops::RangeInclusive<usize> = 3..=64;
+/// Longest mentor or member id (ids of the platform, opaque to us).
+pub const MAX_PARTY_ID_LEN: usize = 64;
+
+/// Refuses bodies not declared as JSON (`application/json`, or `application/*+json`).
+pub fn require_json_content_type(content_type: Option<&HeaderValue>) -> Result<(), ApiError> {
+    let unsupported = || {
+        ApiError::new(
+            ErrorKind::UnsupportedMediaType,
+            "the body must be JSON, sent with Content-Type: application/json",
+        )
+    };
+    let value = content_type.ok_or_else(unsupported)?;
+    let text = value.to_str().map_err(|_| unsupported())?;
+    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if is_json { Ok(()) } else { Err(unsupported()) }
+}
+
+/// Normalizes a referral code: 3..64 of `[A-Za-z0-9_-]`, matched case-insensitively and
+/// stored in upper case, so `jan-verv-8f3a` and `JAN-VERV-8F3A` are one code (people type
+/// codes by hand; two codes that differ only by case would be a support nightmare).
+pub fn normalize_code(field: &str, raw: &str) -> Result<String, ApiError> {
+    let valid_chars = raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !CODE_LEN.contains(&raw.len()) || !valid_chars {
+        return Err(ApiError::invalid(
+            field,
+            "must be 3 to 64 characters of A-Z, a-z, 0-9, '-' and '_'",
+        ));
+    }
+    Ok(raw.to_ascii_uppercase())
+}
+
+/// Checks a mentor or member id: 1..64 of `[A-Za-z0-9_.:@-]`, case-sensitive.
+pub fn validate_party_id(field: &str, raw: &str) -> Result<(), ApiError> {
+    let valid_chars = raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'@'));
+    if raw.is_empty() || raw.len() > MAX_PARTY_ID_LEN || !valid_chars {
+        return Err(ApiError::invalid(
+            field,
+            "must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.', ':' and '@'",
+        ));
+    }
+    Ok(())
+}
+
+/// Parses an IPv4 or IPv6 address into its canonical text form.
+pub fn normalize_ip(field: &str, raw: &str) -> Result<String, ApiError> {
+    raw.parse::<IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| ApiError::invalid(field, "must be an IPv4 or IPv6 address"))
+}
+
+/// Checks a user agent: at most 1,024 bytes, no control characters.
+pub fn validate_user_agent(field: &str, raw: &str) -> Result<(), ApiError> {
+    if raw.len() > MAX_USER_AGENT_BYTES {
+        return Err(ApiError::invalid(field, "must be at most 1024 bytes"));
+    }
+    if raw.chars().any(|c| c.is_control()) {
+        return Err(ApiError::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a referrer: an absolute http(s) URL with a host, at most 2,048 bytes.
+pub fn validate_referrer_url(field: &str, raw: &str) -> Result<(), ApiError> {
+    if raw.len() > MAX_REFERRER_URL_BYTES {
+        return Err(ApiError::invalid(field, "must be at most 2048 bytes"));
+    }
+    let not_http = || ApiError::invalid(field, "must be an absolute http:// or https:// URL");
+    let uri: http::Uri = raw.parse().map_err(|_| not_http())?;
+    let http_scheme = matches!(uri.scheme_str(), Some("http" | "https"));
+    let has_host = uri.host().is_some_and(|host| !host.is_empty());
+    if http_scheme && has_host { Ok(()) } else { Err(not_http()) }
+}
+
+/// Parses an RFC 3339 instant that may be at most `max_future_ms` after `now`.
+pub fn parse_instant(
+    field: &str,
+    raw: &str,
+    now: Timestamp,
+    max_future_ms: i64,
+) -> Result<Timestamp, ApiError> {
+    let instant = Timestamp::parse_rfc3339(raw).map_err(|error| ApiError::invalid(field, error.to_string()))?;
+    if instant > now.saturating_add_millis(max_future_ms) {
+        let message = if max_future_ms == 0 {
+            "must not be in the future".to_owned()
+        } else {
+            format!("must be at most {} seconds in the future", max_future_ms / 1000)
+        };
+        return Err(ApiError::invalid(field, message));
+    }
+    Ok(instant)
+}
+
+/// A JSON body parsed into a borrowed object, with only the allowed fields.
+pub struct JsonObject<'body> {
+    fields: Box<simd_json::borrowed::Object<'body>>,
+}
+
+impl<'body> JsonObject<'body> {
+    /// Parses `body` (simd-json parses in place, hence `&mut`) and refuses unknown fields.
+    pub fn parse(body: &'body mut [u8], allowed: &[&str]) -> Result<Self, ApiError> {
+        if body.is_empty() {
+            return Err(ApiError::new(ErrorKind::MalformedJson, "the body is empty; expected a JSON object"));
+        }
+        let value = simd_json::to_borrowed_value(body)
+            .map_err(|_| ApiError::new(ErrorKind::MalformedJson, "the body is not valid JSON"))?;
+        let BorrowedValue::Object(fields) = value else {
+            return Err(ApiError::new(ErrorKind::MalformedJson, "the body must be a JSON object"));
+        };
+        // Report unknown fields in a stable order, whatever the hash map's order.
+        let mut unknown: Vec<&str> = fields
+            .keys()
+            .map(|key| key.as_ref())
+            .filter(|key| !allowed.contains(key))
+            .collect();
+        unknown.sort_unstable();
+        if let Some(first) = unknown.first() {
+            return Err(ApiError::new(
+                ErrorKind::UnknownField,
+                format!("unknown field; allowed fields are: {}", allowed.join(", ")),
+            )
+            .on_field(first));
+        }
+        Ok(Self { fields })
+    }
+
+    /// A string field that may be absent or null.
+    pub fn optional_str(&self, field: &str) -> Result<Option<&str>, ApiError> {
+        match self.fields.get(field) {
+            None | Some(BorrowedValue::Static(StaticNode::Null)) => Ok(None),
+            Some(BorrowedValue::String(text)) => Ok(Some(cow_str(text))),
+            Some(_) => Err(ApiError::invalid(field, "must be a string")),
+        }
+    }
+
+    /// A string field that must be present and non-null.
+    pub fn required_str(&self, field: &str) -> Result<&str, ApiError> {
+        self.optional_str(field)?
+            .ok_or_else(|| ApiError::invalid(field, "is required"))
+    }
+}
+
+fn cow_str<'a>(text: &'a Cow<'_, str>) -> &'a str {
+    text.as_ref()
+}
+
+/// The click POST body (recordReferralClick), validated. Absent optional fields are filled
+/// in by the edge from the connection and headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClickRequest {
+    pub code: String,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+    pub referrer_url: Option<String>,
+    pub occurred_at: Option<Timestamp>,
+}
+
+impl ClickRequest {
+    pub const FIELDS: &'static [&'static str] =
+        &["code", "ip_address", "user_agent", "referrer_url", "occurred_at"];
+
+    pub fn parse(body: &mut [u8], now: Timestamp) -> Result<Self, ApiError> {
+        let object = JsonObject::parse(body, Self::FIELDS)?;
+        let code = normalize_code("code", object.required_str("code")?)?;
+        let ip_address = object
+            .optional_str("ip_address")?
+            .map(|ip| normalize_ip("ip_address", ip))
+            .transpose()?;
+        let user_agent = object.optional_str("user_agent")?;
+        if let Some(user_agent) = user_agent {
+            validate_user_agent("user_agent", user_agent)?;
+        }
+        // Browsers report "no referrer" as an empty string; store that as null.
+        let referrer_url = object.optional_str("referrer_url")?.filter(|url| !url.is_empty());
+        if let Some(url) = referrer_url {
+            validate_referrer_url("referrer_url", url)?;
+        }
+        let occurred_at = object
+            .optional_str("occurred_at")?
+            .map(|raw| parse_instant("occurred_at", raw, now, MAX_FUTURE_SKEW_MS))
+            .transpose()?;
+        Ok(Self {
+            code,
+            ip_address,
+            user_agent: user_agent.map(str::to_owned),
+            referrer_url: referrer_url.map(str::to_owned),
+            occurred_at,
+        })
+    }
+}
+
+/// The PUT body (confirmRecruitment), validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfirmRequest {
+    pub code: String,
+    pub new_member_id: String,
+    /// `None` means "now".
+    pub confirmed_at: Option<Timestamp>,
+}
+
+impl ConfirmRequest {
+    pub const FIELDS: &'static [&'static str] = &["code", "new_member_id", "confirmed_at"];
+
+    pub fn parse(body: &mut [u8], now: Timestamp) -> Result<Self, ApiError> {
+        let object = JsonObject::parse(body, Self::FIELDS)?;
+        let code = normalize_code("code", object.required_str("code")?)?;
+        let new_member_id = object.required_str("new_member_id")?;
+        validate_party_id("new_member_id", new_member_id)?;
+        let confirmed_at = object
+            .optional_str("confirmed_at")?
+            .map(|raw| parse_instant("confirmed_at", raw, now, 0))
+            .transpose()?;
+        Ok(Self {
+            code,
+            new_member_id: new_member_id.to_owned(),
+            confirmed_at,
+        })
+    }
+}
+
+/// The body of `PUT /api/v1/referral-codes/{code}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeAssignmentRequest {
+    pub mentor_id: String,
+}
+
+impl CodeAssignmentRequest {
+    pub const FIELDS: &'static [&'static str] = &["mentor_id"];
+
+    pub fn parse(body: &mut [u8]) -> Result<Self, ApiError> {
+        let object = JsonObject::parse(body, Self::FIELDS)?;
+        let mentor_id = object.required_str("mentor_id")?;
+        validate_party_id("mentor_id", mentor_id)?;
+        Ok(Self {
+            mentor_id: mentor_id.to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> Timestamp {
+        Timestamp::parse_rfc3339("2026-03-20T14:22:00Z").unwrap()
+    }
+
+    fn click(json: &str) -> Result<ClickRequest, ApiError> {
+        ClickRequest::parse(&mut json.as_bytes().to_vec(), now())
+    }
+
+    fn field_of(result: Result<ClickRequest, ApiError>) -> (ErrorKind, Option<String>) {
+        let error = result.expect_err("expected a rejection");
+        (error.kind, error.field)
+    }
+
+    #[test]
+    fn parses_the_contract_example() {
+        let parsed = click(
+            r#"{"code":"jan-verv-8f3a","ip_address":"185.12.34.56","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)","referrer_url":"https://instagram.com","occurred_at":"2026-03-20T14:22:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.code, "JAN-VERV-8F3A");
+        assert_eq!(parsed.ip_address.as_deref(), Some("185.12.34.56"));
+        assert_eq!(parsed.occurred_at, Some(now()));
+    }
+
+    #[test]
+    fn names_the_field_of_every_rejection() {
+        let invalid = |json: &str, field: &str| {
+            assert_eq!(field_of(click(json)), (ErrorKind::InvalidField, Some(field.into())), "{json}");
+        };
+        invalid(r#"{}"#, "code");
+        invalid(r#"{"code":null}"#, "code");
+        invalid(r#"{"code":42}"#, "code");
+        invalid(r#"{"code":"AB"}"#, "code");
+        invalid(r#"{"code":"JAN VERV"}"#, "code");
+        invalid(&format!(r#"{{"code":"{}"}}"#, "A".repeat(65)), "code");
+        invalid(r#"{"code":"JAN-1","ip_address":"999.1.1.1"}"#, "ip_address");
+        invalid(r#"{"code":"JAN-1","ip_address":"localhost"}"#, "ip_address");
+        invalid(&format!(r#"{{"code":"JAN-1","user_agent":"{}"}}"#, "u".repeat(1025)), "user_agent");
+        invalid(r#"{"code":"JAN-1","referrer_url":"ftp://example.com"}"#, "referrer_url");
+        invalid(r#"{"code":"JAN-1","referrer_url":"instagram.com"}"#, "referrer_url");
+        invalid(
+            &format!(r#"{{"code":"JAN-1","referrer_url":"https://e.com/{}"}}"#, "p".repeat(2048)),
+            "referrer_url",
+        );
+        invalid(r#"{"code":"JAN-1","occurred_at":"20 March 2026"}"#, "occurred_at");
+        invalid(r#"{"code":"JAN-1","occurred_at":"2026-03-20T14:27:01Z"}"#, "occurred_at");
+        assert_eq!(
+            field_of(click(r#"{"code":"JAN-1","mentor_id":"usr_1"}"#)),
+            (ErrorKind::UnknownField, Some("mentor_id".into()))
+        );
+    }
+
+    #[test]
+    fn accepts_the_edges_of_each_rule() {
+        assert!(click(r#"{"code":"JAN-1","occurred_at":"2026-03-20T14:27:00Z"}"#).is_ok());
+        assert!(click(r#"{"code":"JAN-1","occurred_at":"1999-01-01T00:00:00Z"}"#).is_ok());
+        assert!(click(r#"{"code":"JAN-1","ip_address":"2001:db8::1"}"#).is_ok());
+        let parsed = click(r#"{"code":"JAN-1","referrer_url":"","user_agent":null}"#).unwrap();
+        assert_eq!((parsed.referrer_url, parsed.user_agent), (None, None));
+        assert!(click(&format!(r#"{{"code":"{}"}}"#, "a".repeat(64))).is_ok());
+    }
+
+    #[test]
+    fn malformed_bodies_are_400() {
+        for body in ["", "{", "[1,2]", "\"code\"", "null", "{\"code\":\"JAN-1\"} trailing"] {
+            assert_eq!(field_of(click(body)).0, ErrorKind::MalformedJson, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        let check = |value: Option<&str>| {
+            require_json_content_type(value.map(HeaderValue::from_str).transpose().unwrap().as_ref())
+        };
+        assert!(check(Some("application/json")).is_ok());
+        assert!(check(Some("Application/JSON; charset=utf-8")).is_ok());
+        assert!(check(Some("application/vnd.referral+json")).is_ok());
+        assert!(check(Some("text/plain")).is_err());
+        assert!(check(None).is_err());
+    }
+
+    #[test]
+    fn confirmations_may_not_be_dated_in_the_future() {
+        let parse = |json: &str| ConfirmRequest::parse(&mut json.as_bytes().to_vec(), now());
+        assert!(parse(r#"{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"2026-03-20T14:22:00Z"}"#).is_ok());
+        let error = parse(r#"{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"2026-03-20T14:22:01Z"}"#)
+            .unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("confirmed_at"));
+        let error = parse(r#"{"code":"JAN-1"}"#).unwrap_err();
+        assert_eq!(error.field.as_deref(), Some("new_member_id"));
+    }
+}
