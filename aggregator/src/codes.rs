@@ -57,7 +57,10 @@ impl CodeDirectory {
     }
 
     pub fn len(&self) -> usize {
-        self.mentors.read().unwrap_or_else(PoisonError::into_inner).len()
+        self.mentors
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -74,9 +77,17 @@ mod tests {
         let directory = CodeDirectory::from_assignments([("JAN-1".to_owned(), "usr_1".to_owned())]);
         assert_eq!(directory.mentor_for("JAN-1").as_deref(), Some("usr_1"));
         directory.apply(&[
-            CodeChange::Assigned { code: "JAN-1".into(), mentor_id: "usr_2".into() },
-            CodeChange::Assigned { code: "FEB-2".into(), mentor_id: "usr_3".into() },
-            CodeChange::Retired { code: "FEB-2".into() },
+            CodeChange::Assigned {
+                code: "JAN-1".into(),
+                mentor_id: "usr_2".into(),
+            },
+            CodeChange::Assigned {
+                code: "FEB-2".into(),
+                mentor_id: "usr_3".into(),
+            },
+            CodeChange::Retired {
+                code: "FEB-2".into(),
+            },
         ]);
         assert_eq!(directory.mentor_for("JAN-1").as_deref(), Some("usr_2"));
         assert_eq!(directory.mentor_for("FEB-2"), None);

@@ -66,7 +66,12 @@ pub struct PipelineArgs {
     pub attribution_window: Duration,
 
     /// Durability of each embedded-store commit.
-    #[arg(long, env = "REFERRAL_SQLITE_SYNCHRONOUS", value_enum, default_value = "full")]
+    #[arg(
+        long,
+        env = "REFERRAL_SQLITE_SYNCHRONOUS",
+        value_enum,
+        default_value = "full"
+    )]
     pub sqlite_synchronous: SqliteSynchronous,
 
     /// Events queued for the writer at most (then 503).
@@ -81,8 +86,14 @@ pub struct PipelineArgs {
 impl PipelineArgs {
     /// Checks what clap cannot: ranges and combinations.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.log_queue_capacity >= 1, "--log-queue-capacity must be at least 1");
-        anyhow::ensure!(self.commit_batch_max >= 1, "--commit-batch-max must be at least 1");
+        anyhow::ensure!(
+            self.log_queue_capacity >= 1,
+            "--log-queue-capacity must be at least 1"
+        );
+        anyhow::ensure!(
+            self.commit_batch_max >= 1,
+            "--commit-batch-max must be at least 1"
+        );
         anyhow::ensure!(
             !self.attribution_window.is_zero(),
             "--attribution-window must be longer than zero"

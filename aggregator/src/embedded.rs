@@ -20,8 +20,8 @@ use referral_schemas::messages::LogEvent;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codes::CodeDirectory;
-use crate::log::{EventLog, PublishError};
 use crate::config::PipelineArgs;
+use crate::log::{EventLog, PublishError};
 use crate::store::sqlite::{self, SqliteReader};
 use crate::store::{StateWriter, StoreError};
 
@@ -88,16 +88,24 @@ impl EmbeddedPipeline {
     /// Opens the SQLite store under `--data-dir`, fills the code directory from it and starts
     /// the writer: everything the embedded mode needs, in one call.
     pub fn open(args: &PipelineArgs) -> Result<(Self, SqliteReader, CodeDirectory), StoreError> {
-        let (writer, reader) =
-            sqlite::open(&args.data_dir, args.sqlite_synchronous, args.attribution_window_ms())?;
+        let (writer, reader) = sqlite::open(
+            &args.data_dir,
+            args.sqlite_synchronous,
+            args.attribution_window_ms(),
+        )?;
         let directory = CodeDirectory::from_assignments(writer.code_assignments()?);
         tracing::info!(
             data_dir = %args.data_dir.display(),
             codes = directory.len(),
             "embedded store open"
         );
-        let pipeline = Self::start(writer, directory.clone(), args.log_queue_capacity, args.commit_batch_max)
-            .map_err(|error| StoreError::Open(format!("cannot start the writer thread: {error}")))?;
+        let pipeline = Self::start(
+            writer,
+            directory.clone(),
+            args.log_queue_capacity,
+            args.commit_batch_max,
+        )
+        .map_err(|error| StoreError::Open(format!("cannot start the writer thread: {error}")))?;
         Ok((pipeline, reader, directory))
     }
 
@@ -115,9 +123,15 @@ impl EmbeddedPipeline {
         {
             tracing::warn!("writer queue did not take the shutdown request in time");
         }
-        let Some(thread) = self.writer.take() else { return };
+        let Some(thread) = self.writer.take() else {
+            return;
+        };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let joined = tokio::time::timeout(remaining, tokio::task::spawn_blocking(move || thread.join())).await;
+        let joined = tokio::time::timeout(
+            remaining,
+            tokio::task::spawn_blocking(move || thread.join()),
+        )
+        .await;
         match joined {
             Ok(Ok(Ok(()))) => tracing::info!("writer stopped"),
             Ok(_) => tracing::error!("writer thread panicked"),
@@ -197,8 +211,8 @@ fn commit<W: StateWriter>(writer: &mut W, directory: &CodeDirectory, batch: &mut
 mod tests {
     use std::sync::{Arc, Mutex};
 
-    use referral_schemas::messages::ClickEvent;
     use referral_schemas::Timestamp;
+    use referral_schemas::messages::ClickEvent;
 
     use super::*;
     use crate::store::CommittedBatch;
@@ -238,8 +252,12 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_publishes_are_committed_in_groups() {
-        let writer = RecordingWriter { delay: Duration::from_millis(5), ..Default::default() };
-        let pipeline = EmbeddedPipeline::start(writer.clone(), CodeDirectory::default(), 1000, 100).unwrap();
+        let writer = RecordingWriter {
+            delay: Duration::from_millis(5),
+            ..Default::default()
+        };
+        let pipeline =
+            EmbeddedPipeline::start(writer.clone(), CodeDirectory::default(), 1000, 100).unwrap();
         let log = pipeline.log();
         let tasks: Vec<_> = (0..300)
             .map(|n| {
@@ -253,7 +271,11 @@ mod tests {
         pipeline.shutdown(Duration::from_secs(5)).await;
         let batches = writer.batches.lock().unwrap().clone();
         assert_eq!(batches.iter().sum::<usize>(), 300);
-        assert!(batches.len() < 300, "expected group commits, got {} batches", batches.len());
+        assert!(
+            batches.len() < 300,
+            "expected group commits, got {} batches",
+            batches.len()
+        );
         assert!(batches.iter().all(|&size| size <= 100), "{batches:?}");
     }
 
@@ -261,7 +283,8 @@ mod tests {
     async fn a_failed_commit_is_refused_to_every_publisher_of_the_batch() {
         let writer = RecordingWriter::default();
         *writer.fail.lock().unwrap() = true;
-        let pipeline = EmbeddedPipeline::start(writer.clone(), CodeDirectory::default(), 10, 10).unwrap();
+        let pipeline =
+            EmbeddedPipeline::start(writer.clone(), CodeDirectory::default(), 10, 10).unwrap();
         let result = pipeline.log().publish(click(1)).await;
         assert!(matches!(result, Err(PublishError::Failed(_))), "{result:?}");
         *writer.fail.lock().unwrap() = false;
@@ -271,13 +294,22 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_is_refused_at_once() {
-        let writer = RecordingWriter { delay: Duration::from_millis(300), ..Default::default() };
+        let writer = RecordingWriter {
+            delay: Duration::from_millis(300),
+            ..Default::default()
+        };
         let pipeline = EmbeddedPipeline::start(writer, CodeDirectory::default(), 1, 1).unwrap();
         let log = pipeline.log();
         // One event occupies the writer, one the queue; the next must be refused.
-        let first = tokio::spawn({ let log = log.clone(); async move { log.publish(click(1)).await } });
+        let first = tokio::spawn({
+            let log = log.clone();
+            async move { log.publish(click(1)).await }
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let second = tokio::spawn({ let log = log.clone(); async move { log.publish(click(2)).await } });
+        let second = tokio::spawn({
+            let log = log.clone();
+            async move { log.publish(click(2)).await }
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(log.publish(click(3)).await, Err(PublishError::QueueFull));
         assert_eq!(first.await.unwrap(), Ok(()));

@@ -32,7 +32,11 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Migrate(pipeline) => {
             pipeline.validate()?;
-            sqlite::open(&pipeline.data_dir, pipeline.sqlite_synchronous, pipeline.attribution_window_ms())?;
+            sqlite::open(
+                &pipeline.data_dir,
+                pipeline.sqlite_synchronous,
+                pipeline.attribution_window_ms(),
+            )?;
             tracing::info!(data_dir = %pipeline.data_dir.display(), "store is up to date");
             Ok(())
         }

@@ -66,9 +66,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .fallback(|| async {
-            HttpError(ApiError::new(ErrorKind::RouteNotFound, "no such route"))
-        })
+        .fallback(|| async { HttpError(ApiError::new(ErrorKind::RouteNotFound, "no such route")) })
         .layer(middleware::from_fn(json_method_not_allowed))
         .layer(middleware::from_fn(track_requests))
         .with_state(state)
@@ -118,7 +116,9 @@ impl EmbeddedService {
     pub fn start(config: &Config) -> anyhow::Result<Self> {
         let tokens = config.validate()?;
         if tokens.is_open() {
-            tracing::warn!("no --api-tokens configured: every endpoint is open to anyone who can reach it");
+            tracing::warn!(
+                "no --api-tokens configured: every endpoint is open to anyone who can reach it"
+            );
         }
         let (pipeline, reader, directory) =
             EmbeddedPipeline::open(&config.pipeline).context("cannot open the embedded store")?;
@@ -164,7 +164,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> a
     let make_service = |peer: SocketAddr| {
         let router = router.clone();
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             let router = router.clone();
             async move {
                 use tower::ServiceExt;

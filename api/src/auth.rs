@@ -48,7 +48,11 @@ pub struct ApiTokens {
 impl ApiTokens {
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut grants = Vec::new();
-        for entry in spec.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        for entry in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+        {
             let (token, scopes) = entry
                 .split_once('=')
                 .ok_or_else(|| "each entry must be TOKEN=SCOPE[+SCOPE]".to_owned())?;
@@ -89,11 +93,18 @@ impl ApiTokens {
         let presented = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .and_then(|value| {
+                value
+                    .strip_prefix("Bearer ")
+                    .or_else(|| value.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or_else(|| {
-                ApiError::new(ErrorKind::Unauthorized, "send Authorization: Bearer <token>")
-                    .on_field("authorization")
+                ApiError::new(
+                    ErrorKind::Unauthorized,
+                    "send Authorization: Bearer <token>",
+                )
+                .on_field("authorization")
             })?;
         // Compare against every token, in constant time each, so timing reveals nothing.
         let mut matched = None;
@@ -142,21 +153,33 @@ mod tests {
 
     fn bearer(token: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
         headers
     }
 
     #[test]
     fn scopes_are_enforced() {
         let tokens = ApiTokens::parse("reader-0123456789abcdef=read, writer-0123456789abcdef=read+write,admin-0123456789abcdef=admin").unwrap();
-        let status = |token: &str, scope| tokens.authorize(&bearer(token), scope).map_err(|e| e.status().as_u16());
+        let status = |token: &str, scope| {
+            tokens
+                .authorize(&bearer(token), scope)
+                .map_err(|e| e.status().as_u16())
+        };
         assert_eq!(status("reader-0123456789abcdef", Scope::Read), Ok(()));
         assert_eq!(status("reader-0123456789abcdef", Scope::Write), Err(403));
         assert_eq!(status("writer-0123456789abcdef", Scope::Write), Ok(()));
         assert_eq!(status("writer-0123456789abcdef", Scope::Admin), Err(403));
         assert_eq!(status("admin-0123456789abcdef", Scope::Admin), Ok(()));
         assert_eq!(status("nobody-0123456789abcdef", Scope::Read), Err(401));
-        assert_eq!(tokens.authorize(&HeaderMap::new(), Scope::Read).map_err(|e| e.status().as_u16()), Err(401));
+        assert_eq!(
+            tokens
+                .authorize(&HeaderMap::new(), Scope::Read)
+                .map_err(|e| e.status().as_u16()),
+            Err(401)
+        );
     }
 
     #[test]

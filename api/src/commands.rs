@@ -21,7 +21,10 @@ const MAX_POLL_PAUSE: Duration = Duration::from_millis(200);
 /// Publishes `command` and returns its verdict, or 503 when none came within the timeout.
 pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiError> {
     let Some(command_id) = command.command_id().map(str::to_owned) else {
-        tracing::error!(kind = command.kind_name(), "submit called with an event that is not a command");
+        tracing::error!(
+            kind = command.kind_name(),
+            "submit called with an event that is not a command"
+        );
         return Err(ApiError::internal());
     };
     let kind = command.kind_name();
@@ -32,17 +35,23 @@ pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiE
     .await;
     let verdict = decided.unwrap_or_else(|_| {
         tracing::warn!(%command_id, "no verdict within the command timeout");
-        Err(ApiError::overloaded("the command was not decided in time; retry"))
+        Err(ApiError::overloaded(
+            "the command was not decided in time; retry",
+        ))
     })?;
     let outcome = match &verdict {
         Verdict::Rejected { reason } => rejection_label(*reason),
         _ => "applied",
     };
-    metrics::counter!("referral_commands_total", "command" => kind, "outcome" => outcome).increment(1);
+    metrics::counter!("referral_commands_total", "command" => kind, "outcome" => outcome)
+        .increment(1);
     Ok(verdict)
 }
 
-async fn await_verdict(reader: &dyn AttributionReader, command_id: &str) -> Result<Verdict, ApiError> {
+async fn await_verdict(
+    reader: &dyn AttributionReader,
+    command_id: &str,
+) -> Result<Verdict, ApiError> {
     let mut pause = FIRST_POLL_PAUSE;
     loop {
         match reader.verdict(command_id).await {

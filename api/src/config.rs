@@ -7,7 +7,11 @@ use referral_ingest::config::{EdgeArgs, ServerArgs};
 use crate::auth::ApiTokens;
 
 #[derive(Parser, Clone, Debug)]
-#[command(name = "referral-api", version, about = "Referral attribution API (embedded pipeline by default)")]
+#[command(
+    name = "referral-api",
+    version,
+    about = "Referral attribution API (embedded pipeline by default)"
+)]
 pub struct Config {
     #[command(flatten)]
     pub server: ServerArgs,
@@ -17,7 +21,12 @@ pub struct Config {
     pub pipeline: PipelineArgs,
 
     /// Bearer tokens and their scopes: TOKEN=read[+write][+admin],... Unset: open API.
-    #[arg(long, env = "REFERRAL_API_TOKENS", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "REFERRAL_API_TOKENS",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub api_tokens: String,
 }
 

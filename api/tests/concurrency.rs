@@ -20,7 +20,10 @@ async fn a_thousand_concurrent_clicks_count_exactly_a_thousand() {
     }
     assert_eq!(app.totals("usr_4491", "").await.0, 1000);
     assert_eq!(app.totals("usr_4491", "?period=24h").await.0, 1000);
-    assert_eq!(app.get(&format!("{PREFIX}/mentor/usr_4491")).await.body["pagination"]["total"], 1000);
+    assert_eq!(
+        app.get(&format!("{PREFIX}/mentor/usr_4491")).await.body["pagination"]["total"],
+        1000
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -34,7 +37,14 @@ async fn fifty_concurrent_confirms_have_exactly_one_winner() {
             let id = id.clone();
             tokio::spawn(async move {
                 let body = format!(r#"{{"code":"JAN-1","new_member_id":"usr_m{member}"}}"#);
-                let answer = app.call(Method::PUT, &format!("{PREFIX}/{id}"), &[("content-type", "application/json")], Some(&body)).await;
+                let answer = app
+                    .call(
+                        Method::PUT,
+                        &format!("{PREFIX}/{id}"),
+                        &[("content-type", "application/json")],
+                        Some(&body),
+                    )
+                    .await;
                 (answer.status, answer.error().0.to_owned())
             })
         })
@@ -61,7 +71,12 @@ async fn one_member_claimed_by_two_attributions_at_once_goes_to_one() {
     let claim = |id: String, code: &'static str| {
         let app = app.clone();
         tokio::spawn(async move {
-            app.confirm(&id, &format!(r#"{{"code":"{code}","new_member_id":"usr_shared"}}"#)).await.status
+            app.confirm(
+                &id,
+                &format!(r#"{{"code":"{code}","new_member_id":"usr_shared"}}"#),
+            )
+            .await
+            .status
         })
     };
     let (a, b) = (claim(first, "JAN-1"), claim(second, "FEB-2"));
@@ -82,17 +97,36 @@ async fn racing_confirm_and_delete_leave_consistent_totals() {
             let app = app.clone();
             let id = id.clone();
             tokio::spawn(async move {
-                app.confirm(&id, &format!(r#"{{"code":"JAN-1","new_member_id":"usr_r{round}"}}"#)).await.status
+                app.confirm(
+                    &id,
+                    &format!(r#"{{"code":"JAN-1","new_member_id":"usr_r{round}"}}"#),
+                )
+                .await
+                .status
             })
         };
         let delete = {
             let app = app.clone();
-            tokio::spawn(async move { app.call(Method::DELETE, &format!("{PREFIX}/{id}"), &[], None).await.status })
+            tokio::spawn(async move {
+                app.call(Method::DELETE, &format!("{PREFIX}/{id}"), &[], None)
+                    .await
+                    .status
+            })
         };
         let (confirmed, deleted) = (confirm.await.unwrap(), delete.await.unwrap());
-        assert_eq!(deleted, StatusCode::OK, "the delete always finds the attribution");
-        assert!(matches!(confirmed, StatusCode::OK | StatusCode::NOT_FOUND), "{confirmed}");
+        assert_eq!(
+            deleted,
+            StatusCode::OK,
+            "the delete always finds the attribution"
+        );
+        assert!(
+            matches!(confirmed, StatusCode::OK | StatusCode::NOT_FOUND),
+            "{confirmed}"
+        );
     }
     // Every attribution was deleted, whichever command won: nothing may remain counted.
-    assert_eq!(app.totals("usr_1", "").await, (0, 0, 0.0, "all_time".into()));
+    assert_eq!(
+        app.totals("usr_1", "").await,
+        (0, 0, 0.0, "all_time".into())
+    );
 }

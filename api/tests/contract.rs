@@ -8,11 +8,19 @@ use http::{Method, StatusCode};
 #[tokio::test]
 async fn click_post_records_the_contract_record_on_both_prefixes() {
     let app = TestApp::start(&[]).await;
-    assert_eq!(app.assign_code("jan-verv-8f3a", "usr_4491").await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.assign_code("jan-verv-8f3a", "usr_4491").await.status,
+        StatusCode::CREATED
+    );
     let body = r#"{"code":"JAN-VERV-8F3A","ip_address":"185.12.34.56","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)","referrer_url":"https://instagram.com","occurred_at":"2026-03-20T14:22:00Z"}"#;
     for prefix in [PREFIX, DOUBLED] {
         let answer = app.send_json(Method::POST, prefix, body).await;
-        assert_eq!(answer.status, StatusCode::CREATED, "{prefix}: {:?}", answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "{prefix}: {:?}",
+            answer.body
+        );
         let record = &answer.body;
         assert!(record["id"].as_str().unwrap().starts_with("attr_"));
         assert_eq!(record["code"], "JAN-VERV-8F3A");
@@ -21,11 +29,18 @@ async fn click_post_records_the_contract_record_on_both_prefixes() {
         assert_eq!(record["status"], "pending");
         assert_eq!(record["new_member_id"], serde_json::Value::Null);
         assert_eq!(record["ip_address"], "185.12.34.56");
-        assert_eq!(record["user_agent"], "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)");
+        assert_eq!(
+            record["user_agent"],
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)"
+        );
         assert_eq!(record["referrer_url"], "https://instagram.com");
         assert_eq!(record["occurred_at"], "2026-03-20T14:22:00Z");
         assert!(record["created_at"].as_str().unwrap() > "2026-03-20");
-        assert_eq!(record.as_object().unwrap().len(), 11, "exactly the contract's fields");
+        assert_eq!(
+            record.as_object().unwrap().len(),
+            11,
+            "exactly the contract's fields"
+        );
         // What was answered is what is stored, under both prefixes.
         let id = record["id"].as_str().unwrap();
         for read_prefix in [PREFIX, DOUBLED] {
@@ -57,7 +72,10 @@ async fn click_defaults_come_from_the_connection_and_headers() {
         .await;
     assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
     assert_eq!(answer.body["code"], "JAN-1", "codes are stored upper case");
-    assert_eq!(answer.body["ip_address"], "185.12.34.56", "first X-Forwarded-For hop from a trusted proxy");
+    assert_eq!(
+        answer.body["ip_address"], "185.12.34.56",
+        "first X-Forwarded-For hop from a trusted proxy"
+    );
     assert_eq!(answer.body["user_agent"], "Pixel/1.0");
     assert_eq!(answer.body["referrer_url"], "https://blog.example.com/post");
     assert!(answer.body["occurred_at"].as_str().unwrap() >= before.as_str());
@@ -70,7 +88,10 @@ async fn click_defaults_come_from_the_connection_and_headers() {
         .call(
             Method::POST,
             PREFIX,
-            &[("content-type", "application/json"), ("x-forwarded-for", "185.12.34.56")],
+            &[
+                ("content-type", "application/json"),
+                ("x-forwarded-for", "185.12.34.56"),
+            ],
             Some(r#"{"code":"JAN-1"}"#),
         )
         .await;
@@ -87,14 +108,54 @@ async fn click_errors_are_json_with_status_and_field() {
         ("{", StatusCode::BAD_REQUEST, "malformed_json", None),
         ("[]", StatusCode::BAD_REQUEST, "malformed_json", None),
         ("", StatusCode::BAD_REQUEST, "malformed_json", None),
-        ("{}", StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("code")),
-        (r#"{"code":"X"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("code")),
-        (r#"{"code":"NOPE-1"}"#, StatusCode::UNPROCESSABLE_ENTITY, "unknown_code", Some("code")),
-        (r#"{"code":"JAN-1","ip_address":"1.2.3"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("ip_address")),
-        (r#"{"code":"JAN-1","referrer_url":"javascript:alert(1)"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("referrer_url")),
-        (r#"{"code":"JAN-1","occurred_at":"2026-03-20"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("occurred_at")),
-        (r#"{"code":"JAN-1","user_agent":5}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("user_agent")),
-        (r#"{"code":"JAN-1","mentor_id":"usr_9"}"#, StatusCode::UNPROCESSABLE_ENTITY, "unknown_field", Some("mentor_id")),
+        (
+            "{}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("code"),
+        ),
+        (
+            r#"{"code":"X"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("code"),
+        ),
+        (
+            r#"{"code":"NOPE-1"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_code",
+            Some("code"),
+        ),
+        (
+            r#"{"code":"JAN-1","ip_address":"1.2.3"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("ip_address"),
+        ),
+        (
+            r#"{"code":"JAN-1","referrer_url":"javascript:alert(1)"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("referrer_url"),
+        ),
+        (
+            r#"{"code":"JAN-1","occurred_at":"2026-03-20"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("occurred_at"),
+        ),
+        (
+            r#"{"code":"JAN-1","user_agent":5}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("user_agent"),
+        ),
+        (
+            r#"{"code":"JAN-1","mentor_id":"usr_9"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_field",
+            Some("mentor_id"),
+        ),
     ];
     for (body, status, code, field) in cases {
         let answer = app.click(body).await;
@@ -102,17 +163,45 @@ async fn click_errors_are_json_with_status_and_field() {
         assert_eq!(answer.error(), (*code, *field), "{body}");
     }
     let future = format!(r#"{{"code":"JAN-1","occurred_at":"{}"}}"#, from_now(600));
-    assert_eq!(app.click(&future).await.error(), ("invalid_field", Some("occurred_at")));
+    assert_eq!(
+        app.click(&future).await.error(),
+        ("invalid_field", Some("occurred_at"))
+    );
     let long_agent = format!(r#"{{"code":"JAN-1","user_agent":"{}"}}"#, "a".repeat(1025));
-    assert_eq!(app.click(&long_agent).await.error(), ("invalid_field", Some("user_agent")));
-    let long_referrer = format!(r#"{{"code":"JAN-1","referrer_url":"https://e.com/{}"}}"#, "a".repeat(2040));
-    assert_eq!(app.click(&long_referrer).await.error(), ("invalid_field", Some("referrer_url")));
+    assert_eq!(
+        app.click(&long_agent).await.error(),
+        ("invalid_field", Some("user_agent"))
+    );
+    let long_referrer = format!(
+        r#"{{"code":"JAN-1","referrer_url":"https://e.com/{}"}}"#,
+        "a".repeat(2040)
+    );
+    assert_eq!(
+        app.click(&long_referrer).await.error(),
+        ("invalid_field", Some("referrer_url"))
+    );
 
-    let not_json = app.call(Method::POST, PREFIX, &[("content-type", "text/plain")], Some(r#"{"code":"JAN-1"}"#)).await;
-    assert_eq!((not_json.status, not_json.error().0), (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"));
-    let huge = format!(r#"{{"code":"JAN-1","user_agent":"{}"}}"#, "a".repeat(17 * 1024));
+    let not_json = app
+        .call(
+            Method::POST,
+            PREFIX,
+            &[("content-type", "text/plain")],
+            Some(r#"{"code":"JAN-1"}"#),
+        )
+        .await;
+    assert_eq!(
+        (not_json.status, not_json.error().0),
+        (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+    );
+    let huge = format!(
+        r#"{{"code":"JAN-1","user_agent":"{}"}}"#,
+        "a".repeat(17 * 1024)
+    );
     let too_large = app.click(&huge).await;
-    assert_eq!((too_large.status, too_large.error().0), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    assert_eq!(
+        (too_large.status, too_large.error().0),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
 
     // Nothing refused was stored.
     let list = app.get(PREFIX).await;
@@ -130,34 +219,65 @@ async fn list_paginates_filters_and_orders_newest_first() {
         ids.push(app.click_id("JAN-1", &from_now(-60 * (10 - minutes))).await);
     }
     let other = app.click_id("FEB-2", &from_now(-30)).await;
-    let confirmed = app.confirm(&ids[0], r#"{"code":"JAN-1","new_member_id":"usr_new"}"#).await;
+    let confirmed = app
+        .confirm(&ids[0], r#"{"code":"JAN-1","new_member_id":"usr_new"}"#)
+        .await;
     assert_eq!(confirmed.status, StatusCode::OK);
 
     let all = app.get(PREFIX).await;
-    assert_eq!(all.body["pagination"], serde_json::json!({"page": 1, "limit": 20, "total": 6}));
-    let order: Vec<&str> = all.body["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        all.body["pagination"],
+        serde_json::json!({"page": 1, "limit": 20, "total": 6})
+    );
+    let order: Vec<&str> = all.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(order[0], other, "newest occurred_at first");
     assert_eq!(order[5], ids[0]);
 
     let page2 = app.get(&format!("{PREFIX}?page=2&limit=2")).await;
-    assert_eq!(page2.body["pagination"], serde_json::json!({"page": 2, "limit": 2, "total": 6}));
-    let page2_ids: Vec<&str> = page2.body["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        page2.body["pagination"],
+        serde_json::json!({"page": 2, "limit": 2, "total": 6})
+    );
+    let page2_ids: Vec<&str> = page2.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(page2_ids, vec![ids[3].as_str(), ids[2].as_str()]);
 
     let filtered = |query: &str| {
         let query = query.to_owned();
         let app = &app;
-        async move { app.get(&format!("{PREFIX}?{query}")).await.body["pagination"]["total"].as_u64().unwrap() }
+        async move {
+            app.get(&format!("{PREFIX}?{query}")).await.body["pagination"]["total"]
+                .as_u64()
+                .unwrap()
+        }
     };
     assert_eq!(filtered("code=feb-2").await, 1);
     assert_eq!(filtered("mentor_id=usr_1").await, 5);
     assert_eq!(filtered("status=confirmed").await, 1);
     assert_eq!(filtered("type=click").await, 5);
     assert_eq!(filtered("type=conversion&status=confirmed").await, 1);
-    assert_eq!(filtered(&format!("from={}", from_now(-60 * 6 - 1))).await, 3);
+    assert_eq!(
+        filtered(&format!("from={}", from_now(-60 * 6 - 1))).await,
+        3
+    );
     assert_eq!(filtered(&format!("to={}", from_now(-60 * 6 - 1))).await, 3);
 
-    for (query, field) in [("page=0", "page"), ("limit=101", "limit"), ("limit=0", "limit"), ("status=paid", "status"), ("sort=asc", "sort")] {
+    for (query, field) in [
+        ("page=0", "page"),
+        ("limit=101", "limit"),
+        ("limit=0", "limit"),
+        ("status=paid", "status"),
+        ("sort=asc", "sort"),
+    ] {
         let answer = app.get(&format!("{PREFIX}?{query}")).await;
         assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
         assert_eq!(answer.error().1, Some(field), "{query}");
@@ -170,7 +290,11 @@ async fn get_by_id_is_404_for_unknown_and_malformed_ids() {
     let app = TestApp::start(&[]).await;
     for id in ["attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G", "attr_a1b2c3", "x"] {
         let answer = app.get(&format!("{PREFIX}/{id}")).await;
-        assert_eq!((answer.status, answer.error().0), (StatusCode::NOT_FOUND, "attribution_not_found"), "{id}");
+        assert_eq!(
+            (answer.status, answer.error().0),
+            (StatusCode::NOT_FOUND, "attribution_not_found"),
+            "{id}"
+        );
     }
     app.stop().await;
 }
@@ -188,18 +312,47 @@ async fn confirmation_rules() {
     };
 
     let mismatch = confirm(r#"{"code":"FEB-2","new_member_id":"usr_5892"}"#.into()).await;
-    assert_eq!((mismatch.status, mismatch.error()), (StatusCode::CONFLICT, ("code_mismatch", Some("code"))));
-    let before_click = confirm(format!(r#"{{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"{}"}}"#, from_now(-7200))).await;
-    assert_eq!((before_click.status, before_click.error()), (StatusCode::UNPROCESSABLE_ENTITY, ("invalid_field", Some("confirmed_at"))));
-    let future = confirm(format!(r#"{{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"{}"}}"#, from_now(120))).await;
-    assert_eq!((future.status, future.error()), (StatusCode::UNPROCESSABLE_ENTITY, ("invalid_field", Some("confirmed_at"))));
+    assert_eq!(
+        (mismatch.status, mismatch.error()),
+        (StatusCode::CONFLICT, ("code_mismatch", Some("code")))
+    );
+    let before_click = confirm(format!(
+        r#"{{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"{}"}}"#,
+        from_now(-7200)
+    ))
+    .await;
+    assert_eq!(
+        (before_click.status, before_click.error()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_field", Some("confirmed_at"))
+        )
+    );
+    let future = confirm(format!(
+        r#"{{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"{}"}}"#,
+        from_now(120)
+    ))
+    .await;
+    assert_eq!(
+        (future.status, future.error()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_field", Some("confirmed_at"))
+        )
+    );
     let missing = confirm(r#"{"code":"JAN-1"}"#.into()).await;
     assert_eq!(missing.error(), ("invalid_field", Some("new_member_id")));
-    let unknown = app.confirm("attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G", r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#).await;
+    let unknown = app
+        .confirm(
+            "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G",
+            r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#,
+        )
+        .await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
 
     let confirmed_at = from_now(-60);
-    let body = format!(r#"{{"code":"jan-1","new_member_id":"usr_5892","confirmed_at":"{confirmed_at}"}}"#);
+    let body =
+        format!(r#"{{"code":"jan-1","new_member_id":"usr_5892","confirmed_at":"{confirmed_at}"}}"#);
     let first = confirm(body.clone()).await;
     assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
     assert_eq!(
@@ -212,20 +365,40 @@ async fn confirmation_rules() {
     // An idempotent retry answers the same, even with another (defaulted) confirmed_at.
     assert_eq!(confirm(body).await.body, first.body);
     let retry_without_time = confirm(r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#.into()).await;
-    assert_eq!((retry_without_time.status, &retry_without_time.body), (StatusCode::OK, &first.body));
+    assert_eq!(
+        (retry_without_time.status, &retry_without_time.body),
+        (StatusCode::OK, &first.body)
+    );
     let other_member = confirm(r#"{"code":"JAN-1","new_member_id":"usr_7777"}"#.into()).await;
-    assert_eq!((other_member.status, other_member.error().0), (StatusCode::CONFLICT, "already_confirmed"));
-    assert_eq!(app.totals("usr_1", "").await.1, 1, "retries do not count twice");
+    assert_eq!(
+        (other_member.status, other_member.error().0),
+        (StatusCode::CONFLICT, "already_confirmed")
+    );
+    assert_eq!(
+        app.totals("usr_1", "").await.1,
+        1,
+        "retries do not count twice"
+    );
 
     // The member is taken: another attribution cannot claim them.
     let second = app.click_id("JAN-1", &from_now(-1800)).await;
-    let taken = app.confirm(&second, r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#).await;
-    assert_eq!((taken.status, taken.error().0), (StatusCode::CONFLICT, "member_already_attributed"));
+    let taken = app
+        .confirm(&second, r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#)
+        .await;
+    assert_eq!(
+        (taken.status, taken.error().0),
+        (StatusCode::CONFLICT, "member_already_attributed")
+    );
 
     // Outside the 30-day window.
     let old = app.click_id("JAN-1", &from_now(-31 * 86_400)).await;
-    let expired = app.confirm(&old, r#"{"code":"JAN-1","new_member_id":"usr_8888"}"#).await;
-    assert_eq!((expired.status, expired.error().0), (StatusCode::CONFLICT, "attribution_expired"));
+    let expired = app
+        .confirm(&old, r#"{"code":"JAN-1","new_member_id":"usr_8888"}"#)
+        .await;
+    assert_eq!(
+        (expired.status, expired.error().0),
+        (StatusCode::CONFLICT, "attribution_expired")
+    );
     app.stop().await;
 }
 
@@ -235,22 +408,43 @@ async fn delete_removes_from_reads_lists_and_totals() {
     app.assign_code("JAN-1", "usr_1").await;
     let converted = app.click_id("JAN-1", &from_now(-3600)).await;
     let pending = app.click_id("JAN-1", &from_now(-1800)).await;
-    app.confirm(&converted, r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#).await;
-    assert_eq!(app.totals("usr_1", "").await, (2, 1, 0.5, "all_time".into()));
+    app.confirm(&converted, r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#)
+        .await;
+    assert_eq!(
+        app.totals("usr_1", "").await,
+        (2, 1, 0.5, "all_time".into())
+    );
 
-    let deleted = app.call(Method::DELETE, &format!("{PREFIX}/{converted}"), &[], None).await;
+    let deleted = app
+        .call(Method::DELETE, &format!("{PREFIX}/{converted}"), &[], None)
+        .await;
     assert_eq!(deleted.status, StatusCode::OK);
     assert_eq!(deleted.body["id"], converted.as_str());
     assert_eq!(deleted.body["deleted"], true);
     assert!(deleted.body["deleted_at"].is_string());
-    assert_eq!(app.get(&format!("{PREFIX}/{converted}")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.get(&format!("{PREFIX}/{converted}")).await.status,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(app.get(PREFIX).await.body["pagination"]["total"], 1);
-    assert_eq!(app.totals("usr_1", "").await, (1, 0, 0.0, "all_time".into()), "one click and one conversion removed");
-    let again = app.call(Method::DELETE, &format!("{PREFIX}/{converted}"), &[], None).await;
+    assert_eq!(
+        app.totals("usr_1", "").await,
+        (1, 0, 0.0, "all_time".into()),
+        "one click and one conversion removed"
+    );
+    let again = app
+        .call(Method::DELETE, &format!("{PREFIX}/{converted}"), &[], None)
+        .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.totals("usr_1", "").await.0, 1, "a second delete changes nothing");
+    assert_eq!(
+        app.totals("usr_1", "").await.0,
+        1,
+        "a second delete changes nothing"
+    );
     // The member is free again once their attribution is gone.
-    let reclaimed = app.confirm(&pending, r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#).await;
+    let reclaimed = app
+        .confirm(&pending, r#"{"code":"JAN-1","new_member_id":"usr_5892"}"#)
+        .await;
     assert_eq!(reclaimed.status, StatusCode::OK, "{:?}", reclaimed.body);
     app.stop().await;
 }
@@ -265,29 +459,88 @@ async fn mentor_list_and_totals_by_period() {
     app.click_id("JAN-1", &from_now(-20 * 86_400)).await;
     app.click_id("JAN-1", &from_now(-400 * 86_400)).await;
     app.click_id("FEB-2", &from_now(-60)).await;
-    app.confirm(&recent, r#"{"code":"JAN-1","new_member_id":"usr_a"}"#).await;
+    app.confirm(&recent, r#"{"code":"JAN-1","new_member_id":"usr_a"}"#)
+        .await;
 
     let list = app.get(&format!("{PREFIX}/mentor/usr_1?limit=2")).await;
-    assert_eq!(list.body["pagination"], serde_json::json!({"page": 1, "limit": 2, "total": 4}));
+    assert_eq!(
+        list.body["pagination"],
+        serde_json::json!({"page": 1, "limit": 2, "total": 4})
+    );
     let first = &list.body["data"][0];
     assert_eq!(first["id"], recent.as_str());
-    let mut keys: Vec<&str> = first.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["code", "id", "mentor_id", "new_member_id", "occurred_at", "status", "type"]);
-    assert_eq!(app.get(&format!("{PREFIX}/mentor/usr_1?status=pending")).await.body["pagination"]["total"], 3);
+    assert_eq!(
+        keys,
+        [
+            "code",
+            "id",
+            "mentor_id",
+            "new_member_id",
+            "occurred_at",
+            "status",
+            "type"
+        ]
+    );
+    assert_eq!(
+        app.get(&format!("{PREFIX}/mentor/usr_1?status=pending"))
+            .await
+            .body["pagination"]["total"],
+        3
+    );
 
-    assert_eq!(app.totals("usr_1", "").await, (4, 1, 0.25, "all_time".into()));
-    assert_eq!(app.totals("usr_1", "?period=24h").await, (1, 1, 1.0, "24h".into()));
-    assert_eq!(app.totals("usr_1", "?period=7d").await, (2, 1, 0.5, "7d".into()));
-    assert_eq!(app.totals("usr_1", "?period=30d").await, (3, 1, 0.333, "30d".into()));
-    assert_eq!(app.totals("usr_1", "?period=90d").await, (3, 1, 0.333, "90d".into()));
-    let custom = format!("?from={}&to={}", from_now(-30 * 86_400), from_now(-2 * 86_400));
-    assert_eq!(app.totals("usr_1", &custom).await, (2, 0, 0.0, "custom".into()));
-    assert_eq!(app.totals("usr_2", "").await, (1, 0, 0.0, "all_time".into()));
-    assert_eq!(app.totals("usr_nobody", "").await, (0, 0, 0.0, "all_time".into()));
+    assert_eq!(
+        app.totals("usr_1", "").await,
+        (4, 1, 0.25, "all_time".into())
+    );
+    assert_eq!(
+        app.totals("usr_1", "?period=24h").await,
+        (1, 1, 1.0, "24h".into())
+    );
+    assert_eq!(
+        app.totals("usr_1", "?period=7d").await,
+        (2, 1, 0.5, "7d".into())
+    );
+    assert_eq!(
+        app.totals("usr_1", "?period=30d").await,
+        (3, 1, 0.333, "30d".into())
+    );
+    assert_eq!(
+        app.totals("usr_1", "?period=90d").await,
+        (3, 1, 0.333, "90d".into())
+    );
+    let custom = format!(
+        "?from={}&to={}",
+        from_now(-30 * 86_400),
+        from_now(-2 * 86_400)
+    );
+    assert_eq!(
+        app.totals("usr_1", &custom).await,
+        (2, 0, 0.0, "custom".into())
+    );
+    assert_eq!(
+        app.totals("usr_2", "").await,
+        (1, 0, 0.0, "all_time".into())
+    );
+    assert_eq!(
+        app.totals("usr_nobody", "").await,
+        (0, 0, 0.0, "all_time".into())
+    );
 
-    for query in ["?period=1y", "?period=7d&from=2026-01-01T00:00:00Z", "?from=tuesday"] {
-        let answer = app.get(&format!("{PREFIX}/mentor/usr_1/total{query}")).await;
+    for query in [
+        "?period=1y",
+        "?period=7d&from=2026-01-01T00:00:00Z",
+        "?from=tuesday",
+    ] {
+        let answer = app
+            .get(&format!("{PREFIX}/mentor/usr_1/total{query}"))
+            .await;
         assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{query}");
     }
     let bad_mentor = app.get(&format!("{PREFIX}/mentor/usr%20one/total")).await;
@@ -304,28 +557,75 @@ async fn referral_codes_route_clicks_and_can_be_reassigned_or_retired() {
     let early = app.click_id("SPRING-24", &from_now(-60)).await;
 
     let moved = app.assign_code("SPRING-24", "usr_2").await;
-    assert_eq!((moved.status, &moved.body["mentor_id"]), (StatusCode::OK, &serde_json::json!("usr_2")));
+    assert_eq!(
+        (moved.status, &moved.body["mentor_id"]),
+        (StatusCode::OK, &serde_json::json!("usr_2"))
+    );
     let late = app.click_id("spring-24", &from_now(-30)).await;
-    assert_eq!(app.get(&format!("{PREFIX}/{early}")).await.body["mentor_id"], "usr_1", "earlier clicks keep their mentor");
-    assert_eq!(app.get(&format!("{PREFIX}/{late}")).await.body["mentor_id"], "usr_2");
+    assert_eq!(
+        app.get(&format!("{PREFIX}/{early}")).await.body["mentor_id"],
+        "usr_1",
+        "earlier clicks keep their mentor"
+    );
+    assert_eq!(
+        app.get(&format!("{PREFIX}/{late}")).await.body["mentor_id"],
+        "usr_2"
+    );
 
     let one = app.get("/api/v1/referral-codes/spring-24").await;
-    assert_eq!((one.status, &one.body["mentor_id"]), (StatusCode::OK, &serde_json::json!("usr_2")));
+    assert_eq!(
+        (one.status, &one.body["mentor_id"]),
+        (StatusCode::OK, &serde_json::json!("usr_2"))
+    );
     app.assign_code("OTHER-1", "usr_2").await;
     app.assign_code("THIRD-1", "usr_3").await;
     let listed = app.get("/api/v1/referral-codes?mentor_id=usr_2").await;
     assert_eq!(listed.body["pagination"]["total"], 2);
     assert_eq!(listed.body["data"][0]["code"], "OTHER-1");
-    assert_eq!(app.get("/api/v1/referral-codes").await.body["pagination"]["total"], 3);
+    assert_eq!(
+        app.get("/api/v1/referral-codes").await.body["pagination"]["total"],
+        3
+    );
 
-    let retired = app.call(Method::DELETE, "/api/v1/referral-codes/SPRING-24", &[], None).await;
-    assert_eq!((retired.status, &retired.body["deleted"]), (StatusCode::OK, &serde_json::json!(true)));
-    assert_eq!(app.click(r#"{"code":"SPRING-24"}"#).await.error(), ("unknown_code", Some("code")));
-    assert_eq!(app.get("/api/v1/referral-codes/SPRING-24").await.status, StatusCode::NOT_FOUND);
-    assert_eq!(app.call(Method::DELETE, "/api/v1/referral-codes/SPRING-24", &[], None).await.status, StatusCode::NOT_FOUND);
+    let retired = app
+        .call(
+            Method::DELETE,
+            "/api/v1/referral-codes/SPRING-24",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (retired.status, &retired.body["deleted"]),
+        (StatusCode::OK, &serde_json::json!(true))
+    );
+    assert_eq!(
+        app.click(r#"{"code":"SPRING-24"}"#).await.error(),
+        ("unknown_code", Some("code"))
+    );
+    assert_eq!(
+        app.get("/api/v1/referral-codes/SPRING-24").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.call(
+            Method::DELETE,
+            "/api/v1/referral-codes/SPRING-24",
+            &[],
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
 
-    assert_eq!(app.assign_code("x", "usr_1").await.error(), ("invalid_field", Some("code")));
-    let no_mentor = app.send_json(Method::PUT, "/api/v1/referral-codes/GOOD-1", "{}").await;
+    assert_eq!(
+        app.assign_code("x", "usr_1").await.error(),
+        ("invalid_field", Some("code"))
+    );
+    let no_mentor = app
+        .send_json(Method::PUT, "/api/v1/referral-codes/GOOD-1", "{}")
+        .await;
     assert_eq!(no_mentor.error(), ("invalid_field", Some("mentor_id")));
     app.stop().await;
 }
@@ -347,13 +647,42 @@ async fn tokens_guard_everything_but_the_click_post() {
             if let Some(auth) = auth.as_deref() {
                 headers.push(("authorization", auth));
             }
-            app.call(method, &uri, &headers, body.as_deref()).await.status
+            app.call(method, &uri, &headers, body.as_deref())
+                .await
+                .status
         }
     };
     let code_body = Some(r#"{"mentor_id":"usr_1"}"#);
-    assert_eq!(call(Method::PUT, "/api/v1/referral-codes/JAN-1".into(), None, code_body).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(call(Method::PUT, "/api/v1/referral-codes/JAN-1".into(), Some(writer), code_body).await, StatusCode::FORBIDDEN);
-    assert_eq!(call(Method::PUT, "/api/v1/referral-codes/JAN-1".into(), Some(admin), code_body).await, StatusCode::CREATED);
+    assert_eq!(
+        call(
+            Method::PUT,
+            "/api/v1/referral-codes/JAN-1".into(),
+            None,
+            code_body
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(
+            Method::PUT,
+            "/api/v1/referral-codes/JAN-1".into(),
+            Some(writer),
+            code_body
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            Method::PUT,
+            "/api/v1/referral-codes/JAN-1".into(),
+            Some(admin),
+            code_body
+        )
+        .await,
+        StatusCode::CREATED
+    );
     // The click POST is public.
     let click = app.click(r#"{"code":"JAN-1"}"#).await;
     assert_eq!(click.status, StatusCode::CREATED);
@@ -362,17 +691,83 @@ async fn tokens_guard_everything_but_the_click_post() {
     let unauthorized = app.get(PREFIX).await;
     assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
     assert!(unauthorized.headers.contains_key("www-authenticate"));
-    assert_eq!(call(Method::GET, PREFIX.into(), Some("wrong-0123456789abcdef"), None).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(call(Method::GET, PREFIX.into(), Some(reader), None).await, StatusCode::OK);
-    assert_eq!(call(Method::GET, format!("{PREFIX}/{id}"), Some(reader), None).await, StatusCode::OK);
-    assert_eq!(call(Method::GET, format!("{PREFIX}/mentor/usr_1/total"), Some(reader), None).await, StatusCode::OK);
-    assert_eq!(call(Method::GET, "/api/v1/referral-codes".into(), Some(reader), None).await, StatusCode::OK);
+    assert_eq!(
+        call(
+            Method::GET,
+            PREFIX.into(),
+            Some("wrong-0123456789abcdef"),
+            None
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(Method::GET, PREFIX.into(), Some(reader), None).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(Method::GET, format!("{PREFIX}/{id}"), Some(reader), None).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            Method::GET,
+            format!("{PREFIX}/mentor/usr_1/total"),
+            Some(reader),
+            None
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            Method::GET,
+            "/api/v1/referral-codes".into(),
+            Some(reader),
+            None
+        )
+        .await,
+        StatusCode::OK
+    );
     let confirm_body = Some(r#"{"code":"JAN-1","new_member_id":"usr_9"}"#);
-    assert_eq!(call(Method::PUT, format!("{PREFIX}/{id}"), Some(reader), confirm_body).await, StatusCode::FORBIDDEN);
-    assert_eq!(call(Method::PUT, format!("{PREFIX}/{id}"), Some(writer), confirm_body).await, StatusCode::OK);
-    assert_eq!(call(Method::DELETE, format!("{PREFIX}/{id}"), Some(reader), None).await, StatusCode::FORBIDDEN);
-    assert_eq!(call(Method::DELETE, format!("{PREFIX}/{id}"), Some(writer), None).await, StatusCode::OK);
-    assert_eq!(call(Method::DELETE, "/api/v1/referral-codes/JAN-1".into(), Some(writer), None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        call(
+            Method::PUT,
+            format!("{PREFIX}/{id}"),
+            Some(reader),
+            confirm_body
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(
+            Method::PUT,
+            format!("{PREFIX}/{id}"),
+            Some(writer),
+            confirm_body
+        )
+        .await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(Method::DELETE, format!("{PREFIX}/{id}"), Some(reader), None).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(Method::DELETE, format!("{PREFIX}/{id}"), Some(writer), None).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            Method::DELETE,
+            "/api/v1/referral-codes/JAN-1".into(),
+            Some(writer),
+            None
+        )
+        .await,
+        StatusCode::FORBIDDEN
+    );
     app.stop().await;
 }
 
@@ -380,10 +775,24 @@ async fn tokens_guard_everything_but_the_click_post() {
 async fn unknown_routes_and_methods_answer_json() {
     let app = TestApp::start(&[]).await;
     let missing = app.get("/api/v2/nothing").await;
-    assert_eq!((missing.status, missing.error().0), (StatusCode::NOT_FOUND, "not_found"));
-    for (method, uri) in [(Method::PATCH, PREFIX.to_owned()), (Method::POST, format!("{PREFIX}/attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G")), (Method::DELETE, format!("{DOUBLED}/mentor/usr_1"))] {
+    assert_eq!(
+        (missing.status, missing.error().0),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    for (method, uri) in [
+        (Method::PATCH, PREFIX.to_owned()),
+        (
+            Method::POST,
+            format!("{PREFIX}/attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G"),
+        ),
+        (Method::DELETE, format!("{DOUBLED}/mentor/usr_1")),
+    ] {
         let answer = app.call(method.clone(), &uri, &[], None).await;
-        assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}");
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {uri}"
+        );
         assert_eq!(answer.error().0, "method_not_allowed");
         assert!(answer.headers.contains_key("allow"), "{method} {uri}");
         assert_eq!(answer.headers["content-type"], "application/json");
@@ -421,8 +830,15 @@ async fn state_survives_a_restart_on_the_same_data_dir() {
     let id = app.click_id("JAN-1", &from_now(-60)).await;
     let dir = app.stop().await;
     let app = TestApp::start_in(dir, &[]);
-    assert_eq!(app.get(&format!("{PREFIX}/{id}")).await.status, StatusCode::OK);
-    assert_eq!(app.click(r#"{"code":"JAN-1"}"#).await.status, StatusCode::CREATED, "codes are reloaded");
+    assert_eq!(
+        app.get(&format!("{PREFIX}/{id}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.click(r#"{"code":"JAN-1"}"#).await.status,
+        StatusCode::CREATED,
+        "codes are reloaded"
+    );
     assert_eq!(app.totals("usr_1", "").await.0, 2);
     app.stop().await;
 }

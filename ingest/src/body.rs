@@ -15,7 +15,12 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let too_large = || ApiError::new(ErrorKind::PayloadTooLarge, format!("the body must be at most {limit} bytes"));
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the body must be at most {limit} bytes"),
+        )
+    };
     let declared = headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -26,6 +31,9 @@ where
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(ApiError::new(ErrorKind::MalformedJson, "the body could not be read")),
+        Err(_) => Err(ApiError::new(
+            ErrorKind::MalformedJson,
+            "the body could not be read",
+        )),
     }
 }

@@ -61,7 +61,10 @@ mod tests {
         let forwarded = headers("185.12.34.56, 10.1.1.1");
         let proxy: IpAddr = "10.2.3.4".parse().unwrap();
         let stranger: IpAddr = "203.0.113.9".parse().unwrap();
-        assert_eq!(proxies.client_ip(proxy, &forwarded).to_string(), "185.12.34.56");
+        assert_eq!(
+            proxies.client_ip(proxy, &forwarded).to_string(),
+            "185.12.34.56"
+        );
         assert_eq!(proxies.client_ip(stranger, &forwarded), stranger);
         assert_eq!(proxies.client_ip(proxy, &headers("garbage")), proxy);
         assert_eq!(proxies.client_ip(proxy, &HeaderMap::new()), proxy);

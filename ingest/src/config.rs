@@ -53,8 +53,14 @@ pub struct EdgeArgs {
 
 impl ServerArgs {
     pub fn settings(&self) -> anyhow::Result<ServerSettings> {
-        anyhow::ensure!(self.max_connections >= 1, "--max-connections must be at least 1");
-        anyhow::ensure!(!self.header_read_timeout.is_zero(), "--header-read-timeout must be above zero");
+        anyhow::ensure!(
+            self.max_connections >= 1,
+            "--max-connections must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.header_read_timeout.is_zero(),
+            "--header-read-timeout must be above zero"
+        );
         Ok(ServerSettings {
             header_read_timeout: self.header_read_timeout,
             max_connections: self.max_connections,
@@ -70,7 +76,10 @@ impl EdgeArgs {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(!self.ack_timeout.is_zero(), "--ack-timeout must be above zero");
+        anyhow::ensure!(
+            !self.ack_timeout.is_zero(),
+            "--ack-timeout must be above zero"
+        );
         self.trusted_proxies().map(|_| ())
     }
 }

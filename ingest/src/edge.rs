@@ -61,7 +61,8 @@ impl ClickEdge {
         match &result {
             Ok(_) => metrics::counter!("referral_clicks_accepted_total").increment(1),
             Err(error) => {
-                metrics::counter!("referral_clicks_rejected_total", "cause" => error.kind.code()).increment(1)
+                metrics::counter!("referral_clicks_rejected_total", "cause" => error.kind.code())
+                    .increment(1)
             }
         }
         result
@@ -79,7 +80,8 @@ impl ClickEdge {
         let mut body = body.to_vec();
         let request = ClickRequest::parse(&mut body, received_at)?;
         let mentor_id = self.codes.mentor_for(&request.code).ok_or_else(|| {
-            ApiError::new(ErrorKind::UnknownCode, "no mentor has this referral code").on_field("code")
+            ApiError::new(ErrorKind::UnknownCode, "no mentor has this referral code")
+                .on_field("code")
         })?;
         let click = ClickEvent {
             attribution_id: new_attribution_id(),
@@ -94,12 +96,15 @@ impl ClickEdge {
             received_at,
         };
         let (attribution, _) = state::record_click(&click);
-        match tokio::time::timeout(self.ack_timeout, self.log.publish(LogEvent::Click(click))).await {
+        match tokio::time::timeout(self.ack_timeout, self.log.publish(LogEvent::Click(click))).await
+        {
             Ok(Ok(())) => Ok(attribution),
             Ok(Err(error)) => Err(publish_error(error)),
             Err(_) => {
                 metrics::counter!("referral_ack_timeouts_total").increment(1);
-                Err(ApiError::overloaded("the click was not acknowledged in time; retry"))
+                Err(ApiError::overloaded(
+                    "the click was not acknowledged in time; retry",
+                ))
             }
         }
     }
@@ -144,14 +149,18 @@ pub fn publish_error(error: PublishError) -> ApiError {
 pub fn json_response<B: From<Vec<u8>>>(status: StatusCode, body: Vec<u8>) -> Response<B> {
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
 /// Serializes `value` as a JSON response; a failure (a bug) becomes a logged 500.
-pub fn serialize_response<B: From<Vec<u8>>, T: serde::Serialize>(status: StatusCode, value: &T) -> Response<B> {
+pub fn serialize_response<B: From<Vec<u8>>, T: serde::Serialize>(
+    status: StatusCode,
+    value: &T,
+) -> Response<B> {
     match serde_json::to_vec(value) {
         Ok(body) => json_response(status, body),
         Err(error) => {
@@ -166,7 +175,9 @@ pub fn serialize_response<B: From<Vec<u8>>, T: serde::Serialize>(status: StatusC
 pub fn error_response<B: From<Vec<u8>>>(error: &ApiError) -> Response<B> {
     let mut response = json_response(error.status(), error.to_json());
     if let Some(seconds) = error.retry_after_secs {
-        response.headers_mut().insert(http::header::RETRY_AFTER, seconds.into());
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, seconds.into());
     }
     if error.kind == ErrorKind::Unauthorized {
         response.headers_mut().insert(

@@ -19,7 +19,9 @@ use referral_aggregator::config::PipelineArgs;
 use referral_aggregator::embedded::EmbeddedPipeline;
 use referral_ingest::config::{EdgeArgs, ServerArgs};
 use referral_ingest::edge::{ClickEdge, error_response, json_response, serialize_response};
-use referral_ingest::{ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, body, server, shutdown, telemetry};
+use referral_ingest::{
+    ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, body, server, shutdown, telemetry,
+};
 use referral_schemas::validation::MAX_BODY_BYTES;
 use referral_schemas::{ApiError, ErrorKind};
 
@@ -50,7 +52,12 @@ async fn main() -> anyhow::Result<()> {
     let (pipeline, _reader, directory) =
         EmbeddedPipeline::open(&cli.pipeline).context("cannot open the embedded store")?;
     let edge = Arc::new(Edge {
-        clicks: ClickEdge::new(pipeline.log(), directory, cli.edge.trusted_proxies()?, cli.edge.ack_timeout),
+        clicks: ClickEdge::new(
+            pipeline.log(),
+            directory,
+            cli.edge.trusted_proxies()?,
+            cli.edge.ack_timeout,
+        ),
         metrics: metrics.clone(),
     });
     let listener = tokio::net::TcpListener::bind(cli.server.listen)
@@ -80,7 +87,11 @@ async fn route(edge: &Edge, peer: SocketAddr, request: Request<Incoming>) -> Res
     let method = request.method().clone();
     let path = request.uri().path();
     let (route, response) = if path == ATTRIBUTIONS_PREFIX || path == ATTRIBUTIONS_DOUBLED_PREFIX {
-        let route = if path == ATTRIBUTIONS_PREFIX { ATTRIBUTIONS_PREFIX } else { ATTRIBUTIONS_DOUBLED_PREFIX };
+        let route = if path == ATTRIBUTIONS_PREFIX {
+            ATTRIBUTIONS_PREFIX
+        } else {
+            ATTRIBUTIONS_DOUBLED_PREFIX
+        };
         let response = if method == Method::POST {
             record_click(edge, peer, request).await
         } else {
@@ -88,13 +99,18 @@ async fn route(edge: &Edge, peer: SocketAddr, request: Request<Incoming>) -> Res
                 ErrorKind::MethodNotAllowed,
                 "this route accepts POST only",
             ));
-            response.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            response
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
             response
         };
         (route, response)
     } else {
         match (&method, path) {
-            (&Method::GET, "/healthz") => ("/healthz", json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())),
+            (&Method::GET, "/healthz") => (
+                "/healthz",
+                json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec()),
+            ),
             (&Method::GET, "/readyz") => ("/readyz", readiness(edge.clicks.is_ready())),
             (&Method::GET, "/metrics") => {
                 let mut response = Response::new(Full::from(edge.metrics.render()));
@@ -104,17 +120,28 @@ async fn route(edge: &Edge, peer: SocketAddr, request: Request<Incoming>) -> Res
                 );
                 ("/metrics", response)
             }
-            _ => ("unmatched", error_response(&ApiError::new(ErrorKind::RouteNotFound, "no such route"))),
+            _ => (
+                "unmatched",
+                error_response(&ApiError::new(ErrorKind::RouteNotFound, "no such route")),
+            ),
         }
     };
     telemetry::record_request(route, &method, response.status(), started);
     response
 }
 
-async fn record_click(edge: &Edge, peer: SocketAddr, request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn record_click(
+    edge: &Edge,
+    peer: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let (parts, incoming) = request.into_parts();
     let outcome = match body::read_limited(&parts.headers, incoming, MAX_BODY_BYTES).await {
-        Ok(bytes) => edge.clicks.record_click(peer.ip(), &parts.headers, bytes).await,
+        Ok(bytes) => {
+            edge.clicks
+                .record_click(peer.ip(), &parts.headers, bytes)
+                .await
+        }
         Err(error) => Err(error),
     };
     match outcome {
@@ -128,6 +155,9 @@ fn readiness(ready: bool) -> Response<Full<Bytes>> {
     if ready {
         json_response(StatusCode::OK, br#"{"status":"ready"}"#.to_vec())
     } else {
-        json_response(StatusCode::SERVICE_UNAVAILABLE, br#"{"status":"not_ready"}"#.to_vec())
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            br#"{"status":"not_ready"}"#.to_vec(),
+        )
     }
 }

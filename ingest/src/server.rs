@@ -76,7 +76,8 @@ pub async fn serve<F, S, B>(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), make_service(peer)));
+        let connection =
+            graceful.watch(builder.serve_connection(TokioIo::new(stream), make_service(peer)));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 // Client resets and header timeouts land here; they are not our errors.

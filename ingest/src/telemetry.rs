@@ -10,7 +10,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// Batch-size buckets in events.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -28,7 +30,9 @@ pub fn metrics_handle() -> PrometheusHandle {
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("_events".into()), BATCH_BUCKETS));
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(Matcher::Suffix("_events".into()), BATCH_BUCKETS)
+                });
             let recorder = match builder {
                 Ok(builder) => builder.build_recorder(),
                 // Only reachable with empty bucket lists, which the constants are not.

@@ -46,7 +46,12 @@ mod tests {
 
     #[test]
     fn rejects_foreign_shapes() {
-        for text in ["attr_a1b2c3", "attr_", "usr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G", "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4U"] {
+        for text in [
+            "attr_a1b2c3",
+            "attr_",
+            "usr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G",
+            "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4U",
+        ] {
             assert!(!is_attribution_id(text), "{text}");
         }
     }

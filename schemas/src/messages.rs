@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::attribution::{Attribution, CodeRetirement, DeletionView, ReferralCode};
 use crate::Timestamp;
+use crate::attribution::{Attribution, CodeRetirement, DeletionView, ReferralCode};
 
 /// The version of the message schema this build writes. Readers reject other versions
 /// (the aggregator dead-letters them) instead of guessing at their meaning.
@@ -129,7 +129,9 @@ impl LogMessage {
     pub fn from_json(bytes: &[u8]) -> Result<Self, MessageDecodeError> {
         let message: Self = serde_json::from_slice(bytes).map_err(MessageDecodeError::Malformed)?;
         if message.schema_version != SCHEMA_VERSION {
-            return Err(MessageDecodeError::UnsupportedVersion(message.schema_version));
+            return Err(MessageDecodeError::UnsupportedVersion(
+                message.schema_version,
+            ));
         }
         Ok(message)
     }
@@ -181,4 +183,189 @@ pub enum Verdict {
     Rejected {
         reason: Rejection,
     },
+}
+
+/// The JSON Schema of [`LogMessage`], for consumers in other languages.
+pub const JSON_SCHEMA: &str = include_str!("../log-messages.schema.json");
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Checks `value` against the subset of JSON Schema the document uses: type, const,
+    /// enum, required, properties, additionalProperties: false, oneOf, local $ref,
+    /// minLength/maxLength and format date-time. Returns the first violation.
+    fn check(schema: &Value, root: &Value, value: &Value, at: &str) -> Result<(), String> {
+        if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+            let name = reference.trim_start_matches("#/$defs/");
+            return check(&root["$defs"][name], root, value, at);
+        }
+        if let Some(expected) = schema.get("const")
+            && value != expected
+        {
+            return Err(format!("{at}: expected {expected}"));
+        }
+        if let Some(options) = schema.get("enum").and_then(Value::as_array)
+            && !options.contains(value)
+        {
+            return Err(format!("{at}: not one of {options:?}"));
+        }
+        if let Some(types) = schema.get("type") {
+            let types: Vec<&str> = match types {
+                Value::String(one) => vec![one.as_str()],
+                Value::Array(many) => many.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            let actual = match value {
+                Value::Null => "null",
+                Value::Bool(_) => "boolean",
+                Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+                Value::Number(_) => "number",
+                Value::String(_) => "string",
+                Value::Array(_) => "array",
+                Value::Object(_) => "object",
+            };
+            if !types.contains(&actual) {
+                return Err(format!("{at}: {actual} is not {types:?}"));
+            }
+        }
+        if let Value::String(text) = value {
+            let length = text.chars().count() as u64;
+            if schema
+                .get("minLength")
+                .and_then(Value::as_u64)
+                .is_some_and(|min| length < min)
+                || schema
+                    .get("maxLength")
+                    .and_then(Value::as_u64)
+                    .is_some_and(|max| length > max)
+            {
+                return Err(format!("{at}: length {length} out of bounds"));
+            }
+            if schema.get("format").and_then(Value::as_str) == Some("date-time")
+                && Timestamp::parse_rfc3339(text).is_err()
+            {
+                return Err(format!("{at}: not date-time"));
+            }
+        }
+        if let Value::Object(fields) = value {
+            for required in schema
+                .get("required")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let name = required.as_str().unwrap_or_default();
+                if !fields.contains_key(name) {
+                    return Err(format!("{at}: missing {name}"));
+                }
+            }
+            let properties = schema.get("properties").and_then(Value::as_object);
+            for (name, field) in fields {
+                match properties.and_then(|properties| properties.get(name)) {
+                    Some(property) => check(property, root, field, &format!("{at}.{name}"))?,
+                    None if schema.get("additionalProperties") == Some(&Value::Bool(false)) => {
+                        return Err(format!("{at}: unexpected {name}"));
+                    }
+                    None => {}
+                }
+            }
+        }
+        if let Some(branches) = schema.get("oneOf").and_then(Value::as_array) {
+            let matching = branches
+                .iter()
+                .filter(|branch| check(branch, root, value, at).is_ok())
+                .count();
+            if matching != 1 {
+                return Err(format!("{at}: matches {matching} oneOf branches"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate(value: &Value) -> Result<(), String> {
+        let schema: Value = serde_json::from_str(JSON_SCHEMA).map_err(|error| error.to_string())?;
+        check(&schema, &schema, value, "$")
+    }
+
+    fn at() -> Timestamp {
+        Timestamp::parse_rfc3339("2026-03-20T14:22:00.123Z").unwrap()
+    }
+
+    fn every_kind() -> Vec<LogEvent> {
+        vec![
+            LogEvent::Click(ClickEvent {
+                attribution_id: "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                code: "JAN-VERV-8F3A".into(),
+                mentor_id: "usr_4491".into(),
+                ip_address: "2001:db8::1".into(),
+                user_agent: None,
+                referrer_url: Some("https://instagram.com".into()),
+                occurred_at: at(),
+                received_at: at(),
+            }),
+            LogEvent::ConfirmConversion(ConfirmConversion {
+                command_id: "cmd_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                attribution_id: "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                code: "JAN-VERV-8F3A".into(),
+                new_member_id: "usr_5892".into(),
+                confirmed_at: at(),
+                issued_at: at(),
+            }),
+            LogEvent::DeleteAttribution(DeleteAttribution {
+                command_id: "cmd_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                attribution_id: "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                issued_at: at(),
+            }),
+            LogEvent::AssignCode(AssignCode {
+                command_id: "cmd_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                code: "JAN-VERV-8F3A".into(),
+                mentor_id: "usr_4491".into(),
+                issued_at: at(),
+            }),
+            LogEvent::RetireCode(RetireCode {
+                command_id: "cmd_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                code: "JAN-VERV-8F3A".into(),
+                issued_at: at(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_message_this_build_writes_matches_the_json_schema() {
+        for event in every_kind() {
+            let message = LogMessage::new(event);
+            let json: Value = serde_json::from_slice(&message.to_json().unwrap()).unwrap();
+            assert_eq!(validate(&json), Ok(()), "{json}");
+            assert_eq!(
+                LogMessage::from_json(&message.to_json().unwrap()).unwrap(),
+                message
+            );
+        }
+    }
+
+    #[test]
+    fn the_schema_refuses_what_readers_refuse() {
+        let click = serde_json::to_value(LogMessage::new(every_kind().remove(0))).unwrap();
+        let mut extra = click.clone();
+        extra["payload"]["mentor_name"] = json!("Jan");
+        let mut missing = click.clone();
+        missing["payload"]
+            .as_object_mut()
+            .unwrap()
+            .remove("occurred_at");
+        let mut wrong_kind = click.clone();
+        wrong_kind["kind"] = json!("retire_code");
+        let mut future_version = click.clone();
+        future_version["schema_version"] = json!(2);
+        for broken in [extra, missing, wrong_kind, future_version] {
+            assert!(validate(&broken).is_err(), "schema accepted {broken}");
+            assert!(
+                LogMessage::from_json(broken.to_string().as_bytes()).is_err(),
+                "reader accepted {broken}"
+            );
+        }
+    }
 }

@@ -3,11 +3,11 @@
 
 use serde::Serialize;
 
+use crate::Timestamp;
 use crate::attribution::{AttributionKind, AttributionStatus};
 use crate::error::{ApiError, ErrorKind};
 use crate::timestamp::{DAY_MS, HOUR_MS};
 use crate::validation::{normalize_code, validate_party_id};
-use crate::Timestamp;
 
 /// Default and largest page sizes.
 pub const DEFAULT_LIMIT: u32 = 20;
@@ -92,11 +92,19 @@ fn parse_u32(name: &str, raw: &str, range: std::ops::RangeInclusive<u32>) -> Res
     let out_of_range = || {
         ApiError::invalid(
             name,
-            format!("must be an integer from {} to {}", range.start(), range.end()),
+            format!(
+                "must be an integer from {} to {}",
+                range.start(),
+                range.end()
+            ),
         )
     };
     let value: u32 = raw.parse().map_err(|_| out_of_range())?;
-    if range.contains(&value) { Ok(value) } else { Err(out_of_range()) }
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(out_of_range())
+    }
 }
 
 /// Parses `page` and `limit`.
@@ -127,7 +135,16 @@ pub fn parse_list_query(
     query: Option<&str>,
     mentor_in_path: bool,
 ) -> Result<(AttributionFilter, PageRequest), ApiError> {
-    const LIST: &[&str] = &["page", "limit", "status", "type", "code", "mentor_id", "from", "to"];
+    const LIST: &[&str] = &[
+        "page",
+        "limit",
+        "status",
+        "type",
+        "code",
+        "mentor_id",
+        "from",
+        "to",
+    ];
     const MENTOR_LIST: &[&str] = &["page", "limit", "status", "type", "code", "from", "to"];
     let params = QueryParams::parse(query, if mentor_in_path { MENTOR_LIST } else { LIST })?;
     let page = parse_page(&params)?;
@@ -145,7 +162,10 @@ pub fn parse_list_query(
                 .ok_or_else(|| ApiError::invalid("type", "must be click or conversion"))
         })
         .transpose()?;
-    let code = params.get("code").map(|raw| normalize_code("code", raw)).transpose()?;
+    let code = params
+        .get("code")
+        .map(|raw| normalize_code("code", raw))
+        .transpose()?;
     let mentor_id = params.get("mentor_id").map(str::to_owned);
     if let Some(mentor_id) = &mentor_id {
         validate_party_id("mentor_id", mentor_id)?;
@@ -169,7 +189,9 @@ pub fn parse_list_query(
 }
 
 /// Parses `page`, `limit` and an optional `mentor_id` for the referral-code list.
-pub fn parse_code_list_query(query: Option<&str>) -> Result<(Option<String>, PageRequest), ApiError> {
+pub fn parse_code_list_query(
+    query: Option<&str>,
+) -> Result<(Option<String>, PageRequest), ApiError> {
     let params = QueryParams::parse(query, &["page", "limit", "mentor_id"])?;
     let page = parse_page(&params)?;
     let mentor_id = params.get("mentor_id").map(str::to_owned);
@@ -231,10 +253,16 @@ pub fn parse_totals_query(query: Option<&str>, now: Timestamp) -> Result<TotalsR
     let period = match (params.get("period"), custom) {
         (None | Some("custom"), true) => Period::Custom,
         (Some("custom"), false) => {
-            return Err(ApiError::invalid("from", "period=custom needs from and/or to"));
+            return Err(ApiError::invalid(
+                "from",
+                "period=custom needs from and/or to",
+            ));
         }
         (Some(_), true) => {
-            return Err(ApiError::invalid("period", "give either a named period or from/to, not both"));
+            return Err(ApiError::invalid(
+                "period",
+                "give either a named period or from/to, not both",
+            ));
         }
         (None | Some("all_time"), false) => Period::AllTime,
         (Some("24h"), false) => Period::Last24Hours,
@@ -242,7 +270,10 @@ pub fn parse_totals_query(query: Option<&str>, now: Timestamp) -> Result<TotalsR
         (Some("30d"), false) => Period::Last30Days,
         (Some("90d"), false) => Period::Last90Days,
         (Some(_), false) => {
-            return Err(ApiError::invalid("period", "must be all_time, 24h, 7d, 30d, 90d or custom"));
+            return Err(ApiError::invalid(
+                "period",
+                "must be all_time, 24h, 7d, 30d, 90d or custom",
+            ));
         }
     };
     if let (Some(from), Some(to)) = (from, to)
@@ -252,11 +283,26 @@ pub fn parse_totals_query(query: Option<&str>, now: Timestamp) -> Result<TotalsR
     }
     let rolling_from = |millis: i64| Some(now.saturating_sub_millis(millis).hour_bucket());
     let hours = match period {
-        Period::AllTime => HourRange { from_hour: None, to_hour: None },
-        Period::Last24Hours => HourRange { from_hour: rolling_from(DAY_MS), to_hour: None },
-        Period::Last7Days => HourRange { from_hour: rolling_from(7 * DAY_MS), to_hour: None },
-        Period::Last30Days => HourRange { from_hour: rolling_from(30 * DAY_MS), to_hour: None },
-        Period::Last90Days => HourRange { from_hour: rolling_from(90 * DAY_MS), to_hour: None },
+        Period::AllTime => HourRange {
+            from_hour: None,
+            to_hour: None,
+        },
+        Period::Last24Hours => HourRange {
+            from_hour: rolling_from(DAY_MS),
+            to_hour: None,
+        },
+        Period::Last7Days => HourRange {
+            from_hour: rolling_from(7 * DAY_MS),
+            to_hour: None,
+        },
+        Period::Last30Days => HourRange {
+            from_hour: rolling_from(30 * DAY_MS),
+            to_hour: None,
+        },
+        Period::Last90Days => HourRange {
+            from_hour: rolling_from(90 * DAY_MS),
+            to_hour: None,
+        },
         Period::Custom => HourRange {
             from_hour: from.map(Timestamp::hour_bucket),
             // Round the exclusive end up to the next hour boundary.
@@ -279,7 +325,9 @@ pub struct BucketPlan {
 impl HourRange {
     pub fn plan(self) -> BucketPlan {
         // First whole day at or after `from`, and the day `to` falls in (days since epoch).
-        let first_day = self.from_hour.map(|hour| hour.div_euclid(24) + i64::from(hour.rem_euclid(24) != 0));
+        let first_day = self
+            .from_hour
+            .map(|hour| hour.div_euclid(24) + i64::from(hour.rem_euclid(24) != 0));
         let end_day = self.to_hour.map(|hour| hour.div_euclid(24));
         if let (Some(from), Some(to)) = (self.from_hour, self.to_hour) {
             if from >= to {
@@ -288,10 +336,16 @@ impl HourRange {
             if let (Some(first), Some(end)) = (first_day, end_day)
                 && first >= end
             {
-                return BucketPlan { hourly: vec![(from, to)], daily: None };
+                return BucketPlan {
+                    hourly: vec![(from, to)],
+                    daily: None,
+                };
             }
         }
-        let mut plan = BucketPlan { hourly: Vec::new(), daily: Some((first_day, end_day)) };
+        let mut plan = BucketPlan {
+            hourly: Vec::new(),
+            daily: Some((first_day, end_day)),
+        };
         if let (Some(from), Some(first)) = (self.from_hour, first_day)
             && from < first * 24
         {
@@ -342,13 +396,26 @@ mod tests {
         ] {
             let error = parse_list_query(Some(query), false).unwrap_err();
             assert_eq!(error.field.as_deref(), Some(field), "{query}");
-            assert_eq!(error.status(), http::StatusCode::UNPROCESSABLE_ENTITY, "{query}");
+            assert_eq!(
+                error.status(),
+                http::StatusCode::UNPROCESSABLE_ENTITY,
+                "{query}"
+            );
         }
         let error = parse_list_query(Some("mentor_id=usr_1"), true).unwrap_err();
         assert_eq!(error.kind, ErrorKind::UnknownField);
-        let (filter, page) =
-            parse_list_query(Some("page=2&limit=100&status=confirmed&type=conversion&code=jan-1"), false).unwrap();
-        assert_eq!(page, PageRequest { page: 2, limit: 100 });
+        let (filter, page) = parse_list_query(
+            Some("page=2&limit=100&status=confirmed&type=conversion&code=jan-1"),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            page,
+            PageRequest {
+                page: 2,
+                limit: 100
+            }
+        );
         assert_eq!(filter.code.as_deref(), Some("JAN-1"));
         assert_eq!(filter.status, Some(AttributionStatus::Confirmed));
     }
@@ -357,15 +424,30 @@ mod tests {
     fn totals_periods() {
         let all = parse_totals_query(None, now()).unwrap();
         assert_eq!(all.period, Period::AllTime);
-        assert_eq!(all.hours, HourRange { from_hour: None, to_hour: None });
+        assert_eq!(
+            all.hours,
+            HourRange {
+                from_hour: None,
+                to_hour: None
+            }
+        );
         let day = parse_totals_query(Some("period=24h"), now()).unwrap();
         assert_eq!(day.hours.from_hour, Some(now().hour_bucket() - 24));
-        let custom = parse_totals_query(Some("from=2026-03-01T00:30:00Z&to=2026-03-02T10:00:01Z"), now()).unwrap();
+        let custom = parse_totals_query(
+            Some("from=2026-03-01T00:30:00Z&to=2026-03-02T10:00:01Z"),
+            now(),
+        )
+        .unwrap();
         assert_eq!(custom.period, Period::Custom);
         let hour = |text: &str| Timestamp::parse_rfc3339(text).unwrap().hour_bucket();
         assert_eq!(custom.hours.from_hour, Some(hour("2026-03-01T00:00:00Z")));
         assert_eq!(custom.hours.to_hour, Some(hour("2026-03-02T11:00:00Z")));
-        for query in ["period=1y", "period=7d&from=2026-03-01T00:00:00Z", "period=custom", "since=1"] {
+        for query in [
+            "period=1y",
+            "period=7d&from=2026-03-01T00:00:00Z",
+            "period=custom",
+            "since=1",
+        ] {
             assert!(parse_totals_query(Some(query), now()).is_err(), "{query}");
         }
     }
@@ -385,13 +467,26 @@ mod tests {
             let plan = HourRange { from_hour, to_hour }.plan();
             // Expand the plan over a finite probe range and compare with the range itself.
             for hour in -100..200 {
-                let in_range = from_hour.is_none_or(|f| hour >= f) && to_hour.is_none_or(|t| hour < t);
-                let hourly = plan.hourly.iter().filter(|(a, b)| (*a..*b).contains(&hour)).count();
-                let daily = plan.daily.iter().filter(|(a, b)| {
-                    let day = hour.div_euclid(24);
-                    a.is_none_or(|a| day >= a) && b.is_none_or(|b| day < b)
-                }).count();
-                assert_eq!(hourly + daily, usize::from(in_range), "{from_hour:?}..{to_hour:?} hour {hour}");
+                let in_range =
+                    from_hour.is_none_or(|f| hour >= f) && to_hour.is_none_or(|t| hour < t);
+                let hourly = plan
+                    .hourly
+                    .iter()
+                    .filter(|(a, b)| (*a..*b).contains(&hour))
+                    .count();
+                let daily = plan
+                    .daily
+                    .iter()
+                    .filter(|(a, b)| {
+                        let day = hour.div_euclid(24);
+                        a.is_none_or(|a| day >= a) && b.is_none_or(|b| day < b)
+                    })
+                    .count();
+                assert_eq!(
+                    hourly + daily,
+                    usize::from(in_range),
+                    "{from_hour:?}..{to_hour:?} hour {hour}"
+                );
             }
         }
     }

@@ -13,7 +13,9 @@
 use crate::attribution::{
     Attribution, AttributionKind, AttributionStatus, CodeRetirement, DeletionView, ReferralCode,
 };
-use crate::messages::{AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, Rejection, RetireCode};
+use crate::messages::{
+    AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, Rejection, RetireCode,
+};
 
 /// A signed change to one mentor's totals in one hour bucket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,8 +196,8 @@ pub fn retire_code(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timestamp::DAY_MS;
     use crate::Timestamp;
+    use crate::timestamp::DAY_MS;
 
     fn at(text: &str) -> Timestamp {
         Timestamp::parse_rfc3339(text).unwrap()
@@ -266,16 +268,31 @@ mod tests {
     fn confirmation_rules_reject_in_order() {
         let (pending, _) = record_click(&click());
         let ok = confirmation("usr_5892", "2026-03-25T10:00:00Z");
-        assert_eq!(confirm(None, None, &ok, WINDOW), Err(Rejection::AttributionNotFound));
+        assert_eq!(
+            confirm(None, None, &ok, WINDOW),
+            Err(Rejection::AttributionNotFound)
+        );
         let mut wrong_code = ok.clone();
         wrong_code.code = "OTHER".into();
-        assert_eq!(confirm(Some(&pending), None, &wrong_code, WINDOW), Err(Rejection::CodeMismatch));
+        assert_eq!(
+            confirm(Some(&pending), None, &wrong_code, WINDOW),
+            Err(Rejection::CodeMismatch)
+        );
         let early = confirmation("usr_5892", "2026-03-20T14:21:59Z");
-        assert_eq!(confirm(Some(&pending), None, &early, WINDOW), Err(Rejection::ConfirmedBeforeClick));
+        assert_eq!(
+            confirm(Some(&pending), None, &early, WINDOW),
+            Err(Rejection::ConfirmedBeforeClick)
+        );
         let late = confirmation("usr_5892", "2026-06-18T14:22:01Z");
-        assert_eq!(confirm(Some(&pending), None, &late, WINDOW), Err(Rejection::AttributionExpired));
+        assert_eq!(
+            confirm(Some(&pending), None, &late, WINDOW),
+            Err(Rejection::AttributionExpired)
+        );
         let edge = confirmation("usr_5892", "2026-06-18T14:22:00Z");
-        assert!(confirm(Some(&pending), None, &edge, WINDOW).is_ok(), "the window is inclusive");
+        assert!(
+            confirm(Some(&pending), None, &edge, WINDOW).is_ok(),
+            "the window is inclusive"
+        );
         assert_eq!(
             confirm(Some(&pending), Some("attr_other"), &ok, WINDOW),
             Err(Rejection::MemberAlreadyAttributed)
@@ -285,9 +302,12 @@ mod tests {
     #[test]
     fn deleting_a_conversion_removes_its_click_and_its_conversion() {
         let (pending, _) = record_click(&click());
-        let Ok(Confirmation::Applied { attribution, .. }) =
-            confirm(Some(&pending), None, &confirmation("usr_5892", "2026-03-25T10:00:00Z"), WINDOW)
-        else {
+        let Ok(Confirmation::Applied { attribution, .. }) = confirm(
+            Some(&pending),
+            None,
+            &confirmation("usr_5892", "2026-03-25T10:00:00Z"),
+            WINDOW,
+        ) else {
             panic!("expected an applied confirmation");
         };
         let command = DeleteAttribution {

@@ -111,7 +111,11 @@ mod tests {
 
     #[test]
     fn round_trips_whole_seconds_and_millis() {
-        for text in ["2026-03-20T14:22:00Z", "1999-12-31T23:59:59.999Z", "1970-01-01T00:00:00Z"] {
+        for text in [
+            "2026-03-20T14:22:00Z",
+            "1999-12-31T23:59:59.999Z",
+            "1970-01-01T00:00:00Z",
+        ] {
             let parsed = Timestamp::parse_rfc3339(text).unwrap();
             assert_eq!(parsed.to_string(), text);
         }
@@ -125,8 +129,18 @@ mod tests {
 
     #[test]
     fn rejects_non_rfc3339() {
-        for text in ["2026-03-20", "2026-03-20 14:22:00", "yesterday", "", "2026-13-01T00:00:00Z"] {
-            assert_eq!(Timestamp::parse_rfc3339(text), Err(TimestampParseError), "{text}");
+        for text in [
+            "2026-03-20",
+            "2026-03-20 14:22:00",
+            "yesterday",
+            "",
+            "2026-13-01T00:00:00Z",
+        ] {
+            assert_eq!(
+                Timestamp::parse_rfc3339(text),
+                Err(TimestampParseError),
+                "{text}"
+            );
         }
     }
 

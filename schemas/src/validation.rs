@@ -5,14 +5,13 @@
 //! hand, so that every error names its field (serde's messages do not, reliably) and
 //! unknown fields are refused by name.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use http::HeaderValue;
 use simd_json::{BorrowedValue, StaticNode};
 
-use crate::error::{ApiError, ErrorKind};
 use crate::Timestamp;
+use crate::error::{ApiError, ErrorKind};
 
 /// Largest accepted request body. Clicks are a few hundred bytes; this leaves room for long
 /// user agents and referrers while bounding what one request can make us parse.
@@ -38,7 +37,12 @@ pub fn require_json_content_type(content_type: Option<&HeaderValue>) -> Result<(
     };
     let value = content_type.ok_or_else(unsupported)?;
     let text = value.to_str().map_err(|_| unsupported())?;
-    let essence = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let is_json = essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"));
     if is_json { Ok(()) } else { Err(unsupported()) }
@@ -87,7 +91,10 @@ pub fn validate_user_agent(field: &str, raw: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(field, "must be at most 1024 bytes"));
     }
     if raw.chars().any(|c| c.is_control()) {
-        return Err(ApiError::invalid(field, "must not contain control characters"));
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -101,7 +108,11 @@ pub fn validate_referrer_url(field: &str, raw: &str) -> Result<(), ApiError> {
     let uri: http::Uri = raw.parse().map_err(|_| not_http())?;
     let http_scheme = matches!(uri.scheme_str(), Some("http" | "https"));
     let has_host = uri.host().is_some_and(|host| !host.is_empty());
-    if http_scheme && has_host { Ok(()) } else { Err(not_http()) }
+    if http_scheme && has_host {
+        Ok(())
+    } else {
+        Err(not_http())
+    }
 }
 
 /// Parses an RFC 3339 instant that may be at most `max_future_ms` after `now`.
@@ -111,12 +122,16 @@ pub fn parse_instant(
     now: Timestamp,
     max_future_ms: i64,
 ) -> Result<Timestamp, ApiError> {
-    let instant = Timestamp::parse_rfc3339(raw).map_err(|error| ApiError::invalid(field, error.to_string()))?;
+    let instant = Timestamp::parse_rfc3339(raw)
+        .map_err(|error| ApiError::invalid(field, error.to_string()))?;
     if instant > now.saturating_add_millis(max_future_ms) {
         let message = if max_future_ms == 0 {
             "must not be in the future".to_owned()
         } else {
-            format!("must be at most {} seconds in the future", max_future_ms / 1000)
+            format!(
+                "must be at most {} seconds in the future",
+                max_future_ms / 1000
+            )
         };
         return Err(ApiError::invalid(field, message));
     }
@@ -132,12 +147,18 @@ impl<'body> JsonObject<'body> {
     /// Parses `body` (simd-json parses in place, hence `&mut`) and refuses unknown fields.
     pub fn parse(body: &'body mut [u8], allowed: &[&str]) -> Result<Self, ApiError> {
         if body.is_empty() {
-            return Err(ApiError::new(ErrorKind::MalformedJson, "the body is empty; expected a JSON object"));
+            return Err(ApiError::new(
+                ErrorKind::MalformedJson,
+                "the body is empty; expected a JSON object",
+            ));
         }
         let value = simd_json::to_borrowed_value(body)
             .map_err(|_| ApiError::new(ErrorKind::MalformedJson, "the body is not valid JSON"))?;
         let BorrowedValue::Object(fields) = value else {
-            return Err(ApiError::new(ErrorKind::MalformedJson, "the body must be a JSON object"));
+            return Err(ApiError::new(
+                ErrorKind::MalformedJson,
+                "the body must be a JSON object",
+            ));
         };
         // Report unknown fields in a stable order, whatever the hash map's order.
         let mut unknown: Vec<&str> = fields
@@ -160,7 +181,7 @@ impl<'body> JsonObject<'body> {
     pub fn optional_str(&self, field: &str) -> Result<Option<&str>, ApiError> {
         match self.fields.get(field) {
             None | Some(BorrowedValue::Static(StaticNode::Null)) => Ok(None),
-            Some(BorrowedValue::String(text)) => Ok(Some(cow_str(text))),
+            Some(BorrowedValue::String(text)) => Ok(Some(text.as_ref())),
             Some(_) => Err(ApiError::invalid(field, "must be a string")),
         }
     }
@@ -170,10 +191,6 @@ impl<'body> JsonObject<'body> {
         self.optional_str(field)?
             .ok_or_else(|| ApiError::invalid(field, "is required"))
     }
-}
-
-fn cow_str<'a>(text: &'a Cow<'_, str>) -> &'a str {
-    text.as_ref()
 }
 
 /// The click POST body (recordReferralClick), validated. Absent optional fields are filled
@@ -188,8 +205,13 @@ pub struct ClickRequest {
 }
 
 impl ClickRequest {
-    pub const FIELDS: &'static [&'static str] =
-        &["code", "ip_address", "user_agent", "referrer_url", "occurred_at"];
+    pub const FIELDS: &'static [&'static str] = &[
+        "code",
+        "ip_address",
+        "user_agent",
+        "referrer_url",
+        "occurred_at",
+    ];
 
     pub fn parse(body: &mut [u8], now: Timestamp) -> Result<Self, ApiError> {
         let object = JsonObject::parse(body, Self::FIELDS)?;
@@ -203,7 +225,9 @@ impl ClickRequest {
             validate_user_agent("user_agent", user_agent)?;
         }
         // Browsers report "no referrer" as an empty string; store that as null.
-        let referrer_url = object.optional_str("referrer_url")?.filter(|url| !url.is_empty());
+        let referrer_url = object
+            .optional_str("referrer_url")?
+            .filter(|url| !url.is_empty());
         if let Some(url) = referrer_url {
             validate_referrer_url("referrer_url", url)?;
         }
@@ -300,7 +324,11 @@ mod tests {
     #[test]
     fn names_the_field_of_every_rejection() {
         let invalid = |json: &str, field: &str| {
-            assert_eq!(field_of(click(json)), (ErrorKind::InvalidField, Some(field.into())), "{json}");
+            assert_eq!(
+                field_of(click(json)),
+                (ErrorKind::InvalidField, Some(field.into())),
+                "{json}"
+            );
         };
         invalid(r#"{}"#, "code");
         invalid(r#"{"code":null}"#, "code");
@@ -310,15 +338,33 @@ mod tests {
         invalid(&format!(r#"{{"code":"{}"}}"#, "A".repeat(65)), "code");
         invalid(r#"{"code":"JAN-1","ip_address":"999.1.1.1"}"#, "ip_address");
         invalid(r#"{"code":"JAN-1","ip_address":"localhost"}"#, "ip_address");
-        invalid(&format!(r#"{{"code":"JAN-1","user_agent":"{}"}}"#, "u".repeat(1025)), "user_agent");
-        invalid(r#"{"code":"JAN-1","referrer_url":"ftp://example.com"}"#, "referrer_url");
-        invalid(r#"{"code":"JAN-1","referrer_url":"instagram.com"}"#, "referrer_url");
         invalid(
-            &format!(r#"{{"code":"JAN-1","referrer_url":"https://e.com/{}"}}"#, "p".repeat(2048)),
+            &format!(r#"{{"code":"JAN-1","user_agent":"{}"}}"#, "u".repeat(1025)),
+            "user_agent",
+        );
+        invalid(
+            r#"{"code":"JAN-1","referrer_url":"ftp://example.com"}"#,
             "referrer_url",
         );
-        invalid(r#"{"code":"JAN-1","occurred_at":"20 March 2026"}"#, "occurred_at");
-        invalid(r#"{"code":"JAN-1","occurred_at":"2026-03-20T14:27:01Z"}"#, "occurred_at");
+        invalid(
+            r#"{"code":"JAN-1","referrer_url":"instagram.com"}"#,
+            "referrer_url",
+        );
+        invalid(
+            &format!(
+                r#"{{"code":"JAN-1","referrer_url":"https://e.com/{}"}}"#,
+                "p".repeat(2048)
+            ),
+            "referrer_url",
+        );
+        invalid(
+            r#"{"code":"JAN-1","occurred_at":"20 March 2026"}"#,
+            "occurred_at",
+        );
+        invalid(
+            r#"{"code":"JAN-1","occurred_at":"2026-03-20T14:27:01Z"}"#,
+            "occurred_at",
+        );
         assert_eq!(
             field_of(click(r#"{"code":"JAN-1","mentor_id":"usr_1"}"#)),
             (ErrorKind::UnknownField, Some("mentor_id".into()))
@@ -337,15 +383,32 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_400() {
-        for body in ["", "{", "[1,2]", "\"code\"", "null", "{\"code\":\"JAN-1\"} trailing"] {
-            assert_eq!(field_of(click(body)).0, ErrorKind::MalformedJson, "{body:?}");
+        for body in [
+            "",
+            "{",
+            "[1,2]",
+            "\"code\"",
+            "null",
+            "{\"code\":\"JAN-1\"} trailing",
+        ] {
+            assert_eq!(
+                field_of(click(body)).0,
+                ErrorKind::MalformedJson,
+                "{body:?}"
+            );
         }
     }
 
     #[test]
     fn content_type_must_be_json() {
         let check = |value: Option<&str>| {
-            require_json_content_type(value.map(HeaderValue::from_str).transpose().unwrap().as_ref())
+            require_json_content_type(
+                value
+                    .map(HeaderValue::from_str)
+                    .transpose()
+                    .unwrap()
+                    .as_ref(),
+            )
         };
         assert!(check(Some("application/json")).is_ok());
         assert!(check(Some("Application/JSON; charset=utf-8")).is_ok());
@@ -358,8 +421,10 @@ mod tests {
     fn confirmations_may_not_be_dated_in_the_future() {
         let parse = |json: &str| ConfirmRequest::parse(&mut json.as_bytes().to_vec(), now());
         assert!(parse(r#"{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"2026-03-20T14:22:00Z"}"#).is_ok());
-        let error = parse(r#"{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"2026-03-20T14:22:01Z"}"#)
-            .unwrap_err();
+        let error = parse(
+            r#"{"code":"JAN-1","new_member_id":"usr_5892","confirmed_at":"2026-03-20T14:22:01Z"}"#,
+        )
+        .unwrap_err();
         assert_eq!(error.field.as_deref(), Some("confirmed_at"));
         let error = parse(r#"{"code":"JAN-1"}"#).unwrap_err();
         assert_eq!(error.field.as_deref(), Some("new_member_id"));

@@ -55,7 +55,11 @@ pub trait AttributionReader: Send + Sync {
         page: PageRequest,
     ) -> Result<AttributionPage, StoreError>;
     /// A mentor's materialized totals over `hours`.
-    async fn mentor_totals(&self, mentor_id: &str, hours: HourRange) -> Result<MentorTotals, StoreError>;
+    async fn mentor_totals(
+        &self,
+        mentor_id: &str,
+        hours: HourRange,
+    ) -> Result<MentorTotals, StoreError>;
     async fn referral_code(&self, code: &str) -> Result<Option<ReferralCode>, StoreError>;
     async fn referral_codes(
         &self,

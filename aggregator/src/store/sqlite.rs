@@ -29,6 +29,9 @@ use crate::config::SqliteSynchronous;
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "referral.db";
+/// File locked exclusively by the process that writes the store: a second process on the
+/// same data directory would be a second writer, so it is refused at start.
+pub const LOCK_FILE: &str = "writer.lock";
 /// How long verdicts are kept: far longer than any API waits for one.
 const VERDICT_RETENTION_MS: i64 = 24 * 3_600_000;
 /// How often the writer prunes old verdicts.
@@ -50,6 +53,14 @@ pub fn open(
 ) -> Result<(SqliteWriter, SqliteReader), StoreError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|error| StoreError::Open(format!("{}: {error}", data_dir.display())))?;
+    let lock = std::fs::File::create(data_dir.join(LOCK_FILE))
+        .map_err(|error| StoreError::Open(format!("{}: {error}", data_dir.display())))?;
+    lock.try_lock().map_err(|_| {
+        StoreError::Open(format!(
+            "{} is in use by another process (only one writer per data directory)",
+            data_dir.display()
+        ))
+    })?;
     let path = data_dir.join(DATABASE_FILE);
     let mut connection = Connection::open(&path)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
@@ -65,6 +76,7 @@ pub fn open(
         connection,
         attribution_window_ms,
         last_prune: None,
+        _lock: lock,
     };
     let reader = SqliteReader {
         path,
@@ -76,7 +88,9 @@ pub fn open(
 /// Applies the migrations newer than `PRAGMA user_version`, each in its own transaction.
 pub fn migrate(connection: &mut Connection) -> Result<u32, StoreError> {
     let applied: u32 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    let latest = migrations::SQLITE.last().map_or(0, |migration| migration.version);
+    let latest = migrations::SQLITE
+        .last()
+        .map_or(0, |migration| migration.version);
     if applied > latest {
         return Err(StoreError::Open(format!(
             "the store is at schema version {applied}, newer than this build's {latest}"
@@ -87,7 +101,11 @@ pub fn migrate(connection: &mut Connection) -> Result<u32, StoreError> {
         transaction.execute_batch(migration.sql)?;
         transaction.pragma_update(None, "user_version", migration.version)?;
         transaction.commit()?;
-        tracing::info!(version = migration.version, name = migration.name, "applied migration");
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "applied migration"
+        );
     }
     Ok(latest)
 }
@@ -97,6 +115,8 @@ pub struct SqliteWriter {
     connection: Connection,
     attribution_window_ms: i64,
     last_prune: Option<Instant>,
+    /// Held for the writer's lifetime; the OS releases it when the process dies.
+    _lock: std::fs::File,
 }
 
 impl SqliteWriter {
@@ -110,12 +130,17 @@ impl SqliteWriter {
     }
 
     fn prune_verdicts(&mut self) -> Result<(), StoreError> {
-        if self.last_prune.is_some_and(|at| at.elapsed() < VERDICT_PRUNE_INTERVAL) {
+        if self
+            .last_prune
+            .is_some_and(|at| at.elapsed() < VERDICT_PRUNE_INTERVAL)
+        {
             return Ok(());
         }
         let cutoff = Timestamp::now().as_millis() - VERDICT_RETENTION_MS;
-        self.connection
-            .execute("DELETE FROM command_verdicts WHERE decided_at < ?1", [cutoff])?;
+        self.connection.execute(
+            "DELETE FROM command_verdicts WHERE decided_at < ?1",
+            [cutoff],
+        )?;
         self.last_prune = Some(Instant::now());
         Ok(())
     }
@@ -135,8 +160,12 @@ impl StateWriter for SqliteWriter {
                 LogEvent::DeleteAttribution(command) => {
                     apply_deletion(&transaction, &mut batch, command)?
                 }
-                LogEvent::AssignCode(command) => apply_assignment(&transaction, &mut batch, command)?,
-                LogEvent::RetireCode(command) => apply_retirement(&transaction, &mut batch, command)?,
+                LogEvent::AssignCode(command) => {
+                    apply_assignment(&transaction, &mut batch, command)?
+                }
+                LogEvent::RetireCode(command) => {
+                    apply_retirement(&transaction, &mut batch, command)?
+                }
             }
         }
         apply_totals(&transaction, &batch.totals)?;
@@ -158,7 +187,10 @@ struct BatchState {
 
 impl BatchState {
     fn add(&mut self, delta: TotalsDelta) {
-        let entry = self.totals.entry((delta.mentor_id, delta.hour)).or_default();
+        let entry = self
+            .totals
+            .entry((delta.mentor_id, delta.hour))
+            .or_default();
         entry.0 += delta.clicks;
         entry.1 += delta.conversions;
     }
@@ -203,16 +235,25 @@ fn already_decided(transaction: &Connection, command_id: &str) -> Result<bool, S
         .exists([command_id])?)
 }
 
-fn record_verdict(transaction: &Connection, command_id: &str, verdict: &Verdict) -> Result<(), StoreError> {
-    let json = serde_json::to_string(verdict).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+fn record_verdict(
+    transaction: &Connection,
+    command_id: &str,
+    verdict: &Verdict,
+) -> Result<(), StoreError> {
+    let json =
+        serde_json::to_string(verdict).map_err(|error| StoreError::Corrupt(error.to_string()))?;
     transaction
-        .prepare_cached("INSERT INTO command_verdicts (command_id, verdict, decided_at) VALUES (?1, ?2, ?3)")?
+        .prepare_cached(
+            "INSERT INTO command_verdicts (command_id, verdict, decided_at) VALUES (?1, ?2, ?3)",
+        )?
         .execute(params![command_id, json, Timestamp::now().as_millis()])?;
     Ok(())
 }
 
 fn live_attribution(connection: &Connection, id: &str) -> Result<Option<Attribution>, StoreError> {
-    let sql = format!("SELECT {ATTRIBUTION_COLUMNS} FROM attributions WHERE id = ?1 AND deleted_at IS NULL");
+    let sql = format!(
+        "SELECT {ATTRIBUTION_COLUMNS} FROM attributions WHERE id = ?1 AND deleted_at IS NULL"
+    );
     let found = connection
         .prepare_cached(&sql)?
         .query_row([id], attribution_from_row)
@@ -252,9 +293,15 @@ fn apply_confirmation(
                 .prepare_cached("INSERT INTO attributed_members (new_member_id, attribution_id) VALUES (?1, ?2)")?
                 .execute(params![command.new_member_id, attribution.id])?;
             batch.add(delta);
-            Verdict::Confirmed { attribution, replayed: false }
+            Verdict::Confirmed {
+                attribution,
+                replayed: false,
+            }
         }
-        Ok(Confirmation::Replayed { attribution }) => Verdict::Confirmed { attribution, replayed: true },
+        Ok(Confirmation::Replayed { attribution }) => Verdict::Confirmed {
+            attribution,
+            replayed: true,
+        },
         Err(reason) => Verdict::Rejected { reason },
     };
     record_verdict(transaction, &command.command_id, &verdict)
@@ -273,7 +320,10 @@ fn apply_deletion(
         Ok(deletion) => {
             transaction
                 .prepare_cached("UPDATE attributions SET deleted_at = ?2 WHERE id = ?1")?
-                .execute(params![deletion.view.id, deletion.view.deleted_at.as_millis()])?;
+                .execute(params![
+                    deletion.view.id,
+                    deletion.view.deleted_at.as_millis()
+                ])?;
             if let Some(member) = &deletion.released_member {
                 transaction
                     .prepare_cached(
@@ -284,7 +334,9 @@ fn apply_deletion(
             for delta in deletion.deltas {
                 batch.add(delta);
             }
-            Verdict::Deleted { deletion: deletion.view }
+            Verdict::Deleted {
+                deletion: deletion.view,
+            }
         }
         Err(reason) => Verdict::Rejected { reason },
     };
@@ -293,7 +345,9 @@ fn apply_deletion(
 
 fn live_code(connection: &Connection, code: &str) -> Result<Option<ReferralCode>, StoreError> {
     Ok(connection
-        .prepare_cached("SELECT code, mentor_id, created_at, updated_at FROM referral_codes WHERE code = ?1")?
+        .prepare_cached(
+            "SELECT code, mentor_id, created_at, updated_at FROM referral_codes WHERE code = ?1",
+        )?
         .query_row([code], code_from_row)
         .optional()?)
 }
@@ -323,7 +377,11 @@ fn apply_assignment(
         code: code.code.clone(),
         mentor_id: code.mentor_id.clone(),
     });
-    record_verdict(transaction, &command.command_id, &Verdict::CodeAssigned { code, created })
+    record_verdict(
+        transaction,
+        &command.command_id,
+        &Verdict::CodeAssigned { code, created },
+    )
 }
 
 fn apply_retirement(
@@ -426,7 +484,11 @@ impl SqliteReader {
     {
         let reader = self.clone();
         tokio::task::spawn_blocking(move || {
-            let pooled = reader.pool.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let pooled = reader
+                .pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
             let connection = match pooled {
                 Some(connection) => connection,
                 None => reader.open_connection()?,
@@ -494,7 +556,8 @@ fn sum_totals(
         |row| Ok((row.get(0)?, row.get(1)?)),
     )?;
     let non_negative = |value: i64, what: &str| {
-        u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} total for {mentor_id}")))
+        u64::try_from(value)
+            .map_err(|_| StoreError::Corrupt(format!("negative {what} total for {mentor_id}")))
     };
     Ok(MentorTotals {
         clicks: non_negative(clicks, "click")?,
@@ -506,7 +569,8 @@ fn sum_totals(
 impl AttributionReader for SqliteReader {
     async fn attribution(&self, id: &str) -> Result<Option<Attribution>, StoreError> {
         let id = id.to_owned();
-        self.read(move |connection| live_attribution(connection, &id)).await
+        self.read(move |connection| live_attribution(connection, &id))
+            .await
     }
 
     async fn attributions(
@@ -526,7 +590,9 @@ impl AttributionReader for SqliteReader {
             );
             let mut bound = values;
             bound.push(Value::Integer(i64::from(page.limit)));
-            bound.push(Value::Integer(i64::try_from(page.offset()).unwrap_or(i64::MAX)));
+            bound.push(Value::Integer(
+                i64::try_from(page.offset()).unwrap_or(i64::MAX),
+            ));
             let mut statement = connection.prepare_cached(&page_sql)?;
             let attributions = statement
                 .query_map(params_from_iter(bound.iter()), attribution_from_row)?
@@ -539,7 +605,11 @@ impl AttributionReader for SqliteReader {
         .await
     }
 
-    async fn mentor_totals(&self, mentor_id: &str, hours: HourRange) -> Result<MentorTotals, StoreError> {
+    async fn mentor_totals(
+        &self,
+        mentor_id: &str,
+        hours: HourRange,
+    ) -> Result<MentorTotals, StoreError> {
         let mentor_id = mentor_id.to_owned();
         self.read(move |connection| {
             let plan = hours.plan();
@@ -575,7 +645,8 @@ impl AttributionReader for SqliteReader {
 
     async fn referral_code(&self, code: &str) -> Result<Option<ReferralCode>, StoreError> {
         let code = code.to_owned();
-        self.read(move |connection| live_code(connection, &code)).await
+        self.read(move |connection| live_code(connection, &code))
+            .await
     }
 
     async fn referral_codes(
@@ -631,10 +702,114 @@ impl AttributionReader for SqliteReader {
                 .query_row([&command_id], |row| row.get(0))
                 .optional()?;
             json.map(|json| {
-                serde_json::from_str(&json).map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))
+                serde_json::from_str(&json)
+                    .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))
             })
             .transpose()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use referral_schemas::messages::{
+        AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution,
+    };
+    use referral_schemas::query::HourRange;
+
+    use super::*;
+
+    const ALL_TIME: HourRange = HourRange {
+        from_hour: None,
+        to_hour: None,
+    };
+
+    fn click(id: &str, at: i64) -> LogEvent {
+        LogEvent::Click(ClickEvent {
+            attribution_id: id.into(),
+            code: "JAN-1".into(),
+            mentor_id: "usr_1".into(),
+            ip_address: "127.0.0.1".into(),
+            user_agent: None,
+            referrer_url: None,
+            occurred_at: Timestamp::from_millis(at),
+            received_at: Timestamp::from_millis(at),
+        })
+    }
+
+    fn open_store(dir: &Path) -> (SqliteWriter, SqliteReader) {
+        open(dir, SqliteSynchronous::Normal, i64::MAX).unwrap()
+    }
+
+    #[tokio::test]
+    async fn redelivered_events_are_applied_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, reader) = open_store(dir.path());
+        let now = Timestamp::now().as_millis();
+        let confirm = LogEvent::ConfirmConversion(ConfirmConversion {
+            command_id: "cmd_1".into(),
+            attribution_id: "attr_1".into(),
+            code: "JAN-1".into(),
+            new_member_id: "usr_9".into(),
+            confirmed_at: Timestamp::from_millis(now),
+            issued_at: Timestamp::from_millis(now),
+        });
+        let batch = vec![
+            click("attr_1", now - 1000),
+            click("attr_2", now - 500),
+            confirm,
+        ];
+        writer.apply_batch(&batch).unwrap();
+        // The same events again, as a redelivery after a crash would bring them.
+        writer.apply_batch(&batch).unwrap();
+        let totals = reader.mentor_totals("usr_1", ALL_TIME).await.unwrap();
+        assert_eq!((totals.clicks, totals.conversions), (2, 1));
+
+        let delete = LogEvent::DeleteAttribution(DeleteAttribution {
+            command_id: "cmd_2".into(),
+            attribution_id: "attr_1".into(),
+            issued_at: Timestamp::from_millis(now),
+        });
+        writer.apply_batch(std::slice::from_ref(&delete)).unwrap();
+        writer
+            .apply_batch(&[delete, click("attr_1", now - 1000)])
+            .unwrap();
+        let totals = reader.mentor_totals("usr_1", ALL_TIME).await.unwrap();
+        assert_eq!(
+            (totals.clicks, totals.conversions),
+            (1, 0),
+            "a deleted click is not revived"
+        );
+        assert!(reader.attribution("attr_1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_second_process_cannot_open_the_same_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open_store(dir.path());
+        let second = open(dir.path(), SqliteSynchronous::Normal, i64::MAX);
+        assert!(matches!(second, Err(StoreError::Open(_))));
+        drop(first);
+        assert!(open(dir.path(), SqliteSynchronous::Normal, i64::MAX).is_ok());
+    }
+
+    #[tokio::test]
+    async fn codes_are_listed_for_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut writer, _) = open_store(dir.path());
+        let committed = writer
+            .apply_batch(&[LogEvent::AssignCode(AssignCode {
+                command_id: "cmd_1".into(),
+                code: "JAN-1".into(),
+                mentor_id: "usr_1".into(),
+                issued_at: Timestamp::now(),
+            })])
+            .unwrap();
+        assert_eq!(committed.code_changes.len(), 1);
+        assert_eq!(
+            writer.code_assignments().unwrap(),
+            vec![("JAN-1".to_owned(), "usr_1".to_owned())]
+        );
     }
 }

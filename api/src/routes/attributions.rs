@@ -4,14 +4,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::routing::get;
 use http::StatusCode;
 use referral_ingest::body::read_limited;
 use referral_schemas::id::{is_attribution_id, new_command_id};
 use referral_schemas::messages::{ConfirmConversion, DeleteAttribution, LogEvent, Verdict};
-use referral_schemas::query::{Pagination, parse_list_query, parse_totals_query, conversion_rate};
+use referral_schemas::query::{Pagination, conversion_rate, parse_list_query, parse_totals_query};
 use referral_schemas::validation::{ConfirmRequest, MAX_BODY_BYTES, validate_party_id};
 use referral_schemas::{ApiError, ErrorKind, Timestamp};
 use serde::Serialize;
@@ -25,9 +25,15 @@ use crate::commands::{rejection_error, submit};
 pub fn routes(router: Router<Arc<AppState>>, prefix: &str) -> Router<Arc<AppState>> {
     router
         .route(prefix, get(list).post(record_click))
-        .route(&format!("{prefix}/{{id}}"), get(get_one).put(confirm).delete(remove))
+        .route(
+            &format!("{prefix}/{{id}}"),
+            get(get_one).put(confirm).delete(remove),
+        )
         .route(&format!("{prefix}/mentor/{{mentor_id}}"), get(mentor_list))
-        .route(&format!("{prefix}/mentor/{{mentor_id}}/total"), get(mentor_total))
+        .route(
+            &format!("{prefix}/mentor/{{mentor_id}}/total"),
+            get(mentor_total),
+        )
 }
 
 fn not_found() -> HttpError {
@@ -44,7 +50,10 @@ fn attribution_id(path: Result<Path<String>, PathRejection>) -> Result<String, H
 
 fn mentor_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
     let Ok(Path(mentor_id)) = path else {
-        return Err(HttpError(ApiError::invalid("mentor_id", "must be valid UTF-8")));
+        return Err(HttpError(ApiError::invalid(
+            "mentor_id",
+            "must be valid UTF-8",
+        )));
     };
     validate_party_id("mentor_id", &mentor_id)?;
     Ok(mentor_id)
@@ -55,7 +64,9 @@ async fn record_click(State(state): State<Arc<AppState>>, request: Request) -> H
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| peer.ip());
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| {
+            peer.ip()
+        });
     let (parts, body) = request.into_parts();
     let bytes = read_limited(&parts.headers, body, MAX_BODY_BYTES).await?;
     let attribution = state.edge.record_click(peer, &parts.headers, bytes).await?;
@@ -70,12 +81,20 @@ async fn list(
 ) -> HandlerResult {
     state.tokens.authorize(&headers, Scope::Read)?;
     let (filter, page) = parse_list_query(query.as_deref(), false)?;
-    let found = state.reader.attributions(&filter, page).await.map_err(store_failure)?;
+    let found = state
+        .reader
+        .attributions(&filter, page)
+        .await
+        .map_err(store_failure)?;
     Ok(json(
         StatusCode::OK,
         &ListBody {
             data: found.attributions,
-            pagination: Pagination { page: page.page, limit: page.limit, total: found.total },
+            pagination: Pagination {
+                page: page.page,
+                limit: page.limit,
+                total: found.total,
+            },
         },
     ))
 }
@@ -114,7 +133,9 @@ async fn confirm(
         issued_at: now,
     });
     match submit(&state, command).await? {
-        Verdict::Confirmed { attribution, .. } => Ok(json(StatusCode::OK, &attribution.conversion_view())),
+        Verdict::Confirmed { attribution, .. } => {
+            Ok(json(StatusCode::OK, &attribution.conversion_view()))
+        }
         Verdict::Rejected { reason } => Err(rejection_error(reason).into()),
         other => Err(unexpected(other)),
     }
@@ -157,12 +178,20 @@ async fn mentor_list(
     let mentor_id = mentor_id(path)?;
     let (mut filter, page) = parse_list_query(query.as_deref(), true)?;
     filter.mentor_id = Some(mentor_id);
-    let found = state.reader.attributions(&filter, page).await.map_err(store_failure)?;
+    let found = state
+        .reader
+        .attributions(&filter, page)
+        .await
+        .map_err(store_failure)?;
     Ok(json(
         StatusCode::OK,
         &ListBody {
             data: found.attributions.iter().map(|a| a.summary()).collect(),
-            pagination: Pagination { page: page.page, limit: page.limit, total: found.total },
+            pagination: Pagination {
+                page: page.page,
+                limit: page.limit,
+                total: found.total,
+            },
         },
     ))
 }

@@ -25,9 +25,10 @@ use crate::commands::{rejection_error, submit};
 pub const CODES_PREFIX: &str = "/api/v1/referral-codes";
 
 pub fn routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
-    router
-        .route(CODES_PREFIX, get(list))
-        .route(&format!("{CODES_PREFIX}/{{code}}"), get(get_one).put(assign).delete(retire))
+    router.route(CODES_PREFIX, get(list)).route(
+        &format!("{CODES_PREFIX}/{{code}}"),
+        get(get_one).put(assign).delete(retire),
+    )
 }
 
 fn code_from_path(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
@@ -44,9 +45,16 @@ async fn get_one(
 ) -> HandlerResult {
     state.tokens.authorize(&headers, Scope::Read)?;
     let code = code_from_path(path)?;
-    match state.reader.referral_code(&code).await.map_err(store_failure)? {
+    match state
+        .reader
+        .referral_code(&code)
+        .await
+        .map_err(store_failure)?
+    {
         Some(code) => Ok(json(StatusCode::OK, &code)),
-        None => Err(HttpError(ApiError::new(ErrorKind::CodeNotFound, "no such referral code").on_field("code"))),
+        None => Err(HttpError(
+            ApiError::new(ErrorKind::CodeNotFound, "no such referral code").on_field("code"),
+        )),
     }
 }
 
@@ -66,7 +74,11 @@ async fn list(
         StatusCode::OK,
         &ListBody {
             data: found.codes,
-            pagination: Pagination { page: page.page, limit: page.limit, total: found.total },
+            pagination: Pagination {
+                page: page.page,
+                limit: page.limit,
+                total: found.total,
+            },
         },
     ))
 }
@@ -89,7 +101,11 @@ async fn assign(
     });
     match submit(&state, command).await? {
         Verdict::CodeAssigned { code, created } => {
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(json(status, &code))
         }
         Verdict::Rejected { reason } => Err(rejection_error(reason).into()),

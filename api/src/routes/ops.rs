@@ -19,7 +19,10 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.edge.is_ready() {
         json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
     } else {
-        json(StatusCode::SERVICE_UNAVAILABLE, &serde_json::json!({"status": "not_ready"}))
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"status": "not_ready"}),
+        )
     }
 }
 

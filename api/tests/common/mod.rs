@@ -50,12 +50,22 @@ impl TestApp {
 
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let data_dir = dir.path().to_str().unwrap().to_owned();
-        let mut args = vec!["referral-api", "--data-dir", &data_dir, "--sqlite-synchronous", "normal"];
+        let mut args = vec![
+            "referral-api",
+            "--data-dir",
+            &data_dir,
+            "--sqlite-synchronous",
+            "normal",
+        ];
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).unwrap();
         let service = EmbeddedService::start(&config).unwrap();
         let router = service.router();
-        Self { service: Some(service), router, dir }
+        Self {
+            service: Some(service),
+            router,
+            dir,
+        }
     }
 
     pub async fn stop(mut self) -> tempfile::TempDir {
@@ -65,7 +75,13 @@ impl TestApp {
         self.dir
     }
 
-    pub async fn call(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: Option<&str>) -> Answer {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Answer {
         let mut request = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             request = request.header(*name, *value);
@@ -82,9 +98,14 @@ impl TestApp {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        Answer { status, headers, body }
+        Answer {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, uri: &str) -> Answer {
@@ -92,12 +113,22 @@ impl TestApp {
     }
 
     pub async fn send_json(&self, method: Method, uri: &str, body: &str) -> Answer {
-        self.call(method, uri, &[("content-type", "application/json")], Some(body)).await
+        self.call(
+            method,
+            uri,
+            &[("content-type", "application/json")],
+            Some(body),
+        )
+        .await
     }
 
     pub async fn assign_code(&self, code: &str, mentor: &str) -> Answer {
-        self.send_json(Method::PUT, &format!("/api/v1/referral-codes/{code}"), &format!(r#"{{"mentor_id":"{mentor}"}}"#))
-            .await
+        self.send_json(
+            Method::PUT,
+            &format!("/api/v1/referral-codes/{code}"),
+            &format!(r#"{{"mentor_id":"{mentor}"}}"#),
+        )
+        .await
     }
 
     pub async fn click(&self, body: &str) -> Answer {
@@ -106,17 +137,24 @@ impl TestApp {
 
     /// Records a click for `code` and returns its id.
     pub async fn click_id(&self, code: &str, occurred_at: &str) -> String {
-        let answer = self.click(&format!(r#"{{"code":"{code}","occurred_at":"{occurred_at}"}}"#)).await;
+        let answer = self
+            .click(&format!(
+                r#"{{"code":"{code}","occurred_at":"{occurred_at}"}}"#
+            ))
+            .await;
         assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
         answer.body["id"].as_str().unwrap().to_owned()
     }
 
     pub async fn confirm(&self, id: &str, body: &str) -> Answer {
-        self.send_json(Method::PUT, &format!("{PREFIX}/{id}"), body).await
+        self.send_json(Method::PUT, &format!("{PREFIX}/{id}"), body)
+            .await
     }
 
     pub async fn totals(&self, mentor: &str, query: &str) -> (u64, u64, f64, String) {
-        let answer = self.get(&format!("{PREFIX}/mentor/{mentor}/total{query}")).await;
+        let answer = self
+            .get(&format!("{PREFIX}/mentor/{mentor}/total{query}"))
+            .await;
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
         (
             answer.body["total_clicks"].as_u64().unwrap(),
