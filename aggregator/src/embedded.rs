@@ -292,26 +292,56 @@ mod tests {
         pipeline.shutdown(Duration::from_secs(5)).await;
     }
 
-    #[tokio::test]
+    /// A writer that blocks inside `apply_batch` until the gate opens.
+    #[derive(Clone, Default)]
+    struct GatedWriter {
+        entered: Arc<std::sync::atomic::AtomicUsize>,
+        open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl StateWriter for GatedWriter {
+        fn apply_batch(&mut self, _: &[LogEvent]) -> Result<CommittedBatch, StoreError> {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let (open, opened) = &*self.open;
+            let mut is_open = open.lock().unwrap();
+            while !*is_open {
+                is_open = opened.wait(is_open).unwrap();
+            }
+            Ok(CommittedBatch::default())
+        }
+    }
+
+    async fn until(condition: impl Fn() -> bool) {
+        for _ in 0..5000 {
+            if condition() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("condition not reached within 5 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_queue_is_refused_at_once() {
-        let writer = RecordingWriter {
-            delay: Duration::from_millis(300),
-            ..Default::default()
-        };
-        let pipeline = EmbeddedPipeline::start(writer, CodeDirectory::default(), 1, 1).unwrap();
+        let writer = GatedWriter::default();
+        let pipeline =
+            EmbeddedPipeline::start(writer.clone(), CodeDirectory::default(), 1, 1).unwrap();
         let log = pipeline.log();
-        // One event occupies the writer, one the queue; the next must be refused.
+        // One event held inside the writer, one filling the queue: the next is refused.
         let first = tokio::spawn({
             let log = log.clone();
             async move { log.publish(click(1)).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until(|| writer.entered.load(std::sync::atomic::Ordering::SeqCst) == 1).await;
         let second = tokio::spawn({
             let log = log.clone();
             async move { log.publish(click(2)).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        until(|| log.queue.capacity() == 0).await;
         assert_eq!(log.publish(click(3)).await, Err(PublishError::QueueFull));
+        *writer.open.0.lock().unwrap() = true;
+        writer.open.1.notify_all();
         assert_eq!(first.await.unwrap(), Ok(()));
         assert_eq!(second.await.unwrap(), Ok(()));
         pipeline.shutdown(Duration::from_secs(5)).await;

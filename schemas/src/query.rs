@@ -38,7 +38,7 @@ pub struct PageRequest {
 
 impl PageRequest {
     pub fn offset(self) -> u64 {
-        u64::from(self.page - 1) * u64::from(self.limit)
+        u64::from(self.page.saturating_sub(1)) * u64::from(self.limit)
     }
 }
 

@@ -138,6 +138,42 @@ pub fn parse_instant(
     Ok(instant)
 }
 
+/// Deepest nesting a body may have. Every accepted body is a flat object (depth 1); a little
+/// room lets a wrongly typed field get its precise 422, while a hostile 16 KiB of brackets
+/// is refused before the parser, whose value builder recurses per level, can overflow the
+/// stack.
+pub const MAX_JSON_DEPTH: usize = 16;
+
+/// Whether `body` nests arrays/objects deeper than `limit`, ignoring brackets in strings.
+fn nests_deeper_than(body: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A JSON body parsed into a borrowed object, with only the allowed fields.
 pub struct JsonObject<'body> {
     fields: Box<simd_json::borrowed::Object<'body>>,
@@ -150,6 +186,12 @@ impl<'body> JsonObject<'body> {
             return Err(ApiError::new(
                 ErrorKind::MalformedJson,
                 "the body is empty; expected a JSON object",
+            ));
+        }
+        if nests_deeper_than(body, MAX_JSON_DEPTH) {
+            return Err(ApiError::new(
+                ErrorKind::MalformedJson,
+                format!("the body nests deeper than {MAX_JSON_DEPTH} levels"),
             ));
         }
         let value = simd_json::to_borrowed_value(body)
@@ -428,5 +470,31 @@ mod tests {
         assert_eq!(error.field.as_deref(), Some("confirmed_at"));
         let error = parse(r#"{"code":"JAN-1"}"#).unwrap_err();
         assert_eq!(error.field.as_deref(), Some("new_member_id"));
+    }
+}
+
+#[cfg(test)]
+mod hostile_tests {
+    use super::*;
+
+    #[test]
+    fn deeply_nested_bodies_are_refused_without_overflowing_the_stack() {
+        // 16 KiB of nesting: the most a body can carry under the size limit.
+        let depth = MAX_BODY_BYTES / 2;
+        let body = format!(r#"{{"code":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+        let error = ClickRequest::parse(&mut body.into_bytes(), Timestamp::now()).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::MalformedJson, "{error:?}");
+        // Brackets inside strings are text, not nesting.
+        let text = format!(
+            r#"{{"code":"JAN-1","user_agent":"{}\"{}"}}"#,
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        assert!(ClickRequest::parse(&mut text.into_bytes(), Timestamp::now()).is_ok());
+        // A shallow wrong type still gets its field-level 422.
+        let shallow =
+            ClickRequest::parse(&mut br#"{"code":[["JAN-1"]]}"#.to_vec(), Timestamp::now())
+                .unwrap_err();
+        assert_eq!(shallow.field.as_deref(), Some("code"));
     }
 }

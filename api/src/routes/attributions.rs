@@ -11,7 +11,7 @@ use http::StatusCode;
 use referral_ingest::body::read_limited;
 use referral_schemas::id::{is_attribution_id, new_command_id};
 use referral_schemas::messages::{ConfirmConversion, DeleteAttribution, LogEvent, Verdict};
-use referral_schemas::query::{Pagination, conversion_rate, parse_list_query, parse_totals_query};
+use referral_schemas::query::{conversion_rate, parse_list_query, parse_totals_query};
 use referral_schemas::validation::{ConfirmRequest, MAX_BODY_BYTES, validate_party_id};
 use referral_schemas::{ApiError, ErrorKind, Timestamp};
 use serde::Serialize;
@@ -86,17 +86,7 @@ async fn list(
         .attributions(&filter, page)
         .await
         .map_err(store_failure)?;
-    Ok(json(
-        StatusCode::OK,
-        &ListBody {
-            data: found.attributions,
-            pagination: Pagination {
-                page: page.page,
-                limit: page.limit,
-                total: found.total,
-            },
-        },
-    ))
+    Ok(ListBody::response(found.attributions, page, found.total))
 }
 
 /// GET /:id.
@@ -183,16 +173,10 @@ async fn mentor_list(
         .attributions(&filter, page)
         .await
         .map_err(store_failure)?;
-    Ok(json(
-        StatusCode::OK,
-        &ListBody {
-            data: found.attributions.iter().map(|a| a.summary()).collect(),
-            pagination: Pagination {
-                page: page.page,
-                limit: page.limit,
-                total: found.total,
-            },
-        },
+    Ok(ListBody::response(
+        found.attributions.iter().map(|a| a.summary()).collect(),
+        page,
+        found.total,
     ))
 }
 

@@ -12,7 +12,7 @@ use axum::routing::get;
 use http::StatusCode;
 use referral_schemas::id::new_command_id;
 use referral_schemas::messages::{AssignCode, LogEvent, RetireCode, Verdict};
-use referral_schemas::query::{Pagination, parse_code_list_query};
+use referral_schemas::query::parse_code_list_query;
 use referral_schemas::validation::{CodeAssignmentRequest, normalize_code};
 use referral_schemas::{ApiError, ErrorKind, Timestamp};
 
@@ -70,17 +70,7 @@ async fn list(
         .referral_codes(mentor_id.as_deref(), page)
         .await
         .map_err(store_failure)?;
-    Ok(json(
-        StatusCode::OK,
-        &ListBody {
-            data: found.codes,
-            pagination: Pagination {
-                page: page.page,
-                limit: page.limit,
-                total: found.total,
-            },
-        },
-    ))
+    Ok(ListBody::response(found.codes, page, found.total))
 }
 
 /// 201 when the code is new, 200 when it existed (reassigned, or already this mentor's).

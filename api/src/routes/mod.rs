@@ -11,7 +11,7 @@ use http::StatusCode;
 use referral_ingest::body::read_limited;
 use referral_ingest::edge::serialize_response;
 use referral_schemas::ApiError;
-use referral_schemas::query::Pagination;
+use referral_schemas::query::{PageRequest, Pagination};
 use referral_schemas::validation::{MAX_BODY_BYTES, require_json_content_type};
 use serde::Serialize;
 
@@ -24,6 +24,18 @@ pub type HandlerResult = Result<Response, HttpError>;
 pub struct ListBody<T> {
     pub data: Vec<T>,
     pub pagination: Pagination,
+}
+
+impl<T: Serialize> ListBody<T> {
+    /// A 200 with one page of `data` out of `total` matches.
+    pub fn response(data: Vec<T>, page: PageRequest, total: u64) -> Response {
+        let pagination = Pagination {
+            page: page.page,
+            limit: page.limit,
+            total,
+        };
+        json(StatusCode::OK, &Self { data, pagination })
+    }
 }
 
 /// Reads a JSON body: 415 unless declared JSON, 413 past the limit.

@@ -1,0 +1,235 @@
+//! The `referral-ingest` binary: plain hyper serving the click POST over its own embedded
+//! store, with the same rules and error bodies as the API.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use referral_aggregator::config::SqliteSynchronous;
+use referral_aggregator::store::sqlite;
+use referral_aggregator::store::{AttributionReader, StateWriter};
+use referral_schemas::Timestamp;
+use referral_schemas::messages::{AssignCode, LogEvent};
+use referral_schemas::query::HourRange;
+use serde_json::Value;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Kills the child on drop, so a failed assertion leaves no server running.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn call(
+    client: &HttpClient,
+    method: Method,
+    uri: &str,
+    content_type: &str,
+    body: &str,
+) -> Result<(StatusCode, http::HeaderMap, Value), String> {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|error| error.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|error| error.to_string())?;
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|error| error.to_string())?
+        .to_bytes();
+    Ok((
+        parts.status,
+        parts.headers,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+#[tokio::test]
+async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Seed a code the way the writer would, then release the store.
+        let (mut writer, _) =
+            sqlite::open(dir.path(), SqliteSynchronous::Normal, i64::MAX).unwrap();
+        writer
+            .apply_batch(&[LogEvent::AssignCode(AssignCode {
+                command_id: "cmd_seed".into(),
+                code: "JAN-1".into(),
+                mentor_id: "usr_1".into(),
+                issued_at: Timestamp::now(),
+            })])
+            .unwrap();
+    }
+    let address = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
+            .env("REFERRAL_DATA_DIR", dir.path())
+            .env("REFERRAL_LISTEN", &address)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let base = format!("http://{address}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(
+        call(&client, Method::GET, &format!("{base}/readyz"), "", "").await,
+        Ok((StatusCode::OK, _, _))
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "referral-ingest did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let doubled = format!("{base}/api/v1/referral-attributions/api/v1/referral-attributions");
+    let canonical = format!("{base}/api/v1/referral-attributions");
+    for uri in [&canonical, &doubled] {
+        let (status, _, body) = call(
+            &client,
+            Method::POST,
+            uri,
+            "application/json",
+            r#"{"code":"jan-1"}"#,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["mentor_id"], "usr_1");
+        assert_eq!(body["ip_address"], "127.0.0.1");
+    }
+    let refusals = [
+        (
+            "application/json",
+            r#"{"code":"NOPE-1"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_code",
+        ),
+        (
+            "application/json",
+            r#"{"code":"JAN-1","ip_address":"x"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+        ),
+        (
+            "application/json",
+            "{",
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "text/plain",
+            r#"{"code":"JAN-1"}"#,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+    ];
+    for (content_type, body, status, code) in refusals {
+        let answer = call(&client, Method::POST, &canonical, content_type, body)
+            .await
+            .unwrap();
+        assert_eq!(
+            (answer.0, answer.2["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    let huge = format!(
+        r#"{{"code":"JAN-1","user_agent":"{}"}}"#,
+        "a".repeat(20_000)
+    );
+    let (status, _, _) = call(&client, Method::POST, &canonical, "application/json", &huge)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, headers, body) = call(&client, Method::GET, &canonical, "", "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, headers.get("allow").map(|v| v.to_str().unwrap())),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("POST"))
+    );
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let (status, _, _) = call(&client, Method::GET, &format!("{base}/nope"), "", "")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let metrics = client
+        .request(
+            Request::get(format!("{base}/metrics"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8(
+        metrics
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(text.contains("referral_clicks_accepted_total 2"), "{text}");
+    assert!(
+        text.contains(r#"referral_clicks_rejected_total{cause="unknown_code"} 1"#),
+        "{text}"
+    );
+
+    // SIGTERM drains and exits 0; exactly the two accepted clicks are stored.
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.0.id().to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(exit) = child.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "referral-ingest did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+    let (_, reader) = sqlite::open(dir.path(), SqliteSynchronous::Normal, i64::MAX).unwrap();
+    let totals = reader
+        .mentor_totals(
+            "usr_1",
+            HourRange {
+                from_hour: None,
+                to_hour: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(totals.clicks, 2);
+}
