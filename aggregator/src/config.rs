@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::kafka::KafkaSettings;
+
 /// Default directory of the embedded store.
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// How long after a click a confirmation still counts: 90 days, the common cookie window of
@@ -19,6 +21,15 @@ pub const DEFAULT_LOG_QUEUE_CAPACITY: usize = 10_000;
 /// Events applied in one transaction at most. Larger batches amortize the commit further but
 /// delay every event in the batch; a thousand keeps a commit in the low milliseconds.
 pub const DEFAULT_COMMIT_BATCH_MAX: usize = 1_000;
+
+/// How long the producer retries one message. The edge's `--ack-timeout` may not exceed it,
+/// so a request never outlives its message's fate by more than this.
+pub const DEFAULT_KAFKA_MESSAGE_TIMEOUT: &str = "10s";
+/// Small: the edge answers after the ack, so linger adds straight to click latency; 5 ms
+/// still batches thousands of clicks per request at load.
+pub const DEFAULT_KAFKA_LINGER: &str = "5ms";
+/// Local producer queue: 100k messages of a few hundred bytes is tens of MiB.
+pub const DEFAULT_KAFKA_QUEUE_MAX_MESSAGES: usize = 100_000;
 
 /// How hard SQLite makes each commit durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -44,6 +55,26 @@ pub struct PipelineArgs {
     /// Kafka topic of the attribution log.
     #[arg(long, env = "REFERRAL_KAFKA_TOPIC", default_value = "referral-events")]
     pub kafka_topic: String,
+
+    /// Kafka topic of referral codes (compacted), followed by every edge.
+    #[arg(
+        long,
+        env = "REFERRAL_KAFKA_CODES_TOPIC",
+        default_value = "referral-codes"
+    )]
+    pub kafka_codes_topic: String,
+
+    /// How long the producer retries a message before failing it (message.timeout.ms).
+    #[arg(long, env = "REFERRAL_KAFKA_MESSAGE_TIMEOUT", default_value = DEFAULT_KAFKA_MESSAGE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub kafka_message_timeout: Duration,
+
+    /// How long the producer gathers a batch (linger.ms).
+    #[arg(long, env = "REFERRAL_KAFKA_LINGER", default_value = DEFAULT_KAFKA_LINGER, value_parser = humantime::parse_duration)]
+    pub kafka_linger: Duration,
+
+    /// Messages the producer queues locally at most (then 503).
+    #[arg(long, env = "REFERRAL_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = DEFAULT_KAFKA_QUEUE_MAX_MESSAGES)]
+    pub kafka_queue_max_messages: usize,
 
     /// ClickHouse HTTP URL. Unset: the embedded store.
     #[arg(long, env = "REFERRAL_CLICKHOUSE_URL")]
@@ -99,11 +130,37 @@ impl PipelineArgs {
             "--attribution-window must be longer than zero"
         );
         anyhow::ensure!(
-            self.kafka_brokers.is_none() && self.clickhouse_url.is_none(),
-            "--kafka-brokers and --clickhouse-url are not supported by this build yet; \
-             unset them to run the embedded pipeline"
+            self.clickhouse_url.is_none(),
+            "--clickhouse-url is not supported by this build yet; unset it to use the embedded store"
+        );
+        anyhow::ensure!(
+            self.kafka_queue_max_messages >= 1,
+            "--kafka-queue-max-messages must be at least 1"
         );
         Ok(())
+    }
+
+    /// Refuses Kafka for binaries that serve only the embedded pipeline in this build.
+    pub fn require_embedded(&self, binary: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.kafka_brokers.is_none(),
+            "{binary} does not support --kafka-brokers yet; unset it to run the embedded pipeline \
+             (referral-ingest serves clicks on Kafka)"
+        );
+        Ok(())
+    }
+
+    /// Kafka client settings, when brokers are configured.
+    pub fn kafka_settings(&self, client_id: &str) -> Option<KafkaSettings> {
+        self.kafka_brokers.as_ref().map(|brokers| KafkaSettings {
+            brokers: brokers.clone(),
+            topic: self.kafka_topic.clone(),
+            codes_topic: self.kafka_codes_topic.clone(),
+            message_timeout: self.kafka_message_timeout,
+            linger: self.kafka_linger,
+            queue_max_messages: self.kafka_queue_max_messages,
+            client_id: client_id.to_owned(),
+        })
     }
 
     /// The attribution window in milliseconds, as the state machine takes it.

@@ -13,11 +13,13 @@
 //!   applies many events per transaction (group commit) and only then acknowledges them.
 //! * [`store`]: the read interface ([`store::AttributionReader`]) and the write interface
 //!   ([`store::StateWriter`]); [`store::sqlite`] implements both for the embedded mode.
+//! * [`kafka`]: the log on Kafka (producer), the compacted codes topic and its follower.
 //! * [`codes`]: the in-memory code -> mentor directory the edge resolves clicks with.
 //! * [`config`]: the pipeline settings shared by every binary.
 
 pub mod codes;
 pub mod config;
 pub mod embedded;
+pub mod kafka;
 pub mod log;
 pub mod store;

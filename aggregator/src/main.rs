@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Migrate(pipeline) => {
             pipeline.validate()?;
+            pipeline.require_embedded("referral-aggregator migrate")?;
             sqlite::open(
                 &pipeline.data_dir,
                 pipeline.sqlite_synchronous,

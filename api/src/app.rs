@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use referral_aggregator::embedded::EmbeddedPipeline;
 use referral_aggregator::log::EventLog;
 use referral_aggregator::store::AttributionReader;
+use referral_ingest::codes::CodeResolver;
 use referral_ingest::edge::{ClickEdge, error_response};
 use referral_ingest::shutdown::Shutdown;
 use referral_ingest::{ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, server, telemetry};
@@ -123,11 +124,12 @@ impl EmbeddedService {
         let (pipeline, reader, directory) =
             EmbeddedPipeline::open(&config.pipeline).context("cannot open the embedded store")?;
         let log: Arc<dyn EventLog> = pipeline.log();
+        let limits = Arc::new(config.edge.limits());
         let edge = ClickEdge::new(
             log.clone(),
-            directory,
-            config.edge.trusted_proxies()?,
-            config.edge.ack_timeout,
+            CodeResolver::exact(directory),
+            limits,
+            config.edge.settings()?,
         );
         let state = Arc::new(AppState {
             edge,
@@ -159,6 +161,11 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> a
     let settings = config.server.settings()?;
     let service = EmbeddedService::start(&config)?;
     telemetry::spawn_metrics_upkeep(service.state.metrics.clone(), shutdown.clone());
+    service
+        .state
+        .edge
+        .limits()
+        .spawn_housekeeping(shutdown.clone());
     let router = service.router();
     tracing::info!(address = %listener.local_addr()?, "referral-api listening");
     let make_service = |peer: SocketAddr| {

@@ -35,6 +35,7 @@ impl Config {
     /// first request.
     pub fn validate(&self) -> anyhow::Result<ApiTokens> {
         self.pipeline.validate()?;
+        self.pipeline.require_embedded("referral-api")?;
         self.edge.validate()?;
         self.server.settings()?;
         ApiTokens::parse(&self.api_tokens).map_err(|error| anyhow::anyhow!("--api-tokens: {error}"))

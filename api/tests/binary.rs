@@ -53,6 +53,8 @@ async fn start_with(
     let child = Command::new(env!("CARGO_BIN_EXE_referral-api"))
         .envs(env.iter().copied())
         .env("REFERRAL_DATA_DIR", data_dir)
+        .env("REFERRAL_RATE_LIMIT_PER_IP", "0")
+        .env("REFERRAL_RATE_LIMIT_PER_CODE", "0")
         .env("REFERRAL_LISTEN", &address)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -842,3 +842,52 @@ async fn state_survives_a_restart_on_the_same_data_dir() {
     assert_eq!(app.totals("usr_1", "").await.0, 2);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_flooding_client_gets_429_while_others_still_get_201() {
+    let app = TestApp::start(&[
+        "--trusted-proxies",
+        "203.0.113.0/24",
+        "--rate-limit-per-ip",
+        "1",
+        "--rate-limit-per-ip-burst",
+        "3",
+    ])
+    .await;
+    app.assign_code("JAN-1", "usr_1").await;
+    let click_from = |ip: &'static str| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                PREFIX,
+                &[
+                    ("content-type", "application/json"),
+                    ("x-forwarded-for", ip),
+                ],
+                Some(r#"{"code":"JAN-1"}"#),
+            )
+            .await
+        }
+    };
+    for remaining in ["2", "1", "0"] {
+        let answer = click_from("198.51.100.1").await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        assert_eq!(answer.headers["x-ratelimit-limit"], "3");
+        assert_eq!(answer.headers["x-ratelimit-remaining"], remaining);
+    }
+    let limited = click_from("198.51.100.1").await;
+    assert_eq!(
+        (limited.status, limited.error().0),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    assert_eq!(limited.headers["retry-after"], "1");
+    assert_eq!(limited.headers["x-ratelimit-remaining"], "0");
+    assert_eq!(click_from("198.51.100.2").await.status, StatusCode::CREATED);
+    assert_eq!(
+        app.get(PREFIX).await.body["pagination"]["total"],
+        4,
+        "the refused click was not stored"
+    );
+    app.stop().await;
+}

@@ -9,6 +9,8 @@
 //! * [`server`]: the hyper 1.x accept loop shared by every binary, with graceful drain.
 //! * [`edge`]: [`edge::ClickEdge`], framework-free so the ingest binary (plain hyper) and the
 //!   API (axum) serve the click POST with the same code.
+//! * [`rate_limit`]: per-IP, per-code and global limits (governor).
+//! * [`codes`]: code -> mentor, with a bounded wait and negative caching on misses.
 //! * [`client_ip`]: the client address, trusting `X-Forwarded-For` only from known proxies.
 //! * [`body`]: reading a request body under a size limit.
 //! * [`shutdown`]: the one shutdown signal every task watches.
@@ -17,8 +19,10 @@
 
 pub mod body;
 pub mod client_ip;
+pub mod codes;
 pub mod config;
 pub mod edge;
+pub mod rate_limit;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -15,14 +15,18 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
+use referral_aggregator::codes::CodeDirectory;
 use referral_aggregator::config::PipelineArgs;
 use referral_aggregator::embedded::EmbeddedPipeline;
+use referral_aggregator::kafka::codes as kafka_codes;
+use referral_aggregator::kafka::producer::KafkaLog;
+use referral_aggregator::log::EventLog;
+use referral_ingest::codes::CodeResolver;
 use referral_ingest::config::{EdgeArgs, ServerArgs};
-use referral_ingest::edge::{ClickEdge, error_response, json_response, serialize_response};
+use referral_ingest::edge::{ClickEdge, error_response, json_response};
 use referral_ingest::{
-    ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, body, server, shutdown, telemetry,
+    ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, server, shutdown, telemetry,
 };
-use referral_schemas::validation::MAX_BODY_BYTES;
 use referral_schemas::{ApiError, ErrorKind};
 
 #[derive(Parser, Debug)]
@@ -41,35 +45,71 @@ struct Edge {
     metrics: PrometheusHandle,
 }
 
+/// What stands behind the edge, to be shut down in its own way.
+enum Backend {
+    Kafka(Arc<KafkaLog>),
+    Embedded(EmbeddedPipeline),
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing();
     let cli = Cli::parse();
     cli.pipeline.validate()?;
-    cli.edge.validate()?;
-    let settings = cli.server.settings()?;
+    let edge_settings = cli.edge.settings()?;
+    let server_settings = cli.server.settings()?;
     let metrics = telemetry::metrics_handle();
-    let (pipeline, _reader, directory) =
-        EmbeddedPipeline::open(&cli.pipeline).context("cannot open the embedded store")?;
+    let (trigger, shutdown) = shutdown::channel();
+    tokio::spawn(async move {
+        shutdown::os_signal().await;
+        trigger.trigger();
+    });
+    telemetry::spawn_metrics_upkeep(metrics.clone(), shutdown.clone());
+    let limits = Arc::new(cli.edge.limits());
+    limits.spawn_housekeeping(shutdown.clone());
+
+    let (log, codes, backend): (Arc<dyn EventLog>, CodeResolver, Backend) = match cli
+        .pipeline
+        .kafka_settings("referral-ingest")
+    {
+        Some(kafka) => {
+            anyhow::ensure!(
+                cli.edge.ack_timeout <= kafka.message_timeout,
+                "--ack-timeout must not exceed --kafka-message-timeout"
+            );
+            let log = Arc::new(KafkaLog::connect(&kafka).await.with_context(|| {
+                format!("cannot reach topic {} on {}", kafka.topic, kafka.brokers)
+            })?);
+            log.spawn_readiness_probe(shutdown.clone().stopped());
+            let directory = CodeDirectory::default();
+            let sync = kafka_codes::follow(&kafka, directory.clone(), shutdown.clone().stopped())
+                .await
+                .with_context(|| format!("cannot follow topic {}", kafka.codes_topic))?;
+            tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, "publishing clicks to Kafka");
+            (
+                log.clone(),
+                CodeResolver::following(directory, sync),
+                Backend::Kafka(log),
+            )
+        }
+        None => {
+            let (pipeline, _reader, directory) =
+                EmbeddedPipeline::open(&cli.pipeline).context("cannot open the embedded store")?;
+            (
+                pipeline.log(),
+                CodeResolver::exact(directory),
+                Backend::Embedded(pipeline),
+            )
+        }
+    };
     let edge = Arc::new(Edge {
-        clicks: ClickEdge::new(
-            pipeline.log(),
-            directory,
-            cli.edge.trusted_proxies()?,
-            cli.edge.ack_timeout,
-        ),
-        metrics: metrics.clone(),
+        clicks: ClickEdge::new(log, codes, limits, edge_settings),
+        metrics,
     });
     let listener = tokio::net::TcpListener::bind(cli.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.server.listen))?;
     tracing::info!(address = %cli.server.listen, "referral-ingest listening");
-    let (trigger, shutdown) = shutdown::channel();
-    telemetry::spawn_metrics_upkeep(metrics, shutdown.clone());
-    tokio::spawn(async move {
-        shutdown::os_signal().await;
-        trigger.trigger();
-    });
     let make_service = |peer: SocketAddr| {
         let edge = edge.clone();
         hyper::service::service_fn(move |request| {
@@ -77,8 +117,12 @@ async fn main() -> anyhow::Result<()> {
             async move { Ok::<_, Infallible>(route(&edge, peer, request).await) }
         })
     };
-    server::serve(listener, make_service, settings, shutdown).await;
-    pipeline.shutdown(cli.server.drain_timeout).await;
+    server::serve(listener, make_service, server_settings, shutdown).await;
+    match backend {
+        // Every click answered 201 was acked already; this delivers what is still queued.
+        Backend::Kafka(log) => log.flush(cli.server.drain_timeout).await,
+        Backend::Embedded(pipeline) => pipeline.shutdown(cli.server.drain_timeout).await,
+    }
     Ok(())
 }
 
@@ -136,18 +180,9 @@ async fn record_click(
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let (parts, incoming) = request.into_parts();
-    let outcome = match body::read_limited(&parts.headers, incoming, MAX_BODY_BYTES).await {
-        Ok(bytes) => {
-            edge.clicks
-                .record_click(peer.ip(), &parts.headers, bytes)
-                .await
-        }
-        Err(error) => Err(error),
-    };
-    match outcome {
-        Ok(attribution) => serialize_response(StatusCode::CREATED, &attribution),
-        Err(error) => error_response(&error),
-    }
+    edge.clicks
+        .handle(peer.ip(), &parts.headers, incoming)
+        .await
 }
 
 /// `/readyz`: 200 while new events can be accepted, else 503.

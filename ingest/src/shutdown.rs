@@ -33,6 +33,11 @@ impl Shutdown {
     pub async fn wait(&mut self) {
         let _ = self.0.wait_for(|&stop| stop).await;
     }
+
+    /// [`Self::wait`] as an owned future, for tasks that take one.
+    pub async fn stopped(mut self) {
+        self.wait().await;
+    }
 }
 
 /// Waits for SIGTERM (Kubernetes) or SIGINT (Ctrl-C).

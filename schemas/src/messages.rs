@@ -101,6 +101,18 @@ impl LogEvent {
         }
     }
 
+    /// The Kafka message key: events with the same key stay in order on one partition.
+    /// Clicks go by mentor, so a mentor's events are applied in order by one consumer.
+    pub fn partition_key(&self) -> &str {
+        match self {
+            Self::Click(click) => &click.mentor_id,
+            Self::ConfirmConversion(command) => &command.attribution_id,
+            Self::DeleteAttribution(command) => &command.attribution_id,
+            Self::AssignCode(command) => &command.code,
+            Self::RetireCode(command) => &command.code,
+        }
+    }
+
     /// A short, fixed name for metrics labels and message headers.
     pub fn kind_name(&self) -> &'static str {
         match self {

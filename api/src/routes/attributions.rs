@@ -8,11 +8,10 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::routing::get;
 use http::StatusCode;
-use referral_ingest::body::read_limited;
 use referral_schemas::id::{is_attribution_id, new_command_id};
 use referral_schemas::messages::{ConfirmConversion, DeleteAttribution, LogEvent, Verdict};
 use referral_schemas::query::{conversion_rate, parse_list_query, parse_totals_query};
-use referral_schemas::validation::{ConfirmRequest, MAX_BODY_BYTES, validate_party_id};
+use referral_schemas::validation::{ConfirmRequest, validate_party_id};
 use referral_schemas::{ApiError, ErrorKind, Timestamp};
 use serde::Serialize;
 
@@ -68,9 +67,7 @@ async fn record_click(State(state): State<Arc<AppState>>, request: Request) -> H
             peer.ip()
         });
     let (parts, body) = request.into_parts();
-    let bytes = read_limited(&parts.headers, body, MAX_BODY_BYTES).await?;
-    let attribution = state.edge.record_click(peer, &parts.headers, bytes).await?;
-    Ok(json(StatusCode::CREATED, &attribution))
+    Ok(state.edge.handle(peer, &parts.headers, body).await)
 }
 
 /// GET: every live attribution, filtered, newest first.

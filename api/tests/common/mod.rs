@@ -57,6 +57,17 @@ impl TestApp {
             "--sqlite-synchronous",
             "normal",
         ];
+        // Many clicks come from one test peer: limits stay off unless a test sets them.
+        if !extra.iter().any(|arg| arg.starts_with("--rate-limit")) {
+            args.extend([
+                "--rate-limit-per-ip",
+                "0",
+                "--rate-limit-per-code",
+                "0",
+                "--rate-limit-global",
+                "0",
+            ]);
+        }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).unwrap();
         let service = EmbeddedService::start(&config).unwrap();
