@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as a new user and CI run it: formatting, lints, then every
-# test of the workspace (unit, in-process contract tests, and the real binary under SIGKILL).
-# It installs what the tests need first; today that is only the Rust toolchain's own
-# components. Later parts of the pipeline add their services here (broker, ClickHouse).
+# test of the workspace (unit, in-process contract tests, the real binaries under SIGKILL,
+# and the edge against a real Kafka-protocol broker that the tests start themselves).
+# It installs what the tests need first: the toolchain's rustfmt and clippy, and the broker
+# (scripts/install-test-services.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ if command -v rustup >/dev/null 2>&1; then
     fi
   done
 fi
+
+./scripts/install-test-services.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

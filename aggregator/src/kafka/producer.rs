@@ -3,9 +3,15 @@
 //! `publish` resolves on the delivery report: with `acks=all` and idempotence on, `Ok` means
 //! every in-sync replica has the event, exactly once. A full local queue is refused at once
 //! (back-pressure, not memory growth). Readiness follows a metadata probe of the topic.
+//!
+//! Self-healing: an idempotent producer can get stuck for good, with a fatal error, or when
+//! the broker forgot its producer id (a broker that lost its state answers every produce
+//! with `UNKNOWN_PRODUCER_ID` while librdkafka keeps retrying). When the broker answers
+//! metadata but nothing has been delivered for a while, the probe replaces the producer;
+//! the old one's in-flight messages fail (503 to their clients, never a false 201).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,6 +28,10 @@ use crate::log::{EventLog, PublishError};
 const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one readiness probe waits.
 const READINESS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn now_ms() -> i64 {
+    referral_schemas::Timestamp::now().as_millis()
+}
 
 /// Producer client configuration shared by every producer of this project.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
@@ -47,10 +57,16 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
 
 /// The attribution log on a Kafka topic.
 pub struct KafkaLog {
-    producer: FutureProducer,
+    /// Replaced when it is stuck; cloning a `FutureProducer` clones an `Arc`.
+    producer: RwLock<FutureProducer>,
+    settings: KafkaSettings,
     topic: String,
     /// Set by the readiness probe: the broker answered for the topic recently.
     ready: Arc<AtomicBool>,
+    /// When (ms since the epoch) a message was enqueued with no successful delivery since;
+    /// 0 while deliveries succeed. Clients may stop waiting for their delivery reports, so
+    /// the age of unanswered work is the signal, not counted failures.
+    waiting_since_ms: AtomicI64,
 }
 
 impl KafkaLog {
@@ -58,9 +74,11 @@ impl KafkaLog {
     pub async fn connect(settings: &KafkaSettings) -> Result<Self, KafkaError> {
         let producer: FutureProducer = producer_config(settings).create()?;
         let log = Self {
-            producer,
+            producer: RwLock::new(producer),
+            settings: settings.clone(),
             topic: settings.topic.clone(),
             ready: Arc::new(AtomicBool::new(false)),
+            waiting_since_ms: AtomicI64::new(0),
         };
         let reachable = log.probe(super::METADATA_TIMEOUT).await;
         log.ready.store(reachable, Ordering::Relaxed);
@@ -72,9 +90,44 @@ impl KafkaLog {
         Ok(log)
     }
 
+    fn producer(&self) -> FutureProducer {
+        self.producer
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether the producer should be replaced: it reported a fatal error, or a message has
+    /// waited two message timeouts with nothing delivered since (although the broker answers,
+    /// which the caller checks).
+    fn is_stuck(&self) -> bool {
+        if self.producer().client().fatal_error().is_some() {
+            return true;
+        }
+        let stale_ms =
+            i64::try_from(self.settings.message_timeout.as_millis() * 2).unwrap_or(i64::MAX);
+        let waiting_since = self.waiting_since_ms.load(Ordering::Relaxed);
+        waiting_since != 0 && now_ms() - waiting_since > stale_ms
+    }
+
+    fn replace_producer(&self) {
+        match producer_config(&self.settings).create::<FutureProducer>() {
+            Ok(fresh) => {
+                *self
+                    .producer
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = fresh;
+                self.waiting_since_ms.store(0, Ordering::Relaxed);
+                metrics::counter!("referral_kafka_producer_replaced_total").increment(1);
+                tracing::warn!(topic = %self.topic, "producer was stuck; replaced it");
+            }
+            Err(error) => tracing::error!(%error, "cannot create a replacement producer"),
+        }
+    }
+
     /// Whether the broker lists the topic with at least one partition.
     async fn probe(&self, timeout: Duration) -> bool {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             producer
@@ -101,6 +154,9 @@ impl KafkaLog {
             tokio::pin!(stop);
             loop {
                 let reachable = log.probe(READINESS_PROBE_TIMEOUT).await;
+                if reachable && log.is_stuck() {
+                    log.replace_producer();
+                }
                 if reachable != log.ready.swap(reachable, Ordering::Relaxed) {
                     if reachable {
                         tracing::info!(topic = %log.topic, "broker reachable again");
@@ -119,7 +175,7 @@ impl KafkaLog {
     /// Waits (at most `timeout`) until every queued event was delivered or failed. Called at
     /// shutdown, after the server stopped taking requests.
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.producer();
         let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         match flushed {
             Ok(Ok(())) => tracing::info!("producer flushed"),
@@ -153,7 +209,7 @@ impl EventLog for KafkaLog {
             .headers(headers);
         // `send_result` enqueues without waiting for room: a full queue is an answer now.
         let delivery = self
-            .producer
+            .producer()
             .send_result(record)
             .map_err(|(error, _)| match error {
                 KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) => {
@@ -161,12 +217,23 @@ impl EventLog for KafkaLog {
                 }
                 other => PublishError::Failed(other.to_string()),
             })?;
-        match delivery.await {
+        // Only the first waiting message sets the clock; a delivery resets it.
+        let _ = self.waiting_since_ms.compare_exchange(
+            0,
+            now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let outcome = match delivery.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((error, _))) => Err(PublishError::Failed(error.to_string())),
-            // The producer was dropped with the message in flight.
+            // The producer was dropped (replaced) with the message in flight.
             Err(_) => Err(PublishError::Closed),
+        };
+        if outcome.is_ok() {
+            self.waiting_since_ms.store(0, Ordering::Relaxed);
         }
+        outcome
     }
 
     fn is_ready(&self) -> bool {

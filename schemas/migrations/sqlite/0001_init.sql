@@ -17,7 +17,7 @@ CREATE TABLE attributions (
     confirmed_at  INTEGER,
     created_at    INTEGER NOT NULL,
     deleted_at    INTEGER
-);
+) WITHOUT ROWID;
 
 -- Lists are newest first; each index serves one filter and is limited to live rows.
 CREATE INDEX attributions_live_by_time   ON attributions (occurred_at DESC, id DESC) WHERE deleted_at IS NULL;
