@@ -233,3 +233,52 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
         .unwrap();
     assert_eq!(totals.clicks, 2);
 }
+
+#[tokio::test]
+async fn the_edge_binary_cuts_off_a_client_sending_headers_slowly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let address = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let _child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
+            .env("REFERRAL_DATA_DIR", dir.path())
+            .env("REFERRAL_LISTEN", &address)
+            .env("REFERRAL_HEADER_READ_TIMEOUT", "1s")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut slow = loop {
+        match tokio::net::TcpStream::connect(&address).await {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(error) => panic!("referral-ingest did not start: {error}"),
+        }
+    };
+    slow.write_all(b"POST /api/v1/referral-attributions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = [0u8; 512];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match slow.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow client was not cut off");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "cut off before the timeout"
+    );
+}
