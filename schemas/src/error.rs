@@ -24,6 +24,8 @@ pub enum ErrorKind {
     CodeNotFound,
     /// 405: the route exists for other methods.
     MethodNotAllowed,
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
     /// 409: the confirmation names another code than the attribution's.
     CodeMismatch,
     /// 409: already confirmed with another member.
@@ -60,6 +62,7 @@ impl ErrorKind {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::CodeMismatch
             | Self::AlreadyConfirmed
             | Self::AttributionExpired
@@ -85,6 +88,7 @@ impl ErrorKind {
             Self::AttributionNotFound => "attribution_not_found",
             Self::CodeNotFound => "code_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
             Self::CodeMismatch => "code_mismatch",
             Self::AlreadyConfirmed => "already_confirmed",
             Self::AttributionExpired => "attribution_expired",
