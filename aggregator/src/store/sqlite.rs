@@ -41,8 +41,6 @@ const VERDICT_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The writer's page cache, in KiB (negative for SQLite: a size, not a page count).
 const WRITER_CACHE_KIB: i64 = -64 * 1024;
-/// How often the WAL is checkpointed in the background.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 /// Read connections kept open at most.
 const READ_POOL_MAX: usize = 8;
 
@@ -77,16 +75,11 @@ pub fn open(
     connection.pragma_update(None, "foreign_keys", "ON")?;
     // Keep the hot b-tree pages (index tails, totals) in memory between commits.
     connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
-    // Checkpoints run on their own thread (see `Checkpointer`), not inside the writer's
-    // commits, where they would stall every click of the batch.
-    connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     migrate(&mut connection)?;
-    let checkpointer = Checkpointer::start(&path)?;
     let writer = SqliteWriter {
         connection,
         attribution_window_ms,
         last_prune: None,
-        _checkpointer: checkpointer,
         _lock: lock,
     };
     let reader = SqliteReader {
@@ -126,61 +119,8 @@ pub struct SqliteWriter {
     connection: Connection,
     attribution_window_ms: i64,
     last_prune: Option<Instant>,
-    /// Checkpoints the WAL while the writer lives; stops when dropped.
-    _checkpointer: Checkpointer,
     /// Held for the writer's lifetime; the OS releases it when the process dies.
     _lock: std::fs::File,
-}
-
-/// Copies committed WAL frames into the database file in the background, so the WAL stays
-/// small without the writer paying for it inside its commits. A PASSIVE checkpoint never
-/// blocks the writer or readers; it copies what it can.
-struct Checkpointer {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Checkpointer {
-    fn start(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open(path)?;
-        connection.busy_timeout(BUSY_TIMEOUT)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("referral-checkpoint".into())
-            .spawn(move || {
-                let checkpoint = |mode: &str| {
-                    if let Err(error) =
-                        connection
-                            .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
-                    {
-                        tracing::warn!(%error, "checkpoint failed");
-                    }
-                };
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
-                {
-                    checkpoint("PASSIVE");
-                }
-                // Leave a small WAL behind at shutdown.
-                checkpoint("TRUNCATE");
-            })
-            .map_err(|error| {
-                StoreError::Open(format!("cannot start the checkpoint thread: {error}"))
-            })?;
-        Ok(Self {
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 impl SqliteWriter {
