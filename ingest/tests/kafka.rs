@@ -534,3 +534,85 @@ async fn one_flooding_ip_is_limited_while_another_is_served() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_and_every_201_is_on_the_topic() {
+    let broker = Broker::start().await;
+    let settings = settings(&broker, "drain");
+    admin::ensure_topics(&settings, 3, 1).await.unwrap();
+    assign(&settings, "JAN-1", "usr_1").await;
+    let edge =
+        std::sync::Arc::new(Edge::start(&settings, &[("REFERRAL_RATE_LIMIT_PER_IP", "0")]).await);
+    let clicks: Vec<_> = (0..8)
+        .map(|_| {
+            let edge = edge.clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for _ in 0..200 {
+                    match edge
+                        .call(
+                            Method::POST,
+                            "/api/v1/referral-attributions",
+                            &[("content-type", "application/json")],
+                            r#"{"code":"JAN-1"}"#,
+                        )
+                        .await
+                    {
+                        Ok((StatusCode::CREATED, _, body)) => {
+                            acked.push(body["id"].as_str().unwrap().to_owned())
+                        }
+                        Ok(_) | Err(_) => break, // draining or gone
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = edge._process.0.id();
+    assert!(
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut acked = Vec::new();
+    for task in clicks {
+        acked.extend(task.await.unwrap());
+    }
+    assert!(
+        !acked.is_empty(),
+        "no click was acknowledged before the shutdown"
+    );
+    let on_topic: std::collections::HashSet<String> = read_topic(&settings)
+        .await
+        .into_iter()
+        .filter_map(
+            |(_, _, payload)| match LogMessage::from_json(&payload).ok()?.event {
+                LogEvent::Click(click) => Some(click.attribution_id),
+                _ => None,
+            },
+        )
+        .collect();
+    for id in &acked {
+        assert!(
+            on_topic.contains(id),
+            "201 for {id}, but it is not on the topic"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut edge = std::sync::Arc::into_inner(edge).expect("all clients finished");
+    let exit = loop {
+        if let Some(exit) = edge._process.0.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the edge did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "graceful shutdown must exit 0, got {exit}");
+}
