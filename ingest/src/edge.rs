@@ -100,7 +100,7 @@ impl ClickEdge {
         let client_ip = self.settings.proxies.client_ip(peer, headers);
         let allowance = match self.limits.check_client(client_ip) {
             Ok(allowance) => allowance,
-            Err(limited) => return limited_response(limited, "rate_limited"),
+            Err(limited) => return limited_response(limited),
         };
         let outcome = match read_limited(headers, body, MAX_BODY_BYTES).await {
             Ok(bytes) => self.record(client_ip, headers, bytes).await,
@@ -116,7 +116,7 @@ impl ClickEdge {
                     .increment(1);
                 error_response(&error)
             }
-            Err(Refusal::Limited(limited)) => return limited_response(limited, "rate_limited"),
+            Err(Refusal::Limited(limited)) => return limited_response(limited),
         };
         if let Some(allowance) = allowance {
             set_rate_headers(&mut response, allowance.limit, allowance.remaining);
@@ -170,8 +170,8 @@ impl ClickEdge {
 }
 
 /// A 429 with `Retry-After` and the refusing limit's `X-RateLimit-*` headers.
-fn limited_response<Out: From<Vec<u8>>>(limited: Limited, cause: &'static str) -> Response<Out> {
-    metrics::counter!("referral_clicks_rejected_total", "cause" => cause).increment(1);
+fn limited_response<Out: From<Vec<u8>>>(limited: Limited) -> Response<Out> {
+    metrics::counter!("referral_clicks_rejected_total", "cause" => "rate_limited").increment(1);
     let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
     let message = match limited.limiter {
         Limiter::ClientIp => "too many clicks from this client",

@@ -36,6 +36,12 @@ pub struct RateQuota {
 }
 
 impl RateQuota {
+    /// No limit.
+    pub const OFF: Self = Self {
+        per_second: 0,
+        burst: 0,
+    };
+
     fn quota(self) -> Option<Quota> {
         let rate = NonZeroU32::new(self.per_second)?;
         let burst = NonZeroU32::new(self.burst.max(1)).unwrap_or(rate);
@@ -103,11 +109,7 @@ impl ClickLimits {
 
     /// No limits at all.
     pub fn unlimited() -> Self {
-        let off = RateQuota {
-            per_second: 0,
-            burst: 0,
-        };
-        Self::new(off, off, off)
+        Self::new(RateQuota::OFF, RateQuota::OFF, RateQuota::OFF)
     }
 
     /// Checks the client's address; `None` when that limit is off.
@@ -203,14 +205,8 @@ mod tests {
                 per_second: 1,
                 burst: 3,
             },
-            RateQuota {
-                per_second: 0,
-                burst: 0,
-            },
-            RateQuota {
-                per_second: 0,
-                burst: 0,
-            },
+            RateQuota::OFF,
+            RateQuota::OFF,
         );
         let flooder: IpAddr = "198.51.100.1".parse().unwrap();
         let other: IpAddr = "198.51.100.2".parse().unwrap();
@@ -230,10 +226,7 @@ mod tests {
     #[test]
     fn code_and_global_limits_apply() {
         let limits = ClickLimits::new(
-            RateQuota {
-                per_second: 0,
-                burst: 0,
-            },
+            RateQuota::OFF,
             RateQuota {
                 per_second: 1,
                 burst: 1,
@@ -262,14 +255,8 @@ mod tests {
                 per_second: 1000,
                 burst: 1,
             },
-            RateQuota {
-                per_second: 0,
-                burst: 0,
-            },
-            RateQuota {
-                per_second: 0,
-                burst: 0,
-            },
+            RateQuota::OFF,
+            RateQuota::OFF,
         );
         for last in 0..200u8 {
             let _ = limits.check_client(IpAddr::from([10, 0, 0, last]));

@@ -1,6 +1,8 @@
 //! The `referral-ingest` binary: plain hyper serving the click POST over its own embedded
 //! store, with the same rules and error bodies as the API.
 
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,18 +19,9 @@ use referral_schemas::Timestamp;
 use referral_schemas::messages::{AssignCode, LogEvent};
 use referral_schemas::query::HourRange;
 use serde_json::Value;
+use support::{ChildGuard, free_address};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Kills the child on drop, so a failed assertion leaves no server running.
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn call(
     client: &HttpClient,
@@ -76,10 +69,7 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
             })])
             .unwrap();
     }
-    let address = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
+    let address = free_address();
     let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
             .env("REFERRAL_DATA_DIR", dir.path())
@@ -238,10 +228,7 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
 async fn the_edge_binary_cuts_off_a_client_sending_headers_slowly() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let address = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().to_string()
-    };
+    let address = free_address();
     let _child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
             .env("REFERRAL_DATA_DIR", dir.path())

@@ -4,8 +4,10 @@
 //! `/readyz` false, then 201 again once it is back; codes published on the compacted topic
 //! are honoured within 5 s; one flooding IP is limited while another is served.
 
+mod support;
+
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,26 +25,9 @@ use referral_aggregator::kafka::{KafkaSettings, admin, codes, producer};
 use referral_schemas::messages::{LogEvent, LogMessage};
 use referral_schemas::{ReferralCode, Timestamp};
 use serde_json::Value;
+use support::{ChildGuard, free_address, free_port};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Kills a child process on drop, so a failed assertion leaves nothing running.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A tansu broker. `durable` keeps its data in `dir` (SQLite); otherwise it is in memory.
 ///
@@ -159,7 +144,7 @@ struct Edge {
 
 impl Edge {
     async fn start(settings: &KafkaSettings, extra_env: &[(&str, &str)]) -> Self {
-        let address = format!("127.0.0.1:{}", free_port());
+        let address = free_address();
         let child = Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
             .env("REFERRAL_LISTEN", &address)
             .env("REFERRAL_KAFKA_BROKERS", &settings.brokers)
