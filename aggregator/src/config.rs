@@ -129,10 +129,14 @@ impl PipelineArgs {
             !self.attribution_window.is_zero(),
             "--attribution-window must be longer than zero"
         );
-        anyhow::ensure!(
-            self.clickhouse_url.is_none(),
-            "--clickhouse-url is not supported by this build yet; unset it to use the embedded store"
-        );
+        if let Some(url) = &self.clickhouse_url {
+            anyhow::ensure!(
+                url.starts_with("http://") || url.starts_with("https://"),
+                "--clickhouse-url must be the server's HTTP URL (http://host:8123)"
+            );
+            crate::store::clickhouse::migrate::quoted_identifier(&self.clickhouse_database)
+                .map_err(|error| anyhow::anyhow!("--clickhouse-database: {error}"))?;
+        }
         anyhow::ensure!(
             self.kafka_queue_max_messages >= 1,
             "--kafka-queue-max-messages must be at least 1"
@@ -146,6 +150,11 @@ impl PipelineArgs {
             self.kafka_brokers.is_none(),
             "{binary} does not support --kafka-brokers yet; unset it to run the embedded pipeline \
              (referral-ingest serves clicks on Kafka)"
+        );
+        anyhow::ensure!(
+            self.clickhouse_url.is_none(),
+            "{binary} does not support --clickhouse-url yet; unset it to use the embedded store \
+             (referral-aggregator run writes to ClickHouse)"
         );
         Ok(())
     }
@@ -163,8 +172,112 @@ impl PipelineArgs {
         })
     }
 
+    /// ClickHouse settings, when a server is configured.
+    pub fn clickhouse_settings(
+        &self,
+        insert_timeout: Duration,
+    ) -> Option<crate::store::clickhouse::ClickHouseSettings> {
+        self.clickhouse_url
+            .as_ref()
+            .map(|url| crate::store::clickhouse::ClickHouseSettings {
+                url: url.clone(),
+                database: self.clickhouse_database.clone(),
+                user: self.clickhouse_user.clone(),
+                password: self.clickhouse_password.clone(),
+                insert_timeout,
+            })
+    }
+
     /// The attribution window in milliseconds, as the state machine takes it.
     pub fn attribution_window_ms(&self) -> i64 {
         i64::try_from(self.attribution_window.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Rows a partition gathers before its batch is flushed: large enough that ClickHouse gets
+/// few, big inserts (it prefers about one insert per second per table).
+pub const DEFAULT_BATCH_MAX_ROWS: usize = 50_000;
+/// Bytes (message payloads) a partition gathers before its batch is flushed.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 32 * 1024 * 1024;
+/// The longest a message waits for its batch: bounds freshness (POST -> visible in totals).
+pub const DEFAULT_BATCH_MAX_WAIT: &str = "400ms";
+/// One insert slower than this is treated as failed and the flush retried.
+pub const DEFAULT_CLICKHOUSE_INSERT_TIMEOUT: &str = "30s";
+
+/// Settings of `referral-aggregator run`: the consumer group and its batches.
+#[derive(Args, Clone, Debug)]
+pub struct ConsumerArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "REFERRAL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+
+    /// Kafka consumer group of the aggregators.
+    #[arg(
+        long,
+        env = "REFERRAL_KAFKA_GROUP_ID",
+        default_value = "referral-aggregator"
+    )]
+    pub kafka_group_id: String,
+
+    /// Topic that receives messages that cannot be decoded, with the reason in headers.
+    #[arg(
+        long,
+        env = "REFERRAL_KAFKA_DEAD_LETTER_TOPIC",
+        default_value = "referral-events-dead-letter"
+    )]
+    pub kafka_dead_letter_topic: String,
+
+    /// Kafka group session timeout: how fast a dead aggregator's partitions move.
+    #[arg(long, env = "REFERRAL_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub kafka_session_timeout: Duration,
+
+    /// Rows a partition gathers at most before a flush.
+    #[arg(long, env = "REFERRAL_BATCH_MAX_ROWS", default_value_t = DEFAULT_BATCH_MAX_ROWS)]
+    pub batch_max_rows: usize,
+
+    /// Payload bytes a partition gathers at most before a flush.
+    #[arg(long, env = "REFERRAL_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES)]
+    pub batch_max_bytes: usize,
+
+    /// Longest time a message waits for its flush.
+    #[arg(long, env = "REFERRAL_BATCH_MAX_WAIT", default_value = DEFAULT_BATCH_MAX_WAIT, value_parser = humantime::parse_duration)]
+    pub batch_max_wait: Duration,
+
+    /// Longest time one ClickHouse insert may take.
+    #[arg(long, env = "REFERRAL_CLICKHOUSE_INSERT_TIMEOUT", default_value = DEFAULT_CLICKHOUSE_INSERT_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub clickhouse_insert_timeout: Duration,
+
+    /// Do not apply migrations at start (the Helm chart runs `migrate` as a job).
+    #[arg(long, env = "REFERRAL_NO_MIGRATE")]
+    pub no_migrate: bool,
+
+    /// How long SIGTERM waits for the last flush.
+    #[arg(long, env = "REFERRAL_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl ConsumerArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.batch_max_rows >= 1,
+            "--batch-max-rows must be at least 1"
+        );
+        anyhow::ensure!(
+            self.batch_max_bytes >= 1024,
+            "--batch-max-bytes must be at least 1024"
+        );
+        anyhow::ensure!(
+            !self.batch_max_wait.is_zero(),
+            "--batch-max-wait must be longer than zero"
+        );
+        anyhow::ensure!(
+            !self.clickhouse_insert_timeout.is_zero(),
+            "--clickhouse-insert-timeout must be longer than zero"
+        );
+        anyhow::ensure!(
+            self.kafka_session_timeout >= Duration::from_secs(1),
+            "--kafka-session-timeout must be at least 1s"
+        );
+        Ok(())
     }
 }

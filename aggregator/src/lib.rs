@@ -15,11 +15,16 @@
 //!   ([`store::StateWriter`]); [`store::sqlite`] implements both for the embedded mode.
 //! * [`kafka`]: the log on Kafka (producer), the compacted codes topic and its follower.
 //! * [`codes`]: the in-memory code -> mentor directory the edge resolves clicks with.
+//! * [`consumer`]: `referral-aggregator run`, the consumer group member that batches the
+//!   Kafka log into ClickHouse ([`store::clickhouse`] explains why exactly once).
+//! * [`ops`]: the aggregator's /metrics, /healthz and /readyz.
 //! * [`config`]: the pipeline settings shared by every binary.
 
 pub mod codes;
 pub mod config;
+pub mod consumer;
 pub mod embedded;
 pub mod kafka;
 pub mod log;
+pub mod ops;
 pub mod store;

@@ -1,11 +1,29 @@
 //! `referral-aggregator`: the single writer as its own process.
 //!
-//! In this build the embedded pipeline runs inside `referral-api`; this binary applies the
-//! store's migrations (`migrate`), which the Helm chart runs as a job before upgrades.
+//! * `migrate`: applies the store's migrations (ClickHouse when `--clickhouse-url` is set,
+//!   else the embedded SQLite store) and creates the Kafka topics when `--kafka-brokers` is
+//!   set. The Helm chart runs it as a job before upgrades.
+//! * `run`: the consumer group member that applies the log to ClickHouse.
+//!
+//! With neither Kafka nor ClickHouse, the embedded pipeline runs inside `referral-api`.
 
-use clap::{Parser, Subcommand};
-use referral_aggregator::config::PipelineArgs;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rdkafka::producer::{FutureProducer, Producer};
+use referral_aggregator::config::{ConsumerArgs, PipelineArgs};
+use referral_aggregator::consumer::fault::{FAULT_ENV, FaultPoint};
+use referral_aggregator::consumer::worker::{Worker, WorkerSettings};
+use referral_aggregator::consumer::{self, ConsumerStatus};
+use referral_aggregator::kafka::{admin, producer};
+use referral_aggregator::ops;
+use referral_aggregator::store::clickhouse::migrate;
+use referral_aggregator::store::clickhouse::sink::ClickHouseSink;
 use referral_aggregator::store::sqlite;
+use tokio::sync::watch;
 
 #[derive(Parser, Debug)]
 #[command(name = "referral-aggregator", version, about)]
@@ -16,10 +34,44 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Apply pending migrations to the store, then exit.
-    Migrate(PipelineArgs),
-    /// Consume the log and apply it to the store (needs --kafka-brokers).
-    Run(PipelineArgs),
+    /// Apply pending migrations (and create the Kafka topics), then exit.
+    Migrate(MigrateArgs),
+    /// Consume the log and apply it to ClickHouse (needs --kafka-brokers and --clickhouse-url).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+struct MigrateArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    #[command(flatten)]
+    topics: TopicArgs,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    #[command(flatten)]
+    consumer: ConsumerArgs,
+}
+
+/// How `migrate` creates topics that do not exist yet.
+#[derive(Args, Debug)]
+struct TopicArgs {
+    /// Partitions of the attribution log when `migrate` creates it.
+    #[arg(long, env = "REFERRAL_KAFKA_PARTITIONS", default_value_t = 6)]
+    kafka_partitions: i32,
+    /// Replication factor of topics `migrate` creates.
+    #[arg(long, env = "REFERRAL_KAFKA_REPLICATION", default_value_t = 1)]
+    kafka_replication: i32,
+    /// Dead-letter topic to create next to the log.
+    #[arg(
+        long,
+        env = "REFERRAL_KAFKA_DEAD_LETTER_TOPIC",
+        default_value = "referral-events-dead-letter"
+    )]
+    kafka_dead_letter_topic: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,23 +82,158 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     match Cli::parse().command {
-        Command::Migrate(pipeline) => {
-            pipeline.validate()?;
-            pipeline.require_embedded("referral-aggregator migrate")?;
-            sqlite::open(
-                &pipeline.data_dir,
-                pipeline.sqlite_synchronous,
-                pipeline.attribution_window_ms(),
-            )?;
-            tracing::info!(data_dir = %pipeline.data_dir.display(), "store is up to date");
-            Ok(())
-        }
-        Command::Run(pipeline) => {
-            pipeline.validate()?;
-            anyhow::bail!(
-                "with no --kafka-brokers there is no shared log to consume: the embedded \
-                 pipeline runs inside referral-api (cargo run --release --bin referral-api)"
-            )
-        }
+        Command::Migrate(args) => migrate_command(args),
+        Command::Run(args) => run_command(args),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn migrate_command(args: MigrateArgs) -> anyhow::Result<()> {
+    let pipeline = args.pipeline;
+    pipeline.validate()?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        if let Some(kafka) = pipeline.kafka_settings("referral-aggregator-migrate") {
+            admin::ensure_topics(
+                &kafka,
+                args.topics.kafka_partitions,
+                args.topics.kafka_replication,
+            )
+            .await
+            .context("cannot create the Kafka topics")?;
+            admin::ensure_topic(
+                &kafka.brokers,
+                &args.topics.kafka_dead_letter_topic,
+                args.topics.kafka_partitions,
+                args.topics.kafka_replication,
+            )
+            .await
+            .context("cannot create the dead-letter topic")?;
+        }
+        match pipeline.clickhouse_settings(Duration::from_secs(30)) {
+            Some(clickhouse) => {
+                let report = migrate::migrate(&clickhouse).await?;
+                tracing::info!(
+                    applied = ?report.applied,
+                    deferred = ?report.deferred,
+                    server = report.server.map(|server| server.text).unwrap_or_default(),
+                    database = %clickhouse.database,
+                    "clickhouse is up to date"
+                );
+            }
+            None => {
+                sqlite::open(
+                    &pipeline.data_dir,
+                    pipeline.sqlite_synchronous,
+                    pipeline.attribution_window_ms(),
+                )?;
+                tracing::info!(data_dir = %pipeline.data_dir.display(), "store is up to date");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn run_command(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs { pipeline, consumer } = args;
+    pipeline.validate()?;
+    consumer.validate()?;
+    let kafka = pipeline.kafka_settings("referral-aggregator").context(
+        "referral-aggregator run needs --kafka-brokers; with no Kafka the embedded pipeline \
+         runs inside referral-api (cargo run --release --bin referral-api)",
+    )?;
+    let clickhouse = pipeline
+        .clickhouse_settings(consumer.clickhouse_insert_timeout)
+        .context("referral-aggregator run needs --clickhouse-url")?;
+    let fault = FaultPoint::from_env();
+    if fault != FaultPoint::None {
+        tracing::warn!(
+            ?fault,
+            "{FAULT_ENV} is set: this process will fail on purpose (tests only)"
+        );
+    }
+    let metrics = ops::install_metrics()?;
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        // Listen for SIGTERM from the start: one arriving during start-up still drains.
+        let shutdown = shutdown_signal()?;
+        let listener = ops::bind(consumer.listen).await?;
+        if !consumer.no_migrate {
+            let report = migrate::migrate(&clickhouse).await?;
+            tracing::info!(applied = ?report.applied, deferred = ?report.deferred, "migrations checked");
+        }
+        let sink = ClickHouseSink::connect(&clickhouse).await?;
+        let producer: FutureProducer = producer::producer_config(&kafka)
+            .create()
+            .context("cannot create the Kafka producer")?;
+        let settings = WorkerSettings {
+            codes_topic: kafka.codes_topic.clone(),
+            dead_letter_topic: consumer.kafka_dead_letter_topic.clone(),
+            batch_max_rows: consumer.batch_max_rows,
+            batch_max_bytes: consumer.batch_max_bytes,
+            batch_max_wait: consumer.batch_max_wait,
+            window_ms: pipeline.attribution_window_ms(),
+            produce_timeout: kafka.message_timeout,
+        };
+        let worker = Worker::new(
+            sink,
+            producer.clone(),
+            tokio::runtime::Handle::current(),
+            settings,
+            fault,
+        );
+        let status = Arc::new(ConsumerStatus::default());
+        let thread = consumer::start(&kafka, &consumer, worker, status.clone())
+            .context("cannot join the consumer group")?;
+        let (stop, stopped) = watch::channel(false);
+        let ops = tokio::spawn(ops::serve(listener, metrics, status.clone(), stopped));
+        tracing::info!(listen = %consumer.listen, topic = %kafka.topic, group = %consumer.kafka_group_id, "aggregator running");
+
+        let finished = tokio::task::spawn_blocking(move || thread.join());
+        tokio::pin!(finished);
+        tokio::pin!(shutdown);
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutdown requested: flushing and leaving the group");
+                status.stopping.store(true, Ordering::Relaxed);
+                let limit = consumer.drain_timeout + Duration::from_secs(5);
+                if tokio::time::timeout(limit, &mut finished).await.is_err() {
+                    tracing::error!("the consumer did not stop in time");
+                }
+            }
+            joined = &mut finished => {
+                tracing::error!(?joined, "the consumer thread ended");
+                let _ = stop.send(true);
+                anyhow::bail!("the consumer thread ended unexpectedly");
+            }
+        }
+        let _ = stop.send(true);
+        let _ = ops.await;
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("producer flush incomplete at shutdown");
+        }
+        tracing::info!("aggregator stopped");
+        Ok(())
+    })
+}
+
+/// SIGTERM (Kubernetes) or SIGINT (a terminal). Registered when called, awaited later.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

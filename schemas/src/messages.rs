@@ -15,6 +15,9 @@ use crate::attribution::{Attribution, CodeRetirement, DeletionView, ReferralCode
 /// (the aggregator dead-letters them) instead of guessing at their meaning.
 pub const SCHEMA_VERSION: u16 = 1;
 
+/// The Kafka key of every confirmation and deletion (see [`LogEvent::partition_key`]).
+pub const ATTRIBUTION_COMMANDS_KEY: &str = "attribution-commands";
+
 /// One message on the log: a version and one event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogMessage {
@@ -101,13 +104,19 @@ impl LogEvent {
         }
     }
 
-    /// The Kafka message key: events with the same key stay in order on one partition.
-    /// Clicks go by mentor, so a mentor's events are applied in order by one consumer.
+    /// The Kafka message key: events with the same key stay in order on one partition,
+    /// applied in order by the one consumer that owns it.
+    ///
+    /// * Clicks go by mentor: a mentor's clicks stay in order and spread over partitions.
+    /// * Confirmations and deletions all share [`ATTRIBUTION_COMMANDS_KEY`]: they check two
+    ///   uniqueness rules at once (one member per attribution, one attribution per member),
+    ///   and only one partition, hence one writer, can decide both exactly. Commands are
+    ///   rare next to clicks (a recruitment per many clicks), so one partition carries them.
+    /// * Code commands go by code: they only concern their own code.
     pub fn partition_key(&self) -> &str {
         match self {
             Self::Click(click) => &click.mentor_id,
-            Self::ConfirmConversion(command) => &command.attribution_id,
-            Self::DeleteAttribution(command) => &command.attribution_id,
+            Self::ConfirmConversion(_) | Self::DeleteAttribution(_) => ATTRIBUTION_COMMANDS_KEY,
             Self::AssignCode(command) => &command.code,
             Self::RetireCode(command) => &command.code,
         }
@@ -139,7 +148,19 @@ impl LogMessage {
 
     /// Decodes one message, refusing versions this build does not understand.
     pub fn from_json(bytes: &[u8]) -> Result<Self, MessageDecodeError> {
-        let message: Self = serde_json::from_slice(bytes).map_err(MessageDecodeError::Malformed)?;
+        let message: Self = serde_json::from_slice(bytes).map_err(|error| {
+            // A newer writer's message fails to parse here: name its version, not the field.
+            #[derive(Deserialize)]
+            struct Versioned {
+                schema_version: u16,
+            }
+            match serde_json::from_slice::<Versioned>(bytes) {
+                Ok(versioned) if versioned.schema_version != SCHEMA_VERSION => {
+                    MessageDecodeError::UnsupportedVersion(versioned.schema_version)
+                }
+                _ => MessageDecodeError::Malformed(error),
+            }
+        })?;
         if message.schema_version != SCHEMA_VERSION {
             return Err(MessageDecodeError::UnsupportedVersion(
                 message.schema_version,

@@ -1,8 +1,8 @@
 //! Store schemas, as ordered migrations. The aggregator (the only writer) applies them.
 //!
-//! Each migration runs once, in order; a store records the last one applied (SQLite:
-//! `PRAGMA user_version`). A migration is never edited after it shipped: changes are new
-//! migrations.
+//! Each migration runs once, in order; a store records the ones applied (SQLite:
+//! `PRAGMA user_version`; ClickHouse: the `schema_migrations` table). A migration is never
+//! edited after it shipped: changes are new migrations.
 
 /// One schema change.
 #[derive(Clone, Copy, Debug)]
@@ -11,6 +11,9 @@ pub struct Migration {
     pub version: u32,
     pub name: &'static str,
     pub sql: &'static str,
+    /// The oldest server (major, minor) that can run it. Older servers skip it without
+    /// recording it, so it is applied as soon as the server is upgraded.
+    pub min_server: Option<(u32, u32)>,
 }
 
 /// The embedded store's schema (SQLite).
@@ -18,7 +21,53 @@ pub const SQLITE: &[Migration] = &[Migration {
     version: 1,
     name: "attributions, codes, members, totals, verdicts",
     sql: include_str!("../migrations/sqlite/0001_init.sql"),
+    min_server: None,
 }];
+
+/// The production store's schema (ClickHouse, 18.16 and later).
+pub const CLICKHOUSE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "attributions, members, codes, verdicts, totals with checkpoints",
+        sql: include_str!("../migrations/clickhouse/0001_init.sql"),
+        min_server: None,
+    },
+    Migration {
+        version: 2,
+        name: "insert deduplication window on totals",
+        sql: include_str!("../migrations/clickhouse/0002_insert_deduplication.sql"),
+        // insert_deduplication_token arrived in 22.2; the window alone would deduplicate
+        // by content, which is wrong for deltas, so both come together.
+        min_server: Some((22, 2)),
+    },
+];
+
+/// The statements of a ClickHouse migration, which runs one statement per request.
+/// Statements end with `;` at the end of a line; `--` comment lines are dropped.
+pub fn statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if trimmed.ends_with(';') {
+            let statement = current.trim().trim_end_matches(';').trim().to_owned();
+            if !statement.is_empty() {
+                statements.push(statement);
+            }
+            current.clear();
+        }
+    }
+    let rest = current.trim();
+    if !rest.is_empty() {
+        statements.push(rest.to_owned());
+    }
+    statements
+}
 
 #[cfg(test)]
 mod tests {
@@ -26,8 +75,24 @@ mod tests {
 
     #[test]
     fn versions_are_dense_and_ordered() {
-        for (index, migration) in SQLITE.iter().enumerate() {
-            assert_eq!(migration.version as usize, index + 1, "{}", migration.name);
+        for list in [SQLITE, CLICKHOUSE] {
+            for (index, migration) in list.iter().enumerate() {
+                assert_eq!(migration.version as usize, index + 1, "{}", migration.name);
+            }
         }
+    }
+
+    #[test]
+    fn clickhouse_migrations_split_into_idempotent_statements() {
+        let first = statements(CLICKHOUSE[0].sql);
+        assert_eq!(first.len(), 10, "{first:#?}");
+        for statement in &first {
+            assert!(!statement.contains(';'), "{statement}");
+            assert!(statement.contains("IF NOT EXISTS"), "{statement}");
+        }
+        assert_eq!(
+            statements("-- c\nSELECT 1;\n\nSELECT\n  2;\nSELECT 3"),
+            vec!["SELECT 1", "SELECT\n  2", "SELECT 3"]
+        );
     }
 }

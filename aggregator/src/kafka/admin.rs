@@ -43,3 +43,25 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// Creates one plain topic if it does not exist (the dead-letter topic).
+pub async fn ensure_topic(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    replication: i32,
+) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics([&topic], &options).await? {
+        match result {
+            Ok(topic) => tracing::info!(%topic, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
+        }
+    }
+    Ok(())
+}

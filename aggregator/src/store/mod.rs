@@ -1,5 +1,6 @@
 //! The store interfaces: reads for the API, batch writes for the single writer.
 
+pub mod clickhouse;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -14,6 +15,8 @@ use crate::codes::CodeChange;
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
     #[error("stored data is not valid: {0}")]
     Corrupt(String),
     #[error("store task failed: {0}")]

@@ -1,0 +1,1072 @@
+//! Real services started per test, each in its own temp dir on free loopback ports, so tests
+//! run in parallel, leave nothing behind, and never depend on a server someone left running:
+//!
+//! - [`ClickHouseServer`]: Debian's `clickhouse-server` 18.16 (the only server installable
+//!   here), with a generated config.
+//! - [`TansuBroker`]: `tansu broker` 0.6.0, a Kafka-protocol broker, memory storage.
+//! - [`chdb_run`]: runs SQL on a current ClickHouse engine (chdb-core, in-process in Python),
+//!   to check that SQL that passes on 18.16 is valid and behaves the same on current servers.
+//!
+//! `scripts/install-test-services.sh` installs all three. Start failures panic with the
+//! service's log tail: this is test support, and a clear panic is the useful failure.
+//! Everything here is std only (plus `tempfile`), so any test crate can use it cheaply.
+
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a service may take to become ready before `start`/`restart` panic.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one HTTP request to ClickHouse may take (a hung server fails the test, it does
+/// not hang it).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long `stop_gracefully` waits after SIGTERM before it falls back to SIGKILL.
+const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lines of a service's logs shown in a start-failure panic.
+const LOG_TAIL_LINES: usize = 40;
+
+/// Kills a child process on drop (SIGKILL, then reaps it), so a failed assertion or a panic
+/// leaves no server running (a leaked server would also hold the test harness's pipes and
+/// the temp dir open).
+#[derive(Debug)]
+pub struct ChildGuard(Child);
+
+impl ChildGuard {
+    pub fn new(child: Child) -> Self {
+        Self(child)
+    }
+
+    /// The OS process id.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+
+    /// The exit status if the process has already ended (it is reaped then).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.0.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL (a crash, as far as the service can tell) and wait for it to end.
+    pub fn kill(self) {
+        // Drop does exactly that.
+    }
+
+    /// SIGTERM, wait up to `timeout` for a clean exit, then SIGKILL. Returns the exit status
+    /// when the process ended by itself within `timeout`.
+    pub fn terminate(mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
+        }
+        // std cannot send SIGTERM; procps' kill(1) is on every Debian system.
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if sent {
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if let Some(status) = self.exited() {
+                    return Some(status);
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago (the OS picks it; another process may still
+/// take it before the service binds it, which is rare enough for tests).
+pub fn free_port() -> u16 {
+    free_ports(1)[0]
+}
+
+/// `count` distinct free loopback ports: all are held at once while picking, so the OS
+/// cannot hand out the same one twice.
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap_or_else(|error| panic!("cannot bind a free loopback port: {error}"))
+        })
+        .collect();
+    listeners
+        .iter()
+        .map(|listener| {
+            listener
+                .local_addr()
+                .unwrap_or_else(|error| panic!("cannot read a bound port: {error}"))
+                .port()
+        })
+        .collect()
+}
+
+/// Resident set size of a process in bytes (Linux, from `/proc/PID/status`), for tests and
+/// load tests that report memory.
+pub fn process_rss_bytes(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The last `lines` lines of each of `files` that exists, each under its name.
+fn log_tail(files: &[PathBuf], lines: usize) -> String {
+    let mut out = String::new();
+    for file in files {
+        let Ok(bytes) = fs::read(file) else { continue };
+        let text = String::from_utf8_lossy(&bytes);
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        let _ = writeln!(out, "--- {} (last {} lines)", file.display(), tail.len());
+        for line in tail {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    if out.is_empty() {
+        out.push_str("(no log files written)\n");
+    }
+    out
+}
+
+/// A file that a child's stdout or stderr is appended to (kept across restarts).
+fn append_log(path: &Path) -> File {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|error| panic!("cannot open {}: {error}", path.display()))
+}
+
+fn temp_dir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap_or_else(|error| panic!("cannot create a temp dir for {prefix}: {error}"))
+}
+
+/// The first of `candidates` that is an executable on PATH or an existing path.
+fn find_program(env_override: &str, candidates: &[&str]) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_override) {
+        return PathBuf::from(path);
+    }
+    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    for candidate in candidates {
+        let candidate = Path::new(candidate);
+        if candidate.is_absolute() {
+            if candidate.is_file() {
+                return candidate.to_path_buf();
+            }
+        } else if let Some(found) = path_dirs
+            .iter()
+            .map(|dir| dir.join(candidate))
+            .find(|path| path.is_file())
+        {
+            return found;
+        }
+    }
+    PathBuf::from(candidates[0])
+}
+
+/// Debian's ClickHouse 18.16.1 server, started as a child process with a config generated
+/// into its own temp dir: loopback HTTP and native TCP on free ports (no other listener:
+/// interserver, HTTPS, MySQL etc. are left out of the config, which 18.16 takes as "off"),
+/// data, tmp, user_files, format_schemas and logs under the temp dir, a passwordless
+/// `default` user, server time zone UTC.
+///
+/// Measured on the 2-core CI machine: ready (`/ping` answers) 0.1-0.3 s after spawn, a
+/// restart on existing data as fast, a SIGTERM shutdown ~1 s; 70-80 MiB RSS with a few
+/// small tables. So start one per test freely.
+///
+/// 18.16 is from 2018: see `/work/shared/notes/test-infrastructure.md` for what it lacks.
+/// Use [`chdb_run`] to check the same SQL on a current engine.
+///
+/// Dropping it kills the server (SIGKILL) and removes its data.
+#[derive(Debug)]
+pub struct ClickHouseServer {
+    process: Option<ChildGuard>,
+    dir: TempDir,
+    http_port: u16,
+    tcp_port: u16,
+    binary: PathBuf,
+}
+
+impl ClickHouseServer {
+    /// Writes the config and starts the server; blocks until `/ping` answers `Ok.`.
+    ///
+    /// The binary is `$REFERRAL_CLICKHOUSE_SERVER` if set, else `clickhouse-server` on PATH,
+    /// else `/usr/sbin/clickhouse-server` (where Debian puts it; not on a normal user's PATH).
+    ///
+    /// # Panics
+    /// When the server is not installed, exits, or is not ready within 30 s (with its log
+    /// tail in the message).
+    pub fn start() -> Self {
+        let dir = temp_dir("clickhouse-");
+        let ports = free_ports(2);
+        let mut server = Self {
+            process: None,
+            http_port: ports[0],
+            tcp_port: ports[1],
+            binary: find_program(
+                "REFERRAL_CLICKHOUSE_SERVER",
+                &["clickhouse-server", "/usr/sbin/clickhouse-server"],
+            ),
+            dir,
+        };
+        server.write_config();
+        server.launch();
+        server
+    }
+
+    /// `http://127.0.0.1:PORT`, for HTTP clients (the `clickhouse` crate among them).
+    pub fn http_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn http_port(&self) -> u16 {
+        self.http_port
+    }
+
+    /// The native-protocol port (for `clickhouse-client --port`).
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port
+    }
+
+    /// The temp dir with `config.xml`, `users.xml`, `data/` and `log/`.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The server's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildGuard::id)
+    }
+
+    /// The server's resident memory in bytes while it runs.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        self.pid().and_then(process_rss_bytes)
+    }
+
+    /// Kills the server (SIGKILL: a crash, as far as it can tell) and waits for it to end.
+    /// Data is kept for [`restart`](Self::restart).
+    pub fn stop(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// SIGTERM and wait (up to 30 s, then SIGKILL): a clean shutdown.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.terminate(GRACEFUL_TIMEOUT);
+        }
+    }
+
+    /// Stops the server if it runs and starts it again on the same ports and data; blocks
+    /// until `/ping` answers again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// Runs `sql` over HTTP and returns the response body (the default format is
+    /// TabSeparated; append `FORMAT JSONEachRow` etc. for others).
+    ///
+    /// # Panics
+    /// When the server answers with an error or cannot be reached (message included).
+    pub fn query(&self, sql: &str) -> String {
+        self.try_query(sql)
+            .unwrap_or_else(|error| panic!("ClickHouse query failed: {sql}\n{error}"))
+    }
+
+    /// Runs `sql` over HTTP: `Ok(body)` on HTTP 200, else `Err` with the status and the
+    /// server's message (tests of what 18.16 rejects want the error).
+    pub fn try_query(&self, sql: &str) -> Result<String, String> {
+        self.try_query_with(sql, &[])
+    }
+
+    /// [`try_query`](Self::try_query) with settings passed as URL parameters (over HTTP,
+    /// `SET` does not outlive its request).
+    ///
+    /// `wait_end_of_query=1` is always sent so the server buffers the result and an error
+    /// during the query is a non-200 status, not a 200 whose body ends with the error.
+    pub fn try_query_with(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, String> {
+        let mut path = String::from("/?wait_end_of_query=1");
+        for (name, value) in settings {
+            let _ = write!(path, "&{}={}", percent_encode(name), percent_encode(value));
+        }
+        match http_request(self.http_port, "POST", &path, sql.as_bytes()) {
+            Ok((200, body)) => Ok(body),
+            Ok((status, body)) => Err(format!("HTTP {status}: {}", body.trim_end())),
+            Err(error) => Err(format!("request to {} failed: {error}", self.http_url())),
+        }
+    }
+
+    /// The last `lines` lines of the server's logs (its log file, error log, stdout/stderr).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.dir.path().join("log");
+        log_tail(
+            &[
+                log.join("stderr.log"),
+                log.join("clickhouse-server.err.log"),
+                log.join("clickhouse-server.log"),
+            ],
+            lines,
+        )
+    }
+
+    fn write_config(&self) {
+        let root = self.dir.path();
+        for sub in ["data", "tmp", "user_files", "format_schemas", "log"] {
+            fs::create_dir_all(root.join(sub))
+                .unwrap_or_else(|error| panic!("cannot create {}: {error}", root.display()));
+        }
+        let path = |sub: &str| xml_escape(&format!("{}/", root.join(sub).display()));
+        let log = root.join("log");
+        // 18.16 notes: `mark_cache_size` has no default (the server refuses to start
+        // without it); every user needs a `quota` and the profile must exist; leaving a
+        // port element out means that listener is off.
+        let config = format!(
+            r#"<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>information</level>
+        <log>{log_file}</log>
+        <errorlog>{err_file}</errorlog>
+        <size>50M</size>
+        <count>1</count>
+    </logger>
+    <listen_host>127.0.0.1</listen_host>
+    <http_port>{http_port}</http_port>
+    <tcp_port>{tcp_port}</tcp_port>
+    <max_connections>1024</max_connections>
+    <keep_alive_timeout>3</keep_alive_timeout>
+    <max_concurrent_queries>100</max_concurrent_queries>
+    <uncompressed_cache_size>134217728</uncompressed_cache_size>
+    <mark_cache_size>134217728</mark_cache_size>
+    <path>{data}</path>
+    <tmp_path>{tmp}</tmp_path>
+    <user_files_path>{user_files}</user_files_path>
+    <format_schema_path>{format_schemas}</format_schema_path>
+    <users_config>{users}</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mlock_executable>false</mlock_executable>
+    <max_session_timeout>3600</max_session_timeout>
+    <default_session_timeout>60</default_session_timeout>
+</yandex>
+"#,
+            log_file = xml_escape(&log.join("clickhouse-server.log").display().to_string()),
+            err_file = xml_escape(&log.join("clickhouse-server.err.log").display().to_string()),
+            http_port = self.http_port,
+            tcp_port = self.tcp_port,
+            data = path("data"),
+            tmp = path("tmp"),
+            user_files = path("user_files"),
+            format_schemas = path("format_schemas"),
+            users = xml_escape(&root.join("users.xml").display().to_string()),
+        );
+        let users = r#"<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default></default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks>
+                <ip>127.0.0.1</ip>
+                <ip>::1</ip>
+            </networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"#;
+        for (name, text) in [("config.xml", config.as_str()), ("users.xml", users)] {
+            let file = root.join(name);
+            fs::write(&file, text)
+                .unwrap_or_else(|error| panic!("cannot write {}: {error}", file.display()));
+        }
+    }
+
+    fn launch(&mut self) {
+        let root = self.dir.path();
+        let stderr = append_log(&root.join("log").join("stderr.log"));
+        let stdout = stderr
+            .try_clone()
+            .unwrap_or_else(|error| panic!("cannot duplicate a log file handle: {error}"));
+        let child = Command::new(&self.binary)
+            .arg(format!(
+                "--config-file={}",
+                root.join("config.xml").display()
+            ))
+            .current_dir(root)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run {} ({error}): run scripts/install-test-services.sh, which installs \
+                     Debian's clickhouse-server",
+                    self.binary.display()
+                )
+            });
+        let mut process = ChildGuard::new(child);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = process.exited() {
+                panic!(
+                    "clickhouse-server exited during start-up ({status})\n{}",
+                    self.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            let ping = http_request(self.http_port, "GET", "/ping", b"");
+            if matches!(&ping, Ok((200, body)) if body.trim_end() == "Ok.") {
+                break;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                drop(process);
+                panic!(
+                    "clickhouse-server did not answer /ping on port {} within {:?}\n{}",
+                    self.http_port,
+                    START_TIMEOUT,
+                    self.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.process = Some(process);
+    }
+}
+
+/// `tansu broker` 0.6.0 (an Apache-Kafka-compatible broker) with the memory storage engine,
+/// listening and advertising `127.0.0.1:PORT` on a free port, in its own temp working dir.
+///
+/// Ready in milliseconds. The memory engine loses every topic and offset when the broker
+/// stops: a [`restart`](Self::restart) is a broker that came back empty (on the same port),
+/// which clients must survive. (tansu's SQLite engine keeps data across restarts but panics
+/// on idempotent producers that outlive a restart; see `ingest/tests/kafka.rs`.)
+///
+/// rdkafka consumers should set `session.timeout.ms=6000` and `heartbeat.interval.ms=500`
+/// against it, or a group join takes ~23 s. Dropping it kills the broker.
+#[derive(Debug)]
+pub struct TansuBroker {
+    process: Option<ChildGuard>,
+    dir: TempDir,
+    port: u16,
+    binary: PathBuf,
+}
+
+impl TansuBroker {
+    /// Starts the broker; blocks until its port accepts connections.
+    ///
+    /// The binary is `$REFERRAL_TANSU` if set, else `tansu` on PATH.
+    ///
+    /// # Panics
+    /// When tansu is not installed, exits, or does not listen within 30 s (with its log tail).
+    pub fn start() -> Self {
+        let mut broker = Self {
+            process: None,
+            dir: temp_dir("tansu-"),
+            port: free_port(),
+            binary: find_program("REFERRAL_TANSU", &["tansu"]),
+        };
+        broker.launch();
+        broker
+    }
+
+    /// `127.0.0.1:PORT`, for `bootstrap.servers`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `tcp://127.0.0.1:PORT`, for tansu's own CLI (`tansu topic create --broker`).
+    pub fn url(&self) -> String {
+        format!("tcp://{}", self.address())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ChildGuard::id)
+    }
+
+    /// Kills the broker (SIGKILL) and waits for it to end; its memory storage is lost.
+    pub fn stop(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// Stops the broker if it runs and starts an empty one on the same port; blocks until
+    /// the port accepts connections again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    /// The last `lines` lines of the broker's output (`RUST_LOG=warn`).
+    pub fn log_tail(&self, lines: usize) -> String {
+        log_tail(&[self.dir.path().join("tansu.log")], lines)
+    }
+
+    fn launch(&mut self) {
+        let url = self.url();
+        let log = append_log(&self.dir.path().join("tansu.log"));
+        let log_err = log
+            .try_clone()
+            .unwrap_or_else(|error| panic!("cannot duplicate a log file handle: {error}"));
+        let child = Command::new(&self.binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .current_dir(self.dir.path())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run {} ({error}): run scripts/install-test-services.sh, which installs \
+                     tansu 0.6.0",
+                    self.binary.display()
+                )
+            });
+        let mut process = ChildGuard::new(child);
+        let address = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let started = Instant::now();
+        loop {
+            if let Some(status) = process.exited() {
+                panic!(
+                    "tansu exited during start-up ({status})\n{}",
+                    self.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if started.elapsed() > START_TIMEOUT {
+                drop(process);
+                panic!(
+                    "tansu did not listen on {address} within {START_TIMEOUT:?}\n{}",
+                    self.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.process = Some(process);
+    }
+}
+
+/// The virtualenv with chdb-core: `$REFERRAL_TEST_VENV`, else
+/// `$HOME/.cache/referral-attribution/venv` (as in `scripts/install-test-services.sh`).
+pub fn chdb_venv() -> PathBuf {
+    if let Some(venv) = std::env::var_os("REFERRAL_TEST_VENV") {
+        return PathBuf::from(venv);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    Path::new(&home).join(".cache/referral-attribution/venv")
+}
+
+/// `scripts/chdb_run.py` in this workspace.
+pub fn chdb_run_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/chdb_run.py")
+}
+
+/// Runs `statements` in order in one fresh chdb session (a current ClickHouse engine, so
+/// tables persist from one statement to the next) and returns, per statement, `Ok` with its
+/// rows as a JSON array text (`[{"col": value, ...}, ...]`, `[]` for DDL and INSERT) or
+/// `Err` with the engine's message. A failing statement does not stop the ones after it.
+///
+/// Takes ~0.5 s per call (Python and the engine start each time): batch statements.
+///
+/// # Panics
+/// When the venv's python or the script cannot run, or its output is not what
+/// `scripts/chdb_run.py` prints.
+pub fn chdb_run<S: AsRef<str>>(statements: &[S]) -> Vec<Result<String, String>> {
+    let mut input = String::from("{\"statements\": [");
+    for (index, statement) in statements.iter().enumerate() {
+        if index > 0 {
+            input.push_str(", ");
+        }
+        input.push_str("{\"sql\": ");
+        json_string(&mut input, statement.as_ref());
+        input.push('}');
+    }
+    input.push_str("]}");
+
+    let python = chdb_venv().join("bin/python");
+    let script = chdb_run_script();
+    let mut child = Command::new(&python)
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| {
+            panic!(
+                "cannot run {} ({error}): run scripts/install-test-services.sh, which makes the \
+                 chdb-core venv (or set REFERRAL_TEST_VENV)",
+                python.display()
+            )
+        });
+    let mut stdin = child
+        .stdin
+        .take()
+        .unwrap_or_else(|| panic!("the chdb runner has no stdin"));
+    // Written from another thread so a large input cannot deadlock against a full stdout.
+    let writer = thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|error| panic!("the chdb runner failed: {error}"));
+    let written = writer
+        .join()
+        .unwrap_or_else(|_| panic!("the chdb runner's input writer panicked"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() || written.is_err() {
+        panic!(
+            "{} {} failed ({}; input written: {written:?})\nstderr:\n{stderr}",
+            python.display(),
+            script.display(),
+            output.status
+        );
+    }
+    let results = parse_chdb_output(&stdout).unwrap_or_else(|error| {
+        panic!("unexpected output from chdb_run.py ({error}):\n{stdout}\nstderr:\n{stderr}")
+    });
+    assert_eq!(
+        results.len(),
+        statements.len(),
+        "chdb_run.py returned {} results for {} statements:\n{stdout}",
+        results.len(),
+        statements.len()
+    );
+    results
+}
+
+/// `value` as a JSON string literal, appended to `out`.
+fn json_string(out: &mut String, value: &str) {
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `chdb_run.py`'s output, a JSON array of `{"ok": true, "rows": [...]}` /
+/// `{"ok": false, "error": "..."}`, as results (rows kept as their JSON text).
+fn parse_chdb_output(text: &str) -> Result<Vec<Result<String, String>>, String> {
+    let mut json = Json { text, pos: 0 };
+    let mut results = Vec::new();
+    json.expect(b'[')?;
+    if json.peek() == Some(b']') {
+        json.pos += 1;
+    } else {
+        loop {
+            results.push(json.entry()?);
+            match json.next_byte()? {
+                b',' => {}
+                b']' => break,
+                other => return Err(json.error(&format!("',' or ']', not {:?}", other as char))),
+            }
+        }
+    }
+    json.skip_whitespace();
+    if json.pos != text.len() {
+        return Err(json.error("the end of the output"));
+    }
+    Ok(results)
+}
+
+/// Just enough of a JSON reader for `chdb_run.py`'s output: strings are decoded, other
+/// values are returned as the text they span.
+struct Json<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl<'a> Json<'a> {
+    fn error(&self, expected: &str) -> String {
+        format!("expected {expected} at byte {}", self.pos)
+    }
+
+    fn skip_whitespace(&mut self) {
+        while self
+            .text
+            .as_bytes()
+            .get(self.pos)
+            .is_some_and(u8::is_ascii_whitespace)
+        {
+            self.pos += 1;
+        }
+    }
+
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_whitespace();
+        self.text.as_bytes().get(self.pos).copied()
+    }
+
+    fn next_byte(&mut self) -> Result<u8, String> {
+        let byte = self.peek().ok_or_else(|| self.error("more input"))?;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    fn expect(&mut self, byte: u8) -> Result<(), String> {
+        if self.next_byte()? == byte {
+            Ok(())
+        } else {
+            self.pos -= 1;
+            Err(self.error(&format!("{:?}", byte as char)))
+        }
+    }
+
+    /// One `{"ok": ..., "rows": ... | "error": ...}` object.
+    fn entry(&mut self) -> Result<Result<String, String>, String> {
+        self.expect(b'{')?;
+        let (mut ok, mut rows, mut error) = (None, None, None);
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                let key = self.string()?;
+                self.expect(b':')?;
+                match key.as_str() {
+                    "ok" => ok = Some(self.value()? == "true"),
+                    "rows" => rows = Some(self.value()?.to_owned()),
+                    "error" => {
+                        if self.peek() != Some(b'"') {
+                            return Err(self.error("an error string"));
+                        }
+                        error = Some(self.string()?);
+                    }
+                    _ => {
+                        self.value()?;
+                    }
+                }
+                match self.next_byte()? {
+                    b',' => {}
+                    b'}' => break,
+                    other => {
+                        return Err(self.error(&format!("',' or '}}', not {:?}", other as char)));
+                    }
+                }
+            }
+        }
+        match ok {
+            Some(true) => Ok(Ok(rows.unwrap_or_else(|| "[]".to_owned()))),
+            Some(false) => Ok(Err(error.unwrap_or_default())),
+            None => Err(self.error("an \"ok\" key in the entry before")),
+        }
+    }
+
+    /// Skips one value of any kind and returns the text it spans.
+    fn value(&mut self) -> Result<&'a str, String> {
+        let byte = self.peek().ok_or_else(|| self.error("a value"))?;
+        let start = self.pos;
+        match byte {
+            b'"' => {
+                self.string()?;
+            }
+            b'{' | b'[' => {
+                let close = if byte == b'{' { b'}' } else { b']' };
+                self.pos += 1;
+                if self.peek() == Some(close) {
+                    self.pos += 1;
+                } else {
+                    loop {
+                        if byte == b'{' {
+                            self.string()?;
+                            self.expect(b':')?;
+                        }
+                        self.value()?;
+                        match self.next_byte()? {
+                            b',' => {}
+                            b if b == close => break,
+                            other => {
+                                return Err(self.error(&format!(
+                                    "',' or {:?}, not {:?}",
+                                    close as char, other as char
+                                )));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {
+                let bytes = self.text.as_bytes();
+                while bytes.get(self.pos).is_some_and(|b| {
+                    !b.is_ascii_whitespace() && !matches!(b, b',' | b']' | b'}' | b':')
+                }) {
+                    self.pos += 1;
+                }
+                if self.pos == start {
+                    return Err(self.error("a value"));
+                }
+            }
+        }
+        Ok(&self.text[start..self.pos])
+    }
+
+    /// One string literal, decoded.
+    fn string(&mut self) -> Result<String, String> {
+        self.expect(b'"')?;
+        let bytes = self.text.as_bytes();
+        let mut out = String::new();
+        loop {
+            let run_start = self.pos;
+            while bytes
+                .get(self.pos)
+                .is_some_and(|b| *b != b'"' && *b != b'\\')
+            {
+                self.pos += 1;
+            }
+            // '"' and '\\' are ASCII, so both ends of the run are char boundaries.
+            out.push_str(&self.text[run_start..self.pos]);
+            match bytes.get(self.pos) {
+                None => return Err(self.error("the end of a string")),
+                Some(b'"') => {
+                    self.pos += 1;
+                    return Ok(out);
+                }
+                Some(_) => {
+                    let escape = *bytes
+                        .get(self.pos + 1)
+                        .ok_or_else(|| self.error("an escape"))?;
+                    self.pos += 2;
+                    match escape {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'/' => out.push('/'),
+                        b'b' => out.push('\u{8}'),
+                        b'f' => out.push('\u{c}'),
+                        b'n' => out.push('\n'),
+                        b'r' => out.push('\r'),
+                        b't' => out.push('\t'),
+                        b'u' => {
+                            let high = self.hex4()?;
+                            let code = if (0xD800..0xDC00).contains(&high)
+                                && self.text[self.pos..].starts_with("\\u")
+                            {
+                                self.pos += 2;
+                                let low = self.hex4()?;
+                                0x10000
+                                    + ((high - 0xD800) << 10)
+                                    + (low.wrapping_sub(0xDC00) & 0x3FF)
+                            } else {
+                                high
+                            };
+                            out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
+                        }
+                        _ => return Err(self.error("a valid escape")),
+                    }
+                }
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, String> {
+        let digits = self
+            .text
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.error("4 hex digits"))?;
+        let code = u32::from_str_radix(digits, 16).map_err(|_| self.error("4 hex digits"))?;
+        self.pos += 4;
+        Ok(code)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (for URL parameters).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+fn xml_escape(value: &str) -> String {
+    value
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// One HTTP/1.1 request to `127.0.0.1:port` with `Connection: close`; returns the status
+/// and the (de-chunked) body. Enough for ClickHouse's HTTP interface without an HTTP crate.
+fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, String)> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(QUERY_TIMEOUT))?;
+    stream.set_write_timeout(Some(QUERY_TIMEOUT))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let header_end = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| invalid("no end of the HTTP response head"))?;
+    let head = String::from_utf8_lossy(&response[..header_end]);
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| invalid("no HTTP status line"))?;
+    let chunked = lines.any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("transfer-encoding")
+                && value.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let raw = &response[header_end + 4..];
+    let body = if chunked {
+        dechunk(raw).ok_or_else(|| invalid("malformed chunked body"))?
+    } else {
+        raw.to_vec()
+    };
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|window| window == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_runner_output() {
+        let text = "[\n{\"ok\": true, \"rows\": []},\n\
+                    {\"ok\": true, \"rows\": [{\"k\": \"a,]}\", \"v\": [1, 2.5e3, null]}]},\n\
+                    {\"ok\": false, \"error\": \"Code: 62. \\\"x\\\" \\\\ \\u00e9 \\ud83d\\ude00\\n\"},\n\
+                    {\"ok\": true, \"rows\": [], \"output\": \"3\\n\"}\n]\n";
+        let results = parse_chdb_output(text).unwrap();
+        assert_eq!(
+            results,
+            vec![
+                Ok("[]".to_owned()),
+                Ok("[{\"k\": \"a,]}\", \"v\": [1, 2.5e3, null]}]".to_owned()),
+                Err("Code: 62. \"x\" \\ é 😀\n".to_owned()),
+                Ok("[]".to_owned()),
+            ]
+        );
+        assert_eq!(parse_chdb_output("[]\n").unwrap(), vec![]);
+        assert!(parse_chdb_output("[{\"ok\": true}").is_err());
+        assert!(parse_chdb_output("[{\"rows\": []}]").is_err());
+        assert!(parse_chdb_output("[] trailing").is_err());
+    }
+
+    #[test]
+    fn escapes_json_strings() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\nd\te\u{1}é");
+        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\te\\u0001é\"");
+        let mut json = Json { text: &out, pos: 0 };
+        assert_eq!(json.string().unwrap(), "a\"b\\c\nd\te\u{1}é");
+    }
+
+    #[test]
+    fn decodes_chunked_bodies() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"5\r\nab").is_none());
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(8);
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len());
+    }
+}
