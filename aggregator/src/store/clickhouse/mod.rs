@@ -47,6 +47,8 @@
 
 pub mod migrate;
 pub mod plan;
+pub mod queries;
+pub mod reader;
 pub mod rows;
 pub mod sink;
 

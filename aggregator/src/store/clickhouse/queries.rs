@@ -1,0 +1,320 @@
+//! Every query the API runs against ClickHouse, built in one place so that a test can run
+//! the very same SQL on ClickHouse 18.16 and on a current engine (chdb) and compare.
+//!
+//! Which table serves which endpoint, and why:
+//!
+//! | endpoint | table | sort key |
+//! |---|---|---|
+//! | GET /:id, PUT, DELETE checks | `attributions` | `id` |
+//! | GET /mentor/:mentorId | `attributions_by_mentor` | `(mentor_id, occurred_at, id)` |
+//! | GET list (any other filter) | `attributions_by_time` | `(occurred_at, id)` |
+//! | GET /mentor/:mentorId/total | `mentor_totals` | `(grain, mentor_id, bucket)` |
+//! | referral codes | `referral_codes` | `code` |
+//! | verdicts of commands | `command_verdicts` | `command_id` |
+//!
+//! ReplacingMergeTree rows are read with `FINAL` in an inner query whose `WHERE` uses only
+//! sort-key columns (which never change between versions of a row); filters on columns
+//! that do change (status, deleted_at, retired) apply outside, after the latest version was
+//! chosen. Filtering those inside would let a stale version through.
+//! Totals need no `FINAL`: the sum of partly merged rows is the same sum.
+
+use std::fmt::Write as _;
+
+use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
+
+/// One value bound to a `?`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Text(String),
+    Int(i64),
+}
+
+/// SQL with `?` placeholders and their values, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadQuery {
+    pub sql: String,
+    pub binds: Vec<Bound>,
+}
+
+impl ReadQuery {
+    fn new(sql: String) -> Self {
+        Self {
+            sql,
+            binds: Vec::new(),
+        }
+    }
+
+    fn bind(mut self, value: Bound) -> Self {
+        self.binds.push(value);
+        self
+    }
+
+    /// A client query with every value bound (escaped by the client).
+    pub fn to_clickhouse(&self, client: &clickhouse::Client) -> clickhouse::query::Query {
+        let mut query = client.query(&self.sql);
+        for bound in &self.binds {
+            query = match bound {
+                Bound::Text(text) => query.bind(text.as_str()),
+                Bound::Int(number) => query.bind(*number),
+            };
+        }
+        query
+    }
+
+    /// The SQL with values as literals and `?fields` expanded to `columns`: for engines
+    /// reached without this client (tests on chdb).
+    pub fn render(&self, columns: &str) -> String {
+        let sql = self.sql.replace("?fields", columns);
+        let mut rendered = String::with_capacity(sql.len() + 32);
+        let mut binds = self.binds.iter();
+        for piece in sql.split('?').enumerate() {
+            let (index, text) = piece;
+            if index > 0 {
+                match binds.next() {
+                    Some(Bound::Text(value)) => {
+                        rendered.push('\'');
+                        for character in value.chars() {
+                            match character {
+                                '\\' => rendered.push_str("\\\\"),
+                                '\'' => rendered.push_str("\\'"),
+                                other => rendered.push(other),
+                            }
+                        }
+                        rendered.push('\'');
+                    }
+                    Some(Bound::Int(value)) => {
+                        let _ = write!(rendered, "{value}");
+                    }
+                    None => rendered.push('?'),
+                }
+            }
+            rendered.push_str(text);
+        }
+        rendered
+    }
+}
+
+/// Columns of `attributions` and its sorted copies, in table order.
+pub const ATTRIBUTION_COLUMNS: &str = "id, code, mentor_id, kind, status, new_member_id, \
+     ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version";
+/// Columns of `referral_codes`, in table order.
+pub const CODE_COLUMNS: &str = "code, mentor_id, created_at, updated_at, retired, version";
+
+/// The latest state of one attribution (live or tombstone).
+pub fn attribution(id: &str) -> ReadQuery {
+    ReadQuery::new("SELECT ?fields FROM attributions FINAL WHERE id = ?".into())
+        .bind(Bound::Text(id.to_owned()))
+}
+
+/// The inner query of a list: the table whose sort key fits, restricted by key columns.
+fn list_source(filter: &AttributionFilter) -> ReadQuery {
+    let table = if filter.mentor_id.is_some() {
+        "attributions_by_mentor"
+    } else {
+        "attributions_by_time"
+    };
+    let mut clauses = Vec::new();
+    let mut query = ReadQuery::new(String::new());
+    if let Some(mentor_id) = &filter.mentor_id {
+        clauses.push("mentor_id = ?");
+        query = query.bind(Bound::Text(mentor_id.clone()));
+    }
+    if let Some(from) = filter.from {
+        clauses.push("occurred_at >= ?");
+        query = query.bind(Bound::Int(from.as_millis()));
+    }
+    if let Some(to) = filter.to {
+        clauses.push("occurred_at < ?");
+        query = query.bind(Bound::Int(to.as_millis()));
+    }
+    let condition = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    query.sql = format!("SELECT {ATTRIBUTION_COLUMNS} FROM {table} FINAL{condition}");
+    query
+}
+
+/// Filters on columns that change between versions: applied after `FINAL`.
+fn list_condition(filter: &AttributionFilter, mut query: ReadQuery) -> ReadQuery {
+    let mut clauses = vec!["deleted_at IS NULL"];
+    if let Some(status) = filter.status {
+        clauses.push("status = ?");
+        query = query.bind(Bound::Text(status.as_str().to_owned()));
+    }
+    if let Some(kind) = filter.kind {
+        clauses.push("kind = ?");
+        query = query.bind(Bound::Text(kind.as_str().to_owned()));
+    }
+    if let Some(code) = &filter.code {
+        clauses.push("code = ?");
+        query = query.bind(Bound::Text(code.clone()));
+    }
+    query.sql = format!("{} WHERE {}", query.sql, clauses.join(" AND "));
+    query
+}
+
+/// How many live attributions match.
+pub fn attribution_count(filter: &AttributionFilter) -> ReadQuery {
+    let source = list_source(filter);
+    let query = ReadQuery {
+        sql: format!("SELECT toUInt64(count()) AS total FROM ({})", source.sql),
+        binds: source.binds,
+    };
+    list_condition(filter, query)
+}
+
+/// One page of live attributions, newest first.
+pub fn attribution_page(filter: &AttributionFilter, page: PageRequest) -> ReadQuery {
+    let source = list_source(filter);
+    let query = ReadQuery {
+        sql: format!("SELECT ?fields FROM ({})", source.sql),
+        binds: source.binds,
+    };
+    let mut query = list_condition(filter, query);
+    // `LIMIT offset, count`: the form both 18.16 and current servers accept.
+    query
+        .sql
+        .push_str(" ORDER BY occurred_at DESC, id DESC LIMIT ?, ?");
+    query
+        .bind(Bound::Int(i64::try_from(page.offset()).unwrap_or(i64::MAX)))
+        .bind(Bound::Int(i64::from(page.limit)))
+}
+
+/// A mentor's clicks and conversions over `hours`: whole days from the daily rows, the
+/// ragged ends from the hourly rows, in one query.
+pub fn mentor_totals(mentor_id: &str, hours: HourRange) -> ReadQuery {
+    let plan = hours.plan();
+    let mut ranges = Vec::new();
+    let mut query = ReadQuery::new(String::new()).bind(Bound::Text(mentor_id.to_owned()));
+    if let Some((from_day, to_day)) = plan.daily {
+        let mut range = String::from("(grain = 'day'");
+        if let Some(from) = from_day {
+            range.push_str(" AND bucket >= ?");
+            query = query.bind(Bound::Int(from));
+        }
+        if let Some(to) = to_day {
+            range.push_str(" AND bucket < ?");
+            query = query.bind(Bound::Int(to));
+        }
+        range.push(')');
+        ranges.push(range);
+    }
+    for (from, to) in plan.hourly {
+        ranges.push("(grain = 'hour' AND bucket >= ? AND bucket < ?)".to_owned());
+        query = query.bind(Bound::Int(from)).bind(Bound::Int(to));
+    }
+    if ranges.is_empty() {
+        // An empty period: no row can match.
+        ranges.push("0".to_owned());
+    }
+    query.sql = format!(
+        "SELECT toInt64(sum(clicks)) AS total_clicks, toInt64(sum(conversions)) AS total_conversions \
+         FROM mentor_totals WHERE mentor_id = ? AND ({})",
+        ranges.join(" OR ")
+    );
+    query
+}
+
+/// The latest state of one code (live or retired).
+pub fn referral_code(code: &str) -> ReadQuery {
+    ReadQuery::new("SELECT ?fields FROM referral_codes FINAL WHERE code = ?".into())
+        .bind(Bound::Text(code.to_owned()))
+}
+
+fn live_codes(mentor_id: Option<&str>) -> ReadQuery {
+    let query = ReadQuery::new(format!(
+        "SELECT {CODE_COLUMNS} FROM (SELECT {CODE_COLUMNS} FROM referral_codes FINAL) WHERE retired = 0"
+    ));
+    match mentor_id {
+        Some(mentor_id) => ReadQuery {
+            sql: format!("{} AND mentor_id = ?", query.sql),
+            binds: vec![Bound::Text(mentor_id.to_owned())],
+        },
+        None => query,
+    }
+}
+
+/// How many live codes (of a mentor, or all).
+pub fn code_count(mentor_id: Option<&str>) -> ReadQuery {
+    let inner = live_codes(mentor_id);
+    ReadQuery {
+        sql: format!("SELECT toUInt64(count()) AS total FROM ({})", inner.sql),
+        binds: inner.binds,
+    }
+}
+
+/// One page of live codes, by code.
+pub fn code_page(mentor_id: Option<&str>, page: PageRequest) -> ReadQuery {
+    let inner = live_codes(mentor_id);
+    ReadQuery {
+        sql: format!(
+            "SELECT ?fields FROM ({}) ORDER BY code LIMIT ?, ?",
+            inner.sql
+        ),
+        binds: inner.binds,
+    }
+    .bind(Bound::Int(i64::try_from(page.offset()).unwrap_or(i64::MAX)))
+    .bind(Bound::Int(i64::from(page.limit)))
+}
+
+/// The verdict recorded for a command.
+pub fn verdict(command_id: &str) -> ReadQuery {
+    ReadQuery::new("SELECT verdict FROM command_verdicts FINAL WHERE command_id = ?".into())
+        .bind(Bound::Text(command_id.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use referral_schemas::AttributionStatus;
+
+    use super::*;
+
+    #[test]
+    fn values_are_rendered_as_escaped_literals() {
+        let query = ReadQuery::new("SELECT ?fields FROM t WHERE a = ? AND b = ?".into())
+            .bind(Bound::Text("it's \\ fine?".into()))
+            .bind(Bound::Int(-3));
+        assert_eq!(
+            query.render("x, y"),
+            r"SELECT x, y FROM t WHERE a = 'it\'s \\ fine?' AND b = -3"
+        );
+    }
+
+    #[test]
+    fn list_filters_on_changing_columns_apply_after_final() {
+        let filter = AttributionFilter {
+            status: Some(AttributionStatus::Pending),
+            mentor_id: Some("m1".into()),
+            ..AttributionFilter::default()
+        };
+        let query = attribution_page(&filter, PageRequest { page: 2, limit: 10 });
+        assert_eq!(
+            query.render("*"),
+            format!(
+                "SELECT * FROM (SELECT {ATTRIBUTION_COLUMNS} FROM attributions_by_mentor FINAL \
+                 WHERE mentor_id = 'm1') WHERE deleted_at IS NULL AND status = 'pending' \
+                 ORDER BY occurred_at DESC, id DESC LIMIT 10, 10"
+            )
+        );
+    }
+
+    #[test]
+    fn totals_read_days_and_ragged_hours_in_one_query() {
+        let query = mentor_totals(
+            "m1",
+            HourRange {
+                from_hour: Some(30),
+                to_hour: Some(75),
+            },
+        );
+        assert_eq!(
+            query.render(""),
+            "SELECT toInt64(sum(clicks)) AS total_clicks, toInt64(sum(conversions)) AS total_conversions \
+             FROM mentor_totals WHERE mentor_id = 'm1' AND ((grain = 'day' AND bucket >= 2 AND bucket < 3) OR \
+             (grain = 'hour' AND bucket >= 30 AND bucket < 48) OR \
+             (grain = 'hour' AND bucket >= 72 AND bucket < 75))"
+        );
+    }
+}
