@@ -370,7 +370,17 @@ async fn n_clicks_become_exactly_n_attributions_and_totals() {
     assert_eq!(counts["usr_6"], 214, "{per_mentor}");
     let (status, body) = aggregator.get("/readyz");
     assert_eq!(status, 200, "{body}");
-    let (_, metrics) = aggregator.get("/metrics");
+    // Lag per partition comes from librdkafka's statistics, every 5 s: it reaches 0.
+    let caught_up = r#"referral_consumer_lag{topic="referral-events",partition="0"} 0"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let (_, metrics) = aggregator.get("/metrics");
+        if metrics.contains(caught_up) || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(metrics.contains(caught_up), "{metrics}");
     assert!(metrics.contains("referral_batch_rows"), "{metrics}");
     assert!(metrics.contains("referral_clickhouse_insert_duration_seconds"));
     aggregator.terminate();

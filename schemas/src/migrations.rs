@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn clickhouse_migrations_split_into_idempotent_statements() {
         let first = statements(CLICKHOUSE[0].sql);
-        assert_eq!(first.len(), 10, "{first:#?}");
+        assert_eq!(first.len(), 9, "{first:#?}");
         for statement in &first {
             assert!(!statement.contains(';'), "{statement}");
             assert!(statement.contains("IF NOT EXISTS"), "{statement}");
