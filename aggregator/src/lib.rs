@@ -27,4 +27,5 @@ pub mod embedded;
 pub mod kafka;
 pub mod log;
 pub mod ops;
+pub mod service;
 pub mod store;

@@ -7,21 +7,16 @@
 //!
 //! With neither Kafka nor ClickHouse, the embedded pipeline runs inside `referral-api`.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use rdkafka::producer::{FutureProducer, Producer};
 use referral_aggregator::config::{ConsumerArgs, PipelineArgs};
 use referral_aggregator::consumer::fault::{FAULT_ENV, FaultPoint};
-use referral_aggregator::consumer::worker::{Worker, WorkerSettings};
-use referral_aggregator::consumer::{self, ConsumerStatus};
-use referral_aggregator::kafka::{admin, producer};
+use referral_aggregator::kafka::admin;
 use referral_aggregator::ops;
+use referral_aggregator::service::AggregatorService;
 use referral_aggregator::store::clickhouse::migrate;
-use referral_aggregator::store::clickhouse::sink::ClickHouseSink;
 use referral_aggregator::store::sqlite;
 use tokio::sync::watch;
 
@@ -144,13 +139,6 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs { pipeline, consumer } = args;
     pipeline.validate()?;
     consumer.validate()?;
-    let kafka = pipeline.kafka_settings("referral-aggregator").context(
-        "referral-aggregator run needs --kafka-brokers; with no Kafka the embedded pipeline \
-         runs inside referral-api (cargo run --release --bin referral-api)",
-    )?;
-    let clickhouse = pipeline
-        .clickhouse_settings(consumer.clickhouse_insert_timeout)
-        .context("referral-aggregator run needs --clickhouse-url")?;
     let fault = FaultPoint::from_env();
     if fault != FaultPoint::None {
         tracing::warn!(
@@ -164,61 +152,26 @@ fn run_command(args: RunArgs) -> anyhow::Result<()> {
         // Listen for SIGTERM from the start: one arriving during start-up still drains.
         let shutdown = shutdown_signal()?;
         let listener = ops::bind(consumer.listen).await?;
-        if !consumer.no_migrate {
-            let report = migrate::migrate(&clickhouse).await?;
-            tracing::info!(applied = ?report.applied, deferred = ?report.deferred, "migrations checked");
-        }
-        let sink = ClickHouseSink::connect(&clickhouse).await?;
-        let producer: FutureProducer = producer::producer_config(&kafka)
-            .create()
-            .context("cannot create the Kafka producer")?;
-        let settings = WorkerSettings {
-            codes_topic: kafka.codes_topic.clone(),
-            dead_letter_topic: consumer.kafka_dead_letter_topic.clone(),
-            batch_max_rows: consumer.batch_max_rows,
-            batch_max_bytes: consumer.batch_max_bytes,
-            batch_max_wait: consumer.batch_max_wait,
-            window_ms: pipeline.attribution_window_ms(),
-            produce_timeout: kafka.message_timeout,
-        };
-        let worker = Worker::new(
-            sink,
-            producer.clone(),
-            tokio::runtime::Handle::current(),
-            settings,
-            fault,
-        );
-        let status = Arc::new(ConsumerStatus::default());
-        let thread = consumer::start(&kafka, &consumer, worker, status.clone())
-            .context("cannot join the consumer group")?;
+        let service = AggregatorService::start(&pipeline, &consumer, fault).await?;
         let (stop, stopped) = watch::channel(false);
-        let ops = tokio::spawn(ops::serve(listener, metrics, status.clone(), stopped));
-        tracing::info!(listen = %consumer.listen, topic = %kafka.topic, group = %consumer.kafka_group_id, "aggregator running");
-
-        let finished = tokio::task::spawn_blocking(move || thread.join());
-        tokio::pin!(finished);
+        let ops = tokio::spawn(ops::serve(listener, metrics, service.status(), stopped));
+        tracing::info!(listen = %consumer.listen, "ops endpoints up");
         tokio::pin!(shutdown);
-        tokio::select! {
-            () = &mut shutdown => {
-                tracing::info!("shutdown requested: flushing and leaving the group");
-                status.stopping.store(true, Ordering::Relaxed);
-                let limit = consumer.drain_timeout + Duration::from_secs(5);
-                if tokio::time::timeout(limit, &mut finished).await.is_err() {
-                    tracing::error!("the consumer did not stop in time");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if service.ended() {
+                        let _ = stop.send(true);
+                        anyhow::bail!("the consumer thread ended unexpectedly");
+                    }
                 }
             }
-            joined = &mut finished => {
-                tracing::error!(?joined, "the consumer thread ended");
-                let _ = stop.send(true);
-                anyhow::bail!("the consumer thread ended unexpectedly");
-            }
         }
+        tracing::info!("shutdown requested: flushing and leaving the group");
+        service.shutdown().await;
         let _ = stop.send(true);
         let _ = ops.await;
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
-        if !matches!(flushed, Ok(Ok(()))) {
-            tracing::warn!("producer flush incomplete at shutdown");
-        }
         tracing::info!("aggregator stopped");
         Ok(())
     })

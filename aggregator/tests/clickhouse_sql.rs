@@ -274,6 +274,12 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             CODE_COLUMNS,
         ),
         ("verdict", queries::verdict("cmd_c3"), ""),
+        ("checkpoint", queries::checkpoint("referral-events", 0), ""),
+        (
+            "checkpoint unknown",
+            queries::checkpoint("referral-events", 7),
+            "",
+        ),
     ]
 }
 

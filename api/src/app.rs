@@ -13,9 +13,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::StatusCode;
 use metrics_exporter_prometheus::PrometheusHandle;
+use referral_aggregator::codes::CodeDirectory;
 use referral_aggregator::embedded::EmbeddedPipeline;
+use referral_aggregator::kafka::codes as kafka_codes;
+use referral_aggregator::kafka::producer::KafkaLog;
 use referral_aggregator::log::EventLog;
 use referral_aggregator::store::AttributionReader;
+use referral_aggregator::store::clickhouse::reader::ClickHouseReader;
 use referral_ingest::codes::CodeResolver;
 use referral_ingest::edge::{ClickEdge, error_response};
 use referral_ingest::shutdown::Shutdown;
@@ -39,6 +43,8 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Longest wait for a command's verdict before 503.
     pub command_timeout: Duration,
+    /// How long an id created moments ago may be waited for (zero in embedded mode).
+    pub read_after_write_wait: Duration,
 }
 
 /// An error as an axum response: the one rendering shared with the ingest edge.
@@ -105,30 +111,49 @@ async fn track_requests(request: Request, next: Next) -> Response {
     response
 }
 
-/// A running embedded pipeline and the state that serves it.
-pub struct EmbeddedService {
+/// What stands behind the API, stopped in its own way.
+enum Backend {
+    /// The whole pipeline in this process.
+    Embedded(EmbeddedPipeline),
+    /// Kafka for writes, ClickHouse for reads; the aggregator runs elsewhere.
+    Kafka(Arc<KafkaLog>),
+}
+
+/// A running API: the handlers' state and the backend behind them.
+pub struct ApiService {
     pub state: Arc<AppState>,
-    pipeline: EmbeddedPipeline,
+    backend: Backend,
     drain_timeout: Duration,
 }
 
-impl EmbeddedService {
-    /// Opens the store, starts the writer and builds the handlers' state.
-    pub fn start(config: &Config) -> anyhow::Result<Self> {
-        let tokens = config.validate()?;
-        if tokens.is_open() {
-            tracing::warn!(
-                "no --api-tokens configured: every endpoint is open to anyone who can reach it"
-            );
+/// The embedded default, under its old name.
+pub type EmbeddedService = ApiService;
+
+impl ApiService {
+    /// Starts the API in the mode `config` asks for: Kafka + ClickHouse when both are set,
+    /// else the embedded pipeline. `shutdown` stops background tasks (Kafka mode).
+    pub async fn start_with(config: &Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        if config.pipeline.kafka_brokers.is_some() {
+            Self::start_production(config, shutdown).await
+        } else {
+            Self::start(config)
         }
+    }
+
+    /// Opens the embedded store, starts the writer and builds the handlers' state.
+    pub fn start(config: &Config) -> anyhow::Result<Self> {
+        let tokens = Self::tokens(config)?;
+        anyhow::ensure!(
+            config.pipeline.kafka_brokers.is_none(),
+            "--kafka-brokers is set: start the API with start_with (production mode)"
+        );
         let (pipeline, reader, directory) =
             EmbeddedPipeline::open(&config.pipeline).context("cannot open the embedded store")?;
         let log: Arc<dyn EventLog> = pipeline.log();
-        let limits = Arc::new(config.edge.limits());
         let edge = ClickEdge::new(
             log.clone(),
             CodeResolver::exact(directory),
-            limits,
+            Arc::new(config.edge.limits()),
             config.edge.settings()?,
         );
         let state = Arc::new(AppState {
@@ -138,28 +163,88 @@ impl EmbeddedService {
             tokens,
             metrics: telemetry::metrics_handle(),
             command_timeout: config.edge.ack_timeout,
+            // Embedded reads see every acknowledged write at once.
+            read_after_write_wait: Duration::ZERO,
         });
         Ok(Self {
             state,
-            pipeline,
+            backend: Backend::Embedded(pipeline),
             drain_timeout: config.server.drain_timeout,
         })
+    }
+
+    /// Kafka for clicks and commands, ClickHouse for reads and verdicts, the codes topic for
+    /// the click edge's directory (written by the aggregator after code commands).
+    async fn start_production(config: &Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let tokens = Self::tokens(config)?;
+        let kafka = config
+            .pipeline
+            .kafka_settings("referral-api")
+            .context("--kafka-brokers is required in production mode")?;
+        let clickhouse = config
+            .pipeline
+            .clickhouse_settings(Duration::from_secs(30))
+            .context("--clickhouse-url is required in production mode")?;
+        let log =
+            Arc::new(KafkaLog::connect(&kafka).await.with_context(|| {
+                format!("cannot reach topic {} on {}", kafka.topic, kafka.brokers)
+            })?);
+        log.spawn_readiness_probe(shutdown.clone().stopped());
+        let directory = CodeDirectory::default();
+        let sync = kafka_codes::follow(&kafka, directory.clone(), shutdown.clone().stopped())
+            .await
+            .with_context(|| format!("cannot follow topic {}", kafka.codes_topic))?;
+        let events: Arc<dyn EventLog> = log.clone();
+        let edge = ClickEdge::new(
+            events.clone(),
+            CodeResolver::following(directory, sync),
+            Arc::new(config.edge.limits()),
+            config.edge.settings()?,
+        );
+        let state = Arc::new(AppState {
+            edge,
+            log: events,
+            reader: Arc::new(ClickHouseReader::new(&clickhouse)),
+            tokens,
+            metrics: telemetry::metrics_handle(),
+            command_timeout: config.edge.ack_timeout,
+            read_after_write_wait: config.read_after_write_wait,
+        });
+        tracing::info!(brokers = %kafka.brokers, clickhouse = %clickhouse.url, "production mode: Kafka + ClickHouse");
+        Ok(Self {
+            state,
+            backend: Backend::Kafka(log),
+            drain_timeout: config.server.drain_timeout,
+        })
+    }
+
+    fn tokens(config: &Config) -> anyhow::Result<ApiTokens> {
+        let tokens = config.validate()?;
+        if tokens.is_open() {
+            tracing::warn!(
+                "no --api-tokens configured: every endpoint is open to anyone who can reach it"
+            );
+        }
+        Ok(tokens)
     }
 
     pub fn router(&self) -> Router {
         app(self.state.clone())
     }
 
-    /// Lets the writer apply what is queued, then stops it.
+    /// Embedded: lets the writer apply what is queued. Kafka: delivers what is queued.
     pub async fn shutdown(self) {
-        self.pipeline.shutdown(self.drain_timeout).await;
+        match self.backend {
+            Backend::Embedded(pipeline) => pipeline.shutdown(self.drain_timeout).await,
+            Backend::Kafka(log) => log.flush(self.drain_timeout).await,
+        }
     }
 }
 
 /// Serves `config` on `listener` until `shutdown`, then drains requests and the writer.
 pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let settings = config.server.settings()?;
-    let service = EmbeddedService::start(&config)?;
+    let service = ApiService::start_with(&config, shutdown.clone()).await?;
     telemetry::spawn_metrics_upkeep(service.state.metrics.clone(), shutdown.clone());
     service
         .state

@@ -10,7 +10,7 @@ use crate::auth::ApiTokens;
 #[command(
     name = "referral-api",
     version,
-    about = "Referral attribution API (embedded pipeline by default)"
+    about = "Referral attribution API (embedded pipeline by default; Kafka + ClickHouse in production)"
 )]
 pub struct Config {
     #[command(flatten)]
@@ -28,6 +28,11 @@ pub struct Config {
         default_value = ""
     )]
     pub api_tokens: String,
+
+    /// With Kafka + ClickHouse: how long a read of, or a command on, an attribution created
+    /// moments ago waits for the aggregator to store it (ids carry their creation time).
+    #[arg(long, env = "REFERRAL_READ_AFTER_WRITE_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub read_after_write_wait: std::time::Duration,
 }
 
 impl Config {
@@ -35,7 +40,17 @@ impl Config {
     /// first request.
     pub fn validate(&self) -> anyhow::Result<ApiTokens> {
         self.pipeline.validate()?;
-        self.pipeline.require_embedded("referral-api")?;
+        anyhow::ensure!(
+            self.pipeline.kafka_brokers.is_some() == self.pipeline.clickhouse_url.is_some(),
+            "production mode needs both --kafka-brokers and --clickhouse-url (the embedded \
+             mode needs neither)"
+        );
+        if self.pipeline.kafka_brokers.is_some() {
+            anyhow::ensure!(
+                self.edge.ack_timeout <= self.pipeline.kafka_message_timeout,
+                "--ack-timeout must not exceed --kafka-message-timeout"
+            );
+        }
         self.edge.validate()?;
         self.server.settings()?;
         ApiTokens::parse(&self.api_tokens).map_err(|error| anyhow::anyhow!("--api-tokens: {error}"))

@@ -20,4 +20,4 @@ pub mod commands;
 pub mod config;
 pub mod routes;
 
-pub use app::{AppState, EmbeddedService, app, run};
+pub use app::{ApiService, AppState, EmbeddedService, app, run};

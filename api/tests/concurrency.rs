@@ -2,12 +2,11 @@
 
 mod common;
 
-use common::{PREFIX, TestApp, from_now};
+use common::{Mode, PREFIX, TestApp, from_now};
 use http::{Method, StatusCode};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_thousand_concurrent_clicks_count_exactly_a_thousand() {
-    let app = std::sync::Arc::new(TestApp::start(&[]).await);
+async fn a_thousand_concurrent_clicks_count_exactly_a_thousand(mode: Mode) {
+    let app = std::sync::Arc::new(TestApp::start_mode(mode, &[]).await);
     app.assign_code("JAN-1", "usr_4491").await;
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
@@ -26,9 +25,8 @@ async fn a_thousand_concurrent_clicks_count_exactly_a_thousand() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_concurrent_confirms_have_exactly_one_winner() {
-    let app = std::sync::Arc::new(TestApp::start(&[]).await);
+async fn fifty_concurrent_confirms_have_exactly_one_winner(mode: Mode) {
+    let app = std::sync::Arc::new(TestApp::start_mode(mode, &[]).await);
     app.assign_code("JAN-1", "usr_4491").await;
     let id = app.click_id("JAN-1", &from_now(-60)).await;
     let tasks: Vec<_> = (0..50)
@@ -61,9 +59,8 @@ async fn fifty_concurrent_confirms_have_exactly_one_winner() {
     assert_eq!(app.totals("usr_4491", "").await.1, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_member_claimed_by_two_attributions_at_once_goes_to_one() {
-    let app = std::sync::Arc::new(TestApp::start(&[]).await);
+async fn one_member_claimed_by_two_attributions_at_once_goes_to_one(mode: Mode) {
+    let app = std::sync::Arc::new(TestApp::start_mode(mode, &[]).await);
     app.assign_code("JAN-1", "usr_1").await;
     app.assign_code("FEB-2", "usr_2").await;
     let first = app.click_id("JAN-1", &from_now(-60)).await;
@@ -87,9 +84,8 @@ async fn one_member_claimed_by_two_attributions_at_once_goes_to_one() {
     assert_eq!(conversions, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn racing_confirm_and_delete_leave_consistent_totals() {
-    let app = std::sync::Arc::new(TestApp::start(&[]).await);
+async fn racing_confirm_and_delete_leave_consistent_totals(mode: Mode) {
+    let app = std::sync::Arc::new(TestApp::start_mode(mode, &[]).await);
     app.assign_code("JAN-1", "usr_1").await;
     for round in 0..20 {
         let id = app.click_id("JAN-1", &from_now(-60)).await;
@@ -130,3 +126,10 @@ async fn racing_confirm_and_delete_leave_consistent_totals() {
         (0, 0, 0.0, "all_time".into())
     );
 }
+
+both_modes!(
+    a_thousand_concurrent_clicks_count_exactly_a_thousand,
+    fifty_concurrent_confirms_have_exactly_one_winner,
+    one_member_claimed_by_two_attributions_at_once_goes_to_one,
+    racing_confirm_and_delete_leave_consistent_totals,
+);

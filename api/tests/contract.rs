@@ -1,13 +1,13 @@
-//! Every endpoint and every error of the contract, in-process on the embedded pipeline.
+//! Every endpoint and every error of the contract, in process, run against both modes
+//! (embedded, and Kafka + ClickHouse): both must answer the same.
 
 mod common;
 
-use common::{DOUBLED, PREFIX, TestApp, from_now};
+use common::{DOUBLED, Mode, PREFIX, TestApp, from_base, from_now};
 use http::{Method, StatusCode};
 
-#[tokio::test]
-async fn click_post_records_the_contract_record_on_both_prefixes() {
-    let app = TestApp::start(&[]).await;
+async fn click_post_records_the_contract_record_on_both_prefixes(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
     assert_eq!(
         app.assign_code("jan-verv-8f3a", "usr_4491").await.status,
         StatusCode::CREATED
@@ -52,9 +52,8 @@ async fn click_post_records_the_contract_record_on_both_prefixes() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn click_defaults_come_from_the_connection_and_headers() {
-    let app = TestApp::start(&["--trusted-proxies", "203.0.113.0/24"]).await;
+async fn click_defaults_come_from_the_connection_and_headers(mode: Mode) {
+    let app = TestApp::start_mode(mode, &["--trusted-proxies", "203.0.113.0/24"]).await;
     app.assign_code("JAN-1", "usr_1").await;
     let before = from_now(-1);
     let answer = app
@@ -82,7 +81,7 @@ async fn click_defaults_come_from_the_connection_and_headers() {
     app.stop().await;
 
     // Without trusting the peer, X-Forwarded-For is ignored.
-    let app = TestApp::start(&[]).await;
+    let app = TestApp::start_mode(mode, &[]).await;
     app.assign_code("JAN-1", "usr_1").await;
     let answer = app
         .call(
@@ -100,9 +99,8 @@ async fn click_defaults_come_from_the_connection_and_headers() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn click_errors_are_json_with_status_and_field() {
-    let app = TestApp::start(&[]).await;
+async fn click_errors_are_json_with_status_and_field(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
     app.assign_code("JAN-1", "usr_1").await;
     let cases: &[(&str, StatusCode, &str, Option<&str>)] = &[
         ("{", StatusCode::BAD_REQUEST, "malformed_json", None),
@@ -209,16 +207,21 @@ async fn click_errors_are_json_with_status_and_field() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn list_paginates_filters_and_orders_newest_first() {
-    let app = TestApp::start(&[]).await;
+async fn list_paginates_filters_and_orders_newest_first(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
+    // Instants relative to one base: the filters below must split them the same way
+    // however long the test takes.
+    let base = referral_schemas::Timestamp::now();
     app.assign_code("JAN-1", "usr_1").await;
     app.assign_code("FEB-2", "usr_2").await;
     let mut ids = Vec::new();
     for minutes in 1..=5 {
-        ids.push(app.click_id("JAN-1", &from_now(-60 * (10 - minutes))).await);
+        ids.push(
+            app.click_id("JAN-1", &from_base(base, -60 * (10 - minutes)))
+                .await,
+        );
     }
-    let other = app.click_id("FEB-2", &from_now(-30)).await;
+    let other = app.click_id("FEB-2", &from_base(base, -30)).await;
     let confirmed = app
         .confirm(&ids[0], r#"{"code":"JAN-1","new_member_id":"usr_new"}"#)
         .await;
@@ -266,10 +269,13 @@ async fn list_paginates_filters_and_orders_newest_first() {
     assert_eq!(filtered("type=click").await, 5);
     assert_eq!(filtered("type=conversion&status=confirmed").await, 1);
     assert_eq!(
-        filtered(&format!("from={}", from_now(-60 * 6 - 1))).await,
+        filtered(&format!("from={}", from_base(base, -60 * 6 - 1))).await,
         3
     );
-    assert_eq!(filtered(&format!("to={}", from_now(-60 * 6 - 1))).await, 3);
+    assert_eq!(
+        filtered(&format!("to={}", from_base(base, -60 * 6 - 1))).await,
+        3
+    );
 
     for (query, field) in [
         ("page=0", "page"),
@@ -285,9 +291,8 @@ async fn list_paginates_filters_and_orders_newest_first() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn get_by_id_is_404_for_unknown_and_malformed_ids() {
-    let app = TestApp::start(&[]).await;
+async fn get_by_id_is_404_for_unknown_and_malformed_ids(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
     for id in ["attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G", "attr_a1b2c3", "x"] {
         let answer = app.get(&format!("{PREFIX}/{id}")).await;
         assert_eq!(
@@ -299,9 +304,8 @@ async fn get_by_id_is_404_for_unknown_and_malformed_ids() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn confirmation_rules() {
-    let app = TestApp::start(&["--attribution-window", "30days"]).await;
+async fn confirmation_rules(mode: Mode) {
+    let app = TestApp::start_mode(mode, &["--attribution-window", "30days"]).await;
     app.assign_code("JAN-1", "usr_1").await;
     let occurred = from_now(-3600);
     let id = app.click_id("JAN-1", &occurred).await;
@@ -402,9 +406,8 @@ async fn confirmation_rules() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn delete_removes_from_reads_lists_and_totals() {
-    let app = TestApp::start(&[]).await;
+async fn delete_removes_from_reads_lists_and_totals(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
     app.assign_code("JAN-1", "usr_1").await;
     let converted = app.click_id("JAN-1", &from_now(-3600)).await;
     let pending = app.click_id("JAN-1", &from_now(-1800)).await;
@@ -449,9 +452,8 @@ async fn delete_removes_from_reads_lists_and_totals() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn mentor_list_and_totals_by_period() {
-    let app = TestApp::start(&[]).await;
+async fn mentor_list_and_totals_by_period(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
     app.assign_code("JAN-1", "usr_1").await;
     app.assign_code("FEB-2", "usr_2").await;
     let recent = app.click_id("JAN-1", &from_now(-3600)).await;
@@ -548,9 +550,8 @@ async fn mentor_list_and_totals_by_period() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn referral_codes_route_clicks_and_can_be_reassigned_or_retired() {
-    let app = TestApp::start(&[]).await;
+async fn referral_codes_route_clicks_and_can_be_reassigned_or_retired(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
     let created = app.assign_code("spring-24", "usr_1").await;
     assert_eq!(created.status, StatusCode::CREATED);
     assert_eq!(created.body["code"], "SPRING-24");
@@ -630,13 +631,12 @@ async fn referral_codes_route_clicks_and_can_be_reassigned_or_retired() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn tokens_guard_everything_but_the_click_post() {
+async fn tokens_guard_everything_but_the_click_post(mode: Mode) {
     let reader = "reader-0123456789abcdef";
     let writer = "writer-0123456789abcdef";
     let admin = "admin-00123456789abcdef";
     let spec = format!("{reader}=read,{writer}=read+write,{admin}=admin");
-    let app = TestApp::start(&["--api-tokens", &spec]).await;
+    let app = TestApp::start_mode(mode, &["--api-tokens", &spec]).await;
     let bearer = |token: &str| format!("Bearer {token}");
     let call = |method: Method, uri: String, token: Option<&str>, body: Option<&str>| {
         let app = &app;
@@ -771,9 +771,8 @@ async fn tokens_guard_everything_but_the_click_post() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_answer_json() {
-    let app = TestApp::start(&[]).await;
+async fn unknown_routes_and_methods_answer_json(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
     let missing = app.get("/api/v2/nothing").await;
     assert_eq!(
         (missing.status, missing.error().0),
@@ -800,9 +799,8 @@ async fn unknown_routes_and_methods_answer_json() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn health_readiness_and_metrics() {
-    let app = TestApp::start(&[]).await;
+async fn health_readiness_and_metrics(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
     app.assign_code("JAN-1", "usr_1").await;
@@ -810,14 +808,27 @@ async fn health_readiness_and_metrics() {
     app.click(r#"{"code":"NOPE-1"}"#).await;
     let metrics = app.get("/metrics").await;
     let text = metrics.body.as_str().unwrap();
+    // The writer's series: the embedded writer's commits, or the aggregator's flushes
+    // (in process in these tests; in production it serves its own /metrics).
+    let writer_series = match mode {
+        Mode::Embedded => [
+            "referral_commit_batch_events_bucket",
+            "referral_commit_duration_seconds_bucket",
+        ],
+        Mode::Production => [
+            "referral_batch_rows",
+            "referral_clickhouse_insert_duration_seconds_bucket",
+        ],
+    };
     for series in [
         "referral_clicks_accepted_total",
         "referral_clicks_rejected_total{cause=\"unknown_code\"}",
         "referral_http_requests_total{route=\"/api/v1/referral-attributions\",method=\"POST\",status=\"201\"}",
         "referral_http_request_duration_seconds_bucket",
-        "referral_commit_batch_events_bucket",
-        "referral_commit_duration_seconds_bucket",
-    ] {
+    ]
+    .into_iter()
+    .chain(writer_series)
+    {
         assert!(text.contains(series), "missing {series} in:\n{text}");
     }
     app.stop().await;
@@ -843,16 +854,18 @@ async fn state_survives_a_restart_on_the_same_data_dir() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_flooding_client_gets_429_while_others_still_get_201() {
-    let app = TestApp::start(&[
-        "--trusted-proxies",
-        "203.0.113.0/24",
-        "--rate-limit-per-ip",
-        "1",
-        "--rate-limit-per-ip-burst",
-        "3",
-    ])
+async fn a_flooding_client_gets_429_while_others_still_get_201(mode: Mode) {
+    let app = TestApp::start_mode(
+        mode,
+        &[
+            "--trusted-proxies",
+            "203.0.113.0/24",
+            "--rate-limit-per-ip",
+            "1",
+            "--rate-limit-per-ip-burst",
+            "3",
+        ],
+    )
     .await;
     app.assign_code("JAN-1", "usr_1").await;
     let click_from = |ip: &'static str| {
@@ -891,3 +904,54 @@ async fn a_flooding_client_gets_429_while_others_still_get_201() {
     );
     app.stop().await;
 }
+
+/// No settling here: a client reads, confirms and deletes its own clicks right after the
+/// 201 (in production mode, before the aggregator's next flush) and is served.
+async fn a_click_is_readable_confirmable_and_deletable_right_after_its_201(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
+    app.assign_code("JAN-1", "usr_1").await;
+    let first = app.click(r#"{"code":"JAN-1"}"#).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let id = first.body["id"].as_str().unwrap();
+    let read = app.get_now(&format!("{PREFIX}/{id}")).await;
+    assert_eq!((read.status, &read.body), (StatusCode::OK, &first.body));
+    let confirmed = app
+        .confirm(id, r#"{"code":"JAN-1","new_member_id":"usr_new"}"#)
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
+    let second = app.click(r#"{"code":"JAN-1"}"#).await;
+    let second_id = second.body["id"].as_str().unwrap();
+    let deleted = app
+        .call(Method::DELETE, &format!("{PREFIX}/{second_id}"), &[], None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{:?}", deleted.body);
+    // A verdict is answered once its flush is stored: totals are already right.
+    let totals = app.get_now(&format!("{PREFIX}/mentor/usr_1/total")).await;
+    assert_eq!(
+        (
+            &totals.body["total_clicks"],
+            &totals.body["total_conversions"]
+        ),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "{:?}",
+        totals.body
+    );
+    app.stop().await;
+}
+
+both_modes!(
+    a_click_is_readable_confirmable_and_deletable_right_after_its_201,
+    click_post_records_the_contract_record_on_both_prefixes,
+    click_defaults_come_from_the_connection_and_headers,
+    click_errors_are_json_with_status_and_field,
+    list_paginates_filters_and_orders_newest_first,
+    get_by_id_is_404_for_unknown_and_malformed_ids,
+    confirmation_rules,
+    delete_removes_from_reads_lists_and_totals,
+    mentor_list_and_totals_by_period,
+    referral_codes_route_clicks_and_can_be_reassigned_or_retired,
+    tokens_guard_everything_but_the_click_post,
+    unknown_routes_and_methods_answer_json,
+    health_readiness_and_metrics,
+    a_flooding_client_gets_429_while_others_still_get_201,
+);

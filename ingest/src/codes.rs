@@ -50,6 +50,22 @@ impl CodeResolver {
         }
     }
 
+    /// Waits, at most `limit`, until the directory maps `code` to `mentor` (`None`: until
+    /// the code is gone). The API calls it after a code command so that its own click POST
+    /// honours the change before the command is answered. True when it does.
+    pub async fn wait_for(&self, code: &str, mentor: Option<&str>, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.directory.mentor_for(code).as_deref() == mentor {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether the directory is complete enough to serve (the follower caught up once).
     pub fn is_loaded(&self) -> bool {
         self.sync.as_ref().is_none_or(CodeSync::is_loaded)

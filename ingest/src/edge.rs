@@ -76,6 +76,11 @@ impl ClickEdge {
         self.log.is_ready() && self.codes.is_loaded()
     }
 
+    /// The code directory clicks are resolved with.
+    pub fn codes(&self) -> &CodeResolver {
+        &self.codes
+    }
+
     pub fn limits(&self) -> &Arc<ClickLimits> {
         &self.limits
     }

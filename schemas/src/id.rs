@@ -30,6 +30,14 @@ pub fn is_attribution_id(text: &str) -> bool {
         .is_some_and(|ulid| ulid.len() == ULID_LEN && Ulid::from_string(ulid).is_ok())
 }
 
+/// When an attribution id was made (the ULID's timestamp), if `text` is one.
+pub fn attribution_created_at(text: &str) -> Option<crate::Timestamp> {
+    let ulid = Ulid::from_string(text.strip_prefix(ATTRIBUTION_PREFIX)?).ok()?;
+    i64::try_from(ulid.timestamp_ms())
+        .ok()
+        .map(crate::Timestamp::from_millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,6 +50,12 @@ mod tests {
         assert!(is_attribution_id(&first), "{first}");
         assert!(first < second, "{first} !< {second}");
         assert!(new_command_id().starts_with(COMMAND_PREFIX));
+        let made = attribution_created_at(&second).unwrap().as_millis();
+        assert!((crate::Timestamp::now().as_millis() - made).abs() < 5_000);
+        assert_eq!(
+            attribution_created_at("cmd_01JQ3V8W6Y7Z8A9B0C1D2E3F4G"),
+            None
+        );
     }
 
     #[test]

@@ -91,6 +91,7 @@ async fn assign(
     });
     match submit(&state, command).await? {
         Verdict::CodeAssigned { code, created } => {
+            honoured_here(&state, &code.code, Some(&code.mentor_id)).await;
             let status = if created {
                 StatusCode::CREATED
             } else {
@@ -116,8 +117,29 @@ async fn retire(
         issued_at: Timestamp::now(),
     });
     match submit(&state, command).await? {
-        Verdict::CodeRetired { retirement } => Ok(json(StatusCode::OK, &retirement)),
+        Verdict::CodeRetired { retirement } => {
+            honoured_here(&state, &retirement.code, None).await;
+            Ok(json(StatusCode::OK, &retirement))
+        }
         Verdict::Rejected { reason } => Err(rejection_error(reason).into()),
         other => Err(unexpected(other)),
+    }
+}
+
+/// Longest wait for this process's click edge to see a code change it just answered.
+const CODE_PROPAGATION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits until this process's own click POST resolves `code` as the command left it, so a
+/// client that changes a code and then clicks here sees the change (other edges follow the
+/// codes topic within seconds). Embedded mode: already true. Never fails the command, which
+/// is decided and stored either way.
+async fn honoured_here(state: &AppState, code: &str, mentor: Option<&str>) {
+    if !state
+        .edge
+        .codes()
+        .wait_for(code, mentor, CODE_PROPAGATION_WAIT)
+        .await
+    {
+        tracing::warn!(%code, "code change not yet seen by this edge's directory");
     }
 }

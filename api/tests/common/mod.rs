@@ -1,4 +1,13 @@
-//! An in-process embedded service on a throw-away data directory, called with `oneshot`.
+//! An in-process API called with `oneshot`, in either mode:
+//!
+//! * [`Mode::Embedded`]: the embedded pipeline on a throw-away data directory;
+//! * [`Mode::Production`]: Kafka + ClickHouse, with a tansu broker and a ClickHouse 18.16
+//!   server started for the test and the aggregator running in process.
+//!
+//! Production reads are eventually consistent (the aggregator batches): before every GET
+//! the harness waits until the aggregator has stored everything on the log ([`TestApp::settle`]),
+//! so both modes must give the same answers. Reads and commands on a click acknowledged a
+//! moment ago are served without that wait (`--read-after-write-wait`), and tested so.
 
 #![allow(dead_code)]
 
@@ -7,11 +16,21 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
-use clap::Parser;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use referral_api::EmbeddedService;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use referral_aggregator::config::{ConsumerArgs, PipelineArgs};
+use referral_aggregator::consumer::fault::FaultPoint;
+use referral_aggregator::kafka::admin;
+use referral_aggregator::service::AggregatorService;
 use referral_api::config::Config;
+use referral_api::{ApiService, EmbeddedService};
+use referral_ingest::shutdown::ShutdownTrigger;
+use referral_load_tests::services::{ClickHouseServer, TansuBroker};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -20,10 +39,179 @@ pub const DOUBLED: &str = "/api/v1/referral-attributions/api/v1/referral-attribu
 /// The TCP peer every request appears to come from.
 pub const PEER: &str = "203.0.113.7:40000";
 
+/// Which backend a test runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Embedded,
+    Production,
+}
+
+/// Runs one async test body in both modes, as two tests in a module named after it.
+#[macro_export]
+macro_rules! both_modes {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn embedded() {
+                    super::$name(super::common::Mode::Embedded).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn kafka_clickhouse() {
+                    super::$name(super::common::Mode::Production).await
+                }
+            }
+        )+
+    };
+}
+
+/// The services behind a production-mode app.
+pub struct Production {
+    _broker: TansuBroker,
+    _clickhouse: ClickHouseServer,
+    clickhouse_url: String,
+    brokers: String,
+    aggregator: Option<AggregatorService>,
+    _stop: ShutdownTrigger,
+}
+
+const TOPIC: &str = "referral-events";
+const PARTITIONS: i32 = 3;
+/// Checkpoints unchanged this long (several `--batch-max-wait` of 100 ms) count as settled.
+const SETTLE_QUIET: Duration = Duration::from_millis(400);
+
+/// `referral-aggregator run`'s flags, parsed like the binary parses them.
+#[derive(clap::Parser)]
+struct AggregatorFlags {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+    #[command(flatten)]
+    consumer: ConsumerArgs,
+}
+
+impl Production {
+    /// `pipeline_flags`: flags the aggregator applies in production mode (the API forwards
+    /// commands; the aggregator decides them), e.g. `--attribution-window`.
+    async fn start(
+        pipeline_flags: &[&str],
+    ) -> (Self, Vec<String>, referral_ingest::shutdown::Shutdown) {
+        let broker = TansuBroker::start();
+        let clickhouse = ClickHouseServer::start();
+        let brokers = broker.address();
+        let clickhouse_url = clickhouse.http_url();
+        let mut aggregator_args = vec![
+            "referral-aggregator",
+            "--kafka-brokers",
+            &brokers,
+            "--clickhouse-url",
+            &clickhouse_url,
+            "--kafka-session-timeout",
+            "6s",
+            "--batch-max-wait",
+            "100ms",
+        ];
+        aggregator_args.extend_from_slice(pipeline_flags);
+        let flags = AggregatorFlags::try_parse_from(aggregator_args).unwrap();
+        let kafka = flags.pipeline.kafka_settings("api-test").unwrap();
+        admin::ensure_topics(&kafka, PARTITIONS, 1).await.unwrap();
+        admin::ensure_topic(&brokers, "referral-events-dead-letter", 1, 1)
+            .await
+            .unwrap();
+        let aggregator =
+            AggregatorService::start(&flags.pipeline, &flags.consumer, FaultPoint::None)
+                .await
+                .unwrap();
+        // Kept in the struct: dropping the trigger would stop the API's background tasks.
+        let (stop, shutdown) = referral_ingest::shutdown::channel();
+        let api_flags = vec![
+            "--kafka-brokers".to_owned(),
+            brokers.clone(),
+            "--clickhouse-url".to_owned(),
+            clickhouse_url.clone(),
+        ];
+        (
+            Self {
+                _broker: broker,
+                _clickhouse: clickhouse,
+                clickhouse_url,
+                brokers,
+                aggregator: Some(aggregator),
+                _stop: stop,
+            },
+            api_flags,
+            shutdown,
+        )
+    }
+
+    /// Waits until every message on the log is behind a checkpoint stored in ClickHouse.
+    ///
+    /// tansu 0.6.0 reports a partition's end (ListOffsets) short by the rest of its last
+    /// record batch when a producer batched several records, so the reported end is only a
+    /// lower bound: once the stored checkpoints reach it, the harness also waits until they
+    /// stop moving for a few flush intervals. Every message was acknowledged before this is
+    /// called, so nothing new can arrive.
+    async fn settle(&self) {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+            .unwrap();
+        let client = clickhouse::Client::default()
+            .with_url(&self.clickhouse_url)
+            .with_database("referral")
+            .with_validation(false)
+            .with_compression(clickhouse::Compression::None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let end: i64 = (0..PARTITIONS)
+                .map(|partition| {
+                    consumer
+                        .fetch_watermarks(TOPIC, partition, Duration::from_secs(5))
+                        .unwrap()
+                        .1
+                })
+                .sum();
+            let stored: i64 = client
+                .query("SELECT toInt64(sum(next_offset)) FROM mentor_totals WHERE grain = 'checkpoint' AND mentor_id = ?")
+                .bind(TOPIC)
+                .fetch_one()
+                .await
+                .unwrap_or(-1);
+            if stored >= end {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the aggregator did not catch up: {stored} of {end}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut last = -1;
+        let mut quiet_since = Instant::now();
+        loop {
+            let stored: i64 = client
+                .query("SELECT toInt64(sum(next_offset)) FROM mentor_totals WHERE grain = 'checkpoint' AND mentor_id = ?")
+                .bind(TOPIC)
+                .fetch_one()
+                .await
+                .unwrap_or(-1);
+            if stored != last {
+                last = stored;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= SETTLE_QUIET {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the aggregator never settled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 pub struct TestApp {
     pub service: Option<EmbeddedService>,
     pub router: Router,
     pub dir: tempfile::TempDir,
+    pub production: Option<Production>,
 }
 
 pub struct Answer {
@@ -48,15 +236,49 @@ impl TestApp {
         Self::start_in(dir, extra)
     }
 
-    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
-        let data_dir = dir.path().to_str().unwrap().to_owned();
-        let mut args = vec![
-            "referral-api",
-            "--data-dir",
-            &data_dir,
-            "--sqlite-synchronous",
-            "normal",
-        ];
+    /// An app in `mode`, with `extra` flags.
+    pub async fn start_mode(mode: Mode, extra: &[&str]) -> Self {
+        if mode == Mode::Embedded {
+            return Self::start(extra).await;
+        }
+        let window: Vec<&str> = extra
+            .windows(2)
+            .filter(|pair| pair[0] == "--attribution-window")
+            .flat_map(|pair| pair.iter().copied())
+            .collect();
+        let (production, mut flags, shutdown) = Production::start(&window).await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["referral-api".to_owned()];
+        args.append(&mut flags);
+        args.extend(
+            Self::default_flags(extra)
+                .iter()
+                .map(|arg| (*arg).to_owned()),
+        );
+        let config = Config::try_parse_from(args).unwrap();
+        let service = ApiService::start_with(&config, shutdown).await.unwrap();
+        let router = service.router();
+        let app = Self {
+            service: Some(service),
+            router,
+            dir,
+            production: Some(production),
+        };
+        // As a readiness gate would: the producer's first probe and the codes follower's
+        // first catch-up take a moment.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while app.get_now("/readyz").await.status != StatusCode::OK {
+            assert!(
+                Instant::now() < deadline,
+                "the production-mode API never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        app
+    }
+
+    fn default_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = Vec::new();
         // Many clicks come from one test peer: limits stay off unless a test sets them.
         if !extra.iter().any(|arg| arg.starts_with("--rate-limit")) {
             args.extend([
@@ -69,6 +291,34 @@ impl TestApp {
             ]);
         }
         args.extend_from_slice(extra);
+        args
+    }
+
+    pub fn mode(&self) -> Mode {
+        if self.production.is_some() {
+            Mode::Production
+        } else {
+            Mode::Embedded
+        }
+    }
+
+    /// Production: waits until the aggregator stored everything on the log. Embedded: done.
+    pub async fn settle(&self) {
+        if let Some(production) = &self.production {
+            production.settle().await;
+        }
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let data_dir = dir.path().to_str().unwrap().to_owned();
+        let mut args = vec![
+            "referral-api",
+            "--data-dir",
+            &data_dir,
+            "--sqlite-synchronous",
+            "normal",
+        ];
+        args.extend(Self::default_flags(extra));
         let config = Config::try_parse_from(args).unwrap();
         let service = EmbeddedService::start(&config).unwrap();
         let router = service.router();
@@ -76,12 +326,20 @@ impl TestApp {
             service: Some(service),
             router,
             dir,
+            production: None,
         }
     }
 
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(service) = self.service.take() {
             service.shutdown().await;
+        }
+        if let Some(aggregator) = self
+            .production
+            .as_mut()
+            .and_then(|production| production.aggregator.take())
+        {
+            aggregator.shutdown().await;
         }
         self.dir
     }
@@ -119,7 +377,14 @@ impl TestApp {
         }
     }
 
+    /// A GET once the pipeline settled (see the module docs).
     pub async fn get(&self, uri: &str) -> Answer {
+        self.settle().await;
+        self.call(Method::GET, uri, &[], None).await
+    }
+
+    /// A GET right away, without waiting for the pipeline.
+    pub async fn get_now(&self, uri: &str) -> Answer {
         self.call(Method::GET, uri, &[], None).await
     }
 
@@ -179,5 +444,12 @@ impl TestApp {
 /// An RFC 3339 instant `seconds` from now (negative: in the past).
 pub fn from_now(seconds: i64) -> String {
     let millis = referral_schemas::Timestamp::now().as_millis() + seconds * 1000;
+    referral_schemas::Timestamp::from_millis(millis - millis.rem_euclid(1000)).to_string()
+}
+
+/// An RFC 3339 instant `seconds` after `base` (whole seconds): for tests whose instants must
+/// keep their distances however long the test runs.
+pub fn from_base(base: referral_schemas::Timestamp, seconds: i64) -> String {
+    let millis = base.as_millis() + seconds * 1000;
     referral_schemas::Timestamp::from_millis(millis - millis.rem_euclid(1000)).to_string()
 }

@@ -259,10 +259,25 @@ pub fn code_page(mentor_id: Option<&str>, page: PageRequest) -> ReadQuery {
     .bind(Bound::Int(i64::from(page.limit)))
 }
 
-/// The verdict recorded for a command.
+/// The decision recorded for a command, and the log message it was decided for.
 pub fn verdict(command_id: &str) -> ReadQuery {
-    ReadQuery::new("SELECT verdict FROM command_verdicts FINAL WHERE command_id = ?".into())
-        .bind(Bound::Text(command_id.to_owned()))
+    ReadQuery::new(
+        "SELECT verdict, source_topic, source_partition, source_offset FROM command_verdicts \
+         FINAL WHERE command_id = ?"
+            .into(),
+    )
+    .bind(Bound::Text(command_id.to_owned()))
+}
+
+/// The next offset of a partition whose effects are all stored (0: none yet).
+pub fn checkpoint(topic: &str, partition: i32) -> ReadQuery {
+    ReadQuery::new(
+        "SELECT toInt64(sum(next_offset)) AS next_offset FROM mentor_totals \
+         WHERE grain = 'checkpoint' AND mentor_id = ? AND bucket = ?"
+            .into(),
+    )
+    .bind(Bound::Text(topic.to_owned()))
+    .bind(Bound::Int(i64::from(partition)))
 }
 
 #[cfg(test)]

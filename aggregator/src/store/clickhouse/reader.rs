@@ -106,15 +106,26 @@ impl AttributionReader for ClickHouseReader {
         })
     }
 
+    /// A verdict counts once its flush committed: its decision is written before its
+    /// effects, so it is answered only when the partition's checkpoint passed its message.
+    /// A client that reads after the answer then sees the totals and records it changed.
     async fn verdict(&self, command_id: &str) -> Result<Option<Verdict>, StoreError> {
-        let json: Option<String> = queries::verdict(command_id)
+        let decided: Option<(String, String, i32, i64)> = queries::verdict(command_id)
             .to_clickhouse(&self.client)
             .fetch_optional()
             .await?;
-        json.map(|json| {
-            serde_json::from_str(&json)
-                .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))
-        })
-        .transpose()
+        let Some((json, topic, partition, offset)) = decided else {
+            return Ok(None);
+        };
+        let checkpoint: i64 = queries::checkpoint(&topic, partition)
+            .to_clickhouse(&self.client)
+            .fetch_one()
+            .await?;
+        if checkpoint <= offset {
+            return Ok(None);
+        }
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))
     }
 }

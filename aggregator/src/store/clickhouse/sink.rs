@@ -59,14 +59,8 @@ impl ClickHouseSink {
             .filter(|key| !self.checkpoints.contains_key(*key))
             .collect();
         for (topic, partition) in missing {
-            let next: i64 = self
-                .client
-                .query(
-                    "SELECT toInt64(sum(next_offset)) FROM mentor_totals \
-                     WHERE grain = 'checkpoint' AND mentor_id = ? AND bucket = ?",
-                )
-                .bind(topic)
-                .bind(i64::from(*partition))
+            let next: i64 = super::queries::checkpoint(topic, *partition)
+                .to_clickhouse(&self.client)
                 .fetch_one()
                 .await?;
             self.checkpoints.insert((topic.clone(), *partition), next);
