@@ -12,7 +12,7 @@ use std::time::Duration;
 use referral_aggregator::store::AttributionReader;
 use referral_aggregator::store::clickhouse::plan::{self, Known, PartitionBatch, References};
 use referral_aggregator::store::clickhouse::queries::{
-    self, ATTRIBUTION_COLUMNS, CODE_COLUMNS, ReadQuery,
+    self, ATTRIBUTION_COLUMNS, CODE_COLUMNS, ListTotal, ReadQuery,
 };
 use referral_aggregator::store::clickhouse::reader::ClickHouseReader;
 use referral_aggregator::store::clickhouse::sink::ClickHouseSink;
@@ -144,6 +144,14 @@ async fn write_history(settings: &ClickHouseSettings) {
     }
 }
 
+fn total_query(filter: &AttributionFilter) -> ReadQuery {
+    match queries::list_total(filter) {
+        ListTotal::Everything(query) | ListTotal::Mentor(query) | ListTotal::Bounded(query) => {
+            query
+        }
+    }
+}
+
 /// Every query the API runs, with the columns `?fields` stands for.
 fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
     let page = |page, limit| PageRequest { page, limit };
@@ -190,6 +198,7 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             ATTRIBUTION_COLUMNS,
         ),
         ("list all: count", queries::attribution_count(&all), ""),
+        ("list all: total", total_query(&all), ""),
         (
             "list all: page 1",
             queries::attribution_page(&all, page(1, 20)),

@@ -114,6 +114,8 @@ ORDER BY command_id;
 -- grain 'hour' and 'day' rows: clicks by occurred_at, conversions by confirmed_at, bucket =
 -- hours or days since the Unix epoch. A period reads the hourly rows of its ragged ends and
 -- the daily rows in between: a few rows for any period.
+-- grain 'global_day' rows (mentor_id '') hold every mentor's totals per day: the count of
+-- live attributions for an unfiltered list, from a few rows.
 -- grain 'checkpoint' rows are the consumer's checkpoint, stored with the data it describes
 -- (mentor_id = the topic, bucket = the partition, next_offset summing to the next offset to
 -- apply). A batch's deltas and its checkpoint increment go in ONE insert, which ClickHouse
@@ -121,7 +123,7 @@ ORDER BY command_id;
 -- checkpoint can never disagree.
 CREATE TABLE IF NOT EXISTS mentor_totals (
     mentor_id   String,
-    grain       Enum8('hour' = 1, 'day' = 2, 'checkpoint' = 3),
+    grain       Enum8('hour' = 1, 'day' = 2, 'checkpoint' = 3, 'global_day' = 4),
     bucket      Int64,
     clicks      Int64,
     conversions Int64,

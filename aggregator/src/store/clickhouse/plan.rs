@@ -435,10 +435,24 @@ impl Planner {
                 next_offset: 0,
             });
         }
+        let mut global: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
         for ((mentor_id, day), (clicks, conversions)) in daily {
+            let entry = global.entry(day).or_default();
+            entry.0 += clicks;
+            entry.1 += conversions;
             self.plan.totals.push(TotalsRow {
                 mentor_id,
                 grain: grain::DAY,
+                bucket: day,
+                clicks,
+                conversions,
+                next_offset: 0,
+            });
+        }
+        for (day, (clicks, conversions)) in global {
+            self.plan.totals.push(TotalsRow {
+                mentor_id: String::new(),
+                grain: grain::GLOBAL_DAY,
                 bucket: day,
                 clicks,
                 conversions,
@@ -563,6 +577,10 @@ mod tests {
         assert_eq!(
             totals(&plan, grain::CHECKPOINT),
             vec![(TOPIC.into(), 0, 3, 0)]
+        );
+        assert_eq!(
+            totals(&plan, grain::GLOBAL_DAY),
+            vec![(String::new(), 0, 2, 0), (String::new(), 1, 1, 0)]
         );
     }
 

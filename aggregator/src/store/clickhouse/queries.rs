@@ -20,7 +20,7 @@
 
 use std::fmt::Write as _;
 
-use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
+use referral_schemas::query::{AttributionFilter, HourRange, MAX_LIMIT, MAX_OFFSET, PageRequest};
 
 /// One value bound to a `?`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,14 +155,60 @@ fn list_condition(filter: &AttributionFilter, mut query: ReadQuery) -> ReadQuery
     query
 }
 
-/// How many live attributions match.
+/// Matches a filtered list counts at most: the deepest reachable page
+/// ([`MAX_OFFSET`] + [`MAX_LIMIT`]). Past that, `total` reads as this bound.
+pub const COUNT_BOUND: u64 = MAX_OFFSET + MAX_LIMIT as u64;
+
+/// How `total` of a list is found cheaply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListTotal {
+    /// Every live attribution: the global daily totals (a row per day).
+    Everything(ReadQuery),
+    /// A mentor's live attributions: the mentor's all-time clicks (a few rows).
+    Mentor(ReadQuery),
+    /// Any other filter: a count that stops at [`COUNT_BOUND`].
+    Bounded(ReadQuery),
+}
+
+/// The query for `total` of a list. Clicks in the materialized totals are exactly the live
+/// attributions by `occurred_at`, so the unfiltered list and a mentor's list read totals;
+/// every other filter is counted, bounded.
+pub fn list_total(filter: &AttributionFilter) -> ListTotal {
+    let only_mentor = AttributionFilter {
+        mentor_id: filter.mentor_id.clone(),
+        ..AttributionFilter::default()
+    };
+    if *filter == AttributionFilter::default() {
+        return ListTotal::Everything(ReadQuery::new(
+            "SELECT toInt64(sum(clicks)) AS total FROM mentor_totals WHERE grain = 'global_day'"
+                .into(),
+        ));
+    }
+    if let (true, Some(mentor_id)) = (*filter == only_mentor, &filter.mentor_id) {
+        return ListTotal::Mentor(mentor_totals(
+            mentor_id,
+            HourRange {
+                from_hour: None,
+                to_hour: None,
+            },
+        ));
+    }
+    ListTotal::Bounded(attribution_count(filter))
+}
+
+/// How many live attributions match, counting at most [`COUNT_BOUND`].
 pub fn attribution_count(filter: &AttributionFilter) -> ReadQuery {
     let source = list_source(filter);
     let query = ReadQuery {
-        sql: format!("SELECT toUInt64(count()) AS total FROM ({})", source.sql),
+        sql: format!("SELECT 1 FROM ({})", source.sql),
         binds: source.binds,
     };
-    list_condition(filter, query)
+    let mut query = list_condition(filter, query);
+    query.sql = format!(
+        "SELECT toUInt64(count()) AS total FROM ({} LIMIT {COUNT_BOUND})",
+        query.sql
+    );
+    query
 }
 
 /// One page of live attributions, newest first.

@@ -7,7 +7,7 @@ use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
 use referral_schemas::{Attribution, ReferralCode};
 
 use super::ClickHouseSettings;
-use super::queries;
+use super::queries::{self, ListTotal};
 use super::rows::{AttributionRow, CodeRow};
 use crate::store::{AttributionPage, AttributionReader, CodePage, MentorTotals, StoreError};
 
@@ -42,10 +42,17 @@ impl AttributionReader for ClickHouseReader {
         filter: &AttributionFilter,
         page: PageRequest,
     ) -> Result<AttributionPage, StoreError> {
-        let total: u64 = queries::attribution_count(filter)
-            .to_clickhouse(&self.client)
-            .fetch_one()
-            .await?;
+        let total = match queries::list_total(filter) {
+            ListTotal::Everything(query) => {
+                let clicks: i64 = query.to_clickhouse(&self.client).fetch_one().await?;
+                u64::try_from(clicks).unwrap_or(0)
+            }
+            ListTotal::Mentor(query) => {
+                let (clicks, _): (i64, i64) = query.to_clickhouse(&self.client).fetch_one().await?;
+                u64::try_from(clicks).unwrap_or(0)
+            }
+            ListTotal::Bounded(query) => query.to_clickhouse(&self.client).fetch_one().await?,
+        };
         let rows: Vec<AttributionRow> = queries::attribution_page(filter, page)
             .to_clickhouse(&self.client)
             .fetch_all()

@@ -137,6 +137,8 @@ pub mod grain {
     pub const HOUR: i8 = 1;
     pub const DAY: i8 = 2;
     pub const CHECKPOINT: i8 = 3;
+    /// Every mentor's totals per day, under the empty mentor id.
+    pub const GLOBAL_DAY: i8 = 4;
 }
 
 /// `mentor_totals`: a signed delta, or a checkpoint increment.
