@@ -73,6 +73,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/api/v1/openapi.json", get(crate::routes::openapi::serve))
         .fallback(|| async { HttpError(ApiError::new(ErrorKind::RouteNotFound, "no such route")) })
         .layer(middleware::from_fn(json_method_not_allowed))
         .layer(middleware::from_fn(track_requests))

@@ -13,6 +13,7 @@
 //! * [`query`] holds the read-side filters, pages and periods shared by every store.
 //! * [`timestamp`] and [`id`] are the small value types everything above uses.
 //! * [`migrations`] holds the store schemas, applied by the aggregator (the only writer).
+//! * [`OPENAPI`] is the OpenAPI 3.1 document of the HTTP API (`schemas/openapi.json`).
 
 pub mod attribution;
 pub mod error;
@@ -27,3 +28,8 @@ pub mod validation;
 pub use attribution::{Attribution, AttributionKind, AttributionStatus, ReferralCode};
 pub use error::{ApiError, ErrorKind};
 pub use timestamp::Timestamp;
+
+/// The OpenAPI 3.1 document of everything the API serves (`schemas/openapi.json`): every
+/// route, parameter, body, status and header. `referral-api` serves it as is at
+/// `GET /api/v1/openapi.json`, and `api/tests/openapi.rs` keeps it and the handlers in step.
+pub const OPENAPI: &str = include_str!("../openapi.json");

@@ -2,6 +2,7 @@
 
 pub mod attributions;
 pub mod codes;
+pub mod openapi;
 pub mod ops;
 
 use axum::body::Body;
