@@ -13,13 +13,17 @@
 //!    log end. rows/s = rows applied after the first stored checkpoint / time from the first
 //!    stored checkpoint to caught up, and N / time from the aggregator's start. Exactness is
 //!    checked at the end (`count()` of `attributions FINAL` and the daily click totals = N).
+//!    Then the same phase again at other `REFERRAL_BATCH_MAX_ROWS` values (`--sweep-rows`).
 //! 2. **Freshness.** `referral-ingest` (Kafka) and `referral-aggregator run` (default batch
 //!    flags); click POSTs at a fixed open-loop rate over keep-alive connections. Every K-th
 //!    click is a probe on one of a few probe mentors: at its 201 the mentor's expected total
 //!    is known (201s so far for that mentor), and one poller queries all outstanding probe
 //!    mentors in one query every few tens of milliseconds until the total reaches it.
 //!    freshness = time the poll answer arrived - time the 201 arrived (an upper bound, by at
-//!    most one poll interval plus one query).
+//!    most one poll interval plus one query). Before the load, the produce -> consume
+//!    latency through the broker is measured at two `fetch.wait.max.ms` values (what a click
+//!    waits before the aggregator sees it); after it, the same phase runs again at other
+//!    `REFERRAL_BATCH_MAX_WAIT` values (`--sweep-wait`).
 //!
 //! Prints a Markdown report; `--record` also writes it between `<!-- aggregator:begin -->`
 //! and `<!-- aggregator:end -->` in docs/BENCHMARKS.md. Figures are measured in this run on
@@ -42,11 +46,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use referral_load_tests::services::{ChildGuard, ClickHouseServer, TansuBroker, free_port};
 use referral_schemas::Timestamp;
@@ -80,6 +86,11 @@ const PROBE_DRAIN: Duration = Duration::from_secs(20);
 const LOAD_CODES: u64 = 100;
 /// How long the freshness phase warms up (connections, producer, group, first flushes).
 const WARM_UP: Duration = Duration::from_secs(3);
+/// `fetch.wait.max.ms` values whose produce -> consume latency through the broker is
+/// measured (librdkafka's default, which the aggregator keeps, and a short one).
+const FETCH_WAITS: [u32; 2] = [500, 50];
+/// Topic of that measurement (the aggregator does not read it).
+const FETCH_LATENCY_TOPIC: &str = "bench-fetch-latency";
 /// The aggregator's defaults (aggregator/src/config.rs), shown in the report.
 const DEFAULT_BATCH: &str = "50000 rows, 33554432 bytes, 400ms";
 
@@ -95,7 +106,9 @@ usage: bench_aggregator [--record] [options]
   --batch-max-rows N     REFERRAL_BATCH_MAX_ROWS of the aggregator (default 50000)
   --batch-max-bytes N    REFERRAL_BATCH_MAX_BYTES (default 33554432)
   --batch-max-wait D     REFERRAL_BATCH_MAX_WAIT (default 400ms)
-  freshness phase (the aggregator keeps its default batch flags):
+  --sweep-rows LIST      comma-separated REFERRAL_BATCH_MAX_ROWS values to run the phase
+                         again with, for comparison (default 20000,100000; none: no sweep)
+  freshness phase (the aggregator keeps its default batch flags unless told):
   --rate N               click POSTs per second, open loop (default 5000)
   --seconds N            duration of the measured load (default 30)
   --connections N        keep-alive connections (default 128)
@@ -105,6 +118,8 @@ usage: bench_aggregator [--record] [options]
   --freshness-batch-max-wait D
                          REFERRAL_BATCH_MAX_WAIT of this phase's aggregator (default: unset,
                          the aggregator's default)
+  --sweep-wait LIST      comma-separated REFERRAL_BATCH_MAX_WAIT values to run the phase
+                         again with, for comparison (default 100ms; none: no sweep)
   --bin-dir DIR          where referral-aggregator and referral-ingest are (default: this
                          program's directory) and examples/seed_codes
   --doc FILE             the file --record writes (default docs/BENCHMARKS.md)";
@@ -120,6 +135,7 @@ struct Options {
     batch_max_rows: u64,
     batch_max_bytes: u64,
     batch_max_wait: String,
+    sweep_rows: Vec<u64>,
     rate: u64,
     seconds: u64,
     connections: usize,
@@ -127,6 +143,9 @@ struct Options {
     probe_mentors: u64,
     poll: Duration,
     freshness_batch_max_wait: Option<String>,
+    sweep_wait: Vec<String>,
+    /// Measure produce -> consume latency through the broker (not again in sweeps).
+    fetch_latency: bool,
     bin_dir: PathBuf,
     doc: PathBuf,
 }
@@ -147,6 +166,7 @@ impl Options {
             batch_max_rows: 50_000,
             batch_max_bytes: 32 * 1024 * 1024,
             batch_max_wait: "400ms".into(),
+            sweep_rows: vec![20_000, 100_000],
             rate: GOAL_RATE,
             seconds: 30,
             connections: 128,
@@ -154,6 +174,8 @@ impl Options {
             probe_mentors: 50,
             poll: Duration::from_millis(25),
             freshness_batch_max_wait: None,
+            sweep_wait: vec!["100ms".into()],
+            fetch_latency: true,
             bin_dir,
             doc: PathBuf::from("docs/BENCHMARKS.md"),
         };
@@ -191,6 +213,14 @@ impl Options {
                 "--batch-max-rows" => options.batch_max_rows = number()?,
                 "--batch-max-bytes" => options.batch_max_bytes = number()?,
                 "--batch-max-wait" => options.batch_max_wait = value,
+                "--sweep-rows" if value == "none" => options.sweep_rows.clear(),
+                "--sweep-rows" => {
+                    options.sweep_rows = value
+                        .split(',')
+                        .map(|n| n.trim().parse::<u64>().ok().filter(|n| *n > 0))
+                        .collect::<Option<_>>()
+                        .ok_or_else(|| format!("--sweep-rows takes numbers, not {value:?}"))?;
+                }
                 "--rate" => options.rate = number()?,
                 "--seconds" => options.seconds = number()?,
                 "--connections" => {
@@ -200,6 +230,10 @@ impl Options {
                 "--probe-mentors" => options.probe_mentors = number()?,
                 "--poll-ms" => options.poll = Duration::from_millis(number()?),
                 "--freshness-batch-max-wait" => options.freshness_batch_max_wait = Some(value),
+                "--sweep-wait" if value == "none" => options.sweep_wait.clear(),
+                "--sweep-wait" => {
+                    options.sweep_wait = value.split(',').map(|w| w.trim().to_owned()).collect();
+                }
                 "--bin-dir" => options.bin_dir = PathBuf::from(value),
                 "--doc" => options.doc = PathBuf::from(value),
                 _ => return Err(format!("unknown option {flag}\n{USAGE}")),
@@ -256,12 +290,35 @@ fn run(options: &Options) -> Result<()> {
     } else {
         None
     };
+    let mut sweep = Vec::new();
+    if options.throughput {
+        for &rows in &options.sweep_rows {
+            let mut variant = options.clone();
+            variant.batch_max_rows = rows;
+            sweep.push((rows, self::throughput(&variant, &logs)?));
+        }
+    }
     let freshness = if options.freshness {
         Some(freshness(options, &logs)?)
     } else {
         None
     };
-    let report = render(options, throughput.as_ref(), freshness.as_ref());
+    let mut fresh_sweep = Vec::new();
+    if options.freshness {
+        for wait in &options.sweep_wait {
+            let mut variant = options.clone();
+            variant.freshness_batch_max_wait = Some(wait.clone());
+            variant.fetch_latency = false;
+            fresh_sweep.push((wait.clone(), self::freshness(&variant, &logs)?));
+        }
+    }
+    let report = render(
+        options,
+        throughput.as_ref(),
+        &sweep,
+        freshness.as_ref(),
+        &fresh_sweep,
+    );
     println!("{report}");
     if options.record {
         record(&options.doc, &report)?;
@@ -910,6 +967,7 @@ async fn delivered(delivery: DeliveryFuture, ends: &mut BTreeMap<i32, i64>) -> R
 // Phase 2: freshness.
 
 struct FreshnessReport {
+    fetch_latency: Vec<(u32, Option<Duration>, Option<Duration>)>,
     load: LoadStats,
     warm_up_created: u64,
     probes_sent: u64,
@@ -922,11 +980,53 @@ struct FreshnessReport {
     cpu: Vec<(&'static str, f64)>,
 }
 
+impl FreshnessReport {
+    fn sorted_freshness(&self) -> Vec<Duration> {
+        let mut sorted = self.freshness.clone();
+        sorted.sort_unstable();
+        sorted
+    }
+
+    /// "p50 / p99 / max" in milliseconds.
+    fn freshness_summary(&self) -> String {
+        let sorted = self.sorted_freshness();
+        [
+            quantile(&sorted, 0.5),
+            quantile(&sorted, 0.99),
+            sorted.last().copied(),
+        ]
+        .iter()
+        .map(|value| {
+            value.map_or_else(
+                || "-".to_owned(),
+                |d| format!("{:.0}", d.as_secs_f64() * 1e3),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
+    }
+
+    /// POSTs answered 201 per second of load.
+    fn achieved_rate(&self) -> f64 {
+        self.load.created as f64 / self.load.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
 fn freshness(options: &Options, logs: &TempDir) -> Result<FreshnessReport> {
     eprintln!("freshness: starting tansu and ClickHouse 18.16");
     let broker = TansuBroker::start();
     let clickhouse = ClickHouseServer::start();
     migrate(options, &broker, &clickhouse, logs)?;
+    let mut fetch_latency = Vec::new();
+    for wait_ms in FETCH_WAITS.into_iter().filter(|_| options.fetch_latency) {
+        let mut latencies = fetch_latency_through(&broker.address(), wait_ms)?;
+        latencies.sort_unstable();
+        fetch_latency.push((
+            wait_ms,
+            quantile(&latencies, 0.5),
+            quantile(&latencies, 0.99),
+        ));
+    }
 
     // Codes on the compacted topic the edge follows: load codes and probe codes, each its
     // own mentor.
@@ -951,9 +1051,7 @@ fn freshness(options: &Options, logs: &TempDir) -> Result<FreshnessReport> {
     )?
     .wait_success(Duration::from_secs(60))?;
 
-    eprintln!(
-        "freshness: starting referral-aggregator run and referral-ingest"
-    );
+    eprintln!("freshness: starting referral-aggregator run and referral-ingest");
     let batch: Vec<(&str, String)> = options
         .freshness_batch_max_wait
         .iter()
@@ -1054,6 +1152,7 @@ fn freshness(options: &Options, logs: &TempDir) -> Result<FreshnessReport> {
         (probes.recorded, probes.freshness.clone())
     };
     let report = FreshnessReport {
+        fetch_latency,
         warm_up_created: warmed.created,
         probes_sent,
         freshness,
@@ -1068,6 +1167,81 @@ fn freshness(options: &Options, logs: &TempDir) -> Result<FreshnessReport> {
     ingest.stop();
     aggregator.stop();
     Ok(report)
+}
+
+/// Produce -> consume latencies of single messages through the broker, for a consumer
+/// with `fetch.wait.max.ms = wait_ms`: 1,000 messages/s for 3 s, each carrying its send time.
+/// Explains the first part of freshness: how long a click waits to reach the aggregator.
+fn fetch_latency_through(brokers: &str, wait_ms: u32) -> Result<Vec<Duration>> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|error| format!("cannot create a Kafka admin client: {error}"))?;
+    let created = runtime()?.block_on(admin.create_topics(
+        &[NewTopic::new(
+            FETCH_LATENCY_TOPIC,
+            1,
+            TopicReplication::Fixed(1),
+        )],
+        &AdminOptions::new(),
+    ));
+    match created.as_deref() {
+        Ok([Ok(_)]) | Ok([Err((_, RDKafkaErrorCode::TopicAlreadyExists))]) => {}
+        other => return Err(format!("cannot create {FETCH_LATENCY_TOPIC}: {other:?}")),
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .create()
+        .map_err(|error| format!("cannot create a producer: {error}"))?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bench-aggregator-fetch-latency")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", wait_ms.to_string())
+        .create()
+        .map_err(|error| format!("cannot create a consumer: {error}"))?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(FETCH_LATENCY_TOPIC, 0, Offset::End)
+        .map_err(|error| format!("cannot assign {FETCH_LATENCY_TOPIC}: {error}"))?;
+    consumer
+        .assign(&assignment)
+        .map_err(|error| format!("cannot assign {FETCH_LATENCY_TOPIC}: {error}"))?;
+    // Let the consumer resolve its offset and start fetching.
+    let settle = Instant::now();
+    while settle.elapsed() < Duration::from_secs(1) {
+        let _ = consumer.poll(Duration::from_millis(50));
+    }
+    let origin = Instant::now();
+    let mut latencies = Vec::new();
+    let mut sent = 0u64;
+    while origin.elapsed() < Duration::from_secs(3) {
+        if origin.elapsed() >= Duration::from_millis(sent) {
+            let payload = (origin.elapsed().as_micros() as u64).to_string();
+            producer
+                .send(BaseRecord::<(), String>::to(FETCH_LATENCY_TOPIC).payload(&payload))
+                .map_err(|(error, _)| format!("cannot produce: {error}"))?;
+            sent += 1;
+        }
+        producer.poll(Duration::ZERO);
+        if let Some(Ok(message)) = consumer.poll(Duration::from_micros(500)) {
+            let sent_us = message
+                .payload()
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .and_then(|text| text.parse::<u64>().ok());
+            if let Some(sent_us) = sent_us {
+                let now_us = origin.elapsed().as_micros() as u64;
+                latencies.push(Duration::from_micros(now_us.saturating_sub(sent_us)));
+            }
+        }
+    }
+    if latencies.is_empty() {
+        return Err(format!(
+            "no message came back through {FETCH_LATENCY_TOPIC} (fetch.wait.max.ms={wait_ms})"
+        ));
+    }
+    Ok(latencies)
 }
 
 fn probe_mentor(index: u64) -> String {
@@ -1442,7 +1616,9 @@ fn met(ok: bool) -> &'static str {
 fn render(
     options: &Options,
     throughput: Option<&ThroughputReport>,
+    sweep: &[(u64, ThroughputReport)],
     freshness: Option<&FreshnessReport>,
+    fresh_sweep: &[(String, FreshnessReport)],
 ) -> String {
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
@@ -1537,6 +1713,30 @@ fn render(
         ];
         table(&mut out, &rows);
     }
+    if let Some(report) = throughput.filter(|_| !sweep.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\nThe same phase again (fresh services) with other `REFERRAL_BATCH_MAX_ROWS`, \
+             other flags as above:\n"
+        );
+        let _ = writeln!(
+            out,
+            "| REFERRAL_BATCH_MAX_ROWS | rows/s after the first checkpoint | flushes | CPU |\n\
+             |---|---|---|---|"
+        );
+        let runs = std::iter::once((options.batch_max_rows, report))
+            .chain(sweep.iter().map(|(rows, report)| (*rows, report)));
+        for (rows, report) in runs {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                thousands(rows),
+                thousands(report.rows_per_second as u64),
+                report.flush.summary(),
+                cpu_line(&report.cpu)
+            );
+        }
+    }
     if let Some(report) = freshness {
         let mut sorted = report.freshness.clone();
         sorted.sort_unstable();
@@ -1559,9 +1759,9 @@ fn render(
             value.map_or_else(|| "-".to_owned(), |v| format!("{:.1}", f64::from(v) / 1e3))
         };
         let batch = match &options.freshness_batch_max_wait {
-            Some(wait) => format!(
-                "`REFERRAL_BATCH_MAX_WAIT={wait}`, other batch flags at their defaults"
-            ),
+            Some(wait) => {
+                format!("`REFERRAL_BATCH_MAX_WAIT={wait}`, other batch flags at their defaults")
+            }
             None => format!("its default batch flags ({DEFAULT_BATCH})"),
         };
         let _ = writeln!(
@@ -1596,6 +1796,17 @@ fn render(
                     thousands(GOAL_RATE),
                     met(goal)
                 ),
+            ),
+            (
+                "produce -> consume through tansu, p50 / p99 (ms), by the consumer's \
+                 fetch.wait.max.ms (librdkafka's default 500 ms is the aggregator's)"
+                    .to_owned(),
+                report
+                    .fetch_latency
+                    .iter()
+                    .map(|(wait, p50, p99)| format!("{wait} ms: {} / {}", ms(*p50), ms(*p99)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
             ),
             (
                 "probes visible / sent".to_owned(),
@@ -1662,6 +1873,37 @@ fn render(
             let _ = writeln!(out, "\nLast poller error: {error}");
         }
     }
+    if let Some(report) = freshness.filter(|_| !fresh_sweep.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\nThe same phase again (fresh services) with other `REFERRAL_BATCH_MAX_WAIT`, \
+             other flags at their defaults:\n"
+        );
+        let _ = writeln!(
+            out,
+            "| REFERRAL_BATCH_MAX_WAIT | freshness p50 / p99 / max (ms) | 201/s | flushes | CPU |\n\
+             |---|---|---|---|---|"
+        );
+        let default_wait = options
+            .freshness_batch_max_wait
+            .clone()
+            .unwrap_or_else(|| "400ms (default)".to_owned());
+        let runs = std::iter::once((default_wait, report)).chain(
+            fresh_sweep
+                .iter()
+                .map(|(wait, report)| (wait.clone(), report)),
+        );
+        for (wait, report) in runs {
+            let _ = writeln!(
+                out,
+                "| {wait} | {} | {} | {} | {} |",
+                report.freshness_summary(),
+                thousands(report.achieved_rate() as u64),
+                report.flush.summary(),
+                cpu_line(&report.cpu)
+            );
+        }
+    }
     out.trim_end().to_owned()
 }
 
@@ -1686,4 +1928,50 @@ fn record(doc: &Path, report: &str) -> Result<()> {
         ),
     };
     fs::write(doc, updated).map_err(|error| format!("cannot write {}: {error}", doc.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_appends_the_section_once_then_replaces_only_the_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = dir.path().join("BENCHMARKS.md");
+        fs::write(
+            &doc,
+            "# Benchmarks\n\n<!-- edge:begin -->\nedge\n<!-- edge:end -->\n",
+        )
+        .unwrap();
+        record(&doc, "first").unwrap();
+        let text = fs::read_to_string(&doc).unwrap();
+        assert!(text.ends_with(
+            "## Aggregator (issue 4)\n\n<!-- aggregator:begin -->\nfirst\n<!-- aggregator:end -->\n"
+        ));
+        fs::write(&doc, format!("{text}\nanalysis\n")).unwrap();
+        record(&doc, "second").unwrap();
+        let text = fs::read_to_string(&doc).unwrap();
+        assert_eq!(text.matches("## Aggregator (issue 4)").count(), 1);
+        assert!(
+            text.contains(
+                "<!-- aggregator:begin -->\nsecond\n<!-- aggregator:end -->\n\nanalysis\n"
+            )
+        );
+        assert!(text.contains("<!-- edge:begin -->\nedge\n<!-- edge:end -->"));
+        assert!(!text.contains("first"));
+    }
+
+    #[test]
+    fn quantiles_and_numbers() {
+        let values: Vec<u32> = (1..=100).collect();
+        assert_eq!(quantile(&values, 0.5), Some(50));
+        assert_eq!(quantile(&values, 0.99), Some(99));
+        assert_eq!(quantile::<u32>(&[], 0.5), None);
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(thousands(999), "999");
+        let text = "# HELP x\nx_sum{table=\"a\"} 1.5\nx_sum{table=\"b\"} 2\nx_count 3\n";
+        assert_eq!(metric(text, "x_sum", Some("table=\"a\"")), 1.5);
+        assert_eq!(metric(text, "x_sum", None), 3.5);
+        assert_eq!(metric(text, "x_count", None), 3.0);
+    }
 }
