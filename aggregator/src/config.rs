@@ -200,7 +200,11 @@ pub const DEFAULT_BATCH_MAX_ROWS: usize = 50_000;
 /// Bytes (message payloads) a partition gathers before its batch is flushed.
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// The longest a message waits for its batch: bounds freshness (POST -> visible in totals).
-pub const DEFAULT_BATCH_MAX_WAIT: &str = "400ms";
+pub const DEFAULT_BATCH_MAX_WAIT: &str = "250ms";
+/// How long the broker may hold a fetch with nothing new. Kafka answers as soon as data
+/// arrives; some brokers (tansu) hold the fetch for the whole wait, so this bounds what the
+/// broker adds to freshness.
+pub const DEFAULT_KAFKA_FETCH_WAIT: &str = "100ms";
 /// One insert slower than this is treated as failed and the flush retried.
 pub const DEFAULT_CLICKHOUSE_INSERT_TIMEOUT: &str = "30s";
 
@@ -230,6 +234,10 @@ pub struct ConsumerArgs {
     /// Kafka group session timeout: how fast a dead aggregator's partitions move.
     #[arg(long, env = "REFERRAL_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub kafka_session_timeout: Duration,
+
+    /// Longest time the broker may hold a fetch (fetch.wait.max.ms).
+    #[arg(long, env = "REFERRAL_KAFKA_FETCH_WAIT", default_value = DEFAULT_KAFKA_FETCH_WAIT, value_parser = humantime::parse_duration)]
+    pub kafka_fetch_wait: Duration,
 
     /// Rows a partition gathers at most before a flush.
     #[arg(long, env = "REFERRAL_BATCH_MAX_ROWS", default_value_t = DEFAULT_BATCH_MAX_ROWS)]

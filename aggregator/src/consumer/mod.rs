@@ -125,6 +125,10 @@ pub fn start(
         .set("session.timeout.ms", session_ms.to_string())
         .set("heartbeat.interval.ms", heartbeat_ms.to_string())
         .set("statistics.interval.ms", "5000")
+        .set(
+            "fetch.wait.max.ms",
+            args.kafka_fetch_wait.as_millis().max(1).to_string(),
+        )
         .create_with_context(AggregatorContext {
             worker: Mutex::new(worker),
         })?;

@@ -55,13 +55,15 @@ struct Pending {
     dead_letters: Vec<DeadLetter>,
     /// The offset after the last message read.
     end: i64,
+    /// Messages read (events and dead letters).
+    messages: usize,
     bytes: usize,
     since: Instant,
 }
 
 impl Pending {
     fn rows(&self) -> usize {
-        self.events.len() + self.dead_letters.len()
+        self.messages
     }
 }
 
@@ -126,10 +128,12 @@ impl Worker {
             events: Vec::new(),
             dead_letters: Vec::new(),
             end: message.offset(),
+            messages: 0,
             bytes: 0,
             since: Instant::now(),
         });
         pending.end = message.offset() + 1;
+        pending.messages += 1;
         pending.bytes += payload.map_or(0, <[u8]>::len);
         match decoded {
             Ok(decoded) => pending.events.push((message.offset(), decoded.event)),
@@ -274,18 +278,35 @@ impl Worker {
 
     async fn write(&mut self, keys: &[PartitionKey]) -> Result<Plan, FlushError> {
         self.attempts += 1;
-        let checkpoints = self.sink.checkpoints(keys).await?;
+        // The events move into the batches (no copy) and come back if the flush fails.
         let batches: Vec<PartitionBatch> = keys
             .iter()
             .filter_map(|key| {
-                self.pending.get(key).map(|pending| PartitionBatch {
+                self.pending.get_mut(key).map(|pending| PartitionBatch {
                     topic: key.0.clone(),
                     partition: key.1,
-                    events: pending.events.clone(),
+                    events: std::mem::take(&mut pending.events),
                     end: pending.end,
                 })
             })
             .collect();
+        let result = self.write_batches(keys, &batches).await;
+        if result.is_err() {
+            for batch in batches {
+                if let Some(pending) = self.pending.get_mut(&(batch.topic, batch.partition)) {
+                    pending.events = batch.events;
+                }
+            }
+        }
+        result
+    }
+
+    async fn write_batches(
+        &mut self,
+        keys: &[PartitionKey],
+        batches: &[PartitionBatch],
+    ) -> Result<Plan, FlushError> {
+        let checkpoints = self.sink.checkpoints(keys).await?;
         let references = References::of(batches.iter().flat_map(|batch| {
             let checkpoint = checkpoints
                 .get(&(batch.topic.clone(), batch.partition))
@@ -299,7 +320,7 @@ impl Worker {
         }));
         let known = self.sink.load(&references).await?;
         let plan = plan::plan(
-            &batches,
+            batches,
             &checkpoints,
             known,
             self.settings.window_ms,

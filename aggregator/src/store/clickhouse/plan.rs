@@ -145,8 +145,16 @@ pub fn plan(
     window_ms: i64,
     now: Timestamp,
 ) -> Plan {
+    // Only clicks that a command of this flush refers to need to be in the overlay.
+    let referenced = References::of(
+        batches
+            .iter()
+            .flat_map(|batch| batch.events.iter().map(|(_, event)| event)),
+    )
+    .attribution_ids;
     let mut planner = Planner {
         known,
+        referenced,
         window_ms,
         now,
         plan: Plan::default(),
@@ -181,6 +189,8 @@ pub fn plan(
 struct Planner {
     /// Starts as the stored state and is updated event by event (the overlay).
     known: Known,
+    /// Attributions the flush's commands refer to: the only clicks the overlay keeps.
+    referenced: HashSet<String>,
     window_ms: i64,
     now: Timestamp,
     plan: Plan,
@@ -197,10 +207,12 @@ impl Planner {
         let row = AttributionRow::live(&attribution, CLICK_VERSION);
         // A replayed click may find a later state (confirmed, deleted): keep that one in the
         // overlay. Its row is written anyway; the higher version wins in ClickHouse.
-        self.known
-            .attributions
-            .entry(row.id.clone())
-            .or_insert_with(|| row.clone());
+        if self.referenced.contains(&row.id) {
+            self.known
+                .attributions
+                .entry(row.id.clone())
+                .or_insert_with(|| row.clone());
+        }
         self.plan.attributions.push(row);
         self.add_delta(delta.into());
     }
