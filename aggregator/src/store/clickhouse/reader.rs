@@ -4,7 +4,8 @@ use async_trait::async_trait;
 use clickhouse::Client;
 use referral_schemas::messages::Verdict;
 use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
-use referral_schemas::{Attribution, ReferralCode};
+use referral_schemas::timestamp::{DAY_MS, HOUR_MS};
+use referral_schemas::{Attribution, ReferralCode, Timestamp};
 
 use super::ClickHouseSettings;
 use super::queries::{self, ListTotal};
@@ -22,6 +23,49 @@ impl ClickHouseReader {
         Self {
             client: settings.client(),
         }
+    }
+}
+
+/// Lower bounds tried for a page, newest first: an hour, a day, 30 days, a year, then all.
+const PAGE_WINDOWS: &[i64] = &[HOUR_MS, DAY_MS, 30 * DAY_MS, 365 * DAY_MS];
+
+impl ClickHouseReader {
+    /// One page, newest first, reading as little as the sort key allows.
+    ///
+    /// Lists are sorted by `occurred_at` (descending), so a page lies among the newest rows.
+    /// `FINAL` over a whole table of millions of rows is slow; over the last hour it is
+    /// not. The page is read within a growing window (`occurred_at >= now - window`) until
+    /// the window holds the whole page: a window is the newest part of the list, so when it
+    /// returns `limit` rows for `LIMIT offset, limit`, those are exactly the rows the whole
+    /// list has at that place. Otherwise the next window is tried, the last one unbounded.
+    async fn newest_first(
+        &self,
+        filter: &AttributionFilter,
+        page: PageRequest,
+    ) -> Result<Vec<AttributionRow>, StoreError> {
+        let now = Timestamp::now().as_millis();
+        for window in PAGE_WINDOWS {
+            let since = Timestamp::from_millis(now.saturating_sub(*window));
+            if filter.from.is_some_and(|from| from >= since) {
+                // The filter's own bound is narrower: the last query below uses it.
+                break;
+            }
+            let windowed = AttributionFilter {
+                from: Some(since),
+                ..filter.clone()
+            };
+            let rows: Vec<AttributionRow> = queries::attribution_page(&windowed, page)
+                .to_clickhouse(&self.client)
+                .fetch_all()
+                .await?;
+            if rows.len() as u64 == u64::from(page.limit) {
+                return Ok(rows);
+            }
+        }
+        Ok(queries::attribution_page(filter, page)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?)
     }
 }
 
@@ -53,10 +97,7 @@ impl AttributionReader for ClickHouseReader {
             }
             ListTotal::Bounded(query) => query.to_clickhouse(&self.client).fetch_one().await?,
         };
-        let rows: Vec<AttributionRow> = queries::attribution_page(filter, page)
-            .to_clickhouse(&self.client)
-            .fetch_all()
-            .await?;
+        let rows = self.newest_first(filter, page).await?;
         let attributions = rows
             .iter()
             .map(AttributionRow::to_attribution)
