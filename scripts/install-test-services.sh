@@ -8,6 +8,8 @@
 #  - chdb-core (PyPI), a current ClickHouse engine in-process, in a virtualenv at
 #    ${REFERRAL_TEST_VENV:-$HOME/.cache/referral-attribution/venv}; scripts/chdb_run.py runs
 #    SQL on it to check that statements are valid on current ClickHouse too.
+#  - the Helm chart tests' Python packages (helm-python-sdk, kubernetes-validate, PyYAML,
+#    pytest) in the same virtualenv, pinned in scripts/test-helm.sh.
 # Idempotent: each step is skipped (one line says so) when its service is already there.
 set -euo pipefail
 
@@ -51,3 +53,6 @@ else
   python3 -m venv "${VENV}"
   "${VENV}/bin/python" -m pip install --quiet --disable-pip-version-check "chdb-core==${CHDB_CORE_VERSION}"
 fi
+
+# Pinned and checked in scripts/test-helm.sh, which installs them when the pins are missing.
+"$(dirname "$0")/test-helm.sh" --install-only
