@@ -131,7 +131,12 @@ impl PipelineArgs {
         );
         if let Some(url) = &self.clickhouse_url {
             anyhow::ensure!(
-                url.starts_with("http://") || url.starts_with("https://"),
+                !url.starts_with("https://"),
+                "--clickhouse-url: https is not supported by this build (its ClickHouse client \
+                 has no TLS); reach the server over http, e.g. through a TLS-terminating sidecar"
+            );
+            anyhow::ensure!(
+                url.starts_with("http://"),
                 "--clickhouse-url must be the server's HTTP URL (http://host:8123)"
             );
             crate::store::clickhouse::migrate::quoted_identifier(&self.clickhouse_database)

@@ -212,6 +212,14 @@ impl Worker {
         for key in &partitions {
             self.pending.remove(key);
             self.owned.remove(key);
+            // Not ours any more: its new owner reports its lag. A frozen value here would
+            // keep alerting (or hide real lag) long after the move.
+            metrics::gauge!(
+                "referral_consumer_lag",
+                "topic" => key.0.clone(),
+                "partition" => key.1.to_string()
+            )
+            .set(0.0);
         }
         self.sink.forget_checkpoints(&partitions);
     }
