@@ -4,6 +4,10 @@
 -- Every statement is idempotent (IF NOT EXISTS): a migration cut short is simply run again.
 -- Statements are separated by semicolons at the end of a line; none appears elsewhere.
 
+-- The three attribution tables use granules of 1,024 rows (not 8,192): their reads are point
+-- look-ups and short ranges, and `FINAL` reads at least one granule per part, so smaller
+-- granules read eight times fewer rows for the same answer.
+
 -- Current state of every attribution, one row per id after merges (the highest version
 -- wins; read with FINAL). Serves GET by id and the writer's checks of commands.
 -- Deleted attributions stay as tombstones (deleted_at set) so that a redelivered click can
@@ -24,7 +28,8 @@ CREATE TABLE IF NOT EXISTS attributions (
     deleted_at    Nullable(Int64),
     version       UInt64
 ) ENGINE = ReplacingMergeTree(version)
-ORDER BY id;
+ORDER BY id
+SETTINGS index_granularity = 1024;
 
 -- The same rows sorted for a mentor's list (GET /mentor/:mentorId, newest first).
 -- mentor_id and occurred_at never change for an attribution, so the sort key still
@@ -45,7 +50,8 @@ CREATE TABLE IF NOT EXISTS attributions_by_mentor (
     deleted_at    Nullable(Int64),
     version       UInt64
 ) ENGINE = ReplacingMergeTree(version)
-ORDER BY (mentor_id, occurred_at, id);
+ORDER BY (mentor_id, occurred_at, id)
+SETTINGS index_granularity = 1024;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS attributions_by_mentor_feed TO attributions_by_mentor
 AS SELECT * FROM attributions;
@@ -68,7 +74,8 @@ CREATE TABLE IF NOT EXISTS attributions_by_time (
     deleted_at    Nullable(Int64),
     version       UInt64
 ) ENGINE = ReplacingMergeTree(version)
-ORDER BY (occurred_at, id);
+ORDER BY (occurred_at, id)
+SETTINGS index_granularity = 1024;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS attributions_by_time_feed TO attributions_by_time
 AS SELECT * FROM attributions;

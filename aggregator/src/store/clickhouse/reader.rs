@@ -28,6 +28,8 @@ impl ClickHouseReader {
 
 /// Lower bounds tried for a page, newest first: an hour, a day, 30 days, a year, then all.
 const PAGE_WINDOWS: &[i64] = &[HOUR_MS, DAY_MS, 30 * DAY_MS, 365 * DAY_MS];
+/// Lists this small are read without windows.
+const WINDOWLESS_MAX: u64 = 20_000;
 
 impl ClickHouseReader {
     /// One page, newest first, reading as little as the sort key allows.
@@ -38,13 +40,22 @@ impl ClickHouseReader {
     /// the window holds the whole page: a window is the newest part of the list, so when it
     /// returns `limit` rows for `LIMIT offset, limit`, those are exactly the rows the whole
     /// list has at that place. Otherwise the next window is tried, the last one unbounded.
+    ///
+    /// A list of at most [`WINDOWLESS_MAX`] matches (`total` says so) is read in one go: its
+    /// rows sit in a few granules whatever the window, so windows would only add queries.
     async fn newest_first(
         &self,
         filter: &AttributionFilter,
         page: PageRequest,
+        total: u64,
     ) -> Result<Vec<AttributionRow>, StoreError> {
         let now = Timestamp::now().as_millis();
-        for window in PAGE_WINDOWS {
+        let windows = if total <= WINDOWLESS_MAX {
+            &[][..]
+        } else {
+            PAGE_WINDOWS
+        };
+        for window in windows {
             let since = Timestamp::from_millis(now.saturating_sub(*window));
             if filter.from.is_some_and(|from| from >= since) {
                 // The filter's own bound is narrower: the last query below uses it.
@@ -97,7 +108,7 @@ impl AttributionReader for ClickHouseReader {
             }
             ListTotal::Bounded(query) => query.to_clickhouse(&self.client).fetch_one().await?,
         };
-        let rows = self.newest_first(filter, page).await?;
+        let rows = self.newest_first(filter, page, total).await?;
         let attributions = rows
             .iter()
             .map(AttributionRow::to_attribution)
