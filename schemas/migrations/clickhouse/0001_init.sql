@@ -4,8 +4,8 @@
 -- Every statement is idempotent (IF NOT EXISTS): a migration cut short is simply run again.
 -- Statements are separated by semicolons at the end of a line; none appears elsewhere.
 
--- The three attribution tables use granules of 1,024 rows (not 8,192): their reads are point
--- look-ups and short ranges, and `FINAL` reads at least one granule per part, so smaller
+-- The attribution and totals tables use granules of 1,024 rows (not 8,192): their reads are
+-- point look-ups and short ranges, and `FINAL` reads at least one granule per part, so smaller
 -- granules read eight times fewer rows for the same answer.
 
 -- Current state of every attribution, one row per id after merges (the highest version
@@ -136,4 +136,5 @@ CREATE TABLE IF NOT EXISTS mentor_totals (
     conversions Int64,
     next_offset Int64
 ) ENGINE = SummingMergeTree((clicks, conversions, next_offset))
-ORDER BY (grain, mentor_id, bucket);
+ORDER BY (grain, mentor_id, bucket)
+SETTINGS index_granularity = 1024;
