@@ -146,9 +146,7 @@ async fn write_history(settings: &ClickHouseSettings) {
 
 fn total_query(filter: &AttributionFilter) -> ReadQuery {
     match queries::list_total(filter) {
-        ListTotal::Everything(query) | ListTotal::Mentor(query) | ListTotal::Bounded(query) => {
-            query
-        }
+        ListTotal::Days(query) | ListTotal::Bounded(query) => query,
     }
 }
 

@@ -56,7 +56,7 @@ use hyper_util::rt::TokioIo;
 use referral_aggregator::store::clickhouse::ClickHouseSettings;
 use referral_aggregator::store::clickhouse::plan::{self, PartitionBatch, References};
 use referral_aggregator::store::clickhouse::queries::{
-    self, ATTRIBUTION_COLUMNS, Bound, ListTotal, ReadQuery,
+    self, ATTRIBUTION_COLUMNS, ListTotal, ReadQuery,
 };
 use referral_aggregator::store::clickhouse::sink::ClickHouseSink;
 use referral_load_tests::services::{ChildGuard, ClickHouseServer, TansuBroker, free_port};
@@ -85,11 +85,8 @@ const PAGE_LIMIT: u32 = 20;
 const HEAVY_MENTORS: usize = 100;
 /// The aggregator's default attribution window (aggregator/src/config.rs), for the planner.
 const WINDOW_MS: i64 = 90 * DAY_MS;
-/// Lower bounds the API tries for a page, newest first, and the list size up to which it
-/// reads a page without them: copies of `PAGE_WINDOWS` and `WINDOWLESS_MAX` in
-/// aggregator/src/store/clickhouse/reader.rs (as of commit a2a4deb), to replay its queries
-/// for the server-side figures. Keep them in step with `newest_first` there.
-const PAGE_WINDOWS: &[i64] = &[HOUR_MS, DAY_MS, 30 * DAY_MS, 365 * DAY_MS];
+/// The list size up to which the API reads a page without time windows: a copy of
+/// `WINDOWLESS_MAX` in aggregator/src/store/clickhouse/reader.rs, shown in the report.
 const WINDOWLESS_MAX: u64 = 20_000;
 /// How many ids of the generated clicks are kept as get-by-id targets (at most).
 const SAMPLED_IDS: u64 = 100_000;
@@ -1670,78 +1667,32 @@ struct Variant {
     granularity: Option<u32>,
     /// A mentor's page starts at the day its daily totals put the page's last row (a reader
     /// change to consider), instead of the growing windows.
+    /// Kept for the report's what-if column; the reader now always starts such pages
+    /// from the daily totals, so it equals "as is".
     guided: bool,
 }
 
-/// The page queries of `ClickHouseReader::newest_first`, replayed: windows only for lists
-/// of more than [`WINDOWLESS_MAX`] (`total`).
-fn replay_page(
-    clickhouse: &ClickHouseServer,
-    filter: &AttributionFilter,
-    total: u64,
-    variant: Variant,
-    request: &mut ServerRequest,
-) -> Result<()> {
-    let page = PageRequest {
-        page: 1,
-        limit: PAGE_LIMIT,
-    };
-    let now = Timestamp::now().as_millis();
-    let windows = if total <= WINDOWLESS_MAX {
-        &[][..]
-    } else {
-        PAGE_WINDOWS
-    };
-    for window in windows {
-        let since = Timestamp::from_millis(now.saturating_sub(*window));
-        let windowed = AttributionFilter {
-            from: Some(since),
-            ..filter.clone()
-        };
-        let (run, _) = timed_sql(
-            clickhouse,
-            &queries::attribution_page(&windowed, page),
-            ATTRIBUTION_COLUMNS,
-            variant,
-        )?;
-        request.add(run);
-        if run.rows == u64::from(PAGE_LIMIT) {
-            return Ok(());
-        }
-    }
-    let (run, _) = timed_sql(
-        clickhouse,
-        &queries::attribution_page(filter, page),
-        ATTRIBUTION_COLUMNS,
-        variant,
-    )?;
-    request.add(run);
-    Ok(())
-}
-
-/// A mentor's first page started from its daily totals: one query for the days (newest
-/// first; their sum is also `pagination.total`), then the page from the day where the
-/// newest `limit` live clicks begin; the unbounded page only if that window falls short
-/// (totals are written after the rows, so a window can only fall short while a deletion
-/// is half written).
+/// A list's first page started from its live attributions per day, as
+/// `ClickHouseReader::page_from_days` reads the unfiltered list and a mentor's list: one
+/// query for the days (newest first; their sum is also `pagination.total`), then the page
+/// from the day where the newest `limit` live clicks begin; the unbounded page only if that
+/// window falls short.
 fn guided_page(
     clickhouse: &ClickHouseServer,
-    mentor: &str,
+    filter: &AttributionFilter,
     variant: Variant,
     request: &mut ServerRequest,
 ) -> Result<()> {
-    let days = ReadQuery {
-        sql: "SELECT bucket, toInt64(sum(clicks)) AS clicks FROM mentor_totals \
-              WHERE mentor_id = ? AND grain = 'day' GROUP BY bucket ORDER BY bucket DESC"
-            .to_owned(),
-        binds: vec![Bound::Text(mentor.to_owned())],
+    let days = match queries::list_total(filter) {
+        ListTotal::Days(query) => query,
+        ListTotal::Bounded(_) => return Err("no daily totals for this filter".into()),
     };
     let (run, answer) = timed_sql(clickhouse, &days, "", variant)?;
     request.add(run);
     let mut newest = 0;
     let mut since = None;
     for day in answer["data"].as_array().into_iter().flatten() {
-        newest += json_i64(&day["clicks"]);
+        newest += json_i64(&day["live"]);
         if newest >= i64::from(PAGE_LIMIT) {
             since = Some(Timestamp::from_millis(json_i64(&day["bucket"]) * DAY_MS));
             break;
@@ -1751,53 +1702,27 @@ fn guided_page(
         page: 1,
         limit: PAGE_LIMIT,
     };
-    let filter = AttributionFilter {
-        mentor_id: Some(mentor.to_owned()),
+    let bounded = AttributionFilter {
         from: since,
-        ..AttributionFilter::default()
+        ..filter.clone()
     };
     let (run, _) = timed_sql(
         clickhouse,
-        &queries::attribution_page(&filter, page),
+        &queries::attribution_page(&bounded, page),
         ATTRIBUTION_COLUMNS,
         variant,
     )?;
     request.add(run);
     if run.rows < u64::from(PAGE_LIMIT) && since.is_some() {
-        let unbounded = AttributionFilter {
-            from: None,
-            ..filter
-        };
         let (run, _) = timed_sql(
             clickhouse,
-            &queries::attribution_page(&unbounded, page),
+            &queries::attribution_page(filter, page),
             ATTRIBUTION_COLUMNS,
             variant,
         )?;
         request.add(run);
     }
     Ok(())
-}
-
-/// The `pagination.total` query of a list, replayed: the total (the first column).
-fn replay_total(
-    clickhouse: &ClickHouseServer,
-    filter: &AttributionFilter,
-    variant: Variant,
-    request: &mut ServerRequest,
-) -> Result<u64> {
-    let query = match queries::list_total(filter) {
-        ListTotal::Everything(query) | ListTotal::Mentor(query) | ListTotal::Bounded(query) => {
-            query
-        }
-    };
-    let (run, answer) = timed_sql(clickhouse, &query, "", variant)?;
-    request.add(run);
-    let first = answer["data"][0]
-        .as_object()
-        .and_then(|row| row.values().next())
-        .map_or(0, json_i64);
-    Ok(u64::try_from(first).unwrap_or(0))
 }
 
 /// A table's `index_granularity`, from `SHOW CREATE TABLE`.
@@ -1840,16 +1765,13 @@ fn replay(
             request.add(run);
         }
         (Endpoint::MentorListHeavy | Endpoint::MentorListAny, SqlTarget::Mentor(rank)) => {
-            if variant.guided {
-                guided_page(clickhouse, &mentor_id(*rank), variant, &mut request)?;
-            } else {
-                let filter = AttributionFilter {
-                    mentor_id: Some(mentor_id(*rank)),
-                    ..AttributionFilter::default()
-                };
-                let total = replay_total(clickhouse, &filter, variant, &mut request)?;
-                replay_page(clickhouse, &filter, total, variant, &mut request)?;
-            }
+            // The reader starts a mentor's page from its daily totals whatever the variant.
+            let _ = variant.guided;
+            let filter = AttributionFilter {
+                mentor_id: Some(mentor_id(*rank)),
+                ..AttributionFilter::default()
+            };
+            guided_page(clickhouse, &filter, variant, &mut request)?;
         }
         (Endpoint::TotalsAllTime | Endpoint::Totals30d, SqlTarget::Mentor(rank)) => {
             let period = (endpoint == Endpoint::Totals30d).then_some("period=30d");
@@ -1865,9 +1787,12 @@ fn replay(
             request.add(run);
         }
         (Endpoint::ListFirstPage, _) => {
-            let filter = AttributionFilter::default();
-            let total = replay_total(clickhouse, &filter, variant, &mut request)?;
-            replay_page(clickhouse, &filter, total, variant, &mut request)?;
+            guided_page(
+                clickhouse,
+                &AttributionFilter::default(),
+                variant,
+                &mut request,
+            )?;
         }
         (endpoint, target) => return Err(format!("no replay of {endpoint:?} for {target:?}")),
     }

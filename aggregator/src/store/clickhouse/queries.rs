@@ -162,10 +162,10 @@ pub const COUNT_BOUND: u64 = MAX_OFFSET + MAX_LIMIT as u64;
 /// How `total` of a list is found cheaply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListTotal {
-    /// Every live attribution: the global daily totals (a row per day).
-    Everything(ReadQuery),
-    /// A mentor's live attributions: the mentor's all-time clicks (a few rows).
-    Mentor(ReadQuery),
+    /// The unfiltered list or a mentor's list: live attributions per day, newest day first,
+    /// from the materialized totals (a row per day). Their sum is `total`, and they tell on
+    /// which day a page starts.
+    Days(ReadQuery),
     /// Any other filter: a count that stops at [`COUNT_BOUND`].
     Bounded(ReadQuery),
 }
@@ -179,19 +179,21 @@ pub fn list_total(filter: &AttributionFilter) -> ListTotal {
         ..AttributionFilter::default()
     };
     if *filter == AttributionFilter::default() {
-        return ListTotal::Everything(ReadQuery::new(
-            "SELECT toInt64(sum(clicks)) AS total FROM mentor_totals WHERE grain = 'global_day'"
+        return ListTotal::Days(ReadQuery::new(
+            "SELECT bucket, toInt64(sum(clicks)) AS live FROM mentor_totals \
+             WHERE grain = 'global_day' GROUP BY bucket ORDER BY bucket DESC"
                 .into(),
         ));
     }
     if let (true, Some(mentor_id)) = (*filter == only_mentor, &filter.mentor_id) {
-        return ListTotal::Mentor(mentor_totals(
-            mentor_id,
-            HourRange {
-                from_hour: None,
-                to_hour: None,
-            },
-        ));
+        return ListTotal::Days(
+            ReadQuery::new(
+                "SELECT bucket, toInt64(sum(clicks)) AS live FROM mentor_totals \
+                 WHERE grain = 'day' AND mentor_id = ? GROUP BY bucket ORDER BY bucket DESC"
+                    .into(),
+            )
+            .bind(Bound::Text(mentor_id.clone())),
+        );
     }
     ListTotal::Bounded(attribution_count(filter))
 }

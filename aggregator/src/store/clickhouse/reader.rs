@@ -80,6 +80,55 @@ impl ClickHouseReader {
     }
 }
 
+impl ClickHouseReader {
+    /// One page of a list whose live attributions per day are known (newest day first).
+    ///
+    /// Counting back from the newest day, the first day at which the count reaches
+    /// `offset + limit` starts the page: every row of the page occurred on that day or
+    /// later, so the page is read from that day on, two queries for any list and any depth.
+    /// A page past the end is empty without a query.
+    async fn page_from_days(
+        &self,
+        filter: &AttributionFilter,
+        page: PageRequest,
+        days: &[(i64, i64)],
+        total: u64,
+    ) -> Result<Vec<AttributionRow>, StoreError> {
+        if page.offset() >= total {
+            return Ok(Vec::new());
+        }
+        let needed = page.offset().saturating_add(u64::from(page.limit));
+        let mut seen: u64 = 0;
+        let mut start = days.last().map(|(day, _)| *day);
+        for (day, live) in days {
+            seen = seen.saturating_add(u64::try_from(*live).unwrap_or(0));
+            if seen >= needed {
+                start = Some(*day);
+                break;
+            }
+        }
+        if let Some(day) = start {
+            let since = AttributionFilter {
+                from: Some(Timestamp::from_millis(day.saturating_mul(DAY_MS))),
+                ..filter.clone()
+            };
+            let rows: Vec<AttributionRow> = queries::attribution_page(&since, page)
+                .to_clickhouse(&self.client)
+                .fetch_all()
+                .await?;
+            // Totals and rows agree once the aggregator's flush is stored; a flush in
+            // progress can leave the page short: then read without the bound.
+            if rows.len() as u64 == u64::from(page.limit) || seen < needed {
+                return Ok(rows);
+            }
+        }
+        Ok(queries::attribution_page(filter, page)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?)
+    }
+}
+
 #[async_trait]
 impl AttributionReader for ClickHouseReader {
     async fn attribution(&self, id: &str) -> Result<Option<Attribution>, StoreError> {
@@ -97,18 +146,21 @@ impl AttributionReader for ClickHouseReader {
         filter: &AttributionFilter,
         page: PageRequest,
     ) -> Result<AttributionPage, StoreError> {
-        let total = match queries::list_total(filter) {
-            ListTotal::Everything(query) => {
-                let clicks: i64 = query.to_clickhouse(&self.client).fetch_one().await?;
-                u64::try_from(clicks).unwrap_or(0)
+        let (total, rows) = match queries::list_total(filter) {
+            ListTotal::Days(query) => {
+                let days: Vec<(i64, i64)> = query.to_clickhouse(&self.client).fetch_all().await?;
+                let total = days.iter().map(|(_, live)| *live).sum::<i64>();
+                let total = u64::try_from(total).unwrap_or(0);
+                (
+                    total,
+                    self.page_from_days(filter, page, &days, total).await?,
+                )
             }
-            ListTotal::Mentor(query) => {
-                let (clicks, _): (i64, i64) = query.to_clickhouse(&self.client).fetch_one().await?;
-                u64::try_from(clicks).unwrap_or(0)
+            ListTotal::Bounded(query) => {
+                let total = query.to_clickhouse(&self.client).fetch_one().await?;
+                (total, self.newest_first(filter, page, total).await?)
             }
-            ListTotal::Bounded(query) => query.to_clickhouse(&self.client).fetch_one().await?,
         };
-        let rows = self.newest_first(filter, page, total).await?;
         let attributions = rows
             .iter()
             .map(AttributionRow::to_attribution)
