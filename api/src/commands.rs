@@ -40,7 +40,7 @@ pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiE
         ))
     })?;
     let outcome = match &verdict {
-        Verdict::Rejected { reason } => rejection_label(*reason),
+        Verdict::Rejected { reason } => reason.as_str(),
         _ => "applied",
     };
     metrics::counter!("referral_commands_total", "command" => kind, "outcome" => outcome)
@@ -64,18 +64,6 @@ async fn await_verdict(
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_POLL_PAUSE);
-    }
-}
-
-fn rejection_label(reason: Rejection) -> &'static str {
-    match reason {
-        Rejection::AttributionNotFound => "attribution_not_found",
-        Rejection::CodeMismatch => "code_mismatch",
-        Rejection::AlreadyConfirmed => "already_confirmed",
-        Rejection::ConfirmedBeforeClick => "confirmed_before_click",
-        Rejection::AttributionExpired => "attribution_expired",
-        Rejection::MemberAlreadyAttributed => "member_already_attributed",
-        Rejection::CodeNotFound => "code_not_found",
     }
 }
 

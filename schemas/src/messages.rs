@@ -291,6 +291,21 @@ pub enum Rejection {
     CodeNotFound,
 }
 
+impl Rejection {
+    /// The reason's fixed name (as serialized): metric labels stay low-cardinality.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AttributionNotFound => "attribution_not_found",
+            Self::CodeMismatch => "code_mismatch",
+            Self::AlreadyConfirmed => "already_confirmed",
+            Self::ConfirmedBeforeClick => "confirmed_before_click",
+            Self::AttributionExpired => "attribution_expired",
+            Self::MemberAlreadyAttributed => "member_already_attributed",
+            Self::CodeNotFound => "code_not_found",
+        }
+    }
+}
+
 /// What the single writer decided about one command, recorded under its command id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -519,5 +534,23 @@ mod tests {
         assert!(LogMessage::from_json(duplicate.as_bytes()).is_err());
         let no_payload = r#"{"schema_version":1,"kind":"click"}"#;
         assert!(LogMessage::from_json(no_payload.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn rejection_names_are_their_serialized_form() {
+        for reason in [
+            Rejection::AttributionNotFound,
+            Rejection::CodeMismatch,
+            Rejection::AlreadyConfirmed,
+            Rejection::ConfirmedBeforeClick,
+            Rejection::AttributionExpired,
+            Rejection::MemberAlreadyAttributed,
+            Rejection::CodeNotFound,
+        ] {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                json!(reason.as_str())
+            );
+        }
     }
 }

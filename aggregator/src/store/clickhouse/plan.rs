@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use referral_schemas::Timestamp;
 use referral_schemas::messages::{
-    AssignCode, ConfirmConversion, DeleteAttribution, LogEvent, Rejection, RetireCode, Verdict,
+    AssignCode, ConfirmConversion, DeleteAttribution, LogEvent, RetireCode, Verdict,
 };
 use referral_schemas::state::{self, Confirmation};
 use serde::{Deserialize, Serialize};
@@ -241,7 +241,7 @@ impl Planner {
             LogEvent::RetireCode(command) => self.decide_retirement(command),
         };
         self.plan.outcomes.push(match &verdict {
-            Verdict::Rejected { reason } => rejection_name(*reason),
+            Verdict::Rejected { reason } => reason.as_str(),
             _ => "applied",
         });
         // Serializing these plain structs cannot fail; an empty text would only lose the
@@ -472,19 +472,6 @@ impl Planner {
             });
         }
         self.plan
-    }
-}
-
-/// The metric label of a rejection (fixed, low cardinality).
-pub fn rejection_name(reason: Rejection) -> &'static str {
-    match reason {
-        Rejection::AttributionNotFound => "attribution_not_found",
-        Rejection::CodeMismatch => "code_mismatch",
-        Rejection::AlreadyConfirmed => "already_confirmed",
-        Rejection::ConfirmedBeforeClick => "confirmed_before_click",
-        Rejection::AttributionExpired => "attribution_expired",
-        Rejection::MemberAlreadyAttributed => "member_already_attributed",
-        Rejection::CodeNotFound => "code_not_found",
     }
 }
 
