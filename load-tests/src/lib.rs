@@ -2,4 +2,5 @@
 //! services the tests start for themselves (see `scripts/install-test-services.sh`, which
 //! installs them), so no test depends on a server someone left running.
 
+pub mod bench;
 pub mod services;
