@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as a new user and CI run it: formatting, lints, then every
 # test of the workspace (unit, in-process contract tests, the real binaries under SIGKILL,
-# and the edge against a real Kafka-protocol broker that the tests start themselves).
+# and the edge against a real Kafka-protocol broker that the tests start themselves), the
+# end-to-end smoke run with its verifier (referral-load smoke), and the Helm chart tests.
 # It installs what the tests need first: the toolchain's rustfmt and clippy, and the broker
 # (scripts/install-test-services.sh).
 set -euo pipefail
@@ -27,5 +28,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== referral-load smoke"
+# The whole pipeline started by the tool (Kafka + ClickHouse when installed, which the step
+# above made sure of), load through an aggregator SIGKILL and restart, then the verifier.
+cargo build --workspace --bins --locked
+./target/debug/referral-load smoke
 echo "== helm chart"
 ./scripts/test-helm.sh

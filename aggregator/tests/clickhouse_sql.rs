@@ -281,6 +281,12 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             CODE_COLUMNS,
         ),
         ("verdict", queries::verdict("cmd_c3"), ""),
+        (
+            "verdicts",
+            queries::verdicts(&["cmd_c3".to_owned(), "cmd_nope".to_owned()]),
+            "",
+        ),
+        ("checkpoints", queries::checkpoints(), ""),
         ("checkpoint", queries::checkpoint("referral-events", 0), ""),
         (
             "checkpoint unknown",

@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use crate::auth::ApiTokens;
 use crate::config::Config;
 use crate::routes::{attributions, codes, ops};
+use crate::verdicts::VerdictWaiter;
 
 /// Everything a handler needs. Shared behind an `Arc`.
 pub struct AppState {
@@ -45,7 +46,14 @@ pub struct AppState {
     pub command_timeout: Duration,
     /// How long an id created moments ago may be waited for (zero in embedded mode).
     pub read_after_write_wait: Duration,
+    /// Production: one look-up for every command waiting on a verdict. Embedded: `None`,
+    /// the verdict is committed before publish returns and is read directly.
+    pub verdicts: Option<Arc<VerdictWaiter>>,
 }
+
+/// How often the production API looks up the verdicts it waits for (one query for all):
+/// a small share of the aggregator's flush time, which dominates a command's latency.
+const VERDICT_POLL: Duration = Duration::from_millis(25);
 
 /// An error as an axum response: the one rendering shared with the ingest edge.
 pub struct HttpError(pub ApiError);
@@ -166,6 +174,7 @@ impl ApiService {
             command_timeout: config.edge.ack_timeout,
             // Embedded reads see every acknowledged write at once.
             read_after_write_wait: Duration::ZERO,
+            verdicts: None,
         });
         Ok(Self {
             state,
@@ -202,14 +211,18 @@ impl ApiService {
             Arc::new(config.edge.limits()),
             config.edge.settings()?,
         );
+        let reader: Arc<dyn AttributionReader> = Arc::new(ClickHouseReader::new(&clickhouse));
+        let verdicts =
+            VerdictWaiter::spawn(reader.clone(), VERDICT_POLL, shutdown.clone().stopped());
         let state = Arc::new(AppState {
             edge,
             log: events,
-            reader: Arc::new(ClickHouseReader::new(&clickhouse)),
+            reader,
             tokens,
             metrics: telemetry::metrics_handle(),
             command_timeout: config.edge.ack_timeout,
             read_after_write_wait: config.read_after_write_wait,
+            verdicts: Some(verdicts),
         });
         tracing::info!(brokers = %kafka.brokers, clickhouse = %clickhouse.url, "production mode: Kafka + ClickHouse");
         Ok(Self {

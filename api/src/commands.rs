@@ -30,7 +30,10 @@ pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiE
     let kind = command.kind_name();
     let decided = tokio::time::timeout(state.command_timeout, async {
         state.log.publish(command).await.map_err(publish_error)?;
-        await_verdict(state.reader.as_ref(), &command_id).await
+        match &state.verdicts {
+            Some(verdicts) => verdicts.wait(&command_id).await,
+            None => await_verdict(state.reader.as_ref(), &command_id).await,
+        }
     })
     .await;
     let verdict = decided.unwrap_or_else(|_| {
@@ -57,6 +60,11 @@ async fn await_verdict(
         match reader.verdict(command_id).await {
             Ok(Some(verdict)) => return Ok(verdict),
             Ok(None) => {}
+            // The command is on the log and will be decided: keep looking until the command
+            // timeout (then 503), as the store comes back.
+            Err(error) if error.is_unavailable() => {
+                tracing::warn!(%error, %command_id, "store unavailable; verdict look-up retried");
+            }
             Err(error) => {
                 tracing::error!(%error, %command_id, "cannot read a verdict");
                 return Err(ApiError::internal());

@@ -19,5 +19,6 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod routes;
+pub mod verdicts;
 
 pub use app::{ApiService, AppState, EmbeddedService, app, run};

@@ -1,13 +1,11 @@
-//! Pieces the benchmark binaries share: their child processes (with logs) and the CPU
-//! each process used over a measured window.
+//! Pieces the benchmark binaries share: their child processes (with logs), the CPU each
+//! process used over a measured window, and recording a report into the benchmark document.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
-
-use tempfile::TempDir;
 
 use crate::services::{ChildGuard, free_port};
 
@@ -26,9 +24,9 @@ impl Service {
         program: &Path,
         args: &[&str],
         env: &[(&str, String)],
-        logs: &TempDir,
+        logs: impl AsRef<Path>,
     ) -> Result<Self> {
-        let log = logs.path().join(format!("{name}-{}.log", free_port()));
+        let log = logs.as_ref().join(format!("{name}-{}.log", free_port()));
         let file =
             fs::File::create(&log).map_err(|error| format!("cannot create {log:?}: {error}"))?;
         let err = file
@@ -165,4 +163,51 @@ impl CpuWindow {
 
 pub fn pid_text(pid: Option<u32>) -> String {
     pid.map_or_else(|| "0".to_owned(), |pid| pid.to_string())
+}
+
+/// Replaces the block between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `doc` with
+/// `report`, or appends a `## HEADING` section holding it. The rest of the document (the
+/// analysis written around each block) is kept.
+pub fn record_section(doc: &Path, name: &str, heading: &str, report: &str) -> Result<()> {
+    let begin = format!("<!-- {name}:begin -->");
+    let end = format!("<!-- {name}:end -->");
+    let text = fs::read_to_string(doc).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
+    let block = format!("{begin}\n{report}\n{end}");
+    let updated = match (text.find(&begin), text.find(&end)) {
+        (Some(at), Some(until)) if at < until => {
+            format!("{}{block}{}", &text[..at], &text[until + end.len()..])
+        }
+        _ => format!("{}\n\n## {heading}\n\n{block}\n", text.trim_end()),
+    };
+    fs::write(doc, updated).map_err(|error| format!("cannot write {}: {error}", doc.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_appends_the_section_once_then_replaces_only_the_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = dir.path().join("BENCHMARKS.md");
+        fs::write(
+            &doc,
+            "# Benchmarks\n\n<!-- edge:begin -->\nedge\n<!-- edge:end -->\n",
+        )
+        .unwrap();
+        record_section(&doc, "reads", "Reads (issue 5)", "first").unwrap();
+        let text = fs::read_to_string(&doc).unwrap();
+        assert!(
+            text.ends_with(
+                "## Reads (issue 5)\n\n<!-- reads:begin -->\nfirst\n<!-- reads:end -->\n"
+            )
+        );
+        fs::write(&doc, format!("{text}\nanalysis\n")).unwrap();
+        record_section(&doc, "reads", "Reads (issue 5)", "second").unwrap();
+        let text = fs::read_to_string(&doc).unwrap();
+        assert_eq!(text.matches("## Reads (issue 5)").count(), 1);
+        assert!(text.contains("<!-- reads:begin -->\nsecond\n<!-- reads:end -->\n\nanalysis\n"));
+        assert!(text.contains("<!-- edge:begin -->\nedge\n<!-- edge:end -->"));
+        assert!(!text.contains("first"));
+    }
 }

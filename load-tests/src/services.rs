@@ -493,6 +493,8 @@ pub struct TansuBroker {
     dir: TempDir,
     port: u16,
     binary: PathBuf,
+    /// `memory://tansu/` or `sqlite://tansu.db` (relative to `dir`).
+    storage: &'static str,
 }
 
 impl TansuBroker {
@@ -503,11 +505,22 @@ impl TansuBroker {
     /// # Panics
     /// When tansu is not installed, exits, or does not listen within 30 s (with its log tail).
     pub fn start() -> Self {
+        Self::start_with_storage("memory://tansu/")
+    }
+
+    /// A broker on tansu's SQLite engine: topics and offsets survive a
+    /// [`restart`](Self::restart), as on a real Kafka cluster (slower than memory).
+    pub fn start_durable() -> Self {
+        Self::start_with_storage("sqlite://tansu.db")
+    }
+
+    fn start_with_storage(storage: &'static str) -> Self {
         let mut broker = Self {
             process: None,
             dir: temp_dir("tansu-"),
             port: free_port(),
             binary: find_program("REFERRAL_TANSU", &["tansu"]),
+            storage,
         };
         broker.launch();
         broker
@@ -539,8 +552,8 @@ impl TansuBroker {
         }
     }
 
-    /// Stops the broker if it runs and starts an empty one on the same port; blocks until
-    /// the port accepts connections again.
+    /// Stops the broker if it runs and starts it again on the same port (empty with the
+    /// memory engine, with its data with SQLite); blocks until the port accepts connections.
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
@@ -565,7 +578,7 @@ impl TansuBroker {
                 "--advertised-listener-url",
                 &url,
                 "--storage-engine",
-                "memory://tansu/",
+                self.storage,
             ])
             .current_dir(self.dir.path())
             .env("RUST_LOG", "warn")

@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::{Offset, TopicPartitionList};
 use referral_schemas::ReferralCode;
 use referral_schemas::messages::SCHEMA_VERSION;
@@ -30,6 +30,23 @@ use crate::codes::{CodeChange, CodeDirectory};
 /// How long the broker may hold a fetch open when there is nothing new: the follower's
 /// worst-case added latency for a code change.
 const FETCH_WAIT: Duration = Duration::from_millis(100);
+
+/// The follower's client context: reaching the end of a partition is how the follower
+/// knows it caught up (`enable.partition.eof`), not an error; librdkafka's default context
+/// would log every one at ERROR level.
+pub struct FollowerContext;
+
+impl ClientContext for FollowerContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::trace!(%error, "codes follower reached the end of a partition");
+        } else {
+            tracing::error!(%error, reason, "codes follower: librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for FollowerContext {}
 
 /// Publishes a code's current record (after the writer applied an assignment).
 pub async fn publish_assignment(
@@ -104,7 +121,7 @@ pub async fn follow(
     directory: CodeDirectory,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<CodeSync, KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer<FollowerContext> = ClientConfig::new()
         .set("bootstrap.servers", &settings.brokers)
         .set("client.id", format!("{}-codes", settings.client_id))
         // Required by librdkafka, but unused: partitions are assigned, never subscribed,
@@ -113,7 +130,7 @@ pub async fn follow(
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string())
-        .create()?;
+        .create_with_context(FollowerContext)?;
     let topic = settings.codes_topic.clone();
     let consumer = Arc::new(consumer);
     let partitions = {
@@ -149,7 +166,7 @@ pub async fn follow(
 }
 
 async fn run_follower(
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<FollowerContext>>,
     partitions: Vec<i32>,
     directory: CodeDirectory,
     announce: watch::Sender<u64>,

@@ -25,6 +25,24 @@ pub enum StoreError {
     Open(String),
 }
 
+impl StoreError {
+    /// The store could not be reached or did not answer in time (a restart, a network cut,
+    /// a busy database): the request is worth retrying, it is not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::ClickHouse(error) => matches!(
+                error,
+                ::clickhouse::error::Error::Network(_) | ::clickhouse::error::Error::TimedOut
+            ),
+            Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
+                error.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// One page of attributions and how many match in all.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttributionPage {
@@ -71,6 +89,17 @@ pub trait AttributionReader: Send + Sync {
     ) -> Result<CodePage, StoreError>;
     /// The verdict recorded for a command, once the writer decided it.
     async fn verdict(&self, command_id: &str) -> Result<Option<Verdict>, StoreError>;
+    /// The decided ones among `command_ids`, with their verdicts: one look-up for every
+    /// command an API process waits on, where the store can (one by one otherwise).
+    async fn verdicts(&self, command_ids: &[String]) -> Result<Vec<(String, Verdict)>, StoreError> {
+        let mut found = Vec::new();
+        for command_id in command_ids {
+            if let Some(verdict) = self.verdict(command_id).await? {
+                found.push((command_id.clone(), verdict));
+            }
+        }
+        Ok(found)
+    }
 }
 
 /// What one committed batch changed beyond the store itself.
@@ -89,4 +118,24 @@ pub struct CommittedBatch {
 /// commands by command id).
 pub trait StateWriter: Send {
     fn apply_batch(&mut self, events: &[LogEvent]) -> Result<CommittedBatch, StoreError>;
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::StoreError;
+
+    #[test]
+    fn only_unreachable_or_busy_stores_are_unavailable() {
+        assert!(StoreError::ClickHouse(::clickhouse::error::Error::TimedOut).is_unavailable());
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(StoreError::Sqlite(busy).is_unavailable());
+        assert!(
+            !StoreError::ClickHouse(::clickhouse::error::Error::BadResponse("Code: 60".into()))
+                .is_unavailable()
+        );
+        assert!(!StoreError::Corrupt("negative total".into()).is_unavailable());
+    }
 }

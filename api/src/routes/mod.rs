@@ -53,6 +53,15 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
 
 /// Logs a store failure and hides it from the client.
 pub fn store_failure(error: referral_aggregator::store::StoreError) -> HttpError {
+    if error.is_unavailable() {
+        // A store restart or a network cut: the client should come back, as after a 503
+        // from a full queue. Counted, since a run of these is an outage.
+        tracing::warn!(%error, "store unavailable");
+        metrics::counter!("referral_store_unavailable_total").increment(1);
+        return HttpError(ApiError::overloaded(
+            "the store is unavailable right now; retry shortly",
+        ));
+    }
     tracing::error!(%error, "store read failed");
     HttpError(ApiError::internal())
 }

@@ -54,7 +54,7 @@ use rdkafka::message::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use referral_load_tests::bench::{CpuWindow, Service, pid_text};
+use referral_load_tests::bench::{CpuWindow, Service, pid_text, record_section};
 use referral_load_tests::services::{ClickHouseServer, TansuBroker, free_port};
 use referral_schemas::Timestamp;
 use referral_schemas::id::new_attribution_id;
@@ -67,8 +67,6 @@ const TOPIC: &str = "referral-events";
 const CODES_TOPIC: &str = "referral-codes";
 const DATABASE: &str = "referral";
 const CLICK_PATH: &str = "/api/v1/referral-attributions";
-const BEGIN: &str = "<!-- aggregator:begin -->";
-const END: &str = "<!-- aggregator:end -->";
 /// The issue's goals.
 const GOAL_ROWS_PER_SECOND: f64 = 100_000.0;
 const GOAL_FRESHNESS_P99: Duration = Duration::from_secs(1);
@@ -322,7 +320,7 @@ fn run(options: &Options) -> Result<()> {
     );
     println!("{report}");
     if options.record {
-        record(&options.doc, &report)?;
+        record_section(&options.doc, "aggregator", "Aggregator (issue 4)", &report)?;
         println!("recorded in {}", options.doc.display());
     }
     Ok(())
@@ -1761,52 +1759,9 @@ fn table(out: &mut String, rows: &[(String, String)]) {
     }
 }
 
-/// Replaces the delimited block in `doc`, or appends a section with it.
-fn record(doc: &Path, report: &str) -> Result<()> {
-    let text = fs::read_to_string(doc).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let block = format!("{BEGIN}\n{report}\n{END}");
-    let updated = match (text.find(BEGIN), text.find(END)) {
-        (Some(begin), Some(end)) if begin < end => {
-            format!("{}{block}{}", &text[..begin], &text[end + END.len()..])
-        }
-        _ => format!(
-            "{}\n\n## Aggregator (issue 4)\n\n{block}\n",
-            text.trim_end()
-        ),
-    };
-    fs::write(doc, updated).map_err(|error| format!("cannot write {}: {error}", doc.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn record_appends_the_section_once_then_replaces_only_the_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let doc = dir.path().join("BENCHMARKS.md");
-        fs::write(
-            &doc,
-            "# Benchmarks\n\n<!-- edge:begin -->\nedge\n<!-- edge:end -->\n",
-        )
-        .unwrap();
-        record(&doc, "first").unwrap();
-        let text = fs::read_to_string(&doc).unwrap();
-        assert!(text.ends_with(
-            "## Aggregator (issue 4)\n\n<!-- aggregator:begin -->\nfirst\n<!-- aggregator:end -->\n"
-        ));
-        fs::write(&doc, format!("{text}\nanalysis\n")).unwrap();
-        record(&doc, "second").unwrap();
-        let text = fs::read_to_string(&doc).unwrap();
-        assert_eq!(text.matches("## Aggregator (issue 4)").count(), 1);
-        assert!(
-            text.contains(
-                "<!-- aggregator:begin -->\nsecond\n<!-- aggregator:end -->\n\nanalysis\n"
-            )
-        );
-        assert!(text.contains("<!-- edge:begin -->\nedge\n<!-- edge:end -->"));
-        assert!(!text.contains("first"));
-    }
 
     #[test]
     fn quantiles_and_numbers() {

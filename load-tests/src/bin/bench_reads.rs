@@ -59,7 +59,7 @@ use referral_aggregator::store::clickhouse::queries::{
     self, ATTRIBUTION_COLUMNS, ListTotal, ReadQuery,
 };
 use referral_aggregator::store::clickhouse::sink::ClickHouseSink;
-use referral_load_tests::bench::{CpuWindow, Service, pid_text};
+use referral_load_tests::bench::{CpuWindow, Service, pid_text, record_section};
 use referral_load_tests::services::{ClickHouseServer, TansuBroker, free_port};
 use referral_schemas::Timestamp;
 use referral_schemas::messages::{
@@ -76,8 +76,6 @@ type Result<T, E = String> = std::result::Result<T, E>;
 const TOPIC: &str = "referral-events";
 const DATABASE: &str = "referral";
 const PREFIX: &str = "/api/v1/referral-attributions";
-const BEGIN: &str = "<!-- reads:begin -->";
-const END: &str = "<!-- reads:end -->";
 /// The issue's goal, per endpoint.
 const GOAL_P99: Duration = Duration::from_millis(50);
 /// Page size of every list request.
@@ -440,7 +438,7 @@ fn run(options: &Options) -> Result<()> {
     let text = report.render();
     println!("{text}");
     if options.record {
-        record(&options.doc, &text)?;
+        record_section(&options.doc, "reads", "Reads (issue 5)", &text)?;
         println!("recorded in {}", options.doc.display());
     }
     if !options.hold.is_zero() {
@@ -2095,47 +2093,9 @@ impl Report<'_> {
     }
 }
 
-/// Replaces the delimited block in `doc`, or appends a section with it.
-fn record(doc: &Path, report: &str) -> Result<()> {
-    let text = fs::read_to_string(doc).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let block = format!("{BEGIN}\n{report}\n{END}");
-    let updated = match (text.find(BEGIN), text.find(END)) {
-        (Some(begin), Some(end)) if begin < end => {
-            format!("{}{block}{}", &text[..begin], &text[end + END.len()..])
-        }
-        _ => format!("{}\n\n## Reads (issue 5)\n\n{block}\n", text.trim_end()),
-    };
-    fs::write(doc, updated).map_err(|error| format!("cannot write {}: {error}", doc.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn record_appends_the_section_once_then_replaces_only_the_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let doc = dir.path().join("BENCHMARKS.md");
-        fs::write(
-            &doc,
-            "# Benchmarks\n\n<!-- edge:begin -->\nedge\n<!-- edge:end -->\n",
-        )
-        .unwrap();
-        record(&doc, "first").unwrap();
-        let text = fs::read_to_string(&doc).unwrap();
-        assert!(
-            text.ends_with(
-                "## Reads (issue 5)\n\n<!-- reads:begin -->\nfirst\n<!-- reads:end -->\n"
-            )
-        );
-        fs::write(&doc, format!("{text}\nanalysis\n")).unwrap();
-        record(&doc, "second").unwrap();
-        let text = fs::read_to_string(&doc).unwrap();
-        assert_eq!(text.matches("## Reads (issue 5)").count(), 1);
-        assert!(text.contains("<!-- reads:begin -->\nsecond\n<!-- reads:end -->\n\nanalysis\n"));
-        assert!(text.contains("<!-- edge:begin -->\nedge\n<!-- edge:end -->"));
-        assert!(!text.contains("first"));
-    }
 
     #[test]
     fn zipf_favours_the_head_and_covers_the_tail() {

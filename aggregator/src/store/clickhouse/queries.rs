@@ -317,6 +317,31 @@ pub fn verdict(command_id: &str) -> ReadQuery {
     .bind(Bound::Text(command_id.to_owned()))
 }
 
+/// The verdicts recorded for any of `command_ids` (at least one id), with their sources.
+pub fn verdicts(command_ids: &[String]) -> ReadQuery {
+    let placeholders = vec!["?"; command_ids.len().max(1)].join(", ");
+    let mut query = ReadQuery::new(format!(
+        "SELECT command_id, verdict, source_topic, source_partition, source_offset \
+         FROM command_verdicts FINAL WHERE command_id IN ({placeholders})"
+    ));
+    if command_ids.is_empty() {
+        query = query.bind(Bound::Text(String::new()));
+    }
+    for id in command_ids {
+        query = query.bind(Bound::Text(id.clone()));
+    }
+    query
+}
+
+/// Every partition's stored checkpoint: (topic, partition, next offset).
+pub fn checkpoints() -> ReadQuery {
+    ReadQuery::new(
+        "SELECT mentor_id, bucket, toInt64(sum(next_offset)) AS next_offset FROM mentor_totals \
+         WHERE grain = 'checkpoint' GROUP BY mentor_id, bucket ORDER BY mentor_id, bucket"
+            .into(),
+    )
+}
+
 /// The next offset of a partition whose effects are all stored (0: none yet).
 pub fn checkpoint(topic: &str, partition: i32) -> ReadQuery {
     ReadQuery::new(

@@ -108,8 +108,26 @@ impl ClickHouseReader {
             }
         }
         if let Some(day) = start {
+            let day_start = day.saturating_mul(DAY_MS);
+            // A page among today's newest rows usually lies within the last hour: read that
+            // first when the day holds more (a busy day is millions of rows). As in
+            // `newest_first`, a window that returns a full page returns the list's page.
+            let hour_ago = Timestamp::now().as_millis().saturating_sub(HOUR_MS);
+            if hour_ago > day_start && filter.from.is_none_or(|from| from.as_millis() < hour_ago) {
+                let recent = AttributionFilter {
+                    from: Some(Timestamp::from_millis(hour_ago)),
+                    ..filter.clone()
+                };
+                let rows: Vec<AttributionRow> = queries::attribution_page(&recent, page)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+                if rows.len() as u64 == u64::from(page.limit) {
+                    return Ok(rows);
+                }
+            }
             let since = AttributionFilter {
-                from: Some(Timestamp::from_millis(day.saturating_mul(DAY_MS))),
+                from: Some(Timestamp::from_millis(day_start)),
                 ..filter.clone()
             };
             let rows: Vec<AttributionRow> = queries::attribution_page(&since, page)
@@ -238,5 +256,37 @@ impl AttributionReader for ClickHouseReader {
         serde_json::from_str(&json)
             .map(Some)
             .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))
+    }
+
+    /// Two queries for any number of commands: their recorded verdicts, then every
+    /// partition's checkpoint; a verdict counts once its flush passed the checkpoint.
+    async fn verdicts(&self, command_ids: &[String]) -> Result<Vec<(String, Verdict)>, StoreError> {
+        if command_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let decided: Vec<(String, String, String, i32, i64)> = queries::verdicts(command_ids)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?;
+        if decided.is_empty() {
+            return Ok(Vec::new());
+        }
+        let checkpoints: Vec<(String, i64, i64)> = queries::checkpoints()
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?;
+        let mut found = Vec::with_capacity(decided.len());
+        for (command_id, json, topic, partition, offset) in decided {
+            let stored = checkpoints.iter().any(|(at_topic, at_partition, next)| {
+                *at_topic == topic && *at_partition == i64::from(partition) && *next > offset
+            });
+            if !stored {
+                continue;
+            }
+            let verdict = serde_json::from_str(&json)
+                .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))?;
+            found.push((command_id, verdict));
+        }
+        Ok(found)
     }
 }
