@@ -137,6 +137,9 @@ pub struct Recorder {
     pub freshness_us: Histogram<u64>,
     /// Probes whose click never became readable within the probe's deadline.
     pub freshness_missed: u64,
+    /// Click POSTs that re-sent an earlier one verbatim, and invalid ones sent.
+    pub repeated_sent: u64,
+    pub invalid_sent: u64,
     seconds: Vec<Second>,
 }
 
@@ -148,6 +151,8 @@ impl Recorder {
             command_outcomes: BTreeMap::new(),
             freshness_us: new_histogram(),
             freshness_missed: 0,
+            repeated_sent: 0,
+            invalid_sent: 0,
             seconds: Vec::new(),
         }
     }
@@ -236,6 +241,8 @@ impl Run {
         let second = self.second_of(Instant::now());
         let mut recorder = lock(&self.recorder);
         recorder.clicks.record(&outcome, latency);
+        recorder.repeated_sent += u64::from(request.repeated);
+        recorder.invalid_sent += u64::from(matches!(request.expect, Expect::Rejected { .. }));
         let slot = recorder.second(second);
         match succeeded {
             Some(true) => slot.succeeded += 1,

@@ -102,6 +102,9 @@ pub struct RunReport {
     pub mentors: usize,
     pub codes: usize,
     pub clicks: RequestSummary,
+    /// Of the click POSTs: invalid ones (each must get its 4xx), verbatim repeats.
+    pub invalid_sent: u64,
+    pub repeated_sent: u64,
     /// Click POSTs answered 201 per second of load.
     pub acked_per_second: f64,
     pub commands: RequestSummary,
@@ -140,6 +143,8 @@ impl RunReport {
             mentors,
             codes,
             clicks,
+            invalid_sent: recorder.invalid_sent,
+            repeated_sent: recorder.repeated_sent,
             acked_per_second,
             commands: RequestSummary::of(&recorder.commands),
             command_outcomes: recorder.command_outcomes.clone(),
@@ -243,6 +248,11 @@ impl RunReport {
                     self.clicks.transport_errors
                 )
             ),
+        );
+        row(
+            &mut out,
+            "of which invalid / verbatim repeats",
+            format!("{} / {}", self.invalid_sent, self.repeated_sent),
         );
         row(
             &mut out,
