@@ -9,9 +9,11 @@
 FROM rust:1-bookworm AS builder
 # rdkafka builds its bundled librdkafka from source (configure + make, a C/C++ toolchain;
 # cmake only with rdkafka's cmake-build feature), links zlib, and finds it with pkg-config.
-# rusqlite builds its bundled SQLite with the same C compiler.
+# rusqlite builds its bundled SQLite with the same C compiler. OpenSSL (Kafka TLS/SASL,
+# ClickHouse https) is built from source too (openssl-src: perl and make) and linked
+# statically, so the runtime image needs no libssl.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential cmake pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends build-essential cmake perl pkg-config zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

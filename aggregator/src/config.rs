@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::kafka::KafkaSettings;
+use crate::kafka::{
+    KafkaSecurity, KafkaSettings, SaslCredentials, SaslMechanism, SecurityProtocol,
+};
 
 /// Default directory of the embedded store.
 pub const DEFAULT_DATA_DIR: &str = "./data";
@@ -76,6 +78,32 @@ pub struct PipelineArgs {
     #[arg(long, env = "REFERRAL_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = DEFAULT_KAFKA_QUEUE_MAX_MESSAGES)]
     pub kafka_queue_max_messages: usize,
 
+    /// How clients reach the brokers: plaintext, ssl, sasl-plaintext or sasl-ssl.
+    #[arg(
+        long,
+        env = "REFERRAL_KAFKA_SECURITY_PROTOCOL",
+        value_enum,
+        default_value = "plaintext"
+    )]
+    pub kafka_security_protocol: SecurityProtocol,
+
+    /// SASL mechanism (with sasl-plaintext or sasl-ssl): PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
+    #[arg(long, env = "REFERRAL_KAFKA_SASL_MECHANISM", value_enum)]
+    pub kafka_sasl_mechanism: Option<SaslMechanism>,
+
+    /// SASL user name.
+    #[arg(long, env = "REFERRAL_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+
+    /// SASL password (set it through the environment, from a Secret).
+    #[arg(long, env = "REFERRAL_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
+
+    /// PEM file of the CAs that signed the brokers' certificates (with ssl or sasl-ssl;
+    /// unset: the system's CAs).
+    #[arg(long, env = "REFERRAL_KAFKA_SSL_CA_LOCATION")]
+    pub kafka_ssl_ca_location: Option<PathBuf>,
+
     /// ClickHouse HTTP URL. Unset: the embedded store.
     #[arg(long, env = "REFERRAL_CLICKHOUSE_URL")]
     pub clickhouse_url: Option<String>,
@@ -131,13 +159,9 @@ impl PipelineArgs {
         );
         if let Some(url) = &self.clickhouse_url {
             anyhow::ensure!(
-                !url.starts_with("https://"),
-                "--clickhouse-url: https is not supported by this build (its ClickHouse client \
-                 has no TLS); reach the server over http, e.g. through a TLS-terminating sidecar"
-            );
-            anyhow::ensure!(
-                url.starts_with("http://"),
-                "--clickhouse-url must be the server's HTTP URL (http://host:8123)"
+                url.starts_with("http://") || url.starts_with("https://"),
+                "--clickhouse-url must be the server's HTTP(S) URL (http://host:8123, \
+                 https://host:8443)"
             );
             crate::store::clickhouse::migrate::quoted_identifier(&self.clickhouse_database)
                 .map_err(|error| anyhow::anyhow!("--clickhouse-database: {error}"))?;
@@ -146,6 +170,7 @@ impl PipelineArgs {
             self.kafka_queue_max_messages >= 1,
             "--kafka-queue-max-messages must be at least 1"
         );
+        self.kafka_security()?;
         Ok(())
     }
 
@@ -174,6 +199,59 @@ impl PipelineArgs {
             linger: self.kafka_linger,
             queue_max_messages: self.kafka_queue_max_messages,
             client_id: client_id.to_owned(),
+            // Checked by `validate` at start-up; a bad combination cannot get here.
+            security: self.kafka_security().unwrap_or_default(),
+        })
+    }
+
+    /// The Kafka security settings, or why they do not fit together.
+    pub fn kafka_security(&self) -> anyhow::Result<KafkaSecurity> {
+        let protocol = self.kafka_security_protocol;
+        let sasl_flags = [
+            self.kafka_sasl_mechanism.is_some(),
+            self.kafka_sasl_username.is_some(),
+            self.kafka_sasl_password.is_some(),
+        ];
+        let sasl = if protocol.uses_sasl() {
+            match (
+                self.kafka_sasl_mechanism,
+                &self.kafka_sasl_username,
+                &self.kafka_sasl_password,
+            ) {
+                (Some(mechanism), Some(username), Some(password)) if !username.is_empty() => {
+                    Some(SaslCredentials {
+                        mechanism,
+                        username: username.clone(),
+                        password: password.clone(),
+                    })
+                }
+                _ => anyhow::bail!(
+                    "--kafka-security-protocol {protocol:?} needs --kafka-sasl-mechanism, \
+                     --kafka-sasl-username and --kafka-sasl-password"
+                ),
+            }
+        } else {
+            anyhow::ensure!(
+                !sasl_flags.contains(&true),
+                "--kafka-sasl-* settings need --kafka-security-protocol sasl-plaintext or sasl-ssl"
+            );
+            None
+        };
+        if let Some(ca) = &self.kafka_ssl_ca_location {
+            anyhow::ensure!(
+                protocol.uses_tls(),
+                "--kafka-ssl-ca-location needs --kafka-security-protocol ssl or sasl-ssl"
+            );
+            anyhow::ensure!(
+                ca.is_file(),
+                "--kafka-ssl-ca-location: {} is not a readable file",
+                ca.display()
+            );
+        }
+        Ok(KafkaSecurity {
+            protocol,
+            sasl,
+            ssl_ca_location: self.kafka_ssl_ca_location.clone(),
         })
     }
 
@@ -292,5 +370,107 @@ impl ConsumerArgs {
             "--kafka-session-timeout must be at least 1s"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod kafka_security_tests {
+    use clap::Parser;
+    use rdkafka::ClientConfig;
+
+    use super::PipelineArgs;
+    use crate::kafka::SecurityProtocol;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    }
+
+    /// A self-signed CA (test only, no key kept): librdkafka checks the file is a CA.
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBjTCCATOgAwIBAgIUcaqljDAI8QtAt6K6+91X7szLaqUwCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQcmVmZXJyYWwtdGVzdC1jYTAgFw0yNjExMjQxMjM2MDVaGA8y\nMTI2MTAzMTEyMzYwNVowGzEZMBcGA1UEAwwQcmVmZXJyYWwtdGVzdC1jYTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABFZmd+0I5KVQGrj5FX1hBWp2CpEUBOwIzDpv\n1hucepjwvW0jEY274Tsn2NbVoeZ/tOdOFAZGKHHAJ3UaNWaSxCmjUzBRMB0GA1Ud\nDgQWBBQgYWB71llMewNBlh2DDFUjzsOCjDAfBgNVHSMEGDAWgBQgYWB71llMewNB\nlh2DDFUjzsOCjDAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIEZZ\nbaPEyRrM8OIgHeOmtFkiYzjVli4KF4MXdLIdmYkVAiEApee9bT0x5x2Fd/NAGi7C\njGmyX/an+DBvSb4yNOnb1dc=\n-----END CERTIFICATE-----\n";
+
+    fn parse(extra: &[&str]) -> PipelineArgs {
+        let mut args = vec!["test", "--kafka-brokers", "kafka:9093"];
+        args.extend_from_slice(extra);
+        Flags::try_parse_from(args).unwrap().pipeline
+    }
+
+    #[test]
+    fn sasl_ssl_with_credentials_reaches_every_client_config() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca.path(), TEST_CA_PEM).unwrap();
+        let ca_path = ca.path().display().to_string();
+        let pipeline = parse(&[
+            "--kafka-security-protocol",
+            "sasl-ssl",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-sasl-username",
+            "referral",
+            "--kafka-sasl-password",
+            "s3cret",
+            "--kafka-ssl-ca-location",
+            &ca_path,
+            "--clickhouse-url",
+            "https://clickhouse.example:8443",
+        ]);
+        pipeline.validate().unwrap();
+        let settings = pipeline.kafka_settings("test").unwrap();
+        assert_eq!(settings.security.protocol, SecurityProtocol::SaslSsl);
+        let config: ClientConfig = settings.client_config();
+        assert_eq!(config.get("bootstrap.servers"), Some("kafka:9093"));
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(config.get("sasl.username"), Some("referral"));
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        assert_eq!(config.get("ssl.ca.location"), Some(ca_path.as_str()));
+        assert!(!format!("{:?}", settings.security).contains("s3cret"));
+        // librdkafka accepts the combination (this build has TLS and SCRAM).
+        let producer: Result<rdkafka::producer::BaseProducer, _> = config.create();
+        assert!(producer.is_ok(), "{:?}", producer.err());
+    }
+
+    #[test]
+    fn plaintext_is_the_default_and_sets_no_credentials() {
+        let pipeline = parse(&[]);
+        pipeline.validate().unwrap();
+        let config = pipeline.kafka_settings("test").unwrap().client_config();
+        assert_eq!(config.get("security.protocol"), Some("plaintext"));
+        assert_eq!(config.get("sasl.username"), None);
+    }
+
+    #[test]
+    fn settings_that_do_not_fit_together_are_refused_at_start() {
+        let missing_password = parse(&[
+            "--kafka-security-protocol",
+            "sasl-plaintext",
+            "--kafka-sasl-mechanism",
+            "PLAIN",
+            "--kafka-sasl-username",
+            "referral",
+        ]);
+        let error = missing_password.validate().unwrap_err().to_string();
+        assert!(error.contains("--kafka-sasl-password"), "{error}");
+
+        let sasl_without_protocol = parse(&["--kafka-sasl-username", "referral"]);
+        assert!(sasl_without_protocol.validate().is_err());
+
+        let ca_without_tls = parse(&["--kafka-ssl-ca-location", "/etc/hostname"]);
+        assert!(ca_without_tls.validate().is_err());
+
+        let missing_ca = parse(&[
+            "--kafka-security-protocol",
+            "ssl",
+            "--kafka-ssl-ca-location",
+            "/nonexistent/ca.pem",
+        ]);
+        assert!(missing_ca.validate().is_err());
+
+        assert!(
+            parse(&["--clickhouse-url", "clickhouse:8123"])
+                .validate()
+                .is_err()
+        );
     }
 }

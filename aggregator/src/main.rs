@@ -103,7 +103,7 @@ fn migrate_command(args: MigrateArgs) -> anyhow::Result<()> {
             .await
             .context("cannot create the Kafka topics")?;
             admin::ensure_topic(
-                &kafka.brokers,
+                &kafka,
                 &args.topics.kafka_dead_letter_topic,
                 args.topics.kafka_partitions,
                 args.topics.kafka_replication,

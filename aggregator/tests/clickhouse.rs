@@ -46,11 +46,12 @@ impl Services {
             linger: Duration::from_millis(5),
             queue_max_messages: 100_000,
             client_id: "aggregator-test".into(),
+            security: Default::default(),
         };
         admin::ensure_topics(&settings, PARTITIONS, 1)
             .await
             .expect("create topics");
-        admin::ensure_topic(&settings.brokers, DEAD_LETTER_TOPIC, 1, 1)
+        admin::ensure_topic(&settings, DEAD_LETTER_TOPIC, 1, 1)
             .await
             .expect("create the dead-letter topic");
         Self {

@@ -370,8 +370,10 @@ def test_secret_references(case) -> None:
         else:
             assert ref is None, component
     assert _secret_ref(containers["aggregator"], "REFERRAL_API_TOKENS") is None
+    # The edge reads no secret but the Kafka SASL password (asserted elsewhere).
     assert "env" not in containers["ingest"] or not any(
-        "valueFrom" in e for e in containers["ingest"]["env"]
+        "valueFrom" in e and e["name"] != "REFERRAL_KAFKA_SASL_PASSWORD"
+        for e in containers["ingest"]["env"]
     )
 
     for job in of_kind(objects, "Job"):
@@ -446,10 +448,80 @@ def test_aggregator_replicas_bounded_by_partitions() -> None:
         render_raw({"kafka": {"partitions": 1}, "aggregator": {"replicas": 2}, "migration": {"enabled": False}})
 
 
-def test_https_clickhouse_refused_with_reason() -> None:
+def test_kafka_security_reaches_every_workload(case) -> None:
+    _, values, objects = case
+    kafka = values["kafka"]
+    sasl = kafka["securityProtocol"] in ("sasl-plaintext", "sasl-ssl")
+    secret_name = values["existingSecret"] or FULLNAME
+    configmap = one(objects, "ConfigMap", FULLNAME)["data"]
+    assert configmap["REFERRAL_KAFKA_SECURITY_PROTOCOL"] == kafka["securityProtocol"]
+    ca = kafka["tls"]["caSecret"]
+    for name, spec in pod_specs(objects):
+        (container,) = spec["containers"]
+        is_job = name.startswith("Job/")
+        settings = (
+            {k: v.get("value") for k, v in env_of(container).items()} if is_job else configmap
+        )
+        ref = _secret_ref(container, "REFERRAL_KAFKA_SASL_PASSWORD")
+        if sasl:
+            assert settings["REFERRAL_KAFKA_SASL_MECHANISM"] == kafka["sasl"]["mechanism"], name
+            assert settings["REFERRAL_KAFKA_SASL_USERNAME"] == kafka["sasl"]["username"], name
+            expected = (
+                f"{FULLNAME}-migrate" if is_job and not values["existingSecret"] else secret_name
+            )
+            assert ref == {"name": expected, "key": values["secretKeys"]["kafkaSaslPassword"]}, name
+        else:
+            assert ref is None, name
+            assert "REFERRAL_KAFKA_SASL_USERNAME" not in settings, name
+        mounts = {m["name"]: m for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        if ca:
+            path = f"/etc/referral/kafka-ca/{kafka['tls']['caSecretKey']}"
+            assert settings["REFERRAL_KAFKA_SSL_CA_LOCATION"] == path, name
+            assert mounts["kafka-ca"]["readOnly"] is True
+            assert path.startswith(mounts["kafka-ca"]["mountPath"] + "/")
+            assert volumes["kafka-ca"]["secret"]["secretName"] == ca
+        else:
+            assert "kafka-ca" not in mounts and "kafka-ca" not in volumes, name
+    if sasl and not values["existingSecret"]:
+        secret = one(objects, "Secret", FULLNAME)["stringData"]
+        assert secret[values["secretKeys"]["kafkaSaslPassword"]] == kafka["sasl"]["password"]
+
+
+def test_managed_services_values_use_sasl_tls_and_https() -> None:
+    values = load_values("managed-services.yaml")
+    assert values["kafka"]["securityProtocol"] == "sasl-ssl"
+    objects = render(values)
+    configmap = one(objects, "ConfigMap", FULLNAME)["data"]
+    assert configmap["REFERRAL_CLICKHOUSE_URL"].startswith("https://")
+    assert configmap["REFERRAL_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"kafka": {"securityProtocol": "sasl-ssl"}}, "needs kafka.sasl.mechanism"),
+        (
+            {"kafka": {"sasl": {"mechanism": "PLAIN", "username": "u", "password": "p"}}},
+            "not sasl-plaintext or sasl-ssl",
+        ),
+        ({"kafka": {"tls": {"caSecret": "ca"}}}, "not ssl or sasl-ssl"),
+        (
+            {
+                "existingSecret": "sre",
+                "kafka": {
+                    "securityProtocol": "sasl-ssl",
+                    "sasl": {"mechanism": "PLAIN", "username": "u", "password": "p"},
+                },
+            },
+            "existingSecret is set",
+        ),
+    ],
+)
+def test_kafka_security_combinations_refused_with_reason(values, message) -> None:
     with pytest.raises(helm.HelmRenderError) as refused:
-        render_raw({"clickhouse": {"url": "https://clickhouse.example.com:8443"}})
-    assert "without TLS support" in str(refused.value)
+        render_raw(values)
+    assert message in str(refused.value)
 
 
 def test_autoscaling(case) -> None:

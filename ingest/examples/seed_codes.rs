@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
         linger: Duration::from_millis(5),
         queue_max_messages: 10_000,
         client_id: "referral-seed-codes".into(),
+        security: Default::default(),
     };
     admin::ensure_topics(&settings, partitions, 1).await?;
     let producer: FutureProducer = producer::producer_config(&settings).create()?;

@@ -111,6 +111,7 @@ fn settings(broker: &Broker, suffix: &str) -> KafkaSettings {
         linger: Duration::from_millis(5),
         queue_max_messages: 10_000,
         client_id: "referral-ingest-test".into(),
+        security: Default::default(),
     }
 }
 

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
@@ -114,8 +113,8 @@ pub fn start(
 ) -> Result<JoinHandle<()>, KafkaError> {
     let session_ms = args.kafka_session_timeout.as_millis().max(1000);
     let heartbeat_ms = (session_ms / 5).max(100);
-    let consumer: BaseConsumer<AggregatorContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
+    let consumer: BaseConsumer<AggregatorContext> = settings
+        .client_config()
         .set("client.id", &settings.client_id)
         .set("group.id", &args.kafka_group_id)
         .set("enable.auto.commit", "false")

@@ -14,11 +14,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, ClientContext};
 use rdkafka::{Offset, TopicPartitionList};
 use referral_schemas::ReferralCode;
 use referral_schemas::messages::SCHEMA_VERSION;
@@ -121,8 +121,8 @@ pub async fn follow(
     directory: CodeDirectory,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<CodeSync, KafkaError> {
-    let consumer: StreamConsumer<FollowerContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
+    let consumer: StreamConsumer<FollowerContext> = settings
+        .client_config()
         .set("client.id", format!("{}-codes", settings.client_id))
         // Required by librdkafka, but unused: partitions are assigned, never subscribed,
         // and no offset is committed.

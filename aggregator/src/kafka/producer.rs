@@ -35,9 +35,8 @@ fn now_ms() -> i64 {
 
 /// Producer client configuration shared by every producer of this project.
 pub fn producer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = settings.client_config();
     config
-        .set("bootstrap.servers", &settings.brokers)
         .set("client.id", &settings.client_id)
         .set("acks", "all")
         .set("enable.idempotence", "true")

@@ -115,7 +115,7 @@ impl Production {
         let flags = AggregatorFlags::try_parse_from(aggregator_args).unwrap();
         let kafka = flags.pipeline.kafka_settings("api-test").unwrap();
         admin::ensure_topics(&kafka, PARTITIONS, 1).await.unwrap();
-        admin::ensure_topic(&brokers, "referral-events-dead-letter", 1, 1)
+        admin::ensure_topic(&kafka, "referral-events-dead-letter", 1, 1)
             .await
             .unwrap();
         let aggregator =

@@ -6,6 +6,7 @@ One component's Deployment. Call with a dict:
   command    the container command (a list)
   tokens     true: the container gets REFERRAL_API_TOKENS from the Secret
   password   true: the container gets REFERRAL_CLICKHOUSE_PASSWORD from the Secret
+  (every container gets REFERRAL_KAFKA_SASL_PASSWORD from it with a SASL protocol)
   autoscaled true: an HPA owns spec.replicas
   strategy   the Deployment strategy (a dict)
 */}}
@@ -69,13 +70,17 @@ spec:
           envFrom:
             - configMapRef:
                 name: {{ include "referral-attribution.fullname" $root }}
-          {{- if or .tokens .password $values.extraEnv }}
+          {{- $sasl := include "referral-attribution.kafkaSasl" $root }}
+          {{- if or .tokens .password $values.extraEnv $sasl }}
           env:
             {{- if .tokens }}
             {{- include "referral-attribution.secretEnv" (dict "root" $root "name" "REFERRAL_API_TOKENS" "key" $root.Values.secretKeys.apiTokens) | nindent 12 }}
             {{- end }}
             {{- if .password }}
             {{- include "referral-attribution.secretEnv" (dict "root" $root "name" "REFERRAL_CLICKHOUSE_PASSWORD" "key" $root.Values.secretKeys.clickhousePassword) | nindent 12 }}
+            {{- end }}
+            {{- if $sasl }}
+            {{- include "referral-attribution.secretEnv" (dict "root" $root "name" "REFERRAL_KAFKA_SASL_PASSWORD" "key" $root.Values.secretKeys.kafkaSaslPassword) | nindent 12 }}
             {{- end }}
             {{- with $values.extraEnv }}
             {{- toYaml . | nindent 12 }}

@@ -120,11 +120,18 @@ so a bad combination fails `helm install`, `helm upgrade` and `helm template` al
 {{- if gt (int .Values.aggregator.replicas) (int .Values.kafka.partitions) }}
 {{- fail (printf "aggregator.replicas (%d) must not exceed kafka.partitions (%d): a consumer group member beyond the partition count of topic %q gets no partition and idles. Lower aggregator.replicas, or add partitions to the topic first and raise kafka.partitions to match." (int .Values.aggregator.replicas) (int .Values.kafka.partitions) .Values.kafka.topic) }}
 {{- end }}
-{{- if hasPrefix "https://" .Values.clickhouse.url }}
-{{- fail (printf "clickhouse.url %q uses https, but the binaries are built without TLS support for ClickHouse (the clickhouse crate has default-features = false): use the server's plain HTTP port, e.g. http://host:8123, or a TLS-terminating proxy next to the pods." .Values.clickhouse.url) }}
+{{- if and .Values.existingSecret (or .Values.auth.apiTokens .Values.clickhouse.password .Values.kafka.sasl.password) }}
+{{- fail "existingSecret is set: leave auth.apiTokens, clickhouse.password and kafka.sasl.password empty and put them into that Secret (keys secretKeys.apiTokens, secretKeys.clickhousePassword, secretKeys.kafkaSaslPassword)" }}
 {{- end }}
-{{- if and .Values.existingSecret (or .Values.auth.apiTokens .Values.clickhouse.password) }}
-{{- fail "existingSecret is set: leave auth.apiTokens and clickhouse.password empty and put both into that Secret (keys secretKeys.apiTokens and secretKeys.clickhousePassword)" }}
+{{- if include "referral-attribution.kafkaSasl" . }}
+{{- if not (and .Values.kafka.sasl.mechanism .Values.kafka.sasl.username) }}
+{{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.mechanism and kafka.sasl.username (and the password, in kafka.sasl.password or the existingSecret)" .Values.kafka.securityProtocol) }}
+{{- end }}
+{{- else if or .Values.kafka.sasl.mechanism .Values.kafka.sasl.username .Values.kafka.sasl.password }}
+{{- fail "kafka.sasl.* is set but kafka.securityProtocol is not sasl-plaintext or sasl-ssl" }}
+{{- end }}
+{{- if and .Values.kafka.tls.caSecret (not (has .Values.kafka.securityProtocol (list "ssl" "sasl-ssl"))) }}
+{{- fail "kafka.tls.caSecret is set but kafka.securityProtocol is not ssl or sasl-ssl" }}
 {{- end }}
 {{- end }}
 
@@ -135,7 +142,7 @@ the chart cannot see the content: restart the Deployments after rotating it.
 {{- define "referral-attribution.checksums" -}}
 checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- if .Values.existingSecret }}
-checksum/secret: {{ printf "%s/%s/%s" .Values.existingSecret .Values.secretKeys.apiTokens .Values.secretKeys.clickhousePassword | sha256sum }}
+checksum/secret: {{ printf "%s/%s/%s/%s" .Values.existingSecret .Values.secretKeys.apiTokens .Values.secretKeys.clickhousePassword .Values.secretKeys.kafkaSaslPassword | sha256sum }}
 {{- else }}
 checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
 {{- end }}
@@ -157,6 +164,14 @@ REFERRAL_KAFKA_LINGER: {{ .Values.kafka.linger | quote }}
 REFERRAL_KAFKA_QUEUE_MAX_MESSAGES: {{ .Values.kafka.queueMaxMessages | int64 | quote }}
 REFERRAL_KAFKA_SESSION_TIMEOUT: {{ .Values.kafka.sessionTimeout | quote }}
 REFERRAL_KAFKA_FETCH_WAIT: {{ .Values.kafka.fetchWait | quote }}
+REFERRAL_KAFKA_SECURITY_PROTOCOL: {{ .Values.kafka.securityProtocol | quote }}
+{{- if include "referral-attribution.kafkaSasl" . }}
+REFERRAL_KAFKA_SASL_MECHANISM: {{ .Values.kafka.sasl.mechanism | quote }}
+REFERRAL_KAFKA_SASL_USERNAME: {{ .Values.kafka.sasl.username | quote }}
+{{- end }}
+{{- if .Values.kafka.tls.caSecret }}
+REFERRAL_KAFKA_SSL_CA_LOCATION: {{ printf "/etc/referral/kafka-ca/%s" .Values.kafka.tls.caSecretKey | quote }}
+{{- end }}
 REFERRAL_CLICKHOUSE_URL: {{ .Values.clickhouse.url | quote }}
 REFERRAL_CLICKHOUSE_DATABASE: {{ .Values.clickhouse.database | quote }}
 REFERRAL_CLICKHOUSE_USER: {{ .Values.clickhouse.user | quote }}
@@ -202,11 +217,31 @@ The /tmp emptyDir (the root filesystem is read-only).
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+{{- if .Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  secret:
+    secretName: {{ .Values.kafka.tls.caSecret }}
+    items:
+      - key: {{ .Values.kafka.tls.caSecretKey }}
+        path: {{ .Values.kafka.tls.caSecretKey }}
+{{- end }}
 {{- end }}
 
 {{- define "referral-attribution.tmpVolumeMount" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .Values.kafka.tls.caSecret }}
+- name: kafka-ca
+  mountPath: /etc/referral/kafka-ca
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the Kafka clients authenticate with SASL (empty otherwise, for `if`).
+*/}}
+{{- define "referral-attribution.kafkaSasl" -}}
+{{- if has .Values.kafka.securityProtocol (list "sasl-plaintext" "sasl-ssl") }}true{{ end }}
 {{- end }}
 
 {{/*

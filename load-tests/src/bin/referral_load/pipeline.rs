@@ -430,6 +430,13 @@ impl Pipeline {
         self.peak_rss.clone()
     }
 
+    /// Whether tansu panicked (its log says so): a broker failure, not the pipeline's.
+    pub fn broker_panicked(&self) -> bool {
+        self.broker
+            .as_ref()
+            .is_some_and(|broker| broker.log_tail(100_000).contains("panicked at"))
+    }
+
     /// Log tails of every component, for a failed run.
     pub fn log_tails(&self) -> String {
         let mut out = String::new();

@@ -239,9 +239,17 @@ pub async fn load_and_verify(
         "referral-load {run_label}: load done ({} acknowledged clicks), draining",
         lock(&run.ledger).acked_count()
     );
-    let drain_seconds = verify::drain(&run, options.drain_timeout).await?;
+    // A pipeline that never drains still gets its verdict: what is missing counts as lost.
+    let drained = verify::drain(&run, options.drain_timeout).await;
     let mut verification = verify::verify(&run).await?;
-    verification.drain_seconds = drain_seconds;
+    match drained {
+        Ok(seconds) => verification.drain_seconds = seconds,
+        Err(error) => {
+            eprintln!("referral-load {run_label}: {error}");
+            verification.drain_seconds = options.drain_timeout.as_secs_f64();
+            verification.problems.insert(0, error);
+        }
+    }
     Ok(LoadOutcome {
         run,
         seconds: elapsed.as_secs_f64(),
@@ -325,6 +333,15 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
             return Err(format!("{error}\n{tails}"));
         }
     };
+    let mut verification = verification;
+    if pipeline.broker_panicked() {
+        verification.problems.insert(
+            0,
+            "tansu panicked during the run (see its log): tansu 0.6.0's SQLite engine fails \
+             an idempotent producer whose epoch was bumped, then serves no client"
+                .to_owned(),
+        );
+    }
     let peak_rss = pipeline.peak_rss();
     if !verification.passed() {
         eprintln!("{}", pipeline.log_tails());
