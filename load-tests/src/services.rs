@@ -210,7 +210,15 @@ pub struct ClickHouseServer {
     dir: TempDir,
     http_port: u16,
     tcp_port: u16,
+    /// Also serving HTTPS here, with the test certificate of `fixtures/tls/`.
+    https_port: Option<u16>,
     binary: PathBuf,
+}
+
+/// The test CA (fixtures/tls/ca.pem) that signed the certificate [`ClickHouseServer::start_tls`]
+/// serves (for `localhost` and 127.0.0.1; both valid until 2126, keys for tests only).
+pub fn test_tls_ca_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tls/ca.pem")
 }
 
 impl ClickHouseServer {
@@ -223,12 +231,22 @@ impl ClickHouseServer {
     /// When the server is not installed, exits, or is not ready within 30 s (with its log
     /// tail in the message).
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Like [`start`](Self::start), also serving HTTPS (see [`https_url`](Self::https_url)).
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let dir = temp_dir("clickhouse-");
-        let ports = free_ports(2);
+        let ports = free_ports(3);
         let mut server = Self {
             process: None,
             http_port: ports[0],
             tcp_port: ports[1],
+            https_port: tls.then_some(ports[2]),
             binary: find_program(
                 "REFERRAL_CLICKHOUSE_SERVER",
                 &["clickhouse-server", "/usr/sbin/clickhouse-server"],
@@ -243,6 +261,12 @@ impl ClickHouseServer {
     /// `http://127.0.0.1:PORT`, for HTTP clients (the `clickhouse` crate among them).
     pub fn http_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// `https://localhost:PORT` when started with [`start_tls`](Self::start_tls).
+    pub fn https_url(&self) -> Option<String> {
+        self.https_port
+            .map(|port| format!("https://localhost:{port}"))
     }
 
     pub fn http_port(&self) -> u16 {
@@ -337,6 +361,30 @@ impl ClickHouseServer {
         )
     }
 
+    /// The HTTPS listener's settings, or nothing.
+    fn https_config(&self) -> String {
+        let Some(port) = self.https_port else {
+            return String::new();
+        };
+        let fixture = |name: &str| {
+            xml_escape(
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("fixtures/tls")
+                    .join(name)
+                    .display()
+                    .to_string(),
+            )
+        };
+        format!(
+            "\n    <https_port>{port}</https_port>\n    <openSSL><server>\
+             <certificateFile>{}</certificateFile><privateKeyFile>{}</privateKeyFile>\
+             <verificationMode>none</verificationMode><loadDefaultCAFile>false</loadDefaultCAFile>\
+             <disableProtocols>sslv2,sslv3</disableProtocols></server></openSSL>",
+            fixture("server.crt"),
+            fixture("server.key")
+        )
+    }
+
     fn write_config(&self) {
         let root = self.dir.path();
         for sub in ["data", "tmp", "user_files", "format_schemas", "log"] {
@@ -360,7 +408,7 @@ impl ClickHouseServer {
     </logger>
     <listen_host>127.0.0.1</listen_host>
     <http_port>{http_port}</http_port>
-    <tcp_port>{tcp_port}</tcp_port>
+    <tcp_port>{tcp_port}</tcp_port>{https}
     <max_connections>1024</max_connections>
     <keep_alive_timeout>3</keep_alive_timeout>
     <max_concurrent_queries>100</max_concurrent_queries>
@@ -383,6 +431,7 @@ impl ClickHouseServer {
             err_file = xml_escape(&log.join("clickhouse-server.err.log").display().to_string()),
             http_port = self.http_port,
             tcp_port = self.tcp_port,
+            https = self.https_config(),
             data = path("data"),
             tmp = path("tmp"),
             user_files = path("user_files"),
