@@ -12,6 +12,7 @@
 //! command timeout) is dropped from the next look-up.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,8 +21,10 @@ use referral_schemas::ApiError;
 use referral_schemas::messages::Verdict;
 use tokio::sync::{Notify, oneshot};
 
-/// Most command ids in one look-up (a bound on the query's size).
+/// Most command ids in one query (a bound on its size); a round queries all waiting ids.
 const MAX_IDS_PER_LOOKUP: usize = 1_000;
+/// Longest one look-up may take; a hung store must not stop every answer.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Waiter = oneshot::Sender<Result<Verdict, ApiError>>;
 
@@ -29,6 +32,8 @@ pub struct VerdictWaiter {
     waiting: Mutex<HashMap<String, Vec<Waiter>>>,
     /// Wakes the look-up task when the first command starts waiting.
     arrived: Notify,
+    /// Set at shutdown: waiting commands are answered 503 and no new one waits.
+    stopped: AtomicBool,
 }
 
 impl VerdictWaiter {
@@ -41,6 +46,7 @@ impl VerdictWaiter {
         let waiter = Arc::new(Self {
             waiting: Mutex::new(HashMap::new()),
             arrived: Notify::new(),
+            stopped: AtomicBool::new(false),
         });
         let task = waiter.clone();
         tokio::spawn(async move {
@@ -48,7 +54,10 @@ impl VerdictWaiter {
             loop {
                 tokio::select! {
                     () = task.lookup_round(reader.as_ref(), poll) => {}
-                    () = &mut stop => return,
+                    () = &mut stop => {
+                        task.stop();
+                        return;
+                    }
                 }
             }
         });
@@ -57,24 +66,33 @@ impl VerdictWaiter {
 
     /// Resolves with the command's verdict once it is decided (the caller bounds the wait).
     pub async fn wait(&self, command_id: &str) -> Result<Verdict, ApiError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(shutting_down());
+        }
         let (sender, receiver) = oneshot::channel();
         self.lock()
             .entry(command_id.to_owned())
             .or_default()
             .push(sender);
         self.arrived.notify_one();
-        receiver.await.unwrap_or_else(|_| {
-            Err(ApiError::overloaded(
-                "the API is shutting down; the command may still be applied",
-            ))
-        })
+        receiver.await.unwrap_or_else(|_| Err(shutting_down()))
+    }
+
+    /// Answers every waiting command (503: it may still be applied) and refuses new ones.
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        let waiting = std::mem::take(&mut *self.lock());
+        for waiter in waiting.into_values().flatten() {
+            let _ = waiter.send(Err(shutting_down()));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiter>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One look-up of every waiting command, then a pause (or a wait for the first one).
+    /// One look-up of every waiting command (in queries of at most
+    /// [`MAX_IDS_PER_LOOKUP`]), then a pause (or a wait for the first one).
     async fn lookup_round(&self, reader: &dyn AttributionReader, poll: Duration) {
         let ids: Vec<String> = {
             let mut waiting = self.lock();
@@ -82,14 +100,28 @@ impl VerdictWaiter {
                 waiters.retain(|waiter| !waiter.is_closed());
                 !waiters.is_empty()
             });
-            waiting.keys().take(MAX_IDS_PER_LOOKUP).cloned().collect()
+            waiting.keys().cloned().collect()
         };
         if ids.is_empty() {
             self.arrived.notified().await;
             return;
         }
         metrics::histogram!("referral_verdict_lookup_commands").record(ids.len() as f64);
-        match reader.verdicts(&ids).await {
+        for chunk in ids.chunks(MAX_IDS_PER_LOOKUP) {
+            self.lookup(reader, chunk).await;
+        }
+        tokio::time::sleep(poll).await;
+    }
+
+    async fn lookup(&self, reader: &dyn AttributionReader, ids: &[String]) {
+        let found = match tokio::time::timeout(LOOKUP_TIMEOUT, reader.verdicts(ids)).await {
+            Ok(found) => found,
+            Err(_) => {
+                tracing::warn!(commands = ids.len(), "verdict look-up timed out; retried");
+                return;
+            }
+        };
+        match found {
             Ok(found) => {
                 let mut waiting = self.lock();
                 for (command_id, verdict) in found {
@@ -106,15 +138,18 @@ impl VerdictWaiter {
             Err(error) => {
                 tracing::error!(%error, "cannot read verdicts");
                 let mut waiting = self.lock();
-                for id in &ids {
+                for id in ids {
                     for waiter in waiting.remove(id).unwrap_or_default() {
                         let _ = waiter.send(Err(ApiError::internal()));
                     }
                 }
             }
         }
-        tokio::time::sleep(poll).await;
     }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::overloaded("the API is shutting down; the command may still be applied")
 }
 
 #[cfg(test)]
@@ -225,6 +260,31 @@ mod tests {
         let lookups = reader.lookups.load(Ordering::SeqCst);
         assert!(lookups < 20, "{lookups} look-ups for 200 commands");
         let _ = stop.send(());
+    }
+
+    #[tokio::test]
+    async fn shutdown_answers_every_waiter_and_refuses_new_ones() {
+        let reader = Arc::new(SlowWriter {
+            lookups: AtomicUsize::new(0),
+            decide_after: usize::MAX,
+        });
+        let (stop, stopped) = oneshot::channel::<()>();
+        let waiter = VerdictWaiter::spawn(reader, Duration::from_millis(5), async {
+            let _ = stopped.await;
+        });
+        let pending = {
+            let waiter = waiter.clone();
+            tokio::spawn(async move { waiter.wait("deleted-7").await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let _ = stop.send(());
+        let answered = tokio::time::timeout(Duration::from_secs(2), pending)
+            .await
+            .expect("answered at shutdown")
+            .unwrap();
+        assert_eq!(answered.unwrap_err().status().as_u16(), 503);
+        let late = waiter.wait("deleted-8").await;
+        assert_eq!(late.unwrap_err().status().as_u16(), 503);
     }
 
     #[tokio::test]

@@ -556,6 +556,8 @@ struct PlannedCommand {
     method: Method,
     url: String,
     body: Option<String>,
+    /// The member a confirmation names.
+    member: Option<String>,
 }
 
 /// Picks the target of a command (marking it busy) and builds the request.
@@ -585,12 +587,13 @@ fn plan_command(
         click.busy = true;
         Some((id, code, member))
     };
-    let (id, holder, method, body) = match kind {
+    let (id, holder, method, body, member) = match kind {
         CommandKind::Confirm => {
             let id = ledger.take_target(rng, false)?;
             let code = &run.population.codes[ledger.clicks.get(&id)?.code].0;
-            let body = json!({"code": code, "new_member_id": fresh_member()}).to_string();
-            (id, None, Method::PUT, Some(body))
+            let member = fresh_member();
+            let body = json!({"code": code, "new_member_id": member}).to_string();
+            (id, None, Method::PUT, Some(body), Some(member))
         }
         CommandKind::MemberTaken => {
             let (holder, _, member) = confirmed(&mut ledger, rng)?;
@@ -600,7 +603,7 @@ fn plan_command(
             };
             let code = &run.population.codes[ledger.clicks.get(&id)?.code].0;
             let body = json!({"code": code, "new_member_id": member}).to_string();
-            (id, Some(holder), Method::PUT, Some(body))
+            (id, Some(holder), Method::PUT, Some(body), Some(member))
         }
         CommandKind::RetryConfirm | CommandKind::OtherMember => {
             let (id, code, member) = confirmed(&mut ledger, rng)?;
@@ -609,9 +612,15 @@ fn plan_command(
                 _ => member,
             };
             let body = json!({"code": code, "new_member_id": member}).to_string();
-            (id, None, Method::PUT, Some(body))
+            (id, None, Method::PUT, Some(body), Some(member))
         }
-        CommandKind::Delete => (ledger.take_target(rng, true)?, None, Method::DELETE, None),
+        CommandKind::Delete => (
+            ledger.take_target(rng, true)?,
+            None,
+            Method::DELETE,
+            None,
+            None,
+        ),
         CommandKind::DeleteAgain => {
             if ledger.deleted.is_empty() {
                 return None;
@@ -622,7 +631,7 @@ fn plan_command(
                 return None;
             }
             click.busy = true;
-            (id, None, Method::DELETE, None)
+            (id, None, Method::DELETE, None, None)
         }
     };
     Some(PlannedCommand {
@@ -632,6 +641,7 @@ fn plan_command(
         holder,
         method,
         body,
+        member,
     })
 }
 
@@ -643,6 +653,7 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
         method,
         url,
         body,
+        member: sent,
     } = command;
     let id = id.as_str();
     let call = match body {
@@ -673,15 +684,28 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
     };
     let new_state = match (kind, status) {
         (_, None) | (_, Some(500..)) | (_, Some(429)) => Some(ClickState::Uncertain),
+        // A confirmed attribution was visible: "not found" for it is wrong.
+        (CommandKind::Delete, Some(404))
+            if matches!(
+                ledger.clicks.get(id).map(|click| &click.state),
+                Some(ClickState::Confirmed { .. })
+            ) =>
+        {
+            ledger
+                .violations
+                .record(format!("delete {id} (confirmed): 404 {answer}"));
+            Some(ClickState::Uncertain)
+        }
         // The click was not visible to the API yet (acknowledged moments before an outage):
         // a definite "not found", nothing applied.
         (CommandKind::Confirm | CommandKind::MemberTaken | CommandKind::Delete, Some(404)) => None,
         (CommandKind::Confirm, Some(200)) => {
-            let member = answer["new_member_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            if answer["status"] != "confirmed" || answer["id"] != id {
+            // The ledger holds what was sent: an answer naming another member is wrong.
+            let member = sent.clone().unwrap_or_default();
+            if answer["status"] != "confirmed"
+                || answer["id"] != id
+                || answer["new_member_id"] != member.as_str()
+            {
                 ledger
                     .violations
                     .record(format!("confirm {id}: 200 with {answer}"));

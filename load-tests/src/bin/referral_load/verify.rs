@@ -98,61 +98,68 @@ async fn get(run: &Run, url: String) -> Result<(u16, Value), String> {
     Err(format!("GET {url}: {last}"))
 }
 
-/// Each mentor's all-time click total, for the drain check.
-async fn mentor_click_totals(run: &Arc<Run>) -> Result<Vec<i64>, String> {
-    let mut totals = vec![0; run.population.mentors.len()];
+/// Each mentor's all-time (clicks, conversions), for the drain check.
+async fn mentor_totals(run: &Arc<Run>) -> Result<Vec<(i64, i64)>, String> {
+    let mut totals = vec![(0, 0); run.population.mentors.len()];
     let mut tasks = JoinSet::new();
-    for (index, mentor) in run.population.mentors.iter().enumerate() {
-        if tasks.len() >= CONCURRENCY
-            && let Some(joined) = tasks.join_next().await
+    let mut mentors = run.population.mentors.iter().enumerate();
+    loop {
+        while tasks.len() < CONCURRENCY
+            && let Some((index, mentor)) = mentors.next()
         {
-            let (index, total): (usize, i64) = joined.map_err(|error| error.to_string())??;
-            totals[index] = total;
+            let run = run.clone();
+            let url = format!(
+                "{}/api/v1/referral-attributions/mentor/{mentor}/total",
+                run.endpoints.api
+            );
+            tasks.spawn(async move {
+                let (status, body) = get(&run, url).await?;
+                match (
+                    body["total_clicks"].as_i64(),
+                    body["total_conversions"].as_i64(),
+                ) {
+                    (Some(clicks), Some(conversions)) if status == 200 => {
+                        Ok((index, (clicks, conversions)))
+                    }
+                    _ => Err(format!("mentor totals answered {status}: {body}")),
+                }
+            });
         }
-        let run = run.clone();
-        let url = format!(
-            "{}/api/v1/referral-attributions/mentor/{mentor}/total",
-            run.endpoints.api
-        );
-        tasks.spawn(async move {
-            let (status, body) = get(&run, url).await?;
-            match body["total_clicks"].as_i64() {
-                Some(total) if status == 200 => Ok((index, total)),
-                _ => Err(format!("mentor totals answered {status}: {body}")),
-            }
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        let (index, total) = joined.map_err(|error| error.to_string())??;
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (index, total): (usize, (i64, i64)) = joined.map_err(|error| error.to_string())??;
         totals[index] = total;
     }
     Ok(totals)
 }
 
-/// Waits until the pipeline has applied everything: the run's click totals reach at least
-/// the acknowledged live clicks and then stop moving for two polls in a row.
+/// Waits until the pipeline has applied everything: every mentor's click total reaches at
+/// least its acknowledged live clicks, then every mentor's clicks and conversions stay the
+/// same for two polls in a row (a command decided late moves conversions only).
 pub async fn drain(run: &Arc<Run>, timeout: Duration) -> Result<f64, String> {
     let started = Instant::now();
-    let minimum: i64 = {
-        let ledger = lock(&run.ledger);
-        ledger
-            .clicks
-            .values()
-            .filter(|click| {
-                matches!(
-                    click.state,
-                    ClickState::Pending | ClickState::Confirmed { .. }
-                )
-            })
-            .count() as i64
-    };
-    let mut previous: Option<Vec<i64>> = None;
+    let mut minimum = vec![0i64; run.population.mentors.len()];
+    for click in lock(&run.ledger).clicks.values() {
+        if matches!(
+            click.state,
+            ClickState::Pending | ClickState::Confirmed { .. }
+        ) {
+            minimum[click.mentor] += 1;
+        }
+    }
+    let mut previous: Option<Vec<(i64, i64)>> = None;
     let mut steady = 0;
+    let mut behind = 0;
     loop {
-        match mentor_click_totals(run).await {
+        match mentor_totals(run).await {
             Ok(totals) => {
-                let sum: i64 = totals.iter().sum();
-                if sum >= minimum && previous.as_ref() == Some(&totals) {
+                behind = totals
+                    .iter()
+                    .zip(&minimum)
+                    .filter(|((clicks, _), least)| clicks < least)
+                    .count();
+                if behind == 0 && previous.as_ref() == Some(&totals) {
                     steady += 1;
                     if steady >= 2 {
                         return Ok(started.elapsed().as_secs_f64());
@@ -166,10 +173,9 @@ pub async fn drain(run: &Arc<Run>, timeout: Duration) -> Result<f64, String> {
             Err(_) => {}
         }
         if started.elapsed() >= timeout {
-            let sum: i64 = previous.iter().flatten().sum();
             return Err(format!(
-                "the pipeline did not drain within {timeout:?}: the run's mentors total {sum} \
-                 clicks, at least {minimum} acknowledged clicks are live"
+                "the pipeline did not drain within {timeout:?}: {behind} mentors' click totals \
+                 are below their acknowledged live clicks"
             ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -198,18 +204,20 @@ fn judge_by_id(id: &str, expected: &Expected<'_>, status: u16, body: &Value) -> 
         code,
         occurred_at,
     } = *expected;
+    let same_click = body["id"] == id
+        && body["mentor_id"] == mentor
+        && body["code"] == code
+        && body["occurred_at"] == occurred_at;
     match (state, status) {
-        (ClickState::Uncertain, 200 | 404) => ByIdOutcome::Stored,
+        (ClickState::Uncertain, 404) => ByIdOutcome::Stored,
+        // Either state its unanswered command allowed; the click itself must be intact.
+        (ClickState::Uncertain, 200) if same_click => ByIdOutcome::Stored,
         (ClickState::Deleted, 404) => ByIdOutcome::Stored,
         (ClickState::Deleted, _) => ByIdOutcome::Inconsistent(format!(
             "{id} was deleted (acknowledged) but reads {status} {body}"
         )),
         (_, 404) => ByIdOutcome::Lost,
         (ClickState::Pending | ClickState::Confirmed { .. }, 200) => {
-            let same_click = body["id"] == id
-                && body["mentor_id"] == mentor
-                && body["code"] == code
-                && body["occurred_at"] == occurred_at;
             let same_state = match state {
                 ClickState::Confirmed { member } => {
                     body["status"] == "confirmed" && body["new_member_id"] == member.as_str()
@@ -236,11 +244,48 @@ struct MentorState {
     total_conversions: i64,
 }
 
+/// A mentor's totals, then listing, then totals again; read again when the two totals
+/// differ (a command decided during the read), so listing and totals are one state.
 async fn read_mentor(run: &Run, mentor: &str) -> Result<MentorState, String> {
     let base = format!(
         "{}/api/v1/referral-attributions/mentor/{mentor}",
         run.endpoints.api
     );
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before = mentor_total(run, &base, mentor).await?;
+        let (ids, listed_total) = list_mentor(run, &base, mentor).await?;
+        let after = mentor_total(run, &base, mentor).await?;
+        if before == after || attempt >= 5 {
+            return Ok(MentorState {
+                ids,
+                listed_total,
+                total_clicks: after.0,
+                total_conversions: after.1,
+            });
+        }
+    }
+}
+
+/// A mentor's all-time (clicks, conversions).
+async fn mentor_total(run: &Run, base: &str, mentor: &str) -> Result<(i64, i64), String> {
+    let (status, body) = get(run, format!("{base}/total")).await?;
+    match (
+        body["total_clicks"].as_i64(),
+        body["total_conversions"].as_i64(),
+    ) {
+        (Some(clicks), Some(conversions)) if status == 200 => Ok((clicks, conversions)),
+        _ => Err(format!("{mentor}'s totals answered {status}: {body}")),
+    }
+}
+
+/// Every page of a mentor's attributions: (id, status) and `pagination.total`.
+async fn list_mentor(
+    run: &Run,
+    base: &str,
+    mentor: &str,
+) -> Result<(Vec<(String, String)>, i64), String> {
     let mut ids = Vec::new();
     let mut listed_total = 0;
     for page in 1.. {
@@ -266,16 +311,7 @@ async fn read_mentor(run: &Run, mentor: &str) -> Result<MentorState, String> {
             break;
         }
     }
-    let (status, totals) = get(run, format!("{base}/total")).await?;
-    if status != 200 {
-        return Err(format!("{mentor}'s totals answered {status}: {totals}"));
-    }
-    Ok(MentorState {
-        ids,
-        listed_total,
-        total_clicks: totals["total_clicks"].as_i64().unwrap_or(-1),
-        total_conversions: totals["total_conversions"].as_i64().unwrap_or(-1),
-    })
+    Ok((ids, listed_total))
 }
 
 /// Checks the store against the ledger. Call after [`drain`].
@@ -303,6 +339,7 @@ pub async fn verify(run: &Arc<Run>) -> Result<Verification, String> {
     }
 
     // 1. Every acknowledged click by id.
+    let mut lost = HashSet::new();
     let mut tasks = JoinSet::new();
     let mut pending = clicks.clone().into_iter();
     loop {
@@ -319,20 +356,22 @@ pub async fn verify(run: &Arc<Run>) -> Result<Verification, String> {
                     code: &run.population.codes[code].0,
                     occurred_at: &occurred_at,
                 };
-                Ok::<_, String>((
-                    matches!(state, ClickState::Uncertain),
-                    judge_by_id(&id, &expected, status, &body),
-                ))
+                let outcome = judge_by_id(&id, &expected, status, &body);
+                Ok::<_, String>((id, matches!(state, ClickState::Uncertain), outcome))
             });
         }
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (uncertain, outcome) = joined.map_err(|error| error.to_string())??;
+        let (id, uncertain, outcome) = joined.map_err(|error| error.to_string())??;
         result.uncertain += u64::from(uncertain);
         match outcome {
             ByIdOutcome::Stored => result.stored += 1,
-            ByIdOutcome::Lost => result.lost += 1,
+            ByIdOutcome::Lost => {
+                result.lost += 1;
+                result.problem(format!("{id} was acknowledged and is not readable"));
+                lost.insert(id);
+            }
             ByIdOutcome::Inconsistent(what) => {
                 result.stored += 1;
                 result.inconsistent += 1;
@@ -371,17 +410,20 @@ pub async fn verify(run: &Arc<Run>) -> Result<Verification, String> {
                 .map(Vec::as_slice)
                 .unwrap_or_default(),
             &state,
+            &lost,
         );
     }
     result.verify_seconds = started.elapsed().as_secs_f64();
     Ok(result)
 }
 
+/// `lost`: acknowledged clicks already counted as lost by id (not counted again here).
 fn check_mentor(
     result: &mut Verification,
     mentor: &str,
     acked: &[(String, ClickState)],
     state: &MentorState,
+    lost: &HashSet<String>,
 ) {
     let mut seen = HashSet::new();
     let mut confirmed = 0i64;
@@ -413,6 +455,7 @@ fn check_mentor(
     for (id, click) in acked {
         if matches!(click, ClickState::Pending | ClickState::Confirmed { .. })
             && !seen.contains(id.as_str())
+            && !lost.contains(id)
         {
             result.inconsistent += 1;
             result.problem(format!("{mentor}'s listing misses {id} ({click:?})"));
@@ -472,6 +515,7 @@ mod tests {
             "usr",
             &acked,
             &mentor_state(&[("a", "pending"), ("b", "confirmed")], 2, 1),
+            &HashSet::new(),
         );
         assert!(ok.passed(), "{ok:?}");
 
@@ -481,6 +525,7 @@ mod tests {
             "usr",
             &acked,
             &mentor_state(&[("a", "pending"), ("b", "confirmed")], 3, 2),
+            &HashSet::new(),
         );
         assert_eq!(twice.duplicated, 2);
         assert!(!twice.passed());
@@ -491,6 +536,7 @@ mod tests {
             "usr",
             &acked,
             &mentor_state(&[("a", "pending"), ("b", "confirmed")], 2, 0),
+            &HashSet::new(),
         );
         assert_eq!(under.inconsistent, 1);
 
@@ -504,6 +550,7 @@ mod tests {
                 2,
                 1,
             ),
+            &HashSet::new(),
         );
         assert_eq!(repeated.duplicated, 1);
     }
@@ -515,7 +562,13 @@ mod tests {
             ("d".to_owned(), ClickState::Deleted),
         ];
         let mut missing = Verification::default();
-        check_mentor(&mut missing, "usr", &acked, &mentor_state(&[], 0, 0));
+        check_mentor(
+            &mut missing,
+            "usr",
+            &acked,
+            &mentor_state(&[], 0, 0),
+            &HashSet::new(),
+        );
         assert_eq!(missing.inconsistent, 1, "{missing:?}");
 
         let mut resurrected = Verification::default();
@@ -524,6 +577,7 @@ mod tests {
             "usr",
             &acked,
             &mentor_state(&[("a", "pending"), ("d", "pending")], 2, 0),
+            &HashSet::new(),
         );
         assert_eq!(resurrected.inconsistent, 1, "{resurrected:?}");
 
@@ -533,6 +587,7 @@ mod tests {
             "usr",
             &acked,
             &mentor_state(&[("a", "pending"), ("x", "pending")], 2, 0),
+            &HashSet::new(),
         );
         assert!(extra.passed(), "{extra:?}");
         assert_eq!(extra.unacked_stored, 1);
