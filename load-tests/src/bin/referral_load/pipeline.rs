@@ -359,7 +359,7 @@ impl Pipeline {
         }
     }
 
-    /// Kills tansu (SIGKILL) and starts it again on the same port and data.
+    /// Kills tansu (SIGKILL); `start_broker` brings it back on the same port and data.
     pub fn kill_broker(&mut self) {
         self.sample_rss();
         if let Some(broker) = self.broker.as_mut() {

@@ -108,21 +108,14 @@ async fn mentor_totals(run: &Arc<Run>) -> Result<Vec<(i64, i64)>, String> {
             && let Some((index, mentor)) = mentors.next()
         {
             let run = run.clone();
-            let url = format!(
-                "{}/api/v1/referral-attributions/mentor/{mentor}/total",
+            let base = format!(
+                "{}/api/v1/referral-attributions/mentor/{mentor}",
                 run.endpoints.api
             );
+            let mentor = mentor.clone();
             tasks.spawn(async move {
-                let (status, body) = get(&run, url).await?;
-                match (
-                    body["total_clicks"].as_i64(),
-                    body["total_conversions"].as_i64(),
-                ) {
-                    (Some(clicks), Some(conversions)) if status == 200 => {
-                        Ok((index, (clicks, conversions)))
-                    }
-                    _ => Err(format!("mentor totals answered {status}: {body}")),
-                }
+                let total = mentor_total(&run, &base, &mentor).await?;
+                Ok::<_, String>((index, total))
             });
         }
         let Some(joined) = tasks.join_next().await else {
