@@ -5,6 +5,10 @@ use clap::Parser;
 use referral_api::config::Config;
 use referral_ingest::{shutdown, telemetry};
 
+/// mimalloc, as in `referral-ingest`: this binary serves the same click path in embedded mode.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing();

@@ -3,9 +3,12 @@
 //! The [`CodeDirectory`] holds every live code. In embedded mode the writer updates it
 //! before acknowledging a code change, so a miss is final. With Kafka, the directory follows
 //! the compacted codes topic; a change made a moment ago may not have arrived yet, so a miss
-//! waits (bounded) for the follower to reach the end of the topic once, then the answer is
-//! remembered for a short while (negative caching): a storm of unknown codes costs one
-//! bounded wait per code per second, and never a look-up against a store.
+//! waits (bounded) until the directory is known to be complete as of the miss: the follower
+//! reaches the end of the topic again, or a freshness probe (the topic's end offsets, one
+//! broker request shared by every miss of the moment, at most 40 a second) finds nothing left
+//! to apply. The answer is then remembered for a short while (negative caching): a storm of
+//! unknown codes costs a few milliseconds per code per second, and never a look-up against a
+//! store.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

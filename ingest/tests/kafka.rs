@@ -212,6 +212,29 @@ impl Edge {
         ))
     }
 
+    /// The edge's Prometheus text.
+    async fn metrics(&self) -> String {
+        let response = self
+            .client
+            .request(
+                Request::get(format!("{}/metrics", self.base))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        String::from_utf8(
+            response
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
+    }
+
     async fn click(
         &self,
         body: &str,
@@ -454,6 +477,54 @@ async fn codes_published_on_the_topic_are_honoured_within_five_seconds() {
     }
 }
 
+/// An idle codes topic gives the follower no new end-of-partition event, so without the
+/// freshness probe each unknown code would hold its request for the whole miss wait (500 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_codes_are_refused_after_a_probe_not_the_whole_miss_wait() {
+    let broker = Broker::start().await;
+    let settings = settings(&broker, "probe");
+    admin::ensure_topics(&settings, 1, 1).await.unwrap();
+    assign(&settings, "JAN-1", "usr_1").await;
+    let edge = Edge::start(&settings, &[]).await;
+    let started = Instant::now();
+    for n in 0..20 {
+        let (status, _, body) = edge.click(&format!(r#"{{"code":"NOPE-{n}"}}"#), &[]).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert_eq!(body["error"]["code"], "unknown_code");
+    }
+    let elapsed = started.elapsed();
+    // 20 misses at the whole wait would take 10 s; probed, a few tens of milliseconds each.
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "20 unknown codes took {elapsed:?}"
+    );
+    let metrics = edge.metrics().await;
+    assert!(
+        metrics.contains(r#"referral_code_misses_total{resolution="unknown"} 20"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"referral_code_probes_total{outcome="complete"}"#),
+        "{metrics}"
+    );
+    // A known code still resolves, and one created now is still honoured (not refused from
+    // a stale probe): the probe sees the new end offset and waits for the follower.
+    assign(&settings, "NOPE-0", "usr_9").await;
+    let started = Instant::now();
+    loop {
+        let (status, _, body) = edge.click(r#"{"code":"NOPE-0"}"#, &[]).await;
+        if status == StatusCode::CREATED {
+            assert_eq!(body["mentor_id"], "usr_9");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a new code was not honoured within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_flooding_ip_is_limited_while_another_is_served() {
     let broker = Broker::start().await;
@@ -496,25 +567,7 @@ async fn one_flooding_ip_is_limited_while_another_is_served() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    let metrics = edge
-        .client
-        .request(
-            Request::get(format!("{}/metrics", edge.base))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let text = String::from_utf8(
-        metrics
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
+    let text = edge.metrics().await;
     assert!(
         text.contains(r#"referral_clicks_rate_limited_total{limiter="client_ip"}"#),
         "{text}"

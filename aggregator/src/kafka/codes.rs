@@ -8,11 +8,14 @@
 //!
 //! The follower reads the topic from the beginning (no consumer group, nothing committed),
 //! applies each record to the [`CodeDirectory`], and announces each time it has reached the
-//! end of every partition, so that a miss can wait, bounded, for a fresh view.
+//! end of every partition, so that a miss can wait, bounded, for a fresh view. Because
+//! librdkafka reports the end of a partition only once per arrival there, an idle topic
+//! gives no new such announcement: a miss then asks the prober, which compares the topic's
+//! end offsets (from the broker) with what the follower applied.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -22,7 +25,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use referral_schemas::ReferralCode;
 use referral_schemas::messages::SCHEMA_VERSION;
-use tokio::sync::watch;
+use tokio::sync::{Notify, oneshot, watch};
 
 use super::{KafkaSettings, METADATA_TIMEOUT, SCHEMA_VERSION_HEADER};
 use crate::codes::{CodeChange, CodeDirectory};
@@ -30,6 +33,10 @@ use crate::codes::{CodeChange, CodeDirectory};
 /// How long the broker may hold a fetch open when there is nothing new: the follower's
 /// worst-case added latency for a code change.
 const FETCH_WAIT: Duration = Duration::from_millis(100);
+/// Shortest time between two freshness probes.
+const PROBE_INTERVAL: Duration = Duration::from_millis(25);
+/// Longest a freshness probe waits for the broker's answer on one partition.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The follower's client context: reaching the end of a partition is how the follower
 /// knows it caught up (`enable.partition.eof`), not an error; librdkafka's default context
@@ -94,26 +101,39 @@ async fn send(
 /// What the follower tells the edge about its progress.
 #[derive(Clone, Debug)]
 pub struct CodeSync {
-    /// Increases each time the follower is at the end of every partition.
-    caught_up: watch::Receiver<u64>,
+    /// The latest instant as of which the directory is known to hold every change published
+    /// before it; `None` until the follower first reached the end of the topic.
+    complete_as_of: watch::Receiver<Option<Instant>>,
+    /// Wakes the prober: a miss wants to know whether the directory is complete now.
+    probe_wanted: Arc<Notify>,
 }
 
 impl CodeSync {
     /// Whether the follower has ever caught up (the directory is complete as of start).
     pub fn is_loaded(&self) -> bool {
-        *self.caught_up.borrow() > 0
+        self.complete_as_of.borrow().is_some()
     }
 
-    /// Waits, at most `limit`, for the follower to reach the end of the topic again: after
-    /// this, the directory includes every change published before the call.
+    /// Waits, at most `limit`, until the directory is known to include every change published
+    /// before the call: either the follower reaches the end of the topic again, or a probe
+    /// started after the call finds nothing left to apply (the usual case for an unknown
+    /// code: one broker round trip, shared with every other miss of the moment).
     pub async fn wait_for_fresh_view(&self, limit: Duration) -> bool {
-        let mut caught_up = self.caught_up.clone();
-        let seen = *caught_up.borrow_and_update();
-        tokio::time::timeout(limit, caught_up.wait_for(|&epoch| epoch > seen))
-            .await
-            .is_ok_and(|changed| changed.is_ok())
+        let asked = Instant::now();
+        let mut complete = self.complete_as_of.clone();
+        self.probe_wanted.notify_one();
+        tokio::time::timeout(
+            limit,
+            complete.wait_for(|as_of| as_of.is_some_and(|at| at >= asked)),
+        )
+        .await
+        .is_ok_and(|changed| changed.is_ok())
     }
 }
+
+/// Next offset to apply, per partition: written by the follower after each record, read by
+/// the prober.
+type AppliedOffsets = Arc<Mutex<HashMap<i32, i64>>>;
 
 /// Starts following `settings.codes_topic` into `directory` until `stop` resolves.
 pub async fn follow(
@@ -158,18 +178,50 @@ pub async fn follow(
         assignment.add_partition_offset(&topic, *partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
-    let (announce, caught_up) = watch::channel(0u64);
-    tokio::spawn(run_follower(
-        consumer, partitions, directory, announce, stop,
+    let (complete, complete_as_of) = watch::channel(None);
+    let complete = Arc::new(complete);
+    let probe_wanted = Arc::new(Notify::new());
+    let applied = AppliedOffsets::default();
+    // The prober lives as long as the follower: it stops when this sender is dropped.
+    let (follower_alive, follower_gone) = oneshot::channel::<()>();
+    tokio::spawn(run_prober(
+        Prober {
+            consumer: consumer.clone(),
+            topic,
+            partitions: partitions.clone(),
+            applied: applied.clone(),
+        },
+        complete.clone(),
+        probe_wanted.clone(),
+        follower_gone,
     ));
-    Ok(CodeSync { caught_up })
+    tokio::spawn(async move {
+        run_follower(consumer, partitions, directory, applied, complete, stop).await;
+        drop(follower_alive);
+    });
+    Ok(CodeSync {
+        complete_as_of,
+        probe_wanted,
+    })
+}
+
+/// Records that the directory holds every change published before `at`.
+fn announce_complete(complete: &watch::Sender<Option<Instant>>, at: Instant) {
+    complete.send_if_modified(|as_of| {
+        if as_of.is_some_and(|known| known >= at) {
+            return false;
+        }
+        *as_of = Some(at);
+        true
+    });
 }
 
 async fn run_follower(
     consumer: Arc<StreamConsumer<FollowerContext>>,
     partitions: Vec<i32>,
     directory: CodeDirectory,
-    announce: watch::Sender<u64>,
+    applied: AppliedOffsets,
+    complete: Arc<watch::Sender<Option<Instant>>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(stop);
@@ -182,34 +234,19 @@ async fn run_follower(
         match next {
             Ok(message) => {
                 at_end.insert(message.partition(), false);
-                let Some(code) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
-                    tracing::warn!(
-                        offset = message.offset(),
-                        "code record without a text key; skipped"
-                    );
-                    continue;
-                };
-                let change = match message.payload() {
-                    None => CodeChange::Retired {
-                        code: code.to_owned(),
-                    },
-                    Some(payload) => match serde_json::from_slice::<ReferralCode>(payload) {
-                        Ok(record) => CodeChange::Assigned {
-                            code: record.code,
-                            mentor_id: record.mentor_id,
-                        },
-                        Err(error) => {
-                            tracing::warn!(%error, code, "undecodable code record; skipped");
-                            continue;
-                        }
-                    },
-                };
-                directory.apply(&[change]);
+                if let Some(change) = code_change(&message) {
+                    directory.apply(&[change]);
+                }
+                // After the apply: the prober must never see an offset the directory lacks.
+                applied
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(message.partition(), message.offset() + 1);
             }
             Err(KafkaError::PartitionEOF(partition)) => {
                 at_end.insert(partition, true);
                 if at_end.values().all(|&end| end) {
-                    announce.send_modify(|epoch| *epoch += 1);
+                    announce_complete(&complete, Instant::now());
                 }
             }
             Err(error) => {
@@ -217,5 +254,103 @@ async fn run_follower(
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+}
+
+/// The change a code record carries; `None` (logged) for a record that is not one.
+fn code_change(message: &impl Message) -> Option<CodeChange> {
+    let Some(code) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
+        tracing::warn!(
+            offset = message.offset(),
+            "code record without a text key; skipped"
+        );
+        return None;
+    };
+    match message.payload() {
+        None => Some(CodeChange::Retired {
+            code: code.to_owned(),
+        }),
+        Some(payload) => match serde_json::from_slice::<ReferralCode>(payload) {
+            Ok(record) => Some(CodeChange::Assigned {
+                code: record.code,
+                mentor_id: record.mentor_id,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, code, "undecodable code record; skipped");
+                None
+            }
+        },
+    }
+}
+
+/// Answers "is the directory complete now?" by comparing the topic's end offsets, asked of
+/// the broker, with what the follower applied.
+struct Prober {
+    consumer: Arc<StreamConsumer<FollowerContext>>,
+    topic: String,
+    partitions: Vec<i32>,
+    applied: AppliedOffsets,
+}
+
+impl Prober {
+    /// True when every partition's end offset is already applied. Blocking (one offsets
+    /// request per partition).
+    fn directory_is_complete(&self) -> Result<bool, KafkaError> {
+        for &partition in &self.partitions {
+            let (low, high) =
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition, PROBE_TIMEOUT)?;
+            let applied = self
+                .applied
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&partition)
+                .copied()
+                .unwrap_or(0);
+            // Below `low` nothing is left to read (deleted or compacted away).
+            if applied.max(low) < high {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Runs one probe at a time, at most one per [`PROBE_INTERVAL`], while misses want one: a
+/// storm of unknown codes costs at most that rate of broker requests, and every miss of the
+/// moment shares the same answer.
+async fn run_prober(
+    prober: Prober,
+    complete: Arc<watch::Sender<Option<Instant>>>,
+    wanted: Arc<Notify>,
+    follower_gone: oneshot::Receiver<()>,
+) {
+    let prober = Arc::new(prober);
+    tokio::pin!(follower_gone);
+    loop {
+        tokio::select! {
+            () = wanted.notified() => {}
+            _ = &mut follower_gone => return,
+        }
+        let started = Instant::now();
+        let probe = prober.clone();
+        let outcome = match tokio::task::spawn_blocking(move || probe.directory_is_complete()).await
+        {
+            Ok(Ok(true)) => {
+                announce_complete(&complete, started);
+                "complete"
+            }
+            Ok(Ok(false)) => "behind",
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "codes freshness probe failed");
+                "error"
+            }
+            Err(error) => {
+                tracing::warn!(%error, "codes freshness probe task failed");
+                "error"
+            }
+        };
+        metrics::counter!("referral_code_probes_total", "outcome" => outcome).increment(1);
+        tokio::time::sleep_until((started + PROBE_INTERVAL).into()).await;
     }
 }
