@@ -294,7 +294,10 @@ struct Prober {
 
 impl Prober {
     /// True when every partition's end offset is already applied. Blocking (one offsets
-    /// request per partition).
+    /// request per partition). Only as right as the broker's high watermark: tansu 0.6.0
+    /// reports the base offset of the last record batch + 1, so after a batch of several
+    /// code records it may answer "complete" early; a code refused then is refused for at
+    /// most the negative-cache second, still inside the edge's 5 s promise.
     fn directory_is_complete(&self) -> Result<bool, KafkaError> {
         for &partition in &self.partitions {
             let (low, high) =
