@@ -2,6 +2,8 @@
 //! process used over a measured window, and recording a report into the benchmark document.
 
 use std::fs;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -180,6 +182,84 @@ pub fn record_section(doc: &Path, name: &str, heading: &str, report: &str) -> Re
         _ => format!("{}\n\n## {heading}\n\n{block}\n", text.trim_end()),
     };
     fs::write(doc, updated).map_err(|error| format!("cannot write {}: {error}", doc.display()))
+}
+
+/// A plain HTTP/1.1 GET to 127.0.0.1: (status, body). `None` when the service does not
+/// answer (within 2 s to connect, 30 s to answer).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Waits until `service` answers 200 on `path`; fails with its log when it dies or when
+/// `within` runs out.
+pub fn wait_http_ok(service: &mut Service, port: u16, path: &str, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        service.check_alive()?;
+        if http_get(port, path).is_some_and(|(status, _)| status == 200) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not answer 200 on {path} within {within:?}; its log:\n{}",
+                service.name,
+                service.log_tail()
+            ));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `name cores, ...` for a report.
+pub fn cpu_line(cpu: &[(&'static str, f64)]) -> String {
+    cpu.iter()
+        .map(|(name, cores)| format!("{name} {cores:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(value: u64) -> String {
+    let digits = value.to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
+}
+
+/// The `q` quantile (nearest rank) of sorted values.
+pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+/// A single-threaded runtime for the async parts of a benchmark binary.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| format!("cannot start the async runtime: {error}"))
 }
 
 #[cfg(test)]

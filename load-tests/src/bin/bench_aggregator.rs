@@ -32,8 +32,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +53,10 @@ use rdkafka::message::Message as _;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use referral_load_tests::bench::{CpuWindow, Service, pid_text, record_section};
+use referral_load_tests::bench::{
+    CpuWindow, Service, cpu_line, http_get, pid_text, quantile, record_section, runtime, thousands,
+    wait_http_ok,
+};
 use referral_load_tests::services::{ClickHouseServer, TansuBroker, free_port};
 use referral_schemas::Timestamp;
 use referral_schemas::id::new_attribution_id;
@@ -329,43 +331,6 @@ fn run(options: &Options) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Child processes, CPU accounting, small HTTP helpers.
 
-/// A plain HTTP/1.1 GET to 127.0.0.1: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
-fn wait_http_ok(service: &mut Service, port: u16, path: &str, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        service.check_alive()?;
-        if http_get(port, path).is_some_and(|(status, _)| status == 200) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{} did not answer 200 on {path} within {within:?}; its log:\n{}",
-                service.name,
-                service.log_tail()
-            ));
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Sum (over label sets) of a metric's value in Prometheus text, filtered by a label.
 fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
     text.lines()
@@ -614,13 +579,6 @@ fn wait_caught_up(
         }
         thread::sleep(CHECKPOINT_POLL);
     }
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| format!("cannot start the async runtime: {error}"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1425,34 +1383,6 @@ fn micros(duration: Duration) -> u32 {
 
 // ---------------------------------------------------------------------------------------
 // The report.
-
-/// The `q` quantile (nearest rank) of sorted values.
-fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
-fn thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-fn cpu_line(cpu: &[(&'static str, f64)]) -> String {
-    cpu.iter()
-        .map(|(name, cores)| format!("{name} {cores:.2}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 fn met(ok: bool) -> &'static str {
     if ok { "met" } else { "**not met**" }
