@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -35,8 +35,9 @@ use crate::codes::{CodeChange, CodeDirectory};
 const FETCH_WAIT: Duration = Duration::from_millis(100);
 /// Shortest time between two freshness probes.
 const PROBE_INTERVAL: Duration = Duration::from_millis(25);
-/// Longest a freshness probe waits for the broker's answer on one partition.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest a freshness probe waits for the broker's answer on one partition: no miss waits
+/// longer than the edge's 500 ms, so a later answer would help nobody.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 
 /// The follower's client context: reaching the end of a partition is how the follower
 /// knows it caught up (`enable.partition.eof`), not an error; librdkafka's default context
@@ -102,7 +103,8 @@ async fn send(
 #[derive(Clone, Debug)]
 pub struct CodeSync {
     /// The latest instant as of which the directory is known to hold every change published
-    /// before it; `None` until the follower first reached the end of the topic.
+    /// before it; `None` until the follower first reached the end of the topic (or a probe
+    /// found nothing left to apply).
     complete_as_of: watch::Receiver<Option<Instant>>,
     /// Wakes the prober: a miss wants to know whether the directory is complete now.
     probe_wanted: Arc<Notify>,
@@ -178,15 +180,24 @@ pub async fn follow(
         assignment.add_partition_offset(&topic, *partition, Offset::Beginning)?;
     }
     consumer.assign(&assignment)?;
+    // Offsets requests on a client of their own: on the follower's connection they would
+    // queue behind its long-polling fetch (up to the fetch wait) on a real broker.
+    let offsets: BaseConsumer<FollowerContext> = settings
+        .client_config()
+        .set("client.id", format!("{}-codes-probe", settings.client_id))
+        .set("group.id", format!("{}-codes-follower", settings.client_id))
+        .set("enable.auto.commit", "false")
+        .create_with_context(FollowerContext)?;
     let (complete, complete_as_of) = watch::channel(None);
     let complete = Arc::new(complete);
     let probe_wanted = Arc::new(Notify::new());
+    let probe_wanted_by_follower = probe_wanted.clone();
     let applied = AppliedOffsets::default();
     // The prober lives as long as the follower: it stops when this sender is dropped.
     let (follower_alive, follower_gone) = oneshot::channel::<()>();
     tokio::spawn(run_prober(
         Prober {
-            consumer: consumer.clone(),
+            offsets,
             topic,
             partitions: partitions.clone(),
             applied: applied.clone(),
@@ -196,7 +207,16 @@ pub async fn follow(
         follower_gone,
     ));
     tokio::spawn(async move {
-        run_follower(consumer, partitions, directory, applied, complete, stop).await;
+        run_follower(
+            consumer,
+            partitions,
+            directory,
+            applied,
+            complete,
+            probe_wanted_by_follower,
+            stop,
+        )
+        .await;
         drop(follower_alive);
     });
     Ok(CodeSync {
@@ -222,6 +242,7 @@ async fn run_follower(
     directory: CodeDirectory,
     applied: AppliedOffsets,
     complete: Arc<watch::Sender<Option<Instant>>>,
+    probe_wanted: Arc<Notify>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     tokio::pin!(stop);
@@ -246,7 +267,15 @@ async fn run_follower(
             Err(KafkaError::PartitionEOF(partition)) => {
                 at_end.insert(partition, true);
                 if at_end.values().all(|&end| end) {
-                    announce_complete(&complete, Instant::now());
+                    if complete.borrow().is_none() {
+                        // The first load: the directory holds the topic as of start.
+                        announce_complete(&complete, Instant::now());
+                    } else {
+                        // Not "complete now": the fetch that ended here was answered a
+                        // moment ago, and another partition's end may be older. Let a probe
+                        // say it (misses waiting for a view that was behind get one).
+                        probe_wanted.notify_one();
+                    }
                 }
             }
             Err(error) => {
@@ -286,7 +315,7 @@ fn code_change(message: &impl Message) -> Option<CodeChange> {
 /// Answers "is the directory complete now?" by comparing the topic's end offsets, asked of
 /// the broker, with what the follower applied.
 struct Prober {
-    consumer: Arc<StreamConsumer<FollowerContext>>,
+    offsets: BaseConsumer<FollowerContext>,
     topic: String,
     partitions: Vec<i32>,
     applied: AppliedOffsets,
@@ -301,7 +330,7 @@ impl Prober {
     fn directory_is_complete(&self) -> Result<bool, KafkaError> {
         for &partition in &self.partitions {
             let (low, high) =
-                self.consumer
+                self.offsets
                     .fetch_watermarks(&self.topic, partition, PROBE_TIMEOUT)?;
             let applied = self
                 .applied
@@ -337,14 +366,19 @@ async fn run_prober(
         }
         let started = Instant::now();
         let probe = prober.clone();
-        let outcome = match tokio::task::spawn_blocking(move || probe.directory_is_complete()).await
-        {
+        let answer = tokio::select! {
+            answer = tokio::task::spawn_blocking(move || probe.directory_is_complete()) => answer,
+            _ = &mut follower_gone => return,
+        };
+        let outcome = match answer {
             Ok(Ok(true)) => {
                 announce_complete(&complete, started);
                 "complete"
             }
             Ok(Ok(false)) => "behind",
             Ok(Err(error)) => {
+                // Not retried here (with the broker down it would probe forever): the
+                // misses of the moment wait out their bound, the next miss probes again.
                 tracing::debug!(%error, "codes freshness probe failed");
                 "error"
             }
@@ -354,6 +388,9 @@ async fn run_prober(
             }
         };
         metrics::counter!("referral_code_probes_total", "outcome" => outcome).increment(1);
-        tokio::time::sleep_until((started + PROBE_INTERVAL).into()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until((started + PROBE_INTERVAL).into()) => {}
+            _ = &mut follower_gone => return,
+        }
     }
 }
