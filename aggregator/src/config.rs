@@ -1,476 +1,53 @@
-//! Settings of the pipeline (log, writer, store), shared by every binary.
-//!
-//! Every setting is a flag with a `REFERRAL_*` environment variable. Defaults are named
-//! constants with the reason for their value.
+//! `referral-aggregator` flags. Every one has a `REFERRAL_*` environment variable.
 
-use std::path::PathBuf;
-use std::time::Duration;
+use clap::{Args, Parser, Subcommand};
+use referral_pipeline::config::{ConsumerArgs, PipelineArgs};
 
-use clap::{Args, ValueEnum};
-
-use crate::kafka::{
-    KafkaSecurity, KafkaSettings, SaslCredentials, SaslMechanism, SecurityProtocol,
-};
-
-/// Default directory of the embedded store.
-pub const DEFAULT_DATA_DIR: &str = "./data";
-/// How long after a click a confirmation still counts: 90 days, the common cookie window of
-/// referral programs.
-pub const DEFAULT_ATTRIBUTION_WINDOW: &str = "90days";
-/// Events queued for the writer at most. At a few hundred bytes each this bounds the queue to
-/// a few MiB; when it is full, publishers get 503 at once instead of memory growing.
-pub const DEFAULT_LOG_QUEUE_CAPACITY: usize = 10_000;
-/// Events applied in one transaction at most. Larger batches amortize the commit further but
-/// delay every event in the batch; a thousand keeps a commit in the low milliseconds.
-pub const DEFAULT_COMMIT_BATCH_MAX: usize = 1_000;
-
-/// How long the producer retries one message. The edge's `--ack-timeout` may not exceed it,
-/// so a request never outlives its message's fate by more than this.
-pub const DEFAULT_KAFKA_MESSAGE_TIMEOUT: &str = "10s";
-/// Small: the edge answers after the ack, so linger adds straight to click latency; 5 ms
-/// still batches thousands of clicks per request at load.
-pub const DEFAULT_KAFKA_LINGER: &str = "5ms";
-/// Local producer queue: 100k messages of a few hundred bytes is tens of MiB.
-pub const DEFAULT_KAFKA_QUEUE_MAX_MESSAGES: usize = 100_000;
-
-/// How hard SQLite makes each commit durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SqliteSynchronous {
-    /// fsync on every commit: acknowledged events survive power loss.
-    Full,
-    /// No fsync on commit (WAL): acknowledged events survive a process crash or SIGKILL,
-    /// not the loss of the machine. Faster on slow disks.
-    Normal,
+#[derive(Parser, Debug)]
+#[command(name = "referral-aggregator", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-/// Log, writer and store settings.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Apply pending migrations (and create the Kafka topics), then exit.
+    Migrate(MigrateArgs),
+    /// Consume the log and apply it to ClickHouse (needs --kafka-brokers and --clickhouse-url).
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub topics: TopicArgs,
+}
+
 #[derive(Args, Clone, Debug)]
-pub struct PipelineArgs {
-    /// Directory of the embedded store (SQLite), used when no ClickHouse is configured.
-    #[arg(long, env = "REFERRAL_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    pub data_dir: PathBuf,
-
-    /// Kafka bootstrap servers (host:port,...). Unset: the embedded log.
-    #[arg(long, env = "REFERRAL_KAFKA_BROKERS")]
-    pub kafka_brokers: Option<String>,
-
-    /// Kafka topic of the attribution log.
-    #[arg(long, env = "REFERRAL_KAFKA_TOPIC", default_value = "referral-events")]
-    pub kafka_topic: String,
-
-    /// Kafka topic of referral codes (compacted), followed by every edge.
-    #[arg(
-        long,
-        env = "REFERRAL_KAFKA_CODES_TOPIC",
-        default_value = "referral-codes"
-    )]
-    pub kafka_codes_topic: String,
-
-    /// How long the producer retries a message before failing it (message.timeout.ms).
-    #[arg(long, env = "REFERRAL_KAFKA_MESSAGE_TIMEOUT", default_value = DEFAULT_KAFKA_MESSAGE_TIMEOUT, value_parser = humantime::parse_duration)]
-    pub kafka_message_timeout: Duration,
-
-    /// How long the producer gathers a batch (linger.ms).
-    #[arg(long, env = "REFERRAL_KAFKA_LINGER", default_value = DEFAULT_KAFKA_LINGER, value_parser = humantime::parse_duration)]
-    pub kafka_linger: Duration,
-
-    /// Messages the producer queues locally at most (then 503).
-    #[arg(long, env = "REFERRAL_KAFKA_QUEUE_MAX_MESSAGES", default_value_t = DEFAULT_KAFKA_QUEUE_MAX_MESSAGES)]
-    pub kafka_queue_max_messages: usize,
-
-    /// How clients reach the brokers: plaintext, ssl, sasl-plaintext or sasl-ssl.
-    #[arg(
-        long,
-        env = "REFERRAL_KAFKA_SECURITY_PROTOCOL",
-        value_enum,
-        default_value = "plaintext"
-    )]
-    pub kafka_security_protocol: SecurityProtocol,
-
-    /// SASL mechanism (with sasl-plaintext or sasl-ssl): PLAIN, SCRAM-SHA-256, SCRAM-SHA-512.
-    #[arg(long, env = "REFERRAL_KAFKA_SASL_MECHANISM", value_enum)]
-    pub kafka_sasl_mechanism: Option<SaslMechanism>,
-
-    /// SASL user name.
-    #[arg(long, env = "REFERRAL_KAFKA_SASL_USERNAME")]
-    pub kafka_sasl_username: Option<String>,
-
-    /// SASL password (set it through the environment, from a Secret).
-    #[arg(long, env = "REFERRAL_KAFKA_SASL_PASSWORD", hide_env_values = true)]
-    pub kafka_sasl_password: Option<String>,
-
-    /// PEM file of the CAs that signed the brokers' certificates (with ssl or sasl-ssl;
-    /// unset: the system's CAs).
-    #[arg(long, env = "REFERRAL_KAFKA_SSL_CA_LOCATION")]
-    pub kafka_ssl_ca_location: Option<PathBuf>,
-
-    /// ClickHouse HTTP URL. Unset: the embedded store.
-    #[arg(long, env = "REFERRAL_CLICKHOUSE_URL")]
-    pub clickhouse_url: Option<String>,
-
-    /// ClickHouse database.
-    #[arg(long, env = "REFERRAL_CLICKHOUSE_DATABASE", default_value = "referral")]
-    pub clickhouse_database: String,
-
-    /// ClickHouse user.
-    #[arg(long, env = "REFERRAL_CLICKHOUSE_USER", default_value = "default")]
-    pub clickhouse_user: String,
-
-    /// ClickHouse password.
-    #[arg(long, env = "REFERRAL_CLICKHOUSE_PASSWORD", hide_env_values = true)]
-    pub clickhouse_password: Option<String>,
-
-    /// Longest time from click to confirmation (e.g. 90days, 30d, 12h).
-    #[arg(long, env = "REFERRAL_ATTRIBUTION_WINDOW", default_value = DEFAULT_ATTRIBUTION_WINDOW, value_parser = humantime::parse_duration)]
-    pub attribution_window: Duration,
-
-    /// Durability of each embedded-store commit.
-    #[arg(
-        long,
-        env = "REFERRAL_SQLITE_SYNCHRONOUS",
-        value_enum,
-        default_value = "full"
-    )]
-    pub sqlite_synchronous: SqliteSynchronous,
-
-    /// Events queued for the writer at most (then 503).
-    #[arg(long, env = "REFERRAL_LOG_QUEUE_CAPACITY", default_value_t = DEFAULT_LOG_QUEUE_CAPACITY, value_parser = clap::value_parser!(usize))]
-    pub log_queue_capacity: usize,
-
-    /// Events applied per transaction at most.
-    #[arg(long, env = "REFERRAL_COMMIT_BATCH_MAX", default_value_t = DEFAULT_COMMIT_BATCH_MAX)]
-    pub commit_batch_max: usize,
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub consumer: ConsumerArgs,
 }
 
-impl PipelineArgs {
-    /// Checks what clap cannot: ranges and combinations.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.log_queue_capacity >= 1,
-            "--log-queue-capacity must be at least 1"
-        );
-        anyhow::ensure!(
-            self.commit_batch_max >= 1,
-            "--commit-batch-max must be at least 1"
-        );
-        anyhow::ensure!(
-            !self.attribution_window.is_zero(),
-            "--attribution-window must be longer than zero"
-        );
-        if let Some(url) = &self.clickhouse_url {
-            anyhow::ensure!(
-                url.starts_with("http://") || url.starts_with("https://"),
-                "--clickhouse-url must be the server's HTTP(S) URL (http://host:8123, \
-                 https://host:8443)"
-            );
-            crate::store::clickhouse::migrate::quoted_identifier(&self.clickhouse_database)
-                .map_err(|error| anyhow::anyhow!("--clickhouse-database: {error}"))?;
-        }
-        anyhow::ensure!(
-            self.kafka_queue_max_messages >= 1,
-            "--kafka-queue-max-messages must be at least 1"
-        );
-        self.kafka_security()?;
-        Ok(())
-    }
-
-    /// Refuses Kafka for binaries that serve only the embedded pipeline in this build.
-    pub fn require_embedded(&self, binary: &str) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.kafka_brokers.is_none(),
-            "{binary} does not support --kafka-brokers yet; unset it to run the embedded pipeline \
-             (referral-ingest serves clicks on Kafka)"
-        );
-        anyhow::ensure!(
-            self.clickhouse_url.is_none(),
-            "{binary} does not support --clickhouse-url yet; unset it to use the embedded store \
-             (referral-aggregator run writes to ClickHouse)"
-        );
-        Ok(())
-    }
-
-    /// Kafka client settings, when brokers are configured.
-    pub fn kafka_settings(&self, client_id: &str) -> Option<KafkaSettings> {
-        self.kafka_brokers.as_ref().map(|brokers| KafkaSettings {
-            brokers: brokers.clone(),
-            topic: self.kafka_topic.clone(),
-            codes_topic: self.kafka_codes_topic.clone(),
-            message_timeout: self.kafka_message_timeout,
-            linger: self.kafka_linger,
-            queue_max_messages: self.kafka_queue_max_messages,
-            client_id: client_id.to_owned(),
-            // Checked by `validate` at start-up; a bad combination cannot get here.
-            security: self.kafka_security().unwrap_or_default(),
-        })
-    }
-
-    /// The Kafka security settings, or why they do not fit together.
-    pub fn kafka_security(&self) -> anyhow::Result<KafkaSecurity> {
-        let protocol = self.kafka_security_protocol;
-        let sasl_flags = [
-            self.kafka_sasl_mechanism.is_some(),
-            self.kafka_sasl_username.is_some(),
-            self.kafka_sasl_password.is_some(),
-        ];
-        let sasl = if protocol.uses_sasl() {
-            match (
-                self.kafka_sasl_mechanism,
-                &self.kafka_sasl_username,
-                &self.kafka_sasl_password,
-            ) {
-                (Some(mechanism), Some(username), Some(password)) if !username.is_empty() => {
-                    Some(SaslCredentials {
-                        mechanism,
-                        username: username.clone(),
-                        password: password.clone(),
-                    })
-                }
-                _ => anyhow::bail!(
-                    "--kafka-security-protocol {protocol:?} needs --kafka-sasl-mechanism, \
-                     --kafka-sasl-username and --kafka-sasl-password"
-                ),
-            }
-        } else {
-            anyhow::ensure!(
-                !sasl_flags.contains(&true),
-                "--kafka-sasl-* settings need --kafka-security-protocol sasl-plaintext or sasl-ssl"
-            );
-            None
-        };
-        if let Some(ca) = &self.kafka_ssl_ca_location {
-            anyhow::ensure!(
-                protocol.uses_tls(),
-                "--kafka-ssl-ca-location needs --kafka-security-protocol ssl or sasl-ssl"
-            );
-            anyhow::ensure!(
-                ca.is_file(),
-                "--kafka-ssl-ca-location: {} is not a readable file",
-                ca.display()
-            );
-        }
-        Ok(KafkaSecurity {
-            protocol,
-            sasl,
-            ssl_ca_location: self.kafka_ssl_ca_location.clone(),
-        })
-    }
-
-    /// ClickHouse settings, when a server is configured.
-    pub fn clickhouse_settings(
-        &self,
-        insert_timeout: Duration,
-    ) -> Option<crate::store::clickhouse::ClickHouseSettings> {
-        self.clickhouse_url
-            .as_ref()
-            .map(|url| crate::store::clickhouse::ClickHouseSettings {
-                url: url.clone(),
-                database: self.clickhouse_database.clone(),
-                user: self.clickhouse_user.clone(),
-                password: self.clickhouse_password.clone(),
-                insert_timeout,
-            })
-    }
-
-    /// The attribution window in milliseconds, as the state machine takes it.
-    pub fn attribution_window_ms(&self) -> i64 {
-        i64::try_from(self.attribution_window.as_millis()).unwrap_or(i64::MAX)
-    }
-}
-
-/// Rows a partition gathers before its batch is flushed: large enough that ClickHouse gets
-/// few, big inserts (it prefers about one insert per second per table).
-pub const DEFAULT_BATCH_MAX_ROWS: usize = 50_000;
-/// Bytes (message payloads) a partition gathers before its batch is flushed.
-pub const DEFAULT_BATCH_MAX_BYTES: usize = 32 * 1024 * 1024;
-/// The longest a message waits for its batch: bounds freshness (POST -> visible in totals).
-pub const DEFAULT_BATCH_MAX_WAIT: &str = "250ms";
-/// How long the broker may hold a fetch with nothing new. Kafka answers as soon as data
-/// arrives; some brokers (tansu) hold the fetch for the whole wait, so this bounds what the
-/// broker adds to freshness.
-pub const DEFAULT_KAFKA_FETCH_WAIT: &str = "100ms";
-/// One insert slower than this is treated as failed and the flush retried.
-pub const DEFAULT_CLICKHOUSE_INSERT_TIMEOUT: &str = "30s";
-
-/// Settings of `referral-aggregator run`: the consumer group and its batches.
-#[derive(Args, Clone, Debug)]
-pub struct ConsumerArgs {
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(long, env = "REFERRAL_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: std::net::SocketAddr,
-
-    /// Kafka consumer group of the aggregators.
-    #[arg(
-        long,
-        env = "REFERRAL_KAFKA_GROUP_ID",
-        default_value = "referral-aggregator"
-    )]
-    pub kafka_group_id: String,
-
-    /// Topic that receives messages that cannot be decoded, with the reason in headers.
+/// How `migrate` creates topics that do not exist yet.
+#[derive(Args, Debug)]
+pub struct TopicArgs {
+    /// Partitions of the attribution log when `migrate` creates it.
+    #[arg(long, env = "REFERRAL_KAFKA_PARTITIONS", default_value_t = 6)]
+    pub kafka_partitions: i32,
+    /// Replication factor of topics `migrate` creates.
+    #[arg(long, env = "REFERRAL_KAFKA_REPLICATION", default_value_t = 1)]
+    pub kafka_replication: i32,
+    /// Dead-letter topic to create next to the log.
     #[arg(
         long,
         env = "REFERRAL_KAFKA_DEAD_LETTER_TOPIC",
         default_value = "referral-events-dead-letter"
     )]
     pub kafka_dead_letter_topic: String,
-
-    /// Kafka group session timeout: how fast a dead aggregator's partitions move.
-    #[arg(long, env = "REFERRAL_KAFKA_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub kafka_session_timeout: Duration,
-
-    /// Longest time the broker may hold a fetch (fetch.wait.max.ms).
-    #[arg(long, env = "REFERRAL_KAFKA_FETCH_WAIT", default_value = DEFAULT_KAFKA_FETCH_WAIT, value_parser = humantime::parse_duration)]
-    pub kafka_fetch_wait: Duration,
-
-    /// Rows a partition gathers at most before a flush.
-    #[arg(long, env = "REFERRAL_BATCH_MAX_ROWS", default_value_t = DEFAULT_BATCH_MAX_ROWS)]
-    pub batch_max_rows: usize,
-
-    /// Payload bytes a partition gathers at most before a flush.
-    #[arg(long, env = "REFERRAL_BATCH_MAX_BYTES", default_value_t = DEFAULT_BATCH_MAX_BYTES)]
-    pub batch_max_bytes: usize,
-
-    /// Longest time a message waits for its flush.
-    #[arg(long, env = "REFERRAL_BATCH_MAX_WAIT", default_value = DEFAULT_BATCH_MAX_WAIT, value_parser = humantime::parse_duration)]
-    pub batch_max_wait: Duration,
-
-    /// Longest time one ClickHouse insert may take.
-    #[arg(long, env = "REFERRAL_CLICKHOUSE_INSERT_TIMEOUT", default_value = DEFAULT_CLICKHOUSE_INSERT_TIMEOUT, value_parser = humantime::parse_duration)]
-    pub clickhouse_insert_timeout: Duration,
-
-    /// Do not apply migrations at start (the Helm chart runs `migrate` as a job).
-    #[arg(long, env = "REFERRAL_NO_MIGRATE")]
-    pub no_migrate: bool,
-
-    /// How long SIGTERM waits for the last flush.
-    #[arg(long, env = "REFERRAL_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
-}
-
-impl ConsumerArgs {
-    pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            self.batch_max_rows >= 1,
-            "--batch-max-rows must be at least 1"
-        );
-        anyhow::ensure!(
-            self.batch_max_bytes >= 1024,
-            "--batch-max-bytes must be at least 1024"
-        );
-        anyhow::ensure!(
-            !self.batch_max_wait.is_zero(),
-            "--batch-max-wait must be longer than zero"
-        );
-        anyhow::ensure!(
-            !self.clickhouse_insert_timeout.is_zero(),
-            "--clickhouse-insert-timeout must be longer than zero"
-        );
-        anyhow::ensure!(
-            self.kafka_session_timeout >= Duration::from_secs(1),
-            "--kafka-session-timeout must be at least 1s"
-        );
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod kafka_security_tests {
-    use clap::Parser;
-    use rdkafka::ClientConfig;
-
-    use super::PipelineArgs;
-    use crate::kafka::SecurityProtocol;
-
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        pipeline: PipelineArgs,
-    }
-
-    /// A self-signed CA (test only, no key kept): librdkafka checks the file is a CA.
-    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBjTCCATOgAwIBAgIUcaqljDAI8QtAt6K6+91X7szLaqUwCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQcmVmZXJyYWwtdGVzdC1jYTAgFw0yNjExMjQxMjM2MDVaGA8y\nMTI2MTAzMTEyMzYwNVowGzEZMBcGA1UEAwwQcmVmZXJyYWwtdGVzdC1jYTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABFZmd+0I5KVQGrj5FX1hBWp2CpEUBOwIzDpv\n1hucepjwvW0jEY274Tsn2NbVoeZ/tOdOFAZGKHHAJ3UaNWaSxCmjUzBRMB0GA1Ud\nDgQWBBQgYWB71llMewNBlh2DDFUjzsOCjDAfBgNVHSMEGDAWgBQgYWB71llMewNB\nlh2DDFUjzsOCjDAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIEZZ\nbaPEyRrM8OIgHeOmtFkiYzjVli4KF4MXdLIdmYkVAiEApee9bT0x5x2Fd/NAGi7C\njGmyX/an+DBvSb4yNOnb1dc=\n-----END CERTIFICATE-----\n";
-
-    fn parse(extra: &[&str]) -> PipelineArgs {
-        let mut args = vec!["test", "--kafka-brokers", "kafka:9093"];
-        args.extend_from_slice(extra);
-        Flags::try_parse_from(args).unwrap().pipeline
-    }
-
-    #[test]
-    fn sasl_ssl_with_credentials_reaches_every_client_config() {
-        let ca = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(ca.path(), TEST_CA_PEM).unwrap();
-        let ca_path = ca.path().display().to_string();
-        let pipeline = parse(&[
-            "--kafka-security-protocol",
-            "sasl-ssl",
-            "--kafka-sasl-mechanism",
-            "SCRAM-SHA-512",
-            "--kafka-sasl-username",
-            "referral",
-            "--kafka-sasl-password",
-            "s3cret",
-            "--kafka-ssl-ca-location",
-            &ca_path,
-            "--clickhouse-url",
-            "https://clickhouse.example:8443",
-        ]);
-        pipeline.validate().unwrap();
-        let settings = pipeline.kafka_settings("test").unwrap();
-        assert_eq!(settings.security.protocol, SecurityProtocol::SaslSsl);
-        let config: ClientConfig = settings.client_config();
-        assert_eq!(config.get("bootstrap.servers"), Some("kafka:9093"));
-        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
-        assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
-        assert_eq!(config.get("sasl.username"), Some("referral"));
-        assert_eq!(config.get("sasl.password"), Some("s3cret"));
-        assert_eq!(config.get("ssl.ca.location"), Some(ca_path.as_str()));
-        assert!(!format!("{:?}", settings.security).contains("s3cret"));
-        // librdkafka accepts the combination (this build has TLS and SCRAM).
-        let producer: Result<rdkafka::producer::BaseProducer, _> = config.create();
-        assert!(producer.is_ok(), "{:?}", producer.err());
-    }
-
-    #[test]
-    fn plaintext_is_the_default_and_sets_no_credentials() {
-        let pipeline = parse(&[]);
-        pipeline.validate().unwrap();
-        let config = pipeline.kafka_settings("test").unwrap().client_config();
-        assert_eq!(config.get("security.protocol"), Some("plaintext"));
-        assert_eq!(config.get("sasl.username"), None);
-    }
-
-    #[test]
-    fn settings_that_do_not_fit_together_are_refused_at_start() {
-        let missing_password = parse(&[
-            "--kafka-security-protocol",
-            "sasl-plaintext",
-            "--kafka-sasl-mechanism",
-            "PLAIN",
-            "--kafka-sasl-username",
-            "referral",
-        ]);
-        let error = missing_password.validate().unwrap_err().to_string();
-        assert!(error.contains("--kafka-sasl-password"), "{error}");
-
-        let sasl_without_protocol = parse(&["--kafka-sasl-username", "referral"]);
-        assert!(sasl_without_protocol.validate().is_err());
-
-        let ca_without_tls = parse(&["--kafka-ssl-ca-location", "/etc/hostname"]);
-        assert!(ca_without_tls.validate().is_err());
-
-        let missing_ca = parse(&[
-            "--kafka-security-protocol",
-            "ssl",
-            "--kafka-ssl-ca-location",
-            "/nonexistent/ca.pem",
-        ]);
-        assert!(missing_ca.validate().is_err());
-
-        assert!(
-            parse(&["--clickhouse-url", "clickhouse:8123"])
-                .validate()
-                .is_err()
-        );
-    }
 }

@@ -1,31 +1,149 @@
-//! The single writer of attribution state, and the log and store interfaces around it.
+//! `referral-aggregator`: the single writer as its own process.
 //!
-//! ```text
-//!   edge / API ──publish──▶ EventLog ──▶ writer (group commit) ──▶ store ──read──▶ API
-//!                                           │
-//!                                           └─ code changes ──▶ CodeDirectory ──▶ edge
-//! ```
+//! * `migrate` ([`migrate`]): applies the store's migrations (ClickHouse when
+//!   `--clickhouse-url` is set, else the embedded SQLite store) and creates the Kafka topics
+//!   when `--kafka-brokers` is set. The Helm chart runs it as a job before upgrades.
+//! * `run` ([`run`]): the consumer group member that applies the log to ClickHouse
+//!   ([`referral_pipeline::Aggregator`]), with `/metrics`, `/healthz` and `/readyz`.
 //!
-//! * [`log`]: the producer interface ([`log::EventLog`]) that the edge and the API publish
-//!   to. `publish` resolves once the event is durable: in embedded mode, once the writer
-//!   committed it; with Kafka (a later issue), once the broker acknowledged it.
-//! * [`embedded`]: the in-process log, a bounded queue drained by one writer thread that
-//!   applies many events per transaction (group commit) and only then acknowledges them.
-//! * [`store`]: the read interface ([`store::AttributionReader`]) and the write interface
-//!   ([`store::StateWriter`]); [`store::sqlite`] implements both for the embedded mode.
-//! * [`kafka`]: the log on Kafka (producer), the compacted codes topic and its follower.
-//! * [`codes`]: the in-memory code -> mentor directory the edge resolves clicks with.
-//! * [`consumer`]: `referral-aggregator run`, the consumer group member that batches the
-//!   Kafka log into ClickHouse ([`store::clickhouse`] explains why exactly once).
-//! * [`ops`]: the aggregator's /metrics, /healthz and /readyz.
-//! * [`config`]: the pipeline settings shared by every binary.
+//! With neither Kafka nor ClickHouse, the embedded pipeline runs inside `referral-api`.
 
-pub mod codes;
 pub mod config;
-pub mod consumer;
-pub mod embedded;
-pub mod kafka;
-pub mod log;
-pub mod ops;
-pub mod service;
-pub mod store;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use referral_kit::ops::{self, OpsRoute};
+use referral_kit::shutdown::Shutdown;
+use referral_kit::{error, server, telemetry};
+use referral_pipeline::Aggregator;
+use referral_pipeline::consumer::fault::{FAULT_ENV, FaultPoint};
+use referral_pipeline::embedded::DataDirLock;
+use referral_pipeline::kafka::admin;
+use referral_pipeline::store::clickhouse::migrate as clickhouse_migrate;
+use referral_pipeline::store::sqlite;
+use referral_schemas::{ApiError, ErrorKind};
+use tokio::net::TcpListener;
+
+pub use config::{Cli, Command, MigrateArgs, RunArgs};
+
+/// Applies pending migrations (and creates the topics), then returns.
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let pipeline = args.pipeline;
+    pipeline.validate()?;
+    if let Some(kafka) = pipeline.kafka_settings("referral-aggregator-migrate") {
+        admin::ensure_topics(
+            &kafka,
+            args.topics.kafka_partitions,
+            args.topics.kafka_replication,
+        )
+        .await
+        .context("cannot create the Kafka topics")?;
+        admin::ensure_topic(
+            &kafka,
+            &args.topics.kafka_dead_letter_topic,
+            args.topics.kafka_partitions,
+            args.topics.kafka_replication,
+        )
+        .await
+        .context("cannot create the dead-letter topic")?;
+    }
+    match pipeline.clickhouse_settings(Duration::from_secs(30)) {
+        Some(clickhouse) => {
+            let report = clickhouse_migrate::migrate(&clickhouse).await?;
+            tracing::info!(
+                applied = ?report.applied,
+                deferred = ?report.deferred,
+                server = report.server.map(|server| server.text).unwrap_or_default(),
+                database = %clickhouse.database,
+                "clickhouse is up to date"
+            );
+        }
+        None => {
+            let _lock = DataDirLock::acquire(&pipeline.data_dir)?;
+            sqlite::open(&pipeline.data_dir, pipeline.sqlite_synchronous)?;
+            tracing::info!(data_dir = %pipeline.data_dir.display(), "store is up to date");
+        }
+    }
+    Ok(())
+}
+
+/// Consumes the log into ClickHouse and serves the ops endpoints on `listener` until
+/// `shutdown`; then flushes what is pending and leaves the group.
+pub async fn run(listener: TcpListener, args: RunArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    let RunArgs { pipeline, consumer } = args;
+    pipeline.validate()?;
+    consumer.validate()?;
+    let fault = FaultPoint::from_env();
+    if fault != FaultPoint::None {
+        tracing::warn!(
+            ?fault,
+            "{FAULT_ENV} is set: this process will fail on purpose (tests only)"
+        );
+    }
+    let metrics = telemetry::metrics_handle();
+    telemetry::spawn_metrics_upkeep(metrics.clone(), shutdown.clone());
+    let aggregator = Arc::new(Aggregator::start(&pipeline, &consumer, fault).await?);
+    let (stop_ops, ops_shutdown) = referral_kit::shutdown::channel();
+    let make_service = {
+        let aggregator = aggregator.clone();
+        move |_| {
+            let aggregator = aggregator.clone();
+            let metrics = metrics.clone();
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let response = answer(&request, &aggregator, &metrics);
+                async move { Ok::<_, Infallible>(response) }
+            })
+        }
+    };
+    let settings = referral_kit::server::ServerSettings {
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: 64,
+        drain_timeout: Duration::from_secs(1),
+    };
+    let address = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    let ops = tokio::spawn(server::serve(
+        listener,
+        make_service,
+        settings,
+        ops_shutdown,
+    ));
+    tracing::info!(listen = %address, "ops endpoints up");
+    let mut shutdown = shutdown;
+    let ended = loop {
+        tokio::select! {
+            () = shutdown.wait() => break false,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {
+                if aggregator.ended() {
+                    break true;
+                }
+            }
+        }
+    };
+    if ended {
+        stop_ops.trigger();
+        anyhow::bail!("the consumer thread ended unexpectedly");
+    }
+    tracing::info!("shutdown requested: flushing and leaving the group");
+    let started = Instant::now();
+    aggregator.shutdown().await;
+    stop_ops.trigger();
+    let _ = ops.await;
+    tracing::info!(took = ?started.elapsed(), "aggregator stopped");
+    Ok(())
+}
+
+fn answer(
+    request: &http::Request<hyper::body::Incoming>,
+    aggregator: &Aggregator,
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    match OpsRoute::of(request.uri().path()) {
+        Some(route) => ops::answer(route, request.method(), || aggregator.readiness(), metrics),
+        None => error::error_response(&ApiError::new(ErrorKind::RouteNotFound, "no such route")),
+    }
+}

@@ -13,10 +13,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use referral_aggregator::kafka::producer::KafkaLog;
-use referral_aggregator::kafka::{KafkaSettings, admin};
-use referral_aggregator::log::EventLog;
 use referral_load_tests::services::{ClickHouseServer, TansuBroker, free_port};
+use referral_pipeline::kafka::producer::KafkaLog;
+use referral_pipeline::kafka::{KafkaSettings, admin};
+use referral_pipeline::log::EventLog;
 use referral_schemas::Timestamp;
 use referral_schemas::id::new_attribution_id;
 use referral_schemas::messages::{

@@ -1,22 +1,16 @@
 //! Commands: publish on the log, then wait for the single writer's verdict.
 //!
-//! The API never changes state itself. It publishes the command and reads the verdict the
-//! writer recorded under the command id, so concurrent commands are decided one at a time,
-//! in log order, against the true current state.
+//! The API never changes state itself. It publishes the command and waits for the verdict
+//! the single writer decided under the command id (handed over in process in the embedded
+//! mode, looked up in ClickHouse in production), so concurrent commands are decided one at
+//! a time, in log order, against the true current state. A verdict is answered only once
+//! the flush that decided it is stored, so reads right after the answer include it.
 
-use std::time::Duration;
-
-use referral_aggregator::store::AttributionReader;
-use referral_ingest::edge::publish_error;
+use referral_kit::error::publish_error;
 use referral_schemas::messages::{LogEvent, Rejection, Verdict};
 use referral_schemas::{ApiError, ErrorKind};
 
-use crate::app::AppState;
-
-/// First pause between verdict look-ups; doubles up to [`MAX_POLL_PAUSE`]. In embedded mode
-/// the verdict is there at the first look, since publish resolves after the commit.
-const FIRST_POLL_PAUSE: Duration = Duration::from_millis(5);
-const MAX_POLL_PAUSE: Duration = Duration::from_millis(200);
+use crate::state::AppState;
 
 /// Publishes `command` and returns its verdict, or 503 when none came within the timeout.
 pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiError> {
@@ -29,11 +23,15 @@ pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiE
     };
     let kind = command.kind_name();
     let decided = tokio::time::timeout(state.command_timeout, async {
-        state.log.publish(command).await.map_err(publish_error)?;
-        match &state.verdicts {
-            Some(verdicts) => verdicts.wait(&command_id).await,
-            None => await_verdict(state.reader.as_ref(), &command_id).await,
-        }
+        // Waiting starts before the command is published: its verdict may come at once.
+        let verdict = state.reads.verdicts.expect(&command_id)?;
+        state
+            .pipeline
+            .log
+            .publish(command)
+            .await
+            .map_err(publish_error)?;
+        verdict.await
     })
     .await;
     let verdict = decided.unwrap_or_else(|_| {
@@ -49,30 +47,6 @@ pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiE
     metrics::counter!("referral_commands_total", "command" => kind, "outcome" => outcome)
         .increment(1);
     Ok(verdict)
-}
-
-async fn await_verdict(
-    reader: &dyn AttributionReader,
-    command_id: &str,
-) -> Result<Verdict, ApiError> {
-    let mut pause = FIRST_POLL_PAUSE;
-    loop {
-        match reader.verdict(command_id).await {
-            Ok(Some(verdict)) => return Ok(verdict),
-            Ok(None) => {}
-            // The command is on the log and will be decided: keep looking until the command
-            // timeout (then 503), as the store comes back.
-            Err(error) if error.is_unavailable() => {
-                tracing::warn!(%error, %command_id, "store unavailable; verdict look-up retried");
-            }
-            Err(error) => {
-                tracing::error!(%error, %command_id, "cannot read a verdict");
-                return Err(ApiError::internal());
-            }
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(MAX_POLL_PAUSE);
-    }
 }
 
 /// The client's answer to a rejected command.

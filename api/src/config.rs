@@ -1,8 +1,8 @@
 //! `referral-api` flags. Every one has a `REFERRAL_*` environment variable.
 
 use clap::Parser;
-use referral_aggregator::config::PipelineArgs;
-use referral_ingest::config::{EdgeArgs, ServerArgs};
+use referral_kit::config::{EdgeArgs, ServerArgs};
+use referral_pipeline::config::PipelineArgs;
 
 use crate::auth::ApiTokens;
 
@@ -29,8 +29,9 @@ pub struct Config {
     )]
     pub api_tokens: String,
 
-    /// With Kafka + ClickHouse: how long a read of, or a command on, an attribution created
-    /// moments ago waits for the aggregator to store it (ids carry their creation time).
+    /// How long a read of, or a command on, an attribution created moments ago waits for the
+    /// store to hold it (embedded: for the consumer to catch up with the log; production: for
+    /// the aggregator, judged by the id's creation time).
     #[arg(long, env = "REFERRAL_READ_AFTER_WRITE_WAIT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub read_after_write_wait: std::time::Duration,
 }

@@ -1,9 +1,10 @@
-//! `referral-api`: the whole contract; the embedded pipeline by default.
+//! `referral-api`: parses its flags and serves the whole contract until SIGTERM/SIGINT; the
+//! embedded pipeline by default.
 
 use anyhow::Context;
 use clap::Parser;
 use referral_api::config::Config;
-use referral_ingest::{shutdown, telemetry};
+use referral_kit::{shutdown, telemetry};
 
 /// mimalloc, as in `referral-ingest`: this binary serves the same click path in embedded mode.
 #[global_allocator]
@@ -14,13 +15,9 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing();
     let config = Config::parse();
     config.validate()?;
+    let shutdown = shutdown::on_signal();
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let (trigger, shutdown) = shutdown::channel();
-    tokio::spawn(async move {
-        shutdown::os_signal().await;
-        trigger.trigger();
-    });
     referral_api::run(listener, config, shutdown).await
 }

@@ -808,14 +808,16 @@ async fn health_readiness_and_metrics(mode: Mode) {
     app.click(r#"{"code":"NOPE-1"}"#).await;
     let metrics = app.get("/metrics").await;
     let text = metrics.body.as_str().unwrap();
-    // The writer's series: the embedded writer's commits, or the aggregator's flushes
-    // (in process in these tests; in production it serves its own /metrics).
+    // The pipeline's series: the embedded log and the consumer's flushes, or the
+    // aggregator's (in process in these tests; in production it serves its own /metrics).
     let writer_series = match mode {
-        Mode::Embedded => [
-            "referral_commit_batch_events_bucket",
-            "referral_commit_duration_seconds_bucket",
+        Mode::Embedded => vec![
+            "referral_log_batch_events_bucket",
+            "referral_log_fsync_duration_seconds_bucket",
+            "referral_apply_lag_events",
+            "referral_flush_duration_seconds_bucket",
         ],
-        Mode::Production => [
+        Mode::Production => vec![
             "referral_batch_rows",
             "referral_clickhouse_insert_duration_seconds_bucket",
         ],
@@ -840,7 +842,7 @@ async fn state_survives_a_restart_on_the_same_data_dir() {
     app.assign_code("JAN-1", "usr_1").await;
     let id = app.click_id("JAN-1", &from_now(-60)).await;
     let dir = app.stop().await;
-    let app = TestApp::start_in(dir, &[]);
+    let app = TestApp::start_in(dir, &[]).await;
     assert_eq!(
         app.get(&format!("{PREFIX}/{id}")).await.status,
         StatusCode::OK

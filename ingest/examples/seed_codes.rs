@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
-use referral_aggregator::kafka::{KafkaSettings, admin, codes, producer};
+use referral_pipeline::kafka::{KafkaSettings, admin, codes, producer};
 use referral_schemas::{ReferralCode, Timestamp};
 
 #[tokio::main]

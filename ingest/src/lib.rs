@@ -1,35 +1,68 @@
-//! The click edge: the hot path from a tracking pixel's POST to an acknowledged click.
+//! `referral-ingest`: the click edge as its own process, on plain hyper (no framework on the
+//! hot path).
 //!
 //! ```text
-//!   TCP ─▶ server (keep-alive, header timeout, connection limit)
-//!       ─▶ body (16 KiB limit) ─▶ edge (validate, resolve code, default from headers)
-//!       ─▶ EventLog::publish ─▶ 201 only once the log made the click durable
+//!   TCP ─▶ kit::server ─▶ route: click POST ─▶ kit::click::ClickEdge ─▶ log ─▶ 201
+//!                              /healthz /readyz /metrics ─▶ kit::ops
 //! ```
 //!
-//! * [`server`]: the hyper 1.x accept loop shared by every binary, with graceful drain.
-//! * [`edge`]: [`edge::ClickEdge`], framework-free so the ingest binary (plain hyper) and the
-//!   API (axum) serve the click POST with the same code.
-//! * [`rate_limit`]: per-IP, per-code and global limits (governor).
-//! * [`codes`]: code -> mentor, with a bounded wait and negative caching on misses.
-//! * [`client_ip`]: the client address, trusting `X-Forwarded-For` only from known proxies.
-//! * [`body`]: reading a request body under a size limit.
-//! * [`shutdown`]: the one shutdown signal every task watches.
-//! * [`telemetry`]: logs and the Prometheus recorder.
-//! * [`config`]: the edge's and the server's flags.
+//! With `--kafka-brokers` it publishes clicks to Kafka; without, it runs the embedded
+//! pipeline in `--data-dir` (clicks only; `referral-api` is the usual embedded entry point).
+//!
+//! * [`config`]: the binary's flags.
+//! * [`router`]: the routes and their metrics.
+//! * [`run`]: serves until shutdown, then drains and flushes the log.
 
-pub mod body;
-pub mod client_ip;
-pub mod codes;
 pub mod config;
-pub mod edge;
-pub mod rate_limit;
-pub mod server;
-pub mod shutdown;
-pub mod telemetry;
+pub mod router;
 
-/// The canonical prefix of the attribution routes.
-pub const ATTRIBUTIONS_PREFIX: &str = "/api/v1/referral-attributions";
-/// The prefix as the contract prints it (twice); served as an alias so clients written from
-/// the contract verbatim work.
-pub const ATTRIBUTIONS_DOUBLED_PREFIX: &str =
-    "/api/v1/referral-attributions/api/v1/referral-attributions";
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use referral_kit::click::ClickEdge;
+use referral_kit::shutdown::Shutdown;
+use referral_kit::{server, telemetry};
+use referral_pipeline::{Pipeline, Role};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+use router::Edge;
+
+/// Serves the click edge on `listener` until `shutdown`, then drains in-flight requests and
+/// flushes the log.
+pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let settings = config.validate()?;
+    let pipeline = Pipeline::open(&config.pipeline, Role::Edge, "referral-ingest").await?;
+    let metrics = telemetry::metrics_handle();
+    telemetry::spawn_metrics_upkeep(metrics.clone(), shutdown.clone());
+    let limits = Arc::new(config.edge.limits());
+    limits.spawn_housekeeping(shutdown.clone());
+    let edge = Arc::new(Edge {
+        clicks: ClickEdge::new(
+            pipeline.log.clone(),
+            pipeline.codes.clone(),
+            limits,
+            settings.edge,
+        ),
+        pipeline: Arc::new(pipeline),
+        metrics,
+    });
+    let address = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    tracing::info!(%address, "referral-ingest listening");
+    let make_service = |peer: SocketAddr| {
+        let edge = edge.clone();
+        hyper::service::service_fn(move |request| {
+            let edge = edge.clone();
+            async move { Ok::<_, Infallible>(router::route(&edge, peer, request).await) }
+        })
+    };
+    server::serve(listener, make_service, settings.server, shutdown).await;
+    // Every click answered 201 is in the log already; this writes or delivers what is
+    // still queued.
+    edge.pipeline.shutdown(config.server.drain_timeout).await;
+    Ok(())
+}

@@ -1,5 +1,5 @@
 //! The `referral-ingest` binary: plain hyper serving the click POST over its own embedded
-//! store, with the same rules and error bodies as the API.
+//! pipeline, with the same rules and error bodies as the API.
 
 mod support;
 
@@ -7,14 +7,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use clap::Parser;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use referral_aggregator::config::SqliteSynchronous;
-use referral_aggregator::store::sqlite;
-use referral_aggregator::store::{AttributionReader, StateWriter};
+use referral_pipeline::config::{PipelineArgs, SqliteSynchronous};
+use referral_pipeline::store::{AttributionReader, sqlite};
+use referral_pipeline::{Pipeline, Role};
 use referral_schemas::Timestamp;
 use referral_schemas::messages::{AssignCode, LogEvent};
 use referral_schemas::query::HourRange;
@@ -22,6 +23,34 @@ use serde_json::Value;
 use support::{ChildGuard, free_address};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+#[derive(Parser)]
+struct Flags {
+    #[command(flatten)]
+    pipeline: PipelineArgs,
+}
+
+/// Assigns a code through the embedded pipeline itself (the edge has no code routes), then
+/// lets go of the data directory.
+async fn seed_code(dir: &std::path::Path, code: &str, mentor: &str) {
+    let data_dir = dir.to_str().unwrap();
+    let args = Flags::try_parse_from(["seed", "--data-dir", data_dir])
+        .unwrap()
+        .pipeline;
+    let pipeline = Pipeline::open(&args, Role::Api, "seed").await.unwrap();
+    pipeline
+        .log
+        .publish(LogEvent::AssignCode(AssignCode {
+            command_id: "cmd_seed".into(),
+            code: code.into(),
+            mentor_id: mentor.into(),
+            issued_at: Timestamp::now(),
+        }))
+        .await
+        .unwrap();
+    assert!(pipeline.caught_up(Duration::from_secs(10)).await);
+    pipeline.shutdown(Duration::from_secs(10)).await;
+}
 
 async fn call(
     client: &HttpClient,
@@ -56,19 +85,7 @@ async fn call(
 #[tokio::test]
 async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        // Seed a code the way the writer would, then release the store.
-        let (mut writer, _) =
-            sqlite::open(dir.path(), SqliteSynchronous::Normal, i64::MAX).unwrap();
-        writer
-            .apply_batch(&[LogEvent::AssignCode(AssignCode {
-                command_id: "cmd_seed".into(),
-                code: "JAN-1".into(),
-                mentor_id: "usr_1".into(),
-                issued_at: Timestamp::now(),
-            })])
-            .unwrap();
-    }
+    seed_code(dir.path(), "JAN-1", "usr_1").await;
     let address = free_address();
     let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
@@ -189,7 +206,8 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
         "{text}"
     );
 
-    // SIGTERM drains and exits 0; exactly the two accepted clicks are stored.
+    // SIGTERM drains and exits 0, with the store caught up: exactly the two accepted
+    // clicks are stored.
     assert!(
         Command::new("kill")
             .arg("-TERM")
@@ -210,7 +228,7 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "{exit}");
-    let (_, reader) = sqlite::open(dir.path(), SqliteSynchronous::Normal, i64::MAX).unwrap();
+    let (_, reader) = sqlite::open(dir.path(), SqliteSynchronous::Normal).unwrap();
     let totals = reader
         .mentor_totals(
             "usr_1",

@@ -21,7 +21,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use referral_aggregator::kafka::{KafkaSettings, admin, codes, producer};
+use referral_pipeline::kafka::{KafkaSettings, admin, codes, producer};
 use referral_schemas::messages::{LogEvent, LogMessage};
 use referral_schemas::{ReferralCode, Timestamp};
 use serde_json::Value;

@@ -1,4 +1,4 @@
-//! Store schemas, as ordered migrations. The aggregator (the only writer) applies them.
+//! Store schemas, as ordered migrations. The single writer's store opens them.
 //!
 //! Each migration runs once, in order; a store records the ones applied (SQLite:
 //! `PRAGMA user_version`; ClickHouse: the `schema_migrations` table). A migration is never
@@ -17,12 +17,20 @@ pub struct Migration {
 }
 
 /// The embedded store's schema (SQLite).
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "attributions, codes, members, totals, verdicts",
-    sql: include_str!("../migrations/sqlite/0001_init.sql"),
-    min_server: None,
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "attributions, codes, members, totals, verdicts",
+        sql: include_str!("../migrations/sqlite/0001_init.sql"),
+        min_server: None,
+    },
+    Migration {
+        version: 2,
+        name: "versioned rows and the consumer's checkpoints",
+        sql: include_str!("../migrations/sqlite/0002_versioned_rows_and_checkpoints.sql"),
+        min_server: None,
+    },
+];
 
 /// The production store's schema (ClickHouse, 18.16 and later).
 pub const CLICKHOUSE: &[Migration] = &[

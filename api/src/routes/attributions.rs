@@ -8,7 +8,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::routing::get;
 use http::StatusCode;
-use referral_schemas::id::{attribution_created_at, is_attribution_id, new_command_id};
+use referral_schemas::id::{is_attribution_id, new_command_id};
 use referral_schemas::messages::{ConfirmConversion, DeleteAttribution, LogEvent, Verdict};
 use referral_schemas::query::{conversion_rate, parse_list_query, parse_totals_query};
 use referral_schemas::validation::{ConfirmRequest, validate_party_id};
@@ -16,9 +16,10 @@ use referral_schemas::{ApiError, ErrorKind, Timestamp};
 use serde::Serialize;
 
 use super::{HandlerResult, ListBody, json, json_body, store_failure};
-use crate::app::{AppState, HttpError};
 use crate::auth::Scope;
 use crate::commands::{rejection_error, submit};
+use crate::router::HttpError;
+use crate::state::AppState;
 
 /// Adds the attribution routes under `prefix`.
 pub fn routes(router: Router<Arc<AppState>>, prefix: &str) -> Router<Arc<AppState>> {
@@ -79,6 +80,7 @@ async fn list(
     state.tokens.authorize(&headers, Scope::Read)?;
     let (filter, page) = parse_list_query(query.as_deref(), false)?;
     let found = state
+        .reads
         .reader
         .attributions(&filter, page)
         .await
@@ -100,30 +102,18 @@ async fn get_one(
     }
 }
 
-/// How often a miss on a fresh id is looked up again.
-const FRESH_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// An attribution, waiting for it when it was created moments ago.
-///
-/// In production mode a click is stored a moment after its 201: the aggregator batches
-/// (`--batch-max-wait`). A miss on an id whose creation time (the ULID's) is less than
-/// `--read-after-write-wait` ago is looked up again until it appears or that time has
-/// passed, so a client that reads, confirms or deletes its own click right away is served.
-/// Older or unknown ids answer at once; in embedded mode the wait is zero.
+/// An attribution, waiting (at most `--read-after-write-wait`) when it may not be stored
+/// yet: a client that reads, confirms or deletes its own click right after the 201 is
+/// served, in both modes.
 async fn find_fresh(
     state: &AppState,
     id: &str,
 ) -> Result<Option<referral_schemas::Attribution>, HttpError> {
-    let wait_ms = i64::try_from(state.read_after_write_wait.as_millis()).unwrap_or(i64::MAX);
-    let deadline = attribution_created_at(id).map(|made| made.as_millis().saturating_add(wait_ms));
-    loop {
-        let found = state.reader.attribution(id).await.map_err(store_failure)?;
-        let waiting = deadline.is_some_and(|deadline| Timestamp::now().as_millis() < deadline);
-        if found.is_some() || wait_ms == 0 || !waiting {
-            return Ok(found);
-        }
-        tokio::time::sleep(FRESH_POLL).await;
-    }
+    state
+        .reads
+        .fresh_attribution(id, state.read_after_write_wait)
+        .await
+        .map_err(store_failure)
 }
 
 /// PUT /:id (confirmRecruitment).
@@ -137,10 +127,9 @@ async fn confirm(
     let now = Timestamp::now();
     let mut body = json_body(request).await?;
     let confirmation = ConfirmRequest::parse(&mut body, now)?;
-    // The writer decides; this only lets a click acknowledged moments ago be stored first.
-    if !state.read_after_write_wait.is_zero() {
-        find_fresh(&state, &id).await?;
-    }
+    // The writer decides; this only lets a click acknowledged moments ago be stored first
+    // (in production, clicks and commands travel on different partitions).
+    find_fresh(&state, &id).await?;
     let command = LogEvent::ConfirmConversion(ConfirmConversion {
         command_id: new_command_id(),
         attribution_id: id,
@@ -166,9 +155,7 @@ async fn remove(
 ) -> HandlerResult {
     state.tokens.authorize(&headers, Scope::Write)?;
     let id = attribution_id(path)?;
-    if !state.read_after_write_wait.is_zero() {
-        find_fresh(&state, &id).await?;
-    }
+    find_fresh(&state, &id).await?;
     let command = LogEvent::DeleteAttribution(DeleteAttribution {
         command_id: new_command_id(),
         attribution_id: id,
@@ -199,6 +186,7 @@ async fn mentor_list(
     let (mut filter, page) = parse_list_query(query.as_deref(), true)?;
     filter.mentor_id = Some(mentor_id);
     let found = state
+        .reads
         .reader
         .attributions(&filter, page)
         .await
@@ -231,6 +219,7 @@ async fn mentor_total(
     let mentor_id = mentor_id(path)?;
     let request = parse_totals_query(query.as_deref(), Timestamp::now())?;
     let totals = state
+        .reads
         .reader
         .mentor_totals(&mentor_id, request.hours)
         .await

@@ -18,9 +18,10 @@ use referral_schemas::{ApiError, ErrorKind, Timestamp};
 
 use super::attributions::unexpected;
 use super::{HandlerResult, ListBody, json, json_body, store_failure};
-use crate::app::{AppState, HttpError};
 use crate::auth::Scope;
 use crate::commands::{rejection_error, submit};
+use crate::router::HttpError;
+use crate::state::AppState;
 
 pub const CODES_PREFIX: &str = "/api/v1/referral-codes";
 
@@ -46,6 +47,7 @@ async fn get_one(
     state.tokens.authorize(&headers, Scope::Read)?;
     let code = code_from_path(path)?;
     match state
+        .reads
         .reader
         .referral_code(&code)
         .await
@@ -66,6 +68,7 @@ async fn list(
     state.tokens.authorize(&headers, Scope::Read)?;
     let (mentor_id, page) = parse_code_list_query(query.as_deref())?;
     let found = state
+        .reads
         .reader
         .referral_codes(mentor_id.as_deref(), page)
         .await
@@ -135,8 +138,8 @@ const CODE_PROPAGATION_WAIT: std::time::Duration = std::time::Duration::from_sec
 /// is decided and stored either way.
 async fn honoured_here(state: &AppState, code: &str, mentor: Option<&str>) {
     if !state
-        .edge
-        .codes()
+        .pipeline
+        .codes
         .wait_for(code, mentor, CODE_PROPAGATION_WAIT)
         .await
     {

@@ -9,14 +9,14 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use http::StatusCode;
-use referral_ingest::body::read_limited;
-use referral_ingest::edge::serialize_response;
+use referral_kit::body::read_limited;
+use referral_kit::error::serialize_response;
 use referral_schemas::ApiError;
 use referral_schemas::query::{PageRequest, Pagination};
 use referral_schemas::validation::{MAX_BODY_BYTES, require_json_content_type};
 use serde::Serialize;
 
-use crate::app::HttpError;
+use crate::router::HttpError;
 
 pub type HandlerResult = Result<Response, HttpError>;
 
@@ -52,7 +52,7 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
 }
 
 /// Logs a store failure and hides it from the client.
-pub fn store_failure(error: referral_aggregator::store::StoreError) -> HttpError {
+pub fn store_failure(error: referral_pipeline::store::StoreError) -> HttpError {
     if error.is_unavailable() {
         // A store restart or a network cut: the client should come back, as after a 503
         // from a full queue. Counted, since a run of these is an outage.

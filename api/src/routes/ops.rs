@@ -1,36 +1,35 @@
-//! Liveness, readiness and metrics.
+//! Liveness, readiness and metrics: the kit's one answer, as axum handlers.
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use http::StatusCode;
+use axum::response::Response;
+use http::Method;
+use referral_kit::ops::{self, OpsRoute};
 
-use super::json;
-use crate::app::AppState;
+use crate::state::AppState;
 
-/// Alive: the process answers.
-pub async fn healthz() -> Response {
-    json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+fn answer(state: &AppState, route: OpsRoute) -> Response {
+    ops::answer::<Body>(
+        route,
+        &Method::GET,
+        || state.pipeline.readiness(),
+        &state.metrics,
+    )
 }
 
-/// Ready: the pipeline accepts events.
+/// Alive: the process answers.
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    answer(&state, OpsRoute::Health)
+}
+
+/// Ready: the pipeline accepts events (and why not, when it does not).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.edge.is_ready() {
-        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
-    } else {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "not_ready"}),
-        )
-    }
+    answer(&state, OpsRoute::Ready)
 }
 
 /// Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    answer(&state, OpsRoute::Metrics)
 }

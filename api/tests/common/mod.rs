@@ -1,13 +1,15 @@
 //! An in-process API called with `oneshot`, in either mode:
 //!
-//! * [`Mode::Embedded`]: the embedded pipeline on a throw-away data directory;
+//! * [`Mode::Embedded`]: the embedded pipeline (file log, consumer, SQLite) on a throw-away
+//!   data directory;
 //! * [`Mode::Production`]: Kafka + ClickHouse, with a tansu broker and a ClickHouse 18.16
 //!   server started for the test and the aggregator running in process.
 //!
-//! Production reads are eventually consistent (the aggregator batches): before every GET
-//! the harness waits until the aggregator has stored everything on the log ([`TestApp::settle`]),
-//! so both modes must give the same answers. Reads and commands on a click acknowledged a
-//! moment ago are served without that wait (`--read-after-write-wait`), and tested so.
+//! In both modes a click's 201 means "durable in the log" and the store is applied from the
+//! log a moment later, so reads are eventually consistent: before every GET the harness
+//! waits until the store holds everything on the log ([`TestApp::settle`]), and both modes
+//! must give the same answers. Reads and commands on a click acknowledged a moment ago are
+//! served without that wait (`--read-after-write-wait`), and tested so.
 
 #![allow(dead_code)]
 
@@ -23,14 +25,14 @@ use std::time::{Duration, Instant};
 use clap::Parser as _;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use referral_aggregator::config::{ConsumerArgs, PipelineArgs};
-use referral_aggregator::consumer::fault::FaultPoint;
-use referral_aggregator::kafka::admin;
-use referral_aggregator::service::AggregatorService;
+use referral_api::ApiService;
 use referral_api::config::Config;
-use referral_api::{ApiService, EmbeddedService};
-use referral_ingest::shutdown::ShutdownTrigger;
+use referral_kit::shutdown::{Shutdown, ShutdownTrigger};
 use referral_load_tests::services::{ClickHouseServer, TansuBroker};
+use referral_pipeline::Aggregator;
+use referral_pipeline::config::{ConsumerArgs, PipelineArgs};
+use referral_pipeline::consumer::fault::FaultPoint;
+use referral_pipeline::kafka::admin;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -72,8 +74,7 @@ pub struct Production {
     _clickhouse: ClickHouseServer,
     clickhouse_url: String,
     brokers: String,
-    aggregator: Option<AggregatorService>,
-    _stop: ShutdownTrigger,
+    aggregator: Option<Aggregator>,
 }
 
 const TOPIC: &str = "referral-events";
@@ -93,9 +94,7 @@ struct AggregatorFlags {
 impl Production {
     /// `pipeline_flags`: flags the aggregator applies in production mode (the API forwards
     /// commands; the aggregator decides them), e.g. `--attribution-window`.
-    async fn start(
-        pipeline_flags: &[&str],
-    ) -> (Self, Vec<String>, referral_ingest::shutdown::Shutdown) {
+    async fn start(pipeline_flags: &[&str]) -> (Self, Vec<String>) {
         let broker = TansuBroker::start();
         let clickhouse = ClickHouseServer::start();
         let brokers = broker.address();
@@ -118,12 +117,9 @@ impl Production {
         admin::ensure_topic(&kafka, "referral-events-dead-letter", 1, 1)
             .await
             .unwrap();
-        let aggregator =
-            AggregatorService::start(&flags.pipeline, &flags.consumer, FaultPoint::None)
-                .await
-                .unwrap();
-        // Kept in the struct: dropping the trigger would stop the API's background tasks.
-        let (stop, shutdown) = referral_ingest::shutdown::channel();
+        let aggregator = Aggregator::start(&flags.pipeline, &flags.consumer, FaultPoint::None)
+            .await
+            .unwrap();
         let api_flags = vec![
             "--kafka-brokers".to_owned(),
             brokers.clone(),
@@ -137,10 +133,8 @@ impl Production {
                 clickhouse_url,
                 brokers,
                 aggregator: Some(aggregator),
-                _stop: stop,
             },
             api_flags,
-            shutdown,
         )
     }
 
@@ -208,11 +202,16 @@ impl Production {
 }
 
 pub struct TestApp {
-    pub service: Option<EmbeddedService>,
+    pub service: Option<ApiService>,
     pub router: Router,
     pub dir: tempfile::TempDir,
     pub production: Option<Production>,
+    /// Kept: dropping the trigger would stop the API's background tasks.
+    _stop: ShutdownTrigger,
 }
+
+/// How long the store may take to catch up with the log before a test fails.
+const CATCH_UP: Duration = Duration::from_secs(30);
 
 pub struct Answer {
     pub status: StatusCode,
@@ -233,7 +232,7 @@ impl Answer {
 impl TestApp {
     pub async fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, extra)
+        Self::start_in(dir, extra).await
     }
 
     /// An app in `mode`, with `extra` flags.
@@ -246,7 +245,7 @@ impl TestApp {
             .filter(|pair| pair[0] == "--attribution-window")
             .flat_map(|pair| pair.iter().copied())
             .collect();
-        let (production, mut flags, shutdown) = Production::start(&window).await;
+        let (production, mut flags) = Production::start(&window).await;
         let dir = tempfile::tempdir().unwrap();
         let mut args = vec!["referral-api".to_owned()];
         args.append(&mut flags);
@@ -256,13 +255,15 @@ impl TestApp {
                 .map(|arg| (*arg).to_owned()),
         );
         let config = Config::try_parse_from(args).unwrap();
-        let service = ApiService::start_with(&config, shutdown).await.unwrap();
+        let (stop, shutdown) = referral_kit::shutdown::channel();
+        let service = ApiService::start(&config, shutdown).await.unwrap();
         let router = service.router();
         let app = Self {
             service: Some(service),
             router,
             dir,
             production: Some(production),
+            _stop: stop,
         };
         // As a readiness gate would: the producer's first probe and the codes follower's
         // first catch-up take a moment.
@@ -302,14 +303,20 @@ impl TestApp {
         }
     }
 
-    /// Production: waits until the aggregator stored everything on the log. Embedded: done.
+    /// Waits until the store holds everything on the log: the aggregator's checkpoints in
+    /// production, the embedded consumer's in the embedded mode.
     pub async fn settle(&self) {
-        if let Some(production) = &self.production {
-            production.settle().await;
+        match (&self.production, &self.service) {
+            (Some(production), _) => production.settle().await,
+            (None, Some(service)) => assert!(
+                service.pipeline().caught_up(CATCH_UP).await,
+                "the embedded store did not catch up with its log"
+            ),
+            (None, None) => {}
         }
     }
 
-    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let data_dir = dir.path().to_str().unwrap().to_owned();
         let mut args = vec![
             "referral-api",
@@ -320,13 +327,15 @@ impl TestApp {
         ];
         args.extend(Self::default_flags(extra));
         let config = Config::try_parse_from(args).unwrap();
-        let service = EmbeddedService::start(&config).unwrap();
+        let (stop, shutdown): (ShutdownTrigger, Shutdown) = referral_kit::shutdown::channel();
+        let service = ApiService::start(&config, shutdown).await.unwrap();
         let router = service.router();
         Self {
             service: Some(service),
             router,
             dir,
             production: None,
+            _stop: stop,
         }
     }
 

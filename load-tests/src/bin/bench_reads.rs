@@ -8,7 +8,7 @@
 //!    `referral_load_tests::services`); `referral-aggregator migrate` creates the tables and
 //!    topics.
 //! 2. N attributions are generated and written with the **production writer** used as a
-//!    library (`plan::plan`, then `ClickHouseSink::write_state` and `write_totals`, as the
+//!    library (`plan::plan`, then the `StoreWriter` calls `write_state` and `commit`, as the
 //!    aggregator does for every flush), so the rows, the materialized totals and the sorted
 //!    copies are exactly what `referral-aggregator run` would store. The history is written
 //!    oldest first, as a live system receives it: click flushes of `--flush-rows` clicks
@@ -52,17 +52,18 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, header};
 use hyper_util::rt::TokioIo;
-use referral_aggregator::store::clickhouse::ClickHouseSettings;
-use referral_aggregator::store::clickhouse::plan::{self, PartitionBatch, References};
-use referral_aggregator::store::clickhouse::queries::{
-    self, ATTRIBUTION_COLUMNS, ListTotal, ReadQuery,
-};
-use referral_aggregator::store::clickhouse::sink::ClickHouseSink;
 use referral_load_tests::bench::{
     CpuWindow, Service, cpu_line, http_get, pid_text, quantile, record_section, runtime, thousands,
     wait_http_ok,
 };
 use referral_load_tests::services::{ClickHouseServer, TansuBroker, free_port};
+use referral_pipeline::plan::{self, PartitionBatch, References};
+use referral_pipeline::store::StoreWriter;
+use referral_pipeline::store::clickhouse::ClickHouseSettings;
+use referral_pipeline::store::clickhouse::queries::{
+    self, ATTRIBUTION_COLUMNS, ListTotal, ReadQuery,
+};
+use referral_pipeline::store::clickhouse::sink::ClickHouseSink;
 use referral_schemas::Timestamp;
 use referral_schemas::messages::{
     AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, LogEvent,
@@ -806,7 +807,7 @@ impl Writer {
             .iter()
             .map(|batch| (batch.topic.clone(), batch.partition))
             .collect();
-        let store = |error: referral_aggregator::store::StoreError| error.to_string();
+        let store = |error: referral_pipeline::store::StoreError| error.to_string();
         let checkpoints = self.sink.checkpoints(&keys).await.map_err(store)?;
         let known = self
             .sink
@@ -819,14 +820,9 @@ impl Writer {
         self.sink.write_state(&plan).await.map_err(store)?;
         self.flushes += 1;
         self.sink
-            .write_totals(&plan, &format!("bench-reads-{}", self.flushes))
+            .commit(&plan, &format!("bench-reads-{}", self.flushes))
             .await
             .map_err(store)?;
-        self.sink.checkpoints_stored(
-            batches
-                .iter()
-                .map(|batch| ((batch.topic.clone(), batch.partition), batch.end)),
-        );
         Ok(plan
             .outcomes
             .iter()
@@ -1787,7 +1783,7 @@ impl Report<'_> {
             out,
             "`{}` ({:.0} min in all). ClickHouse 18.16 and tansu started fresh; `referral-aggregator \
              migrate`; the data written by the production writer as a library (`plan::plan`, \
-             `write_state`, `write_totals`), oldest first; then `referral-api` (release, production \
+             `write_state`, `commit`), oldest first; then `referral-api` (release, production \
              mode: Kafka + ClickHouse, rate limits off), all on this machine.\n",
             Options::command_line(),
             self.runtime.as_secs_f64() / 60.0

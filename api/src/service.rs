@@ -1,0 +1,108 @@
+//! The API's life cycle: start the pipeline the configuration asks for, serve, drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::body::Body;
+use referral_kit::click::ClickEdge;
+use referral_kit::shutdown::Shutdown;
+use referral_kit::{server, telemetry};
+use referral_pipeline::{Pipeline, Role};
+use tokio::net::TcpListener;
+
+use crate::auth::ApiTokens;
+use crate::config::Config;
+use crate::router::app;
+use crate::state::AppState;
+
+/// A running API: the handlers' state and the pipeline behind them.
+pub struct ApiService {
+    pub state: Arc<AppState>,
+    drain_timeout: std::time::Duration,
+}
+
+impl ApiService {
+    /// Opens the pipeline `config` asks for (embedded, or Kafka + ClickHouse) and builds the
+    /// handlers' state. `shutdown` stops the rate limits' housekeeping.
+    pub async fn start(config: &Config, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let tokens = Self::tokens(config)?;
+        let pipeline = Arc::new(Pipeline::open(&config.pipeline, Role::Api, "referral-api").await?);
+        let reads = pipeline
+            .reads
+            .clone()
+            .context("the API's pipeline has no reads")?;
+        let limits = Arc::new(config.edge.limits());
+        limits.spawn_housekeeping(shutdown.clone());
+        let edge = ClickEdge::new(
+            pipeline.log.clone(),
+            pipeline.codes.clone(),
+            limits,
+            config.edge.settings()?,
+        );
+        let state = Arc::new(AppState {
+            edge,
+            pipeline,
+            reads,
+            tokens,
+            metrics: telemetry::metrics_handle(),
+            command_timeout: config.edge.ack_timeout,
+            read_after_write_wait: config.read_after_write_wait,
+        });
+        telemetry::spawn_metrics_upkeep(state.metrics.clone(), shutdown);
+        Ok(Self {
+            state,
+            drain_timeout: config.server.drain_timeout,
+        })
+    }
+
+    fn tokens(config: &Config) -> anyhow::Result<ApiTokens> {
+        let tokens = config.validate()?;
+        if tokens.is_open() {
+            tracing::warn!(
+                "no --api-tokens configured: every endpoint is open to anyone who can reach it"
+            );
+        }
+        Ok(tokens)
+    }
+
+    pub fn router(&self) -> Router {
+        app(self.state.clone())
+    }
+
+    /// The pipeline behind the API (tests wait on it).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.state.pipeline
+    }
+
+    /// Embedded: writes what is queued and lets the store catch up. Kafka: delivers what is
+    /// queued. Waiting commands are answered.
+    pub async fn shutdown(&self) {
+        self.state.pipeline.shutdown(self.drain_timeout).await;
+    }
+}
+
+/// Serves `config` on `listener` until `shutdown`, then drains requests and the pipeline.
+pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    let settings = config.server.settings()?;
+    let service = ApiService::start(&config, shutdown.clone()).await?;
+    let router = service.router();
+    tracing::info!(address = %listener.local_addr()?, "referral-api listening");
+    let make_service = |peer: SocketAddr| {
+        let router = router.clone();
+        hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                use tower::ServiceExt;
+                router.oneshot(request.map(Body::new)).await
+            }
+        })
+    };
+    server::serve(listener, make_service, settings, shutdown).await;
+    service.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! The click POST (recordReferralClick): the hot path from a tracking pixel's POST to an
+//! acknowledged click.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, REFERER, USER_AGENT};
+use http::{HeaderMap, Response, StatusCode};
+use referral_pipeline::codes::CodeResolver;
+use referral_pipeline::log::EventLog;
+use referral_schemas::id::new_attribution_id;
+use referral_schemas::messages::{ClickEvent, LogEvent};
+use referral_schemas::validation::{
+    ClickRequest, MAX_BODY_BYTES, MAX_USER_AGENT_BYTES, require_json_content_type,
+    validate_referrer_url, validate_user_agent,
+};
+use referral_schemas::{ApiError, Attribution, ErrorKind, Timestamp, state};
+use tokio::sync::Semaphore;
+
+use super::client_ip::TrustedProxies;
+use super::rate_limit::{ClickLimits, Limited, Limiter};
+use crate::body::read_limited;
+use crate::error::{error_response, publish_error, serialize_response};
+
+/// Settings of the edge; see [`crate::config::EdgeArgs`].
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    pub proxies: TrustedProxies,
+    /// Longest wait for the log's acknowledgement before answering 503.
+    pub ack_timeout: Duration,
+    /// Clicks handled at once at most; past this, 503 at once.
+    pub max_in_flight: usize,
+}
+
+/// Why a click was not recorded.
+enum Refusal {
+    Invalid(ApiError),
+    Limited(Limited),
+}
+
+impl From<ApiError> for Refusal {
+    fn from(error: ApiError) -> Self {
+        Self::Invalid(error)
+    }
+}
+
+/// The click POST: limits, validates, resolves the code, publishes, waits for the ack.
+pub struct ClickEdge {
+    log: Arc<dyn EventLog>,
+    codes: Arc<CodeResolver>,
+    limits: Arc<ClickLimits>,
+    settings: EdgeSettings,
+    /// Permits for clicks being handled now.
+    in_flight: Semaphore,
+}
+
+impl ClickEdge {
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        codes: Arc<CodeResolver>,
+        limits: Arc<ClickLimits>,
+        settings: EdgeSettings,
+    ) -> Self {
+        let in_flight = Semaphore::new(settings.max_in_flight.max(1));
+        Self {
+            log,
+            codes,
+            limits,
+            settings,
+            in_flight,
+        }
+    }
+
+    pub fn limits(&self) -> &Arc<ClickLimits> {
+        &self.limits
+    }
+
+    /// Serves one click POST, from the request's headers and body to the response.
+    pub async fn handle<In, Out>(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        body: In,
+    ) -> Response<Out>
+    where
+        In: http_body::Body<Data = Bytes>,
+        In::Error: std::error::Error + Send + Sync + 'static,
+        Out: From<Vec<u8>>,
+    {
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            metrics::counter!("referral_clicks_rejected_total", "cause" => "in_flight_limit")
+                .increment(1);
+            return error_response(&ApiError::overloaded("too many clicks in progress; retry"));
+        };
+        let client_ip = self.settings.proxies.client_ip(peer, headers);
+        let allowance = match self.limits.check_client(client_ip) {
+            Ok(allowance) => allowance,
+            Err(limited) => return limited_response(limited),
+        };
+        let outcome = match read_limited(headers, body, MAX_BODY_BYTES).await {
+            Ok(bytes) => self.record(client_ip, headers, bytes).await,
+            Err(error) => Err(Refusal::Invalid(error)),
+        };
+        let mut response = match outcome {
+            Ok(attribution) => {
+                metrics::counter!("referral_clicks_accepted_total").increment(1);
+                serialize_response(StatusCode::CREATED, &attribution)
+            }
+            Err(Refusal::Invalid(error)) => {
+                metrics::counter!("referral_clicks_rejected_total", "cause" => error.kind.code())
+                    .increment(1);
+                error_response(&error)
+            }
+            Err(Refusal::Limited(limited)) => return limited_response(limited),
+        };
+        if let Some(allowance) = allowance {
+            set_rate_headers(&mut response, allowance.limit, allowance.remaining);
+        }
+        response
+    }
+
+    async fn record(
+        &self,
+        client_ip: IpAddr,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Attribution, Refusal> {
+        require_json_content_type(headers.get(CONTENT_TYPE))?;
+        let received_at = Timestamp::now();
+        // simd-json parses in place; the copy is bounded by the body limit.
+        let mut body = body.to_vec();
+        let request = ClickRequest::parse(&mut body, received_at)?;
+        self.limits
+            .check_code_and_global(&request.code)
+            .map_err(Refusal::Limited)?;
+        let mentor_id = self.codes.mentor_for(&request.code).await.ok_or_else(|| {
+            ApiError::new(ErrorKind::UnknownCode, "no mentor has this referral code")
+                .on_field("code")
+        })?;
+        let click = ClickEvent {
+            attribution_id: new_attribution_id(),
+            code: request.code,
+            mentor_id: mentor_id.to_string(),
+            ip_address: request.ip_address.unwrap_or_else(|| client_ip.to_string()),
+            user_agent: request.user_agent.or_else(|| user_agent_header(headers)),
+            referrer_url: request.referrer_url.or_else(|| referer_header(headers)),
+            occurred_at: request.occurred_at.unwrap_or(received_at),
+            received_at,
+        };
+        let (attribution, _) = state::record_click(&click);
+        let published = tokio::time::timeout(
+            self.settings.ack_timeout,
+            self.log.publish(LogEvent::Click(click)),
+        )
+        .await;
+        match published {
+            Ok(Ok(())) => Ok(attribution),
+            Ok(Err(error)) => Err(publish_error(error).into()),
+            Err(_) => {
+                metrics::counter!("referral_ack_timeouts_total").increment(1);
+                Err(ApiError::overloaded("the click was not acknowledged in time; retry").into())
+            }
+        }
+    }
+}
+
+/// A 429 with `Retry-After` and the refusing limit's `X-RateLimit-*` headers.
+fn limited_response<Out: From<Vec<u8>>>(limited: Limited) -> Response<Out> {
+    metrics::counter!("referral_clicks_rejected_total", "cause" => "rate_limited").increment(1);
+    let seconds = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let message = match limited.limiter {
+        Limiter::ClientIp => "too many clicks from this client",
+        Limiter::Code => "too many clicks for this code",
+        Limiter::Global => "too many clicks right now",
+    };
+    let mut error = ApiError::new(
+        ErrorKind::RateLimited,
+        format!("{message}; retry in {seconds} s"),
+    )
+    .retry_after(seconds);
+    if limited.limiter == Limiter::Code {
+        error = error.on_field("code");
+    }
+    let mut response = error_response(&error);
+    set_rate_headers(&mut response, limited.limit, 0);
+    response
+}
+
+fn set_rate_headers<Out>(response: &mut Response<Out>, limit: u32, remaining: u32) {
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", limit.into());
+    headers.insert("x-ratelimit-remaining", remaining.into());
+}
+
+/// The `User-Agent` header, cut to the stored limit at a character boundary; dropped when it
+/// is not text. A header is not the client's JSON, so it is trimmed rather than refused.
+fn user_agent_header(headers: &HeaderMap) -> Option<String> {
+    let text = headers.get(USER_AGENT)?.to_str().ok()?;
+    let mut end = text.len().min(MAX_USER_AGENT_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &text[..end];
+    validate_user_agent("user_agent", text).ok()?;
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// The `Referer` header when it is an acceptable referrer URL.
+fn referer_header(headers: &HeaderMap) -> Option<String> {
+    let text = headers.get(REFERER)?.to_str().ok()?;
+    validate_referrer_url("referrer_url", text).ok()?;
+    Some(text.to_owned())
+}

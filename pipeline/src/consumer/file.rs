@@ -1,0 +1,84 @@
+//! The embedded file log as the consumer's source: one partition, read from the store's
+//! checkpoint on.
+
+use std::time::Duration;
+
+use super::{LogSource, Record, SharedWorker, lock};
+use crate::log::file::reader::LogReader;
+use crate::log::file::{self, TOPIC};
+use crate::plan::PartitionKey;
+
+/// How long the source rests after a read error (a corrupt record found while running)
+/// before trying again: the error is logged and counted, and the lag it causes fails
+/// readiness once it passes its bound.
+const ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+pub struct FileSource {
+    reader: LogReader,
+    /// Records the worker holds at most before a flush.
+    batch_max: usize,
+    paused: bool,
+}
+
+impl FileSource {
+    /// Reads from `reader`'s position (the store's checkpoint) on. The worker is told it
+    /// owns the log's one partition.
+    pub fn new(reader: LogReader, worker: &SharedWorker, batch_max: usize) -> Self {
+        lock(worker).assigned(vec![Self::partition()]);
+        let checkpoint = reader.next_offset();
+        file::release(reader.shared(), checkpoint);
+        Self {
+            reader,
+            batch_max: batch_max.max(1),
+            paused: false,
+        }
+    }
+
+    fn partition() -> PartitionKey {
+        (TOPIC.to_owned(), 0)
+    }
+}
+
+impl LogSource for FileSource {
+    fn poll(&mut self, timeout: Duration, worker: &SharedWorker) -> Result<usize, String> {
+        if self.paused {
+            std::thread::sleep(timeout);
+            return Ok(0);
+        }
+        // No Kafka callbacks here: holding the worker while waiting for records blocks no one.
+        let mut worker = lock(worker);
+        let room = self.batch_max.saturating_sub(worker.pending_rows());
+        if room == 0 {
+            return Ok(0);
+        }
+        let read = self.reader.read(room, timeout, |offset, payload| {
+            worker.add(&Record {
+                topic: TOPIC,
+                partition: 0,
+                offset: offset as i64,
+                key: None,
+                payload: Some(payload),
+            });
+        });
+        drop(worker);
+        read.map_err(|error| {
+            std::thread::sleep(ERROR_PAUSE);
+            error.to_string()
+        })
+    }
+
+    fn stored(&mut self, checkpoints: &[(PartitionKey, i64)]) {
+        for ((topic, _), next) in checkpoints {
+            if topic == TOPIC {
+                file::release(self.reader.shared(), u64::try_from(*next).unwrap_or(0));
+            }
+        }
+    }
+
+    fn pause(&mut self, paused: bool) -> bool {
+        self.paused = paused;
+        true
+    }
+
+    fn leave(&mut self, _: &SharedWorker) {}
+}

@@ -1,0 +1,235 @@
+//! The consumer: the single writer of state, in both modes. One loop reads a log, batches
+//! per partition, plans each flush with the one planner, writes it to the store with its
+//! checkpoint, and tells the world what changed.
+//!
+//! ```text
+//!   LogSource (file log | Kafka) ──records──▶ Worker (batches) ──plan──▶ StoreWriter
+//!                                                   │                  (SQLite | ClickHouse)
+//!                                                   └──▶ Announcer (codes, verdicts, dead letters)
+//! ```
+//!
+//! * [`worker`]: pending batches and the flush (plan, write, commit point).
+//! * [`announce`]: what a flush tells beyond the store, per mode.
+//! * [`kafka`]: the Kafka source (consumer group, rebalances).
+//! * [`file`]: the embedded file log as a source.
+//! * [`fault`]: crash points for the exactly-once tests.
+//!
+//! Why one plain thread: librdkafka runs rebalance callbacks inside `poll`, on the polling
+//! thread. With flushes on the same thread, no write is ever in flight while a callback runs,
+//! so a revoked partition's batch can be flushed or dropped inside the callback, before the
+//! revocation completes. While the store is down the thread keeps polling (with fetching
+//! paused) so that it stays in its group, and retries the flush with a capped backoff.
+
+pub mod announce;
+pub mod fault;
+pub mod file;
+pub mod kafka;
+pub mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::plan::PartitionKey;
+use worker::Worker;
+
+/// The longest the thread blocks in `poll`: bounds how late it notices shutdown or a due
+/// batch.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Backoff between failed flushes, doubling up to the cap.
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_CAP: Duration = Duration::from_secs(5);
+
+/// One message read from a log, borrowed from the source for the time of [`Worker::add`].
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// A message that could not be decoded, on its way aside (never blocking its partition).
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub reason: String,
+    /// A fixed name for the metric label.
+    pub label: &'static str,
+}
+
+/// The worker, shared between the loop and the source (whose rebalance callbacks flush).
+pub type SharedWorker = Arc<Mutex<Worker>>;
+
+/// Locks the worker. A panic while holding it leaves batches that are at worst read again.
+pub fn lock(worker: &SharedWorker) -> MutexGuard<'_, Worker> {
+    worker.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where the consumer reads from.
+pub trait LogSource: Send {
+    /// Waits at most `timeout` for records and adds each to the worker (with Kafka, the
+    /// poll also runs rebalance callbacks, which lock the worker themselves: the caller
+    /// must not hold it). Returns how many records were added.
+    fn poll(&mut self, timeout: Duration, worker: &SharedWorker) -> Result<usize, String>;
+
+    /// The checkpoints a flush stored. Kafka: commits them (a hint; the store's checkpoint
+    /// decides). The file log: deletes the segments wholly below them.
+    fn stored(&mut self, checkpoints: &[(PartitionKey, i64)]);
+
+    /// Stops or resumes fetching; true when it took effect.
+    fn pause(&mut self, paused: bool) -> bool;
+
+    /// Leaves for good after the final flush (Kafka: unsubscribes and serves the
+    /// revocation).
+    fn leave(&mut self, worker: &SharedWorker);
+}
+
+/// What the consumer thread tells the rest of the process.
+#[derive(Debug, Default)]
+pub struct ConsumerStatus {
+    /// The last flush (or ping) reached the store.
+    pub ready: AtomicBool,
+    /// Set by the process to stop: flush, commit, leave.
+    pub stopping: AtomicBool,
+}
+
+/// A running consumer thread.
+pub struct Consumer {
+    thread: Option<JoinHandle<()>>,
+    status: Arc<ConsumerStatus>,
+    drain: Duration,
+}
+
+impl Consumer {
+    /// Starts the loop on a thread of its own.
+    pub fn start<S: LogSource + 'static>(
+        name: &str,
+        source: S,
+        worker: SharedWorker,
+        drain: Duration,
+    ) -> std::io::Result<Self> {
+        let status = Arc::new(ConsumerStatus::default());
+        let thread = std::thread::Builder::new().name(name.into()).spawn({
+            let status = status.clone();
+            move || run(source, worker, status, drain)
+        })?;
+        Ok(Self {
+            thread: Some(thread),
+            status,
+            drain,
+        })
+    }
+
+    pub fn status(&self) -> Arc<ConsumerStatus> {
+        self.status.clone()
+    }
+
+    /// Whether the thread ended on its own (it only should when asked to stop).
+    pub fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Flushes what is pending (retrying within the drain timeout) and leaves.
+    pub async fn stop(mut self) {
+        self.status.stopping.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let limit = self.drain + Duration::from_secs(5);
+            let joined =
+                tokio::time::timeout(limit, tokio::task::spawn_blocking(move || thread.join()))
+                    .await;
+            if !matches!(joined, Ok(Ok(Ok(())))) {
+                tracing::error!("the consumer did not stop cleanly in time");
+            }
+        }
+    }
+}
+
+fn run<S: LogSource>(
+    mut source: S,
+    worker: SharedWorker,
+    status: Arc<ConsumerStatus>,
+    drain: Duration,
+) {
+    let mut retry: Option<(Instant, Duration)> = None;
+    let mut paused = false;
+    status.ready.store(lock(&worker).ping(), Ordering::Relaxed);
+    while !status.stopping.load(Ordering::Relaxed) {
+        let timeout = {
+            let worker = lock(&worker);
+            let wake = match retry {
+                Some((at, _)) => Some(at),
+                None => worker.next_deadline(),
+            };
+            wake.map_or(POLL_INTERVAL, |at| {
+                at.saturating_duration_since(Instant::now())
+                    .min(POLL_INTERVAL)
+            })
+        };
+        if let Err(error) = source.poll(timeout, &worker) {
+            metrics::counter!("referral_consumer_errors_total").increment(1);
+            tracing::warn!(%error, "consumer error");
+        }
+        let mut locked = lock(&worker);
+        let attempt = match retry {
+            Some((at, _)) => Instant::now() >= at,
+            None => locked.due(),
+        };
+        if !attempt {
+            continue;
+        }
+        match locked.flush(None) {
+            Ok(stored) => {
+                drop(locked);
+                source.stored(&stored);
+                retry = None;
+                status.ready.store(true, Ordering::Relaxed);
+                if paused {
+                    paused = !source.pause(false);
+                }
+            }
+            Err(error) => {
+                let backoff = retry.map_or(RETRY_FIRST, |(_, last)| (last * 2).min(RETRY_CAP));
+                tracing::warn!(%error, retry_in = ?backoff, pending = locked.pending_rows(), "flush failed; batches kept");
+                drop(locked);
+                retry = Some((Instant::now() + backoff, backoff));
+                status.ready.store(false, Ordering::Relaxed);
+                // Stop fetching until the store is back: memory stays bounded.
+                paused = source.pause(true) || paused;
+            }
+        }
+    }
+    drain_and_leave(&mut source, &worker, drain);
+}
+
+/// Flushes what is pending (retrying until `drain` passes), then leaves.
+fn drain_and_leave<S: LogSource>(source: &mut S, worker: &SharedWorker, drain: Duration) {
+    let deadline = Instant::now() + drain;
+    loop {
+        let mut locked = lock(worker);
+        if !locked.has_pending() {
+            break;
+        }
+        match locked.flush(None) {
+            Ok(stored) => {
+                drop(locked);
+                source.stored(&stored);
+                break;
+            }
+            Err(error) if Instant::now() < deadline => {
+                tracing::warn!(%error, "final flush failed; retrying");
+                drop(locked);
+                std::thread::sleep(RETRY_FIRST);
+            }
+            Err(error) => {
+                tracing::error!(%error, partitions = ?locked.pending_partitions(), "final flush failed; the batches will be read again");
+                break;
+            }
+        }
+    }
+    source.leave(worker);
+}

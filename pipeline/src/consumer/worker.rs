@@ -1,0 +1,393 @@
+//! Pending batches per partition, and the flush that plans and writes them.
+//!
+//! Owned by the consumer thread behind a mutex that the thread never holds while polling, so
+//! that a Kafka rebalance callback (which runs inside the poll) can flush or drop a revoked
+//! partition's batch before the revocation completes. Knows nothing of where its records
+//! come from ([`super::LogSource`]) or which store it writes ([`StoreWriter`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use referral_schemas::Timestamp;
+use referral_schemas::messages::{LogEvent, LogMessage, MessageDecodeError};
+use tokio::runtime::Handle;
+
+use super::announce::Announcer;
+use super::fault::FaultPoint;
+use super::{DeadLetter, Record};
+use crate::plan::{self, PartitionBatch, PartitionKey, Plan, References};
+use crate::store::{StoreError, StoreWriter};
+
+/// How the worker batches and decides.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Messages a partition gathers at most before its batch is flushed.
+    pub batch_max_rows: usize,
+    /// Payload bytes a partition gathers at most before its batch is flushed.
+    pub batch_max_bytes: usize,
+    /// The longest a message waits for its flush. Zero flushes whatever the source had
+    /// ready (the embedded store wants small, prompt transactions; ClickHouse wants big,
+    /// rare inserts).
+    pub batch_max_wait: Duration,
+    /// `--attribution-window` in milliseconds, for the planner.
+    pub window_ms: i64,
+}
+
+/// One partition's messages since its last flush.
+#[derive(Debug)]
+struct Pending {
+    events: Vec<(i64, LogEvent)>,
+    dead_letters: Vec<DeadLetter>,
+    /// The offset after the last message read.
+    end: i64,
+    /// Messages read (events and dead letters).
+    messages: usize,
+    bytes: usize,
+    since: Instant,
+}
+
+/// Why a flush failed. The batch stays pending and is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("announcing the flush failed: {0}")]
+    Announce(String),
+    #[error("injected fault: {0}")]
+    Injected(&'static str),
+}
+
+pub struct Worker {
+    store: Box<dyn StoreWriter>,
+    announcer: Box<dyn Announcer>,
+    handle: Handle,
+    settings: WorkerSettings,
+    pending: BTreeMap<PartitionKey, Pending>,
+    owned: HashSet<PartitionKey>,
+    fault: FaultPoint,
+    /// Flushes that stored their checkpoint, and flushes attempted (for fault injection).
+    flushes: u64,
+    attempts: u64,
+}
+
+impl Worker {
+    pub fn new(
+        store: Box<dyn StoreWriter>,
+        announcer: Box<dyn Announcer>,
+        handle: Handle,
+        settings: WorkerSettings,
+        fault: FaultPoint,
+    ) -> Self {
+        Self {
+            store,
+            announcer,
+            handle,
+            settings,
+            pending: BTreeMap::new(),
+            owned: HashSet::new(),
+            fault,
+            flushes: 0,
+            attempts: 0,
+        }
+    }
+
+    /// Adds one message to its partition's batch; undecodable ones become dead letters.
+    pub fn add(&mut self, record: &Record<'_>) {
+        let key = (record.topic.to_owned(), record.partition);
+        if !self.owned.contains(&key) {
+            // Fetched before a revocation: the new owner reads it again.
+            return;
+        }
+        let decoded = match record.payload {
+            Some(bytes) => LogMessage::from_json(bytes),
+            None => Err(MessageDecodeError::UnsupportedVersion(0)),
+        };
+        let pending = self.pending.entry(key).or_insert_with(|| Pending {
+            events: Vec::new(),
+            dead_letters: Vec::new(),
+            end: record.offset,
+            messages: 0,
+            bytes: 0,
+            since: Instant::now(),
+        });
+        pending.end = record.offset + 1;
+        pending.messages += 1;
+        pending.bytes += record.payload.map_or(0, <[u8]>::len);
+        match decoded {
+            Ok(decoded) => pending.events.push((record.offset, decoded.event)),
+            Err(error) => {
+                let (label, reason) = match (&error, record.payload) {
+                    (_, None) => ("empty", "the message has no payload".to_owned()),
+                    (MessageDecodeError::Malformed(_), _) => ("malformed", error.to_string()),
+                    (MessageDecodeError::UnsupportedVersion(_), _) => {
+                        ("unsupported_version", error.to_string())
+                    }
+                };
+                pending.dead_letters.push(DeadLetter {
+                    offset: record.offset,
+                    key: record.key.map(<[u8]>::to_vec),
+                    payload: record.payload.map(<[u8]>::to_vec),
+                    reason,
+                    label,
+                });
+            }
+        }
+    }
+
+    /// Whether some partition's batch is full or old enough.
+    pub fn due(&self) -> bool {
+        self.pending.values().any(|pending| {
+            pending.messages >= self.settings.batch_max_rows
+                || pending.bytes >= self.settings.batch_max_bytes
+                || pending.since.elapsed() >= self.settings.batch_max_wait
+        })
+    }
+
+    /// When the oldest batch becomes due by time.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .map(|pending| pending.since + self.settings.batch_max_wait)
+            .min()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Messages waiting in all batches.
+    pub fn pending_rows(&self) -> usize {
+        self.pending.values().map(|pending| pending.messages).sum()
+    }
+
+    /// Whether the source should stop fetching: the batches hold as much as a flush takes
+    /// (or the store is down and they wait for it), so memory stays bounded.
+    pub fn is_full(&self) -> bool {
+        self.pending_rows() >= self.settings.batch_max_rows
+    }
+
+    pub fn pending_partitions(&self) -> Vec<PartitionKey> {
+        self.pending.keys().cloned().collect()
+    }
+
+    /// Partitions assigned to this consumer: their checkpoints are read afresh.
+    pub fn assigned(&mut self, partitions: Vec<PartitionKey>) {
+        self.store.forget_checkpoints(&partitions);
+        self.owned.extend(partitions);
+    }
+
+    /// Partitions being revoked. Their batches are flushed (when the assignment was not
+    /// lost) or dropped, before this returns, that is before the revocation completes.
+    /// Dropping is safe: nothing of theirs past the checkpoint is stored anywhere. Returns
+    /// the checkpoints stored by that flush.
+    pub fn revoked(
+        &mut self,
+        partitions: Vec<PartitionKey>,
+        lost: bool,
+    ) -> Vec<(PartitionKey, i64)> {
+        let with_batches: Vec<PartitionKey> = partitions
+            .iter()
+            .filter(|key| self.pending.contains_key(*key))
+            .cloned()
+            .collect();
+        let mut stored = Vec::new();
+        if !with_batches.is_empty() {
+            if lost {
+                tracing::warn!(partitions = ?with_batches, "assignment lost: pending batches dropped");
+            } else {
+                match self.flush(Some(&with_batches)) {
+                    Ok(checkpoints) => stored = checkpoints,
+                    Err(error) => {
+                        tracing::warn!(%error, partitions = ?with_batches, "revoked partitions' batches dropped: flush failed");
+                    }
+                }
+            }
+        }
+        for key in &partitions {
+            self.pending.remove(key);
+            self.owned.remove(key);
+            // Not ours any more: its new owner reports its lag. A frozen value here would
+            // keep alerting (or hide real lag) long after the move.
+            metrics::gauge!(
+                "referral_consumer_lag",
+                "topic" => key.0.clone(),
+                "partition" => key.1.to_string()
+            )
+            .set(0.0);
+        }
+        self.store.forget_checkpoints(&partitions);
+        stored
+    }
+
+    /// Plans and writes the pending batches (all, or those of `only`) and returns the
+    /// checkpoints now stored, for the source to act on (a Kafka commit, log segments to
+    /// delete). On error the batches stay pending and their cached checkpoints are forgotten.
+    pub fn flush(
+        &mut self,
+        only: Option<&[PartitionKey]>,
+    ) -> Result<Vec<(PartitionKey, i64)>, FlushError> {
+        let keys: Vec<PartitionKey> = self
+            .pending
+            .keys()
+            .filter(|key| only.is_none_or(|only| only.contains(key)))
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let started = Instant::now();
+        let handle = self.handle.clone();
+        let plan = match handle.block_on(self.write(&keys)) {
+            Ok(plan) => plan,
+            Err(error) => {
+                self.store.abandon();
+                self.store.forget_checkpoints(&keys);
+                metrics::counter!("referral_flush_failures_total").increment(1);
+                return Err(error);
+            }
+        };
+        self.flushes += 1;
+        if self.fault.crash_after_checkpoint(self.flushes) {
+            super::fault::kill_self("after the commit point, before the source's commit");
+        }
+        self.announcer.after_commit(&plan);
+        let mut stored = Vec::with_capacity(keys.len());
+        let mut rows = 0;
+        let mut bytes = 0;
+        for key in keys {
+            if let Some(pending) = self.pending.remove(&key) {
+                rows += pending.messages;
+                bytes += pending.bytes;
+                stored.push((key, pending.end));
+            }
+        }
+        metrics::histogram!("referral_batch_rows").record(rows as f64);
+        metrics::histogram!("referral_batch_bytes").record(bytes as f64);
+        metrics::histogram!("referral_flush_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("referral_events_applied_total")
+            .increment(rows.saturating_sub(plan.skipped) as u64);
+        if plan.skipped > 0 {
+            metrics::counter!("referral_events_skipped_total").increment(plan.skipped as u64);
+        }
+        for outcome in &plan.outcomes {
+            metrics::counter!("referral_commands_total", "outcome" => *outcome).increment(1);
+        }
+        Ok(stored)
+    }
+
+    async fn write(&mut self, keys: &[PartitionKey]) -> Result<Plan, FlushError> {
+        self.attempts += 1;
+        // The events move into the batches (no copy) and come back if the flush fails.
+        let batches: Vec<PartitionBatch> = keys
+            .iter()
+            .filter_map(|key| {
+                self.pending.get_mut(key).map(|pending| PartitionBatch {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    events: std::mem::take(&mut pending.events),
+                    end: pending.end,
+                })
+            })
+            .collect();
+        let result = self.write_batches(keys, &batches).await;
+        if result.is_err() {
+            for batch in batches {
+                if let Some(pending) = self.pending.get_mut(&(batch.topic, batch.partition)) {
+                    pending.events = batch.events;
+                }
+            }
+        }
+        result
+    }
+
+    async fn write_batches(
+        &mut self,
+        keys: &[PartitionKey],
+        batches: &[PartitionBatch],
+    ) -> Result<Plan, FlushError> {
+        let checkpoints = self.store.checkpoints(keys).await?;
+        let checkpoint_of =
+            |batch: &PartitionBatch| checkpoint_at(&checkpoints, &batch.topic, batch.partition);
+        let references = References::of(batches.iter().flat_map(|batch| {
+            let checkpoint = checkpoint_of(batch);
+            batch
+                .events
+                .iter()
+                .filter(move |(offset, _)| *offset >= checkpoint)
+                .map(|(_, event)| event)
+        }));
+        let known = self.store.load(&references).await?;
+        let plan = plan::plan(
+            batches,
+            &checkpoints,
+            known,
+            self.settings.window_ms,
+            Timestamp::now(),
+        );
+        self.store.write_state(&plan).await?;
+        let dead_letters = self.dead_letters_at_or_past(keys, &checkpoints);
+        self.announcer
+            .before_commit(&plan, &dead_letters)
+            .await
+            .map_err(FlushError::Announce)?;
+        if self.fault.crash_before_checkpoint(self.attempts) {
+            super::fault::kill_self("after the state writes, before the commit point");
+        }
+        let token = batches
+            .iter()
+            .map(|batch| {
+                format!(
+                    "{}:{}:{}-{}",
+                    batch.topic,
+                    batch.partition,
+                    checkpoint_of(batch),
+                    batch.end
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        self.store.commit(&plan, &token).await?;
+        if self.fault.lose_totals_ack(self.attempts) {
+            return Err(FlushError::Injected("commit acknowledged, ack lost"));
+        }
+        Ok(plan)
+    }
+
+    /// The undecodable messages at or past their partition's checkpoint (those below were
+    /// moved aside by an earlier flush).
+    fn dead_letters_at_or_past(
+        &self,
+        keys: &[PartitionKey],
+        checkpoints: &HashMap<PartitionKey, i64>,
+    ) -> Vec<(PartitionKey, DeadLetter)> {
+        let mut letters = Vec::new();
+        for key in keys {
+            let Some(pending) = self.pending.get(key) else {
+                continue;
+            };
+            let checkpoint = checkpoint_at(checkpoints, &key.0, key.1);
+            letters.extend(
+                pending
+                    .dead_letters
+                    .iter()
+                    .filter(|letter| letter.offset >= checkpoint)
+                    .map(|letter| (key.clone(), letter.clone())),
+            );
+        }
+        letters
+    }
+
+    /// Whether the store answers (for readiness while flushes fail).
+    pub fn ping(&mut self) -> bool {
+        let handle = self.handle.clone();
+        handle.block_on(self.store.ping())
+    }
+}
+
+fn checkpoint_at(checkpoints: &HashMap<PartitionKey, i64>, topic: &str, partition: i32) -> i64 {
+    checkpoints
+        .get(&(topic.to_owned(), partition))
+        .copied()
+        .unwrap_or(0)
+}

@@ -1,0 +1,415 @@
+//! Opening the pipeline: the one place where configuration picks the backends.
+//!
+//! | configuration | log | store | consumer |
+//! |---|---|---|---|
+//! | neither Kafka nor ClickHouse | the embedded file log | SQLite | in this process |
+//! | Kafka (edge), Kafka + ClickHouse (API) | Kafka | ClickHouse (reads) | `referral-aggregator run` |
+//! | Kafka + ClickHouse (aggregator) | Kafka (consumed) | ClickHouse (written) | this process |
+//!
+//! [`Pipeline::open`] serves the processes that take requests (the edge, the API);
+//! [`Aggregator::start`] the consumer group member. Both decide through [`Backends::choose`].
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::producer::{FutureProducer, Producer};
+use referral_schemas::Attribution;
+use referral_schemas::id::attribution_created_at;
+use tokio::sync::watch;
+
+use crate::codes::{CodeDirectory, CodeResolver};
+use crate::config::{ConsumerArgs, PipelineArgs};
+use crate::consumer::announce::KafkaAnnouncer;
+use crate::consumer::fault::FaultPoint;
+use crate::consumer::kafka::KafkaSource;
+use crate::consumer::worker::{Worker, WorkerSettings};
+use crate::consumer::{Consumer, ConsumerStatus};
+use crate::embedded::Embedded;
+use crate::kafka::producer::{self, KafkaLog};
+use crate::kafka::{KafkaSettings, codes as kafka_codes};
+use crate::log::EventLog;
+use crate::store::clickhouse::reader::ClickHouseReader;
+use crate::store::clickhouse::sink::ClickHouseSink;
+use crate::store::clickhouse::{ClickHouseSettings, migrate};
+use crate::store::{AttributionReader, StoreError};
+use crate::verdicts::VerdictWaiter;
+
+/// How often the production API looks up the verdicts it waits for (one query for all): a
+/// small share of the aggregator's flush time, which dominates a command's latency.
+const VERDICT_POLL: Duration = Duration::from_millis(25);
+/// How often a production read of a fresh id is tried again.
+const FRESH_POLL: Duration = Duration::from_millis(50);
+/// How long one ClickHouse read may take in the API.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which backends the configuration picks.
+pub enum Backends {
+    /// No Kafka, no ClickHouse: everything in this process, under `--data-dir`.
+    Embedded,
+    Kafka {
+        kafka: Box<KafkaSettings>,
+        clickhouse: Option<ClickHouseSettings>,
+    },
+}
+
+impl Backends {
+    /// The one decision. `client_id` names this process to the brokers.
+    pub fn choose(args: &PipelineArgs, client_id: &str) -> anyhow::Result<Self> {
+        match args.kafka_settings(client_id) {
+            Some(kafka) => Ok(Self::Kafka {
+                kafka: Box::new(kafka),
+                clickhouse: args.clickhouse_settings(READ_TIMEOUT),
+            }),
+            None => {
+                anyhow::ensure!(
+                    args.clickhouse_url.is_none(),
+                    "--clickhouse-url needs --kafka-brokers: ClickHouse is written by \
+                     referral-aggregator from Kafka (unset both for the embedded mode)"
+                );
+                Ok(Self::Embedded)
+            }
+        }
+    }
+}
+
+/// What a request-serving process needs of the pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The click edge: publishes clicks, resolves codes.
+    Edge,
+    /// The API: also reads, and waits for the verdicts of the commands it publishes.
+    Api,
+}
+
+/// How a read of something just written waits for the store.
+#[derive(Clone)]
+enum Freshness {
+    /// Embedded: until the consumer applied everything the log held when the read began.
+    Applied(Arc<crate::log::file::FileLog>),
+    /// Production: the id's creation time says whether to look again (the aggregator
+    /// stores a click within a batch wait).
+    Polled,
+}
+
+/// Reads for the API, with the waits a client that just wrote expects.
+#[derive(Clone)]
+pub struct Reads {
+    pub reader: Arc<dyn AttributionReader>,
+    pub verdicts: Arc<VerdictWaiter>,
+    freshness: Freshness,
+}
+
+impl Reads {
+    /// A live attribution, waiting at most `wait` when it may not be stored yet: embedded,
+    /// until the store caught up with the log; production, while the id (which carries its
+    /// creation time) is younger than `wait`.
+    pub async fn fresh_attribution(
+        &self,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Option<Attribution>, StoreError> {
+        let found = self.reader.attribution(id).await?;
+        if found.is_some() || wait.is_zero() {
+            return Ok(found);
+        }
+        match &self.freshness {
+            Freshness::Applied(log) => {
+                let target = log.end();
+                let mut applied = log.applied_watch();
+                let caught_up =
+                    tokio::time::timeout(wait, applied.wait_for(|applied| *applied >= target))
+                        .await
+                        .is_ok_and(|seen| seen.is_ok());
+                if caught_up {
+                    self.reader.attribution(id).await
+                } else {
+                    Ok(None)
+                }
+            }
+            Freshness::Polled => {
+                let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                let Some(deadline) =
+                    attribution_created_at(id).map(|made| made.as_millis().saturating_add(wait_ms))
+                else {
+                    return Ok(None);
+                };
+                while referral_schemas::Timestamp::now().as_millis() < deadline {
+                    tokio::time::sleep(FRESH_POLL).await;
+                    if let Some(found) = self.reader.attribution(id).await? {
+                        return Ok(Some(found));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// What stands behind a request-serving process, stopped in its own way.
+enum Running {
+    Embedded(Embedded),
+    Kafka(Arc<KafkaLog>),
+}
+
+/// The pipeline as the edge and the API use it.
+pub struct Pipeline {
+    /// Where clicks and commands go.
+    pub log: Arc<dyn EventLog>,
+    /// Code -> mentor for clicks.
+    pub codes: Arc<CodeResolver>,
+    /// Reads and verdicts (the API role).
+    pub reads: Option<Reads>,
+    /// Taken at shutdown.
+    running: std::sync::Mutex<Option<Running>>,
+    /// The embedded log, when that is the log: for `caught_up` and readiness.
+    embedded_log: Option<Arc<crate::log::file::FileLog>>,
+    /// The embedded consumer's status, to fail readiness if it stopped.
+    consumer: Option<Arc<ConsumerStatus>>,
+    /// Stops the background tasks (readiness probe, codes follower, verdict look-ups).
+    stop: watch::Sender<bool>,
+}
+
+impl Pipeline {
+    /// Opens the pipeline `args` configure, for `role`. Must run inside a tokio runtime.
+    pub async fn open(args: &PipelineArgs, role: Role, client_id: &str) -> anyhow::Result<Self> {
+        let (stop, stopped) = watch::channel(false);
+        let stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            }
+        };
+        match Backends::choose(args, client_id)? {
+            Backends::Embedded => {
+                let embedded = Embedded::open(args).context("cannot open the embedded pipeline")?;
+                let reads = (role == Role::Api).then(|| Reads {
+                    reader: Arc::new(embedded.reader.clone()),
+                    verdicts: embedded.verdicts.clone(),
+                    freshness: Freshness::Applied(embedded.log.clone()),
+                });
+                Ok(Self {
+                    log: embedded.log.clone(),
+                    codes: Arc::new(CodeResolver::exact(embedded.directory.clone())),
+                    reads,
+                    embedded_log: Some(embedded.log.clone()),
+                    consumer: Some(embedded.consumer_status()),
+                    running: std::sync::Mutex::new(Some(Running::Embedded(embedded))),
+                    stop,
+                })
+            }
+            Backends::Kafka { kafka, clickhouse } => {
+                let clickhouse = match (role, clickhouse) {
+                    (Role::Api, None) => anyhow::bail!(
+                        "production mode needs both --kafka-brokers and --clickhouse-url \
+                         (the embedded mode needs neither)"
+                    ),
+                    (_, clickhouse) => clickhouse,
+                };
+                let log = Arc::new(KafkaLog::connect(&kafka).await.with_context(|| {
+                    format!("cannot reach topic {} on {}", kafka.topic, kafka.brokers)
+                })?);
+                log.spawn_readiness_probe(stopped());
+                let directory = CodeDirectory::default();
+                let sync = kafka_codes::follow(&kafka, directory.clone(), stopped())
+                    .await
+                    .with_context(|| format!("cannot follow topic {}", kafka.codes_topic))?;
+                let reads = match (role, clickhouse) {
+                    (Role::Api, Some(clickhouse)) => {
+                        let reader: Arc<dyn AttributionReader> =
+                            Arc::new(ClickHouseReader::new(&clickhouse));
+                        let verdicts =
+                            VerdictWaiter::spawn(reader.clone(), VERDICT_POLL, stopped());
+                        tracing::info!(clickhouse = %clickhouse.url, "reading ClickHouse");
+                        Some(Reads {
+                            reader,
+                            verdicts,
+                            freshness: Freshness::Polled,
+                        })
+                    }
+                    _ => None,
+                };
+                tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, "publishing to Kafka");
+                Ok(Self {
+                    log: log.clone(),
+                    codes: Arc::new(CodeResolver::following(directory, sync)),
+                    reads,
+                    embedded_log: None,
+                    consumer: None,
+                    running: std::sync::Mutex::new(Some(Running::Kafka(log))),
+                    stop,
+                })
+            }
+        }
+    }
+
+    /// Whether new events are accepted now, and if not, why.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.log.readiness()?;
+        if !self.codes.is_loaded() {
+            return Err("the code directory has not caught up with the codes topic yet".into());
+        }
+        if self
+            .consumer
+            .as_ref()
+            .is_some_and(|status| status.stopping.load(Ordering::Relaxed))
+        {
+            return Err("the consumer is stopping".into());
+        }
+        Ok(())
+    }
+
+    /// Embedded: waits, at most `limit`, until the store applied everything the log held
+    /// when called. Production: the aggregator runs elsewhere; true at once.
+    pub async fn caught_up(&self, limit: Duration) -> bool {
+        match &self.embedded_log {
+            Some(log) => {
+                let target = log.end();
+                let mut applied = log.applied_watch();
+                tokio::time::timeout(limit, applied.wait_for(|applied| *applied >= target))
+                    .await
+                    .is_ok_and(|seen| seen.is_ok())
+            }
+            None => true,
+        }
+    }
+
+    /// After the server drained: embedded, writes what is queued and lets the store catch
+    /// up; Kafka, delivers what is queued. Then stops the background tasks. Only the first
+    /// call does anything.
+    pub async fn shutdown(&self, drain: Duration) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match running {
+            Some(Running::Embedded(embedded)) => embedded.shutdown(drain).await,
+            Some(Running::Kafka(log)) => log.flush(drain).await,
+            None => return,
+        }
+        if let Some(reads) = &self.reads {
+            reads.verdicts.stop();
+        }
+        self.stop.send_replace(true);
+    }
+}
+
+/// `referral-aggregator run`: the consumer group member that applies Kafka to ClickHouse.
+pub struct Aggregator {
+    /// Taken at shutdown.
+    consumer: std::sync::Mutex<Option<Consumer>>,
+    status: Arc<ConsumerStatus>,
+    producer: FutureProducer,
+}
+
+impl Aggregator {
+    /// Applies migrations (unless `--no-migrate`), connects to ClickHouse and joins the
+    /// consumer group. Must run inside a multi-threaded tokio runtime.
+    pub async fn start(
+        args: &PipelineArgs,
+        consumer_args: &ConsumerArgs,
+        fault: FaultPoint,
+    ) -> anyhow::Result<Self> {
+        let (kafka, clickhouse) = match Backends::choose(args, "referral-aggregator")? {
+            Backends::Kafka {
+                kafka,
+                clickhouse: Some(_),
+            } => {
+                let clickhouse = args
+                    .clickhouse_settings(consumer_args.clickhouse_insert_timeout)
+                    .context("referral-aggregator run needs --clickhouse-url")?;
+                (kafka, clickhouse)
+            }
+            Backends::Kafka {
+                clickhouse: None, ..
+            } => anyhow::bail!("referral-aggregator run needs --clickhouse-url"),
+            Backends::Embedded => anyhow::bail!(
+                "referral-aggregator run needs --kafka-brokers and --clickhouse-url; with \
+                 neither, the embedded pipeline runs inside referral-api (cargo run --release \
+                 --bin referral-api)"
+            ),
+        };
+        if !consumer_args.no_migrate {
+            let report = migrate::migrate(&clickhouse).await?;
+            tracing::info!(applied = ?report.applied, deferred = ?report.deferred, "migrations checked");
+        }
+        let sink = ClickHouseSink::connect(&clickhouse).await?;
+        let producer: FutureProducer = producer::producer_config(&kafka)
+            .create()
+            .context("cannot create the Kafka producer")?;
+        let announcer = KafkaAnnouncer {
+            producer: producer.clone(),
+            codes_topic: kafka.codes_topic.clone(),
+            dead_letter_topic: consumer_args.kafka_dead_letter_topic.clone(),
+            produce_timeout: kafka.message_timeout,
+        };
+        let worker = Arc::new(std::sync::Mutex::new(Worker::new(
+            Box::new(sink),
+            Box::new(announcer),
+            tokio::runtime::Handle::current(),
+            WorkerSettings {
+                batch_max_rows: consumer_args.batch_max_rows,
+                batch_max_bytes: consumer_args.batch_max_bytes,
+                batch_max_wait: consumer_args.batch_max_wait,
+                window_ms: args.attribution_window_ms(),
+            },
+            fault,
+        )));
+        let source = KafkaSource::subscribe(&kafka, consumer_args, worker.clone())
+            .context("cannot join the consumer group")?;
+        let consumer = Consumer::start(
+            "referral-consumer",
+            source,
+            worker,
+            consumer_args.drain_timeout,
+        )
+        .context("cannot start the consumer")?;
+        tracing::info!(topic = %kafka.topic, group = %consumer_args.kafka_group_id, "aggregator running");
+        Ok(Self {
+            status: consumer.status(),
+            consumer: std::sync::Mutex::new(Some(consumer)),
+            producer,
+        })
+    }
+
+    pub fn status(&self) -> Arc<ConsumerStatus> {
+        self.status.clone()
+    }
+
+    /// Ready: joined, and the last flush (or ping) reached ClickHouse.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.status.ready.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("clickhouse unreachable or not yet joined".into())
+        }
+    }
+
+    fn consumer(&self) -> std::sync::MutexGuard<'_, Option<Consumer>> {
+        self.consumer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether the consumer thread ended on its own (it only should when asked to stop).
+    pub fn ended(&self) -> bool {
+        self.consumer().as_ref().is_none_or(Consumer::ended)
+    }
+
+    /// Flushes what is pending, leaves the group, flushes the producer. Only the first call
+    /// does anything.
+    pub async fn shutdown(&self) {
+        let Some(consumer) = self.consumer().take() else {
+            return;
+        };
+        consumer.stop().await;
+        let producer = self.producer.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await;
+        if !matches!(flushed, Ok(Ok(()))) {
+            tracing::warn!("producer flush incomplete at shutdown");
+        }
+    }
+}

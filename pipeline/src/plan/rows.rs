@@ -1,0 +1,135 @@
+//! The versioned rows every store keeps, as the planner decides them.
+//!
+//! A store writes these as they are: ClickHouse inserts them (RowBinary, so the fields are
+//! in table column order), SQLite upserts them keeping the highest version. The same structs
+//! are the JSON of a recorded decision's effect, so a replayed command writes exactly the
+//! rows its first decision wrote, in either store.
+
+use clickhouse::Row;
+use referral_schemas::{Attribution, AttributionKind, AttributionStatus, ReferralCode, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreError;
+
+/// One state of an attribution. `version` orders the states of one attribution: 1 for the
+/// click, +1 for each accepted command; a store keeps the highest.
+#[derive(Clone, Debug, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct AttributionRow {
+    pub id: String,
+    pub code: String,
+    pub mentor_id: String,
+    pub kind: String,
+    pub status: String,
+    pub new_member_id: Option<String>,
+    pub ip_address: String,
+    pub user_agent: Option<String>,
+    pub referrer_url: Option<String>,
+    pub occurred_at: i64,
+    pub confirmed_at: Option<i64>,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+    pub version: u64,
+}
+
+/// The version of an attribution's first state, written by its click.
+pub const CLICK_VERSION: u64 = 1;
+
+impl AttributionRow {
+    pub fn live(attribution: &Attribution, version: u64) -> Self {
+        Self {
+            id: attribution.id.clone(),
+            code: attribution.code.clone(),
+            mentor_id: attribution.mentor_id.clone(),
+            kind: attribution.kind.as_str().to_owned(),
+            status: attribution.status.as_str().to_owned(),
+            new_member_id: attribution.new_member_id.clone(),
+            ip_address: attribution.ip_address.clone(),
+            user_agent: attribution.user_agent.clone(),
+            referrer_url: attribution.referrer_url.clone(),
+            occurred_at: attribution.occurred_at.as_millis(),
+            confirmed_at: attribution.confirmed_at.map(Timestamp::as_millis),
+            created_at: attribution.created_at.as_millis(),
+            deleted_at: None,
+            version,
+        }
+    }
+
+    /// The record, or an error naming the bad column.
+    pub fn to_attribution(&self) -> Result<Attribution, StoreError> {
+        let kind = AttributionKind::parse(&self.kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("{}: kind {:?}", self.id, self.kind)))?;
+        let status = AttributionStatus::parse(&self.status)
+            .ok_or_else(|| StoreError::Corrupt(format!("{}: status {:?}", self.id, self.status)))?;
+        Ok(Attribution {
+            id: self.id.clone(),
+            code: self.code.clone(),
+            mentor_id: self.mentor_id.clone(),
+            kind,
+            status,
+            new_member_id: self.new_member_id.clone(),
+            ip_address: self.ip_address.clone(),
+            user_agent: self.user_agent.clone(),
+            referrer_url: self.referrer_url.clone(),
+            occurred_at: Timestamp::from_millis(self.occurred_at),
+            confirmed_at: self.confirmed_at.map(Timestamp::from_millis),
+            created_at: Timestamp::from_millis(self.created_at),
+        })
+    }
+
+    pub fn is_live(&self) -> bool {
+        self.deleted_at.is_none()
+    }
+}
+
+/// Which attribution holds a member (`released` once its attribution was deleted).
+#[derive(Clone, Debug, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct MemberRow {
+    pub new_member_id: String,
+    pub attribution_id: String,
+    pub released: u8,
+    pub version: u64,
+}
+
+impl MemberRow {
+    /// The attribution holding the member, if it still does.
+    pub fn holder(&self) -> Option<&str> {
+        (self.released == 0).then_some(self.attribution_id.as_str())
+    }
+}
+
+/// One state of a referral code (`retired` once it was retired).
+#[derive(Clone, Debug, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct CodeRow {
+    pub code: String,
+    pub mentor_id: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub retired: u8,
+    pub version: u64,
+}
+
+impl CodeRow {
+    pub fn live_code(&self) -> Option<ReferralCode> {
+        (self.retired == 0).then(|| ReferralCode {
+            code: self.code.clone(),
+            mentor_id: self.mentor_id.clone(),
+            created_at: Timestamp::from_millis(self.created_at),
+            updated_at: Timestamp::from_millis(self.updated_at),
+        })
+    }
+}
+
+/// The writer's decision for one command, recorded before its effects.
+#[derive(Clone, Debug, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct DecisionRow {
+    pub command_id: String,
+    /// JSON of `referral_schemas::messages::Verdict`.
+    pub verdict: String,
+    /// JSON of `plan::Effect`.
+    pub effect: String,
+    pub decided_at: i64,
+    /// The log message it was decided for.
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}

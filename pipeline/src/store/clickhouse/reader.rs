@@ -1,0 +1,292 @@
+//! [`AttributionReader`] on ClickHouse: what the API reads in production.
+
+use async_trait::async_trait;
+use clickhouse::Client;
+use referral_schemas::messages::Verdict;
+use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
+use referral_schemas::timestamp::{DAY_MS, HOUR_MS};
+use referral_schemas::{Attribution, ReferralCode, Timestamp};
+
+use super::ClickHouseSettings;
+use super::queries::{self, ListTotal};
+use crate::plan::rows::{AttributionRow, CodeRow};
+use crate::store::{AttributionPage, AttributionReader, CodePage, MentorTotals, StoreError};
+
+/// Cheap to clone: the client shares one connection pool.
+#[derive(Clone)]
+pub struct ClickHouseReader {
+    client: Client,
+}
+
+impl ClickHouseReader {
+    pub fn new(settings: &ClickHouseSettings) -> Self {
+        Self {
+            client: settings.client(),
+        }
+    }
+}
+
+/// Lower bounds tried for a page, newest first: an hour, a day, 30 days, a year, then all.
+const PAGE_WINDOWS: &[i64] = &[HOUR_MS, DAY_MS, 30 * DAY_MS, 365 * DAY_MS];
+/// Lists this small are read without windows.
+const WINDOWLESS_MAX: u64 = 20_000;
+
+impl ClickHouseReader {
+    /// One page, newest first, reading as little as the sort key allows.
+    ///
+    /// Lists are sorted by `occurred_at` (descending), so a page lies among the newest rows.
+    /// `FINAL` over a whole table of millions of rows is slow; over the last hour it is
+    /// not. The page is read within a growing window (`occurred_at >= now - window`) until
+    /// the window holds the whole page: a window is the newest part of the list, so when it
+    /// returns `limit` rows for `LIMIT offset, limit`, those are exactly the rows the whole
+    /// list has at that place. Otherwise the next window is tried, the last one unbounded.
+    ///
+    /// A list of at most [`WINDOWLESS_MAX`] matches (`total` says so) is read in one go: its
+    /// rows sit in a few granules whatever the window, so windows would only add queries.
+    async fn newest_first(
+        &self,
+        filter: &AttributionFilter,
+        page: PageRequest,
+        total: u64,
+    ) -> Result<Vec<AttributionRow>, StoreError> {
+        let now = Timestamp::now().as_millis();
+        let windows = if total <= WINDOWLESS_MAX {
+            &[][..]
+        } else {
+            PAGE_WINDOWS
+        };
+        for window in windows {
+            let since = Timestamp::from_millis(now.saturating_sub(*window));
+            if filter.from.is_some_and(|from| from >= since) {
+                // The filter's own bound is narrower: the last query below uses it.
+                break;
+            }
+            let windowed = AttributionFilter {
+                from: Some(since),
+                ..filter.clone()
+            };
+            let rows: Vec<AttributionRow> = queries::attribution_page(&windowed, page)
+                .to_clickhouse(&self.client)
+                .fetch_all()
+                .await?;
+            if rows.len() as u64 == u64::from(page.limit) {
+                return Ok(rows);
+            }
+        }
+        Ok(queries::attribution_page(filter, page)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?)
+    }
+}
+
+impl ClickHouseReader {
+    /// One page of a list whose live attributions per day are known (newest day first).
+    ///
+    /// Counting back from the newest day, the first day at which the count reaches
+    /// `offset + limit` starts the page: every row of the page occurred on that day or
+    /// later, so the page is read from that day on, two queries for any list and any depth.
+    /// A page past the end is empty without a query.
+    async fn page_from_days(
+        &self,
+        filter: &AttributionFilter,
+        page: PageRequest,
+        days: &[(i64, i64)],
+        total: u64,
+    ) -> Result<Vec<AttributionRow>, StoreError> {
+        if page.offset() >= total {
+            return Ok(Vec::new());
+        }
+        let needed = page.offset().saturating_add(u64::from(page.limit));
+        let mut seen: u64 = 0;
+        let mut start = days.last().map(|(day, _)| *day);
+        for (day, live) in days {
+            seen = seen.saturating_add(u64::try_from(*live).unwrap_or(0));
+            if seen >= needed {
+                start = Some(*day);
+                break;
+            }
+        }
+        if let Some(day) = start {
+            let day_start = day.saturating_mul(DAY_MS);
+            // A page among today's newest rows usually lies within the last hour: read that
+            // first when the day holds more (a busy day is millions of rows). As in
+            // `newest_first`, a window that returns a full page returns the list's page.
+            let hour_ago = Timestamp::now().as_millis().saturating_sub(HOUR_MS);
+            if hour_ago > day_start && filter.from.is_none_or(|from| from.as_millis() < hour_ago) {
+                let recent = AttributionFilter {
+                    from: Some(Timestamp::from_millis(hour_ago)),
+                    ..filter.clone()
+                };
+                let rows: Vec<AttributionRow> = queries::attribution_page(&recent, page)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+                if rows.len() as u64 == u64::from(page.limit) {
+                    return Ok(rows);
+                }
+            }
+            let since = AttributionFilter {
+                from: Some(Timestamp::from_millis(day_start)),
+                ..filter.clone()
+            };
+            let rows: Vec<AttributionRow> = queries::attribution_page(&since, page)
+                .to_clickhouse(&self.client)
+                .fetch_all()
+                .await?;
+            // Totals and rows agree once the aggregator's flush is stored; a flush in
+            // progress can leave the page short: then read without the bound.
+            if rows.len() as u64 == u64::from(page.limit) || seen < needed {
+                return Ok(rows);
+            }
+        }
+        Ok(queries::attribution_page(filter, page)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?)
+    }
+}
+
+#[async_trait]
+impl AttributionReader for ClickHouseReader {
+    async fn attribution(&self, id: &str) -> Result<Option<Attribution>, StoreError> {
+        let row: Option<AttributionRow> = queries::attribution(id)
+            .to_clickhouse(&self.client)
+            .fetch_optional()
+            .await?;
+        row.filter(AttributionRow::is_live)
+            .map(|row| row.to_attribution())
+            .transpose()
+    }
+
+    async fn attributions(
+        &self,
+        filter: &AttributionFilter,
+        page: PageRequest,
+    ) -> Result<AttributionPage, StoreError> {
+        let (total, rows) = match queries::list_total(filter) {
+            ListTotal::Days(query) => {
+                let days: Vec<(i64, i64)> = query.to_clickhouse(&self.client).fetch_all().await?;
+                let total = days.iter().map(|(_, live)| *live).sum::<i64>();
+                let total = u64::try_from(total).unwrap_or(0);
+                (
+                    total,
+                    self.page_from_days(filter, page, &days, total).await?,
+                )
+            }
+            ListTotal::Bounded(query) => {
+                let total = query.to_clickhouse(&self.client).fetch_one().await?;
+                (total, self.newest_first(filter, page, total).await?)
+            }
+        };
+        let attributions = rows
+            .iter()
+            .map(AttributionRow::to_attribution)
+            .collect::<Result<_, _>>()?;
+        Ok(AttributionPage {
+            attributions,
+            total,
+        })
+    }
+
+    async fn mentor_totals(
+        &self,
+        mentor_id: &str,
+        hours: HourRange,
+    ) -> Result<MentorTotals, StoreError> {
+        let (clicks, conversions): (i64, i64) = queries::mentor_totals(mentor_id, hours)
+            .to_clickhouse(&self.client)
+            .fetch_one()
+            .await?;
+        let non_negative = |value: i64, what: &str| {
+            u64::try_from(value)
+                .map_err(|_| StoreError::Corrupt(format!("negative {what} total for {mentor_id}")))
+        };
+        Ok(MentorTotals {
+            clicks: non_negative(clicks, "click")?,
+            conversions: non_negative(conversions, "conversion")?,
+        })
+    }
+
+    async fn referral_code(&self, code: &str) -> Result<Option<ReferralCode>, StoreError> {
+        let row: Option<CodeRow> = queries::referral_code(code)
+            .to_clickhouse(&self.client)
+            .fetch_optional()
+            .await?;
+        Ok(row.and_then(|row| row.live_code()))
+    }
+
+    async fn referral_codes(
+        &self,
+        mentor_id: Option<&str>,
+        page: PageRequest,
+    ) -> Result<CodePage, StoreError> {
+        let total: u64 = queries::code_count(mentor_id)
+            .to_clickhouse(&self.client)
+            .fetch_one()
+            .await?;
+        let rows: Vec<CodeRow> = queries::code_page(mentor_id, page)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?;
+        Ok(CodePage {
+            codes: rows.iter().filter_map(CodeRow::live_code).collect(),
+            total,
+        })
+    }
+
+    /// A verdict counts once its flush committed: its decision is written before its
+    /// effects, so it is answered only when the partition's checkpoint passed its message.
+    /// A client that reads after the answer then sees the totals and records it changed.
+    async fn verdict(&self, command_id: &str) -> Result<Option<Verdict>, StoreError> {
+        let decided: Option<(String, String, i32, i64)> = queries::verdict(command_id)
+            .to_clickhouse(&self.client)
+            .fetch_optional()
+            .await?;
+        let Some((json, topic, partition, offset)) = decided else {
+            return Ok(None);
+        };
+        let checkpoint: i64 = queries::checkpoint(&topic, partition)
+            .to_clickhouse(&self.client)
+            .fetch_one()
+            .await?;
+        if checkpoint <= offset {
+            return Ok(None);
+        }
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))
+    }
+
+    /// Two queries for any number of commands: their recorded verdicts, then every
+    /// partition's checkpoint; a verdict counts once its flush passed the checkpoint.
+    async fn verdicts(&self, command_ids: &[String]) -> Result<Vec<(String, Verdict)>, StoreError> {
+        if command_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let decided: Vec<(String, String, String, i32, i64)> = queries::verdicts(command_ids)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?;
+        if decided.is_empty() {
+            return Ok(Vec::new());
+        }
+        let checkpoints: Vec<(String, i64, i64)> = queries::checkpoints()
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?;
+        let mut found = Vec::with_capacity(decided.len());
+        for (command_id, json, topic, partition, offset) in decided {
+            let stored = checkpoints.iter().any(|(at_topic, at_partition, next)| {
+                *at_topic == topic && *at_partition == i64::from(partition) && *next > offset
+            });
+            if !stored {
+                continue;
+            }
+            let verdict = serde_json::from_str(&json)
+                .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))?;
+            found.push((command_id, verdict));
+        }
+        Ok(found)
+    }
+}

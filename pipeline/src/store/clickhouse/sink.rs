@@ -1,0 +1,187 @@
+//! The consumer's [`StoreWriter`] on ClickHouse: its reads and inserts.
+//!
+//! Reads use `FINAL` so that ReplacingMergeTree rows are seen at their latest version even
+//! before a merge. Inserts are one request per table per flush, written in [`Plan`] order;
+//! the commit point is the one `mentor_totals` insert that carries the totals deltas and
+//! the checkpoint increments (see [`super`] for why that is exactly-once).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use clickhouse::{Client, RowOwned, RowRead, RowWrite};
+
+use super::totals;
+use super::{ClickHouseSettings, ServerVersion, placeholders, server_version};
+use crate::plan::rows::{AttributionRow, CodeRow, DecisionRow, MemberRow};
+use crate::plan::{Known, PartitionKey, Plan, References};
+use crate::store::{StoreError, StoreWriter};
+
+/// Reads and writes of one aggregator. Caches checkpoints of the partitions it owns.
+pub struct ClickHouseSink {
+    client: Client,
+    settings: ClickHouseSettings,
+    server: ServerVersion,
+    /// (topic, partition) -> next offset to apply, as stored.
+    checkpoints: HashMap<PartitionKey, i64>,
+}
+
+impl ClickHouseSink {
+    /// Connects and probes the server version.
+    pub async fn connect(settings: &ClickHouseSettings) -> Result<Self, StoreError> {
+        let client = settings.client();
+        let server = server_version(&client).await?;
+        tracing::info!(server = %server.text, insert_tokens = server.has_insert_tokens(), "clickhouse connected");
+        Ok(Self {
+            client,
+            settings: settings.clone(),
+            server,
+            checkpoints: HashMap::new(),
+        })
+    }
+
+    pub fn server(&self) -> &ServerVersion {
+        &self.server
+    }
+
+    async fn select_in<T>(
+        &self,
+        table: &str,
+        key: &str,
+        values: &std::collections::HashSet<String>,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: RowOwned + RowRead,
+    {
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT ?fields FROM {table} FINAL WHERE {key} IN {}",
+            placeholders(values.len())
+        );
+        let mut query = self.client.query(&sql);
+        for value in values {
+            query = query.bind(value.as_str());
+        }
+        Ok(query.fetch_all().await?)
+    }
+
+    async fn insert<T>(
+        &self,
+        table: &str,
+        rows: &[T],
+        token: Option<&str>,
+    ) -> Result<(), StoreError>
+    where
+        T: RowOwned + RowWrite,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut insert = self.client.insert::<T>(table).await?.with_timeouts(
+            Some(self.settings.insert_timeout),
+            Some(self.settings.insert_timeout),
+        );
+        if let Some(token) = token {
+            insert = insert.with_setting("insert_deduplication_token", token);
+        }
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        metrics::histogram!("referral_clickhouse_insert_duration_seconds", "table" => table.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("referral_clickhouse_insert_rows", "table" => table.to_owned())
+            .record(rows.len() as f64);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl StoreWriter for ClickHouseSink {
+    async fn checkpoints(
+        &mut self,
+        partitions: &[PartitionKey],
+    ) -> Result<HashMap<PartitionKey, i64>, StoreError> {
+        let missing: Vec<&PartitionKey> = partitions
+            .iter()
+            .filter(|key| !self.checkpoints.contains_key(*key))
+            .collect();
+        for (topic, partition) in missing {
+            let next: i64 = super::queries::checkpoint(topic, *partition)
+                .to_clickhouse(&self.client)
+                .fetch_one()
+                .await?;
+            self.checkpoints.insert((topic.clone(), *partition), next);
+        }
+        Ok(partitions
+            .iter()
+            .filter_map(|key| self.checkpoints.get(key).map(|next| (key.clone(), *next)))
+            .collect())
+    }
+
+    fn forget_checkpoints(&mut self, partitions: &[PartitionKey]) {
+        for key in partitions {
+            self.checkpoints.remove(key);
+        }
+    }
+
+    async fn load(&mut self, references: &References) -> Result<Known, StoreError> {
+        let decisions: Vec<DecisionRow> = self
+            .select_in("command_verdicts", "command_id", &references.command_ids)
+            .await?;
+        let attributions: Vec<AttributionRow> = self
+            .select_in("attributions", "id", &references.attribution_ids)
+            .await?;
+        let members: Vec<MemberRow> = self
+            .select_in(
+                "attributed_members",
+                "new_member_id",
+                &references.members_of(&attributions),
+            )
+            .await?;
+        let codes: Vec<CodeRow> = self
+            .select_in("referral_codes", "code", &references.codes)
+            .await?;
+        Ok(Known::from_rows(decisions, attributions, members, codes))
+    }
+
+    /// Decisions first, so that nothing is ever decided twice; then the state rows.
+    async fn write_state(&mut self, plan: &Plan) -> Result<(), StoreError> {
+        self.insert("command_verdicts", &plan.decisions, None)
+            .await?;
+        self.insert("attributions", &plan.attributions, None)
+            .await?;
+        self.insert("attributed_members", &plan.members, None)
+            .await?;
+        self.insert("referral_codes", &plan.codes, None).await?;
+        Ok(())
+    }
+
+    /// The totals and checkpoint rows in one insert: the flush's commit point. `token`
+    /// names the batch for servers that deduplicate inserts (22.2+).
+    async fn commit(&mut self, plan: &Plan, token: &str) -> Result<(), StoreError> {
+        let token = self.server.has_insert_tokens().then_some(token);
+        self.insert("mentor_totals", &totals::rows(plan), token)
+            .await?;
+        for moved in &plan.checkpoints {
+            self.checkpoints
+                .insert((moved.topic.clone(), moved.partition), moved.to);
+        }
+        Ok(())
+    }
+
+    /// Nothing to undo: every row is idempotent, and an uncommitted flush moved no
+    /// checkpoint. Cached checkpoints are forgotten by the caller.
+    fn abandon(&mut self) {}
+
+    async fn ping(&mut self) -> bool {
+        self.client
+            .query("SELECT 1")
+            .fetch_one::<u8>()
+            .await
+            .is_ok()
+    }
+}

@@ -1,0 +1,168 @@
+//! The store: one write interface for the consumer ([`StoreWriter`]) and one read
+//! interface for the API ([`AttributionReader`]), each implemented by SQLite (the embedded
+//! mode, [`sqlite`]) and ClickHouse (production, [`clickhouse`]). A store writes what the
+//! planner decided and reads; it decides nothing.
+
+pub mod clickhouse;
+pub mod sqlite;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use referral_schemas::messages::Verdict;
+use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
+use referral_schemas::{Attribution, ReferralCode};
+
+use crate::plan::{Known, PartitionKey, Plan, References};
+
+/// A store failure. Always a 5xx for the client: the cause is logged, not shown.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] ::clickhouse::error::Error),
+    #[error("stored data is not valid: {0}")]
+    Corrupt(String),
+    #[error("store task failed: {0}")]
+    Task(String),
+    #[error("cannot open the store: {0}")]
+    Open(String),
+}
+
+impl StoreError {
+    /// The store could not be reached or did not answer in time (a restart, a network cut,
+    /// a busy database): the request is worth retrying, it is not a bug.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::ClickHouse(error) => matches!(
+                error,
+                ::clickhouse::error::Error::Network(_) | ::clickhouse::error::Error::TimedOut
+            ),
+            Self::Sqlite(rusqlite::Error::SqliteFailure(error, _)) => matches!(
+                error.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// One page of attributions and how many match in all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttributionPage {
+    pub attributions: Vec<Attribution>,
+    pub total: u64,
+}
+
+/// One page of referral codes and how many match in all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodePage {
+    pub codes: Vec<ReferralCode>,
+    pub total: u64,
+}
+
+/// A mentor's totals over a range of hours.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MentorTotals {
+    pub clicks: u64,
+    pub conversions: u64,
+}
+
+/// What the API reads. Every method sees only committed state.
+#[async_trait]
+pub trait AttributionReader: Send + Sync {
+    /// A live attribution (`None` when unknown or deleted).
+    async fn attribution(&self, id: &str) -> Result<Option<Attribution>, StoreError>;
+    /// Live attributions matching `filter`, newest first.
+    async fn attributions(
+        &self,
+        filter: &AttributionFilter,
+        page: PageRequest,
+    ) -> Result<AttributionPage, StoreError>;
+    /// A mentor's materialized totals over `hours`.
+    async fn mentor_totals(
+        &self,
+        mentor_id: &str,
+        hours: HourRange,
+    ) -> Result<MentorTotals, StoreError>;
+    async fn referral_code(&self, code: &str) -> Result<Option<ReferralCode>, StoreError>;
+    async fn referral_codes(
+        &self,
+        mentor_id: Option<&str>,
+        page: PageRequest,
+    ) -> Result<CodePage, StoreError>;
+    /// The verdict recorded for a command, once the writer decided it.
+    async fn verdict(&self, command_id: &str) -> Result<Option<Verdict>, StoreError>;
+    /// The decided ones among `command_ids`, with their verdicts: one look-up for every
+    /// command an API process waits on, where the store can (one by one otherwise).
+    async fn verdicts(&self, command_ids: &[String]) -> Result<Vec<(String, Verdict)>, StoreError> {
+        let mut found = Vec::new();
+        for command_id in command_ids {
+            if let Some(verdict) = self.verdict(command_id).await? {
+                found.push((command_id.clone(), verdict));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The consumer's interface to a store: it loads what the planner needs and writes what
+/// the planner decided.
+///
+/// A flush is written in two steps, in this order: [`Self::write_state`] (decisions first,
+/// then the versioned rows), then [`Self::commit`] (the totals deltas with the checkpoint
+/// moves: the flush's commit point). Between the two the consumer hands code changes and
+/// dead letters to the world. A flush that fails at any step is retried whole, after
+/// [`Self::abandon`]; the store must make that safe (SQLite: one transaction that is rolled
+/// back; ClickHouse: idempotent rows, and a commit point that is one atomic insert).
+#[async_trait]
+pub trait StoreWriter: Send {
+    /// The stored checkpoint (next offset to apply) of each of `partitions`; 0 for a
+    /// partition with none stored yet.
+    async fn checkpoints(
+        &mut self,
+        partitions: &[PartitionKey],
+    ) -> Result<HashMap<PartitionKey, i64>, StoreError>;
+
+    /// Forgets cached checkpoints: after a failed flush (its commit may have landed) and when
+    /// partitions move to another consumer.
+    fn forget_checkpoints(&mut self, partitions: &[PartitionKey]);
+
+    /// The stored rows the events of a flush refer to.
+    async fn load(&mut self, references: &References) -> Result<Known, StoreError>;
+
+    /// Writes the plan's decisions, then its rows.
+    async fn write_state(&mut self, plan: &Plan) -> Result<(), StoreError>;
+
+    /// Writes the plan's totals deltas and checkpoint moves together: once this returns
+    /// `Ok`, the flush is stored. `token` names the flush's offset ranges (the same flush
+    /// retried has the same token), for stores that deduplicate inserts by it.
+    async fn commit(&mut self, plan: &Plan, token: &str) -> Result<(), StoreError>;
+
+    /// Drops what an uncommitted flush left behind, before it is retried.
+    fn abandon(&mut self);
+
+    /// Whether the store answers (readiness while flushes fail).
+    async fn ping(&mut self) -> bool;
+}
+
+#[cfg(test)]
+mod unavailable_tests {
+    use super::StoreError;
+
+    #[test]
+    fn only_unreachable_or_busy_stores_are_unavailable() {
+        assert!(StoreError::ClickHouse(::clickhouse::error::Error::TimedOut).is_unavailable());
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(StoreError::Sqlite(busy).is_unavailable());
+        assert!(
+            !StoreError::ClickHouse(::clickhouse::error::Error::BadResponse("Code: 60".into()))
+                .is_unavailable()
+        );
+        assert!(!StoreError::Corrupt("negative total".into()).is_unavailable());
+    }
+}

@@ -1,0 +1,289 @@
+//! What the API reads from SQLite: a small pool of read-only connections on the blocking
+//! thread pool. Every read sees the last committed flush.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use referral_schemas::messages::Verdict;
+use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
+use referral_schemas::{Attribution, ReferralCode};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
+
+use super::{ATTRIBUTION_COLUMNS, BUSY_TIMEOUT, attribution_from_row, code_from_row};
+use crate::store::{AttributionPage, AttributionReader, CodePage, MentorTotals, StoreError};
+
+/// Read connections kept open at most.
+const READ_POOL_MAX: usize = 8;
+
+fn live_attribution(connection: &Connection, id: &str) -> Result<Option<Attribution>, StoreError> {
+    let sql = format!(
+        "SELECT {ATTRIBUTION_COLUMNS} FROM attributions WHERE id = ?1 AND deleted_at IS NULL"
+    );
+    let found = connection
+        .prepare_cached(&sql)?
+        .query_row([id], attribution_from_row)
+        .optional()?;
+    Ok(found)
+}
+
+fn live_code(connection: &Connection, code: &str) -> Result<Option<ReferralCode>, StoreError> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT code, mentor_id, created_at, updated_at FROM referral_codes \
+             WHERE code = ?1 AND retired = 0",
+        )?
+        .query_row([code], code_from_row)
+        .optional()?)
+}
+
+/// Read-only connections for the API, opened on demand and kept for reuse.
+#[derive(Clone)]
+pub struct SqliteReader {
+    path: PathBuf,
+    pool: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl SqliteReader {
+    pub(super) fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            pool: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Runs `read` on a pooled connection on the blocking thread pool.
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let reader = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = reader
+                .pool
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            let connection = match pooled {
+                Some(connection) => connection,
+                None => reader.open_connection()?,
+            };
+            let result = read(&connection);
+            let mut pool = reader.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            if pool.len() < READ_POOL_MAX {
+                pool.push(connection);
+            }
+            result
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+
+    fn open_connection(&self) -> Result<Connection, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let connection = Connection::open_with_flags(&self.path, flags)?;
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(connection)
+    }
+}
+
+/// WHERE clauses and their bound values for a list filter. Only fixed SQL fragments are
+/// ever concatenated; every value is bound.
+fn filter_clauses(filter: &AttributionFilter) -> (String, Vec<Value>) {
+    let mut clauses = vec!["deleted_at IS NULL"];
+    let mut values = Vec::new();
+    if let Some(status) = filter.status {
+        clauses.push("status = ?");
+        values.push(Value::Text(status.as_str().to_owned()));
+    }
+    if let Some(kind) = filter.kind {
+        clauses.push("kind = ?");
+        values.push(Value::Text(kind.as_str().to_owned()));
+    }
+    if let Some(code) = &filter.code {
+        clauses.push("code = ?");
+        values.push(Value::Text(code.clone()));
+    }
+    if let Some(mentor_id) = &filter.mentor_id {
+        clauses.push("mentor_id = ?");
+        values.push(Value::Text(mentor_id.clone()));
+    }
+    if let Some(from) = filter.from {
+        clauses.push("occurred_at >= ?");
+        values.push(Value::Integer(from.as_millis()));
+    }
+    if let Some(to) = filter.to {
+        clauses.push("occurred_at < ?");
+        values.push(Value::Integer(to.as_millis()));
+    }
+    (clauses.join(" AND "), values)
+}
+
+fn sum_totals(
+    connection: &Connection,
+    sql: &str,
+    mentor_id: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<MentorTotals, StoreError> {
+    let (clicks, conversions): (i64, i64) = connection.prepare_cached(sql)?.query_row(
+        params![mentor_id, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let non_negative = |value: i64, what: &str| {
+        u64::try_from(value)
+            .map_err(|_| StoreError::Corrupt(format!("negative {what} total for {mentor_id}")))
+    };
+    Ok(MentorTotals {
+        clicks: non_negative(clicks, "click")?,
+        conversions: non_negative(conversions, "conversion")?,
+    })
+}
+
+#[async_trait]
+impl AttributionReader for SqliteReader {
+    async fn attribution(&self, id: &str) -> Result<Option<Attribution>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |connection| live_attribution(connection, &id))
+            .await
+    }
+
+    async fn attributions(
+        &self,
+        filter: &AttributionFilter,
+        page: PageRequest,
+    ) -> Result<AttributionPage, StoreError> {
+        let (clauses, values) = filter_clauses(filter);
+        self.read(move |connection| {
+            let count_sql = format!("SELECT COUNT(*) FROM attributions WHERE {clauses}");
+            let total: i64 = connection
+                .prepare_cached(&count_sql)?
+                .query_row(params_from_iter(values.iter()), |row| row.get(0))?;
+            let page_sql = format!(
+                "SELECT {ATTRIBUTION_COLUMNS} FROM attributions WHERE {clauses} \
+                 ORDER BY occurred_at DESC, id DESC LIMIT ? OFFSET ?"
+            );
+            let mut bound = values;
+            bound.push(Value::Integer(i64::from(page.limit)));
+            bound.push(Value::Integer(
+                i64::try_from(page.offset()).unwrap_or(i64::MAX),
+            ));
+            let mut statement = connection.prepare_cached(&page_sql)?;
+            let attributions = statement
+                .query_map(params_from_iter(bound.iter()), attribution_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(AttributionPage {
+                attributions,
+                total: u64::try_from(total).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    async fn mentor_totals(
+        &self,
+        mentor_id: &str,
+        hours: HourRange,
+    ) -> Result<MentorTotals, StoreError> {
+        let mentor_id = mentor_id.to_owned();
+        self.read(move |connection| {
+            let plan = hours.plan();
+            let mut totals = MentorTotals::default();
+            let mut add = |part: MentorTotals| {
+                totals.clicks += part.clicks;
+                totals.conversions += part.conversions;
+            };
+            if let Some((from_day, to_day)) = plan.daily {
+                add(sum_totals(
+                    connection,
+                    "SELECT COALESCE(SUM(clicks), 0), COALESCE(SUM(conversions), 0) FROM mentor_daily_totals \
+                     WHERE mentor_id = ?1 AND day >= ?2 AND day < ?3",
+                    &mentor_id,
+                    from_day,
+                    to_day,
+                )?);
+            }
+            for (from_hour, to_hour) in plan.hourly {
+                add(sum_totals(
+                    connection,
+                    "SELECT COALESCE(SUM(clicks), 0), COALESCE(SUM(conversions), 0) FROM mentor_hourly_totals \
+                     WHERE mentor_id = ?1 AND hour >= ?2 AND hour < ?3",
+                    &mentor_id,
+                    Some(from_hour),
+                    Some(to_hour),
+                )?);
+            }
+            Ok(totals)
+        })
+        .await
+    }
+
+    async fn referral_code(&self, code: &str) -> Result<Option<ReferralCode>, StoreError> {
+        let code = code.to_owned();
+        self.read(move |connection| live_code(connection, &code))
+            .await
+    }
+
+    async fn referral_codes(
+        &self,
+        mentor_id: Option<&str>,
+        page: PageRequest,
+    ) -> Result<CodePage, StoreError> {
+        let mentor_id = mentor_id.map(str::to_owned);
+        self.read(move |connection| {
+            let limit = i64::from(page.limit);
+            let offset = i64::try_from(page.offset()).unwrap_or(i64::MAX);
+            let (total, codes) = match &mentor_id {
+                Some(mentor_id) => {
+                    let total: i64 = connection
+                        .prepare_cached("SELECT COUNT(*) FROM referral_codes WHERE mentor_id = ?1 AND retired = 0")?
+                        .query_row([mentor_id], |row| row.get(0))?;
+                    let mut statement = connection.prepare_cached(
+                        "SELECT code, mentor_id, created_at, updated_at FROM referral_codes \
+                         WHERE mentor_id = ?1 AND retired = 0 ORDER BY code LIMIT ?2 OFFSET ?3",
+                    )?;
+                    let codes = statement
+                        .query_map(params![mentor_id, limit, offset], code_from_row)?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (total, codes)
+                }
+                None => {
+                    let total: i64 = connection
+                        .prepare_cached("SELECT COUNT(*) FROM referral_codes WHERE retired = 0")?
+                        .query_row([], |row| row.get(0))?;
+                    let mut statement = connection.prepare_cached(
+                        "SELECT code, mentor_id, created_at, updated_at FROM referral_codes \
+                         WHERE retired = 0 ORDER BY code LIMIT ?1 OFFSET ?2",
+                    )?;
+                    let codes = statement
+                        .query_map(params![limit, offset], code_from_row)?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (total, codes)
+                }
+            };
+            Ok(CodePage {
+                codes,
+                total: u64::try_from(total).unwrap_or(0),
+            })
+        })
+        .await
+    }
+
+    async fn verdict(&self, command_id: &str) -> Result<Option<Verdict>, StoreError> {
+        let command_id = command_id.to_owned();
+        self.read(move |connection| {
+            let json: Option<String> = connection
+                .prepare_cached("SELECT verdict FROM command_verdicts WHERE command_id = ?1")?
+                .query_row([&command_id], |row| row.get(0))
+                .optional()?;
+            json.map(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))
+            })
+            .transpose()
+        })
+        .await
+    }
+}

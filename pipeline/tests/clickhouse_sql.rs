@@ -1,0 +1,467 @@
+//! The ClickHouse schema and every query the API runs, on two engines: the ClickHouse
+//! 18.16 server the other tests use, and a current engine (chdb, ClickHouse 26.x) in
+//! process. The same data is written to both and every query must give the same answer.
+//!
+//! The data is written by the production writer (plan + sink) into 18.16, then copied row
+//! for row (`FORMAT Values`) into chdb's base tables; chdb's materialized views fill the
+//! sorted copies, so the views' DDL is exercised there too.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use referral_load_tests::services::{ClickHouseServer, chdb_run};
+use referral_pipeline::plan::{self, Known, PartitionBatch, References};
+use referral_pipeline::store::clickhouse::queries::{
+    self, ATTRIBUTION_COLUMNS, CODE_COLUMNS, ListTotal, ReadQuery,
+};
+use referral_pipeline::store::clickhouse::reader::ClickHouseReader;
+use referral_pipeline::store::clickhouse::sink::ClickHouseSink;
+use referral_pipeline::store::clickhouse::{ClickHouseSettings, migrate};
+use referral_pipeline::store::{AttributionReader, StoreWriter};
+use referral_schemas::messages::{
+    AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, LogEvent, RetireCode,
+};
+use referral_schemas::migrations::{CLICKHOUSE, statements};
+use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
+use referral_schemas::timestamp::HOUR_MS;
+use referral_schemas::{AttributionKind, AttributionStatus, Timestamp};
+use serde_json::Value;
+
+/// Tables the writer inserts into (the sorted copies are filled by materialized views).
+const BASE_TABLES: &[&str] = &[
+    "attributions",
+    "attributed_members",
+    "referral_codes",
+    "command_verdicts",
+    "mentor_totals",
+];
+
+/// A fixed instant: 2026-03-20T10:00:00Z plus `hours`.
+fn at(hours: i64) -> Timestamp {
+    Timestamp::from_millis(1_773_997_200_000 + hours * HOUR_MS)
+}
+
+fn click(id: &str, code: &str, mentor: &str, hours: i64) -> LogEvent {
+    LogEvent::Click(ClickEvent {
+        attribution_id: id.into(),
+        code: code.into(),
+        mentor_id: mentor.into(),
+        ip_address: "203.0.113.7".into(),
+        user_agent: Some("Mozilla/5.0 'quoted' \\ agent".into()),
+        referrer_url: (hours % 2 == 0).then(|| "https://instagram.com".into()),
+        occurred_at: at(hours),
+        received_at: at(hours),
+    })
+}
+
+/// Clicks over three days for three mentors, confirmations, a deletion, codes.
+fn history() -> Vec<LogEvent> {
+    let mut events = vec![
+        LogEvent::AssignCode(AssignCode {
+            command_id: "cmd_code_1".into(),
+            code: "JAN-1".into(),
+            mentor_id: "usr_jan".into(),
+            issued_at: at(0),
+        }),
+        LogEvent::AssignCode(AssignCode {
+            command_id: "cmd_code_2".into(),
+            code: "ANA-1".into(),
+            mentor_id: "usr_ana".into(),
+            issued_at: at(0),
+        }),
+        LogEvent::AssignCode(AssignCode {
+            command_id: "cmd_code_3".into(),
+            code: "OLD-1".into(),
+            mentor_id: "usr_ana".into(),
+            issued_at: at(0),
+        }),
+        LogEvent::RetireCode(RetireCode {
+            command_id: "cmd_code_4".into(),
+            code: "OLD-1".into(),
+            issued_at: at(1),
+        }),
+    ];
+    for n in 0..60_i64 {
+        let (code, mentor) = match n % 3 {
+            0 | 1 => ("JAN-1", "usr_jan"),
+            _ => ("ANA-1", "usr_ana"),
+        };
+        events.push(click(&format!("attr_{n:03}"), code, mentor, n));
+    }
+    for (command, id, member, hours) in [
+        ("cmd_c1", "attr_000", "new_1", 70),
+        ("cmd_c2", "attr_002", "new_2", 71),
+        ("cmd_c3", "attr_004", "new_1", 72), // member taken: rejected
+        ("cmd_c4", "attr_030", "new_3", 73),
+    ] {
+        events.push(LogEvent::ConfirmConversion(ConfirmConversion {
+            command_id: command.into(),
+            attribution_id: id.into(),
+            code: if id == "attr_002" { "ANA-1" } else { "JAN-1" }.into(),
+            new_member_id: member.into(),
+            confirmed_at: at(hours),
+            issued_at: at(hours),
+        }));
+    }
+    events.push(LogEvent::DeleteAttribution(DeleteAttribution {
+        command_id: "cmd_d1".into(),
+        attribution_id: "attr_030".into(),
+        issued_at: at(74),
+    }));
+    events
+}
+
+/// Writes `events` as two flushes through the production writer.
+async fn write_history(settings: &ClickHouseSettings) {
+    let mut sink = ClickHouseSink::connect(settings).await.expect("connect");
+    let events = history();
+    let (first, second) = events.split_at(40);
+    let mut next = 0_i64;
+    for part in [first, second] {
+        let key = ("referral-events".to_owned(), 0);
+        let checkpoints = sink
+            .checkpoints(std::slice::from_ref(&key))
+            .await
+            .expect("checkpoint");
+        let batch = PartitionBatch {
+            topic: key.0.clone(),
+            partition: 0,
+            events: (next..).zip(part.iter().cloned()).collect(),
+            end: next + part.len() as i64,
+        };
+        next = batch.end;
+        let known: Known = sink.load(&References::of(part.iter())).await.expect("load");
+        let plan = plan::plan(
+            std::slice::from_ref(&batch),
+            &checkpoints,
+            known,
+            90 * 24 * HOUR_MS,
+            at(80),
+        );
+        sink.write_state(&plan).await.expect("state");
+        sink.commit(&plan, "fixture").await.expect("totals");
+    }
+}
+
+fn total_query(filter: &AttributionFilter) -> ReadQuery {
+    match queries::list_total(filter) {
+        ListTotal::Days(query) | ListTotal::Bounded(query) => query,
+    }
+}
+
+/// Every query the API runs, with the columns `?fields` stands for.
+fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
+    let page = |page, limit| PageRequest { page, limit };
+    let mentor = |id: &str| AttributionFilter {
+        mentor_id: Some(id.into()),
+        ..AttributionFilter::default()
+    };
+    let all = AttributionFilter::default();
+    let pending_jan = AttributionFilter {
+        status: Some(AttributionStatus::Pending),
+        code: Some("JAN-1".into()),
+        ..AttributionFilter::default()
+    };
+    let conversions_in_range = AttributionFilter {
+        kind: Some(AttributionKind::Conversion),
+        from: Some(at(0)),
+        to: Some(at(10)),
+        ..AttributionFilter::default()
+    };
+    let mentor_window = AttributionFilter {
+        mentor_id: Some("usr_jan".into()),
+        from: Some(at(5)),
+        to: Some(at(40)),
+        ..AttributionFilter::default()
+    };
+    let hours = |from: Option<i64>, to: Option<i64>| HourRange {
+        from_hour: from.map(|h| at(h).hour_bucket()),
+        to_hour: to.map(|h| at(h).hour_bucket()),
+    };
+    vec![
+        (
+            "attribution live",
+            queries::attribution("attr_001"),
+            ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "attribution deleted",
+            queries::attribution("attr_030"),
+            ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "attribution unknown",
+            queries::attribution("attr_999"),
+            ATTRIBUTION_COLUMNS,
+        ),
+        ("list all: count", queries::attribution_count(&all), ""),
+        ("list all: total", total_query(&all), ""),
+        (
+            "list all: page 1",
+            queries::attribution_page(&all, page(1, 20)),
+            ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "list all: page 3",
+            queries::attribution_page(&all, page(3, 20)),
+            ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "list pending JAN-1: count",
+            queries::attribution_count(&pending_jan),
+            "",
+        ),
+        (
+            "list pending JAN-1",
+            queries::attribution_page(&pending_jan, page(1, 100)),
+            ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "list conversions in range",
+            queries::attribution_page(&conversions_in_range, page(1, 10)),
+            ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "mentor list: count",
+            queries::attribution_count(&mentor("usr_jan")),
+            "",
+        ),
+        (
+            "mentor list",
+            queries::attribution_page(&mentor("usr_jan"), page(2, 7)),
+            ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "mentor window",
+            queries::attribution_page(&mentor_window, page(1, 50)),
+            ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "totals all time",
+            queries::mentor_totals("usr_jan", hours(None, None)),
+            "",
+        ),
+        (
+            "totals since",
+            queries::mentor_totals("usr_ana", hours(Some(13), None)),
+            "",
+        ),
+        (
+            "totals custom",
+            queries::mentor_totals("usr_jan", hours(Some(3), Some(50))),
+            "",
+        ),
+        (
+            "totals empty",
+            queries::mentor_totals("usr_jan", hours(Some(9), Some(9))),
+            "",
+        ),
+        (
+            "totals unknown mentor",
+            queries::mentor_totals("usr_nobody", hours(None, None)),
+            "",
+        ),
+        ("code live", queries::referral_code("JAN-1"), CODE_COLUMNS),
+        (
+            "code retired",
+            queries::referral_code("OLD-1"),
+            CODE_COLUMNS,
+        ),
+        ("codes: count", queries::code_count(None), ""),
+        ("codes", queries::code_page(None, page(1, 20)), CODE_COLUMNS),
+        (
+            "codes of mentor: count",
+            queries::code_count(Some("usr_ana")),
+            "",
+        ),
+        (
+            "codes of mentor",
+            queries::code_page(Some("usr_ana"), page(1, 20)),
+            CODE_COLUMNS,
+        ),
+        ("verdict", queries::verdict("cmd_c3"), ""),
+        (
+            "verdicts",
+            queries::verdicts(&["cmd_c3".to_owned(), "cmd_nope".to_owned()]),
+            "",
+        ),
+        ("checkpoints", queries::checkpoints(), ""),
+        ("checkpoint", queries::checkpoint("referral-events", 0), ""),
+        (
+            "checkpoint unknown",
+            queries::checkpoint("referral-events", 7),
+            "",
+        ),
+    ]
+}
+
+/// JSONEachRow text as rows, every scalar as text (engines differ in quoting 64-bit ints).
+fn rows(text: &str) -> Vec<Value> {
+    fn normalize(value: Value) -> Value {
+        match value {
+            Value::Number(number) => Value::String(number.to_string()),
+            Value::Object(map) => {
+                Value::Object(map.into_iter().map(|(k, v)| (k, normalize(v))).collect())
+            }
+            Value::Array(items) => Value::Array(items.into_iter().map(normalize).collect()),
+            other => other,
+        }
+    }
+    let parsed: Value = serde_json::from_str(text.trim()).unwrap_or_else(|_| {
+        Value::Array(
+            text.lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(|line| serde_json::from_str(line).expect("a JSON row"))
+                .collect(),
+        )
+    });
+    match normalize(parsed) {
+        Value::Array(items) => items,
+        other => vec![other],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_engine() {
+    let server = ClickHouseServer::start();
+    let settings = ClickHouseSettings {
+        url: server.http_url(),
+        database: "referral".into(),
+        user: "default".into(),
+        password: None,
+        insert_timeout: Duration::from_secs(30),
+    };
+    let report = migrate::migrate(&settings)
+        .await
+        .expect("migrations on 18.16");
+    assert_eq!(report.applied, vec![1], "18.16 defers the token migration");
+    assert_eq!(report.deferred, vec![2]);
+    // A second run is a no-op.
+    let again = migrate::migrate(&settings).await.expect("migrate again");
+    assert!(again.applied.is_empty());
+    write_history(&settings).await;
+
+    // What the API reads on 18.16, through the production reader.
+    let reader = ClickHouseReader::new(&settings);
+    let totals = reader
+        .mentor_totals(
+            "usr_jan",
+            HourRange {
+                from_hour: None,
+                to_hour: None,
+            },
+        )
+        .await
+        .expect("totals");
+    // 40 JAN-1 clicks, one of them (attr_030) deleted after its confirmation; attr_000
+    // confirmed; attr_004's confirmation refused (member taken).
+    assert_eq!((totals.clicks, totals.conversions), (39, 1));
+    assert!(
+        reader
+            .attribution("attr_030")
+            .await
+            .expect("read")
+            .is_none()
+    );
+    let confirmed = reader
+        .attribution("attr_000")
+        .await
+        .expect("read")
+        .expect("live");
+    assert_eq!(confirmed.new_member_id.as_deref(), Some("new_1"));
+    let page = reader
+        .attributions(
+            &AttributionFilter {
+                mentor_id: Some("usr_jan".into()),
+                ..AttributionFilter::default()
+            },
+            PageRequest { page: 1, limit: 5 },
+        )
+        .await
+        .expect("list");
+    assert_eq!(page.total, 39);
+    assert_eq!(page.attributions[0].id, "attr_058");
+    let codes = reader
+        .referral_codes(None, PageRequest { page: 1, limit: 20 })
+        .await
+        .expect("codes");
+    assert_eq!(codes.total, 2, "the retired code is not listed");
+
+    // The same schema and data on the current engine.
+    let mut script: Vec<String> = vec![
+        "CREATE DATABASE IF NOT EXISTS referral".into(),
+        "USE referral".into(),
+    ];
+    for migration in CLICKHOUSE {
+        script.extend(statements(migration.sql));
+    }
+    let ddl_count = script.len();
+    for table in BASE_TABLES {
+        let values = server.query(&format!("SELECT * FROM referral.{table} FORMAT Values"));
+        script.push(format!(
+            "INSERT INTO referral.{table} VALUES {}",
+            values.trim()
+        ));
+    }
+    let queries = api_queries();
+    for (_, query, columns) in &queries {
+        script.push(query.render(columns));
+    }
+    // Newer dedup: the same token twice is one insert on servers that have tokens.
+    script.push(
+        "INSERT INTO mentor_totals SETTINGS insert_deduplication_token = 'probe' \
+         VALUES ('usr_probe', 'day', 1, 1, 0, 0)"
+            .into(),
+    );
+    script.push(
+        "INSERT INTO mentor_totals SETTINGS insert_deduplication_token = 'probe' \
+         VALUES ('usr_probe', 'day', 1, 1, 0, 0)"
+            .into(),
+    );
+    script.push(
+        "SELECT toInt64(sum(clicks)) AS clicks FROM mentor_totals WHERE mentor_id = 'usr_probe'"
+            .into(),
+    );
+
+    let results = chdb_run(&script);
+    assert_eq!(results.len(), script.len());
+    for (statement, result) in script
+        .iter()
+        .zip(&results)
+        .take(ddl_count + BASE_TABLES.len())
+    {
+        assert!(
+            result.is_ok(),
+            "current engine refused:\n{statement}\n{result:?}"
+        );
+    }
+    let mut differences = HashMap::new();
+    let mut answered = HashMap::new();
+    for (index, (name, query, columns)) in queries.iter().enumerate() {
+        let current = results[ddl_count + BASE_TABLES.len() + index]
+            .as_ref()
+            .unwrap_or_else(|error| panic!("{name}: current engine refused: {error}"));
+        let old = server
+            .try_query_with(
+                &format!("{} FORMAT JSONEachRow", query.render(columns)),
+                &[("database", "referral")],
+            )
+            .unwrap_or_else(|error| panic!("{name}: 18.16 refused: {error}"));
+        answered.insert(*name, rows(&old).len());
+        if rows(current) != rows(&old) {
+            differences.insert(*name, (rows(&old), rows(current)));
+        }
+    }
+    assert!(differences.is_empty(), "18.16 vs current: {differences:#?}");
+    // The comparison saw real answers, not empty ones everywhere.
+    assert_eq!(answered["list all: page 1"], 20);
+    assert_eq!(answered["list all: page 3"], 19, "59 live attributions");
+    assert_eq!(answered["mentor list"], 7);
+    assert_eq!(answered["codes"], 2);
+    assert_eq!(answered["attribution unknown"], 0);
+    let probe = results
+        .last()
+        .and_then(|result| result.as_ref().ok())
+        .expect("probe");
+    assert_eq!(rows(probe), vec![serde_json::json!({"clicks": "1"})]);
+}
