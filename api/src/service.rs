@@ -2,13 +2,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
+use http::Method;
 use referral_kit::click::ClickEdge;
 use referral_kit::shutdown::Shutdown;
-use referral_kit::{server, telemetry};
+use referral_kit::{ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, server, telemetry};
 use referral_pipeline::{Pipeline, Role};
 use tokio::net::TcpListener;
 
@@ -91,12 +93,25 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> a
     tracing::info!(address = %listener.local_addr()?, "referral-api listening");
     let make_service = |peer: SocketAddr| {
         let router = router.clone();
+        let state = service.state.clone();
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
-            request
-                .extensions_mut()
-                .insert(axum::extract::ConnectInfo(peer));
             let router = router.clone();
+            let state = state.clone();
             async move {
+                // The click POST, the hot path, goes straight to the edge as in
+                // referral-ingest; the router serves it too (same code), for in-process
+                // callers.
+                if let Some(route) = click_route(&request) {
+                    let started = Instant::now();
+                    let (parts, body) = request.into_parts();
+                    let response: http::Response<Body> =
+                        state.edge.handle(peer.ip(), &parts.headers, body).await;
+                    telemetry::record_request(route, &Method::POST, response.status(), started);
+                    return Ok(response);
+                }
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 use tower::ServiceExt;
                 router.oneshot(request.map(Body::new)).await
             }
@@ -105,4 +120,16 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> a
     server::serve(listener, make_service, settings, shutdown).await;
     service.shutdown().await;
     Ok(())
+}
+
+/// The route template of a click POST, if `request` is one.
+fn click_route<B>(request: &http::Request<B>) -> Option<&'static str> {
+    if request.method() != Method::POST {
+        return None;
+    }
+    match request.uri().path() {
+        ATTRIBUTIONS_PREFIX => Some(ATTRIBUTIONS_PREFIX),
+        ATTRIBUTIONS_DOUBLED_PREFIX => Some(ATTRIBUTIONS_DOUBLED_PREFIX),
+        _ => None,
+    }
 }

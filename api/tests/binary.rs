@@ -1,6 +1,9 @@
-//! The real `referral-api` binary: killed with SIGKILL under load and restarted on the same
-//! data directory, every acknowledged click is there and the totals are exact; SIGTERM
-//! drains and exits 0; a client that sends its headers slowly is cut off.
+//! The real `referral-api` binary on its embedded log and store: killed with SIGKILL under
+//! load and restarted on the same data directory, every acknowledged click is there and
+//! the totals are exact (the store catches up from the log); SIGTERM drains and exits 0; a
+//! torn last record is cut off at start, a corrupt one stops the start naming the file and
+//! byte; a full disk answers 503 and loses nothing; a client that sends its headers slowly
+//! is cut off.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -49,6 +52,18 @@ async fn start_with(
     client: &HttpClient,
     env: &[(&str, &str)],
 ) -> Server {
+    try_start(data_dir, client, env)
+        .await
+        .unwrap_or_else(|exit| panic!("referral-api exited at start: {exit}"))
+}
+
+/// Starts the binary and waits until it is ready; `Err` with its exit status when it
+/// stopped instead.
+async fn try_start(
+    data_dir: &std::path::Path,
+    client: &HttpClient,
+    env: &[(&str, &str)],
+) -> Result<Server, std::process::ExitStatus> {
     let address = format!("127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_referral-api"))
         .envs(env.iter().copied())
@@ -61,7 +76,7 @@ async fn start_with(
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let server = Server {
+    let mut server = Server {
         child,
         base: format!("http://{address}"),
     };
@@ -75,7 +90,10 @@ async fn start_with(
         )
         .await
         {
-            return server;
+            return Ok(server);
+        }
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            return Err(exit);
         }
         assert!(
             Instant::now() < deadline,
@@ -83,6 +101,90 @@ async fn start_with(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the store applied everything in the log (`referral_apply_lag_events 0`).
+async fn caught_up(client: &HttpClient, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let request = Request::get(format!("{}/metrics", server.base))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let text = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&text);
+        if text
+            .lines()
+            .any(|line| line == "referral_apply_lag_events 0")
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the store never caught up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// SIGTERM, then waits for a clean exit.
+async fn stop(mut server: Server) {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            assert!(exit.success(), "graceful shutdown must exit 0, got {exit}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "referral-api did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn assign_code(client: &HttpClient, server: &Server, code: &str, mentor: &str) {
+    let (status, body) = call(
+        client,
+        Method::PUT,
+        &format!("{}/api/v1/referral-codes/{code}", server.base),
+        Some(&format!(r#"{{"mentor_id":"{mentor}"}}"#)),
+    )
+    .await
+    .unwrap();
+    assert!(status.is_success(), "{status}: {body}");
+}
+
+/// Clicks for `code` one after another; their ids.
+async fn clicks(client: &HttpClient, server: &Server, code: &str, count: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (status, body) = call(
+            client,
+            Method::POST,
+            &format!("{}{PREFIX}", server.base),
+            Some(&format!(r#"{{"code":"{code}"}}"#)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    ids
+}
+
+/// The segment files of a data directory's log, oldest first.
+fn segments(data_dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(data_dir.join("log"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    files.sort();
+    files
 }
 
 async fn call(
@@ -174,6 +276,9 @@ async fn sigkill_loses_no_acknowledged_click_and_counts_none_twice() {
     let attempted = attempted.load(Ordering::Relaxed);
 
     let mut server = start(dir.path(), &client).await;
+    // The store catches up from the log: what was acknowledged but not yet applied at the
+    // kill is applied now, once.
+    caught_up(&client, &server).await;
     for id in &acked {
         let (status, body) = call(
             &client,
@@ -294,4 +399,173 @@ async fn a_client_sending_headers_slowly_is_cut_off() {
     assert_eq!(status, StatusCode::OK);
     server.child.kill().unwrap();
     server.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_last_record_is_cut_off_and_a_corrupt_one_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let server = start(dir.path(), &client).await;
+    assign_code(&client, &server, "JAN-1", "usr_1").await;
+    let acked = clicks(&client, &server, "JAN-1", 20).await;
+    stop(server).await;
+
+    // A crash in the middle of writing a batch leaves its first bytes: a batch header that
+    // promises more than follows.
+    let active = segments(dir.path()).pop().unwrap();
+    let clean_len = std::fs::metadata(&active).unwrap().len();
+    let mut bytes = std::fs::read(&active).unwrap();
+    let first_batch = bytes[..64].to_vec();
+    bytes.extend_from_slice(&first_batch[..40]);
+    std::fs::write(&active, &bytes).unwrap();
+    let server = start(dir.path(), &client).await;
+    assert_eq!(
+        std::fs::metadata(&active).unwrap().len(),
+        clean_len,
+        "the torn record was cut off"
+    );
+    for id in &acked {
+        let (status, _) = call(
+            &client,
+            Method::GET,
+            &format!("{}{PREFIX}/{id}", server.base),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, StatusCode::OK, "{id} lost");
+    }
+    let more = clicks(&client, &server, "JAN-1", 5).await;
+    caught_up(&client, &server).await;
+    let (_, totals) = call(
+        &client,
+        Method::GET,
+        &format!("{}{PREFIX}/mentor/usr_1/total", server.base),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(totals["total_clicks"], 25);
+    assert_eq!(more.len(), 5);
+    stop(server).await;
+
+    // A flipped byte inside an early record, with valid records after it: acknowledged data
+    // is damaged, and the start refuses to go on without it.
+    let active = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&active).unwrap();
+    bytes[40] ^= 0x55;
+    std::fs::write(&active, &bytes).unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let output = Command::new(env!("CARGO_BIN_EXE_referral-api"))
+        .env("REFERRAL_DATA_DIR", dir.path())
+        .env("REFERRAL_LISTEN", &address)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "it started on a corrupt log");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&active.display().to_string()) && stderr.contains("corrupt log at byte 0"),
+        "the error must name the file and the byte: {stderr}"
+    );
+}
+
+/// A tmpfs of `size` mounted on `dir` (unmounted on drop). Only root may mount; the test
+/// that needs one says so and fails otherwise.
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "this test mounts a small tmpfs to fill a real disk, which needs root"
+        );
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn grow(&self, size: &str) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path(), "1m");
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let server = start(dir.path(), &client).await;
+    assign_code(&client, &server, "JAN-1", "usr_1").await;
+    let uri = format!("{}{PREFIX}", server.base);
+    let mut acked = Vec::new();
+    let body = format!(r#"{{"code":"JAN-1","user_agent":"{}"}}"#, "a".repeat(500));
+    let refused = loop {
+        let (status, answer) = call(&client, Method::POST, &uri, Some(&body))
+            .await
+            .unwrap();
+        if status != StatusCode::CREATED {
+            break (status, answer);
+        }
+        acked.push(answer["id"].as_str().unwrap().to_owned());
+        assert!(acked.len() < 20_000, "the disk never filled");
+    };
+    assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.1);
+    assert_eq!(refused.1["error"]["code"], "overloaded");
+    assert!(!acked.is_empty());
+
+    // Space comes back: the same process takes clicks again, and everything acknowledged
+    // before and after is stored once.
+    disk.grow("64m");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, answer) = call(&client, Method::POST, &uri, Some(&body))
+            .await
+            .unwrap();
+        if status == StatusCode::CREATED {
+            acked.push(answer["id"].as_str().unwrap().to_owned());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clicks never accepted again: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    caught_up(&client, &server).await;
+    for id in &acked {
+        let (status, _) = call(&client, Method::GET, &format!("{uri}/{id}"), None)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "acknowledged click {id} lost");
+    }
+    let (_, totals) = call(
+        &client,
+        Method::GET,
+        &format!("{uri}/mentor/usr_1/total"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(totals["total_clicks"], acked.len());
+    stop(server).await;
+    drop(disk);
 }

@@ -364,6 +364,7 @@ impl Aggregator {
             source,
             worker,
             consumer_args.drain_timeout,
+            None,
         )
         .context("cannot start the consumer")?;
         tracing::info!(topic = %kafka.topic, group = %consumer_args.kafka_group_id, "aggregator running");

@@ -106,17 +106,27 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Starts the loop on a thread of its own.
+    /// Starts the loop on a thread of its own. `nice`, when set, lowers the thread's CPU
+    /// priority (Linux niceness, 1..=19): the embedded consumer shares the process with the
+    /// edge, and acknowledging clicks comes first; when the CPU is contended it falls behind
+    /// (bounded by `--max-apply-lag`), works in bigger, cheaper batches, and catches up when
+    /// the load drops.
     pub fn start<S: LogSource + 'static>(
         name: &str,
         source: S,
         worker: SharedWorker,
         drain: Duration,
+        nice: Option<i32>,
     ) -> std::io::Result<Self> {
         let status = Arc::new(ConsumerStatus::default());
         let thread = std::thread::Builder::new().name(name.into()).spawn({
             let status = status.clone();
-            move || run(source, worker, status, drain)
+            move || {
+                if let Some(nice) = nice {
+                    lower_priority(nice);
+                }
+                run(source, worker, status, drain)
+            }
         })?;
         Ok(Self {
             thread: Some(thread),
@@ -146,6 +156,19 @@ impl Consumer {
                 tracing::error!("the consumer did not stop cleanly in time");
             }
         }
+    }
+}
+
+/// Lowers the calling thread's CPU priority (on Linux a thread has its own niceness). A
+/// failure only costs the preference, so it is logged, not fatal.
+fn lower_priority(nice: i32) {
+    // SAFETY: plain syscalls on the calling thread's own id, no pointers.
+    let result = unsafe {
+        let thread = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, nice)
+    };
+    if result != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), nice, "cannot lower the consumer's CPU priority");
     }
 }
 

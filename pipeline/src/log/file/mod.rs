@@ -161,6 +161,13 @@ impl Shared {
             self.durable_end.store(end, Ordering::Release);
         }
         self.appended.notify_all();
+        self.report_lag();
+    }
+
+    /// The lag gauge: set whenever either end moves, so it is current even while the
+    /// consumer is stuck.
+    fn report_lag(&self) {
+        metrics::gauge!("referral_apply_lag_events").set(self.lag() as f64);
     }
 
     /// Waits (at most `timeout`) until the log's end passes `offset`.
@@ -351,7 +358,7 @@ pub(crate) fn release(shared: &Shared, checkpoint: u64) {
         }
         moved
     });
-    metrics::gauge!("referral_apply_lag_events").set(shared.lag() as f64);
+    shared.report_lag();
     let removable: Vec<Segment> = {
         let segments = shared.segments();
         segments
@@ -376,3 +383,6 @@ pub(crate) fn release(shared: &Shared, checkpoint: u64) {
     }
     metrics::gauge!("referral_log_segments").set(shared.segments().len() as f64);
 }
+
+#[cfg(test)]
+mod tests;
