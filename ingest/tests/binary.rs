@@ -34,9 +34,15 @@ struct Flags {
 /// lets go of the data directory.
 async fn seed_code(dir: &std::path::Path, code: &str, mentor: &str) {
     let data_dir = dir.to_str().unwrap();
-    let args = Flags::try_parse_from(["seed", "--data-dir", data_dir])
-        .unwrap()
-        .pipeline;
+    let args = Flags::try_parse_from([
+        "seed",
+        "--data-dir",
+        data_dir,
+        "--log-segment-bytes",
+        "1048576",
+    ])
+    .unwrap()
+    .pipeline;
     let pipeline = Pipeline::open(&args, Role::Api, "seed").await.unwrap();
     pipeline
         .log
@@ -90,6 +96,7 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
     let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
             .env("REFERRAL_DATA_DIR", dir.path())
+            .env("REFERRAL_LOG_SEGMENT_BYTES", "1048576")
             .env("REFERRAL_LISTEN", &address)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -250,6 +257,7 @@ async fn the_edge_binary_cuts_off_a_client_sending_headers_slowly() {
     let _child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
             .env("REFERRAL_DATA_DIR", dir.path())
+            .env("REFERRAL_LOG_SEGMENT_BYTES", "1048576")
             .env("REFERRAL_LISTEN", &address)
             .env("REFERRAL_HEADER_READ_TIMEOUT", "1s")
             .env("RUST_LOG", "warn")

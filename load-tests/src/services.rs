@@ -9,24 +9,31 @@
 //!
 //! `scripts/install-test-services.sh` installs all three. Start failures panic with the
 //! service's log tail: this is test support, and a clear panic is the useful failure.
-//! Everything here is std only (plus `tempfile`), so any test crate can use it cheaply.
+//! ClickHouse is spoken to over HTTP with [`crate::http`] (hyper's client), URL parameters
+//! are encoded with `form_urlencoded`, and chdb's input and output are JSON (`serde_json`).
 
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tempfile::TempDir;
+
+use crate::http;
 
 /// How long a service may take to become ready before `start`/`restart` panic.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one HTTP request to ClickHouse may take (a hung server fails the test, it does
 /// not hang it).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one `/ping` may take while a server starts (it is retried until START_TIMEOUT).
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `stop_gracefully` waits after SIGTERM before it falls back to SIGKILL.
 const GRACEFUL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lines of a service's logs shown in a start-failure panic.
@@ -337,13 +344,17 @@ impl ClickHouseServer {
     /// `wait_end_of_query=1` is always sent so the server buffers the result and an error
     /// during the query is a non-200 status, not a 200 whose body ends with the error.
     pub fn try_query_with(&self, sql: &str, settings: &[(&str, &str)]) -> Result<String, String> {
-        let mut path = String::from("/?wait_end_of_query=1");
-        for (name, value) in settings {
-            let _ = write!(path, "&{}={}", percent_encode(name), percent_encode(value));
-        }
-        match http_request(self.http_port, "POST", &path, sql.as_bytes()) {
-            Ok((200, body)) => Ok(body),
-            Ok((status, body)) => Err(format!("HTTP {status}: {}", body.trim_end())),
+        let url = format!("{}/?{}", self.http_url(), query_parameters(settings));
+        match http::post(
+            &url,
+            sql.to_owned(),
+            "text/plain; charset=utf-8",
+            QUERY_TIMEOUT,
+        ) {
+            Ok(http::Response { status: 200, body }) => Ok(body),
+            Ok(http::Response { status, body }) => {
+                Err(format!("HTTP {status}: {}", body.trim_end()))
+            }
             Err(error) => Err(format!("request to {} failed: {error}", self.http_url())),
         }
     }
@@ -507,8 +518,9 @@ impl ClickHouseServer {
                     self.log_tail(LOG_TAIL_LINES)
                 );
             }
-            let ping = http_request(self.http_port, "GET", "/ping", b"");
-            if matches!(&ping, Ok((200, body)) if body.trim_end() == "Ok.") {
+            let ping = http::get(&format!("{}/ping", self.http_url()), PING_TIMEOUT);
+            if matches!(&ping, Ok(http::Response { status: 200, body }) if body.trim_end() == "Ok.")
+            {
                 break;
             }
             if started.elapsed() > START_TIMEOUT {
@@ -694,17 +706,7 @@ pub fn chdb_run_script() -> PathBuf {
 /// When the venv's python or the script cannot run, or its output is not what
 /// `scripts/chdb_run.py` prints.
 pub fn chdb_run<S: AsRef<str>>(statements: &[S]) -> Vec<Result<String, String>> {
-    let mut input = String::from("{\"statements\": [");
-    for (index, statement) in statements.iter().enumerate() {
-        if index > 0 {
-            input.push_str(", ");
-        }
-        input.push_str("{\"sql\": ");
-        json_string(&mut input, statement.as_ref());
-        input.push('}');
-    }
-    input.push_str("]}");
-
+    let input = chdb_input(statements);
     let python = chdb_venv().join("bin/python");
     let script = chdb_run_script();
     let mut child = Command::new(&python)
@@ -755,259 +757,50 @@ pub fn chdb_run<S: AsRef<str>>(statements: &[S]) -> Vec<Result<String, String>> 
     results
 }
 
-/// `value` as a JSON string literal, appended to `out`.
-fn json_string(out: &mut String, value: &str) {
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+/// `chdb_run.py`'s input: `{"statements": [{"sql": "..."}, ...]}`.
+fn chdb_input<S: AsRef<str>>(statements: &[S]) -> String {
+    let statements: Vec<serde_json::Value> = statements
+        .iter()
+        .map(|statement| serde_json::json!({ "sql": statement.as_ref() }))
+        .collect();
+    serde_json::json!({ "statements": statements }).to_string()
+}
+
+/// One entry of `chdb_run.py`'s output.
+#[derive(Deserialize)]
+struct ChdbResult {
+    ok: bool,
+    /// The rows, as the JSON text the runner printed.
+    rows: Option<Box<RawValue>>,
+    error: Option<String>,
 }
 
 /// `chdb_run.py`'s output, a JSON array of `{"ok": true, "rows": [...]}` /
 /// `{"ok": false, "error": "..."}`, as results (rows kept as their JSON text).
 fn parse_chdb_output(text: &str) -> Result<Vec<Result<String, String>>, String> {
-    let mut json = Json { text, pos: 0 };
-    let mut results = Vec::new();
-    json.expect(b'[')?;
-    if json.peek() == Some(b']') {
-        json.pos += 1;
-    } else {
-        loop {
-            results.push(json.entry()?);
-            match json.next_byte()? {
-                b',' => {}
-                b']' => break,
-                other => return Err(json.error(&format!("',' or ']', not {:?}", other as char))),
+    let results: Vec<ChdbResult> = serde_json::from_str(text).map_err(|error| error.to_string())?;
+    Ok(results
+        .into_iter()
+        .map(|result| {
+            if result.ok {
+                Ok(result
+                    .rows
+                    .map_or_else(|| "[]".to_owned(), |rows| rows.get().to_owned()))
+            } else {
+                Err(result.error.unwrap_or_default())
             }
-        }
-    }
-    json.skip_whitespace();
-    if json.pos != text.len() {
-        return Err(json.error("the end of the output"));
-    }
-    Ok(results)
+        })
+        .collect())
 }
 
-/// Just enough of a JSON reader for `chdb_run.py`'s output: strings are decoded, other
-/// values are returned as the text they span.
-struct Json<'a> {
-    text: &'a str,
-    pos: usize,
-}
-
-impl<'a> Json<'a> {
-    fn error(&self, expected: &str) -> String {
-        format!("expected {expected} at byte {}", self.pos)
+/// ClickHouse's URL parameters: `wait_end_of_query=1`, then `settings`, form-encoded.
+fn query_parameters(settings: &[(&str, &str)]) -> String {
+    let mut parameters = form_urlencoded::Serializer::new(String::new());
+    parameters.append_pair("wait_end_of_query", "1");
+    for (name, value) in settings {
+        parameters.append_pair(name, value);
     }
-
-    fn skip_whitespace(&mut self) {
-        while self
-            .text
-            .as_bytes()
-            .get(self.pos)
-            .is_some_and(u8::is_ascii_whitespace)
-        {
-            self.pos += 1;
-        }
-    }
-
-    fn peek(&mut self) -> Option<u8> {
-        self.skip_whitespace();
-        self.text.as_bytes().get(self.pos).copied()
-    }
-
-    fn next_byte(&mut self) -> Result<u8, String> {
-        let byte = self.peek().ok_or_else(|| self.error("more input"))?;
-        self.pos += 1;
-        Ok(byte)
-    }
-
-    fn expect(&mut self, byte: u8) -> Result<(), String> {
-        if self.next_byte()? == byte {
-            Ok(())
-        } else {
-            self.pos -= 1;
-            Err(self.error(&format!("{:?}", byte as char)))
-        }
-    }
-
-    /// One `{"ok": ..., "rows": ... | "error": ...}` object.
-    fn entry(&mut self) -> Result<Result<String, String>, String> {
-        self.expect(b'{')?;
-        let (mut ok, mut rows, mut error) = (None, None, None);
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-        } else {
-            loop {
-                let key = self.string()?;
-                self.expect(b':')?;
-                match key.as_str() {
-                    "ok" => ok = Some(self.value()? == "true"),
-                    "rows" => rows = Some(self.value()?.to_owned()),
-                    "error" => {
-                        if self.peek() != Some(b'"') {
-                            return Err(self.error("an error string"));
-                        }
-                        error = Some(self.string()?);
-                    }
-                    _ => {
-                        self.value()?;
-                    }
-                }
-                match self.next_byte()? {
-                    b',' => {}
-                    b'}' => break,
-                    other => {
-                        return Err(self.error(&format!("',' or '}}', not {:?}", other as char)));
-                    }
-                }
-            }
-        }
-        match ok {
-            Some(true) => Ok(Ok(rows.unwrap_or_else(|| "[]".to_owned()))),
-            Some(false) => Ok(Err(error.unwrap_or_default())),
-            None => Err(self.error("an \"ok\" key in the entry before")),
-        }
-    }
-
-    /// Skips one value of any kind and returns the text it spans.
-    fn value(&mut self) -> Result<&'a str, String> {
-        let byte = self.peek().ok_or_else(|| self.error("a value"))?;
-        let start = self.pos;
-        match byte {
-            b'"' => {
-                self.string()?;
-            }
-            b'{' | b'[' => {
-                let close = if byte == b'{' { b'}' } else { b']' };
-                self.pos += 1;
-                if self.peek() == Some(close) {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        if byte == b'{' {
-                            self.string()?;
-                            self.expect(b':')?;
-                        }
-                        self.value()?;
-                        match self.next_byte()? {
-                            b',' => {}
-                            b if b == close => break,
-                            other => {
-                                return Err(self.error(&format!(
-                                    "',' or {:?}, not {:?}",
-                                    close as char, other as char
-                                )));
-                            }
-                        }
-                    }
-                }
-            }
-            _ => {
-                let bytes = self.text.as_bytes();
-                while bytes.get(self.pos).is_some_and(|b| {
-                    !b.is_ascii_whitespace() && !matches!(b, b',' | b']' | b'}' | b':')
-                }) {
-                    self.pos += 1;
-                }
-                if self.pos == start {
-                    return Err(self.error("a value"));
-                }
-            }
-        }
-        Ok(&self.text[start..self.pos])
-    }
-
-    /// One string literal, decoded.
-    fn string(&mut self) -> Result<String, String> {
-        self.expect(b'"')?;
-        let bytes = self.text.as_bytes();
-        let mut out = String::new();
-        loop {
-            let run_start = self.pos;
-            while bytes
-                .get(self.pos)
-                .is_some_and(|b| *b != b'"' && *b != b'\\')
-            {
-                self.pos += 1;
-            }
-            // '"' and '\\' are ASCII, so both ends of the run are char boundaries.
-            out.push_str(&self.text[run_start..self.pos]);
-            match bytes.get(self.pos) {
-                None => return Err(self.error("the end of a string")),
-                Some(b'"') => {
-                    self.pos += 1;
-                    return Ok(out);
-                }
-                Some(_) => {
-                    let escape = *bytes
-                        .get(self.pos + 1)
-                        .ok_or_else(|| self.error("an escape"))?;
-                    self.pos += 2;
-                    match escape {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'u' => {
-                            let high = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&high)
-                                && self.text[self.pos..].starts_with("\\u")
-                            {
-                                self.pos += 2;
-                                let low = self.hex4()?;
-                                0x10000
-                                    + ((high - 0xD800) << 10)
-                                    + (low.wrapping_sub(0xDC00) & 0x3FF)
-                            } else {
-                                high
-                            };
-                            out.push(char::from_u32(code).unwrap_or('\u{FFFD}'));
-                        }
-                        _ => return Err(self.error("a valid escape")),
-                    }
-                }
-            }
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self
-            .text
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.error("4 hex digits"))?;
-        let code = u32::from_str_radix(digits, 16).map_err(|_| self.error("4 hex digits"))?;
-        self.pos += 4;
-        Ok(code)
-    }
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters (for URL parameters).
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(byte as char);
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
+    parameters.finish()
 }
 
 fn xml_escape(value: &str) -> String {
@@ -1015,68 +808,6 @@ fn xml_escape(value: &str) -> String {
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
-}
-
-/// One HTTP/1.1 request to `127.0.0.1:port` with `Connection: close`; returns the status
-/// and the (de-chunked) body. Enough for ClickHouse's HTTP interface without an HTTP crate.
-fn http_request(port: u16, method: &str, path: &str, body: &[u8]) -> io::Result<(u16, String)> {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(QUERY_TIMEOUT))?;
-    stream.set_write_timeout(Some(QUERY_TIMEOUT))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\n\
-         Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    stream.flush()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let header_end = response
-        .windows(4)
-        .position(|window| window == b"\r\n\r\n")
-        .ok_or_else(|| invalid("no end of the HTTP response head"))?;
-    let head = String::from_utf8_lossy(&response[..header_end]);
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|code| code.parse().ok())
-        .ok_or_else(|| invalid("no HTTP status line"))?;
-    let chunked = lines.any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("transfer-encoding")
-                && value.trim().eq_ignore_ascii_case("chunked")
-        })
-    });
-    let raw = &response[header_end + 4..];
-    let body = if chunked {
-        dechunk(raw).ok_or_else(|| invalid("malformed chunked body"))?
-    } else {
-        raw.to_vec()
-    };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// Decodes a `Transfer-Encoding: chunked` body.
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|window| window == b"\r\n")?;
-        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
-        let size_text = size_text.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Some(body);
-        }
-        body.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
-    }
 }
 
 #[cfg(test)]
@@ -1106,21 +837,22 @@ mod tests {
     }
 
     #[test]
-    fn escapes_json_strings() {
-        let mut out = String::new();
-        json_string(&mut out, "a\"b\\c\nd\te\u{1}é");
-        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\te\\u0001é\"");
-        let mut json = Json { text: &out, pos: 0 };
-        assert_eq!(json.string().unwrap(), "a\"b\\c\nd\te\u{1}é");
-    }
-
-    #[test]
-    fn decodes_chunked_bodies() {
+    fn builds_the_runner_input_and_the_query_parameters() {
+        let input = chdb_input(&["SELECT 'a\"b\\c\nd\u{1}é'", "SELECT 2"]);
+        let parsed: serde_json::Value = serde_json::from_str(&input).unwrap();
         assert_eq!(
-            dechunk(b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
+            parsed,
+            serde_json::json!({"statements": [
+                {"sql": "SELECT 'a\"b\\c\nd\u{1}é'"},
+                {"sql": "SELECT 2"},
+            ]})
         );
-        assert!(dechunk(b"5\r\nab").is_none());
+        assert_eq!(chdb_input::<&str>(&[]), "{\"statements\":[]}");
+        assert_eq!(query_parameters(&[]), "wait_end_of_query=1");
+        assert_eq!(
+            query_parameters(&[("database", "referral"), ("x y", "a b&c=d/é+%")]),
+            "wait_end_of_query=1&database=referral&x+y=a+b%26c%3Dd%2F%C3%A9%2B%25"
+        );
     }
 
     #[test]

@@ -75,7 +75,26 @@ fn clickhouse_reports_errors_and_takes_settings() {
             .unwrap(),
         "3\n"
     );
-    // Non-ASCII and quotes make it through the hand-rolled HTTP client.
+    // Setting values are form-encoded (a space as `+`, reserved characters escaped).
+    assert_eq!(
+        server
+            .try_query_with(
+                "SELECT value FROM system.settings WHERE name = 'format_csv_delimiter'",
+                &[("format_csv_delimiter", " ")]
+            )
+            .unwrap(),
+        " \n"
+    );
+    assert_eq!(
+        server
+            .try_query_with(
+                "SELECT value FROM system.settings WHERE name = 'format_csv_delimiter'",
+                &[("format_csv_delimiter", "&")]
+            )
+            .unwrap(),
+        "&\n"
+    );
+    // Non-ASCII and quotes make it through the HTTP client.
     assert_eq!(server.query("SELECT 'é \\' x'"), "é \\' x\n");
     assert!(server.log_tail(5).contains("clickhouse-server.log"));
 }

@@ -35,7 +35,7 @@ pub const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
 /// The embedded consumer's niceness: under a contended CPU it gets about a tenth of a
 /// core's share against the request workers (CFS weights 110 vs 1024), enough to keep
 /// applying, while the edge keeps acknowledging clicks at its full rate.
-const CONSUMER_NICE: i32 = 10;
+const CONSUMER_NICE: i32 = 19;
 /// Payload bytes the consumer gathers at most before a flush: far above what
 /// `--commit-batch-max` records weigh, so the count decides.
 const BATCH_MAX_BYTES: usize = 256 * 1024 * 1024;

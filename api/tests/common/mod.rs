@@ -280,6 +280,14 @@ impl TestApp {
 
     fn default_flags<'a>(extra: &[&'a str]) -> Vec<&'a str> {
         let mut args = Vec::new();
+        // Small log segments: each one is preallocated, and a test writes a few hundred
+        // records, not the default 64 MiB.
+        if !extra
+            .iter()
+            .any(|arg| arg.starts_with("--log-segment-bytes"))
+        {
+            args.extend(["--log-segment-bytes", "1048576"]);
+        }
         // Many clicks come from one test peer: limits stay off unless a test sets them.
         if !extra.iter().any(|arg| arg.starts_with("--rate-limit")) {
             args.extend([

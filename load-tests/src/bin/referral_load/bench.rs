@@ -400,7 +400,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
         logs.path(),
     )?;
     wait_listening(port).await?;
-    let dummy = Arc::new(Population::new("base", 10, 10, 1.0));
+    let dummy = Arc::new(Population::new("base", 10, 10, 1.0)?);
     let base_url = format!("http://{listen}");
     let baseline_pid = vec![(
         "baseline server",

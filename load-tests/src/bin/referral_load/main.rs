@@ -148,7 +148,7 @@ struct LoadArgs {
     mentors: usize,
     #[arg(long, env = "REFERRAL_LOAD_CODES", default_value_t = 2000)]
     codes: usize,
-    /// Zipf exponent of clicks over mentors.
+    /// Zipf exponent of clicks over mentors (>= 0; 0 is uniform).
     #[arg(long, env = "REFERRAL_LOAD_ZIPF", default_value_t = 1.1)]
     zipf: f64,
     /// Share of click POSTs that are invalid (each must get its 4xx).

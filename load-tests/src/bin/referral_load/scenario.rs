@@ -208,7 +208,7 @@ pub async fn load_and_verify(
     before_load: impl FnOnce(Arc<Run>) -> Option<std::thread::JoinHandle<Vec<FaultEvent>>>,
 ) -> Result<LoadOutcome> {
     let id = run_id(options.plan.seed);
-    let population = Population::new(&id, options.mentors, options.codes, options.zipf_exponent);
+    let population = Population::new(&id, options.mentors, options.codes, options.zipf_exponent)?;
     let max_idle = match options.plan.mode {
         Mode::Max { connections } => connections,
         Mode::Rate(_) => options.plan.max_in_flight.min(512),

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
 use serde_json::{Value, json};
 
 /// The canonical click path, and the doubled one the contract prints (served as an alias).
@@ -43,14 +44,19 @@ pub struct Population {
     pub codes: Vec<(String, usize)>,
     /// Indexes into `codes`, per mentor.
     codes_by_mentor: Vec<Vec<usize>>,
-    /// Cumulative Zipf weights over mentors (rank 1 = mentor 0).
-    zipf_cdf: Vec<f64>,
+    /// The Zipf law over mentors: rank k in 1..=mentors is mentor k - 1.
+    zipf: Zipf<f64>,
 }
 
 impl Population {
     /// `codes` >= `mentors` >= 1: every mentor gets at least one code, the rest are spread
-    /// round-robin. `zipf_exponent` is `s` in P(rank k) ~ 1 / k^s.
-    pub fn new(run_id: &str, mentors: usize, codes: usize, zipf_exponent: f64) -> Self {
+    /// round-robin. `zipf_exponent` is `s` in P(rank k) ~ 1 / k^s, at least 0.
+    pub fn new(
+        run_id: &str,
+        mentors: usize,
+        codes: usize,
+        zipf_exponent: f64,
+    ) -> Result<Self, String> {
         let mentors = mentors.max(1);
         let codes = codes.max(mentors);
         let mentor_ids: Vec<String> = (0..mentors)
@@ -64,28 +70,23 @@ impl Population {
                 (format!("LD{}-{index:05}", run_id.to_uppercase()), mentor)
             })
             .collect();
-        let mut cdf = Vec::with_capacity(mentors);
-        let mut sum = 0.0;
-        for rank in 1..=mentors {
-            sum += 1.0 / (rank as f64).powf(zipf_exponent);
-            cdf.push(sum);
-        }
-        Self {
+        let zipf = Zipf::new(mentors as f64, zipf_exponent)
+            .map_err(|error| format!("--zipf {zipf_exponent}: {error}"))?;
+        Ok(Self {
             run_id: run_id.to_owned(),
             mentors: mentor_ids,
             codes: code_list,
             codes_by_mentor,
-            zipf_cdf: cdf,
-        }
+            zipf,
+        })
     }
 
     /// A mentor index drawn from the Zipf law.
     pub fn zipf_mentor(&self, rng: &mut SmallRng) -> usize {
-        let total = self.zipf_cdf.last().copied().unwrap_or(1.0);
-        let target = rng.random::<f64>() * total;
-        self.zipf_cdf
-            .partition_point(|&weight| weight < target)
-            .min(self.zipf_cdf.len() - 1)
+        // A float holding an integer in 1..=mentors; `as` saturates, and the bounds keep it
+        // a mentor index.
+        let rank = self.zipf.sample(rng) as usize;
+        rank.clamp(1, self.mentors.len()) - 1
     }
 
     /// A code of the mentor, chosen uniformly.
@@ -343,7 +344,7 @@ mod tests {
 
     #[test]
     fn zipf_favours_the_first_mentors_and_every_mentor_has_a_code() {
-        let population = Population::new("t1", 100, 250, 1.1);
+        let population = Population::new("t1", 100, 250, 1.1).unwrap();
         assert_eq!(population.codes.len(), 250);
         assert!(
             population
@@ -359,11 +360,44 @@ mod tests {
         assert!(counts[0] > counts[9] * 5, "{counts:?}");
         assert!(counts[0] > 2_000, "{counts:?}");
         assert!(counts.iter().filter(|&&count| count > 0).count() > 60);
+        // P(mentor 0) = 1 / H(100, 1.1) ~ 0.234, P(mentor 1) = P(mentor 0) / 2^1.1.
+        assert!((4_300..5_100).contains(&counts[0]), "{counts:?}");
+        assert!(counts[0] > counts[1] && counts[1] > counts[2], "{counts:?}");
+        // Seeded: the same seed draws the same mentors.
+        let mut again = SmallRng::seed_from_u64(7);
+        let mut rng = SmallRng::seed_from_u64(7);
+        assert!(
+            (0..1_000)
+                .all(|_| population.zipf_mentor(&mut rng) == population.zipf_mentor(&mut again))
+        );
+    }
+
+    #[test]
+    fn the_exponent_sets_the_skew() {
+        let top_ten = |exponent: f64| {
+            let population = Population::new("t3", 100, 100, exponent).unwrap();
+            let mut rng = SmallRng::seed_from_u64(11);
+            (0..20_000)
+                .filter(|_| population.zipf_mentor(&mut rng) < 10)
+                .count()
+        };
+        let (flat, default, steep) = (top_ten(0.0), top_ten(1.1), top_ten(2.0));
+        // s = 0 is uniform: the first 10 of 100 mentors get ~10%.
+        assert!((1_700..2_300).contains(&flat), "{flat}");
+        assert!(
+            flat < default && default < steep,
+            "{flat} {default} {steep}"
+        );
+        assert!(Population::new("t4", 10, 10, -0.5).is_err());
+        assert!(Population::new("t4", 10, 10, f64::NAN).is_err());
+        let one = Population::new("t5", 1, 1, 1.0).unwrap();
+        let mut rng = SmallRng::seed_from_u64(1);
+        assert!((0..100).all(|_| one.zipf_mentor(&mut rng) == 0));
     }
 
     #[test]
     fn the_mix_has_its_shares_and_each_request_its_expected_answer() {
-        let population = Population::new("t2", 10, 30, 1.0);
+        let population = Population::new("t2", 10, 30, 1.0).unwrap();
         let mut generator = ClickGenerator::new(
             1,
             Mix {

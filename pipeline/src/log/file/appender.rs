@@ -9,11 +9,20 @@
 //! publisher of its batch; the log stays usable. An fsync that fails leaves the file's state
 //! unknown (the kernel may have dropped the dirty pages), so the log refuses everything from
 //! then on and readiness fails: a restart recovers the log from what is on disk.
+//!
+//! Preallocation: segments are filled with zeros to their full size before records are
+//! written into them, so an fsync writes data pages only. Appending instead grows the file,
+//! and every fsync then also commits the file system's journal for the new size: measured
+//! on this project's machines, an fsync of an append took about twice as long and cost about
+//! twice the CPU (docs/BENCHMARKS.md). The next segment is prepared by a thread of its own
+//! while the current one fills, so a roll is a rename.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +44,46 @@ pub(crate) enum Envelope {
 
 type Acknowledgement = oneshot::Sender<Result<u64, PublishError>>;
 
+/// The file the next segment is prepared in (not a segment name: recovery ignores it).
+const SPARE_FILE: &str = "next-segment.tmp";
+/// Zeros written per call when preallocating.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Writes zeros over `from..to` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; ZERO_CHUNK.min(to.saturating_sub(from) as usize)];
+    let mut at = from;
+    while at < to {
+        let len = (to - at).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..len], at)?;
+        at += len as u64;
+    }
+    Ok(())
+}
+
+/// Fills `file` with zeros from `from` to `to` and makes them durable.
+fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    write_zeros(file, from, to)?;
+    file.sync_all()
+}
+
+/// Prepares the next segment's file in the background: created, zero-filled, synced.
+fn prepare_spare(dir: &Path, bytes: u64) -> JoinHandle<std::io::Result<PathBuf>> {
+    let path = dir.join(SPARE_FILE);
+    std::thread::Builder::new()
+        .name("referral-log-spare".into())
+        .spawn(move || {
+            let prepared = File::create(&path).and_then(|file| zero_fill(&file, 0, bytes));
+            if prepared.is_err() {
+                // A full disk: give the space back rather than hold half a segment.
+                let _ = std::fs::remove_file(&path);
+            }
+            prepared.map(|()| path)
+        })
+        // No thread: no spare, and the next roll starts an empty segment.
+        .unwrap_or_else(|error| std::thread::spawn(move || Err(error)))
+}
+
 pub(crate) struct Appender {
     shared: Arc<Shared>,
     file: File,
@@ -47,6 +96,8 @@ pub(crate) struct Appender {
     batch_max_events: usize,
     /// Reused for each batch.
     buffer: Vec<u8>,
+    /// The next segment being prepared.
+    spare: Option<JoinHandle<std::io::Result<PathBuf>>>,
 }
 
 impl Appender {
@@ -62,13 +113,29 @@ impl Appender {
             .write(true)
             .open(&path)
             .map_err(|error| LogError::io(&path, error))?;
+        let segment_bytes = settings.segment_bytes.max(1);
+        // The active segment is preallocated before the first write (at start, not on a
+        // client's time). A stale spare from an earlier run is prepared afresh.
+        let len = file
+            .metadata()
+            .map_err(|error| LogError::io(&path, error))?
+            .len();
+        if len < segment_bytes
+            && let Err(error) = zero_fill(&file, len.max(active_len), segment_bytes)
+        {
+            // A nearly full disk: start anyway, the segment grows as records come.
+            tracing::warn!(%error, segment = %path.display(), "cannot preallocate the log segment");
+            file.set_len(len.max(active_len))
+                .map_err(|error| LogError::io(&path, error))?;
+        }
         Ok(Self {
+            spare: Some(prepare_spare(&settings.dir, segment_bytes)),
             shared,
             file,
             active_base,
             active_len,
             next: end,
-            segment_bytes: settings.segment_bytes.max(1),
+            segment_bytes,
             batch_max_events: settings.batch_max_events.max(1),
             buffer: Vec::new(),
         })
@@ -141,8 +208,9 @@ impl Appender {
         let started = Instant::now();
         if let Err(error) = self.file.write_all_at(&self.buffer, self.active_len) {
             metrics::counter!("referral_log_write_failures_total", "step" => "write").increment(1);
-            // Cut what part of the batch reached the file, so nothing follows a torn batch.
-            if let Err(undo) = self.file.set_len(self.active_len) {
+            // Undo what part of the batch reached the file, so nothing follows a torn batch:
+            // zeros over it where the file was preallocated, a cut where it grew.
+            if let Err(undo) = self.undo(self.buffer.len() as u64) {
                 self.fail(&format!(
                     "write failed ({error}) and could not be undone ({undo})"
                 ));
@@ -168,6 +236,23 @@ impl Appender {
         Ok(first)
     }
 
+    /// Removes a failed batch of `len` bytes written at the end of the records.
+    fn undo(&self, len: u64) -> std::io::Result<()> {
+        let file_len = self.file.metadata()?.len();
+        let preallocated = self.segment_bytes.min(file_len);
+        if self.active_len < preallocated {
+            write_zeros(
+                &self.file,
+                self.active_len,
+                (self.active_len + len).min(preallocated),
+            )?;
+        }
+        if file_len > preallocated.max(self.active_len) {
+            self.file.set_len(preallocated.max(self.active_len))?;
+        }
+        Ok(())
+    }
+
     /// Nothing more is acknowledged: the file's state is not known any more.
     fn fail(&self, why: &str) {
         tracing::error!(
@@ -177,19 +262,44 @@ impl Appender {
         self.shared.failed.store(true, Ordering::Release);
     }
 
-    /// Starts a new segment at the current end. On failure the current segment keeps
+    /// Starts a new segment at the current end, from the prepared spare when it is ready
+    /// (a rename), else as an empty file that grows. On failure the current segment keeps
     /// growing and the next batch tries again.
     fn roll(&mut self) {
         let next = Segment::new(&self.shared.dir, self.next);
-        let created = File::create_new(&next.path)
-            .map_err(|error| LogError::io(&next.path, error))
-            .and_then(|file| segment::sync_dir(&self.shared.dir).map(|()| file));
+        let spare = match self.spare.take() {
+            Some(preparing) if preparing.is_finished() => match preparing.join() {
+                Ok(Ok(path)) => Some(path),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot prepare the next log segment");
+                    None
+                }
+                Err(_) => None,
+            },
+            still_preparing => {
+                self.spare = still_preparing;
+                None
+            }
+        };
+        if spare.is_none() {
+            metrics::counter!("referral_log_unprepared_segments_total").increment(1);
+        }
+        let created = match &spare {
+            Some(path) => std::fs::rename(path, &next.path)
+                .and_then(|()| OpenOptions::new().write(true).open(&next.path)),
+            None => File::create_new(&next.path),
+        }
+        .map_err(|error| LogError::io(&next.path, error))
+        .and_then(|file| segment::sync_dir(&self.shared.dir).map(|()| file));
         match created {
             Ok(file) => {
                 self.file = file;
                 self.active_base = next.base;
                 self.active_len = 0;
                 self.shared.segments().push(next);
+                if self.spare.is_none() {
+                    self.spare = Some(prepare_spare(&self.shared.dir, self.segment_bytes));
+                }
                 metrics::gauge!("referral_log_segments").set(self.shared.segments().len() as f64);
             }
             Err(error) => tracing::warn!(%error, "cannot start a new log segment; retried later"),

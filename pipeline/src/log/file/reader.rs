@@ -76,10 +76,14 @@ impl LogReader {
             let mut read = read_window(&open.file, open.position, &mut self.buffer, WINDOW)
                 .map_err(|error| LogError::io(&open.segment.path, error))?;
             if read == 0 {
-                // The end of this segment: the next record is in the next one.
-                self.open = None;
-                self.advance_segment()?;
-                continue;
+                return Err(corrupt(
+                    open,
+                    0,
+                    format!(
+                        "offset {} is missing: the segment ends before it",
+                        self.next
+                    ),
+                ));
             }
             let mut at = 0;
             while self.next < end && delivered < max {
@@ -145,11 +149,9 @@ impl LogReader {
         Ok(delivered)
     }
 
-    /// Opens the segment holding the next offset, if none is open.
+    /// Opens the segment holding the next offset, unless it is the one open. A segment ends
+    /// where the next one starts (after its last batch it holds only preallocated zeros).
     fn ensure_open(&mut self) -> Result<(), LogError> {
-        if self.open.is_some() {
-            return Ok(());
-        }
         let segment = {
             let segments = self.shared.segments();
             segments
@@ -158,6 +160,11 @@ impl LogReader {
                 .find(|segment| segment.base <= self.next)
                 .cloned()
         };
+        if let (Some(open), Some(segment)) = (&self.open, &segment)
+            && open.segment.base == segment.base
+        {
+            return Ok(());
+        }
         let Some(segment) = segment else {
             return Err(LogError::Missing {
                 dir: self.shared.dir.clone(),
@@ -173,25 +180,6 @@ impl LogReader {
             position: 0,
         });
         Ok(())
-    }
-
-    /// After the end of a segment: the next one must start at the next offset.
-    fn advance_segment(&mut self) -> Result<(), LogError> {
-        let starts_here = self
-            .shared
-            .segments()
-            .iter()
-            .any(|segment| segment.base == self.next);
-        if starts_here {
-            self.ensure_open()
-        } else {
-            Err(LogError::Missing {
-                dir: self.shared.dir.clone(),
-                checkpoint: self.next,
-                start: self.shared.segments().first().map_or(0, |s| s.base),
-                end: self.shared.end(),
-            })
-        }
     }
 }
 

@@ -4,6 +4,8 @@
 //! (`00000000000000000000.log`), written in order; only the last one (the active segment)
 //! grows. At start every segment is read and checked ([`recover`]):
 //!
+//! * zeros after the last batch are free space (segments are preallocated, see
+//!   [`super::appender`]), in any segment;
 //! * an invalid or incomplete batch at the end of the last segment, with no valid batch
 //!   after it, is a torn tail (a crash during a write that was never acknowledged): the file
 //!   is cut there;
@@ -97,7 +99,9 @@ pub fn recover(dir: &Path) -> Result<Option<Recovered>, LogError> {
         let checked = check(&bytes, segment.base);
         end = checked.end;
         active_len = checked.valid_len as u64;
-        if let Some((at, error)) = checked.failure {
+        if let Some((at, error)) = checked.failure
+            && !is_free_space(&bytes[at..])
+        {
             let torn = index == last_index && frame::next_valid_header(&bytes, at + 1).is_none();
             if !torn {
                 return Err(LogError::Corrupt {
@@ -172,6 +176,11 @@ fn check(bytes: &[u8], base: u64) -> Checked {
     }
 }
 
+/// Whether `bytes` are preallocated space that no batch reached: zeros only.
+pub fn is_free_space(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&byte| byte == 0)
+}
+
 fn read_all(path: &Path) -> Result<Vec<u8>, LogError> {
     let mut bytes = Vec::new();
     File::open(path)
@@ -241,9 +250,9 @@ mod tests {
             std::fs::metadata(&path).unwrap().len(),
             recovered.active_len
         );
-        // Garbage or zeros where the last batch was (its pages landed out of order).
+        // Garbage where the last batch was (its pages landed out of order).
         let mut garbage = OpenOptions::new().append(true).open(&path).unwrap();
-        garbage.write_all(&[0u8; 300]).unwrap();
+        garbage.write_all(&[0xABu8; 300]).unwrap();
         let recovered = recover(dir.path()).unwrap().unwrap();
         assert_eq!(recovered.end, 2);
         assert_eq!(recovered.cut, Some(300));
@@ -282,6 +291,23 @@ mod tests {
             .set_len(len - 1)
             .unwrap();
         assert!(matches!(recover(dir.path()), Err(LogError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn preallocated_zeros_after_the_last_batch_are_free_space_in_any_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = write_segment(dir.path(), 0, &[(0, &[b"a", b"b"])]);
+        let second = write_segment(dir.path(), 2, &[(2, &[b"c"])]);
+        for path in [&first, &second] {
+            let mut file = OpenOptions::new().append(true).open(path).unwrap();
+            file.write_all(&[0u8; 4096]).unwrap();
+        }
+        let len = std::fs::metadata(&second).unwrap().len();
+        let recovered = recover(dir.path()).unwrap().unwrap();
+        assert_eq!(recovered.end, 3);
+        assert_eq!(recovered.cut, None);
+        assert_eq!(recovered.active_len, len - 4096);
+        assert_eq!(std::fs::metadata(&second).unwrap().len(), len, "not cut");
     }
 
     #[test]

@@ -1,17 +1,15 @@
-//! Pieces the benchmark binaries share: their child processes (with logs), the CPU each
-//! process used over a measured window, and recording a report into the benchmark document.
+//! The drivers' child processes (each with its output in a log file), the one-shot
+//! `referral-aggregator migrate`, and the CPU each process used over a measured window
+//! (from /proc).
 
 use std::fs;
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::services::{ChildGuard, free_port};
-
-type Result<T, E = String> = std::result::Result<T, E>;
+use super::Result;
+use crate::services::{ChildGuard, ClickHouseServer, TansuBroker, free_port};
 
 /// A child process of this benchmark with its output in a log file.
 pub struct Service {
@@ -167,127 +165,27 @@ pub fn pid_text(pid: Option<u32>) -> String {
     pid.map_or_else(|| "0".to_owned(), |pid| pid.to_string())
 }
 
-/// Replaces the block between `<!-- NAME:begin -->` and `<!-- NAME:end -->` in `doc` with
-/// `report`, or appends a `## HEADING` section holding it. The rest of the document (the
-/// analysis written around each block) is kept.
-pub fn record_section(doc: &Path, name: &str, heading: &str, report: &str) -> Result<()> {
-    let begin = format!("<!-- {name}:begin -->");
-    let end = format!("<!-- {name}:end -->");
-    let text = fs::read_to_string(doc).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
-    let block = format!("{begin}\n{report}\n{end}");
-    let updated = match (text.find(&begin), text.find(&end)) {
-        (Some(at), Some(until)) if at < until => {
-            format!("{}{block}{}", &text[..at], &text[until + end.len()..])
-        }
-        _ => format!("{}\n\n## {heading}\n\n{block}\n", text.trim_end()),
-    };
-    fs::write(doc, updated).map_err(|error| format!("cannot write {}: {error}", doc.display()))
-}
-
-/// A plain HTTP/1.1 GET to 127.0.0.1: (status, body). `None` when the service does not
-/// answer (within 2 s to connect, 30 s to answer).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_owned();
-    Some((status, body))
-}
-
-/// Waits until `service` answers 200 on `path`; fails with its log when it dies or when
-/// `within` runs out.
-pub fn wait_http_ok(service: &mut Service, port: u16, path: &str, within: Duration) -> Result<()> {
-    let deadline = Instant::now() + within;
-    loop {
-        service.check_alive()?;
-        if http_get(port, path).is_some_and(|(status, _)| status == 200) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "{} did not answer 200 on {path} within {within:?}; its log:\n{}",
-                service.name,
-                service.log_tail()
-            ));
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `name cores, ...` for a report.
-pub fn cpu_line(cpu: &[(&'static str, f64)]) -> String {
-    cpu.iter()
-        .map(|(name, cores)| format!("{name} {cores:.2}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// `1234567` as `1,234,567`.
-pub fn thousands(value: u64) -> String {
-    let digits = value.to_string();
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-/// The `q` quantile (nearest rank) of sorted values.
-pub fn quantile<T: Copy>(sorted: &[T], q: f64) -> Option<T> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
-}
-
-/// A single-threaded runtime for the async parts of a benchmark binary.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| format!("cannot start the async runtime: {error}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_appends_the_section_once_then_replaces_only_the_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let doc = dir.path().join("BENCHMARKS.md");
-        fs::write(
-            &doc,
-            "# Benchmarks\n\n<!-- edge:begin -->\nedge\n<!-- edge:end -->\n",
-        )
-        .unwrap();
-        record_section(&doc, "reads", "Reads (issue 5)", "first").unwrap();
-        let text = fs::read_to_string(&doc).unwrap();
-        assert!(
-            text.ends_with(
-                "## Reads (issue 5)\n\n<!-- reads:begin -->\nfirst\n<!-- reads:end -->\n"
-            )
-        );
-        fs::write(&doc, format!("{text}\nanalysis\n")).unwrap();
-        record_section(&doc, "reads", "Reads (issue 5)", "second").unwrap();
-        let text = fs::read_to_string(&doc).unwrap();
-        assert_eq!(text.matches("## Reads (issue 5)").count(), 1);
-        assert!(text.contains("<!-- reads:begin -->\nsecond\n<!-- reads:end -->\n\nanalysis\n"));
-        assert!(text.contains("<!-- edge:begin -->\nedge\n<!-- edge:end -->"));
-        assert!(!text.contains("first"));
-    }
+/// `referral-aggregator migrate` (the binary at `aggregator`) against `broker` and
+/// `clickhouse`: creates the topics (with `partitions`) and the tables in `database`.
+pub fn migrate(
+    aggregator: &Path,
+    broker: &TansuBroker,
+    clickhouse: &ClickHouseServer,
+    database: &str,
+    partitions: i32,
+    logs: &Path,
+) -> Result<()> {
+    Service::spawn(
+        "referral-aggregator migrate",
+        aggregator,
+        &["migrate"],
+        &[
+            ("REFERRAL_KAFKA_BROKERS", broker.address()),
+            ("REFERRAL_CLICKHOUSE_URL", clickhouse.http_url()),
+            ("REFERRAL_CLICKHOUSE_DATABASE", database.to_owned()),
+            ("REFERRAL_KAFKA_PARTITIONS", partitions.to_string()),
+        ],
+        logs,
+    )?
+    .wait_success(Duration::from_secs(60))
 }

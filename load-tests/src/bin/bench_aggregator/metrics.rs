@@ -1,0 +1,130 @@
+//! The aggregator's own account of its flushes, scraped from its /metrics (Prometheus
+//! text): flushes, rows per flush, and the share of flush time spent in ClickHouse inserts.
+
+use std::fmt::Write as _;
+
+use referral_load_tests::bench::{http_get, thousands};
+
+/// Sum (over label sets) of a metric's value in Prometheus text, filtered by a label.
+fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let series_name = series.split('{').next()?;
+            if series_name != name || label.is_some_and(|label| !series.contains(label)) {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// The aggregator's own account of its flushes, from /metrics.
+#[derive(Clone, Debug, Default)]
+pub struct FlushStats {
+    flushes: f64,
+    rows: f64,
+    flush_seconds: f64,
+    insert_seconds: Vec<(String, f64)>,
+}
+
+impl FlushStats {
+    pub fn scrape(port: u16) -> Self {
+        let Some((200, text)) = http_get(port, "/metrics") else {
+            return Self::default();
+        };
+        let tables = [
+            "command_verdicts",
+            "attributions",
+            "attributed_members",
+            "referral_codes",
+            "mentor_totals",
+        ];
+        Self {
+            flushes: metric(&text, "referral_flush_duration_seconds_count", None),
+            rows: metric(&text, "referral_batch_rows_sum", None),
+            flush_seconds: metric(&text, "referral_flush_duration_seconds_sum", None),
+            insert_seconds: tables
+                .iter()
+                .map(|table| {
+                    let label = format!("table=\"{table}\"");
+                    let seconds = metric(
+                        &text,
+                        "referral_clickhouse_insert_duration_seconds_sum",
+                        Some(&label),
+                    );
+                    ((*table).to_owned(), seconds)
+                })
+                .filter(|(_, seconds)| *seconds > 0.0)
+                .collect(),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        if self.flushes == 0.0 {
+            return "(no /metrics)".to_owned();
+        }
+        format!(
+            "{} flushes, {} rows per flush, {:.0} ms per flush (mean)",
+            thousands(self.flushes as u64),
+            thousands((self.rows / self.flushes) as u64),
+            self.flush_seconds / self.flushes * 1000.0
+        )
+    }
+
+    pub fn insert_shares(&self) -> String {
+        if self.flush_seconds == 0.0 {
+            return "-".to_owned();
+        }
+        let mut out = String::new();
+        let mut inserts = 0.0;
+        for (table, seconds) in &self.insert_seconds {
+            inserts += seconds;
+            let _ = write!(
+                out,
+                "{table} {:.0}%, ",
+                seconds / self.flush_seconds * 100.0
+            );
+        }
+        let _ = write!(
+            out,
+            "everything else (decode, plan, checkpoint reads, encoding) {:.0}%",
+            (1.0 - inserts / self.flush_seconds) * 100.0
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_a_metric_over_its_series() {
+        let text = "# HELP x\nx_sum{table=\"a\"} 1.5\nx_sum{table=\"b\"} 2\nx_count 3\n";
+        assert_eq!(metric(text, "x_sum", Some("table=\"a\"")), 1.5);
+        assert_eq!(metric(text, "x_sum", None), 3.5);
+        assert_eq!(metric(text, "x_count", None), 3.0);
+        assert_eq!(metric(text, "x", None), 0.0);
+    }
+
+    #[test]
+    fn summarises_flushes() {
+        let stats = FlushStats {
+            flushes: 4.0,
+            rows: 200_000.0,
+            flush_seconds: 2.0,
+            insert_seconds: vec![("attributions".to_owned(), 1.0)],
+        };
+        assert_eq!(
+            stats.summary(),
+            "4 flushes, 50,000 rows per flush, 500 ms per flush (mean)"
+        );
+        assert_eq!(
+            stats.insert_shares(),
+            "attributions 50%, everything else (decode, plan, checkpoint reads, encoding) 50%"
+        );
+        assert_eq!(FlushStats::default().summary(), "(no /metrics)");
+    }
+}
