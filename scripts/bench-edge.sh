@@ -1,22 +1,50 @@
 #!/usr/bin/env bash
-# Edge benchmark: in one run, on this machine, a minimal hyper server (the physical
-# baseline) and referral-ingest on the embedded log and on Kafka (tansu), each driven by
-# wrk with the same click POST, 64 connections, one wrk thread. Prints a Markdown table of
-# req/s, the ratio to the baseline, and p50/p99 latency; with --record, also writes it to
-# docs/BENCHMARKS.md.
+# Edge benchmark (issue 13), in one run on this machine, every server started here:
+#  1. Burst, per connection count (64 and 256): in each of --rounds rounds, a minimal hyper
+#     server (the physical baseline) and then the embedded `referral-api` (no Kafka: the
+#     embedded log and the SQLite store), each driven by wrk with the same click POST for
+#     SECONDS. The ratio is taken within each round, and the median round is reported. For
+#     the embedded API: CPU per request, the apply lag at the end (the store applies the log
+#     after the 201) and how long the store then took to catch up. Each embedded run starts
+#     on a fresh data directory, warmed up for 2 s and caught up before it is measured.
+#  2. Sustained: the embedded API at fixed click rates for --sustain-seconds (60) each (wrk
+#     with a per-connection delay), the lag sampled every second: the highest rate at which
+#     the lag stays bounded (the store keeps up).
+#  3. The Kafka edge (`referral-ingest`, tansu with its memory engine) at 64, 256 and 1,024
+#     connections, with its CPU per accepted click next to the baseline's CPU per request
+#     at the same connection count.
+# Prints Markdown; with --record, also writes it to docs/BENCHMARKS.md (between
+# <!-- edge:begin --> and <!-- edge:end -->). About 8 minutes with the defaults.
 #
-#   ./scripts/bench-edge.sh [--record] [SECONDS]
+#   ./scripts/bench-edge.sh [--record] [--rounds N] [--seconds S] [--sustain-seconds S]
+#                           [--rates "10000 20000 30000 40000"] [--only burst|sustain|kafka]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 record=false
-if [ "${1:-}" = "--record" ]; then record=true; shift; fi
-seconds="${1:-10}"
-connections=64
+rounds=3
+seconds=10
+sustain_seconds=60
+rates="10000 20000 30000 40000"
+only=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --record) record=true ;;
+    --rounds) rounds="$2"; shift ;;
+    --seconds) seconds="$2"; shift ;;
+    --sustain-seconds) sustain_seconds="$2"; shift ;;
+    --rates) rates="$2"; shift ;;
+    --only) only="$2"; shift ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 
 command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
 ./scripts/install-test-services.sh >/dev/null
 cargo build --release --quiet -p referral-ingest -p referral-api --bins --examples
+ulimit -n 65536 2>/dev/null || true
 
 work="$(mktemp -d)"
 pids=()
@@ -29,83 +57,195 @@ wrk.body = '{"code":"BENCH-1"}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
 
-wait_port() { for _ in $(seq 1 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+export RUST_LOG=error REFERRAL_RATE_LIMIT_PER_IP=0 REFERRAL_RATE_LIMIT_PER_CODE=0 REFERRAL_RATE_LIMIT_GLOBAL=0
+hz=$(getconf CLK_TCK)
+api=18191
+base_port=18190
 
-# Runs wrk against $1 and prints "req/s p50_ms p99_ms non2xx".
+wait_port() { for _ in $(seq 1 400); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v k="$2" '$1==k {print $2}'; }
+
+# wrk against $2 with $1 connections for $3 seconds ($4: an extra Lua script), measuring the
+# CPU of process $5; prints "rps p50_ms p99_ms non2xx cpu_us_per_request".
 measure() {
-  wrk -t1 -c"$connections" -d2s -s "$work/click.lua" "$1" > /dev/null # warm-up
-  wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$work/click.lua" "$1" > "$work/wrk.out"
-  awk '
+  local conns=$1 url=$2 secs=$3 script=$4 pid=$5 t0 t1
+  t0=$(cpu_ticks "$pid")
+  wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$script" "$url" > "$work/wrk.out"
+  t1=$(cpu_ticks "$pid")
+  awk -v t="$((t1 - t0))" -v hz="$hz" '
     function ms(v) { if (v ~ /us$/) return v/1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return v*1000; return v }
     /Requests\/sec/ { rps = $2 }
+    /requests in/ { n = $1 }
     /^ +50%/ { p50 = ms($2) }
     /^ +99%/ { p99 = ms($2) }
     /Non-2xx/ { bad = $NF }
-    END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, bad + 0 }' "$work/wrk.out"
+    END { printf "%.0f %.2f %.2f %d %.1f\n", rps, p50, p99, bad + 0, (n > 0 ? t / hz * 1000000 / n : 0) }' "$work/wrk.out"
 }
 
-export RUST_LOG=warn REFERRAL_RATE_LIMIT_PER_IP=0 REFERRAL_RATE_LIMIT_PER_CODE=0 REFERRAL_RATE_LIMIT_GLOBAL=0
+start_baseline() {
+  ./target/release/examples/baseline_server "127.0.0.1:$base_port" & pids+=($!)
+  wait_port "$base_port"
+}
 
-# 1. The baseline.
-./target/release/examples/baseline_server 127.0.0.1:18190 & pids+=($!)
-wait_port 18190
-baseline=$(measure http://127.0.0.1:18190/api/v1/referral-attributions)
-kill -9 "${pids[-1]}"
+# Starts the embedded API on a fresh data directory with one code; sets $api_pid.
+start_api() {
+  rm -rf "$work/data"
+  REFERRAL_DATA_DIR="$work/data" REFERRAL_LISTEN="127.0.0.1:$api" ./target/release/referral-api 2>"$work/api.log" & api_pid=$!; pids+=($api_pid)
+  wait_port "$api"
+  curl -sf -X PUT "http://127.0.0.1:$api/api/v1/referral-codes/BENCH-1" -H 'content-type: application/json' -d '{"mentor_id":"usr_bench"}' > /dev/null
+}
 
-# 2. The edge on the embedded log and store (a code created through the API first).
-mkdir -p "$work/data"
-REFERRAL_DATA_DIR="$work/data" REFERRAL_LISTEN=127.0.0.1:18191 ./target/release/referral-api 2>/dev/null & api=$!
-wait_port 18191
-curl -sf -X PUT http://127.0.0.1:18191/api/v1/referral-codes/BENCH-1 -H 'content-type: application/json' -d '{"mentor_id":"usr_bench"}' > /dev/null
-kill -TERM "$api"; wait "$api" || true
-declare -A embedded
-for sync in full normal; do
-  REFERRAL_SQLITE_SYNCHRONOUS=$sync REFERRAL_DATA_DIR="$work/data" REFERRAL_LISTEN=127.0.0.1:18192 ./target/release/referral-ingest & pids+=($!)
-  wait_port 18192
-  embedded[$sync]=$(measure http://127.0.0.1:18192/api/v1/referral-attributions)
-  kill -TERM "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-done
-
-# 3. The edge on Kafka (tansu, memory engine, 3 partitions).
-(cd "$work" && exec tansu broker --listener-url tcp://127.0.0.1:19192 --advertised-listener-url tcp://127.0.0.1:19192 --storage-engine memory://tansu/ > "$work/tansu.log" 2>&1) & pids+=($!)
-wait_port 19192
-./target/release/examples/seed_codes 127.0.0.1:19192 referral-events referral-codes 3 BENCH-1=usr_bench > /dev/null
-REFERRAL_KAFKA_BROKERS=127.0.0.1:19192 REFERRAL_LISTEN=127.0.0.1:18193 ./target/release/referral-ingest & pids+=($!)
-wait_port 18193
-for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18193/readyz > /dev/null && break; sleep 0.1; done
-kafka=$(measure http://127.0.0.1:18193/api/v1/referral-attributions)
-
-row() { # name, "rps p50 p99 bad"
-  read -r rps p50 p99 bad <<< "$2"
-  read -r base _ <<< "$baseline"
-  awk -v n="$1" -v r="$rps" -v b="$base" -v p50="$p50" -v p99="$p99" -v bad="$bad" \
-    'BEGIN { printf "| %s | %d | %.2f | %.2f | %.2f | %d |\n", n, r, r / b, p50, p99, bad }'
+# Seconds until the embedded store has applied everything (lag 0).
+catch_up() {
+  local started now
+  started=$(date +%s.%N)
+  while [ "$(metric "$api" referral_apply_lag_events)" != "0" ]; do sleep 0.05; done
+  now=$(date +%s.%N)
+  echo "$now - $started" | bc
 }
 
 report="$work/report.md"
-{
-  echo "### Edge: click POST throughput ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
-  echo
-  echo "\`./scripts/bench-edge.sh --record ${seconds}\`: wrk -t1 -c${connections} -d${seconds}s, the same click POST for every server, client and server on this machine, rate limits off."
-  echo
-  echo "| server | req/s | ratio to baseline | p50 ms | p99 ms | non-2xx |"
-  echo "|---|---|---|---|---|---|"
-  row "minimal hyper server (baseline)" "$baseline"
-  row "referral-ingest, embedded log, SQLite synchronous=full" "${embedded[full]}"
-  row "referral-ingest, embedded log, SQLite synchronous=normal" "${embedded[normal]}"
-  row "referral-ingest, Kafka (tansu, memory engine, acks=all, idempotent)" "$kafka"
-} > "$report"
+: > "$report"
+machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "### Edge: click POST throughput ($(date -u +%Y-%m-%d), $machine)" >> "$report"
+echo >> "$report"
+
+if want burst; then
+  echo "burst: $rounds rounds at 64 and 256 connections, ${seconds}s each" >&2
+  : > "$work/burst.tsv"
+  for conns in 64 256; do
+    for round in $(seq 1 "$rounds"); do
+      start_baseline; bpid=${pids[-1]}
+      wrk -t1 -c"$conns" -d2s -s "$work/click.lua" "http://127.0.0.1:$base_port/" > /dev/null
+      read -r brps bp50 bp99 bbad bcpu <<< "$(measure "$conns" "http://127.0.0.1:$base_port/api/v1/referral-attributions" "$seconds" "$work/click.lua" "$bpid")"
+      kill -9 "$bpid"; wait "$bpid" 2>/dev/null || true
+      start_api
+      wrk -t1 -c"$conns" -d2s -s "$work/click.lua" "http://127.0.0.1:$api/api/v1/referral-attributions" > /dev/null
+      catch_up > /dev/null
+      read -r arps ap50 ap99 abad acpu <<< "$(measure "$conns" "http://127.0.0.1:$api/api/v1/referral-attributions" "$seconds" "$work/click.lua" "$api_pid")"
+      lag=$(metric "$api" referral_apply_lag_events)
+      took=$(catch_up)
+      kill -TERM "$api_pid"; wait "$api_pid" 2>/dev/null || true
+      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$conns" "$round" "$brps" "$bcpu" "$arps" "$ap50" "$ap99" "$abad" "$acpu" "$lag" "$took" "$bp99" >> "$work/burst.tsv"
+      echo "  c=$conns round $round: baseline $brps req/s, embedded $arps req/s, lag $lag, caught up in ${took}s" >&2
+    done
+  done
+  python3 - "$work/burst.tsv" "$seconds" "$rounds" >> "$report" <<'PY'
+import statistics, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+seconds, rounds = sys.argv[2], sys.argv[3]
+print(f"**Burst** (`wrk -t1 -cN -d{seconds}s`, the same click POST for both servers; {rounds} rounds per connection count, "
+      "each round the baseline then the embedded `referral-api` on a fresh data directory, warmed up and caught up first; "
+      "the round with the median ratio is shown, every round below it). CPU is the server process's, per request.")
+print()
+print("| connections | baseline req/s | embedded req/s | **ratio** | p50 / p99 ms | non-2xx | CPU µs/request (baseline, embedded) | apply lag at the end | store caught up after |")
+print("|---|---|---|---|---|---|---|---|---|")
+for conns in sorted({row[0] for row in rows}, key=int):
+    group = [row for row in rows if row[0] == conns]
+    ratios = sorted(((float(r[4]) / float(r[2]), r) for r in group), key=lambda pair: pair[0])
+    ratio, r = ratios[len(ratios) // 2]
+    print(f"| {conns} | {int(float(r[2])):,} | {int(float(r[4])):,} | **{ratio:.2f}** | {r[5]} / {r[6]} | {r[7]} | {r[3]}, {r[8]} | {int(r[9]):,} events | {float(r[10]):.1f} s |")
+print()
+print("Every round (ratio embedded / baseline): " + "; ".join(
+    f"{r[0]} conns: " + ", ".join(f"{float(x[4]) / float(x[2]):.2f}" for x in rows if x[0] == r[0])
+    for r in {row[0]: row for row in rows}.values()))
+print()
+PY
+fi
+
+if want sustain; then
+  echo "sustain: ${sustain_seconds}s at each of: $rates clicks/s" >&2
+  : > "$work/sustain.tsv"
+  for rate in $rates; do
+    # Open loop by a per-connection pause: 10 ms between a connection's requests.
+    conns=$(( rate / 100 ))
+    cat > "$work/paced.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"code":"BENCH-1"}'
+wrk.headers["Content-Type"] = "application/json"
+function delay() return 10 end
+LUA
+    start_api
+    ( for s in $(seq 1 "$sustain_seconds"); do sleep 1; echo "$s $(metric "$api" referral_apply_lag_events)"; done > "$work/lag.txt" ) &
+    sampler=$!
+    read -r srps sp50 sp99 sbad scpu <<< "$(measure "$conns" "http://127.0.0.1:$api/api/v1/referral-attributions" "$sustain_seconds" "$work/paced.lua" "$api_pid")"
+    wait "$sampler" 2>/dev/null || true
+    took=$(catch_up)
+    kill -TERM "$api_pid"; wait "$api_pid" 2>/dev/null || true
+    python3 - "$work/lag.txt" "$rate" "$srps" "$sp99" "$sbad" "$took" >> "$work/sustain.tsv" <<'PY'
+import sys
+lags = [int(line.split()[1]) for line in open(sys.argv[1]) if len(line.split()) == 2 and line.split()[1].isdigit()]
+rate, rps, p99, bad, took = sys.argv[2:]
+half = lags[len(lags) // 2:] or [0]
+bounded = max(half) <= max(float(rps), 1.0) and int(bad) == 0
+print("\t".join([rate, rps, p99, bad, str(max(lags or [0])), str(lags[-1] if lags else 0), took, "yes" if bounded else "no"]))
+PY
+    tail -1 "$work/sustain.tsv" | awk -F'\t' '{print "  rate " $1 ": " $2 " req/s, max lag " $5 ", bounded " $8}' >&2
+  done
+  python3 - "$work/sustain.tsv" "$sustain_seconds" >> "$report" <<'PY'
+import sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+print(f"**Sustained** (the embedded `referral-api`, {sys.argv[2]} s per rate; wrk with one request per connection every 10 ms, so "
+      "connections = rate / 100; the lag sampled every second). Bounded: over the second half of the run the lag never "
+      "exceeded one second of clicks, and nothing was refused.")
+print()
+print("| target clicks/s | served req/s | p99 ms | non-2xx | max lag | lag at the end | caught up after | lag bounded |")
+print("|---|---|---|---|---|---|---|---|")
+best = None
+for rate, rps, p99, bad, most, last, took, bounded in rows:
+    print(f"| {int(rate):,} | {int(float(rps)):,} | {p99} | {bad} | {int(most):,} | {int(last):,} | {float(took):.1f} s | {bounded} |")
+    if bounded == "yes":
+        best = max(best or 0, int(float(rps)))
+print()
+print(f"Highest rate with the lag bounded: **{best:,} clicks/s**." if best else "The lag grew at every rate tried.")
+print()
+PY
+fi
+
+if want kafka; then
+  echo "kafka: the edge on tansu at 64, 256, 1024 connections" >&2
+  (cd "$work" && exec tansu broker --listener-url tcp://127.0.0.1:19192 --advertised-listener-url tcp://127.0.0.1:19192 --storage-engine memory://tansu/ > "$work/tansu.log" 2>&1) & pids+=($!)
+  wait_port 19192
+  ./target/release/examples/seed_codes 127.0.0.1:19192 referral-events referral-codes 3 BENCH-1=usr_bench > /dev/null
+  REFERRAL_KAFKA_BROKERS=127.0.0.1:19192 REFERRAL_LISTEN=127.0.0.1:18193 ./target/release/referral-ingest 2>"$work/ingest.log" & ingest_pid=$!; pids+=($ingest_pid)
+  wait_port 18193
+  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18193/readyz > /dev/null && break; sleep 0.1; done
+  : > "$work/kafka.tsv"
+  for conns in 64 256 1024; do
+    start_baseline; bpid=${pids[-1]}
+    wrk -t1 -c"$conns" -d2s -s "$work/click.lua" "http://127.0.0.1:$base_port/" > /dev/null
+    read -r brps _ bp99 _ bcpu <<< "$(measure "$conns" "http://127.0.0.1:$base_port/api/v1/referral-attributions" "$seconds" "$work/click.lua" "$bpid")"
+    kill -9 "$bpid"; wait "$bpid" 2>/dev/null || true
+    wrk -t1 -c"$conns" -d2s -s "$work/click.lua" "http://127.0.0.1:18193/api/v1/referral-attributions" > /dev/null
+    read -r krps kp50 kp99 kbad kcpu <<< "$(measure "$conns" "http://127.0.0.1:18193/api/v1/referral-attributions" "$seconds" "$work/click.lua" "$ingest_pid")"
+    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$conns" "$brps" "$bcpu" "$krps" "$kp50" "$kp99" "$kbad" "$kcpu" >> "$work/kafka.tsv"
+    echo "  c=$conns: baseline $brps, kafka edge $krps req/s" >&2
+  done
+  python3 - "$work/kafka.tsv" "$seconds" >> "$report" <<'PY'
+import sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+print(f"**Kafka edge** (`referral-ingest` on tansu 0.6.0, memory engine, `acks=all`, idempotent; `wrk -t1 -cN -d{sys.argv[2]}s`, "
+      "the baseline measured right before at the same connection count). CPU per accepted click is the edge process's "
+      "CPU time over the run divided by the requests served (broker not included).")
+print()
+print("| connections | baseline req/s | Kafka edge req/s | ratio | p50 / p99 ms | non-2xx | CPU µs per request: baseline | CPU µs per accepted click: edge | edge / baseline |")
+print("|---|---|---|---|---|---|---|---|---|")
+for conns, brps, bcpu, krps, kp50, kp99, kbad, kcpu in rows:
+    print(f"| {conns} | {int(float(brps)):,} | {int(float(krps)):,} | {float(krps)/float(brps):.2f} | {kp50} / {kp99} | {kbad} | {bcpu} | {kcpu} | {float(kcpu)/float(bcpu):.1f}x |")
+print()
+PY
+fi
+
 cat "$report"
 
 if $record; then
-  python3 - "$report" <<'PY'
+  python3 - "$report" "$*" <<'PY'
 import re, sys
 report = open(sys.argv[1]).read().strip()
+report += "\n\nRecorded by `./scripts/bench-edge.sh --record`."
 path = "docs/BENCHMARKS.md"
-try:
-    doc = open(path).read()
-except FileNotFoundError:
-    doc = "# Benchmarks\n\nNumbers move from run to run on a shared 2-core machine: compare ratios measured in the same run, not absolute figures across runs.\n\n"
+doc = open(path).read()
 begin, end = "<!-- edge:begin -->", "<!-- edge:end -->"
 block = f"{begin}\n{report}\n{end}"
 if begin in doc:

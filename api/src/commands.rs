@@ -25,6 +25,7 @@ pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiE
     let decided = tokio::time::timeout(state.command_timeout, async {
         // Waiting starts before the command is published: its verdict may come at once.
         let verdict = state.reads.verdicts.expect(&command_id)?;
+        let _awaited = state.reads.awaiting_store();
         state
             .pipeline
             .log

@@ -29,6 +29,10 @@ pub const DEFAULT_COMMIT_BATCH_MAX: usize = 10_000;
 /// enough that rolls are rare (a second or more at full load), small enough that applied
 /// segments are deleted soon and recovery reads one at a time.
 pub const DEFAULT_LOG_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// The shortest time between two fsyncs of the embedded log: on a busy edge, batches grow
+/// meanwhile and each fsync's CPU is shared by more clicks (measured: docs/BENCHMARKS.md);
+/// on an idle one, a click waits at most this much longer.
+pub const DEFAULT_LOG_FSYNC_INTERVAL: &str = "250us";
 /// How far the embedded store may fall behind its log before clicks are refused (503):
 /// a burst of a minute at 15k clicks/s is absorbed, at a few hundred MiB of log on disk
 /// and nothing in memory; past it, the bound is back-pressure.
@@ -148,6 +152,10 @@ pub struct PipelineArgs {
     #[arg(long, env = "REFERRAL_LOG_QUEUE_CAPACITY", default_value_t = DEFAULT_LOG_QUEUE_CAPACITY, value_parser = clap::value_parser!(usize))]
     pub log_queue_capacity: usize,
 
+    /// Shortest time between two fsyncs of the embedded log (group commit window).
+    #[arg(long, env = "REFERRAL_LOG_FSYNC_INTERVAL", default_value = DEFAULT_LOG_FSYNC_INTERVAL, value_parser = humantime::parse_duration)]
+    pub log_fsync_interval: Duration,
+
     /// Bytes after which the embedded log starts a new segment file.
     #[arg(long, env = "REFERRAL_LOG_SEGMENT_BYTES", default_value_t = DEFAULT_LOG_SEGMENT_BYTES)]
     pub log_segment_bytes: u64,
@@ -176,6 +184,10 @@ impl PipelineArgs {
         anyhow::ensure!(
             self.log_segment_bytes >= 4096,
             "--log-segment-bytes must be at least 4096"
+        );
+        anyhow::ensure!(
+            self.log_fsync_interval <= Duration::from_secs(1),
+            "--log-fsync-interval must be at most 1s (every click waits for it)"
         );
         anyhow::ensure!(
             !self.attribution_window.is_zero(),

@@ -32,10 +32,10 @@ use crate::verdicts::VerdictWaiter;
 pub const LOCK_FILE: &str = "writer.lock";
 /// Where undecodable log records are set aside.
 pub const DEAD_LETTER_FILE: &str = "dead-letters.jsonl";
-/// The embedded consumer's niceness: under a contended CPU it gets about a tenth of a
-/// core's share against the request workers (CFS weights 110 vs 1024), enough to keep
-/// applying, while the edge keeps acknowledging clicks at its full rate.
-const CONSUMER_NICE: i32 = 19;
+/// The longest a record waits for its transaction: each SQLite commit is an fsync, so a
+/// few tens of commits a second instead of hundreds; a read of a fresh click waits about
+/// this much longer.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
 /// Payload bytes the consumer gathers at most before a flush: far above what
 /// `--commit-batch-max` records weigh, so the count decides.
 const BATCH_MAX_BYTES: usize = 256 * 1024 * 1024;
@@ -101,6 +101,7 @@ impl Embedded {
             segment_bytes: args.log_segment_bytes,
             queue_capacity: args.log_queue_capacity,
             batch_max_events: args.log_queue_capacity,
+            fsync_interval: args.log_fsync_interval,
             max_apply_lag: args.max_apply_lag,
         };
         let (log, log_reader) = FileLog::open(&settings, u64::try_from(checkpoint).unwrap_or(0))?;
@@ -124,22 +125,20 @@ impl Embedded {
             WorkerSettings {
                 batch_max_rows: args.commit_batch_max,
                 batch_max_bytes: BATCH_MAX_BYTES,
-                // Flush whatever the log had ready: small, prompt transactions, which grow
-                // by themselves while the previous one commits.
-                batch_max_wait: Duration::ZERO,
+                batch_max_wait: BATCH_WAIT,
                 window_ms: args.attribution_window_ms(),
             },
             fault,
         )));
-        let source = FileSource::new(log_reader, &worker, args.commit_batch_max);
-        let consumer = Consumer::start(
-            "referral-consumer",
-            source,
-            worker,
-            Duration::from_secs(30),
-            Some(CONSUMER_NICE),
-        )
-        .map_err(|error| OpenError::Other(format!("cannot start the consumer: {error}")))?;
+        let source = FileSource::new(
+            log_reader,
+            &worker,
+            args.commit_batch_max,
+            args.max_apply_lag,
+        );
+        let consumer =
+            Consumer::start("referral-consumer", source, worker, Duration::from_secs(30))
+                .map_err(|error| OpenError::Other(format!("cannot start the consumer: {error}")))?;
         tracing::info!(
             data_dir = %data_dir.display(),
             codes = directory.len(),
@@ -161,20 +160,11 @@ impl Embedded {
         self.consumer.status()
     }
 
-    /// Waits, at most `limit`, until the store applied everything in the log when called.
-    async fn caught_up(&self, limit: Duration) -> bool {
-        let target = self.log.end();
-        let mut applied = self.log.applied_watch();
-        tokio::time::timeout(limit, applied.wait_for(|applied| *applied >= target))
-            .await
-            .is_ok_and(|seen| seen.is_ok())
-    }
-
     /// Stops taking events, writes what is queued, lets the store catch up with the log
     /// (within `drain`), then stops the consumer; waiting commands are answered.
     pub async fn shutdown(self, drain: Duration) {
         self.log.close(drain).await;
-        if !self.caught_up(drain).await {
+        if !self.log.caught_up(drain).await {
             tracing::warn!(
                 lag = self.log.lag(),
                 "the store did not catch up with the log before shutdown; it will at the next start"

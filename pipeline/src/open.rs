@@ -93,6 +93,12 @@ enum Freshness {
     Polled,
 }
 
+/// Says, while it lives, that a client waits for the embedded store (so its consumer does
+/// not defer); nothing in production, where the aggregator runs elsewhere.
+pub struct StoreAwaited {
+    _embedded: Option<crate::log::file::Awaiting>,
+}
+
 /// Reads for the API, with the waits a client that just wrote expects.
 #[derive(Clone)]
 pub struct Reads {
@@ -102,6 +108,16 @@ pub struct Reads {
 }
 
 impl Reads {
+    /// For the time a command waits for its verdict: the consumer must not defer it.
+    pub fn awaiting_store(&self) -> StoreAwaited {
+        StoreAwaited {
+            _embedded: match &self.freshness {
+                Freshness::Applied(log) => Some(log.awaiting()),
+                Freshness::Polled => None,
+            },
+        }
+    }
+
     /// A live attribution, waiting at most `wait` when it may not be stored yet: embedded,
     /// until the store caught up with the log; production, while the id (which carries its
     /// creation time) is younger than `wait`.
@@ -116,13 +132,7 @@ impl Reads {
         }
         match &self.freshness {
             Freshness::Applied(log) => {
-                let target = log.end();
-                let mut applied = log.applied_watch();
-                let caught_up =
-                    tokio::time::timeout(wait, applied.wait_for(|applied| *applied >= target))
-                        .await
-                        .is_ok_and(|seen| seen.is_ok());
-                if caught_up {
+                if log.caught_up(wait).await {
                     self.reader.attribution(id).await
                 } else {
                     Ok(None)
@@ -264,13 +274,7 @@ impl Pipeline {
     /// when called. Production: the aggregator runs elsewhere; true at once.
     pub async fn caught_up(&self, limit: Duration) -> bool {
         match &self.embedded_log {
-            Some(log) => {
-                let target = log.end();
-                let mut applied = log.applied_watch();
-                tokio::time::timeout(limit, applied.wait_for(|applied| *applied >= target))
-                    .await
-                    .is_ok_and(|seen| seen.is_ok())
-            }
+            Some(log) => log.caught_up(limit).await,
             None => true,
         }
     }
@@ -364,7 +368,6 @@ impl Aggregator {
             source,
             worker,
             consumer_args.drain_timeout,
-            None,
         )
         .context("cannot start the consumer")?;
         tracing::info!(topic = %kafka.topic, group = %consumer_args.kafka_group_id, "aggregator running");

@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+use super::pace::{Pace, Pacer};
 use super::{LogSource, Record, SharedWorker, lock};
 use crate::log::file::reader::LogReader;
 use crate::log::file::{self, TOPIC};
 use crate::plan::PartitionKey;
 
+/// How long a deferring consumer sleeps before it looks again: short enough that a waiting
+/// client or the end of a burst is noticed at once.
+const DEFER_PAUSE: Duration = Duration::from_millis(20);
 /// How long the source rests after a read error (a corrupt record found while running)
 /// before trying again: the error is logged and counted, and the lag it causes fails
 /// readiness once it passes its bound.
@@ -18,12 +22,19 @@ pub struct FileSource {
     /// Records the worker holds at most before a flush.
     batch_max: usize,
     paused: bool,
+    /// How hard to work (decided on the consumer thread: `new` runs elsewhere).
+    pacer: Pacer,
 }
 
 impl FileSource {
     /// Reads from `reader`'s position (the store's checkpoint) on. The worker is told it
     /// owns the log's one partition.
-    pub fn new(reader: LogReader, worker: &SharedWorker, batch_max: usize) -> Self {
+    pub fn new(
+        reader: LogReader,
+        worker: &SharedWorker,
+        batch_max: usize,
+        max_apply_lag: u64,
+    ) -> Self {
         lock(worker).assigned(vec![Self::partition()]);
         let checkpoint = reader.next_offset();
         file::release(reader.shared(), checkpoint);
@@ -31,6 +42,7 @@ impl FileSource {
             reader,
             batch_max: batch_max.max(1),
             paused: false,
+            pacer: Pacer::new(max_apply_lag),
         }
     }
 
@@ -43,6 +55,11 @@ impl LogSource for FileSource {
     fn poll(&mut self, timeout: Duration, worker: &SharedWorker) -> Result<usize, String> {
         if self.paused {
             std::thread::sleep(timeout);
+            return Ok(0);
+        }
+        let shared = self.reader.shared();
+        if self.pacer.pace(shared.lag(), shared.is_awaited()) == Pace::Defer {
+            std::thread::sleep(timeout.min(DEFER_PAUSE));
             return Ok(0);
         }
         // No Kafka callbacks here: holding the worker while waiting for records blocks no one.

@@ -12,6 +12,8 @@
 //! * [`announce`]: what a flush tells beyond the store, per mode.
 //! * [`kafka`]: the Kafka source (consumer group, rebalances).
 //! * [`file`]: the embedded file log as a source.
+//! * [`pace`]: how hard the embedded consumer works: deferred during a burst, in the
+//!   background, or at normal priority when behind or awaited.
 //! * [`fault`]: crash points for the exactly-once tests.
 //!
 //! Why one plain thread: librdkafka runs rebalance callbacks inside `poll`, on the polling
@@ -24,6 +26,7 @@ pub mod announce;
 pub mod fault;
 pub mod file;
 pub mod kafka;
+pub mod pace;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,27 +109,17 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Starts the loop on a thread of its own. `nice`, when set, lowers the thread's CPU
-    /// priority (Linux niceness, 1..=19): the embedded consumer shares the process with the
-    /// edge, and acknowledging clicks comes first; when the CPU is contended it falls behind
-    /// (bounded by `--max-apply-lag`), works in bigger, cheaper batches, and catches up when
-    /// the load drops.
+    /// Starts the loop on a thread of its own.
     pub fn start<S: LogSource + 'static>(
         name: &str,
         source: S,
         worker: SharedWorker,
         drain: Duration,
-        nice: Option<i32>,
     ) -> std::io::Result<Self> {
         let status = Arc::new(ConsumerStatus::default());
         let thread = std::thread::Builder::new().name(name.into()).spawn({
             let status = status.clone();
-            move || {
-                if let Some(nice) = nice {
-                    lower_priority(nice);
-                }
-                run(source, worker, status, drain)
-            }
+            move || run(source, worker, status, drain)
         })?;
         Ok(Self {
             thread: Some(thread),
@@ -156,19 +149,6 @@ impl Consumer {
                 tracing::error!("the consumer did not stop cleanly in time");
             }
         }
-    }
-}
-
-/// Lowers the calling thread's CPU priority (on Linux a thread has its own niceness). A
-/// failure only costs the preference, so it is logged, not fatal.
-fn lower_priority(nice: i32) {
-    // SAFETY: plain syscalls on the calling thread's own id, no pointers.
-    let result = unsafe {
-        let thread = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, thread as libc::id_t, nice)
-    };
-    if result != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), nice, "cannot lower the consumer's CPU priority");
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -46,7 +46,12 @@ pub struct FollowerContext;
 
 impl ClientContext for FollowerContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
+        // librdkafka reports the end of an empty partition as a global error, the others as
+        // partition errors: both are how the follower knows it caught up.
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        ) {
             tracing::trace!(%error, "codes follower reached the end of a partition");
         } else {
             tracing::error!(%error, reason, "codes follower: librdkafka error");

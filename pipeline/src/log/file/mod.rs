@@ -32,7 +32,7 @@ pub mod reader;
 pub mod segment;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -106,6 +106,8 @@ pub struct FileLogSettings {
     pub queue_capacity: usize,
     /// Events in one write and fsync at most.
     pub batch_max_events: usize,
+    /// The shortest time between the starts of two fsyncs.
+    pub fsync_interval: Duration,
     /// Events the store may be behind the log at most (then 503 at once).
     pub max_apply_lag: u64,
 }
@@ -129,6 +131,9 @@ pub(crate) struct Shared {
     failed: AtomicBool,
     /// Set when the appender stopped.
     closed: AtomicBool,
+    /// Clients waiting for the store to catch up (reads of fresh clicks, commands): the
+    /// consumer does not defer while there are any.
+    awaiting: AtomicUsize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -148,6 +153,11 @@ impl Shared {
     /// Events appended but not yet applied to the store.
     pub(crate) fn lag(&self) -> u64 {
         self.end().saturating_sub(self.applied())
+    }
+
+    /// Whether a client waits for the store.
+    pub(crate) fn is_awaited(&self) -> bool {
+        self.awaiting.load(Ordering::Acquire) > 0
     }
 
     fn segments(&self) -> MutexGuard<'_, Vec<Segment>> {
@@ -238,6 +248,7 @@ impl FileLog {
             segments: Mutex::new(segments),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            awaiting: AtomicUsize::new(0),
         });
         let (queue, inbox) = mpsc::channel(settings.queue_capacity.max(1));
         let appender = Appender::open(shared.clone(), settings, end, active_base, active_len)?;
@@ -273,10 +284,23 @@ impl FileLog {
         self.shared.lag()
     }
 
-    /// A watch of the store's checkpoint (for reads that wait until what was appended
-    /// before them is applied).
-    pub fn applied_watch(&self) -> watch::Receiver<u64> {
-        self.shared.applied.subscribe()
+    /// Waits, at most `limit`, until the store applied everything in the log when called;
+    /// the consumer works at full speed meanwhile. True when it did.
+    pub async fn caught_up(&self, limit: Duration) -> bool {
+        let _awaited = self.awaiting();
+        let target = self.end();
+        let mut applied = self.shared.applied.subscribe();
+        tokio::time::timeout(limit, applied.wait_for(|applied| *applied >= target))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
+    }
+
+    /// Says that a client waits for the store (a command's verdict) until dropped.
+    pub fn awaiting(&self) -> Awaiting {
+        self.shared.awaiting.fetch_add(1, Ordering::AcqRel);
+        Awaiting {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stops taking events, lets the appender write what is queued, and waits for it (at
@@ -345,6 +369,17 @@ impl EventLog for FileLog {
             ));
         }
         Ok(())
+    }
+}
+
+/// A client waiting for the store, for as long as this lives.
+pub struct Awaiting {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.shared.awaiting.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -19,6 +19,7 @@ fn settings(dir: &Path) -> FileLogSettings {
         segment_bytes: 64 * 1024 * 1024,
         queue_capacity: 10_000,
         batch_max_events: 10_000,
+        fsync_interval: Duration::from_micros(250),
         max_apply_lag: u64::MAX,
     }
 }
