@@ -2,7 +2,8 @@
 # The whole test suite, exactly as a new user and CI run it: formatting, lints, then every
 # test of the workspace (unit, in-process contract tests, the real binaries under SIGKILL,
 # and the edge against a real Kafka-protocol broker that the tests start themselves), the
-# end-to-end smoke run with its verifier (referral-load smoke), and the Helm chart tests.
+# end-to-end smoke runs with their verifier (referral-load smoke, on Kafka + ClickHouse and
+# on the embedded log and store), and the Helm chart tests.
 # It installs what the tests need first: the toolchain's rustfmt and clippy, and the broker
 # (scripts/install-test-services.sh).
 set -euo pipefail
@@ -33,5 +34,8 @@ echo "== referral-load smoke"
 # above made sure of), load through an aggregator SIGKILL and restart, then the verifier.
 cargo build --workspace --bins --locked
 ./target/debug/referral-load smoke
+# The embedded mode is the same pipeline on a file log and SQLite: the same scenario with
+# referral-api alone, SIGKILLed under load and restarted on its data directory.
+./target/debug/referral-load smoke --topology embedded
 echo "== helm chart"
 ./scripts/test-helm.sh
