@@ -286,7 +286,7 @@ async fn sigkill_loses_no_acknowledged_click_and_counts_none_twice() {
     let acked = acked.lock().unwrap().clone();
     let attempted = attempted.load(Ordering::Relaxed);
 
-    let mut server = start(dir.path(), &client).await;
+    let server = start(dir.path(), &client).await;
     // The store catches up from the log: what was acknowledged but not yet applied at the
     // kill is applied now, once.
     caught_up(&client, &server).await;
@@ -343,24 +343,7 @@ async fn sigkill_loses_no_acknowledged_click_and_counts_none_twice() {
     );
 
     // SIGTERM: drain and exit 0.
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(server.child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(exit) = server.child.try_wait().unwrap() {
-            assert!(exit.success(), "graceful shutdown must exit 0, got {exit}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "referral-api did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    self::stop(server).await;
 }
 
 #[tokio::test]
