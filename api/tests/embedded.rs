@@ -104,3 +104,37 @@ async fn a_click_is_readable_right_after_its_201_while_the_store_lags() {
     assert!(started.elapsed() < Duration::from_secs(1));
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_fails_its_writes_fails_readiness_until_it_recovers() {
+    let app = TestApp::start(&[]).await;
+    app.assign_code("JAN-1", "usr_1").await;
+    assert_eq!(app.get_now("/readyz").await.status, StatusCode::OK);
+    let blocker = Connection::open(app.dir.path().join("referral.db")).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    // Well below the lag bound: the log takes the click, the store cannot apply it.
+    let answer = app.click(r#"{"code":"JAN-1"}"#).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let ready = app.get_now("/readyz").await;
+        if ready.status == StatusCode::SERVICE_UNAVAILABLE {
+            break ready.body["reason"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness never saw the store fail"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reason.contains("store"), "{reason}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.get_now("/readyz").await.status != StatusCode::OK {
+        assert!(Instant::now() < deadline, "readiness never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.totals("usr_1", "").await.0, 1, "the click applied once");
+    app.stop().await;
+}

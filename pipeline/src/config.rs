@@ -165,6 +165,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "REFERRAL_MAX_APPLY_LAG", default_value_t = DEFAULT_MAX_APPLY_LAG)]
     pub max_apply_lag: u64,
 
+    /// Longest the embedded store stands still while events wait: past it the consumer
+    /// applies a batch even while the machine is busy (how stale dashboards may get).
+    #[arg(long, env = "REFERRAL_MAX_APPLY_DELAY", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub max_apply_delay: Duration,
+
     /// Events the embedded consumer applies per SQLite transaction at most.
     #[arg(long, env = "REFERRAL_COMMIT_BATCH_MAX", default_value_t = DEFAULT_COMMIT_BATCH_MAX)]
     pub commit_batch_max: usize,

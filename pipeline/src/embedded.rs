@@ -101,6 +101,7 @@ impl Embedded {
             segment_bytes: args.log_segment_bytes,
             queue_capacity: args.log_queue_capacity,
             batch_max_events: args.log_queue_capacity,
+            batch_max_bytes: file::BATCH_MAX_BYTES,
             fsync_interval: args.log_fsync_interval,
             max_apply_lag: args.max_apply_lag,
         };
@@ -135,6 +136,7 @@ impl Embedded {
             &worker,
             args.commit_batch_max,
             args.max_apply_lag,
+            args.max_apply_delay,
         );
         let consumer =
             Consumer::start("referral-consumer", source, worker, Duration::from_secs(30))

@@ -10,7 +10,6 @@
 //! [`Aggregator::start`] the consumer group member. Both decide through [`Backends::choose`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -115,6 +114,17 @@ impl Reads {
                 Freshness::Applied(log) => Some(log.awaiting()),
                 Freshness::Polled => None,
             },
+        }
+    }
+
+    /// Before a command on attribution `id` is published: lets a click acknowledged moments
+    /// ago be stored first where the log does not order the two. Production: clicks and
+    /// commands travel on different partitions, so this waits as a read does. Embedded:
+    /// one log holds both, the click before the command, so nothing waits.
+    pub async fn let_click_land(&self, id: &str, wait: Duration) -> Result<(), StoreError> {
+        match &self.freshness {
+            Freshness::Applied(_) => Ok(()),
+            Freshness::Polled => self.fresh_attribution(id, wait).await.map(drop),
         }
     }
 
@@ -260,12 +270,8 @@ impl Pipeline {
         if !self.codes.is_loaded() {
             return Err("the code directory has not caught up with the codes topic yet".into());
         }
-        if self
-            .consumer
-            .as_ref()
-            .is_some_and(|status| status.stopping.load(Ordering::Relaxed))
-        {
-            return Err("the consumer is stopping".into());
+        if let Some(status) = &self.consumer {
+            status.health()?;
         }
         Ok(())
     }
@@ -293,9 +299,7 @@ impl Pipeline {
             Some(Running::Kafka(log)) => log.flush(drain).await,
             None => return,
         }
-        if let Some(reads) = &self.reads {
-            reads.verdicts.stop();
-        }
+        // Also ends the verdict look-ups, which answer their waiters as they stop.
         self.stop.send_replace(true);
     }
 }
@@ -384,11 +388,7 @@ impl Aggregator {
 
     /// Ready: joined, and the last flush (or ping) reached ClickHouse.
     pub fn readiness(&self) -> Result<(), String> {
-        if self.status.ready.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
-            Err("clickhouse unreachable or not yet joined".into())
-        }
+        self.status.health().map_err(String::from)
     }
 
     fn consumer(&self) -> std::sync::MutexGuard<'_, Option<Consumer>> {

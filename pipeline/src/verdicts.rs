@@ -77,6 +77,7 @@ impl VerdictWaiter {
     }
 
     /// Resolves with the command's verdict once it is decided (the caller bounds the wait).
+    #[cfg(test)]
     pub async fn wait(&self, command_id: &str) -> Result<Verdict, ApiError> {
         self.expect(command_id)?.await
     }
@@ -87,12 +88,14 @@ impl VerdictWaiter {
         &self,
         command_id: &str,
     ) -> Result<impl Future<Output = Result<Verdict, ApiError>> + use<>, ApiError> {
-        if self.stopped.load(Ordering::Acquire) {
-            return Err(shutting_down());
-        }
         let (sender, receiver) = oneshot::channel();
         {
             let mut waiting = self.lock();
+            // Checked under the lock: `stop` sets the flag before it empties the map, so a
+            // waiter is either refused here or answered there, never left behind.
+            if self.stopped.load(Ordering::Acquire) {
+                return Err(shutting_down());
+            }
             if waiting.len() >= PRUNE_ABOVE {
                 waiting.retain(|_, waiters| {
                     waiters.retain(|waiter| !waiter.is_closed());

@@ -116,6 +116,15 @@ async fn find_fresh(
         .map_err(store_failure)
 }
 
+/// See [`referral_pipeline::Reads::let_click_land`].
+async fn let_click_land(state: &AppState, id: &str) -> Result<(), HttpError> {
+    state
+        .reads
+        .let_click_land(id, state.read_after_write_wait)
+        .await
+        .map_err(store_failure)
+}
+
 /// PUT /:id (confirmRecruitment).
 async fn confirm(
     State(state): State<Arc<AppState>>,
@@ -127,9 +136,8 @@ async fn confirm(
     let now = Timestamp::now();
     let mut body = json_body(request).await?;
     let confirmation = ConfirmRequest::parse(&mut body, now)?;
-    // The writer decides; this only lets a click acknowledged moments ago be stored first
-    // (in production, clicks and commands travel on different partitions).
-    find_fresh(&state, &id).await?;
+    // The writer decides; this only lets a click acknowledged moments ago be stored first.
+    let_click_land(&state, &id).await?;
     let command = LogEvent::ConfirmConversion(ConfirmConversion {
         command_id: new_command_id(),
         attribution_id: id,
@@ -155,7 +163,7 @@ async fn remove(
 ) -> HandlerResult {
     state.tokens.authorize(&headers, Scope::Write)?;
     let id = attribution_id(path)?;
-    find_fresh(&state, &id).await?;
+    let_click_land(&state, &id).await?;
     let command = LogEvent::DeleteAttribution(DeleteAttribution {
         command_id: new_command_id(),
         attribution_id: id,

@@ -34,15 +34,16 @@ impl FileSource {
         worker: &SharedWorker,
         batch_max: usize,
         max_apply_lag: u64,
+        max_apply_delay: Duration,
     ) -> Self {
         lock(worker).assigned(vec![Self::partition()]);
         let checkpoint = reader.next_offset();
-        file::release(reader.shared(), checkpoint);
+        file::report_applied(reader.shared(), checkpoint);
         Self {
             reader,
             batch_max: batch_max.max(1),
             paused: false,
-            pacer: Pacer::new(max_apply_lag),
+            pacer: Pacer::new(max_apply_lag, max_apply_delay),
         }
     }
 
@@ -58,7 +59,11 @@ impl LogSource for FileSource {
             return Ok(0);
         }
         let shared = self.reader.shared();
-        if self.pacer.pace(shared.lag(), shared.is_awaited()) == Pace::Defer {
+        if self
+            .pacer
+            .pace(shared.lag(), shared.applied(), shared.is_awaited())
+            == Pace::Defer
+        {
             std::thread::sleep(timeout.min(DEFER_PAUSE));
             return Ok(0);
         }
@@ -84,10 +89,24 @@ impl LogSource for FileSource {
         })
     }
 
-    fn stored(&mut self, checkpoints: &[(PartitionKey, i64)]) {
+    fn stored(&mut self, checkpoints: &[(PartitionKey, i64)], worker: &SharedWorker) {
         for ((topic, _), next) in checkpoints {
-            if topic == TOPIC {
-                file::release(self.reader.shared(), u64::try_from(*next).unwrap_or(0));
+            if topic != TOPIC {
+                continue;
+            }
+            let checkpoint = u64::try_from(*next).unwrap_or(0);
+            let shared = self.reader.shared();
+            file::report_applied(shared, checkpoint);
+            if !file::has_applied_segments(shared, checkpoint) {
+                continue;
+            }
+            // Rare (once a segment): the store makes its commits durable before the records
+            // behind them are deleted.
+            match lock(worker).make_store_durable() {
+                Ok(()) => file::delete_applied_segments(shared, checkpoint),
+                Err(error) => {
+                    tracing::warn!(%error, "applied segments kept: the store could not make its commits durable");
+                }
             }
         }
     }

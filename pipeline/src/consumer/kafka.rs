@@ -5,6 +5,7 @@
 //! Rebalance callbacks run inside `poll` and flush (or, when the assignment was lost, drop)
 //! a revoked partition's batch before the revocation completes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::Offset;
@@ -23,6 +24,9 @@ use crate::plan::PartitionKey;
 /// The rdkafka context: rebalance callbacks and statistics.
 pub struct SourceContext {
     worker: SharedWorker,
+    /// Fetching is paused (the store is failing): partitions assigned meanwhile are paused
+    /// too, or they would fill memory while the batches cannot be written.
+    paused: AtomicBool,
 }
 
 impl ClientContext for SourceContext {
@@ -64,6 +68,15 @@ impl ConsumerContext for SourceContext {
                 metrics::counter!("referral_rebalances_total", "kind" => "error").increment(1);
                 tracing::warn!(%error, "rebalance error");
             }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance
+            && self.paused.load(Ordering::Relaxed)
+            && let Err(error) = consumer.pause(partitions)
+        {
+            tracing::warn!(%error, "cannot pause newly assigned partitions");
         }
     }
 }
@@ -120,7 +133,10 @@ impl KafkaSource {
                 "fetch.wait.max.ms",
                 args.kafka_fetch_wait.as_millis().max(1).to_string(),
             )
-            .create_with_context(SourceContext { worker })?;
+            .create_with_context(SourceContext {
+                worker,
+                paused: AtomicBool::new(false),
+            })?;
         consumer.subscribe(&[settings.topic.as_str()])?;
         Ok(Self { consumer })
     }
@@ -144,7 +160,7 @@ impl LogSource for KafkaSource {
         }
     }
 
-    fn stored(&mut self, checkpoints: &[(PartitionKey, i64)]) {
+    fn stored(&mut self, checkpoints: &[(PartitionKey, i64)], _: &SharedWorker) {
         commit(&self.consumer, checkpoints);
     }
 
@@ -152,6 +168,11 @@ impl LogSource for KafkaSource {
         let Ok(assignment) = self.consumer.assignment() else {
             return false;
         };
+        // Set first: a rebalance served by the next poll sees it.
+        self.consumer
+            .context()
+            .paused
+            .store(paused, Ordering::Relaxed);
         let result = if paused {
             self.consumer.pause(&assignment)
         } else {

@@ -81,8 +81,9 @@ pub trait LogSource: Send {
     fn poll(&mut self, timeout: Duration, worker: &SharedWorker) -> Result<usize, String>;
 
     /// The checkpoints a flush stored. Kafka: commits them (a hint; the store's checkpoint
-    /// decides). The file log: deletes the segments wholly below them.
-    fn stored(&mut self, checkpoints: &[(PartitionKey, i64)]);
+    /// decides). The file log: reports them, and deletes the segments wholly below them
+    /// once the store holds them durably (through `worker`).
+    fn stored(&mut self, checkpoints: &[(PartitionKey, i64)], worker: &SharedWorker);
 
     /// Stops or resumes fetching; true when it took effect.
     fn pause(&mut self, paused: bool) -> bool;
@@ -99,6 +100,32 @@ pub struct ConsumerStatus {
     pub ready: AtomicBool,
     /// Set by the process to stop: flush, commit, leave.
     pub stopping: AtomicBool,
+    /// Cleared when the thread's loop ends, for whatever reason.
+    pub running: AtomicBool,
+}
+
+impl ConsumerStatus {
+    /// Whether the consumer applies the log now, and if not, why.
+    pub fn health(&self) -> Result<(), &'static str> {
+        if self.stopping.load(Ordering::Relaxed) {
+            Err("the consumer is stopping")
+        } else if !self.running.load(Ordering::Relaxed) {
+            Err("the consumer has stopped")
+        } else if !self.ready.load(Ordering::Relaxed) {
+            Err("the store is unreachable or failing: the consumer retries")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Clears [`ConsumerStatus::running`] however the loop ends (a panic included).
+struct RunningFlag(Arc<ConsumerStatus>);
+
+impl Drop for RunningFlag {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Relaxed);
+    }
 }
 
 /// A running consumer thread.
@@ -117,6 +144,7 @@ impl Consumer {
         drain: Duration,
     ) -> std::io::Result<Self> {
         let status = Arc::new(ConsumerStatus::default());
+        status.running.store(true, Ordering::Relaxed);
         let thread = std::thread::Builder::new().name(name.into()).spawn({
             let status = status.clone();
             move || run(source, worker, status, drain)
@@ -158,6 +186,7 @@ fn run<S: LogSource>(
     status: Arc<ConsumerStatus>,
     drain: Duration,
 ) {
+    let _running = RunningFlag(status.clone());
     let mut retry: Option<(Instant, Duration)> = None;
     let mut paused = false;
     status.ready.store(lock(&worker).ping(), Ordering::Relaxed);
@@ -188,7 +217,7 @@ fn run<S: LogSource>(
         match locked.flush(None) {
             Ok(stored) => {
                 drop(locked);
-                source.stored(&stored);
+                source.stored(&stored, &worker);
                 retry = None;
                 status.ready.store(true, Ordering::Relaxed);
                 if paused {
@@ -220,7 +249,7 @@ fn drain_and_leave<S: LogSource>(source: &mut S, worker: &SharedWorker, drain: D
         match locked.flush(None) {
             Ok(stored) => {
                 drop(locked);
-                source.stored(&stored);
+                source.stored(&stored, worker);
                 break;
             }
             Err(error) if Instant::now() < deadline => {

@@ -16,7 +16,11 @@
 //!   waits for the store (a read of a click acknowledged moments ago, a command's verdict),
 //!   it applies at **normal** priority, in the first case until the lag is back under the
 //!   low-water mark (a quarter): the bound is not reached by a consumer that can keep up,
-//!   and nobody waits on a deferred store.
+//!   and nobody waits on a deferred store;
+//! * and once the store has not moved for `--max-apply-delay` while events wait, it applies
+//!   one batch at normal priority: "busy" counts the whole machine, so a busy neighbour (a
+//!   build, another service) would otherwise keep dashboards stale for as long as it runs,
+//!   and `SCHED_IDLE` alone gets next to no CPU beside it.
 //!
 //! [`decide`] is the rule, without I/O; [`Pacer`] feeds it the lag, the CPU use of the rest
 //! of the machine (from `/proc/stat`, minus the consumer's own) and whether anyone waits,
@@ -89,15 +93,23 @@ pub struct State {
     pub deferring: bool,
 }
 
-/// The rule. `others_busy` is the share of all CPUs the rest of the machine used lately;
-/// `waiting` whether a client waits for the store.
-pub fn decide(lag: u64, marks: Marks, state: State, others_busy: f64, waiting: bool) -> Pace {
+/// What calls for the consumer besides its lag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Calls {
+    /// A client waits for the store.
+    pub waiting: bool,
+    /// The store has not moved for the longest delay allowed while events wait.
+    pub stale: bool,
+}
+
+/// The rule. `others_busy` is the share of all CPUs the rest of the machine used lately.
+pub fn decide(lag: u64, marks: Marks, state: State, others_busy: f64, calls: Calls) -> Pace {
     let contended = if state.deferring {
         others_busy >= UNCONTENDED
     } else {
         others_busy >= CONTENDED
     };
-    if is_behind(lag, marks, state.behind) || waiting {
+    if is_behind(lag, marks, state.behind) || calls.waiting || calls.stale {
         Pace::Apply(Priority::Normal)
     } else if contended {
         Pace::Defer
@@ -109,34 +121,69 @@ pub fn decide(lag: u64, marks: Marks, state: State, others_busy: f64, waiting: b
 /// Feeds [`decide`] and applies its priority to the calling (consumer) thread.
 pub struct Pacer {
     marks: Marks,
+    /// Longest the store may stand still while events wait.
+    max_delay: Duration,
+    /// The store's checkpoint at the last look, and since when it stands there with events
+    /// waiting behind it.
+    progress: Option<(u64, Instant)>,
     state: State,
     priority: Option<Priority>,
     cpu: CpuSampler,
+    /// Whether a thread may go back from `SCHED_IDLE` to normal: an unprivileged process
+    /// (no `CAP_SYS_NICE`, `RLIMIT_NICE` 0, as in most containers) may not, and a consumer
+    /// stuck in the background would starve; it then works at normal priority (and still
+    /// defers under contention).
+    background_allowed: bool,
 }
 
 impl Pacer {
-    pub fn new(max_apply_lag: u64) -> Self {
+    pub fn new(max_apply_lag: u64, max_delay: Duration) -> Self {
+        let background_allowed = can_leave_background();
+        if !background_allowed {
+            tracing::info!(
+                "the consumer cannot return from SCHED_IDLE here (no CAP_SYS_NICE): it applies at normal priority"
+            );
+        }
         Self {
             marks: Marks::for_bound(max_apply_lag),
+            max_delay,
+            progress: None,
             state: State::default(),
             priority: None,
             cpu: CpuSampler::default(),
+            background_allowed,
         }
     }
 
-    /// The pace at `lag`, with `waiting` clients; sets the thread's priority to match.
-    pub fn pace(&mut self, lag: u64, waiting: bool) -> Pace {
+    /// The pace at `lag` with the store at `applied`, with `waiting` clients; sets the
+    /// thread's priority to match.
+    pub fn pace(&mut self, lag: u64, applied: u64, waiting: bool) -> Pace {
+        let now = Instant::now();
+        let since = match self.progress {
+            Some((at, since)) if at == applied && lag > 0 => since,
+            _ => now,
+        };
+        self.progress = Some((applied, since));
+        let stale = now.duration_since(since) >= self.max_delay;
         let others_busy = self.cpu.others_busy();
-        let pace = decide(lag, self.marks, self.state, others_busy, waiting);
+        let pace = decide(
+            lag,
+            self.marks,
+            self.state,
+            others_busy,
+            Calls { waiting, stale },
+        );
         self.state = State {
             behind: is_behind(lag, self.marks, self.state.behind),
             deferring: pace == Pace::Defer,
         };
-        if let Pace::Apply(priority) = pace
-            && self.priority != Some(priority)
-        {
-            set_current_thread(priority);
-            self.priority = Some(priority);
+        if let Pace::Apply(mut priority) = pace {
+            if !self.background_allowed {
+                priority = Priority::Normal;
+            }
+            if self.priority != Some(priority) && set_current_thread(priority) {
+                self.priority = Some(priority);
+            }
         }
         metrics::gauge!("referral_consumer_deferred").set(f64::from(u8::from(pace == Pace::Defer)));
         pace
@@ -234,19 +281,35 @@ fn own_cpu_ticks() -> u64 {
     nanos / (1_000_000_000 / ticks_per_second).max(1)
 }
 
+/// Whether a thread of this process may go to `SCHED_IDLE` and back: tried on a thread of
+/// its own, which then ends.
+fn can_leave_background() -> bool {
+    std::thread::Builder::new()
+        .name("referral-pace-probe".into())
+        .spawn(|| set_policy(libc::SCHED_IDLE) && set_policy(libc::SCHED_OTHER))
+        .ok()
+        .and_then(|probe| probe.join().ok())
+        .unwrap_or(false)
+}
+
+fn set_policy(policy: libc::c_int) -> bool {
+    let parameters = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain syscall on the calling thread (pid 0) with a valid parameter struct.
+    unsafe { libc::sched_setscheduler(0, policy, &parameters) == 0 }
+}
+
 /// Applies `priority` to the calling thread (on Linux a thread has its own scheduling
-/// policy). A failure only costs the preference, so it is logged, not fatal.
-fn set_current_thread(priority: Priority) {
+/// policy); true when it did. A failure only costs the preference, so it is logged.
+fn set_current_thread(priority: Priority) -> bool {
     let policy = match priority {
         Priority::Background => libc::SCHED_IDLE,
         Priority::Normal => libc::SCHED_OTHER,
     };
-    let parameters = libc::sched_param { sched_priority: 0 };
-    // SAFETY: a plain syscall on the calling thread (pid 0) with a valid parameter struct.
-    let result = unsafe { libc::sched_setscheduler(0, policy, &parameters) };
-    if result != 0 {
+    let set = set_policy(policy);
+    if !set {
         tracing::warn!(error = %std::io::Error::last_os_error(), ?priority, "cannot set the consumer's CPU priority");
     }
+    set
 }
 
 #[cfg(test)]
@@ -262,26 +325,66 @@ mod tests {
         behind: false,
         deferring: false,
     };
+    const NONE: Calls = Calls {
+        waiting: false,
+        stale: false,
+    };
+    const WAITING: Calls = Calls {
+        waiting: true,
+        stale: false,
+    };
+
+    #[test]
+    fn a_store_left_standing_too_long_applies_at_once_however_busy_the_machine() {
+        let deferring = State {
+            deferring: true,
+            ..IDLE
+        };
+        let stale = Calls {
+            waiting: false,
+            stale: true,
+        };
+        assert_eq!(
+            decide(10, MARKS, deferring, 0.99, stale),
+            Pace::Apply(Priority::Normal)
+        );
+    }
+
+    #[test]
+    fn the_pacer_calls_a_store_stale_only_while_it_stands_still_with_events_waiting() {
+        let mut pacer = Pacer::new(1_000_000, Duration::from_millis(100));
+        // Nothing waits: never stale, however long.
+        pacer.pace(0, 5, false);
+        std::thread::sleep(Duration::from_millis(150));
+        assert_ne!(pacer.pace(0, 5, false), Pace::Apply(Priority::Normal));
+        // Events wait and the store moves: not stale.
+        pacer.pace(10, 5, false);
+        std::thread::sleep(Duration::from_millis(150));
+        assert_ne!(pacer.pace(10, 8, false), Pace::Apply(Priority::Normal));
+        // Events wait and the store stands still past the delay: stale, so applied now.
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(pacer.pace(10, 8, false), Pace::Apply(Priority::Normal));
+    }
 
     #[test]
     fn it_defers_only_while_the_machine_is_busy_the_lag_short_and_nobody_waits() {
         assert_eq!(
-            decide(10, MARKS, IDLE, 0.95, false),
+            decide(10, MARKS, IDLE, 0.95, NONE),
             Pace::Defer,
             "a burst: the edge first"
         );
         assert_eq!(
-            decide(10, MARKS, IDLE, 0.30, false),
+            decide(10, MARKS, IDLE, 0.30, NONE),
             Pace::Apply(Priority::Background),
             "a quiet machine: apply on idle CPUs"
         );
         assert_eq!(
-            decide(10, MARKS, IDLE, 0.95, true),
+            decide(10, MARKS, IDLE, 0.95, WAITING),
             Pace::Apply(Priority::Normal),
             "a client waits: apply now"
         );
         assert_eq!(
-            decide(500, MARKS, IDLE, 0.95, false),
+            decide(500, MARKS, IDLE, 0.95, NONE),
             Pace::Apply(Priority::Normal),
             "past the high-water mark: apply before the bound turns clicks away"
         );
@@ -294,16 +397,16 @@ mod tests {
             ..IDLE
         };
         assert_eq!(
-            decide(10, MARKS, IDLE, 0.6, false),
+            decide(10, MARKS, IDLE, 0.6, NONE),
             Pace::Apply(Priority::Background)
         );
         assert_eq!(
-            decide(10, MARKS, deferring, 0.6, false),
+            decide(10, MARKS, deferring, 0.6, NONE),
             Pace::Defer,
             "no flapping"
         );
         assert_eq!(
-            decide(10, MARKS, deferring, 0.4, false),
+            decide(10, MARKS, deferring, 0.4, NONE),
             Pace::Apply(Priority::Background)
         );
     }
@@ -315,11 +418,11 @@ mod tests {
             ..IDLE
         };
         assert_eq!(
-            decide(300, MARKS, behind, 0.95, false),
+            decide(300, MARKS, behind, 0.95, NONE),
             Pace::Apply(Priority::Normal)
         );
-        assert_eq!(decide(250, MARKS, behind, 0.95, false), Pace::Defer);
-        assert_eq!(decide(499, MARKS, IDLE, 0.95, false), Pace::Defer);
+        assert_eq!(decide(250, MARKS, behind, 0.95, NONE), Pace::Defer);
+        assert_eq!(decide(499, MARKS, IDLE, 0.95, NONE), Pace::Defer);
         assert_eq!(
             Marks::for_bound(1_000_000),
             Marks {
@@ -345,11 +448,11 @@ mod tests {
 
     #[test]
     fn the_pacer_works_whenever_the_lag_or_a_client_calls_for_it() {
-        let mut pacer = Pacer::new(1_000);
+        let mut pacer = Pacer::new(1_000, Duration::from_secs(60));
         // Whatever this machine does, a lag past the high-water mark is applied, and so is
         // a lag someone waits for.
-        assert_eq!(pacer.pace(600, false), Pace::Apply(Priority::Normal));
-        assert_eq!(pacer.pace(0, true), Pace::Apply(Priority::Normal));
+        assert_eq!(pacer.pace(600, 0, false), Pace::Apply(Priority::Normal));
+        assert_eq!(pacer.pace(0, 600, true), Pace::Apply(Priority::Normal));
         let ticks = std::fs::read_to_string("/proc/stat")
             .ok()
             .as_deref()

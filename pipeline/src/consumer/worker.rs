@@ -160,12 +160,6 @@ impl Worker {
         self.pending.values().map(|pending| pending.messages).sum()
     }
 
-    /// Whether the source should stop fetching: the batches hold as much as a flush takes
-    /// (or the store is down and they wait for it), so memory stays bounded.
-    pub fn is_full(&self) -> bool {
-        self.pending_rows() >= self.settings.batch_max_rows
-    }
-
     pub fn pending_partitions(&self) -> Vec<PartitionKey> {
         self.pending.keys().cloned().collect()
     }
@@ -376,6 +370,13 @@ impl Worker {
             );
         }
         letters
+    }
+
+    /// Makes every flush stored so far durable in the store (see
+    /// [`StoreWriter::make_durable`]).
+    pub fn make_store_durable(&mut self) -> Result<(), StoreError> {
+        let handle = self.handle.clone();
+        handle.block_on(self.store.make_durable())
     }
 
     /// Whether the store answers (for readiness while flushes fail).

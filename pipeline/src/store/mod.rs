@@ -143,6 +143,13 @@ pub trait StoreWriter: Send {
     /// Drops what an uncommitted flush left behind, before it is retried.
     fn abandon(&mut self);
 
+    /// Makes every committed flush durable, for a store whose commits may not be on their
+    /// own (SQLite with `--sqlite-synchronous normal`). Called before the log deletes what
+    /// those flushes applied.
+    async fn make_durable(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether the store answers (readiness while flushes fail).
     async fn ping(&mut self) -> bool;
 }

@@ -100,6 +100,8 @@ pub(crate) struct Appender {
     batch_max_events: usize,
     /// The shortest time between the starts of two fsyncs.
     fsync_interval: std::time::Duration,
+    /// Bytes of records in one batch at most.
+    batch_max_bytes: usize,
     /// Reused for each batch.
     buffer: Vec<u8>,
     /// The next segment being prepared.
@@ -144,6 +146,8 @@ impl Appender {
             segment_bytes,
             batch_max_events: settings.batch_max_events.max(1),
             fsync_interval: settings.fsync_interval,
+            // Never more than readers and recovery accept, whatever the settings say.
+            batch_max_bytes: settings.batch_max_bytes.min(frame::MAX_BATCH_BYTES / 2),
             buffer: Vec::new(),
         })
     }
@@ -151,16 +155,24 @@ impl Appender {
     pub(crate) fn run(mut self, mut inbox: mpsc::Receiver<Envelope>) {
         let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(self.batch_max_events);
         let mut acknowledgements: Vec<Acknowledgement> = Vec::with_capacity(self.batch_max_events);
+        // An event that did not fit the last batch's bytes: the first of the next.
+        let mut carried: Option<(Vec<u8>, Acknowledgement)> = None;
         let mut closing = false;
         let mut last_start = Instant::now();
         loop {
-            if !closing {
+            let mut bytes = 0;
+            if let Some((payload, acknowledge)) = carried.take() {
+                bytes += frame::framed_len(&payload);
+                payloads.push(payload);
+                acknowledgements.push(acknowledge);
+            } else if !closing {
                 // Sleep until there is work; `None` means every publisher is gone.
                 match inbox.blocking_recv() {
                     Some(Envelope::Append {
                         payload,
                         acknowledge,
                     }) => {
+                        bytes += frame::framed_len(&payload);
                         payloads.push(payload);
                         acknowledgements.push(acknowledge);
                     }
@@ -183,6 +195,13 @@ impl Appender {
                         payload,
                         acknowledge,
                     }) => {
+                        let framed = frame::framed_len(&payload);
+                        if bytes + framed > self.batch_max_bytes && !payloads.is_empty() {
+                            // A batch stays well inside what recovery and readers accept.
+                            carried = Some((payload, acknowledge));
+                            break;
+                        }
+                        bytes += framed;
                         payloads.push(payload);
                         acknowledgements.push(acknowledge);
                     }
@@ -194,7 +213,7 @@ impl Appender {
                 }
             }
             if payloads.is_empty() {
-                if closing {
+                if closing && carried.is_none() {
                     break;
                 }
                 continue;
@@ -317,7 +336,22 @@ impl Appender {
                 }
                 metrics::gauge!("referral_log_segments").set(self.shared.segments().len() as f64);
             }
-            Err(error) => tracing::warn!(%error, "cannot start a new log segment; retried later"),
+            Err(error) => {
+                // Nothing was written to it: take it away, or the next start would find a
+                // segment whose offsets the current one goes on to hold (a gap).
+                if let Err(remove) = std::fs::remove_file(&next.path)
+                    && remove.kind() != std::io::ErrorKind::NotFound
+                {
+                    self.fail(&format!(
+                        "cannot start a new log segment ({error}) nor remove it ({remove})"
+                    ));
+                    return;
+                }
+                tracing::warn!(%error, "cannot start a new log segment; retried later");
+                if self.spare.is_none() {
+                    self.spare = Some(prepare_spare(&self.shared.dir, self.segment_bytes));
+                }
+            }
         }
     }
 }

@@ -28,6 +28,11 @@ pub const RECORD_HEADER_BYTES: usize = 8;
 /// A batch larger than this is refused as corrupt (a sane length guards allocations).
 pub const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
+/// Bytes a record takes in a batch, its frame included.
+pub fn framed_len(record: &[u8]) -> usize {
+    RECORD_HEADER_BYTES + record.len()
+}
+
 /// Encodes one batch of `records` starting at `base_offset` into `out` (cleared first).
 pub fn encode_batch<P: AsRef<[u8]>>(base_offset: u64, records: &[P], out: &mut Vec<u8>) {
     out.clear();

@@ -47,6 +47,10 @@ use super::{EventLog, PublishError};
 
 /// The log's partition name, under which the store keeps its checkpoint.
 pub const TOPIC: &str = "embedded-log";
+/// Bytes of records in one batch by default: a quarter of what readers and recovery
+/// accept, whatever `--log-queue-capacity` lets gather (10,000 clicks of the largest size
+/// allowed would be 60 MiB).
+pub const BATCH_MAX_BYTES: usize = frame::MAX_BATCH_BYTES / 4;
 /// Sub-directory of the data directory that holds the segments.
 pub const DIRECTORY: &str = "log";
 
@@ -106,6 +110,9 @@ pub struct FileLogSettings {
     pub queue_capacity: usize,
     /// Events in one write and fsync at most.
     pub batch_max_events: usize,
+    /// Bytes of records in one write and fsync at most (capped at half of what readers and
+    /// recovery accept, [`frame::MAX_BATCH_BYTES`]).
+    pub batch_max_bytes: usize,
     /// The shortest time between the starts of two fsyncs.
     pub fsync_interval: Duration,
     /// Events the store may be behind the log at most (then 503 at once).
@@ -122,8 +129,10 @@ pub(crate) struct Shared {
     appended_lock: Mutex<()>,
     /// Signalled when `durable_end` moves (readers wait on it).
     appended: Condvar,
-    /// The store's checkpoint: the offset after the last applied record.
+    /// The store's checkpoint: the offset after the last applied record, for waiters...
     applied: watch::Sender<u64>,
+    /// ...and for the lag every publish reads, without the watch's lock.
+    applied_at: AtomicU64,
     /// Every segment, oldest first; the appender adds, `release` removes.
     segments: Mutex<Vec<Segment>>,
     /// Set when a write could not be undone or an fsync failed: nothing more is
@@ -147,7 +156,7 @@ impl Shared {
     }
 
     pub(crate) fn applied(&self) -> u64 {
-        *self.applied.borrow()
+        self.applied_at.load(Ordering::Acquire)
     }
 
     /// Events appended but not yet applied to the store.
@@ -213,17 +222,22 @@ impl FileLog {
     ) -> Result<(Self, LogReader), LogError> {
         std::fs::create_dir_all(&settings.dir)
             .map_err(|error| LogError::io(&settings.dir, error))?;
-        let recovered = segment::recover(&settings.dir)?;
+        let recovered = segment::recover(&settings.dir, checkpoint)?;
         let (segments, end, active_len) = match recovered {
             Some(recovered) => {
                 let start = recovered.segments.first().map_or(0, |segment| segment.base);
                 if checkpoint > recovered.end || checkpoint < start {
+                    // Nothing is cut from a log that does not match the store: the operator
+                    // decides what to do with it.
                     return Err(LogError::Missing {
                         dir: settings.dir.clone(),
                         checkpoint,
                         start,
                         end: recovered.end,
                     });
+                }
+                if let Some(torn) = &recovered.torn {
+                    torn.cut()?;
                 }
                 (recovered.segments, recovered.end, recovered.active_len)
             }
@@ -245,6 +259,7 @@ impl FileLog {
             appended_lock: Mutex::new(()),
             appended: Condvar::new(),
             applied,
+            applied_at: AtomicU64::new(checkpoint),
             segments: Mutex::new(segments),
             failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -256,7 +271,7 @@ impl FileLog {
             .name("referral-log".into())
             .spawn(move || appender.run(inbox))
             .map_err(|error| LogError::io(&settings.dir, error))?;
-        let reader = LogReader::new(shared.clone(), checkpoint)?;
+        let reader = LogReader::new(shared.clone(), checkpoint);
         tracing::info!(dir = %settings.dir.display(), end, checkpoint, "embedded log open");
         Ok((
             Self {
@@ -275,6 +290,7 @@ impl FileLog {
     }
 
     /// The store's checkpoint as last reported by the consumer.
+    #[cfg(test)]
     pub fn applied(&self) -> u64 {
         self.shared.applied()
     }
@@ -383,9 +399,9 @@ impl Drop for Awaiting {
     }
 }
 
-/// What the consumer does once the store holds a checkpoint: report it (lag, waiting
-/// reads) and delete the segments wholly below it.
-pub(crate) fn release(shared: &Shared, checkpoint: u64) {
+/// Reports the store's checkpoint: the lag, and the reads waiting for it.
+pub(crate) fn report_applied(shared: &Shared, checkpoint: u64) {
+    shared.applied_at.fetch_max(checkpoint, Ordering::AcqRel);
     shared.applied.send_if_modified(|applied| {
         let moved = checkpoint > *applied;
         if moved {
@@ -394,14 +410,28 @@ pub(crate) fn release(shared: &Shared, checkpoint: u64) {
         moved
     });
     shared.report_lag();
-    let removable: Vec<Segment> = {
-        let segments = shared.segments();
-        segments
-            .windows(2)
-            .take_while(|pair| pair[1].base <= checkpoint)
-            .map(|pair| pair[0].clone())
-            .collect()
-    };
+}
+
+/// The segments wholly below `checkpoint`: every record in them is applied.
+fn applied_segments(shared: &Shared, checkpoint: u64) -> Vec<Segment> {
+    shared
+        .segments()
+        .windows(2)
+        .take_while(|pair| pair[1].base <= checkpoint)
+        .map(|pair| pair[0].clone())
+        .collect()
+}
+
+/// Whether some segment could go once the store holds `checkpoint` durably.
+pub(crate) fn has_applied_segments(shared: &Shared, checkpoint: u64) -> bool {
+    !applied_segments(shared, checkpoint).is_empty()
+}
+
+/// Deletes the segments wholly below `checkpoint`. The caller makes sure the store holds
+/// that checkpoint durably first: a store that could roll back to an earlier one would then
+/// miss records that no longer exist.
+pub(crate) fn delete_applied_segments(shared: &Shared, checkpoint: u64) {
+    let removable = applied_segments(shared, checkpoint);
     if removable.is_empty() {
         return;
     }
@@ -417,6 +447,14 @@ pub(crate) fn release(shared: &Shared, checkpoint: u64) {
         tracing::warn!(%error, "cannot sync the log directory after deleting segments");
     }
     metrics::gauge!("referral_log_segments").set(shared.segments().len() as f64);
+}
+
+/// [`report_applied`] and [`delete_applied_segments`], for a store whose commits are
+/// durable as they return.
+#[cfg(test)]
+pub(crate) fn release(shared: &Shared, checkpoint: u64) {
+    report_applied(shared, checkpoint);
+    delete_applied_segments(shared, checkpoint);
 }
 
 #[cfg(test)]

@@ -36,13 +36,13 @@ pub struct LogReader {
 }
 
 impl LogReader {
-    pub(crate) fn new(shared: Arc<Shared>, from: u64) -> Result<Self, LogError> {
-        Ok(Self {
+    pub(crate) fn new(shared: Arc<Shared>, from: u64) -> Self {
+        Self {
             shared,
             next: from,
             open: None,
             buffer: Vec::new(),
-        })
+        }
     }
 
     /// The offset of the next record [`Self::read`] hands out.

@@ -72,21 +72,60 @@ pub struct Recovered {
     pub segments: Vec<Segment>,
     /// The offset after the last record.
     pub end: u64,
-    /// The active segment's length in bytes (after any cut).
+    /// The active segment's length in bytes (without a torn tail).
     pub active_len: u64,
-    /// Bytes cut off a torn tail, if any.
-    pub cut: Option<u64>,
+    /// A torn tail found at the end of the active segment, not cut yet.
+    pub torn: Option<Torn>,
 }
 
-/// Checks every segment of `dir` and cuts a torn tail. `None` when there is no segment.
-pub fn recover(dir: &Path) -> Result<Option<Recovered>, LogError> {
-    let segments = list(dir)?;
+/// The bytes of a write that was never acknowledged, at the end of the log.
+#[derive(Debug)]
+pub struct Torn {
+    pub path: PathBuf,
+    /// Where the torn batch starts.
+    pub at: u64,
+    /// Bytes from there to the end of the file.
+    pub removed: u64,
+}
+
+impl Torn {
+    /// Cuts the torn bytes off the file, durably.
+    pub fn cut(&self) -> Result<(), LogError> {
+        tracing::warn!(
+            segment = %self.path.display(),
+            byte = self.at,
+            removed = self.removed,
+            "torn tail cut off the log (a write that was never acknowledged)"
+        );
+        truncate(&self.path, self.at)
+    }
+}
+
+/// Checks the segments of `dir` that hold records at or past `checkpoint` and finds a torn
+/// tail (without cutting it: the caller first checks the log against the store). Segments
+/// wholly below the checkpoint are applied: a crash may have left them between the store's
+/// commit and their deletion, and they are deleted now rather than read. `None` when there
+/// is no segment.
+pub fn recover(dir: &Path, checkpoint: u64) -> Result<Option<Recovered>, LogError> {
+    let mut segments = list(dir)?;
+    let applied = segments
+        .windows(2)
+        .take_while(|pair| pair[1].base <= checkpoint)
+        .count();
+    if applied > 0 {
+        for segment in segments.drain(..applied) {
+            tracing::info!(segment = %segment.path.display(), "deleting a segment the store had applied");
+            std::fs::remove_file(&segment.path)
+                .map_err(|error| LogError::io(&segment.path, error))?;
+        }
+        sync_dir(dir)?;
+    }
     let Some(last_index) = segments.len().checked_sub(1) else {
         return Ok(None);
     };
     let mut end = segments[0].base;
     let mut active_len = 0;
-    let mut cut = None;
+    let mut torn_tail = None;
     for (index, segment) in segments.iter().enumerate() {
         if segment.base != end {
             return Err(LogError::Gap {
@@ -110,23 +149,19 @@ pub fn recover(dir: &Path) -> Result<Option<Recovered>, LogError> {
                     reason: error.to_string(),
                 });
             }
-            let removed = (bytes.len() - at) as u64;
-            tracing::warn!(
-                segment = %segment.path.display(),
-                byte = at,
-                removed,
-                %error,
-                "torn tail cut off the log (a write that was never acknowledged)"
-            );
-            truncate(&segment.path, at as u64)?;
-            cut = Some(removed);
+            tracing::debug!(%error, "the last batch of the log is torn");
+            torn_tail = Some(Torn {
+                path: segment.path.clone(),
+                at: at as u64,
+                removed: (bytes.len() - at) as u64,
+            });
         }
     }
     Ok(Some(Recovered {
         segments,
         end,
         active_len,
-        cut,
+        torn: torn_tail,
     }))
 }
 
@@ -229,10 +264,14 @@ mod tests {
         write_segment(dir.path(), 0, &[(0, &[b"a", b"b"]), (2, &[b"c"])]);
         write_segment(dir.path(), 3, &[(3, &[b"d"])]);
         std::fs::write(dir.path().join("notes.txt"), "not a segment").unwrap();
-        let recovered = recover(dir.path()).unwrap().unwrap();
+        let recovered = recover(dir.path(), 0).unwrap().unwrap();
         assert_eq!(recovered.end, 4);
         assert_eq!(recovered.segments.len(), 2);
-        assert_eq!(recovered.cut, None);
+        assert!(recovered.torn.is_none());
+        // The first segment wholly applied: deleted, not read.
+        let recovered = recover(dir.path(), 3).unwrap().unwrap();
+        assert_eq!(recovered.segments.len(), 1);
+        assert_eq!(list(dir.path()).unwrap().len(), 1);
     }
 
     #[test]
@@ -243,9 +282,16 @@ mod tests {
         // The last batch's write reached the disk in part.
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.set_len(whole - 3).unwrap();
-        let recovered = recover(dir.path()).unwrap().unwrap();
+        let recovered = recover(dir.path(), 0).unwrap().unwrap();
         assert_eq!(recovered.end, 2);
-        assert!(recovered.cut.is_some());
+        let torn = recovered.torn.as_ref().unwrap();
+        assert_eq!(torn.removed, whole - 3 - recovered.active_len);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            whole - 3,
+            "not cut yet"
+        );
+        torn.cut().unwrap();
         assert_eq!(
             std::fs::metadata(&path).unwrap().len(),
             recovered.active_len
@@ -253,9 +299,9 @@ mod tests {
         // Garbage where the last batch was (its pages landed out of order).
         let mut garbage = OpenOptions::new().append(true).open(&path).unwrap();
         garbage.write_all(&[0xABu8; 300]).unwrap();
-        let recovered = recover(dir.path()).unwrap().unwrap();
+        let recovered = recover(dir.path(), 0).unwrap().unwrap();
         assert_eq!(recovered.end, 2);
-        assert_eq!(recovered.cut, Some(300));
+        assert_eq!(recovered.torn.map(|torn| torn.removed), Some(300));
     }
 
     #[test]
@@ -266,7 +312,7 @@ mod tests {
         // A flipped byte inside the first batch's record: the second batch is valid.
         bytes[frame::HEADER_BYTES + frame::RECORD_HEADER_BYTES + 1] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        let error = recover(dir.path()).unwrap_err();
+        let error = recover(dir.path(), 0).unwrap_err();
         match &error {
             LogError::Corrupt { path: at, byte, .. } => {
                 assert_eq!(at, &path);
@@ -290,7 +336,10 @@ mod tests {
             .unwrap()
             .set_len(len - 1)
             .unwrap();
-        assert!(matches!(recover(dir.path()), Err(LogError::Corrupt { .. })));
+        assert!(matches!(
+            recover(dir.path(), 0),
+            Err(LogError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -303,9 +352,9 @@ mod tests {
             file.write_all(&[0u8; 4096]).unwrap();
         }
         let len = std::fs::metadata(&second).unwrap().len();
-        let recovered = recover(dir.path()).unwrap().unwrap();
+        let recovered = recover(dir.path(), 0).unwrap().unwrap();
         assert_eq!(recovered.end, 3);
-        assert_eq!(recovered.cut, None);
+        assert!(recovered.torn.is_none());
         assert_eq!(recovered.active_len, len - 4096);
         assert_eq!(std::fs::metadata(&second).unwrap().len(), len, "not cut");
     }
@@ -316,7 +365,7 @@ mod tests {
         write_segment(dir.path(), 0, &[(0, &[b"a"])]);
         write_segment(dir.path(), 5, &[(5, &[b"f"])]);
         assert!(matches!(
-            recover(dir.path()),
+            recover(dir.path(), 0),
             Err(LogError::Gap {
                 expected: 1,
                 found: 5,

@@ -19,6 +19,7 @@ fn settings(dir: &Path) -> FileLogSettings {
         segment_bytes: 64 * 1024 * 1024,
         queue_capacity: 10_000,
         batch_max_events: 10_000,
+        batch_max_bytes: BATCH_MAX_BYTES,
         fsync_interval: Duration::from_micros(250),
         max_apply_lag: u64::MAX,
     }
@@ -109,6 +110,49 @@ async fn concurrent_publishes_are_group_committed_and_read_back_in_order() {
         batches < 500,
         "expected group commits, got {batches} fsyncs for 500 records"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_keeps_to_its_byte_budget_whatever_the_queue_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Everything queued within one fsync window, far past the batch's byte budget.
+    let budget = 64 * 1024;
+    let tight = FileLogSettings {
+        batch_max_bytes: budget,
+        fsync_interval: Duration::from_millis(300),
+        ..settings(dir.path())
+    };
+    let (log, mut reader) = FileLog::open(&tight, 0).unwrap();
+    let log = Arc::new(log);
+    let tasks: Vec<_> = (0..600)
+        .map(|n| {
+            let log = log.clone();
+            tokio::spawn(async move { log.publish(click(n)).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), Ok(()));
+    }
+    let records = tokio::task::spawn_blocking(move || read_all(&mut reader))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 600, "every acknowledged record readable");
+    log.close(Duration::from_secs(5)).await;
+    for segment in segment::list(dir.path()).unwrap() {
+        let bytes = std::fs::read(&segment.path).unwrap();
+        let mut at = 0;
+        while at < bytes.len() && !segment::is_free_space(&bytes[at..]) {
+            let batch = frame::parse_batch(&bytes[at..]).unwrap();
+            let largest_record = 8 + 600;
+            assert!(
+                batch.header.batch_len() <= frame::HEADER_BYTES + budget + largest_record,
+                "a batch of {} bytes",
+                batch.header.batch_len()
+            );
+            at += batch.header.batch_len();
+        }
+    }
+    assert!(batches_on_disk(dir.path()) > 1);
 }
 
 #[tokio::test]

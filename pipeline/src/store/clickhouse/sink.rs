@@ -40,10 +40,6 @@ impl ClickHouseSink {
         })
     }
 
-    pub fn server(&self) -> &ServerVersion {
-        &self.server
-    }
-
     async fn select_in<T>(
         &self,
         table: &str,

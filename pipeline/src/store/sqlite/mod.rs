@@ -44,6 +44,7 @@ pub fn open(
     let mut connection = Connection::open(&path)?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
+    let commits_durable = synchronous == SqliteSynchronous::Full;
     let synchronous = match synchronous {
         SqliteSynchronous::Full => "FULL",
         SqliteSynchronous::Normal => "NORMAL",
@@ -53,7 +54,10 @@ pub fn open(
     // Keep the hot b-tree pages (index tails, totals) in memory between commits.
     connection.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
     migrate(&mut connection)?;
-    Ok((SqliteWriter::new(connection), SqliteReader::new(path)))
+    Ok((
+        SqliteWriter::new(connection, commits_durable),
+        SqliteReader::new(path),
+    ))
 }
 
 /// Applies the migrations newer than `PRAGMA user_version`, each in its own transaction.

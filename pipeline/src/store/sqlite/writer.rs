@@ -32,13 +32,16 @@ const MAX_BOUND: usize = 10_000;
 pub struct SqliteWriter {
     connection: Connection,
     last_prune: Option<Instant>,
+    /// Whether a commit is fsynced as it returns (`synchronous = FULL`).
+    commits_durable: bool,
 }
 
 impl SqliteWriter {
-    pub(super) fn new(connection: Connection) -> Self {
+    pub(super) fn new(connection: Connection, commits_durable: bool) -> Self {
         Self {
             connection,
             last_prune: None,
+            commits_durable,
         }
     }
 
@@ -345,6 +348,16 @@ impl StoreWriter for SqliteWriter {
         if let Err(error) = self.prune_decisions() {
             // The flush is stored; pruning is tried again at the next interval.
             tracing::warn!(%error, "cannot prune old decisions");
+        }
+        Ok(())
+    }
+
+    /// With `synchronous = NORMAL` a commit is in the WAL but not fsynced; a checkpoint
+    /// fsyncs the WAL first, after which every commit before it survives a power loss.
+    async fn make_durable(&mut self) -> Result<(), StoreError> {
+        if !self.commits_durable {
+            self.connection
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         }
         Ok(())
     }
