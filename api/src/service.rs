@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
-use http::Method;
 use referral_kit::click::ClickEdge;
 use referral_kit::shutdown::Shutdown;
-use referral_kit::{ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, server, telemetry};
+use referral_kit::telemetry::ClickRouteMetrics;
+use referral_kit::{server, telemetry};
 use referral_pipeline::{Pipeline, Role};
 use tokio::net::TcpListener;
 
@@ -91,22 +91,25 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> a
     let service = ApiService::start(&config, shutdown.clone()).await?;
     let router = service.router();
     tracing::info!(address = %listener.local_addr()?, "referral-api listening");
+    let click_metrics = Arc::new(ClickRouteMetrics::new());
     let make_service = |peer: SocketAddr| {
         let router = router.clone();
         let state = service.state.clone();
+        let click_metrics = click_metrics.clone();
         hyper::service::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
             let router = router.clone();
             let state = state.clone();
+            let click_metrics = click_metrics.clone();
             async move {
                 // The click POST, the hot path, goes straight to the edge as in
                 // referral-ingest; the router serves it too (same code), for in-process
                 // callers.
-                if let Some(route) = click_route(&request) {
+                if let Some(metrics) = click_metrics.of(request.method(), request.uri().path()) {
                     let started = Instant::now();
                     let (parts, body) = request.into_parts();
                     let response: http::Response<Body> =
                         state.edge.handle(peer.ip(), &parts.headers, body).await;
-                    telemetry::record_request(route, &Method::POST, response.status(), started);
+                    metrics.record(response.status(), started);
                     return Ok(response);
                 }
                 request
@@ -120,16 +123,4 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> a
     server::serve(listener, make_service, settings, shutdown).await;
     service.shutdown().await;
     Ok(())
-}
-
-/// The route template of a click POST, if `request` is one.
-fn click_route<B>(request: &http::Request<B>) -> Option<&'static str> {
-    if request.method() != Method::POST {
-        return None;
-    }
-    match request.uri().path() {
-        ATTRIBUTIONS_PREFIX => Some(ATTRIBUTIONS_PREFIX),
-        ATTRIBUTIONS_DOUBLED_PREFIX => Some(ATTRIBUTIONS_DOUBLED_PREFIX),
-        _ => None,
-    }
 }

@@ -48,6 +48,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> a
         ),
         pipeline: Arc::new(pipeline),
         metrics,
+        click_metrics: telemetry::ClickRouteMetrics::new(),
     });
     let address = listener
         .local_addr()

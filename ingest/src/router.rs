@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Method, Request, Response};
+use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -21,6 +21,8 @@ pub struct Edge {
     pub clicks: ClickEdge,
     pub pipeline: Arc<Pipeline>,
     pub metrics: PrometheusHandle,
+    /// The click POST's request series, registered once.
+    pub click_metrics: telemetry::ClickRouteMetrics,
 }
 
 /// Answers one request; records it by route template and status.
@@ -32,25 +34,26 @@ pub async fn route(
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path();
+    // The click POST, the hot path: its series are registered once.
+    if let Some(metrics) = edge.click_metrics.of(&method, path) {
+        let (parts, body) = request.into_parts();
+        let response = edge.clicks.handle(peer.ip(), &parts.headers, body).await;
+        metrics.record(response.status(), started);
+        return response;
+    }
     let (route, response) = if path == ATTRIBUTIONS_PREFIX || path == ATTRIBUTIONS_DOUBLED_PREFIX {
         let route = if path == ATTRIBUTIONS_PREFIX {
             ATTRIBUTIONS_PREFIX
         } else {
             ATTRIBUTIONS_DOUBLED_PREFIX
         };
-        let response = if method == Method::POST {
-            let (parts, body) = request.into_parts();
-            edge.clicks.handle(peer.ip(), &parts.headers, body).await
-        } else {
-            let mut response: Response<Full<Bytes>> = error_response(&ApiError::new(
-                ErrorKind::MethodNotAllowed,
-                "this route accepts POST only",
-            ));
-            response
-                .headers_mut()
-                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-            response
-        };
+        let mut response: Response<Full<Bytes>> = error_response(&ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            "this route accepts POST only",
+        ));
+        response
+            .headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
         (route, response)
     } else if let Some(ops_route) = OpsRoute::of(path) {
         let response = ops::answer(

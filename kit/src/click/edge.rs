@@ -54,6 +54,8 @@ pub struct ClickEdge {
     settings: EdgeSettings,
     /// Permits for clicks being handled now.
     in_flight: Semaphore,
+    /// `referral_clicks_accepted_total`, registered once (see [`crate::telemetry::RouteMetrics`]).
+    accepted: metrics::Counter,
 }
 
 impl ClickEdge {
@@ -64,12 +66,14 @@ impl ClickEdge {
         settings: EdgeSettings,
     ) -> Self {
         let in_flight = Semaphore::new(settings.max_in_flight.max(1));
+        let _ = crate::telemetry::metrics_handle();
         Self {
             log,
             codes,
             limits,
             settings,
             in_flight,
+            accepted: metrics::counter!("referral_clicks_accepted_total"),
         }
     }
 
@@ -105,7 +109,7 @@ impl ClickEdge {
         };
         let mut response = match outcome {
             Ok(attribution) => {
-                metrics::counter!("referral_clicks_accepted_total").increment(1);
+                self.accepted.increment(1);
                 serialize_response(StatusCode::CREATED, &attribution)
             }
             Err(Refusal::Invalid(error)) => {
