@@ -138,9 +138,15 @@ impl Embedded {
             args.max_apply_lag,
             args.max_apply_delay,
         );
-        let consumer =
-            Consumer::start("referral-consumer", source, worker, Duration::from_secs(30))
-                .map_err(|error| OpenError::Other(format!("cannot start the consumer: {error}")))?;
+        let consumer = Consumer::start(
+            "referral-consumer",
+            source,
+            worker,
+            Duration::from_secs(30),
+            // The store was opened and migrated just now.
+            true,
+        )
+        .map_err(|error| OpenError::Other(format!("cannot start the consumer: {error}")))?;
         tracing::info!(
             data_dir = %data_dir.display(),
             codes = directory.len(),

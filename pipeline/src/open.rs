@@ -372,6 +372,8 @@ impl Aggregator {
             source,
             worker,
             consumer_args.drain_timeout,
+            // Ready once joined and ClickHouse answered the thread's ping.
+            false,
         )
         .context("cannot start the consumer")?;
         tracing::info!(topic = %kafka.topic, group = %consumer_args.kafka_group_id, "aggregator running");

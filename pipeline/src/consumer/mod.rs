@@ -136,15 +136,19 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Starts the loop on a thread of its own.
+    /// Starts the loop on a thread of its own. `store_answers`: the caller has just reached
+    /// the store (readiness holds until the thread's own ping says otherwise); else
+    /// readiness waits for that ping.
     pub fn start<S: LogSource + 'static>(
         name: &str,
         source: S,
         worker: SharedWorker,
         drain: Duration,
+        store_answers: bool,
     ) -> std::io::Result<Self> {
         let status = Arc::new(ConsumerStatus::default());
         status.running.store(true, Ordering::Relaxed);
+        status.ready.store(store_answers, Ordering::Relaxed);
         let thread = std::thread::Builder::new().name(name.into()).spawn({
             let status = status.clone();
             move || run(source, worker, status, drain)

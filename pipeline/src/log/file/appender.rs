@@ -347,6 +347,13 @@ impl Appender {
                     ));
                     return;
                 }
+                // The removal must reach the disk too (the rename may have).
+                if let Err(sync) = segment::sync_dir(&self.shared.dir) {
+                    self.fail(&format!(
+                        "cannot start a new log segment ({error}) nor sync its removal ({sync})"
+                    ));
+                    return;
+                }
                 tracing::warn!(%error, "cannot start a new log segment; retried later");
                 if self.spare.is_none() {
                     self.spare = Some(prepare_spare(&self.shared.dir, self.segment_bytes));

@@ -104,29 +104,23 @@ impl Torn {
 /// Checks the segments of `dir` that hold records at or past `checkpoint` and finds a torn
 /// tail (without cutting it: the caller first checks the log against the store). Segments
 /// wholly below the checkpoint are applied: a crash may have left them between the store's
-/// commit and their deletion, and they are deleted now rather than read. `None` when there
-/// is no segment.
+/// commit and their deletion. They are listed but not read (whatever they hold, the store
+/// has it), and not deleted here either: the consumer deletes them once the store made its
+/// commits durable, and a log that does not match the store is left as it is. `None` when
+/// there is no segment.
 pub fn recover(dir: &Path, checkpoint: u64) -> Result<Option<Recovered>, LogError> {
-    let mut segments = list(dir)?;
+    let segments = list(dir)?;
+    let Some(last_index) = segments.len().checked_sub(1) else {
+        return Ok(None);
+    };
     let applied = segments
         .windows(2)
         .take_while(|pair| pair[1].base <= checkpoint)
         .count();
-    if applied > 0 {
-        for segment in segments.drain(..applied) {
-            tracing::info!(segment = %segment.path.display(), "deleting a segment the store had applied");
-            std::fs::remove_file(&segment.path)
-                .map_err(|error| LogError::io(&segment.path, error))?;
-        }
-        sync_dir(dir)?;
-    }
-    let Some(last_index) = segments.len().checked_sub(1) else {
-        return Ok(None);
-    };
-    let mut end = segments[0].base;
+    let mut end = segments[applied].base;
     let mut active_len = 0;
     let mut torn_tail = None;
-    for (index, segment) in segments.iter().enumerate() {
+    for (index, segment) in segments.iter().enumerate().skip(applied) {
         if segment.base != end {
             return Err(LogError::Gap {
                 path: segment.path.clone(),
@@ -268,10 +262,17 @@ mod tests {
         assert_eq!(recovered.end, 4);
         assert_eq!(recovered.segments.len(), 2);
         assert!(recovered.torn.is_none());
-        // The first segment wholly applied: deleted, not read.
+        // The first segment wholly applied: listed, not read, not deleted (the consumer
+        // deletes it once the store's commits are durable). Corrupt, it stops nothing.
+        let first = &recovered.segments[0].path;
+        let mut bytes = std::fs::read(first).unwrap();
+        bytes[frame::HEADER_BYTES + frame::RECORD_HEADER_BYTES] ^= 0x01;
+        std::fs::write(first, &bytes).unwrap();
+        assert!(recover(dir.path(), 0).is_err(), "read when not applied");
         let recovered = recover(dir.path(), 3).unwrap().unwrap();
-        assert_eq!(recovered.segments.len(), 1);
-        assert_eq!(list(dir.path()).unwrap().len(), 1);
+        assert_eq!(recovered.segments.len(), 2);
+        assert_eq!(recovered.end, 4);
+        assert_eq!(list(dir.path()).unwrap().len(), 2);
     }
 
     #[test]

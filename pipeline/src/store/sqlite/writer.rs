@@ -352,12 +352,35 @@ impl StoreWriter for SqliteWriter {
         Ok(())
     }
 
-    /// With `synchronous = NORMAL` a commit is in the WAL but not fsynced; a checkpoint
-    /// fsyncs the WAL first, after which every commit before it survives a power loss.
+    /// With `synchronous = NORMAL` a commit is in the WAL but not fsynced. The pages a
+    /// checkpoint copied are in the database file (synced by that checkpoint), the rest in
+    /// the WAL: syncing both files makes every commit so far survive a power loss. (A
+    /// `wal_checkpoint(PASSIVE)` syncs nothing when it copies nothing, for example while a
+    /// reader holds an old snapshot, so it cannot be relied on here.)
     async fn make_durable(&mut self) -> Result<(), StoreError> {
-        if !self.commits_durable {
-            self.connection
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        if self.commits_durable {
+            return Ok(());
+        }
+        let database = match self.connection.path() {
+            Some(path) if !path.is_empty() => std::path::PathBuf::from(path),
+            // An in-memory store has nothing to make durable.
+            _ => return Ok(()),
+        };
+        let mut wal = database.clone().into_os_string();
+        wal.push("-wal");
+        for file in [database, std::path::PathBuf::from(wal)] {
+            let synced = std::fs::File::open(&file).and_then(|opened| opened.sync_all());
+            match synced {
+                Ok(()) => {}
+                // No WAL: every commit is in the database file.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(StoreError::Open(format!(
+                        "cannot sync {}: {error}",
+                        file.display()
+                    )));
+                }
+            }
         }
         Ok(())
     }
