@@ -80,12 +80,9 @@ fn batches_on_disk(dir: &Path) -> usize {
     batches
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_publishes_are_group_committed_and_read_back_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let (log, mut reader) = FileLog::open(&settings(dir.path()), 0).unwrap();
-    let log = Arc::new(log);
-    let tasks: Vec<_> = (0..500)
+/// Publishes clicks `0..count` from as many tasks at once; each must be acknowledged.
+async fn publish_concurrently(log: &Arc<FileLog>, count: usize) {
+    let tasks: Vec<_> = (0..count)
         .map(|n| {
             let log = log.clone();
             tokio::spawn(async move { log.publish(click(n)).await })
@@ -94,6 +91,14 @@ async fn concurrent_publishes_are_group_committed_and_read_back_in_order() {
     for task in tasks {
         assert_eq!(task.await.unwrap(), Ok(()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_are_group_committed_and_read_back_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut reader) = FileLog::open(&settings(dir.path()), 0).unwrap();
+    let log = Arc::new(log);
+    publish_concurrently(&log, 500).await;
     assert_eq!(log.end(), 500);
     let records = tokio::task::spawn_blocking(move || read_all(&mut reader))
         .await
@@ -124,15 +129,7 @@ async fn a_batch_keeps_to_its_byte_budget_whatever_the_queue_holds() {
     };
     let (log, mut reader) = FileLog::open(&tight, 0).unwrap();
     let log = Arc::new(log);
-    let tasks: Vec<_> = (0..600)
-        .map(|n| {
-            let log = log.clone();
-            tokio::spawn(async move { log.publish(click(n)).await })
-        })
-        .collect();
-    for task in tasks {
-        assert_eq!(task.await.unwrap(), Ok(()));
-    }
+    publish_concurrently(&log, 600).await;
     let records = tokio::task::spawn_blocking(move || read_all(&mut reader))
         .await
         .unwrap();
