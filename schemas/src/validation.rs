@@ -124,6 +124,13 @@ pub fn parse_instant(
 ) -> Result<Timestamp, ApiError> {
     let instant = Timestamp::parse_rfc3339(raw)
         .map_err(|error| ApiError::invalid(field, error.to_string()))?;
+    // Nothing happened before the Unix epoch here, and ClickHouse's DateTime cannot hold it.
+    if instant.as_millis() < 0 {
+        return Err(ApiError::invalid(
+            field,
+            "must not be before 1970-01-01T00:00:00Z",
+        ));
+    }
     if instant > now.saturating_add_millis(max_future_ms) {
         let message = if max_future_ms == 0 {
             "must not be in the future".to_owned()
@@ -407,6 +414,14 @@ mod tests {
             r#"{"code":"JAN-1","occurred_at":"2026-03-20T14:27:01Z"}"#,
             "occurred_at",
         );
+        invalid(
+            r#"{"code":"JAN-1","occurred_at":"0000-01-01T00:00:00Z"}"#,
+            "occurred_at",
+        );
+        invalid(
+            r#"{"code":"JAN-1","occurred_at":"1969-12-31T23:59:59.999Z"}"#,
+            "occurred_at",
+        );
         assert_eq!(
             field_of(click(r#"{"code":"JAN-1","mentor_id":"usr_1"}"#)),
             (ErrorKind::UnknownField, Some("mentor_id".into()))
@@ -417,6 +432,7 @@ mod tests {
     fn accepts_the_edges_of_each_rule() {
         assert!(click(r#"{"code":"JAN-1","occurred_at":"2026-03-20T14:27:00Z"}"#).is_ok());
         assert!(click(r#"{"code":"JAN-1","occurred_at":"1999-01-01T00:00:00Z"}"#).is_ok());
+        assert!(click(r#"{"code":"JAN-1","occurred_at":"1970-01-01T00:00:00Z"}"#).is_ok());
         assert!(click(r#"{"code":"JAN-1","ip_address":"2001:db8::1"}"#).is_ok());
         let parsed = click(r#"{"code":"JAN-1","referrer_url":"","user_agent":null}"#).unwrap();
         assert_eq!((parsed.referrer_url, parsed.user_agent), (None, None));
