@@ -107,6 +107,18 @@ async fn click_errors_are_json_with_status_and_field(mode: Mode) {
         ("[]", StatusCode::BAD_REQUEST, "malformed_json", None),
         ("", StatusCode::BAD_REQUEST, "malformed_json", None),
         (
+            r#"{"code":"JAN-1","code":"NOPE-1"}"#,
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            Some("code"),
+        ),
+        (
+            r#"{"code":"JAN-1","occurred_at":"1969-12-31T23:59:59Z"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("occurred_at"),
+        ),
+        (
             "{}",
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",

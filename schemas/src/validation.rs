@@ -151,34 +151,87 @@ pub fn parse_instant(
 /// stack.
 pub const MAX_JSON_DEPTH: usize = 16;
 
-/// Whether `body` nests arrays/objects deeper than `limit`, ignoring brackets in strings.
-fn nests_deeper_than(body: &[u8], limit: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in body {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
+/// Longest key quoted back in a duplicate-key error.
+const MAX_QUOTED_KEY_BYTES: usize = 64;
+/// Keys per object compared for duplicates by the raw scan.
+const MAX_TRACKED_KEYS: usize = 64;
+
+/// What one pass over a body's bytes finds before it is parsed.
+#[derive(Debug, PartialEq, Eq)]
+struct Structure {
+    /// It nests deeper than the limit (the scan stops there).
+    too_deep: bool,
+    /// The first key written twice in one object (at any depth), as written.
+    duplicate: Option<String>,
+}
+
+/// Scans `body` once, ignoring brackets and commas in strings: its depth against `limit`,
+/// and keys written twice in one object. A parser keeps one of two equal keys (simd-json
+/// the first, most others the last), so a body with both means different things to
+/// different readers: it is refused rather than guessed.
+fn scan(body: &[u8], limit: usize) -> Structure {
+    // The raw key ranges of the objects open now, and per open level: whether it is an
+    // object, and where its keys start in `keys`.
+    let mut keys: Vec<(usize, usize)> = Vec::new();
+    let mut open: Vec<(bool, usize)> = Vec::new();
+    let mut expect_key = false;
+    let mut at = 0;
+    while at < body.len() {
+        match body[at] {
+            b'"' => {
+                let start = at + 1;
+                let mut end = start;
+                while end < body.len() && body[end] != b'"' {
+                    end += if body[end] == b'\\' { 2 } else { 1 };
                 }
+                let end = end.min(body.len());
+                if expect_key && let Some(&(true, first)) = open.last() {
+                    let key = &body[start..end];
+                    if keys[first..]
+                        .iter()
+                        .any(|&(from, to)| &body[from..to] == key)
+                    {
+                        let quoted = &key[..key.len().min(MAX_QUOTED_KEY_BYTES)];
+                        return Structure {
+                            too_deep: false,
+                            duplicate: Some(String::from_utf8_lossy(quoted).into_owned()),
+                        };
+                    }
+                    // Past a few dozen keys the body is refused anyway (an unknown field);
+                    // tracking them all would make a hostile body quadratic.
+                    if keys.len() - first < MAX_TRACKED_KEYS {
+                        keys.push((start, end));
+                    }
+                }
+                expect_key = false;
+                at = end;
             }
-            b']' | b'}' => depth = depth.saturating_sub(1),
+            byte @ (b'{' | b'[') => {
+                if open.len() >= limit {
+                    return Structure {
+                        too_deep: true,
+                        duplicate: None,
+                    };
+                }
+                let object = byte == b'{';
+                open.push((object, keys.len()));
+                expect_key = object;
+            }
+            b'}' | b']' => {
+                if let Some((_, first)) = open.pop() {
+                    keys.truncate(first);
+                }
+                expect_key = false;
+            }
+            b',' => expect_key = matches!(open.last(), Some((true, _))),
             _ => {}
         }
+        at += 1;
     }
-    false
+    Structure {
+        too_deep: false,
+        duplicate: None,
+    }
 }
 
 /// A JSON body parsed into a borrowed object, with only the allowed fields.
@@ -195,11 +248,19 @@ impl<'body> JsonObject<'body> {
                 "the body is empty; expected a JSON object",
             ));
         }
-        if nests_deeper_than(body, MAX_JSON_DEPTH) {
+        let structure = scan(body, MAX_JSON_DEPTH);
+        if structure.too_deep {
             return Err(ApiError::new(
                 ErrorKind::MalformedJson,
                 format!("the body nests deeper than {MAX_JSON_DEPTH} levels"),
             ));
+        }
+        if let Some(key) = &structure.duplicate {
+            return Err(ApiError::new(
+                ErrorKind::MalformedJson,
+                format!("the key \"{key}\" appears more than once in one object"),
+            )
+            .on_field(key));
         }
         let value = simd_json::to_borrowed_value(body)
             .map_err(|_| ApiError::new(ErrorKind::MalformedJson, "the body is not valid JSON"))?;
@@ -222,6 +283,19 @@ impl<'body> JsonObject<'body> {
                 format!("unknown field; allowed fields are: {}", allowed.join(", ")),
             )
             .on_field(first));
+        }
+        // Equal keys written differently ("code", "\u0063ode") pass the raw scan; simd-json
+        // keeps both entries. Every key is allowed now, so among the first
+        // `allowed.len() + 1` two are equal if any are: a bounded, quadratic look.
+        let checked = fields.len().min(allowed.len() + 1);
+        for (index, (key, _)) in fields.iter().enumerate().take(checked) {
+            if fields.iter().take(index).any(|(earlier, _)| earlier == key) {
+                return Err(ApiError::new(
+                    ErrorKind::MalformedJson,
+                    format!("the key \"{key}\" appears more than once in the object"),
+                )
+                .on_field(key.as_ref()));
+            }
         }
         Ok(Self { fields })
     }
@@ -368,6 +442,38 @@ mod tests {
         assert_eq!(parsed.code, "JAN-VERV-8F3A");
         assert_eq!(parsed.ip_address.as_deref(), Some("185.12.34.56"));
         assert_eq!(parsed.occurred_at, Some(now()));
+    }
+
+    #[test]
+    fn a_key_written_twice_is_malformed_json_naming_it_at_any_depth() {
+        assert_eq!(
+            field_of(click(r#"{"code":"A-1","code":"B-1"}"#)),
+            (ErrorKind::MalformedJson, Some("code".into()))
+        );
+        // Nested (the field's type is wrong too, but the body is ambiguous first).
+        assert_eq!(
+            field_of(click(r#"{"code":{"a":1,"b":[{"x":1},{"x":2}],"a":2}}"#)),
+            (ErrorKind::MalformedJson, Some("a".into()))
+        );
+        // The same key spelled with an escape.
+        assert_eq!(
+            field_of(click(r#"{"code":"A-1","\u0063ode":"B-1"}"#)),
+            (ErrorKind::MalformedJson, Some("code".into()))
+        );
+        // Equal keys in sibling objects, keys inside strings, and values equal to keys are
+        // not duplicates.
+        assert_eq!(
+            scan(
+                br#"{"a":{"x":1},"b":{"x":2},"c":"\"a\":","d":"a"}"#,
+                MAX_JSON_DEPTH
+            ),
+            Structure {
+                too_deep: false,
+                duplicate: None,
+            }
+        );
+        assert!(scan(&[b'['; 17], MAX_JSON_DEPTH).too_deep);
+        assert!(!scan(&[b'['; 16], MAX_JSON_DEPTH).too_deep);
     }
 
     #[test]
