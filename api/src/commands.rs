@@ -10,10 +10,28 @@ use referral_kit::error::publish_error;
 use referral_schemas::messages::{LogEvent, Rejection, Verdict};
 use referral_schemas::{ApiError, ErrorKind};
 
+use crate::auth::Caller;
 use crate::state::AppState;
 
-/// Publishes `command` and returns its verdict, or 503 when none came within the timeout.
-pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiError> {
+/// The attribution or code a command is about.
+fn subject_of(command: &LogEvent) -> &str {
+    match command {
+        LogEvent::Click(click) => &click.attribution_id,
+        LogEvent::ConfirmConversion(confirm) => &confirm.attribution_id,
+        LogEvent::DeleteAttribution(delete) => &delete.attribution_id,
+        LogEvent::AssignCode(assign) => &assign.code,
+        LogEvent::RetireCode(retire) => &retire.code,
+    }
+}
+
+/// Publishes `command` for `caller` and returns its verdict, or 503 when none came within
+/// the timeout. Every write goes through here, so here is its audit line: who, what, on
+/// which attribution or code, and how it ended.
+pub async fn submit(
+    state: &AppState,
+    caller: &Caller,
+    command: LogEvent,
+) -> Result<Verdict, ApiError> {
     let Some(command_id) = command.command_id().map(str::to_owned) else {
         tracing::error!(
             kind = command.kind_name(),
@@ -22,6 +40,7 @@ pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiE
         return Err(ApiError::internal());
     };
     let kind = command.kind_name();
+    let subject = subject_of(&command).to_owned();
     let decided = tokio::time::timeout(state.command_timeout, async {
         // Waiting starts before the command is published: its verdict may come at once.
         let verdict = state.reads.verdicts.expect(&command_id)?;
@@ -40,11 +59,22 @@ pub async fn submit(state: &AppState, command: LogEvent) -> Result<Verdict, ApiE
         Err(ApiError::overloaded(
             "the command was not decided in time; retry",
         ))
-    })?;
+    });
     let outcome = match &verdict {
-        Verdict::Rejected { reason } => reason.as_str(),
-        _ => "applied",
+        Ok(Verdict::Rejected { reason }) => reason.as_str(),
+        Ok(_) => "applied",
+        Err(error) => error.kind.code(),
     };
+    tracing::info!(
+        target: "referral::audit",
+        token = %caller.name(),
+        command = kind,
+        %command_id,
+        %subject,
+        outcome,
+        "write"
+    );
+    let verdict = verdict?;
     metrics::counter!("referral_commands_total", "command" => kind, "outcome" => outcome)
         .increment(1);
     Ok(verdict)

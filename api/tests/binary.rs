@@ -3,7 +3,7 @@
 //! the totals are exact (the store catches up from the log); SIGTERM drains and exits 0; a
 //! torn last record is cut off at start, a corrupt one stops the start naming the file and
 //! byte; a full disk answers 503 and loses nothing; a client that sends its headers slowly
-//! is cut off.
+//! is cut off; every write leaves an audit line.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -58,6 +58,11 @@ async fn start_with(
         .unwrap_or_else(|exit| panic!("referral-api exited at start: {exit}"))
 }
 
+/// Where a server started with `RUST_LOG` writes its log.
+fn log_file(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.with_extension("log")
+}
+
 /// Starts the binary and waits until it is ready; `Err` with its exit status when it
 /// stopped instead.
 async fn try_start(
@@ -66,15 +71,22 @@ async fn try_start(
     env: &[(&str, &str)],
 ) -> Result<Server, std::process::ExitStatus> {
     let address = format!("127.0.0.1:{}", free_port());
+    // With `RUST_LOG` given, the test reads the log (written to stdout): it goes to a file
+    // beside the data directory.
+    let stdout = if env.iter().any(|(name, _)| *name == "RUST_LOG") {
+        Stdio::from(std::fs::File::create(log_file(data_dir)).unwrap())
+    } else {
+        Stdio::null()
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_referral-api"))
-        .envs(env.iter().copied())
         .env("REFERRAL_DATA_DIR", data_dir)
         .env("REFERRAL_LOG_SEGMENT_BYTES", "1048576")
         .env("REFERRAL_RATE_LIMIT_PER_IP", "0")
         .env("REFERRAL_RATE_LIMIT_PER_CODE", "0")
         .env("REFERRAL_LISTEN", &address)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .envs(env.iter().copied())
+        .stdout(stdout)
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
@@ -204,10 +216,25 @@ async fn call(
     uri: &str,
     body: Option<&str>,
 ) -> Result<(StatusCode, Value), String> {
-    let request = Request::builder()
+    call_as(client, None, method, uri, body).await
+}
+
+/// [`call`] with a bearer token.
+async fn call_as(
+    client: &HttpClient,
+    token: Option<&str>,
+    method: Method,
+    uri: &str,
+    body: Option<&str>,
+) -> Result<(StatusCode, Value), String> {
+    let mut request = Request::builder()
         .method(method)
         .uri(uri)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
         .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
         .map_err(|error| error.to_string())?;
     let response = client
@@ -563,4 +590,63 @@ async fn a_full_disk_answers_503_and_loses_nothing_acknowledged() {
     assert_eq!(totals["total_clicks"], acked.len());
     stop(server).await;
     drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_leaves_an_audit_line_naming_the_token_by_its_digest_never_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let admin = "audit-admin-0123456789abcdef";
+    let spec = format!("{admin}=admin");
+    let server = start_with(
+        &data_dir,
+        &client,
+        &[
+            ("REFERRAL_API_TOKENS", spec.as_str()),
+            ("RUST_LOG", "warn,referral::audit=info"),
+        ],
+    )
+    .await;
+    let code_uri = format!("{}/api/v1/referral-codes/AUDIT-1", server.base);
+    let (status, _) = call_as(
+        &client,
+        Some(admin),
+        Method::PUT,
+        &code_uri,
+        Some(r#"{"mentor_id":"usr_1"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = call_as(&client, Some(admin), Method::DELETE, &code_uri, None)
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status}");
+    // A read is not a write: no audit line.
+    let (status, _) = call_as(&client, Some(admin), Method::GET, &code_uri, None)
+        .await
+        .unwrap();
+    assert!(status.is_client_error() || status.is_success());
+    stop(server).await;
+    let log = std::fs::read_to_string(log_file(&data_dir)).unwrap();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("referral::audit"))
+        .collect();
+    assert_eq!(audit.len(), 2, "one line per write:\n{log}");
+    let name = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(admin.as_bytes()))[..12].to_owned()
+    };
+    for line in &audit {
+        assert!(line.contains(&format!("sha256:{name}")), "{line}");
+        assert!(line.contains("AUDIT-1"), "{line}");
+        assert!(
+            !line.contains(admin),
+            "the token itself is never logged: {line}"
+        );
+    }
+    assert!(audit[0].contains("assign_code"), "{}", audit[0]);
+    assert!(audit[1].contains("retire_code"), "{}", audit[1]);
 }

@@ -647,7 +647,12 @@ async fn tokens_guard_everything_but_the_click_post(mode: Mode) {
     let reader = "reader-0123456789abcdef";
     let writer = "writer-0123456789abcdef";
     let admin = "admin-00123456789abcdef";
-    let spec = format!("{reader}=read,{writer}=read+write,{admin}=admin");
+    // The writer is configured by its token's SHA-256: the setting holds no usable token.
+    let writer_digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(writer.as_bytes()))
+    };
+    let spec = format!("{reader}=read,sha256:{writer_digest}=read+write,{admin}=admin");
     let app = TestApp::start_mode(mode, &["--api-tokens", &spec]).await;
     let bearer = |token: &str| format!("Bearer {token}");
     let call = |method: Method, uri: String, token: Option<&str>, body: Option<&str>| {

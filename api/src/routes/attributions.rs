@@ -131,7 +131,7 @@ async fn confirm(
     path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> HandlerResult {
-    state.tokens.authorize(request.headers(), Scope::Write)?;
+    let caller = state.tokens.authorize(request.headers(), Scope::Write)?;
     let id = attribution_id(path)?;
     let now = Timestamp::now();
     let mut body = json_body(request).await?;
@@ -146,7 +146,7 @@ async fn confirm(
         confirmed_at: confirmation.confirmed_at.unwrap_or(now),
         issued_at: now,
     });
-    match submit(&state, command).await? {
+    match submit(&state, &caller, command).await? {
         Verdict::Confirmed { attribution, .. } => {
             Ok(json(StatusCode::OK, &attribution.conversion_view()))
         }
@@ -161,7 +161,7 @@ async fn remove(
     headers: http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> HandlerResult {
-    state.tokens.authorize(&headers, Scope::Write)?;
+    let caller = state.tokens.authorize(&headers, Scope::Write)?;
     let id = attribution_id(path)?;
     let_click_land(&state, &id).await?;
     let command = LogEvent::DeleteAttribution(DeleteAttribution {
@@ -169,7 +169,7 @@ async fn remove(
         attribution_id: id,
         issued_at: Timestamp::now(),
     });
-    match submit(&state, command).await? {
+    match submit(&state, &caller, command).await? {
         Verdict::Deleted { deletion } => Ok(json(StatusCode::OK, &deletion)),
         Verdict::Rejected { reason } => Err(rejection_error(reason).into()),
         other => Err(unexpected(other)),

@@ -82,7 +82,7 @@ async fn assign(
     path: Result<Path<String>, PathRejection>,
     request: Request,
 ) -> HandlerResult {
-    state.tokens.authorize(request.headers(), Scope::Admin)?;
+    let caller = state.tokens.authorize(request.headers(), Scope::Admin)?;
     let code = code_from_path(path)?;
     let mut body = json_body(request).await?;
     let assignment = CodeAssignmentRequest::parse(&mut body)?;
@@ -92,7 +92,7 @@ async fn assign(
         mentor_id: assignment.mentor_id,
         issued_at: Timestamp::now(),
     });
-    match submit(&state, command).await? {
+    match submit(&state, &caller, command).await? {
         Verdict::CodeAssigned { code, created } => {
             honoured_here(&state, &code.code, Some(&code.mentor_id)).await;
             let status = if created {
@@ -112,14 +112,14 @@ async fn retire(
     headers: http::HeaderMap,
     path: Result<Path<String>, PathRejection>,
 ) -> HandlerResult {
-    state.tokens.authorize(&headers, Scope::Admin)?;
+    let caller = state.tokens.authorize(&headers, Scope::Admin)?;
     let code = code_from_path(path)?;
     let command = LogEvent::RetireCode(RetireCode {
         command_id: new_command_id(),
         code,
         issued_at: Timestamp::now(),
     });
-    match submit(&state, command).await? {
+    match submit(&state, &caller, command).await? {
         Verdict::CodeRetired { retirement } => {
             honoured_here(&state, &retirement.code, None).await;
             Ok(json(StatusCode::OK, &retirement))
