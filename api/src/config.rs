@@ -20,7 +20,9 @@ pub struct Config {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 
-    /// Bearer tokens and their scopes: TOKEN=read[+write][+admin],... Unset: open API.
+    /// Bearer tokens and their scopes: TOKEN=read[+write][+admin],... or
+    /// sha256:<hex of the token's SHA-256>=scopes. Required with Kafka + ClickHouse unless
+    /// --allow-anonymous; unset in the embedded mode: an open API (for local use).
     #[arg(
         long,
         env = "REFERRAL_API_TOKENS",
@@ -28,6 +30,11 @@ pub struct Config {
         default_value = ""
     )]
     pub api_tokens: String,
+
+    /// With Kafka + ClickHouse and no --api-tokens, start anyway with every endpoint open to
+    /// anyone who can reach it (otherwise the API refuses to start).
+    #[arg(long, env = "REFERRAL_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
 
     /// How long a read of, or a command on, an attribution created moments ago waits for the
     /// store to hold it (embedded: for the consumer to catch up with the log; production: for
@@ -54,6 +61,61 @@ impl Config {
         }
         self.edge.validate()?;
         self.server.settings()?;
-        ApiTokens::parse(&self.api_tokens).map_err(|error| anyhow::anyhow!("--api-tokens: {error}"))
+        let tokens = ApiTokens::parse(&self.api_tokens)
+            .map_err(|error| anyhow::anyhow!("--api-tokens: {error}"))?;
+        anyhow::ensure!(
+            !(tokens.is_open() && self.is_production() && !self.allow_anonymous),
+            "no API tokens: with Kafka + ClickHouse configured, referral-api does not start with \
+             every endpoint open. Set --api-tokens (REFERRAL_API_TOKENS) to \
+             TOKEN=read[+write][+admin],... (tokens of 16+ visible characters), or \
+             sha256:<hex of the token's SHA-256>=scopes so the setting holds no usable token \
+             (printf %s \"$TOKEN\" | sha256sum); or pass --allow-anonymous \
+             (REFERRAL_ALLOW_ANONYMOUS=true) to run open on purpose"
+        );
+        Ok(tokens)
+    }
+
+    /// Kafka + ClickHouse rather than the embedded log and store.
+    pub fn is_production(&self) -> bool {
+        self.pipeline.kafka_brokers.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PRODUCTION: [&str; 5] = [
+        "referral-api",
+        "--kafka-brokers",
+        "127.0.0.1:9092",
+        "--clickhouse-url",
+        "http://127.0.0.1:8123",
+    ];
+
+    fn validate(extra: &[&str]) -> anyhow::Result<ApiTokens> {
+        let args = PRODUCTION.iter().chain(extra).copied();
+        Config::try_parse_from(args)?.validate()
+    }
+
+    #[test]
+    fn production_without_tokens_refuses_to_start_and_says_how_to_set_them() {
+        let error = validate(&[]).expect_err("an open production API").to_string();
+        assert!(error.contains("--api-tokens"), "{error}");
+        assert!(error.contains("REFERRAL_API_TOKENS"), "{error}");
+        assert!(error.contains("--allow-anonymous"), "{error}");
+    }
+
+    #[test]
+    fn production_starts_with_tokens_or_when_anonymous_is_asked_for() {
+        let tokens = validate(&["--api-tokens", "reader-0123456789abcdef=read"]);
+        assert!(!tokens.expect("tokens given").is_open());
+        assert!(validate(&["--allow-anonymous"]).expect("asked for").is_open());
+    }
+
+    #[test]
+    fn the_embedded_mode_stays_open_for_local_use() {
+        let config = Config::try_parse_from(["referral-api"]).expect("no flags");
+        assert!(config.validate().expect("embedded default").is_open());
     }
 }

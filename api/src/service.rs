@@ -62,6 +62,8 @@ impl ApiService {
     fn tokens(config: &Config) -> anyhow::Result<ApiTokens> {
         let tokens = config.validate()?;
         if tokens.is_open() {
+            // Production reaches here only with --allow-anonymous; the embedded default is
+            // meant for local use on 127.0.0.1.
             tracing::warn!(
                 "no --api-tokens configured: every endpoint is open to anyone who can reach it"
             );

@@ -12,6 +12,7 @@ Run by scripts/test-helm.sh (which installs the pinned packages into the test vi
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -51,6 +52,11 @@ CLICK_PATHS = {
 
 COMPONENTS = ("ingest", "api", "aggregator")
 
+# The chart refuses to render an API without tokens (unless auth.allowAnonymous); tests of
+# other things give it this one, as its digest, when their values say nothing about auth.
+TEST_TOKEN_DIGEST = hashlib.sha256(b"chart-test-admin-token-0123456789").hexdigest()
+TEST_TOKENS = f"sha256:{TEST_TOKEN_DIGEST}=admin"
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -59,7 +65,16 @@ def load_values(name: str) -> dict[str, Any]:
     return yaml.safe_load((VALUES_DIR / name).read_text()) or {}
 
 
-def render_raw(values: dict[str, Any]) -> dict[str, str]:
+def with_auth(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with TEST_TOKENS when they set neither auth nor existingSecret."""
+    if "auth" in values or "existingSecret" in values:
+        return values
+    return {**values, "auth": {"apiTokens": TEST_TOKENS}}
+
+
+def render_raw(values: dict[str, Any], *, add_auth: bool = True) -> dict[str, str]:
+    if add_auth:
+        values = with_auth(values)
     with helm.Chart.load(CHART) as chart:
         return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
@@ -81,7 +96,7 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 def merged(values: dict[str, Any]) -> dict[str, Any]:
     with helm.Chart.load(CHART) as chart:
-        return chart.merge_values(values)
+        return chart.merge_values(with_auth(values))
 
 
 def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -135,7 +150,7 @@ def test_values_files_exist() -> None:
 @pytest.mark.parametrize("values_file", VALUES_FILES)
 def test_lint_strict(values_file: str) -> None:
     report = helm.lint(
-        CHART, load_values(values_file), strict=True, namespace=NAMESPACE, kube_version="v1.31.0"
+        CHART, with_auth(load_values(values_file)), strict=True, namespace=NAMESPACE, kube_version="v1.31.0"
     )
     # Severity 1 is INFO ("icon is recommended"); WARNING (2) and ERROR (3) fail --strict.
     problems = [m for m in report["messages"] if m["severity"] >= 2]
@@ -394,6 +409,43 @@ def test_secret_references(case) -> None:
             )
             assert hook_secret["stringData"][keys["clickhousePassword"]] == values["clickhouse"]["password"]
         assert _secret_ref(container, "REFERRAL_API_TOKENS") is None
+
+
+def test_an_open_api_is_refused_unless_asked_for() -> None:
+    with pytest.raises(helm.HelmRenderError) as refused:
+        render_raw({}, add_auth=False)
+    message = str(refused.value)
+    for hint in ("no API tokens", "auth.apiTokens", "existingSecret", "auth.allowAnonymous: true"):
+        assert hint in message, message
+    # Tokens, an existingSecret, or an open API on purpose: each renders.
+    for values in (
+        {"auth": {"apiTokens": TEST_TOKENS}},
+        {"existingSecret": "sre-managed"},
+        {"auth": {"allowAnonymous": True}},
+    ):
+        objects = render(values)
+        data = one(objects, "ConfigMap", FULLNAME)["data"]
+        anonymous = values.get("auth", {}).get("allowAnonymous", False)
+        assert data["REFERRAL_ALLOW_ANONYMOUS"] == ("true" if anonymous else "false")
+
+
+@pytest.mark.parametrize("route", ["ingress", "httpRoute"])
+def test_a_proxy_without_trusted_proxies_is_refused_while_limiting_per_ip(route: str) -> None:
+    production = load_values("production.yaml")
+    exposed = {
+        "existingSecret": "sre-managed",
+        "ingress": {"enabled": False},
+        "httpRoute": {"enabled": False},
+        route: production[route],
+    }
+    with pytest.raises(helm.HelmRenderError) as refused:
+        render_raw(exposed)
+    message = str(refused.value)
+    for hint in ("config.trustedProxies", "config.rateLimit.perIp", "proxy"):
+        assert hint in message, message
+    # Trusted proxies given, or no per-IP limit: renders.
+    render({**exposed, "config": {"trustedProxies": "10.0.0.0/8"}})
+    render({**exposed, "config": {"rateLimit": {"perIp": 0}}})
 
 
 def test_existing_secret_excludes_inline_secrets() -> None:
@@ -737,4 +789,5 @@ def test_notes_render(case) -> None:
     notes = render_raw(load_values(values_file))["referral-attribution/templates/NOTES.txt"]
     assert f"{FULLNAME}-api" in notes
     open_api = not values["existingSecret"] and not values["auth"]["apiTokens"]
+    assert open_api == values["auth"]["allowAnonymous"]
     assert ("WARNING: no API tokens" in notes) == open_api

@@ -93,13 +93,14 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
     seed_code(dir.path(), "JAN-1", "usr_1").await;
     let address = free_address();
+    let log_path = dir.path().join("ingest.log");
     let mut child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
             .env("REFERRAL_DATA_DIR", dir.path())
             .env("REFERRAL_LOG_SEGMENT_BYTES", "1048576")
             .env("REFERRAL_LISTEN", &address)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap(),
     );
@@ -189,6 +190,17 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // X-Forwarded-For from a peer not in --trusted-proxies (none here): not believed,
+    // counted, and one warning line for the process however many arrive.
+    for _ in 0..3 {
+        let request = Request::post(&canonical)
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Full::new(Bytes::from_static(b"{")))
+            .unwrap();
+        let answer = client.request(request).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::BAD_REQUEST);
+    }
     let metrics = client
         .request(
             Request::get(format!("{base}/metrics"))
@@ -208,6 +220,17 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
     )
     .unwrap();
     assert!(text.contains("referral_clicks_accepted_total 2"), "{text}");
+    assert!(
+        text.contains("referral_untrusted_forwarded_for_total 3"),
+        "{text}"
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(
+        log.matches("X-Forwarded-For from a peer not in --trusted-proxies")
+            .count(),
+        1,
+        "{log}"
+    );
     assert!(
         text.contains(r#"referral_clicks_rejected_total{cause="unknown_code"} 1"#),
         "{text}"

@@ -30,11 +30,15 @@ const BYTES_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Structured logs to stderr; `RUST_LOG` filters (default `info`).
+/// Logs to stdout; `RUST_LOG` filters (default `info`). Colours only on a terminal: a
+/// log collector (or a file) would otherwise store escape codes around every level.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .try_init();
 }
 
 /// The process's Prometheus recorder, installed on first use. Tests that build several apps

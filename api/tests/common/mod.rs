@@ -254,6 +254,10 @@ impl TestApp {
                 .iter()
                 .map(|arg| (*arg).to_owned()),
         );
+        // Production refuses an open API unless asked; most contract tests run without tokens.
+        if !extra.contains(&"--api-tokens") {
+            args.push("--allow-anonymous".to_owned());
+        }
         let config = Config::try_parse_from(args).unwrap();
         let (stop, shutdown) = referral_kit::shutdown::channel();
         let service = ApiService::start(&config, shutdown).await.unwrap();

@@ -123,6 +123,12 @@ so a bad combination fails `helm install`, `helm upgrade` and `helm template` al
 {{- if and .Values.existingSecret (or .Values.auth.apiTokens .Values.clickhouse.password .Values.kafka.sasl.password) }}
 {{- fail "existingSecret is set: leave auth.apiTokens, clickhouse.password and kafka.sasl.password empty and put them into that Secret (keys secretKeys.apiTokens, secretKeys.clickhousePassword, secretKeys.kafkaSaslPassword)" }}
 {{- end }}
+{{- if not (or .Values.existingSecret .Values.auth.apiTokens .Values.auth.allowAnonymous) }}
+{{- fail "no API tokens: without them anyone who reaches the API can confirm and delete attributions and change referral codes, so referral-api refuses to start. Set auth.apiTokens (TOKEN=read[+write][+admin],... or sha256:<hex of the token's SHA-256>=scopes), or existingSecret with the key secretKeys.apiTokens; or set auth.allowAnonymous: true to run an open API on purpose" }}
+{{- end }}
+{{- if and (or .Values.ingress.enabled .Values.httpRoute.enabled) (not .Values.config.trustedProxies) (gt (int .Values.config.rateLimit.perIp) 0) }}
+{{- fail "ingress.enabled or httpRoute.enabled with an empty config.trustedProxies: every click would seem to come from the proxy's address, and the per-IP limit (config.rateLimit.perIp) would throttle all clicks of the edge as one visitor. Set config.trustedProxies to the ingress controller's or gateway's pod range (IPs/CIDRs, comma-separated), or set config.rateLimit.perIp: 0 to turn the per-IP limit off" }}
+{{- end }}
 {{- if include "referral-attribution.kafkaSasl" . }}
 {{- if not (and .Values.kafka.sasl.mechanism .Values.kafka.sasl.username) }}
 {{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.mechanism and kafka.sasl.username (and the password, in kafka.sasl.password or the existingSecret)" .Values.kafka.securityProtocol) }}
@@ -178,6 +184,7 @@ REFERRAL_CLICKHOUSE_USER: {{ .Values.clickhouse.user | quote }}
 REFERRAL_CLICKHOUSE_INSERT_TIMEOUT: {{ .Values.clickhouse.insertTimeout | quote }}
 REFERRAL_ATTRIBUTION_WINDOW: {{ .Values.config.attributionWindow | quote }}
 REFERRAL_TRUSTED_PROXIES: {{ .Values.config.trustedProxies | quote }}
+REFERRAL_ALLOW_ANONYMOUS: {{ .Values.auth.allowAnonymous | quote }}
 REFERRAL_ACK_TIMEOUT: {{ .Values.config.ackTimeout | quote }}
 REFERRAL_READ_AFTER_WRITE_WAIT: {{ .Values.config.readAfterWriteWait | quote }}
 REFERRAL_HEADER_READ_TIMEOUT: {{ .Values.config.headerReadTimeout | quote }}

@@ -34,15 +34,39 @@ impl TrustedProxies {
     /// The client address for a request from `peer`.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusts(peer) {
+            if headers.contains_key(X_FORWARDED_FOR) {
+                untrusted_forwarded_for(peer);
+            }
             return peer.to_canonical();
         }
         headers
-            .get("x-forwarded-for")
+            .get(X_FORWARDED_FOR)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.split(',').next())
             .and_then(|first| first.trim().parse::<IpAddr>().ok())
             .map_or(peer.to_canonical(), |ip| ip.to_canonical())
     }
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// A proxy the edge was not told about sends `X-Forwarded-For`: likely a missing
+/// `--trusted-proxies`, and then every click seems to come from the proxy and the per-IP
+/// limit throttles them all as one visitor. Counted, and said once per process (a client
+/// sending the header on its own would otherwise flood the log).
+fn untrusted_forwarded_for(peer: IpAddr) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    metrics::counter!("referral_untrusted_forwarded_for_total").increment(1);
+    WARNED.call_once(|| {
+        tracing::warn!(
+            %peer,
+            "a request carried X-Forwarded-For from a peer not in --trusted-proxies: its client \
+             address is the peer's. Behind a proxy, set --trusted-proxies \
+             (REFERRAL_TRUSTED_PROXIES) to the proxy's addresses, or every click counts \
+             against one per-IP limit. Further ones are counted in \
+             referral_untrusted_forwarded_for_total, not logged"
+        );
+    });
 }
 
 #[cfg(test)]

@@ -166,6 +166,7 @@ async fn edge_row(
     let endpoints = Endpoints {
         ingest: pipeline.ingest_url(),
         api: pipeline.api_url(),
+        api_token: Some(pipeline.api_token().to_owned()),
     };
     let population = population_on(&endpoints, seed).await?;
     let (rps, latency, non_201, errors, cpu) = edge_throughput(
@@ -352,7 +353,6 @@ fn run_options(mode: Mode, duration: Duration, seed: u64, probe: Option<Duration
         codes: 2000,
         zipf_exponent: 1.1,
         request_timeout: Duration::from_secs(10),
-        api_token: None,
         drain_timeout: Duration::from_secs(300),
         cpu_of: Vec::new(),
     }
@@ -462,6 +462,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
     let endpoints = Endpoints {
         ingest: pipeline.ingest_url(),
         api: pipeline.api_url(),
+        api_token: Some(pipeline.api_token().to_owned()),
     };
     let server = "referral-ingest, Kafka (tansu memory engine, acks=all, idempotent)";
     edge.push(edge_row(&pipeline, server, 2, &args, base_rps).await?);

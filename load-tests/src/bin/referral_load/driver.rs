@@ -61,6 +61,9 @@ pub struct Endpoints {
     pub ingest: String,
     /// Base URL of the API (commands, reads).
     pub api: String,
+    /// Bearer token for the API (read, write and admin scopes), when it requires one; never
+    /// sent with clicks.
+    pub api_token: Option<String>,
 }
 
 /// Counters and histograms of one kind of request.

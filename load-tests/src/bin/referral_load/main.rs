@@ -6,6 +6,7 @@
 //!   the load, verifies.
 //! - `smoke`: a short aggregator-kill scenario; part of the test command.
 //! - `bench`: the benchmark report in `docs/BENCHMARKS.md`.
+//! - `serve`: the pipeline for another tool to run against (the API fuzzer in the tests).
 //!
 //! Each run ends with the verifier's line, `acked=N stored=N lost=0 duplicated=0`, and exits
 //! non-zero on any loss, duplicate, inconsistency or wrong answer.
@@ -18,6 +19,7 @@ mod ledger;
 mod pipeline;
 mod report;
 mod scenario;
+mod serve;
 mod traffic;
 mod verify;
 
@@ -62,6 +64,10 @@ enum Command {
             default_value = "http://127.0.0.1:8080"
         )]
         api_url: String,
+        /// Bearer token for the API (read, write and admin scopes: the run creates its codes),
+        /// when it requires one. The scenarios start their own API with a token of their own.
+        #[arg(long, env = "REFERRAL_LOAD_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
         #[command(flatten)]
         load: LoadArgs,
         /// Write NAME.json, NAME.md and NAME.svg here.
@@ -91,6 +97,21 @@ enum Command {
     },
     /// Measure and write the benchmark report (docs/BENCHMARKS.md with --record).
     Bench(bench::BenchArgs),
+    /// Start the pipeline on this machine, run COMMAND against it, stop it. COMMAND gets
+    /// REFERRAL_API_URL, REFERRAL_INGEST_URL and REFERRAL_API_TOKEN (an admin token); the
+    /// run fails when COMMAND fails or a service logged an ERROR line meanwhile.
+    Serve {
+        #[arg(
+            long,
+            env = "REFERRAL_LOAD_TOPOLOGY",
+            value_enum,
+            default_value = "auto"
+        )]
+        topology: Topology,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// A minimal hyper server answering every request 201 with a fixed body: the
     /// baseline the edge is compared with (started by `bench`).
     #[command(hide = true)]
@@ -168,9 +189,6 @@ struct LoadArgs {
     /// How long the pipeline may take to apply everything after the load.
     #[arg(long, env = "REFERRAL_LOAD_DRAIN_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
-    /// Bearer token for the API (write and read scopes), when it requires one.
-    #[arg(long, env = "REFERRAL_LOAD_API_TOKEN")]
-    api_token: Option<String>,
     #[arg(long, env = "REFERRAL_LOAD_SEED", default_value_t = 42)]
     seed: u64,
     /// No progress bar (it is hidden anyway when stderr is not a terminal).
@@ -227,7 +245,6 @@ impl LoadArgs {
             codes: self.codes,
             zipf_exponent: self.zipf,
             request_timeout: self.request_timeout,
-            api_token: self.api_token.clone(),
             drain_timeout: self.drain_timeout,
             cpu_of: Vec::new(),
         })
@@ -272,7 +289,6 @@ fn smoke_options() -> RunOptions {
         codes: 100,
         zipf_exponent: 1.1,
         request_timeout: Duration::from_secs(10),
-        api_token: None,
         drain_timeout: Duration::from_secs(60),
         cpu_of: Vec::new(),
     }
@@ -283,9 +299,12 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::BaselineServer { listen } => bench::baseline_server(listen),
         Command::Bench(args) => runtime().and_then(|runtime| runtime.block_on(bench::run(args))),
+        Command::Serve { topology, command } => runtime()
+            .and_then(|runtime| runtime.block_on(serve::serve(topology, command))),
         Command::Run {
             ingest_url,
             api_url,
+            api_token,
             load,
             report_dir,
         } => (|| {
@@ -294,6 +313,7 @@ fn main() -> ExitCode {
             let endpoints = Endpoints {
                 ingest: ingest_url.trim_end_matches('/').to_owned(),
                 api: api_url.trim_end_matches('/').to_owned(),
+                api_token,
             };
             let report = runtime.block_on(async {
                 let outcome =

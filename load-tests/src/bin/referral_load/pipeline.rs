@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use referral_load_tests::bench::Service;
 use referral_load_tests::services::{ClickHouseServer, TansuBroker, free_ports};
+use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
 use crate::http::{Call, HttpClient, Outcome};
@@ -82,6 +83,8 @@ pub struct Pipeline {
     /// Peak RSS (VmHWM) of each process seen so far, by name: the maximum over restarts.
     peak_rss: Vec<(String, u64)>,
     client: HttpClient,
+    /// The admin token of this run's API (random; the API holds only its SHA-256).
+    api_token: String,
 }
 
 /// Peak resident memory of a process (VmHWM), in bytes.
@@ -160,6 +163,12 @@ impl Pipeline {
             .map_err(|error| format!("cannot create a temp dir: {error}"))?;
         let client = HttpClient::new(4, Duration::from_secs(5), None);
         let ports = free_ports(3);
+        let api_token = format!("referral-load-{:032x}", rand::random::<u128>());
+        // As a deployment should: the setting holds the token's digest, not the token.
+        let api_tokens = env(
+            "REFERRAL_API_TOKENS",
+            format!("sha256:{}=admin", hex::encode(Sha256::digest(&api_token))),
+        );
         let mut pipeline = match topology {
             Topology::Embedded => {
                 let api = Launch {
@@ -169,6 +178,7 @@ impl Pipeline {
                     env: vec![
                         env("REFERRAL_LISTEN", format!("127.0.0.1:{}", ports[0])),
                         env("REFERRAL_DATA_DIR", data.path().display().to_string()),
+                        api_tokens,
                         env("REFERRAL_RATE_LIMIT_PER_IP", "0"),
                         env("REFERRAL_RATE_LIMIT_PER_CODE", "0"),
                         env("REFERRAL_RATE_LIMIT_GLOBAL", "0"),
@@ -189,6 +199,7 @@ impl Pipeline {
                     _data: data,
                     peak_rss: Vec::new(),
                     client,
+                    api_token,
                 }
             }
             Topology::Kafka | Topology::Auto => {
@@ -246,6 +257,7 @@ impl Pipeline {
                         clickhouse_url,
                         database,
                         env("REFERRAL_LISTEN", format!("127.0.0.1:{}", ports[0])),
+                        api_tokens,
                     ],
                     port: ports[0],
                 };
@@ -283,6 +295,7 @@ impl Pipeline {
                     _data: data,
                     peak_rss: Vec::new(),
                     client,
+                    api_token,
                 }
             }
         };
@@ -311,6 +324,11 @@ impl Pipeline {
 
     pub fn api_url(&self) -> String {
         self.api.launch.url()
+    }
+
+    /// The admin token of this run's API.
+    pub fn api_token(&self) -> &str {
+        &self.api_token
     }
 
     /// Starts a component and waits until it answers `/readyz` 200.
@@ -463,6 +481,28 @@ impl Pipeline {
     }
 
     /// Stops every component (SIGTERM with a drain, then the external services).
+    /// The ERROR lines (and panics) our services logged so far, every start of every
+    /// component.
+    pub fn logged_errors(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.logs.path()) else {
+            return vec![format!("cannot read the logs in {:?}", self.logs.path())];
+        };
+        let mut errors = Vec::new();
+        for entry in entries.flatten() {
+            let text = fs::read_to_string(entry.path()).unwrap_or_default();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            errors.extend(
+                text.lines()
+                    .filter(|line| {
+                        line.split_whitespace().nth(1) == Some("ERROR")
+                            || line.contains("panicked at")
+                    })
+                    .map(|line| format!("{name}: {line}")),
+            );
+        }
+        errors
+    }
+
     pub fn stop(mut self) {
         self.sample_rss();
         for component in [Component::Ingest, Component::Api, Component::Aggregator] {

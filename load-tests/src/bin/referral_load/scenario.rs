@@ -54,7 +54,6 @@ pub struct RunOptions {
     pub codes: usize,
     pub zipf_exponent: f64,
     pub request_timeout: Duration,
-    pub api_token: Option<String>,
     pub drain_timeout: Duration,
     /// Processes (name, pid) whose CPU is measured over the load phase.
     pub cpu_of: Vec<(&'static str, String)>,
@@ -213,7 +212,7 @@ pub async fn load_and_verify(
         Mode::Max { connections } => connections,
         Mode::Rate(_) => options.plan.max_in_flight.min(512),
     };
-    let client = HttpClient::new(max_idle, options.request_timeout, options.api_token.clone());
+    let client = HttpClient::new(max_idle, options.request_timeout, endpoints.api_token.clone());
     eprintln!(
         "referral-load {run_label}: run {id}, {} mentors, {} codes",
         options.mentors, options.codes
@@ -295,6 +294,7 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
     let endpoints = Endpoints {
         ingest: pipeline.ingest_url(),
         api: pipeline.api_url(),
+        api_token: Some(pipeline.api_token().to_owned()),
     };
     let options = &RunOptions {
         cpu_of: pipeline.processes(),
