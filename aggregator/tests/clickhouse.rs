@@ -546,6 +546,7 @@ async fn commands_are_decided_once_against_the_current_state() {
                 command_id: "cmd_code".into(),
                 code: "NEW-CODE".into(),
                 mentor_id: "usr_9".into(),
+                destination_url: None,
                 issued_at: now,
             }),
         ])

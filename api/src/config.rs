@@ -100,7 +100,9 @@ mod tests {
 
     #[test]
     fn production_without_tokens_refuses_to_start_and_says_how_to_set_them() {
-        let error = validate(&[]).expect_err("an open production API").to_string();
+        let error = validate(&[])
+            .expect_err("an open production API")
+            .to_string();
         assert!(error.contains("--api-tokens"), "{error}");
         assert!(error.contains("REFERRAL_API_TOKENS"), "{error}");
         assert!(error.contains("--allow-anonymous"), "{error}");
@@ -110,7 +112,11 @@ mod tests {
     fn production_starts_with_tokens_or_when_anonymous_is_asked_for() {
         let tokens = validate(&["--api-tokens", "reader-0123456789abcdef=read"]);
         assert!(!tokens.expect("tokens given").is_open());
-        assert!(validate(&["--allow-anonymous"]).expect("asked for").is_open());
+        assert!(
+            validate(&["--allow-anonymous"])
+                .expect("asked for")
+                .is_open()
+        );
     }
 
     #[test]

@@ -37,6 +37,7 @@ async fn main() -> anyhow::Result<()> {
         let record = ReferralCode {
             code: code.to_ascii_uppercase(),
             mentor_id: mentor.into(),
+            destination_url: None,
             created_at: now,
             updated_at: now,
         };

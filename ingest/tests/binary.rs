@@ -50,6 +50,7 @@ async fn seed_code(dir: &std::path::Path, code: &str, mentor: &str) {
             command_id: "cmd_seed".into(),
             code: code.into(),
             mentor_id: mentor.into(),
+            destination_url: None,
             issued_at: Timestamp::now(),
         }))
         .await

@@ -121,6 +121,7 @@ async fn assign(settings: &KafkaSettings, code: &str, mentor: &str) {
     let record = ReferralCode {
         code: code.into(),
         mentor_id: mentor.into(),
+        destination_url: None,
         created_at: now,
         updated_at: now,
     };

@@ -61,18 +61,21 @@ fn history() -> Vec<LogEvent> {
             command_id: "cmd_code_1".into(),
             code: "JAN-1".into(),
             mentor_id: "usr_jan".into(),
+            destination_url: None,
             issued_at: at(0),
         }),
         LogEvent::AssignCode(AssignCode {
             command_id: "cmd_code_2".into(),
             code: "ANA-1".into(),
             mentor_id: "usr_ana".into(),
+            destination_url: None,
             issued_at: at(0),
         }),
         LogEvent::AssignCode(AssignCode {
             command_id: "cmd_code_3".into(),
             code: "OLD-1".into(),
             mentor_id: "usr_ana".into(),
+            destination_url: None,
             issued_at: at(0),
         }),
         LogEvent::RetireCode(RetireCode {

@@ -151,6 +151,9 @@ pub struct ReferralCode {
     /// Upper case: codes are matched case-insensitively.
     pub code: String,
     pub mentor_id: String,
+    /// Where `GET /r/{code}` redirects a visitor; null: the fallback (or a 404 page).
+    #[serde(default)]
+    pub destination_url: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -85,6 +85,9 @@ pub struct AssignCode {
     pub command_id: String,
     pub code: String,
     pub mentor_id: String,
+    /// The redirect link's target; absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_url: Option<String>,
     pub issued_at: Timestamp,
 }
 
@@ -470,6 +473,7 @@ mod tests {
                 command_id: "cmd_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
                 code: "JAN-VERV-8F3A".into(),
                 mentor_id: "usr_4491".into(),
+                destination_url: None,
                 issued_at: at(),
             }),
             LogEvent::RetireCode(RetireCode {

@@ -30,6 +30,12 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../migrations/sqlite/0002_versioned_rows_and_checkpoints.sql"),
         min_server: None,
     },
+    Migration {
+        version: 3,
+        name: "referral code destinations",
+        sql: include_str!("../migrations/sqlite/0003_code_destinations.sql"),
+        min_server: None,
+    },
 ];
 
 /// The production store's schema (ClickHouse, 18.16 and later).
@@ -48,7 +54,32 @@ pub const CLICKHOUSE: &[Migration] = &[
         // by content, which is wrong for deltas, so both come together.
         min_server: Some((22, 2)),
     },
+    Migration {
+        version: 3,
+        name: "referral code destinations",
+        sql: include_str!("../migrations/clickhouse/0003_code_destinations.sql"),
+        min_server: None,
+    },
 ];
+
+/// `(table, column)` when `statement` is `ALTER TABLE <table> ADD COLUMN <column> ...`
+/// without `IF NOT EXISTS` (which ClickHouse 18.16 lacks): the runner skips it when the
+/// column exists, so that such a migration is idempotent too.
+pub fn added_column(statement: &str) -> Option<(&str, &str)> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    match words.as_slice() {
+        [alter, table_kw, table, add, column_kw, column, ..]
+            if alter.eq_ignore_ascii_case("ALTER")
+                && table_kw.eq_ignore_ascii_case("TABLE")
+                && add.eq_ignore_ascii_case("ADD")
+                && column_kw.eq_ignore_ascii_case("COLUMN")
+                && !column.eq_ignore_ascii_case("IF") =>
+        {
+            Some((table, column))
+        }
+        _ => None,
+    }
+}
 
 /// The statements of a ClickHouse migration, which runs one statement per request.
 /// Statements end with `;` at the end of a line; `--` comment lines are dropped.
@@ -98,6 +129,25 @@ mod tests {
             assert!(!statement.contains(';'), "{statement}");
             assert!(statement.contains("IF NOT EXISTS"), "{statement}");
         }
+        for migration in &CLICKHOUSE[1..] {
+            for statement in statements(migration.sql) {
+                assert!(
+                    statement.contains("IF NOT EXISTS")
+                        || added_column(&statement).is_some()
+                        || statement.contains("MODIFY SETTING"),
+                    "{statement}"
+                );
+            }
+        }
+        assert_eq!(
+            added_column("ALTER TABLE referral_codes ADD COLUMN destination_url Nullable(String)"),
+            Some(("referral_codes", "destination_url"))
+        );
+        assert_eq!(
+            added_column("ALTER TABLE t ADD COLUMN IF NOT EXISTS c String"),
+            None
+        );
+        assert_eq!(added_column("ALTER TABLE t MODIFY SETTING x = 1"), None);
         assert_eq!(
             statements("-- c\nSELECT 1;\n\nSELECT\n  2;\nSELECT 3"),
             vec!["SELECT 1", "SELECT\n  2", "SELECT 3"]

@@ -162,8 +162,11 @@ pub fn assign_code(current: Option<&ReferralCode>, command: &AssignCode) -> (Ref
     match current {
         Some(existing) => {
             let mut code = existing.clone();
-            if code.mentor_id != command.mentor_id {
+            if code.mentor_id != command.mentor_id
+                || code.destination_url != command.destination_url
+            {
                 code.mentor_id = command.mentor_id.clone();
+                code.destination_url = command.destination_url.clone();
                 code.updated_at = command.issued_at;
             }
             (code, false)
@@ -172,6 +175,7 @@ pub fn assign_code(current: Option<&ReferralCode>, command: &AssignCode) -> (Ref
             ReferralCode {
                 code: command.code.clone(),
                 mentor_id: command.mentor_id.clone(),
+                destination_url: command.destination_url.clone(),
                 created_at: command.issued_at,
                 updated_at: command.issued_at,
             },
@@ -325,17 +329,26 @@ mod tests {
 
     #[test]
     fn codes_are_created_then_reassigned() {
-        let assign = |mentor: &str| AssignCode {
+        let assign = |mentor: &str, destination: Option<&str>, day: &str| AssignCode {
             command_id: "cmd_3".into(),
             code: "JAN-VERV-8F3A".into(),
             mentor_id: mentor.into(),
-            issued_at: at("2026-03-20T00:00:00Z"),
+            destination_url: destination.map(str::to_owned),
+            issued_at: at(&format!("2026-03-{day}T00:00:00Z")),
         };
-        let (created, is_new) = assign_code(None, &assign("usr_1"));
+        let (created, is_new) = assign_code(None, &assign("usr_1", None, "20"));
         assert!(is_new);
-        let (moved, is_new) = assign_code(Some(&created), &assign("usr_2"));
+        let (moved, is_new) = assign_code(Some(&created), &assign("usr_2", None, "21"));
         assert!(!is_new);
         assert_eq!(moved.mentor_id, "usr_2");
         assert_eq!(moved.created_at, created.created_at);
+        assert_eq!(moved.updated_at, at("2026-03-21T00:00:00Z"));
+        // A new destination is a change; the same settings again are not.
+        let link = Some("https://example.com/join");
+        let (pointed, _) = assign_code(Some(&moved), &assign("usr_2", link, "22"));
+        assert_eq!(pointed.destination_url.as_deref(), link);
+        assert_eq!(pointed.updated_at, at("2026-03-22T00:00:00Z"));
+        let (same, _) = assign_code(Some(&pointed), &assign("usr_2", link, "23"));
+        assert_eq!(same, pointed);
     }
 }

@@ -18,8 +18,8 @@ use crate::error::{ApiError, ErrorKind};
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Longest accepted `user_agent`, in bytes.
 pub const MAX_USER_AGENT_BYTES: usize = 1024;
-/// Longest accepted `referrer_url`, in bytes.
-pub const MAX_REFERRER_URL_BYTES: usize = 2048;
+/// Longest accepted URL (`referrer_url`, `destination_url`), in bytes.
+pub const MAX_URL_BYTES: usize = 2048;
 /// How far in the future a client may date a click: tolerance for skewed client clocks.
 pub const MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
 /// Shortest and longest referral code.
@@ -99,9 +99,10 @@ pub fn validate_user_agent(field: &str, raw: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Checks a referrer: an absolute http(s) URL with a host, at most 2,048 bytes.
-pub fn validate_referrer_url(field: &str, raw: &str) -> Result<(), ApiError> {
-    if raw.len() > MAX_REFERRER_URL_BYTES {
+/// Checks a URL field (a referrer, a code's destination): an absolute http(s) URL with a
+/// host, at most 2,048 bytes.
+pub fn validate_http_url(field: &str, raw: &str) -> Result<(), ApiError> {
+    if raw.len() > MAX_URL_BYTES {
         return Err(ApiError::invalid(field, "must be at most 2048 bytes"));
     }
     let not_http = || ApiError::invalid(field, "must be an absolute http:// or https:// URL");
@@ -352,7 +353,7 @@ impl ClickRequest {
             .optional_str("referrer_url")?
             .filter(|url| !url.is_empty());
         if let Some(url) = referrer_url {
-            validate_referrer_url("referrer_url", url)?;
+            validate_http_url("referrer_url", url)?;
         }
         let occurred_at = object
             .optional_str("occurred_at")?
@@ -401,17 +402,25 @@ impl ConfirmRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodeAssignmentRequest {
     pub mentor_id: String,
+    /// Where the code's redirect link (`GET /r/{code}`) sends a visitor. A PUT replaces the
+    /// code's settings: absent or null clears it.
+    pub destination_url: Option<String>,
 }
 
 impl CodeAssignmentRequest {
-    pub const FIELDS: &'static [&'static str] = &["mentor_id"];
+    pub const FIELDS: &'static [&'static str] = &["mentor_id", "destination_url"];
 
     pub fn parse(body: &mut [u8]) -> Result<Self, ApiError> {
         let object = JsonObject::parse(body, Self::FIELDS)?;
         let mentor_id = object.required_str("mentor_id")?;
         validate_party_id("mentor_id", mentor_id)?;
+        let destination_url = object.optional_str("destination_url")?;
+        if let Some(url) = destination_url {
+            validate_http_url("destination_url", url)?;
+        }
         Ok(Self {
             mentor_id: mentor_id.to_owned(),
+            destination_url: destination_url.map(str::to_owned),
         })
     }
 }

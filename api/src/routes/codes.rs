@@ -10,6 +10,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::routing::get;
 use http::StatusCode;
+use referral_pipeline::codes::CodeTarget;
 use referral_schemas::id::new_command_id;
 use referral_schemas::messages::{AssignCode, LogEvent, RetireCode, Verdict};
 use referral_schemas::query::parse_code_list_query;
@@ -90,11 +91,13 @@ async fn assign(
         command_id: new_command_id(),
         code,
         mentor_id: assignment.mentor_id,
+        destination_url: assignment.destination_url,
         issued_at: Timestamp::now(),
     });
     match submit(&state, &caller, command).await? {
         Verdict::CodeAssigned { code, created } => {
-            honoured_here(&state, &code.code, Some(&code.mentor_id)).await;
+            let target = CodeTarget::new(&code.mentor_id, code.destination_url.as_deref());
+            honoured_here(&state, &code.code, Some(&target)).await;
             let status = if created {
                 StatusCode::CREATED
             } else {
@@ -136,11 +139,11 @@ const CODE_PROPAGATION_WAIT: std::time::Duration = std::time::Duration::from_sec
 /// client that changes a code and then clicks here sees the change (other edges follow the
 /// codes topic within seconds). Embedded mode: already true. Never fails the command, which
 /// is decided and stored either way.
-async fn honoured_here(state: &AppState, code: &str, mentor: Option<&str>) {
+async fn honoured_here(state: &AppState, code: &str, target: Option<&CodeTarget>) {
     if !state
         .pipeline
         .codes
-        .wait_for(code, mentor, CODE_PROPAGATION_WAIT)
+        .wait_for(code, target, CODE_PROPAGATION_WAIT)
         .await
     {
         tracing::warn!(%code, "code change not yet seen by this edge's directory");

@@ -14,7 +14,7 @@ use referral_schemas::id::new_attribution_id;
 use referral_schemas::messages::{ClickEvent, LogEvent};
 use referral_schemas::validation::{
     ClickRequest, MAX_BODY_BYTES, MAX_USER_AGENT_BYTES, require_json_content_type,
-    validate_referrer_url, validate_user_agent,
+    validate_http_url, validate_user_agent,
 };
 use referral_schemas::{ApiError, Attribution, ErrorKind, Timestamp, state};
 use tokio::sync::Semaphore;
@@ -139,10 +139,11 @@ impl ClickEdge {
         self.limits
             .check_code_and_global(&request.code)
             .map_err(Refusal::Limited)?;
-        let mentor_id = self.codes.mentor_for(&request.code).await.ok_or_else(|| {
+        let target = self.codes.resolve(&request.code).await.ok_or_else(|| {
             ApiError::new(ErrorKind::UnknownCode, "no mentor has this referral code")
                 .on_field("code")
         })?;
+        let mentor_id = target.mentor_id;
         let click = ClickEvent {
             attribution_id: new_attribution_id(),
             code: request.code,
@@ -214,6 +215,6 @@ fn user_agent_header(headers: &HeaderMap) -> Option<String> {
 /// The `Referer` header when it is an acceptable referrer URL.
 fn referer_header(headers: &HeaderMap) -> Option<String> {
     let text = headers.get(REFERER)?.to_str().ok()?;
-    validate_referrer_url("referrer_url", text).ok()?;
+    validate_http_url("referrer_url", text).ok()?;
     Some(text.to_owned())
 }

@@ -11,10 +11,10 @@
 //! store.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::CodeDirectory;
+use super::{CodeDirectory, CodeTarget};
 use crate::kafka::codes::CodeSync;
 
 /// Longest a miss waits for the follower's fresh view.
@@ -53,13 +53,13 @@ impl CodeResolver {
         }
     }
 
-    /// Waits, at most `limit`, until the directory maps `code` to `mentor` (`None`: until
-    /// the code is gone). The API calls it after a code command so that its own click POST
-    /// honours the change before the command is answered. True when it does.
-    pub async fn wait_for(&self, code: &str, mentor: Option<&str>, limit: Duration) -> bool {
+    /// Waits, at most `limit`, until the directory maps `code` to `target` (`None`: until
+    /// the code is gone). The API calls it after a code command so that its own clicks and
+    /// redirects honour the change before the command is answered. True when they do.
+    pub async fn wait_for(&self, code: &str, target: Option<&CodeTarget>, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         loop {
-            if self.directory.mentor_for(code).as_deref() == mentor {
+            if self.directory.target_of(code).as_ref() == target {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -74,10 +74,10 @@ impl CodeResolver {
         self.sync.as_ref().is_none_or(CodeSync::is_loaded)
     }
 
-    /// The mentor of a normalized code, if it has one.
-    pub async fn mentor_for(&self, code: &str) -> Option<Arc<str>> {
-        if let Some(mentor) = self.directory.mentor_for(code) {
-            return Some(mentor);
+    /// What a normalized code stands for, if it is live.
+    pub async fn resolve(&self, code: &str) -> Option<CodeTarget> {
+        if let Some(target) = self.directory.target_of(code) {
+            return Some(target);
         }
         let sync = self.sync.as_ref()?;
         if self.recently_missed(code) {
@@ -86,10 +86,10 @@ impl CodeResolver {
             return None;
         }
         sync.wait_for_fresh_view(MISS_WAIT).await;
-        if let Some(mentor) = self.directory.mentor_for(code) {
+        if let Some(target) = self.directory.target_of(code) {
             metrics::counter!("referral_code_misses_total", "resolution" => "found_after_wait")
                 .increment(1);
-            return Some(mentor);
+            return Some(target);
         }
         metrics::counter!("referral_code_misses_total", "resolution" => "unknown").increment(1);
         self.remember_miss(code);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use referral_schemas::{ReferralCode, Timestamp};
+use referral_schemas::ReferralCode;
 
 use super::DeadLetter;
 use crate::codes::{CodeChange, CodeDirectory};
@@ -43,12 +43,7 @@ pub trait Announcer: Send {
 
 /// The code record of a code row: `None` when it is retired.
 fn live_code(row: &CodeRow) -> Option<ReferralCode> {
-    (row.retired == 0).then(|| ReferralCode {
-        code: row.code.clone(),
-        mentor_id: row.mentor_id.clone(),
-        created_at: Timestamp::from_millis(row.created_at),
-        updated_at: Timestamp::from_millis(row.updated_at),
-    })
+    row.live_code()
 }
 
 fn count_dead_letter(partition: &PartitionKey, letter: &DeadLetter) {
@@ -195,6 +190,7 @@ impl Announcer for InProcessAnnouncer {
                 Some(code) => CodeChange::Assigned {
                     code: code.code,
                     mentor_id: code.mentor_id,
+                    destination_url: code.destination_url,
                 },
                 None => CodeChange::Retired {
                     code: row.code.clone(),

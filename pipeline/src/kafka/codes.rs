@@ -308,6 +308,7 @@ fn code_change(message: &impl Message) -> Option<CodeChange> {
             Ok(record) => Some(CodeChange::Assigned {
                 code: record.code,
                 mentor_id: record.mentor_id,
+                destination_url: record.destination_url,
             }),
             Err(error) => {
                 tracing::warn!(%error, code, "undecodable code record; skipped");

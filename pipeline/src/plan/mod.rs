@@ -493,6 +493,7 @@ impl Planner {
         let row = CodeRow {
             code: code.code.clone(),
             mentor_id: code.mentor_id.clone(),
+            destination_url: code.destination_url.clone(),
             created_at: code.created_at.as_millis(),
             updated_at: code.updated_at.as_millis(),
             retired: 0,
@@ -812,6 +813,7 @@ mod tests {
                 command_id: command.into(),
                 code: "JAN-1".into(),
                 mentor_id: mentor.into(),
+                destination_url: None,
                 issued_at: at(1),
             })
         };

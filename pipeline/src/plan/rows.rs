@@ -102,6 +102,7 @@ impl MemberRow {
 pub struct CodeRow {
     pub code: String,
     pub mentor_id: String,
+    pub destination_url: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     pub retired: u8,
@@ -113,6 +114,7 @@ impl CodeRow {
         (self.retired == 0).then(|| ReferralCode {
             code: self.code.clone(),
             mentor_id: self.mentor_id.clone(),
+            destination_url: self.destination_url.clone(),
             created_at: Timestamp::from_millis(self.created_at),
             updated_at: Timestamp::from_millis(self.updated_at),
         })

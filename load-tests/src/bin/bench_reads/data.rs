@@ -133,6 +133,7 @@ pub async fn generate(options: &Options, clickhouse_url: &str) -> Result<Dataset
                 command_id: rng.id("cmd_", first - DAY_MS),
                 code: mentor_code(rank),
                 mentor_id: mentor_id(rank),
+                destination_url: None,
                 issued_at: Timestamp::from_millis(first - DAY_MS),
             })
         })

@@ -299,8 +299,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::BaselineServer { listen } => bench::baseline_server(listen),
         Command::Bench(args) => runtime().and_then(|runtime| runtime.block_on(bench::run(args))),
-        Command::Serve { topology, command } => runtime()
-            .and_then(|runtime| runtime.block_on(serve::serve(topology, command))),
+        Command::Serve { topology, command } => {
+            runtime().and_then(|runtime| runtime.block_on(serve::serve(topology, command)))
+        }
         Command::Run {
             ingest_url,
             api_url,

@@ -212,7 +212,11 @@ pub async fn load_and_verify(
         Mode::Max { connections } => connections,
         Mode::Rate(_) => options.plan.max_in_flight.min(512),
     };
-    let client = HttpClient::new(max_idle, options.request_timeout, endpoints.api_token.clone());
+    let client = HttpClient::new(
+        max_idle,
+        options.request_timeout,
+        endpoints.api_token.clone(),
+    );
     eprintln!(
         "referral-load {run_label}: run {id}, {} mentors, {} codes",
         options.mentors, options.codes

@@ -6,7 +6,7 @@
 //! twice. A migration the server is too old for is skipped and not recorded, so it is
 //! applied once the server is upgraded.
 
-use referral_schemas::migrations::{CLICKHOUSE, statements};
+use referral_schemas::migrations::{CLICKHOUSE, added_column, statements};
 
 use super::{ClickHouseSettings, ServerVersion, server_version};
 use crate::store::StoreError;
@@ -61,6 +61,20 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, S
             continue;
         }
         for statement in statements(migration.sql) {
+            if let Some((table, column)) = added_column(&statement) {
+                let present: u64 = client
+                    .query(
+                        "SELECT count() FROM system.columns \
+                         WHERE database = currentDatabase() AND table = ? AND name = ?",
+                    )
+                    .bind(table)
+                    .bind(column)
+                    .fetch_one()
+                    .await?;
+                if present > 0 {
+                    continue;
+                }
+            }
             client.query(&statement).execute().await?;
         }
         client

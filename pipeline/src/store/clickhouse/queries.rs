@@ -97,8 +97,9 @@ impl ReadQuery {
 /// Columns of `attributions` and its sorted copies, in table order.
 pub const ATTRIBUTION_COLUMNS: &str = "id, code, mentor_id, kind, status, new_member_id, \
      ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version";
-/// Columns of `referral_codes`, in table order.
-pub const CODE_COLUMNS: &str = "code, mentor_id, created_at, updated_at, retired, version";
+/// Columns of `referral_codes`, in table order (and `CodeRow`'s field order).
+pub const CODE_COLUMNS: &str =
+    "code, mentor_id, destination_url, created_at, updated_at, retired, version";
 
 /// The latest state of one attribution (live or tombstone).
 pub fn attribution(id: &str) -> ReadQuery {

@@ -120,6 +120,7 @@ fn code_from_row(row: &Row<'_>) -> rusqlite::Result<ReferralCode> {
         mentor_id: row.get(1)?,
         created_at: Timestamp::from_millis(row.get(2)?),
         updated_at: Timestamp::from_millis(row.get(3)?),
+        destination_url: row.get(4)?,
     })
 }
 

@@ -31,7 +31,7 @@ fn live_attribution(connection: &Connection, id: &str) -> Result<Option<Attribut
 fn live_code(connection: &Connection, code: &str) -> Result<Option<ReferralCode>, StoreError> {
     Ok(connection
         .prepare_cached(
-            "SELECT code, mentor_id, created_at, updated_at FROM referral_codes \
+            "SELECT code, mentor_id, created_at, updated_at, destination_url FROM referral_codes \
              WHERE code = ?1 AND retired = 0",
         )?
         .query_row([code], code_from_row)
@@ -241,7 +241,7 @@ impl AttributionReader for SqliteReader {
                         .prepare_cached("SELECT COUNT(*) FROM referral_codes WHERE mentor_id = ?1 AND retired = 0")?
                         .query_row([mentor_id], |row| row.get(0))?;
                     let mut statement = connection.prepare_cached(
-                        "SELECT code, mentor_id, created_at, updated_at FROM referral_codes \
+                        "SELECT code, mentor_id, created_at, updated_at, destination_url FROM referral_codes \
                          WHERE mentor_id = ?1 AND retired = 0 ORDER BY code LIMIT ?2 OFFSET ?3",
                     )?;
                     let codes = statement
@@ -254,7 +254,7 @@ impl AttributionReader for SqliteReader {
                         .prepare_cached("SELECT COUNT(*) FROM referral_codes WHERE retired = 0")?
                         .query_row([], |row| row.get(0))?;
                     let mut statement = connection.prepare_cached(
-                        "SELECT code, mentor_id, created_at, updated_at FROM referral_codes \
+                        "SELECT code, mentor_id, created_at, updated_at, destination_url FROM referral_codes \
                          WHERE retired = 0 ORDER BY code LIMIT ?1 OFFSET ?2",
                     )?;
                     let codes = statement

@@ -156,6 +156,7 @@ async fn codes_are_listed_for_the_directory_and_retired_ones_are_not() {
             command_id: command.into(),
             code: code.into(),
             mentor_id: "usr_1".into(),
+            destination_url: None,
             issued_at: Timestamp::now(),
         })
     };
@@ -173,7 +174,7 @@ async fn codes_are_listed_for_the_directory_and_retired_ones_are_not() {
     writer.commit(&plan, "t").await.unwrap();
     assert_eq!(
         writer.code_assignments().unwrap(),
-        vec![("JAN-1".to_owned(), "usr_1".to_owned())]
+        vec![("JAN-1".to_owned(), "usr_1".to_owned(), None)]
     );
     assert!(reader.referral_code("FEB-2").await.unwrap().is_none());
     let page = reader

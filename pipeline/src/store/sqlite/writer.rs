@@ -45,12 +45,12 @@ impl SqliteWriter {
         }
     }
 
-    /// Every live code and its mentor, to fill the edge's directory at start.
-    pub fn code_assignments(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let mut statement = self
-            .connection
-            .prepare("SELECT code, mentor_id FROM referral_codes WHERE retired = 0")?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    /// Every live code, its mentor and destination, to fill the edge's directory at start.
+    pub fn code_assignments(&self) -> Result<Vec<(String, String, Option<String>)>, StoreError> {
+        let mut statement = self.connection.prepare(
+            "SELECT code, mentor_id, destination_url FROM referral_codes WHERE retired = 0",
+        )?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -162,9 +162,11 @@ impl SqliteWriter {
             ])?;
         }
         let mut codes = connection.prepare_cached(
-            "INSERT INTO referral_codes (code, mentor_id, created_at, updated_at, retired, version) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (code) DO UPDATE SET \
-             mentor_id = excluded.mentor_id, created_at = excluded.created_at, \
+            "INSERT INTO referral_codes (code, mentor_id, created_at, updated_at, retired, version, \
+             destination_url) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (code) DO UPDATE SET \
+             mentor_id = excluded.mentor_id, destination_url = excluded.destination_url, \
+             created_at = excluded.created_at, \
              updated_at = excluded.updated_at, retired = excluded.retired, \
              version = excluded.version WHERE excluded.version >= referral_codes.version",
         )?;
@@ -176,6 +178,7 @@ impl SqliteWriter {
                 row.updated_at,
                 row.retired,
                 row.version as i64,
+                row.destination_url,
             ])?;
         }
         Ok(())
@@ -313,7 +316,7 @@ impl StoreWriter for SqliteWriter {
             },
         )?;
         let codes = self.select_in(
-            "code, mentor_id, created_at, updated_at, retired, version",
+            "code, mentor_id, created_at, updated_at, retired, version, destination_url",
             "referral_codes",
             "code",
             &references.codes,
@@ -325,6 +328,7 @@ impl StoreWriter for SqliteWriter {
                     updated_at: row.get(3)?,
                     retired: row.get(4)?,
                     version: row.get::<_, i64>(5)?.max(0) as u64,
+                    destination_url: row.get(6)?,
                 })
             },
         )?;
