@@ -42,5 +42,7 @@ ENV REFERRAL_LISTEN=0.0.0.0:8080 \
 USER 10001:10001
 EXPOSE 8080
 # The chart sets the command of each component; alone, the image runs the whole service
-# in one process (embedded log and store).
+# in one process (embedded log and store). On 0.0.0.0 it needs API tokens:
+#   docker run -p 8080:8080 -e REFERRAL_API_TOKENS='sha256:<hex>=admin' IMAGE
+# (or -e REFERRAL_ALLOW_ANONYMOUS=true for an open API on purpose).
 CMD ["/usr/local/bin/referral-api"]

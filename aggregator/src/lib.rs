@@ -101,6 +101,8 @@ pub async fn run(listener: TcpListener, args: RunArgs, shutdown: Shutdown) -> an
     let settings = referral_kit::server::ServerSettings {
         header_read_timeout: Duration::from_secs(10),
         max_connections: 64,
+        max_connections_per_client: 0,
+        exempt: Default::default(),
         drain_timeout: Duration::from_secs(1),
     };
     let address = listener

@@ -591,3 +591,38 @@ async fn commands_are_decided_once_against_the_current_state() {
     );
     aggregator.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backlog_of_commands_larger_than_one_query_is_decided_in_one_flush() {
+    let services = Services::start().await;
+    // 8,000 commands waiting while no aggregator runs: one flush names them all, and a
+    // single `IN (...)` of their ids (~270 KB) would pass ClickHouse's max_query_size.
+    let now = Timestamp::now();
+    let deletions: Vec<LogEvent> = (0..8_000)
+        .map(|n| {
+            LogEvent::DeleteAttribution(DeleteAttribution {
+                command_id: format!("cmd_backlog_{n:05}_0123456789abcdef"),
+                attribution_id: format!("attr_01JQ3V8W6Y7Z8A9B0C1D{n:06}"),
+                issued_at: now,
+            })
+        })
+        .collect();
+    services.publish(deletions).await;
+    // Batches as large and as patient as the defaults allow: the whole backlog is read
+    // before the first flush.
+    let mut aggregator = services.aggregator(&[
+        ("REFERRAL_BATCH_MAX_WAIT", "10s"),
+        ("REFERRAL_BATCH_MAX_ROWS", "50000"),
+    ]);
+    aggregator.wait_ready();
+    services.wait_caught_up(Duration::from_secs(120));
+    assert_eq!(
+        services.number("SELECT count() FROM {db}.command_verdicts FINAL"),
+        8_000
+    );
+    assert!(matches!(
+        services.verdict("cmd_backlog_07999_0123456789abcdef"),
+        Some(Verdict::Rejected { .. })
+    ));
+    aggregator.terminate();
+}

@@ -99,6 +99,13 @@ impl ApiTokens {
                     other => return Err(format!("unknown scope {other:?} (read, write, admin)")),
                 }
             }
+            // Which entry's scopes would count is not obvious; refuse rather than guess.
+            if grants
+                .iter()
+                .any(|known: &Grant| known.digest == grant.digest)
+            {
+                return Err("a token is listed twice".to_owned());
+            }
             grants.push(grant);
         }
         Ok(Self { grants })
@@ -117,13 +124,12 @@ impl ApiTokens {
         let presented = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| {
-                value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|value| value.trim().split_once(' '))
+            // The scheme is case-insensitive (RFC 9110 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .ok_or_else(|| {
+                auth_failure("missing");
                 ApiError::new(
                     ErrorKind::Unauthorized,
                     "send Authorization: Bearer <token>",
@@ -139,6 +145,7 @@ impl ApiTokens {
             }
         }
         let grant = matched.ok_or_else(|| {
+            auth_failure("unknown_token");
             ApiError::new(ErrorKind::Unauthorized, "unknown bearer token").on_field("authorization")
         })?;
         if grant.allows(scope) {
@@ -146,6 +153,7 @@ impl ApiTokens {
                 token: Some(hex::encode(grant.digest)[..NAME_HEX_DIGITS].to_owned()),
             })
         } else {
+            auth_failure("missing_scope");
             Err(ApiError::new(
                 ErrorKind::Forbidden,
                 format!("this token lacks the {} scope", scope_name(scope)),
@@ -153,6 +161,12 @@ impl ApiTokens {
             .on_field("authorization"))
         }
     }
+}
+
+/// Refused credentials, by reason: a rise is someone guessing tokens or a client
+/// misconfigured after a rotation.
+fn auth_failure(reason: &'static str) {
+    metrics::counter!("referral_auth_failures_total", "reason" => reason).increment(1);
 }
 
 /// Who made an authorized request: for the audit line of each write.
@@ -221,6 +235,14 @@ mod tests {
         assert_eq!(status("writer-0123456789abcdef", Scope::Admin), Err(403));
         assert_eq!(status("admin-0123456789abcdef", Scope::Admin), Ok(()));
         assert_eq!(status("nobody-0123456789abcdef", Scope::Read), Err(401));
+        // The scheme is case-insensitive; another scheme is not a bearer token.
+        let mut headers = HeaderMap::new();
+        let header = "BEARER reader-0123456789abcdef".parse().unwrap();
+        headers.insert(http::header::AUTHORIZATION, header);
+        assert!(tokens.authorize(&headers, Scope::Read).is_ok());
+        let header = "Basic reader-0123456789abcdef".parse().unwrap();
+        headers.insert(http::header::AUTHORIZATION, header);
+        assert!(tokens.authorize(&headers, Scope::Read).is_err());
         assert_eq!(
             tokens
                 .authorize(&HeaderMap::new(), Scope::Read)
@@ -267,5 +289,7 @@ mod tests {
         assert!(ApiTokens::parse("reader-0123456789abcdef").is_err());
         assert!(ApiTokens::parse("reader-0123456789abcdef=root").is_err());
         assert!(ApiTokens::parse("").unwrap().is_open());
+        let twice = "reader-0123456789abcdef=read,reader-0123456789abcdef=admin";
+        assert!(ApiTokens::parse(twice).is_err());
     }
 }

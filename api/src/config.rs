@@ -21,8 +21,9 @@ pub struct Config {
     pub pipeline: PipelineArgs,
 
     /// Bearer tokens and their scopes: TOKEN=read[+write][+admin],... or
-    /// sha256:<hex of the token's SHA-256>=scopes. Required with Kafka + ClickHouse unless
-    /// --allow-anonymous; unset in the embedded mode: an open API (for local use).
+    /// sha256:<hex of the token's SHA-256>=scopes. Required with Kafka + ClickHouse, and on
+    /// any address but loopback, unless --allow-anonymous; unset in the embedded mode on
+    /// 127.0.0.1: an open API for local use.
     #[arg(
         long,
         env = "REFERRAL_API_TOKENS",
@@ -31,8 +32,8 @@ pub struct Config {
     )]
     pub api_tokens: String,
 
-    /// With Kafka + ClickHouse and no --api-tokens, start anyway with every endpoint open to
-    /// anyone who can reach it (otherwise the API refuses to start).
+    /// With no --api-tokens, start anyway with every endpoint open to anyone who can reach
+    /// it (otherwise the API refuses to start in production or on a non-loopback address).
     #[arg(long, env = "REFERRAL_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
 
@@ -63,14 +64,16 @@ impl Config {
         self.server.settings()?;
         let tokens = ApiTokens::parse(&self.api_tokens)
             .map_err(|error| anyhow::anyhow!("--api-tokens: {error}"))?;
+        let exposed = self.is_production() || !self.server.listen.ip().is_loopback();
         anyhow::ensure!(
-            !(tokens.is_open() && self.is_production() && !self.allow_anonymous),
-            "no API tokens: with Kafka + ClickHouse configured, referral-api does not start with \
-             every endpoint open. Set --api-tokens (REFERRAL_API_TOKENS) to \
+            !(tokens.is_open() && exposed && !self.allow_anonymous),
+            "no API tokens: with Kafka + ClickHouse configured, or listening on {} (not \
+             loopback), referral-api does not start with every endpoint open. Set --api-tokens (REFERRAL_API_TOKENS) to \
              TOKEN=read[+write][+admin],... (tokens of 16+ visible characters), or \
              sha256:<hex of the token's SHA-256>=scopes so the setting holds no usable token \
              (printf %s \"$TOKEN\" | sha256sum); or pass --allow-anonymous \
-             (REFERRAL_ALLOW_ANONYMOUS=true) to run open on purpose"
+             (REFERRAL_ALLOW_ANONYMOUS=true) to run open on purpose",
+            self.server.listen
         );
         Ok(tokens)
     }
@@ -123,5 +126,24 @@ mod tests {
     fn the_embedded_mode_stays_open_for_local_use() {
         let config = Config::try_parse_from(["referral-api"]).expect("no flags");
         assert!(config.validate().expect("embedded default").is_open());
+        let ipv6 = Config::try_parse_from(["referral-api", "--listen", "[::1]:8080"]);
+        assert!(ipv6.expect("loopback").validate().expect("local").is_open());
+    }
+
+    #[test]
+    fn an_embedded_api_on_a_public_address_needs_tokens_or_allow_anonymous() {
+        let public = ["referral-api", "--listen", "0.0.0.0:8080"];
+        let error = Config::try_parse_from(public)
+            .expect("flags")
+            .validate()
+            .expect_err("an open API on every interface");
+        assert!(error.to_string().contains("0.0.0.0:8080"), "{error}");
+        let open = public.iter().chain(&["--allow-anonymous"]).copied();
+        assert!(
+            Config::try_parse_from(open)
+                .expect("flags")
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -89,7 +89,10 @@ impl ApiService {
 
 /// Serves `config` on `listener` until `shutdown`, then drains requests and the pipeline.
 pub async fn run(listener: TcpListener, config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let settings = config.server.settings()?;
+    let settings = config
+        .server
+        .settings()?
+        .exempting(config.edge.trusted_proxies()?);
     let service = ApiService::start(&config, shutdown.clone()).await?;
     let router = service.router();
     tracing::info!(address = %listener.local_addr()?, "referral-api listening");

@@ -650,3 +650,162 @@ async fn every_write_leaves_an_audit_line_naming_the_token_by_its_digest_never_i
     assert!(audit[0].contains("assign_code"), "{}", audit[0]);
     assert!(audit[1].contains("retire_code"), "{}", audit[1]);
 }
+
+/// Sends `request` as raw bytes on a new connection; everything the server wrote until it
+/// closed the connection (or 5 s passed).
+async fn raw_exchange(address: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn ambiguous_framing_and_oversized_heads_are_refused_and_nothing_is_smuggled() {
+    let dir = tempfile::tempdir().unwrap();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let server = start(dir.path(), &client).await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let head = "POST /api/v1/referral-attributions HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/json\r\n";
+    let body = r#"{"code":"JAN-1"}"#;
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let smuggled = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    // Both Content-Length and Transfer-Encoding: the chunked framing wins, the connection
+    // closes after the answer, and whatever followed is never served as a request.
+    let answer = raw_exchange(
+        &address,
+        format!("{head}Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}{smuggled}")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    assert!(!answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    let refused: [(&str, String); 6] = [
+        (
+            "two different Content-Lengths",
+            format!("{head}Content-Length: 16\r\nContent-Length: 17\r\n\r\n{body}"),
+        ),
+        (
+            "a folded header line",
+            format!("{head}X-Folded: a\r\n b\r\nContent-Length: 16\r\n\r\n{body}"),
+        ),
+        (
+            "a space before the colon of Transfer-Encoding",
+            format!("{head}Transfer-Encoding : chunked\r\n\r\n{chunked}"),
+        ),
+        (
+            "Transfer-Encoding on HTTP/1.0",
+            format!(
+                "POST /api/v1/referral-attributions HTTP/1.0\r\nHost: x\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"
+            ),
+        ),
+        (
+            "a transfer coding other than chunked last",
+            format!("{head}Transfer-Encoding: chunked, identity\r\n\r\n{chunked}"),
+        ),
+        (
+            "an unparsable chunk size",
+            format!(
+                "{head}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n{body}\r\n0\r\n\r\n"
+            ),
+        ),
+    ];
+    for (case, request) in refused {
+        let answer = raw_exchange(&address, format!("{request}{smuggled}").as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{case}: {}",
+            answer.lines().next().unwrap_or("<nothing>")
+        );
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{case}: {answer}");
+    }
+
+    // A request head past 32 KiB, or with more than 64 header lines, is 431: a slow client
+    // cannot pin ~400 KiB of buffer per connection.
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let answer = raw_exchange(&address, big.as_bytes()).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        answer.lines().next().unwrap_or("")
+    );
+    let many: String = (0..80).map(|i| format!("X-Header-{i}: v\r\n")).collect();
+    let answer = raw_exchange(
+        &address,
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        answer.lines().next().unwrap_or("")
+    );
+    // A normal head is still served.
+    let answer = raw_exchange(
+        &address,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop(server).await;
+}
+
+#[tokio::test]
+async fn one_client_cannot_hold_more_than_its_share_of_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let server = start_with(
+        dir.path(),
+        &client,
+        &[("REFERRAL_MAX_CONNECTIONS_PER_CLIENT", "3")],
+    )
+    .await;
+    // The readiness poll's pooled connection counts too: let it go first.
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        // A head never finished: the connection stays open and idle.
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The fourth is closed at once, without an answer.
+    let mut fourth = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let _ = fourth
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), fourth.read_to_end(&mut answer)).await;
+    assert!(
+        read.is_ok(),
+        "the fourth connection was neither served nor closed"
+    );
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    // One gone: a new connection is served.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = raw_exchange(
+        &address,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
+    drop(server);
+}

@@ -53,7 +53,8 @@ async fn click_post_records_the_contract_record_on_both_prefixes(mode: Mode) {
 }
 
 async fn click_defaults_come_from_the_connection_and_headers(mode: Mode) {
-    let app = TestApp::start_mode(mode, &["--trusted-proxies", "203.0.113.0/24"]).await;
+    // The peer (203.0.113.7) is our ingress, behind our load balancer (10.0.0.0/8).
+    let app = TestApp::start_mode(mode, &["--trusted-proxies", "203.0.113.0/24,10.0.0.0/8"]).await;
     app.assign_code("JAN-1", "usr_1").await;
     let before = from_now(-1);
     let answer = app
@@ -73,11 +74,27 @@ async fn click_defaults_come_from_the_connection_and_headers(mode: Mode) {
     assert_eq!(answer.body["code"], "JAN-1", "codes are stored upper case");
     assert_eq!(
         answer.body["ip_address"], "185.12.34.56",
-        "first X-Forwarded-For hop from a trusted proxy"
+        "the nearest X-Forwarded-For hop (from the right) not in --trusted-proxies"
     );
     assert_eq!(answer.body["user_agent"], "Pixel/1.0");
     assert_eq!(answer.body["referrer_url"], "https://blog.example.com/post");
     assert!(answer.body["occurred_at"].as_str().unwrap() >= before.as_str());
+    // Hops left of the client are the client's own claims (proxies append): not believed.
+    // The header's lines are one list, in order.
+    let answer = app
+        .call(
+            Method::POST,
+            PREFIX,
+            &[
+                ("content-type", "application/json"),
+                ("x-forwarded-for", "192.0.2.1, 10.9.9.9"),
+                ("x-forwarded-for", "185.12.34.56, 10.0.0.1"),
+            ],
+            Some(r#"{"code":"JAN-1"}"#),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    assert_eq!(answer.body["ip_address"], "185.12.34.56");
     app.stop().await;
 
     // Without trusting the peer, X-Forwarded-For is ignored.
@@ -821,8 +838,15 @@ async fn health_readiness_and_metrics(mode: Mode) {
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
     assert_eq!(app.get("/readyz").await.status, StatusCode::OK);
     app.assign_code("JAN-1", "usr_1").await;
-    app.click(r#"{"code":"JAN-1"}"#).await;
-    app.click(r#"{"code":"NOPE-1"}"#).await;
+    // Answers carry visitors' data: no cache keeps them, no browser sniffs them as HTML.
+    for answer in [
+        app.click(r#"{"code":"JAN-1"}"#).await,
+        app.click(r#"{"code":"NOPE-1"}"#).await,
+        app.get("/api/v1/referral-attributions").await,
+    ] {
+        assert_eq!(answer.headers["cache-control"], "no-store");
+        assert_eq!(answer.headers["x-content-type-options"], "nosniff");
+    }
     let metrics = app.get("/metrics").await;
     let text = metrics.body.as_str().unwrap();
     // The pipeline's series: the embedded log and the consumer's flushes, or the
@@ -974,3 +998,204 @@ both_modes!(
     health_readiness_and_metrics,
     a_flooding_client_gets_429_while_others_still_get_201,
 );
+
+// The click edge's defences. The edge is the same code in both modes (only the log behind
+// it differs), so these run on the embedded pipeline only.
+
+/// Proxies append the peer they saw to the client's `X-Forwarded-For`: a hop the client
+/// writes on the left is its own claim, and must not buy it a fresh per-IP bucket (nor be
+/// stored as its address). An IPv6 client is one client per /64.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spoofed_leftmost_hop_does_not_escape_the_per_ip_limit() {
+    let app = TestApp::start(&[
+        "--trusted-proxies",
+        "203.0.113.0/24",
+        "--rate-limit-per-ip",
+        "1",
+        "--rate-limit-per-ip-burst",
+        "2",
+        "--rate-limit-per-code",
+        "0",
+        "--rate-limit-global",
+        "0",
+    ])
+    .await;
+    app.assign_code("JAN-1", "usr_1").await;
+    let click_via = |forwarded: Vec<String>| {
+        let app = &app;
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            headers.extend(
+                forwarded
+                    .iter()
+                    .map(|line| ("x-forwarded-for", line.as_str())),
+            );
+            app.call(Method::POST, PREFIX, &headers, Some(r#"{"code":"JAN-1"}"#))
+                .await
+        }
+    };
+    let first = click_via(vec!["192.0.2.200, 198.51.100.77".to_owned()]).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    assert_eq!(
+        first.body["ip_address"], "198.51.100.77",
+        "the client's own claim is not stored as its address"
+    );
+    assert_eq!(first.headers["x-ratelimit-remaining"], "1");
+    let second = click_via(vec!["198.51.100.77".to_owned()]).await;
+    assert_eq!(second.status, StatusCode::CREATED, "{:?}", second.body);
+    assert_eq!(second.headers["x-ratelimit-remaining"], "0");
+    for hop in 1..=8 {
+        for forwarded in [
+            vec![format!("192.0.2.{hop}, 198.51.100.77")],
+            vec![format!("192.0.2.{hop}"), "198.51.100.77".to_owned()],
+            vec![format!("203.0.113.{hop}, 198.51.100.77")],
+        ] {
+            let spoofed = click_via(forwarded.clone()).await;
+            assert_eq!(
+                (spoofed.status, spoofed.error().0),
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                "{forwarded:?}: {:?}",
+                spoofed.body
+            );
+        }
+    }
+    assert_eq!(
+        click_via(vec!["198.51.100.78".to_owned()]).await.status,
+        StatusCode::CREATED,
+        "another client is not limited"
+    );
+
+    // One /64, one bucket; the next /64 is another client.
+    for (address, status) in [
+        ("2001:db8:1:2::1", StatusCode::CREATED),
+        ("2001:db8:1:2::2", StatusCode::CREATED),
+        ("2001:db8:1:2::3", StatusCode::TOO_MANY_REQUESTS),
+        (
+            "2001:db8:1:2:ffff:ffff:ffff:ffff",
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        ("2001:db8:1:3::1", StatusCode::CREATED),
+    ] {
+        let answer = click_via(vec![address.to_owned()]).await;
+        assert_eq!(answer.status, status, "{address}: {:?}", answer.body);
+    }
+    app.stop().await;
+}
+
+/// A body that signals when it is first read, and then never sends anything, nor its end:
+/// a client trickling its body.
+struct StalledBody(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl axum::body::HttpBody for StalledBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if let Some(read) = self.0.take() {
+            let _ = read.send(());
+        }
+        std::task::Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+}
+
+/// The in-flight permits guard the work, not the network: a click whose body is still on
+/// its way holds none, so with `--max-in-flight 1` another click is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_body_does_not_hold_an_in_flight_permit() {
+    let app = TestApp::start(&["--max-in-flight", "1"]).await;
+    app.assign_code("JAN-1", "usr_1").await;
+    let (read, being_read) = tokio::sync::oneshot::channel();
+    let mut stalled = http::Request::builder()
+        .method(Method::POST)
+        .uri(PREFIX)
+        .header("content-type", "application/json")
+        .header("content-length", "100")
+        .body(axum::body::Body::new(StalledBody(Some(read))))
+        .unwrap();
+    stalled.extensions_mut().insert(axum::extract::ConnectInfo(
+        common::PEER.parse::<std::net::SocketAddr>().unwrap(),
+    ));
+    let stalled = tokio::spawn({
+        use tower::ServiceExt;
+        app.router.clone().oneshot(stalled)
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(10), being_read)
+        .await
+        .expect("the stalled click's body is being read")
+        .unwrap();
+    for _ in 0..2 {
+        let answer = app.click(r#"{"code":"JAN-1"}"#).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+    }
+    assert!(!stalled.is_finished(), "the stalled click is still waiting");
+    stalled.abort();
+    app.stop().await;
+}
+
+/// Unknown codes are refused before the per-code and global buckets are spent: a flood of
+/// them cannot get a real code, or every click, a 429. They still count against the
+/// client's per-IP limit, which comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_codes_do_not_spend_the_code_and_global_limits() {
+    let app = TestApp::start(&[
+        "--rate-limit-per-ip",
+        "1",
+        "--rate-limit-per-ip-burst",
+        "100",
+        "--rate-limit-per-code",
+        "1",
+        "--rate-limit-per-code-burst",
+        "1",
+        "--rate-limit-global",
+        "1",
+        "--rate-limit-global-burst",
+        "2",
+    ])
+    .await;
+    app.assign_code("JAN-1", "usr_1").await;
+    for attempt in 0..40 {
+        // The same unknown code again and again, and a new one each time.
+        let body = if attempt % 2 == 0 {
+            r#"{"code":"NOPE-1"}"#.to_owned()
+        } else {
+            format!(r#"{{"code":"NOPE-{attempt}"}}"#)
+        };
+        let answer = app.click(&body).await;
+        assert_eq!(
+            (answer.status, answer.error()),
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ("unknown_code", Some("code"))
+            ),
+            "{body}"
+        );
+    }
+    let known = app.click(r#"{"code":"JAN-1"}"#).await;
+    assert_eq!(known.status, StatusCode::CREATED, "{:?}", known.body);
+    let remaining: u32 = known.headers["x-ratelimit-remaining"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        remaining < 80,
+        "the unknown codes counted against the client's per-IP limit: {remaining} left"
+    );
+    // The known code's own limit still applies.
+    let again = app.click(r#"{"code":"JAN-1"}"#).await;
+    assert_eq!(
+        (again.status, again.error()),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            ("rate_limited", Some("code"))
+        )
+    );
+    app.stop().await;
+}

@@ -689,6 +689,9 @@ def test_httproute_sends_only_the_click_post_to_ingest() -> None:
     assert _route(route, "POST", "/api/v1/referral-attributions/extra") == api
     assert _route(route, "PUT", "/api/v1/referral-codes/JAN-VERV-8F3A") == api
     assert _route(route, "GET", "/api/v1/referral-attributions/mentor/usr_4491/total") == api
+    # The ops endpoints are not routed from outside the cluster.
+    for path in ("/metrics", "/readyz", "/healthz", "/"):
+        assert _route(route, "GET", path) is None, path
 
 
 def test_ingress_hosts() -> None:
@@ -703,7 +706,8 @@ def test_ingress_hosts() -> None:
         assert path["pathType"] == "Exact"
         assert path["backend"]["service"] == {"name": f"{FULLNAME}-ingest", "port": {"name": "http"}}
     (api,) = rules["api.referrals.example.com"]
-    assert (api["path"], api["pathType"]) == ("/", "Prefix")
+    # Only the API: /metrics, /readyz and /healthz are not reachable through the Ingress.
+    assert (api["path"], api["pathType"]) == ("/api", "Prefix")
     assert api["backend"]["service"] == {"name": f"{FULLNAME}-api", "port": {"name": "http"}}
     assert spec["tls"][0]["secretName"] == "referrals-tls"
 

@@ -34,7 +34,10 @@ impl Config {
             );
         }
         Ok(Settings {
-            server: self.server.settings()?,
+            server: self
+                .server
+                .settings()?
+                .exempting(self.edge.trusted_proxies()?),
             edge: self.edge.settings()?,
         })
     }

@@ -15,6 +15,9 @@ use crate::server::ServerSettings;
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 /// Open connections at most; further clients wait in the kernel's accept backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// One client's share of the connections: far above what browsers open (6 per host), even
+/// behind a shared NAT; far below --max-connections, so one client cannot take them all.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
 /// How long shutdown waits for in-flight requests.
 pub const DEFAULT_DRAIN_TIMEOUT: &str = "30s";
 /// Longest wait for the log's acknowledgement of a click or command before 503. Below the
@@ -35,6 +38,11 @@ pub struct ServerArgs {
     /// Open connections at most.
     #[arg(long, env = "REFERRAL_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Open connections of one client (an IPv4 address, an IPv6 /64) at most; further ones
+    /// are closed at once. --trusted-proxies are exempt (they carry many clients). 0: off.
+    #[arg(long, env = "REFERRAL_MAX_CONNECTIONS_PER_CLIENT", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_CLIENT)]
+    pub max_connections_per_client: usize,
 
     /// Longest wait for in-flight requests at shutdown.
     #[arg(long, env = "REFERRAL_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = humantime::parse_duration)]
@@ -87,7 +95,9 @@ pub struct EdgeArgs {
     #[arg(long, env = "REFERRAL_RATE_LIMIT_GLOBAL_BURST", default_value_t = DEFAULT_BURST_GLOBAL)]
     pub rate_limit_global_burst: u32,
 
-    /// Proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is trusted.
+    /// Proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For is trusted: every hop
+    /// in front of the service (load balancer and ingress). The client is the nearest
+    /// X-Forwarded-For entry that is not one of them.
     #[arg(long, env = "REFERRAL_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
 
@@ -109,6 +119,8 @@ impl ServerArgs {
         Ok(ServerSettings {
             header_read_timeout: self.header_read_timeout,
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
+            exempt: TrustedProxies::default(),
             drain_timeout: self.drain_timeout,
         })
     }

@@ -35,9 +35,20 @@ pub fn publish_error(error: PublishError) -> ApiError {
 pub fn json_response<B: From<Vec<u8>>>(status: StatusCode, body: Vec<u8>) -> Response<B> {
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
+    );
+    // Answers carry visitors' IPs and user agents: no cache keeps them, and no browser
+    // renders stored text as anything but JSON.
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
     );
     response
 }

@@ -1,12 +1,14 @@
 //! The hyper 1.x accept loop every binary serves through.
 //!
 //! HTTP/1.1 with keep-alive, TCP_NODELAY (responses are small; Nagle would add delay), a
-//! header-read timeout against slow clients, a cap on open connections, and a graceful
-//! drain bounded by a timeout when shutdown begins.
+//! header-read timeout against slow clients, bounded request heads, a cap on open
+//! connections and on one client's share of them, and a graceful drain bounded by a
+//! timeout when shutdown begins.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -17,15 +19,88 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::click::client_ip::TrustedProxies;
+use crate::click::rate_limit::client_network;
 use crate::shutdown::Shutdown;
 
 /// Limits of the server; see [`crate::config::ServerArgs`] for their defaults.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ServerSettings {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections of one client network at most (0: no cap).
+    pub max_connections_per_client: usize,
+    /// Peers the per-client cap does not apply to: our proxies, which carry many clients.
+    pub exempt: TrustedProxies,
     pub drain_timeout: Duration,
 }
+
+impl ServerSettings {
+    /// The same, with `proxies` exempt from the per-client cap.
+    pub fn exempting(mut self, proxies: TrustedProxies) -> Self {
+        self.exempt = proxies;
+        self
+    }
+}
+
+/// Open connections per client network, so one client cannot take every connection slot
+/// (and with them the probes' way in).
+struct ClientConnections {
+    cap: usize,
+    exempt: TrustedProxies,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection of a capped client; gives its slot back when dropped.
+struct ClientSlot {
+    owner: Arc<ClientConnections>,
+    network: IpAddr,
+}
+
+impl ClientConnections {
+    /// `Err` when `peer`'s network already holds `cap` connections; `Ok(None)` when it is
+    /// not counted (no cap, or one of our proxies).
+    fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Option<ClientSlot>, ()> {
+        if self.cap == 0 || self.exempt.contains(peer) {
+            return Ok(None);
+        }
+        let network = client_network(peer);
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(network).or_insert(0);
+        if *count >= self.cap {
+            return Err(());
+        }
+        *count += 1;
+        Ok(Some(ClientSlot {
+            owner: self.clone(),
+            network,
+        }))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .owner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.network) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.network);
+            }
+        }
+    }
+}
+
+/// Largest request head (request line and headers) read into memory per connection.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;
+/// A connection's read buffer at most (a head and the start of a body, which is at most
+/// 16 KiB on every route).
+const MAX_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Most header lines a request may carry.
+pub const MAX_REQUEST_HEADERS: usize = 64;
 
 /// Serves connections from `listener` until `shutdown`, then drains in-flight requests.
 ///
@@ -48,10 +123,21 @@ pub async fn serve<F, S, B>(
 {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(settings.max_connections));
+    let clients = Arc::new(ClientConnections {
+        cap: settings.max_connections_per_client,
+        exempt: settings.exempt.clone(),
+        open: Mutex::new(HashMap::new()),
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
+        // hyper's default read buffer allows ~408 KiB of request head per connection, which
+        // times --max-connections is gigabytes a slow client can pin; real heads (a pixel
+        // GET with its cookies, a click POST) fit well inside 32 KiB. Past it: 431.
+        .max_header_size(MAX_REQUEST_HEAD_BYTES)
+        .max_buf_size(MAX_READ_BUFFER_BYTES)
+        .max_headers(MAX_REQUEST_HEADERS)
         .keep_alive(true);
     loop {
         let permit = tokio::select! {
@@ -73,6 +159,13 @@ pub async fn serve<F, S, B>(
             },
             () = shutdown.wait() => break,
         };
+        let Ok(slot) = clients.admit(peer.ip()) else {
+            metrics::counter!("referral_connections_refused_total", "cause" => "per_client_limit")
+                .increment(1);
+            tracing::debug!(%peer, "connection closed: its client holds too many");
+            drop(stream);
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
@@ -83,6 +176,7 @@ pub async fn serve<F, S, B>(
                 // Client resets and header timeouts land here; they are not our errors.
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
+            drop(slot);
             drop(permit);
         });
     }

@@ -57,9 +57,17 @@ pub struct DataDirLock {
     _file: std::fs::File,
 }
 
+/// The data directory holds visitors' IPs and user agents: only its owner may enter it,
+/// whatever the umask gave the files inside.
+fn owner_only(data_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+}
+
 impl DataDirLock {
     pub fn acquire(data_dir: &Path) -> Result<Self, OpenError> {
         std::fs::create_dir_all(data_dir)
+            .and_then(|()| owner_only(data_dir))
             .map_err(|error| OpenError::Other(format!("{}: {error}", data_dir.display())))?;
         let file = std::fs::File::create(data_dir.join(LOCK_FILE))
             .map_err(|error| OpenError::Other(format!("{}: {error}", data_dir.display())))?;
@@ -180,5 +188,25 @@ impl Embedded {
         }
         self.consumer.stop().await;
         self.verdicts.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::DataDirLock;
+
+    #[test]
+    fn the_data_directory_is_its_owners_only() {
+        let parent = tempfile::tempdir().unwrap();
+        let data_dir = parent.path().join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let _lock = DataDirLock::acquire(&data_dir).unwrap();
+        let mode = std::fs::metadata(&data_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A second writer on the same directory is refused.
+        assert!(DataDirLock::acquire(&data_dir).is_err());
     }
 }

@@ -150,8 +150,9 @@ impl Reads {
             }
             Freshness::Polled => {
                 let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                let Some(deadline) =
-                    attribution_created_at(id).map(|made| made.as_millis().saturating_add(wait_ms))
+                let now = referral_schemas::Timestamp::now().as_millis();
+                let Some(deadline) = attribution_created_at(id)
+                    .and_then(|made| fresh_wait_deadline(made.as_millis(), now, wait_ms))
                 else {
                     return Ok(None);
                 };
@@ -165,6 +166,15 @@ impl Reads {
             }
         }
     }
+}
+
+/// Until when (ms) a read of an attribution created at `created_ms` may wait for the
+/// aggregator to store it: `wait_ms` after its creation, and never more than `wait_ms` from
+/// `now_ms`. `None` for an id from further in the future than that: no edge made it, and an
+/// id a client chose must not buy an endless poll of the store.
+fn fresh_wait_deadline(created_ms: i64, now_ms: i64, wait_ms: i64) -> Option<i64> {
+    let latest = now_ms.saturating_add(wait_ms);
+    (created_ms <= latest).then(|| created_ms.saturating_add(wait_ms).min(latest))
 }
 
 /// What stands behind a request-serving process, stopped in its own way.
@@ -417,5 +427,27 @@ impl Aggregator {
         if !matches!(flushed, Ok(Ok(()))) {
             tracing::warn!("producer flush incomplete at shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fresh_wait_deadline;
+
+    #[test]
+    fn a_fresh_read_waits_at_most_the_wait_from_now_and_never_for_future_ids() {
+        let (now, wait) = (1_000_000, 2_000);
+        // Created a moment ago: until `wait` after its creation.
+        assert_eq!(fresh_wait_deadline(now - 500, now, wait), Some(now + 1_500));
+        // Long ago: the deadline has passed, no wait.
+        assert!(fresh_wait_deadline(now - 10_000, now, wait).is_some_and(|at| at <= now));
+        // A little ahead (clock skew between edges): bounded by now + wait.
+        assert_eq!(
+            fresh_wait_deadline(now + 1_000, now, wait),
+            Some(now + wait)
+        );
+        // Far in the future (an id a client made up): no wait at all.
+        assert_eq!(fresh_wait_deadline(now + 10_000, now, wait), None);
+        assert_eq!(fresh_wait_deadline(i64::MAX, now, wait), None);
     }
 }

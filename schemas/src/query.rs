@@ -15,6 +15,10 @@ pub const MAX_LIMIT: u32 = 100;
 /// Deepest page reachable by offset: beyond this, offset pagination costs more than it is
 /// worth to a dashboard, and a filter (`from`/`to`) is the way in.
 pub const MAX_OFFSET: u64 = 100_000;
+/// Matches a filtered list counts at most: the deepest reachable page ([`MAX_OFFSET`] +
+/// [`MAX_LIMIT`]). Past that, `total` reads as this bound (counting every match of a broad
+/// filter would cost a scan per page).
+pub const COUNT_BOUND: u64 = MAX_OFFSET + MAX_LIMIT as u64;
 
 /// Which attributions a list shows. All filters combine with AND.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

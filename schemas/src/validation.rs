@@ -85,15 +85,18 @@ pub fn normalize_ip(field: &str, raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::invalid(field, "must be an IPv4 or IPv6 address"))
 }
 
-/// Checks a user agent: at most 1,024 bytes, no control characters.
+/// Checks a user agent: at most 1,024 bytes, no control characters, no bidirectional
+/// overrides or line separators (no real user agent has them; in a dashboard or a log they
+/// can make text read as something else).
 pub fn validate_user_agent(field: &str, raw: &str) -> Result<(), ApiError> {
     if raw.len() > MAX_USER_AGENT_BYTES {
         return Err(ApiError::invalid(field, "must be at most 1024 bytes"));
     }
-    if raw.chars().any(|c| c.is_control()) {
+    let disguising = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}');
+    if raw.chars().any(|c| c.is_control() || disguising(c)) {
         return Err(ApiError::invalid(
             field,
-            "must not contain control characters",
+            "must not contain control characters, bidirectional overrides or line separators",
         ));
     }
     Ok(())
@@ -506,6 +509,12 @@ mod tests {
             &format!(r#"{{"code":"JAN-1","user_agent":"{}"}}"#, "u".repeat(1025)),
             "user_agent",
         );
+        // A right-to-left override ("a<RLO>gnp.exe" reads as "aexe.png") and a line separator.
+        invalid(
+            r#"{"code":"JAN-1","user_agent":"a\u202egnp.exe"}"#,
+            "user_agent",
+        );
+        invalid(r#"{"code":"JAN-1","user_agent":"a\u2028b"}"#, "user_agent");
         invalid(
             r#"{"code":"JAN-1","referrer_url":"ftp://example.com"}"#,
             "referrer_url",

@@ -46,7 +46,8 @@ impl From<ApiError> for Refusal {
     }
 }
 
-/// The click POST: limits, validates, resolves the code, publishes, waits for the ack.
+/// The click POST: limits the client, reads the body, validates, resolves the code, limits
+/// the code and the process, publishes, waits for the ack.
 pub struct ClickEdge {
     log: Arc<dyn EventLog>,
     codes: Arc<CodeResolver>,
@@ -82,6 +83,11 @@ impl ClickEdge {
     }
 
     /// Serves one click POST, from the request's headers and body to the response.
+    ///
+    /// The cheap refusal comes first: the per-IP limit, before the body is read. The body
+    /// is read (bounded in size and time) before an in-flight permit is taken, so a client
+    /// trickling its body holds a connection, not one of the permits that guard the work
+    /// (validation, publishing, the wait for the log's acknowledgement).
     pub async fn handle<In, Out>(
         &self,
         peer: IpAddr,
@@ -93,18 +99,25 @@ impl ClickEdge {
         In::Error: std::error::Error + Send + Sync + 'static,
         Out: From<Vec<u8>>,
     {
-        let Ok(_permit) = self.in_flight.try_acquire() else {
-            metrics::counter!("referral_clicks_rejected_total", "cause" => "in_flight_limit")
-                .increment(1);
-            return error_response(&ApiError::overloaded("too many clicks in progress; retry"));
-        };
         let client_ip = self.settings.proxies.client_ip(peer, headers);
         let allowance = match self.limits.check_client(client_ip) {
             Ok(allowance) => allowance,
             Err(limited) => return limited_response(limited),
         };
         let outcome = match read_limited(headers, body, MAX_BODY_BYTES).await {
-            Ok(bytes) => self.record(client_ip, headers, bytes).await,
+            Ok(bytes) => {
+                let Ok(_permit) = self.in_flight.try_acquire() else {
+                    metrics::counter!(
+                        "referral_clicks_rejected_total",
+                        "cause" => "in_flight_limit"
+                    )
+                    .increment(1);
+                    return error_response(&ApiError::overloaded(
+                        "too many clicks in progress; retry",
+                    ));
+                };
+                self.record(client_ip, headers, bytes).await
+            }
             Err(error) => Err(Refusal::Invalid(error)),
         };
         let mut response = match outcome {
@@ -136,13 +149,16 @@ impl ClickEdge {
         // simd-json parses in place; the copy is bounded by the body limit.
         let mut body = body.to_vec();
         let request = ClickRequest::parse(&mut body, received_at)?;
-        self.limits
-            .check_code_and_global(&request.code)
-            .map_err(Refusal::Limited)?;
+        // The code is resolved before its limit and the global one are spent: an unknown
+        // code (already counted against the client's per-IP limit) must not use up a real
+        // code's bucket or the process's.
         let target = self.codes.resolve(&request.code).await.ok_or_else(|| {
             ApiError::new(ErrorKind::UnknownCode, "no mentor has this referral code")
                 .on_field("code")
         })?;
+        self.limits
+            .check_code_and_global(&request.code)
+            .map_err(Refusal::Limited)?;
         let mentor_id = target.mentor_id;
         let click = ClickEvent {
             attribution_id: new_attribution_id(),

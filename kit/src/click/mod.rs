@@ -1,10 +1,13 @@
 //! The click POST (recordReferralClick), independent of any HTTP framework: the edge
 //! (`referral-ingest`, plain hyper) and the embedded API (axum) serve it with this code.
 //!
-//! * [`edge`]: [`edge::ClickEdge`]: limits, validates, resolves the code, publishes, waits
-//!   for the log's acknowledgement, answers.
-//! * [`rate_limit`]: per-IP, per-code and global limits (governor).
-//! * [`client_ip`]: the client address, trusting `X-Forwarded-For` only from known proxies.
+//! * [`edge`]: [`edge::ClickEdge`]: limits the client, reads the body, validates, resolves
+//!   the code, limits the code and the process, publishes, waits for the log's
+//!   acknowledgement, answers.
+//! * [`rate_limit`]: per-IP (per IPv4 address, per IPv6 /64), per-code and global limits
+//!   (governor).
+//! * [`client_ip`]: the client address, trusting `X-Forwarded-For` only from known proxies
+//!   and only as far as their own hops (read from right to left).
 
 pub mod client_ip;
 pub mod edge;

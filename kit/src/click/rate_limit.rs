@@ -1,6 +1,8 @@
 //! Click rate limits (GCRA, via governor): per client IP, per referral code, and global.
 //!
-//! Per IP stops one client flooding; per code stops a leaked code being hammered from many
+//! Per IP stops one client flooding (keyed by network: an IPv4 address, or the /64 of an
+//! IPv6 address, since one IPv6 host normally holds a whole /64 and can pick a new source
+//! address per request); per code stops a leaked code being hammered from many
 //! addresses; the global limit protects the log behind this edge. Each is a quota per second
 //! with a burst; 0 turns a limit off. Limits are per edge process: with N replicas the
 //! fleet-wide limit is N times the flag (the Helm chart documents this).
@@ -8,7 +10,7 @@
 //! The keyed state (one entry per IP or code seen) is kept bounded by a housekeeping task
 //! that forgets keys whose limit has fully replenished and shrinks the maps.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +29,21 @@ type GlobalLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInf
 
 /// How often forgotten keys are dropped from the keyed limiters.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The IPv6 prefix length one client is limited by: a host is normally given a whole /64.
+const IPV6_CLIENT_PREFIX: u32 = 64;
+
+/// The per-IP limiter's key for `ip`: its network. IPv4 (also IPv4-mapped IPv6, made IPv4
+/// first) is one address, /32; IPv6 is masked to its /64.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX << (128 - IPV6_CLIENT_PREFIX);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
 
 /// A quota: `per_second` sustained, `burst` at once. `per_second == 0` means no limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,12 +129,13 @@ impl ClickLimits {
         Self::new(RateQuota::OFF, RateQuota::OFF, RateQuota::OFF)
     }
 
-    /// Checks the client's address; `None` when that limit is off.
+    /// Checks the client's address (its network, see [`client_network`]); `None` when that
+    /// limit is off.
     pub fn check_client(&self, ip: IpAddr) -> Result<Option<Allowance>, Limited> {
         let Some(limiter) = &self.per_ip else {
             return Ok(None);
         };
-        match limiter.check_key(&ip) {
+        match limiter.check_key(&client_network(ip)) {
             Ok(snapshot) => Ok(Some(Allowance {
                 limit: snapshot.quota().burst_size().get(),
                 remaining: snapshot.remaining_burst_capacity(),
@@ -156,7 +174,7 @@ impl ClickLimits {
         }
     }
 
-    /// Keys currently tracked (client IPs, codes).
+    /// Keys currently tracked (client networks, codes).
     pub fn tracked_keys(&self) -> (usize, usize) {
         (
             self.per_ip.as_ref().map_or(0, |limiter| limiter.len()),
@@ -221,6 +239,88 @@ mod tests {
             refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(1)
         );
         assert!(limits.check_client(other).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_client_is_limited_by_its_64() {
+        let limits = ClickLimits::new(
+            RateQuota {
+                per_second: 1,
+                burst: 2,
+            },
+            RateQuota::OFF,
+            RateQuota::OFF,
+        );
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        // Two addresses of 2001:db8:1:2::/64 share one bucket.
+        assert_eq!(
+            limits
+                .check_client(ip("2001:db8:1:2::1"))
+                .unwrap()
+                .unwrap()
+                .remaining,
+            1
+        );
+        assert_eq!(
+            limits
+                .check_client(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
+                .unwrap()
+                .unwrap()
+                .remaining,
+            0
+        );
+        assert_eq!(
+            limits
+                .check_client(ip("2001:db8:1:2::3"))
+                .unwrap_err()
+                .limiter,
+            Limiter::ClientIp
+        );
+        // The neighbouring /64 is another client.
+        assert_eq!(
+            limits
+                .check_client(ip("2001:db8:1:3::1"))
+                .unwrap()
+                .unwrap()
+                .remaining,
+            1
+        );
+        assert_eq!(limits.tracked_keys().0, 2);
+    }
+
+    #[test]
+    fn ipv4_clients_stay_single_addresses() {
+        assert_eq!(
+            client_network(IpAddr::from([198, 51, 100, 7])),
+            IpAddr::from([198, 51, 100, 7])
+        );
+        let mapped: IpAddr = "::ffff:198.51.100.7".parse().unwrap();
+        assert_eq!(
+            client_network(mapped),
+            IpAddr::from([198, 51, 100, 7]),
+            "IPv4-mapped is IPv4, not the /64 every mapped address shares"
+        );
+        let limits = ClickLimits::new(
+            RateQuota {
+                per_second: 1,
+                burst: 1,
+            },
+            RateQuota::OFF,
+            RateQuota::OFF,
+        );
+        assert!(limits.check_client(mapped).is_ok());
+        assert!(
+            limits
+                .check_client(IpAddr::from([198, 51, 100, 7]))
+                .is_err(),
+            "one bucket for both spellings"
+        );
+        assert!(limits.check_client(IpAddr::from([198, 51, 100, 8])).is_ok());
+        assert!(
+            limits
+                .check_client("::ffff:198.51.100.9".parse().unwrap())
+                .is_ok()
+        );
     }
 
     #[test]

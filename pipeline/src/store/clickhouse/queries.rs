@@ -20,7 +20,7 @@
 
 use std::fmt::Write as _;
 
-use referral_schemas::query::{AttributionFilter, HourRange, MAX_LIMIT, MAX_OFFSET, PageRequest};
+use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
 
 /// One value bound to a `?`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,9 +156,7 @@ fn list_condition(filter: &AttributionFilter, mut query: ReadQuery) -> ReadQuery
     query
 }
 
-/// Matches a filtered list counts at most: the deepest reachable page
-/// ([`MAX_OFFSET`] + [`MAX_LIMIT`]). Past that, `total` reads as this bound.
-pub const COUNT_BOUND: u64 = MAX_OFFSET + MAX_LIMIT as u64;
+pub use referral_schemas::query::COUNT_BOUND;
 
 /// How `total` of a list is found cheaply.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,9 @@ use crate::plan::rows::{AttributionRow, CodeRow, DecisionRow, MemberRow};
 use crate::plan::{Known, PartitionKey, Plan, References};
 use crate::store::{StoreError, StoreWriter};
 
+/// Keys per `IN` list: ~34 bytes each, well inside ClickHouse's 256 KiB `max_query_size`.
+const SELECT_IN_CHUNK: usize = 1_000;
+
 /// Reads and writes of one aggregator. Caches checkpoints of the partitions it owns.
 pub struct ClickHouseSink {
     client: Client,
@@ -40,6 +43,8 @@ impl ClickHouseSink {
         })
     }
 
+    /// Rows of `table` whose `key` is one of `values`, asked in chunks of
+    /// [`SELECT_IN_CHUNK`].
     async fn select_in<T>(
         &self,
         table: &str,
@@ -49,18 +54,22 @@ impl ClickHouseSink {
     where
         T: RowOwned + RowRead,
     {
-        if values.is_empty() {
-            return Ok(Vec::new());
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        let mut rows = Vec::new();
+        // A flush may name tens of thousands of ids (a backlog of commands); one IN list of
+        // them all would pass ClickHouse's max_query_size (256 KiB) on every retry.
+        for chunk in values.chunks(SELECT_IN_CHUNK) {
+            let sql = format!(
+                "SELECT ?fields FROM {table} FINAL WHERE {key} IN {}",
+                placeholders(chunk.len())
+            );
+            let mut query = self.client.query(&sql);
+            for value in chunk {
+                query = query.bind(*value);
+            }
+            rows.extend(query.fetch_all::<T>().await?);
         }
-        let sql = format!(
-            "SELECT ?fields FROM {table} FINAL WHERE {key} IN {}",
-            placeholders(values.len())
-        );
-        let mut query = self.client.query(&sql);
-        for value in values {
-            query = query.bind(value.as_str());
-        }
-        Ok(query.fetch_all().await?)
+        Ok(rows)
     }
 
     async fn insert<T>(

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
 use referral_schemas::messages::Verdict;
-use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
+use referral_schemas::query::{AttributionFilter, COUNT_BOUND, HourRange, PageRequest};
 use referral_schemas::{Attribution, ReferralCode};
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
@@ -156,8 +156,21 @@ impl AttributionReader for SqliteReader {
         page: PageRequest,
     ) -> Result<AttributionPage, StoreError> {
         let (clauses, values) = filter_clauses(filter);
+        // Exact for the unfiltered list and a mentor's list (as the production store's
+        // materialized totals are); bounded for any other filter, as in production.
+        let only_mentor = AttributionFilter {
+            mentor_id: filter.mentor_id.clone(),
+            ..AttributionFilter::default()
+        };
+        let count_sql = if *filter == only_mentor {
+            format!("SELECT COUNT(*) FROM attributions WHERE {clauses}")
+        } else {
+            format!(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM attributions WHERE {clauses} \
+                 LIMIT {COUNT_BOUND})"
+            )
+        };
         self.read(move |connection| {
-            let count_sql = format!("SELECT COUNT(*) FROM attributions WHERE {clauses}");
             let total: i64 = connection
                 .prepare_cached(&count_sql)?
                 .query_row(params_from_iter(values.iter()), |row| row.get(0))?;
