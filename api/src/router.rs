@@ -14,7 +14,7 @@ use referral_kit::error::error_response;
 use referral_kit::{ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, telemetry};
 use referral_schemas::{ApiError, ErrorKind};
 
-use crate::routes::{attributions, codes, ops};
+use crate::routes::{attributions, codes, links, ops};
 use crate::state::AppState;
 
 /// An error as an axum response: the one rendering shared with the ingest edge.
@@ -39,7 +39,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     for prefix in [ATTRIBUTIONS_PREFIX, ATTRIBUTIONS_DOUBLED_PREFIX] {
         router = attributions::routes(router, prefix);
     }
-    codes::routes(router)
+    links::routes(codes::routes(router))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{DOUBLED, Mode, PREFIX, TestApp, from_base, from_now};
+use common::{DOUBLED, Mode, PEER, PREFIX, TestApp, from_base, from_now};
 use http::{Method, StatusCode};
 
 async fn click_post_records_the_contract_record_on_both_prefixes(mode: Mode) {
@@ -982,6 +982,167 @@ async fn a_click_is_readable_confirmable_and_deletable_right_after_its_201(mode:
     app.stop().await;
 }
 
+/// Total of the unfiltered list (every live attribution), once the pipeline settled.
+async fn attributions_stored(app: &TestApp) -> u64 {
+    app.get(PREFIX).await.body["pagination"]["total"]
+        .as_u64()
+        .unwrap()
+}
+
+async fn links_record_clicks_and_always_answer_the_visitor(mode: Mode) {
+    let fallback = "https://platform.example.com/welcome";
+    let app = TestApp::start_mode(mode, &["--fallback-url", fallback]).await;
+    let destination = "https://platform.example.com/join?src=mentor#signup";
+    let body = format!(r#"{{"mentor_id":"usr_1","destination_url":"{destination}"}}"#);
+    let code = app
+        .send_json(Method::PUT, "/api/v1/referral-codes/JAN-LINK", &body)
+        .await;
+    assert_eq!(code.status, StatusCode::CREATED);
+    assert_eq!(code.body["destination_url"], destination);
+    app.assign_code("NO-DEST", "usr_2").await;
+    let browser = [
+        ("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)"),
+        ("referer", "https://instagram.com/p/1"),
+    ];
+
+    // The redirect link: 302 to the destination, the visitor's query kept (but for an
+    // attribution_id of their own), ours added before the fragment; the click is recorded
+    // from the request.
+    let redirect = app
+        .call(
+            Method::GET,
+            "/r/jan-link?utm_source=ig&attribution_id=attr_FORGED",
+            &browser,
+            None,
+        )
+        .await;
+    assert_eq!(redirect.status, StatusCode::FOUND);
+    assert_eq!(redirect.headers["cache-control"], "no-store");
+    let location = redirect.headers["location"].to_str().unwrap().to_owned();
+    let prefix = "https://platform.example.com/join?src=mentor&utm_source=ig&attribution_id=";
+    assert!(location.starts_with(prefix), "{location}");
+    assert!(location.ends_with("#signup"), "{location}");
+    let id = &location[prefix.len()..location.len() - "#signup".len()];
+    let stored = app.get(&format!("{PREFIX}/{id}")).await;
+    assert_eq!(stored.status, StatusCode::OK, "{location}");
+    assert_eq!(stored.body["code"], "JAN-LINK");
+    assert_eq!(stored.body["mentor_id"], "usr_1");
+    assert_eq!(stored.body["user_agent"], browser[0].1);
+    assert_eq!(stored.body["referrer_url"], browser[1].1);
+    assert_eq!(stored.body["ip_address"], PEER.split(':').next().unwrap());
+
+    // The pixel, with and without `.gif`: always a 1x1 GIF, never cached.
+    for path in ["/p/JAN-LINK.gif", "/p/JAN-LINK"] {
+        let pixel = app.call(Method::GET, path, &browser, None).await;
+        assert_eq!(pixel.status, StatusCode::OK, "{path}");
+        assert_eq!(pixel.headers["content-type"], "image/gif");
+        assert_eq!(pixel.headers["cache-control"], "no-store, private");
+        assert_eq!(pixel.headers["content-length"], "43");
+    }
+    assert_eq!(attributions_stored(&app).await, 3);
+
+    // HEAD (link previews, scanners): the same headers, nothing recorded.
+    let head = app.call(Method::HEAD, "/r/JAN-LINK", &[], None).await;
+    assert_eq!(head.status, StatusCode::FOUND);
+    assert_eq!(head.headers["location"], destination);
+    let head = app.call(Method::HEAD, "/p/JAN-LINK.gif", &[], None).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(head.headers["content-type"], "image/gif");
+    assert_eq!(attributions_stored(&app).await, 3);
+
+    // A code without a destination: recorded, sent to the fallback with its id.
+    let no_destination = app.call(Method::GET, "/r/NO-DEST", &browser, None).await;
+    assert_eq!(no_destination.status, StatusCode::FOUND);
+    let location = no_destination.headers["location"].to_str().unwrap();
+    assert!(
+        location.starts_with(&format!("{fallback}?attribution_id=attr_")),
+        "{location}"
+    );
+    assert_eq!(attributions_stored(&app).await, 4);
+
+    // Unknown, malformed or retired codes: the fallback, nothing recorded; the pixel still
+    // answers its GIF.
+    let retired = app
+        .call(Method::DELETE, "/api/v1/referral-codes/NO-DEST", &[], None)
+        .await;
+    assert_eq!(retired.status, StatusCode::OK);
+    for path in ["/r/NOPE-404?x=1", "/r/%3Cscript%3E", "/r/NO-DEST?x=1"] {
+        let answer = app.call(Method::GET, path, &browser, None).await;
+        assert_eq!(answer.status, StatusCode::FOUND, "{path}");
+        let location = answer.headers["location"].to_str().unwrap();
+        assert!(
+            location == fallback || location == format!("{fallback}?x=1"),
+            "{path}: {location}"
+        );
+    }
+    let pixel = app
+        .call(Method::GET, "/p/NOPE-404.gif", &browser, None)
+        .await;
+    assert_eq!(
+        (
+            pixel.status,
+            pixel.headers["content-type"].to_str().unwrap()
+        ),
+        (StatusCode::OK, "image/gif")
+    );
+    assert_eq!(attributions_stored(&app).await, 4);
+
+    // Other methods are refused with the JSON 405 listing GET and HEAD.
+    let post = app.call(Method::POST, "/r/JAN-LINK", &[], Some("{}")).await;
+    assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.error().0, "method_not_allowed");
+    app.stop().await;
+
+    // Without --fallback-url an unknown code gets a short 404 page.
+    let app = TestApp::start_mode(mode, &[]).await;
+    let missing = app.call(Method::GET, "/r/NOPE-404", &browser, None).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.headers["content-type"], "text/html; charset=utf-8");
+    assert!(missing.body.as_str().unwrap().contains("not active"));
+    app.stop().await;
+}
+
+async fn a_rate_limited_visitor_is_still_redirected_and_the_click_only_counted(mode: Mode) {
+    let app = TestApp::start_mode(
+        mode,
+        &["--rate-limit-per-ip", "1", "--rate-limit-per-ip-burst", "1"],
+    )
+    .await;
+    let body = r#"{"mentor_id":"usr_1","destination_url":"https://platform.example.com/join"}"#;
+    app.send_json(Method::PUT, "/api/v1/referral-codes/JAN-LINK", body)
+        .await;
+    let mut recorded = 0;
+    for _ in 0..4 {
+        let answer = app.call(Method::GET, "/r/JAN-LINK", &[], None).await;
+        assert_eq!(answer.status, StatusCode::FOUND);
+        let location = answer.headers["location"].to_str().unwrap();
+        assert!(
+            location.starts_with("https://platform.example.com/join"),
+            "{location}"
+        );
+        recorded += usize::from(location.contains("attribution_id="));
+        let pixel = app.call(Method::GET, "/p/JAN-LINK.gif", &[], None).await;
+        assert_eq!(pixel.status, StatusCode::OK);
+    }
+    assert_eq!(
+        recorded, 1,
+        "one click within the limit, the rest only counted"
+    );
+    assert_eq!(attributions_stored(&app).await, 1);
+    // The refused visits are counted (the registry is the process's: tests running at the
+    // same time add theirs).
+    let metrics = app.get("/metrics").await;
+    let text = metrics.body.as_str().unwrap();
+    let series = r#"referral_link_visits_total{link="redirect",outcome="rate_limited"} "#;
+    let counted: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0);
+    assert!(counted >= 3, "{text}");
+    app.stop().await;
+}
+
 both_modes!(
     a_click_is_readable_confirmable_and_deletable_right_after_its_201,
     click_post_records_the_contract_record_on_both_prefixes,
@@ -997,6 +1158,8 @@ both_modes!(
     unknown_routes_and_methods_answer_json,
     health_readiness_and_metrics,
     a_flooding_client_gets_429_while_others_still_get_201,
+    links_record_clicks_and_always_answer_the_visitor,
+    a_rate_limited_visitor_is_still_redirected_and_the_click_only_counted,
 );
 
 // The click edge's defences. The edge is the same code in both modes (only the log behind

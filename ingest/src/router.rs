@@ -1,4 +1,5 @@
-//! The edge's routes: the click POST on both prefixes, and the ops endpoints.
+//! The edge's routes: the click POST on both prefixes, the tracking pixel and the redirect
+//! link, and the ops endpoints.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use referral_kit::click::ClickEdge;
+use referral_kit::click::links::{self, Link};
 use referral_kit::error::error_response;
 use referral_kit::ops::{self, OpsRoute};
 use referral_kit::{ATTRIBUTIONS_DOUBLED_PREFIX, ATTRIBUTIONS_PREFIX, telemetry};
@@ -39,6 +41,20 @@ pub async fn route(
         let (parts, body) = request.into_parts();
         let response = edge.clicks.handle(peer.ip(), &parts.headers, body).await;
         metrics.record(response.status(), started);
+        return response;
+    }
+    if let Some((link, code)) = Link::of(path) {
+        let response = links::answer(
+            &edge.clicks,
+            link,
+            &method,
+            peer.ip(),
+            request.headers(),
+            code,
+            request.uri().query(),
+        )
+        .await;
+        telemetry::record_request(link.route(), &method, response.status(), started);
         return response;
     }
     let (route, response) = if path == ATTRIBUTIONS_PREFIX || path == ATTRIBUTIONS_DOUBLED_PREFIX {

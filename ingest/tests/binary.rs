@@ -191,6 +191,28 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
         .await
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // The pixel and the redirect link on the plain-hyper edge: the pixel's GET is a click,
+    // HEADs are not; the link of a code without a destination (and no --fallback-url)
+    // records its click and shows the 404 page.
+    for (method, path, status) in [
+        (Method::GET, "/p/JAN-1.gif", StatusCode::OK),
+        (Method::HEAD, "/p/JAN-1.gif", StatusCode::OK),
+        (Method::HEAD, "/r/JAN-1", StatusCode::NOT_FOUND),
+        (Method::GET, "/r/jan-1", StatusCode::NOT_FOUND),
+        (Method::GET, "/r/NOPE-1", StatusCode::NOT_FOUND),
+    ] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(format!("{base}{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = client.request(request).await.unwrap();
+        assert_eq!(answer.status(), status, "{method} {path}");
+        if path.starts_with("/p/") {
+            assert_eq!(answer.headers()["content-type"], "image/gif");
+            assert_eq!(answer.headers()["cache-control"], "no-store, private");
+        }
+    }
     // X-Forwarded-For from a peer not in --trusted-proxies (none here): not believed,
     // counted, and one warning line for the process however many arrive.
     for _ in 0..3 {
@@ -220,7 +242,11 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
             .to_vec(),
     )
     .unwrap();
-    assert!(text.contains("referral_clicks_accepted_total 2"), "{text}");
+    assert!(text.contains("referral_clicks_accepted_total 4"), "{text}");
+    assert!(
+        text.contains(r#"referral_link_visits_total{link="pixel",outcome="head"} 1"#),
+        "{text}"
+    );
     assert!(
         text.contains("referral_untrusted_forwarded_for_total 3"),
         "{text}"
@@ -237,7 +263,7 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
         "{text}"
     );
 
-    // SIGTERM drains and exits 0, with the store caught up: exactly the two accepted
+    // SIGTERM drains and exits 0, with the store caught up: exactly the four accepted
     // clicks are stored.
     assert!(
         Command::new("kill")
@@ -270,7 +296,7 @@ async fn the_edge_binary_records_clicks_and_refuses_bad_ones() {
         )
         .await
         .unwrap();
-    assert_eq!(totals.clicks, 2);
+    assert_eq!(totals.clicks, 4, "two POSTs, a pixel and a link");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Flags of the HTTP server and of the click edge.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -101,6 +102,11 @@ pub struct EdgeArgs {
     #[arg(long, env = "REFERRAL_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
 
+    /// Where the redirect link (`GET /r/{code}`) sends a visitor whose code is unknown,
+    /// retired or has no destination (an absolute http(s) URL). Unset: a 404 page.
+    #[arg(long, env = "REFERRAL_FALLBACK_URL")]
+    pub fallback_url: Option<String>,
+
     /// Longest wait for the log's acknowledgement before answering 503.
     #[arg(long, env = "REFERRAL_ACK_TIMEOUT", default_value = DEFAULT_ACK_TIMEOUT, value_parser = humantime::parse_duration)]
     pub ack_timeout: Duration,
@@ -141,6 +147,10 @@ impl EdgeArgs {
             self.max_in_flight >= 1,
             "--max-in-flight must be at least 1"
         );
+        if let Some(url) = &self.fallback_url {
+            referral_schemas::validation::validate_http_url("--fallback-url", url)
+                .map_err(|error| anyhow::anyhow!("--fallback-url {}", error.message))?;
+        }
         self.trusted_proxies().map(|_| ())
     }
 
@@ -151,6 +161,7 @@ impl EdgeArgs {
             proxies: self.trusted_proxies()?,
             ack_timeout: self.ack_timeout,
             max_in_flight: self.max_in_flight,
+            fallback_url: self.fallback_url.as_deref().map(Arc::from),
         })
     }
 

@@ -2,6 +2,7 @@
 
 pub mod attributions;
 pub mod codes;
+pub mod links;
 pub mod openapi;
 pub mod ops;
 

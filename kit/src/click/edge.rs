@@ -8,12 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, REFERER, USER_AGENT};
 use http::{HeaderMap, Response, StatusCode};
-use referral_pipeline::codes::CodeResolver;
+use referral_pipeline::codes::{CodeResolver, CodeTarget};
 use referral_pipeline::log::EventLog;
 use referral_schemas::id::new_attribution_id;
 use referral_schemas::messages::{ClickEvent, LogEvent};
 use referral_schemas::validation::{
-    ClickRequest, MAX_BODY_BYTES, MAX_USER_AGENT_BYTES, require_json_content_type,
+    ClickRequest, MAX_BODY_BYTES, MAX_USER_AGENT_BYTES, normalize_code, require_json_content_type,
     validate_http_url, validate_user_agent,
 };
 use referral_schemas::{ApiError, Attribution, ErrorKind, Timestamp, state};
@@ -32,6 +32,8 @@ pub struct EdgeSettings {
     pub ack_timeout: Duration,
     /// Clicks handled at once at most; past this, 503 at once.
     pub max_in_flight: usize,
+    /// Where a redirect link goes when its code has no destination.
+    pub fallback_url: Option<Arc<str>>,
 }
 
 /// Why a click was not recorded.
@@ -80,6 +82,11 @@ impl ClickEdge {
 
     pub fn limits(&self) -> &Arc<ClickLimits> {
         &self.limits
+    }
+
+    /// Where a redirect link goes when its code has no destination (`--fallback-url`).
+    pub fn fallback_url(&self) -> Option<&str> {
+        self.settings.fallback_url.as_deref()
     }
 
     /// Serves one click POST, from the request's headers and body to the response.
@@ -159,17 +166,21 @@ impl ClickEdge {
         self.limits
             .check_code_and_global(&request.code)
             .map_err(Refusal::Limited)?;
-        let mentor_id = target.mentor_id;
         let click = ClickEvent {
             attribution_id: new_attribution_id(),
             code: request.code,
-            mentor_id: mentor_id.to_string(),
+            mentor_id: target.mentor_id.to_string(),
             ip_address: request.ip_address.unwrap_or_else(|| client_ip.to_string()),
             user_agent: request.user_agent.or_else(|| user_agent_header(headers)),
             referrer_url: request.referrer_url.or_else(|| referer_header(headers)),
             occurred_at: request.occurred_at.unwrap_or(received_at),
             received_at,
         };
+        self.publish(click).await.map_err(Refusal::from)
+    }
+
+    /// Publishes a click and waits (bounded) for the log's acknowledgement.
+    async fn publish(&self, click: ClickEvent) -> Result<Attribution, ApiError> {
         let (attribution, _) = state::record_click(&click);
         let published = tokio::time::timeout(
             self.settings.ack_timeout,
@@ -178,11 +189,100 @@ impl ClickEdge {
         .await;
         match published {
             Ok(Ok(())) => Ok(attribution),
-            Ok(Err(error)) => Err(publish_error(error).into()),
+            Ok(Err(error)) => Err(publish_error(error)),
             Err(_) => {
                 metrics::counter!("referral_ack_timeouts_total").increment(1);
-                Err(ApiError::overloaded("the click was not acknowledged in time; retry").into())
+                Err(ApiError::overloaded(
+                    "the click was not acknowledged in time; retry",
+                ))
             }
+        }
+    }
+
+    /// A visit of a pixel or a redirect link (a GET with no body): recorded as a click from
+    /// the request itself (client address, `User-Agent`, `Referer`, now). The visitor is
+    /// answered whatever happens, so a click that cannot be recorded is only counted.
+    pub async fn visit(&self, peer: IpAddr, headers: &HeaderMap, raw_code: &str) -> Visit {
+        let Ok(code) = normalize_code("code", raw_code) else {
+            return Visit::not_recorded(None, VisitLoss::UnknownCode);
+        };
+        let client_ip = self.settings.proxies.client_ip(peer, headers);
+        let client_allowed = self.limits.check_client(client_ip).is_ok();
+        let Some(target) = self.codes.resolve(&code).await else {
+            return Visit::not_recorded(None, VisitLoss::UnknownCode);
+        };
+        if !client_allowed || self.limits.check_code_and_global(&code).is_err() {
+            return Visit::not_recorded(Some(target), VisitLoss::RateLimited);
+        }
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            return Visit::not_recorded(Some(target), VisitLoss::Overloaded);
+        };
+        let received_at = Timestamp::now();
+        let click = ClickEvent {
+            attribution_id: new_attribution_id(),
+            code,
+            mentor_id: target.mentor_id.to_string(),
+            ip_address: client_ip.to_string(),
+            user_agent: user_agent_header(headers),
+            referrer_url: referer_header(headers),
+            occurred_at: received_at,
+            received_at,
+        };
+        match self.publish(click).await {
+            Ok(attribution) => {
+                self.accepted.increment(1);
+                Visit {
+                    target: Some(target),
+                    recorded: Ok(attribution.id),
+                }
+            }
+            Err(_) => Visit::not_recorded(Some(target), VisitLoss::Overloaded),
+        }
+    }
+
+    /// What a code stands for, without recording anything (a HEAD of a link).
+    pub async fn look_up(&self, raw_code: &str) -> Option<CodeTarget> {
+        let code = normalize_code("code", raw_code).ok()?;
+        self.codes.resolve(&code).await
+    }
+}
+
+/// What became of a visit of a link.
+#[derive(Debug)]
+pub struct Visit {
+    /// The code's mentor and destination, when the code is live.
+    pub target: Option<CodeTarget>,
+    /// The new attribution's id, or why no click was recorded.
+    pub recorded: Result<String, VisitLoss>,
+}
+
+impl Visit {
+    fn not_recorded(target: Option<CodeTarget>, loss: VisitLoss) -> Self {
+        Self {
+            target,
+            recorded: Err(loss),
+        }
+    }
+}
+
+/// Why a visit was answered without recording a click.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VisitLoss {
+    /// Not a live code (or not a code at all).
+    UnknownCode,
+    /// A rate limit refused it.
+    RateLimited,
+    /// Too many clicks in flight, or the log did not acknowledge it in time.
+    Overloaded,
+}
+
+impl VisitLoss {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::UnknownCode => "unknown_code",
+            Self::RateLimited => "rate_limited",
+            Self::Overloaded => "overloaded",
         }
     }
 }

@@ -4,6 +4,8 @@
 //! * [`edge`]: [`edge::ClickEdge`]: limits the client, reads the body, validates, resolves
 //!   the code, limits the code and the process, publishes, waits for the log's
 //!   acknowledgement, answers.
+//! * [`links`]: the tracking pixel and the redirect link: a click recorded from a GET,
+//!   and an answer that always works for the visitor.
 //! * [`rate_limit`]: per-IP (per IPv4 address, per IPv6 /64), per-code and global limits
 //!   (governor).
 //! * [`client_ip`]: the client address, trusting `X-Forwarded-For` only from known proxies
@@ -11,6 +13,7 @@
 
 pub mod client_ip;
 pub mod edge;
+pub mod links;
 pub mod rate_limit;
 
 pub use edge::{ClickEdge, EdgeSettings};

@@ -1,0 +1,54 @@
+//! The tracking pixel (`/p/{code}.gif`, `/p/{code}`) and the redirect link (`/r/{code}`):
+//! public, the same code as `referral-ingest` (`referral_kit::click::links`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::Response;
+use axum::routing::{MethodFilter, on};
+use referral_kit::click::links::{self, Link};
+
+use crate::state::AppState;
+
+pub fn routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
+    // GET and HEAD only, explicitly: a HEAD (a link preview) must not run the GET's
+    // recording, as axum's `get` would.
+    let methods = MethodFilter::GET.or(MethodFilter::HEAD);
+    router
+        .route("/p/{code}", on(methods, visit))
+        .route("/r/{code}", on(methods, visit))
+}
+
+async fn visit(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| {
+            peer.ip()
+        });
+    let Some((link, code)) = Link::of(request.uri().path()) else {
+        // The route matched, so the path has this shape; a code with a '/' cannot reach here.
+        return links::answer(
+            &state.edge,
+            Link::Redirect,
+            request.method(),
+            peer,
+            request.headers(),
+            "",
+            None,
+        )
+        .await;
+    };
+    links::answer(
+        &state.edge,
+        link,
+        request.method(),
+        peer,
+        request.headers(),
+        code,
+        request.uri().query(),
+    )
+    .await
+}
