@@ -9,6 +9,7 @@
 //!   and the [`messages::Verdict`] the single writer records for each command.
 //! * [`state`] is the attribution state machine as pure functions: a store loads the current
 //!   state, calls these, and persists the result plus the per-mentor [`state::TotalsDelta`]s.
+//! * [`verdict`] decides what a click counts as (counted, duplicate, bot), in log order.
 //! * [`attribution`] holds the records and the views the public contract prints.
 //! * [`query`] holds the read-side filters, pages and periods shared by every store.
 //! * [`timestamp`] and [`id`] are the small value types everything above uses.
@@ -24,6 +25,7 @@ pub mod query;
 pub mod state;
 pub mod timestamp;
 pub mod validation;
+pub mod verdict;
 
 pub use attribution::{Attribution, AttributionKind, AttributionStatus, ReferralCode};
 pub use error::{ApiError, ErrorKind};

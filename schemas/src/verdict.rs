@@ -1,0 +1,323 @@
+//! A click's verdict, decided in one pure place: `counted`, `duplicate` (a repeat visit
+//! inside the dedup window) or `bot` (a crawler, link-preview fetcher or headless browser,
+//! or no user agent at all). Mentors are paid on counted clicks only; the others are kept
+//! with their verdict so that every count can be inspected.
+//!
+//! The single writer applies [`DedupWindow::decide`] to each click in log order, so the
+//! verdict is the same on every replay of the same log: it depends only on the clicks before
+//! it (their code, client IP, user agent and `occurred_at`), never on wall-clock time or on
+//! when the window's state was trimmed.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a recorded click counts as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClickVerdict {
+    Counted,
+    Duplicate,
+    Bot,
+}
+
+impl ClickVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Counted => "counted",
+            Self::Duplicate => "duplicate",
+            Self::Bot => "bot",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "counted" => Some(Self::Counted),
+            "duplicate" => Some(Self::Duplicate),
+            "bot" => Some(Self::Bot),
+            _ => None,
+        }
+    }
+}
+
+/// The user-agent patterns of the `isbot` crate (its bundled list, from the npm `isbot`
+/// project: crawlers, link-preview fetchers, headless browsers, HTTP libraries). Compiled
+/// once.
+static BOTS: LazyLock<isbot::Bots> = LazyLock::new(isbot::Bots::default);
+
+/// Whether a click's user agent is not a person's browser: empty, absent, or on the list.
+pub fn is_bot(user_agent: Option<&str>) -> bool {
+    match user_agent.map(str::trim) {
+        None | Some("") => true,
+        Some(agent) => BOTS.is_bot(agent),
+    }
+}
+
+/// One visitor of one code: the same code, client IP and user agent. A digest, so the
+/// window's memory per visitor does not grow with the length of a user agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VisitorKey([u8; 16]);
+
+impl VisitorKey {
+    pub fn of(code: &str, ip_address: &str, user_agent: Option<&str>) -> Self {
+        let mut hasher = Sha256::new();
+        for part in [code, ip_address, user_agent.unwrap_or("")] {
+            hasher.update((part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+        let digest = hasher.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        Self(key)
+    }
+}
+
+/// The last counted click of a visitor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedVisit {
+    pub attribution_id: String,
+    /// `occurred_at`, in ms since the epoch.
+    pub occurred_at: i64,
+}
+
+/// The dedup state of one log partition: each visitor's last counted click, for visitors
+/// seen within the window. Memory: one entry per distinct visitor whose last counted click
+/// is at most two windows older than the newest click seen (a 16-byte key, the id and the
+/// instant: about 100 bytes with the map's overhead).
+#[derive(Clone, Debug)]
+pub struct DedupWindow {
+    window_ms: i64,
+    last: HashMap<VisitorKey, CountedVisit>,
+    /// The newest `occurred_at` seen (ms), or `i64::MIN` before the first click.
+    newest: i64,
+}
+
+impl DedupWindow {
+    /// A window of `window_ms` (0: no click is ever a duplicate).
+    pub fn new(window_ms: i64) -> Self {
+        Self {
+            window_ms: window_ms.max(0),
+            last: HashMap::new(),
+            newest: i64::MIN,
+        }
+    }
+
+    /// Restores a counted click read back from the store (a restart, a new assignment),
+    /// as [`Self::decide`] would have left it.
+    pub fn remember(&mut self, key: VisitorKey, visit: CountedVisit) {
+        self.newest = self.newest.max(visit.occurred_at);
+        match self.last.get(&key) {
+            Some(known) if known.occurred_at >= visit.occurred_at => {}
+            _ => {
+                self.last.insert(key, visit);
+            }
+        }
+    }
+
+    /// The verdict of the next click in log order, and the counted click it repeats.
+    ///
+    /// * `bot` when [`is_bot`] says so (bots never enter the window);
+    /// * `duplicate` when the visitor's last counted click happened less than the window
+    ///   before or after this one, and this one is not older than the newest click seen by
+    ///   more than the window (a click dated far back is compared with nothing: the window
+    ///   keeps no state that old);
+    /// * `counted` otherwise; it becomes the visitor's last counted click.
+    pub fn decide(
+        &mut self,
+        key: VisitorKey,
+        user_agent: Option<&str>,
+        attribution_id: &str,
+        occurred_at: i64,
+    ) -> (ClickVerdict, Option<String>) {
+        if is_bot(user_agent) {
+            return (ClickVerdict::Bot, None);
+        }
+        if self.window_ms == 0 {
+            return (ClickVerdict::Counted, None);
+        }
+        let horizon = self.newest.saturating_sub(self.window_ms);
+        if occurred_at >= horizon
+            && let Some(last) = self.last.get(&key)
+            && last.occurred_at.abs_diff(occurred_at) < self.window_ms.unsigned_abs()
+        {
+            return (ClickVerdict::Duplicate, Some(last.attribution_id.clone()));
+        }
+        self.newest = self.newest.max(occurred_at);
+        self.last.insert(
+            key,
+            CountedVisit {
+                attribution_id: attribution_id.to_owned(),
+                occurred_at,
+            },
+        );
+        (ClickVerdict::Counted, None)
+    }
+
+    /// Forgets visitors whose last counted click can no longer make any click a duplicate:
+    /// older than the newest click by two windows. Never changes a later decision.
+    pub fn trim(&mut self) {
+        let keep_from = self.newest.saturating_sub(self.window_ms.saturating_mul(2));
+        self.last.retain(|_, visit| visit.occurred_at >= keep_from);
+    }
+
+    /// Visitors held now.
+    pub fn len(&self) -> usize {
+        self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+    const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36";
+    const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Mobile/15E148 Safari/604.1";
+
+    #[test]
+    fn crawlers_previews_headless_browsers_and_empty_agents_are_bots() {
+        for agent in [
+            "Googlebot/2.1 (+http://www.google.com/bot.html)",
+            "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+            "Twitterbot/1.0",
+            "LinkedInBot/1.0 (compatible; Mozilla/5.0; Apache-HttpClient +http://www.linkedin.com)",
+            "WhatsApp/2.23.20.0 A",
+            "facebookexternalhit/1.1 Facebot Twitterbot/1.0",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0 Safari/537.36",
+            "curl/8.5.0",
+            "",
+            "   ",
+        ] {
+            assert!(is_bot(Some(agent)), "{agent}");
+        }
+        assert!(is_bot(None));
+        for agent in [CHROME, IPHONE] {
+            assert!(!is_bot(Some(agent)), "{agent}");
+        }
+    }
+
+    #[test]
+    fn a_repeat_inside_the_window_is_a_duplicate_of_the_counted_click() {
+        let mut window = DedupWindow::new(HOUR);
+        let visitor = VisitorKey::of("JAN-1", "185.12.34.56", Some(CHROME));
+        let decide =
+            |window: &mut DedupWindow, key, id: &str, at| window.decide(key, Some(CHROME), id, at);
+        assert_eq!(
+            decide(&mut window, visitor, "attr_1", 0),
+            (ClickVerdict::Counted, None)
+        );
+        assert_eq!(
+            decide(&mut window, visitor, "attr_2", HOUR - 1),
+            (ClickVerdict::Duplicate, Some("attr_1".into()))
+        );
+        // A duplicate does not extend the window: an hour after the counted click counts.
+        assert_eq!(
+            decide(&mut window, visitor, "attr_3", HOUR),
+            (ClickVerdict::Counted, None)
+        );
+        assert_eq!(
+            decide(&mut window, visitor, "attr_4", HOUR + 5),
+            (ClickVerdict::Duplicate, Some("attr_3".into()))
+        );
+        // Another IP, agent or code is another visitor.
+        for other in [
+            VisitorKey::of("JAN-1", "185.12.34.57", Some(CHROME)),
+            VisitorKey::of("JAN-1", "185.12.34.56", Some(IPHONE)),
+            VisitorKey::of("FEB-2", "185.12.34.56", Some(CHROME)),
+        ] {
+            assert_eq!(
+                decide(&mut window, other, "attr_x", HOUR + 6).0,
+                ClickVerdict::Counted
+            );
+        }
+        // Bots never count and never enter the window.
+        let bot = VisitorKey::of("JAN-1", "185.12.34.56", Some("Twitterbot/1.0"));
+        assert_eq!(
+            window.decide(bot, Some("Twitterbot/1.0"), "attr_b", HOUR + 7),
+            (ClickVerdict::Bot, None)
+        );
+    }
+
+    #[test]
+    fn no_window_counts_every_visitor_click() {
+        let mut window = DedupWindow::new(0);
+        let visitor = VisitorKey::of("JAN-1", "185.12.34.56", Some(CHROME));
+        for (n, at) in [0, 1, 2].into_iter().enumerate() {
+            let id = format!("attr_{n}");
+            assert_eq!(
+                window.decide(visitor, Some(CHROME), &id, at).0,
+                ClickVerdict::Counted
+            );
+        }
+        assert!(window.is_empty());
+    }
+
+    #[test]
+    fn trimming_and_restoring_never_change_a_decision() {
+        // The same clicks through a window trimmed after every click, one never trimmed,
+        // and one rebuilt from the counted clicks halfway (a restart): same verdicts.
+        let visitors: Vec<VisitorKey> = (0..5)
+            .map(|n| VisitorKey::of("JAN-1", &format!("10.0.0.{n}"), Some(CHROME)))
+            .collect();
+        let clicks: Vec<(VisitorKey, i64)> = (0..400)
+            .map(|n: i64| {
+                // Mostly forward in time, some dated back by up to three windows.
+                let at = n * HOUR / 7 - if n % 11 == 0 { 3 * HOUR } else { 0 };
+                (visitors[(n * 7 % 5) as usize], at)
+            })
+            .collect();
+        let run = |trim: bool, restart_at: Option<usize>| {
+            let mut window = DedupWindow::new(HOUR);
+            let mut counted: Vec<(VisitorKey, CountedVisit)> = Vec::new();
+            let mut verdicts = Vec::new();
+            for (n, (key, at)) in clicks.iter().enumerate() {
+                if Some(n) == restart_at {
+                    window = DedupWindow::new(HOUR);
+                    for (key, visit) in &counted {
+                        window.remember(*key, visit.clone());
+                    }
+                }
+                let id = format!("attr_{n}");
+                let verdict = window.decide(*key, Some(CHROME), &id, *at);
+                if verdict.0 == ClickVerdict::Counted {
+                    counted.push((
+                        *key,
+                        CountedVisit {
+                            attribution_id: id,
+                            occurred_at: *at,
+                        },
+                    ));
+                }
+                if trim {
+                    window.trim();
+                }
+                verdicts.push(verdict);
+            }
+            (verdicts, window.len())
+        };
+        let (plain, untrimmed_len) = run(false, None);
+        let (trimmed, trimmed_len) = run(true, None);
+        let (restarted, _) = run(true, Some(200));
+        assert_eq!(plain, trimmed);
+        assert_eq!(plain, restarted);
+        assert!(
+            plain
+                .iter()
+                .any(|verdict| verdict.0 == ClickVerdict::Duplicate)
+        );
+        assert!(
+            plain
+                .iter()
+                .filter(|verdict| verdict.0 == ClickVerdict::Counted)
+                .count()
+                > 5
+        );
+        assert!(trimmed_len <= untrimmed_len);
+    }
+}
