@@ -50,6 +50,9 @@ CLICK_PATHS = {
     "/api/v1/referral-attributions/api/v1/referral-attributions",
 }
 
+# The tracking pixel (/p/{code}.gif) and the redirect link (/r/{code}), served by ingest.
+LINK_PREFIXES = {"/p/", "/r/"}
+
 COMPONENTS = ("ingest", "api", "aggregator")
 
 # The chart refuses to render an API without tokens (unless auth.allowAnonymous); tests of
@@ -317,6 +320,7 @@ def test_configmap_and_checksums(case) -> None:
     assert data["REFERRAL_CLICKHOUSE_USER"] == values["clickhouse"]["user"]
     assert data["REFERRAL_ATTRIBUTION_WINDOW"] == values["config"]["attributionWindow"]
     assert data["REFERRAL_TRUSTED_PROXIES"] == values["config"]["trustedProxies"]
+    assert data.get("REFERRAL_FALLBACK_URL", "") == values["config"]["fallbackUrl"]
     assert data["REFERRAL_BATCH_MAX_ROWS"] == str(values["config"]["batch"]["maxRows"])
     assert data["REFERRAL_BATCH_MAX_WAIT"] == values["config"]["batch"]["maxWait"]
     for secret_name in ("REFERRAL_API_TOKENS", "REFERRAL_CLICKHOUSE_PASSWORD"):
@@ -671,6 +675,10 @@ def test_httproute_sends_only_the_click_post_to_ingest() -> None:
         if ingest in backends:
             assert backends == {ingest}
             for match in rule["matches"]:
+                if match["path"]["value"] in LINK_PREFIXES:
+                    assert match["method"] in ("GET", "HEAD"), match
+                    assert match["path"]["type"] == "PathPrefix", match
+                    continue
                 assert match["method"] == "POST", match
                 assert match["path"]["type"] == "Exact", match
                 assert match["path"]["value"] in CLICK_PATHS, match
@@ -689,6 +697,11 @@ def test_httproute_sends_only_the_click_post_to_ingest() -> None:
     assert _route(route, "POST", "/api/v1/referral-attributions/extra") == api
     assert _route(route, "PUT", "/api/v1/referral-codes/JAN-VERV-8F3A") == api
     assert _route(route, "GET", "/api/v1/referral-attributions/mentor/usr_4491/total") == api
+    # The pixel and the redirect link go to the edge, GET and HEAD only.
+    for method in ("GET", "HEAD"):
+        assert _route(route, method, "/p/JAN-VERV-8F3A.gif") == ingest
+        assert _route(route, method, "/r/JAN-VERV-8F3A") == ingest
+    assert _route(route, "POST", "/r/JAN-VERV-8F3A") is None
     # The ops endpoints are not routed from outside the cluster.
     for path in ("/metrics", "/readyz", "/healthz", "/"):
         assert _route(route, "GET", path) is None, path
@@ -701,9 +714,10 @@ def test_ingress_hosts() -> None:
     assert spec["ingressClassName"] == "nginx"
     rules = {r["host"]: r["http"]["paths"] for r in spec["rules"]}
     tracking = rules["track.referrals.example.com"]
-    assert {p["path"] for p in tracking} == CLICK_PATHS
+    assert {p["path"] for p in tracking} == CLICK_PATHS | LINK_PREFIXES
     for path in tracking:
-        assert path["pathType"] == "Exact"
+        kind = "Prefix" if path["path"] in LINK_PREFIXES else "Exact"
+        assert path["pathType"] == kind
         assert path["backend"]["service"] == {"name": f"{FULLNAME}-ingest", "port": {"name": "http"}}
     (api,) = rules["api.referrals.example.com"]
     # Only the API: /metrics, /readyz and /healthz are not reachable through the Ingress.

@@ -184,6 +184,9 @@ REFERRAL_CLICKHOUSE_USER: {{ .Values.clickhouse.user | quote }}
 REFERRAL_CLICKHOUSE_INSERT_TIMEOUT: {{ .Values.clickhouse.insertTimeout | quote }}
 REFERRAL_ATTRIBUTION_WINDOW: {{ .Values.config.attributionWindow | quote }}
 REFERRAL_TRUSTED_PROXIES: {{ .Values.config.trustedProxies | quote }}
+{{- with .Values.config.fallbackUrl }}
+REFERRAL_FALLBACK_URL: {{ . | quote }}
+{{- end }}
 REFERRAL_ALLOW_ANONYMOUS: {{ .Values.auth.allowAnonymous | quote }}
 REFERRAL_ACK_TIMEOUT: {{ .Values.config.ackTimeout | quote }}
 REFERRAL_READ_AFTER_WRITE_WAIT: {{ .Values.config.readAfterWriteWait | quote }}
