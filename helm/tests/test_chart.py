@@ -452,6 +452,26 @@ def test_a_proxy_without_trusted_proxies_is_refused_while_limiting_per_ip(route:
     render({**exposed, "config": {"rateLimit": {"perIp": 0}}})
 
 
+def test_network_policies_admit_only_the_named_peers(case) -> None:
+    _, values, objects = case
+    policies = {p["metadata"]["name"]: p for p in of_kind(objects, "NetworkPolicy")}
+    if not values["networkPolicy"]["enabled"]:
+        assert not policies
+        return
+    for component in COMPONENTS:
+        spec = policies[f"{FULLNAME}-{component}"]["spec"]
+        labels = deployment(objects, component)["spec"]["template"]["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+        assert spec["policyTypes"] == ["Ingress"]
+        peers = [peer for rule in spec["ingress"] for peer in rule["from"]]
+        expected = values["networkPolicy"]["metricsFrom"] + (
+            [] if component == "aggregator" else values["networkPolicy"]["ingressFrom"]
+        )
+        assert sorted(map(json.dumps, peers)) == sorted(map(json.dumps, expected))
+        for rule in spec["ingress"]:
+            assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
 def test_existing_secret_excludes_inline_secrets() -> None:
     with pytest.raises(helm.HelmRenderError) as refused:
         render_raw({"existingSecret": "sre-managed", "clickhouse": {"password": "p"}})
