@@ -447,9 +447,11 @@ def test_a_proxy_without_trusted_proxies_is_refused_while_limiting_per_ip(route:
     message = str(refused.value)
     for hint in ("config.trustedProxies", "config.rateLimit.perIp", "proxy"):
         assert hint in message, message
-    # Trusted proxies given, or no per-IP limit: renders.
-    render({**exposed, "config": {"trustedProxies": "10.0.0.0/8"}})
-    render({**exposed, "config": {"rateLimit": {"perIp": 0}}})
+    # Trusted proxies given, or no per-IP limit: renders. Without trusted proxies every
+    # connection comes from the proxy, so the per-client connection cap is off too.
+    for config, cap in (({"trustedProxies": "10.0.0.0/8"}, "256"), ({"rateLimit": {"perIp": 0}}, "0")):
+        data = one(render({**exposed, "config": config}), "ConfigMap", FULLNAME)["data"]
+        assert data["REFERRAL_MAX_CONNECTIONS_PER_CLIENT"] == cap
 
 
 def test_network_policies_admit_only_the_named_peers(case) -> None:
@@ -470,6 +472,12 @@ def test_network_policies_admit_only_the_named_peers(case) -> None:
         assert sorted(map(json.dumps, peers)) == sorted(map(json.dumps, expected))
         for rule in spec["ingress"]:
             assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+
+
+def test_network_policies_need_the_peers_that_may_reach_the_edge() -> None:
+    with pytest.raises(helm.HelmRenderError) as refused:
+        render_raw({"networkPolicy": {"enabled": True}})
+    assert "networkPolicy.ingressFrom" in str(refused.value)
 
 
 def test_existing_secret_excludes_inline_secrets() -> None:

@@ -62,20 +62,32 @@ pub const CLICKHOUSE: &[Migration] = &[
     },
 ];
 
-/// `(table, column)` when `statement` is `ALTER TABLE <table> ADD COLUMN <column> ...`
-/// without `IF NOT EXISTS` (which ClickHouse 18.16 lacks): the runner skips it when the
-/// column exists, so that such a migration is idempotent too.
+/// `(table, column)` when `statement` is a single-action `ALTER TABLE <table> ADD COLUMN
+/// <column> ...` without `IF NOT EXISTS` (which ClickHouse 18.16 lacks): the runner skips it
+/// when the column exists, so that such a migration is idempotent too. Backquotes are
+/// removed; a database-qualified table or several actions in one statement are not
+/// recognised (the test below keeps migrations to the recognised shape).
 pub fn added_column(statement: &str) -> Option<(&str, &str)> {
     let words: Vec<&str> = statement.split_whitespace().collect();
+    let actions = words
+        .iter()
+        .filter(|word| {
+            ["ADD", "DROP", "MODIFY", "CLEAR", "COMMENT", "RENAME"]
+                .iter()
+                .any(|action| word.eq_ignore_ascii_case(action))
+        })
+        .count();
     match words.as_slice() {
         [alter, table_kw, table, add, column_kw, column, ..]
-            if alter.eq_ignore_ascii_case("ALTER")
+            if actions == 1
+                && alter.eq_ignore_ascii_case("ALTER")
                 && table_kw.eq_ignore_ascii_case("TABLE")
                 && add.eq_ignore_ascii_case("ADD")
                 && column_kw.eq_ignore_ascii_case("COLUMN")
-                && !column.eq_ignore_ascii_case("IF") =>
+                && !column.eq_ignore_ascii_case("IF")
+                && !table.contains('.') =>
         {
-            Some((table, column))
+            Some((table.trim_matches('`'), column.trim_matches('`')))
         }
         _ => None,
     }
@@ -147,6 +159,18 @@ mod tests {
             added_column("ALTER TABLE t ADD COLUMN IF NOT EXISTS c String"),
             None
         );
+        assert_eq!(
+            added_column("ALTER TABLE `t` ADD COLUMN `c` String"),
+            Some(("t", "c"))
+        );
+        // Shapes whose skip would be wrong, or that name another database: not recognised.
+        for other in [
+            "ALTER TABLE t ADD COLUMN a String, ADD COLUMN b String",
+            "ALTER TABLE t ADD COLUMN a String, DROP COLUMN d",
+            "ALTER TABLE db.t ADD COLUMN a String",
+        ] {
+            assert_eq!(added_column(other), None, "{other}");
+        }
         assert_eq!(added_column("ALTER TABLE t MODIFY SETTING x = 1"), None);
         assert_eq!(
             statements("-- c\nSELECT 1;\n\nSELECT\n  2;\nSELECT 3"),

@@ -5,8 +5,10 @@
 //!
 //! The single writer applies [`DedupWindow::decide`] to each click in log order, so the
 //! verdict is the same on every replay of the same log: it depends only on the clicks before
-//! it (their code, client IP, user agent and `occurred_at`), never on wall-clock time or on
-//! when the window's state was trimmed.
+//! it (their code, client IP, user agent and `received_at`), never on wall-clock time or on
+//! when the window's state was trimmed. The window runs on `received_at`, the instant the
+//! edge took the click: a client chooses `occurred_at`, and a click it dated back must not
+//! escape (or reset) the window.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -78,8 +80,8 @@ impl VisitorKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CountedVisit {
     pub attribution_id: String,
-    /// `occurred_at`, in ms since the epoch.
-    pub occurred_at: i64,
+    /// `received_at`, in ms since the epoch.
+    pub received_at: i64,
 }
 
 /// The dedup state of one log partition: each visitor's last counted click, for visitors
@@ -90,7 +92,7 @@ pub struct CountedVisit {
 pub struct DedupWindow {
     window_ms: i64,
     last: HashMap<VisitorKey, CountedVisit>,
-    /// The newest `occurred_at` seen (ms), or `i64::MIN` before the first click.
+    /// The newest `received_at` of a counted click (ms), or `i64::MIN` before the first.
     newest: i64,
 }
 
@@ -107,9 +109,14 @@ impl DedupWindow {
     /// Restores a counted click read back from the store (a restart, a new assignment),
     /// as [`Self::decide`] would have left it.
     pub fn remember(&mut self, key: VisitorKey, visit: CountedVisit) {
-        self.newest = self.newest.max(visit.occurred_at);
+        self.newest = self.newest.max(visit.received_at);
+        self.keep_latest(key, visit);
+    }
+
+    /// A visitor's entry is its latest counted click, whatever order they arrive in.
+    fn keep_latest(&mut self, key: VisitorKey, visit: CountedVisit) {
         match self.last.get(&key) {
-            Some(known) if known.occurred_at >= visit.occurred_at => {}
+            Some(known) if known.received_at >= visit.received_at => {}
             _ => {
                 self.last.insert(key, visit);
             }
@@ -119,17 +126,17 @@ impl DedupWindow {
     /// The verdict of the next click in log order, and the counted click it repeats.
     ///
     /// * `bot` when [`is_bot`] says so (bots never enter the window);
-    /// * `duplicate` when the visitor's last counted click happened less than the window
-    ///   before or after this one, and this one is not older than the newest click seen by
-    ///   more than the window (a click dated far back is compared with nothing: the window
-    ///   keeps no state that old);
-    /// * `counted` otherwise; it becomes the visitor's last counted click.
+    /// * `duplicate` when the visitor's latest counted click was received less than the
+    ///   window before or after this one, and this one is not older than the newest counted
+    ///   click by more than the window (edges' clocks differ a little; the window keeps no
+    ///   state older than that);
+    /// * `counted` otherwise; it becomes the visitor's latest counted click if it is later.
     pub fn decide(
         &mut self,
         key: VisitorKey,
         user_agent: Option<&str>,
         attribution_id: &str,
-        occurred_at: i64,
+        received_at: i64,
     ) -> (ClickVerdict, Option<String>) {
         if is_bot(user_agent) {
             return (ClickVerdict::Bot, None);
@@ -138,18 +145,18 @@ impl DedupWindow {
             return (ClickVerdict::Counted, None);
         }
         let horizon = self.newest.saturating_sub(self.window_ms);
-        if occurred_at >= horizon
+        if received_at >= horizon
             && let Some(last) = self.last.get(&key)
-            && last.occurred_at.abs_diff(occurred_at) < self.window_ms.unsigned_abs()
+            && last.received_at.abs_diff(received_at) < self.window_ms.unsigned_abs()
         {
             return (ClickVerdict::Duplicate, Some(last.attribution_id.clone()));
         }
-        self.newest = self.newest.max(occurred_at);
-        self.last.insert(
+        self.newest = self.newest.max(received_at);
+        self.keep_latest(
             key,
             CountedVisit {
                 attribution_id: attribution_id.to_owned(),
-                occurred_at,
+                received_at,
             },
         );
         (ClickVerdict::Counted, None)
@@ -159,7 +166,7 @@ impl DedupWindow {
     /// older than the newest click by two windows. Never changes a later decision.
     pub fn trim(&mut self) {
         let keep_from = self.newest.saturating_sub(self.window_ms.saturating_mul(2));
-        self.last.retain(|_, visit| visit.occurred_at >= keep_from);
+        self.last.retain(|_, visit| visit.received_at >= keep_from);
     }
 
     /// Visitors held now.
@@ -245,6 +252,32 @@ mod tests {
     }
 
     #[test]
+    fn a_click_out_of_order_neither_escapes_nor_resets_the_window() {
+        let mut window = DedupWindow::new(HOUR);
+        let visitor = VisitorKey::of("JAN-1", "185.12.34.56", Some(CHROME));
+        let mut decide = |id: &str, at| window.decide(visitor, Some(CHROME), id, at).0;
+        assert_eq!(decide("attr_1", 10 * HOUR), ClickVerdict::Counted);
+        // Older than the window keeps state for: counted, but the visitor's entry stays
+        // its latest click...
+        assert_eq!(decide("attr_2", 5 * HOUR), ClickVerdict::Counted);
+        // ...so a repeat of the latest is still a duplicate, as a rebuilt window says.
+        assert_eq!(
+            decide("attr_3", 10 * HOUR + HOUR / 2),
+            ClickVerdict::Duplicate
+        );
+        let mut rebuilt = DedupWindow::new(HOUR);
+        for (id, at) in [("attr_1", 10 * HOUR), ("attr_2", 5 * HOUR)] {
+            let visit = CountedVisit {
+                attribution_id: id.into(),
+                received_at: at,
+            };
+            rebuilt.remember(visitor, visit);
+        }
+        let verdict = rebuilt.decide(visitor, Some(CHROME), "attr_3", 10 * HOUR + HOUR / 2);
+        assert_eq!(verdict, (ClickVerdict::Duplicate, Some("attr_1".into())));
+    }
+
+    #[test]
     fn no_window_counts_every_visitor_click() {
         let mut window = DedupWindow::new(0);
         let visitor = VisitorKey::of("JAN-1", "185.12.34.56", Some(CHROME));
@@ -267,9 +300,12 @@ mod tests {
             .collect();
         let clicks: Vec<(VisitorKey, i64)> = (0..400)
             .map(|n: i64| {
-                // Mostly forward in time, some dated back by up to three windows.
-                let at = n * HOUR / 7 - if n % 11 == 0 { 3 * HOUR } else { 0 };
-                (visitors[(n * 7 % 5) as usize], at)
+                // Mostly forward in time, some out of order by up to three windows, and one
+                // visitor coming back every few minutes.
+                let back = if n % 11 == 0 { 3 * HOUR } else { 0 };
+                let ahead = if n % 13 == 0 { HOUR / 2 } else { 0 };
+                let visitor = if n % 3 == 0 { 0 } else { (n * 7 % 5) as usize };
+                (visitors[visitor], n * HOUR / 7 - back + ahead)
             })
             .collect();
         let run = |trim: bool, restart_at: Option<usize>| {
@@ -290,7 +326,7 @@ mod tests {
                         *key,
                         CountedVisit {
                             attribution_id: id,
-                            occurred_at: *at,
+                            received_at: *at,
                         },
                     ));
                 }

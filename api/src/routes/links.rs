@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use referral_kit::click::links::{self, Link};
+use referral_schemas::{ApiError, ErrorKind};
 
+use crate::router::HttpError;
 use crate::state::AppState;
 
 pub fn routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
@@ -28,18 +30,9 @@ async fn visit(State(state): State<Arc<AppState>>, request: Request) -> Response
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| {
             peer.ip()
         });
+    // The route matched one non-empty segment, which is what `Link::of` accepts.
     let Some((link, code)) = Link::of(request.uri().path()) else {
-        // The route matched, so the path has this shape; a code with a '/' cannot reach here.
-        return links::answer(
-            &state.edge,
-            Link::Redirect,
-            request.method(),
-            peer,
-            request.headers(),
-            "",
-            None,
-        )
-        .await;
+        return HttpError(ApiError::new(ErrorKind::RouteNotFound, "no such route")).into_response();
     };
     links::answer(
         &state.edge,

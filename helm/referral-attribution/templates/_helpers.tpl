@@ -129,6 +129,9 @@ so a bad combination fails `helm install`, `helm upgrade` and `helm template` al
 {{- if and (or .Values.ingress.enabled .Values.httpRoute.enabled) (not .Values.config.trustedProxies) (gt (int .Values.config.rateLimit.perIp) 0) }}
 {{- fail "ingress.enabled or httpRoute.enabled with an empty config.trustedProxies: every click would seem to come from the proxy's address, and the per-IP limit (config.rateLimit.perIp) would throttle all clicks of the edge as one visitor. Set config.trustedProxies to the ingress controller's or gateway's pod range (IPs/CIDRs, comma-separated), or set config.rateLimit.perIp: 0 to turn the per-IP limit off" }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled (not .Values.networkPolicy.ingressFrom) }}
+{{- fail "networkPolicy.enabled with an empty networkPolicy.ingressFrom would drop every request to the edge and the API: list the ingress controller's or gateway's namespace (NetworkPolicyPeers) in networkPolicy.ingressFrom" }}
+{{- end }}
 {{- if include "referral-attribution.kafkaSasl" . }}
 {{- if not (and .Values.kafka.sasl.mechanism .Values.kafka.sasl.username) }}
 {{- fail (printf "kafka.securityProtocol %s needs kafka.sasl.mechanism and kafka.sasl.username (and the password, in kafka.sasl.password or the existingSecret)" .Values.kafka.securityProtocol) }}
@@ -192,6 +195,12 @@ REFERRAL_ACK_TIMEOUT: {{ .Values.config.ackTimeout | quote }}
 REFERRAL_READ_AFTER_WRITE_WAIT: {{ .Values.config.readAfterWriteWait | quote }}
 REFERRAL_HEADER_READ_TIMEOUT: {{ .Values.config.headerReadTimeout | quote }}
 REFERRAL_MAX_CONNECTIONS: {{ .Values.config.maxConnections | int64 | quote }}
+{{- if and (or .Values.ingress.enabled .Values.httpRoute.enabled) (not .Values.config.trustedProxies) }}
+{{- /* Every connection comes from the proxy, which is not known as one: no per-client cap. */}}
+REFERRAL_MAX_CONNECTIONS_PER_CLIENT: "0"
+{{- else }}
+REFERRAL_MAX_CONNECTIONS_PER_CLIENT: {{ .Values.config.maxConnectionsPerClient | int64 | quote }}
+{{- end }}
 REFERRAL_MAX_IN_FLIGHT: {{ .Values.config.maxInFlight | int64 | quote }}
 REFERRAL_DRAIN_TIMEOUT: {{ .Values.config.drainTimeout | quote }}
 REFERRAL_RATE_LIMIT_PER_IP: {{ .Values.config.rateLimit.perIp | int64 | quote }}

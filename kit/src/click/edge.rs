@@ -176,17 +176,15 @@ impl ClickEdge {
             occurred_at: request.occurred_at.unwrap_or(received_at),
             received_at,
         };
-        self.publish(click).await.map_err(Refusal::from)
+        self.publish(click, self.settings.ack_timeout)
+            .await
+            .map_err(Refusal::from)
     }
 
-    /// Publishes a click and waits (bounded) for the log's acknowledgement.
-    async fn publish(&self, click: ClickEvent) -> Result<Attribution, ApiError> {
+    /// Publishes a click and waits, at most `wait`, for the log's acknowledgement.
+    async fn publish(&self, click: ClickEvent, wait: Duration) -> Result<Attribution, ApiError> {
         let (attribution, _) = state::record_click(&click);
-        let published = tokio::time::timeout(
-            self.settings.ack_timeout,
-            self.log.publish(LogEvent::Click(click)),
-        )
-        .await;
+        let published = tokio::time::timeout(wait, self.log.publish(LogEvent::Click(click))).await;
         match published {
             Ok(Ok(())) => Ok(attribution),
             Ok(Err(error)) => Err(publish_error(error)),
@@ -228,7 +226,10 @@ impl ClickEdge {
             occurred_at: received_at,
             received_at,
         };
-        match self.publish(click).await {
+        // A visitor waits for the redirect: past a second it goes without an id (the click
+        // may still land; it is counted as overloaded here).
+        let wait = self.settings.ack_timeout.min(LINK_ACK_WAIT);
+        match self.publish(click, wait).await {
             Ok(attribution) => {
                 self.accepted.increment(1);
                 Visit {
@@ -246,6 +247,9 @@ impl ClickEdge {
         self.codes.resolve(&code).await
     }
 }
+
+/// Longest a pixel or link visitor waits for the log's acknowledgement of their click.
+const LINK_ACK_WAIT: Duration = Duration::from_secs(1);
 
 /// What became of a visit of a link.
 #[derive(Debug)]

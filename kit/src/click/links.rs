@@ -37,12 +37,20 @@ pub enum Link {
 impl Link {
     /// The link and the raw code of a request path, when it is one.
     pub fn of(path: &str) -> Option<(Self, &str)> {
-        let (link, code) = if let Some(rest) = path.strip_prefix("/p/") {
-            (Self::Pixel, rest.strip_suffix(".gif").unwrap_or(rest))
-        } else {
-            (Self::Redirect, path.strip_prefix("/r/")?)
+        let (link, segment) = match path.strip_prefix("/p/") {
+            Some(rest) => (Self::Pixel, rest),
+            None => (Self::Redirect, path.strip_prefix("/r/")?),
         };
-        (!code.is_empty() && !code.contains('/')).then_some((link, code))
+        // One non-empty path segment, as the API's router matches it; the pixel's `.gif`
+        // is not part of the code (an empty code is simply unknown).
+        if segment.is_empty() || segment.contains('/') {
+            return None;
+        }
+        let code = match link {
+            Self::Pixel => segment.strip_suffix(".gif").unwrap_or(segment),
+            Self::Redirect => segment,
+        };
+        Some((link, code))
     }
 
     /// The route template (a metric label).
@@ -141,8 +149,7 @@ pub fn location(destination: &str, query: Option<&str>, attribution_id: Option<&
     let kept = query
         .into_iter()
         .flat_map(|query| query.split('&'))
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| pair.split('=').next() != Some(ATTRIBUTION_ID_PARAM));
+        .filter(|pair| !pair.is_empty() && !names_attribution_id(pair));
     let ours = attribution_id.map(|id| (ATTRIBUTION_ID_PARAM, id));
     for pair in kept {
         url.extend(separator.replace('&'));
@@ -159,6 +166,19 @@ pub fn location(destination: &str, query: Option<&str>, attribution_id: Option<&
         url.push_str(fragment);
     }
     url
+}
+
+/// Whether a query pair's name, decoded (`attribution%5Fid`, `attribution+id`), is ours, or
+/// a form of it some frameworks read as the same (`attribution_id[]`, `attribution.id`).
+fn names_attribution_id(pair: &str) -> bool {
+    let name = pair.split('=').next().unwrap_or(pair);
+    form_urlencoded::parse(name.as_bytes())
+        .next()
+        .map(|(decoded, _)| decoded)
+        .is_some_and(|decoded| {
+            let decoded = decoded.trim_end_matches("[]").replace(['.', ' '], "_");
+            decoded.eq_ignore_ascii_case(ATTRIBUTION_ID_PARAM)
+        })
 }
 
 fn pixel<B: From<Vec<u8>>>() -> Response<B> {
@@ -200,7 +220,8 @@ mod tests {
         assert_eq!(Link::of("/p/JAN-1"), Some((Link::Pixel, "JAN-1")));
         assert_eq!(Link::of("/r/jan-1"), Some((Link::Redirect, "jan-1")));
         assert_eq!(Link::of("/r/"), None);
-        assert_eq!(Link::of("/p/.gif"), None);
+        assert_eq!(Link::of("/p/.gif"), Some((Link::Pixel, "")));
+        assert_eq!(Link::of("/p/"), None);
         assert_eq!(Link::of("/r/a/b"), None);
         assert_eq!(Link::of("/api/v1/referral-attributions"), None);
     }
@@ -225,6 +246,21 @@ mod tests {
             ),
             "https://x.com/?x=1&attribution_id=attr_01"
         );
+        // However the visitor spells it.
+        for forged in [
+            "attribution%5Fid=x",
+            "Attribution_ID=x",
+            "attribution_id%5B%5D=x",
+            "attribution_id[]=x",
+            "attribution.id=x",
+            "attribution+id=x",
+        ] {
+            assert_eq!(
+                location("https://x.com/", Some(forged), id),
+                "https://x.com/?attribution_id=attr_01",
+                "{forged}"
+            );
+        }
         // Not recorded: the query is kept, nothing is added.
         assert_eq!(
             location("https://x.com/join", Some("x=1&&y"), None),

@@ -61,21 +61,19 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, S
             continue;
         }
         for statement in statements(migration.sql) {
-            if let Some((table, column)) = added_column(&statement) {
-                let present: u64 = client
-                    .query(
-                        "SELECT count() FROM system.columns \
-                         WHERE database = currentDatabase() AND table = ? AND name = ?",
-                    )
-                    .bind(table)
-                    .bind(column)
-                    .fetch_one()
-                    .await?;
-                if present > 0 {
-                    continue;
+            let added = added_column(&statement);
+            if let Some((table, column)) = added
+                && column_exists(&client, table, column).await?
+            {
+                continue;
+            }
+            if let Err(error) = client.query(&statement).execute().await {
+                // Another runner added the column between the check and this ALTER.
+                match added {
+                    Some((table, column)) if column_exists(&client, table, column).await? => {}
+                    _ => return Err(error.into()),
                 }
             }
-            client.query(&statement).execute().await?;
         }
         client
             .query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, now())")
@@ -92,6 +90,23 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, S
     }
     report.server = Some(version);
     Ok(report)
+}
+
+async fn column_exists(
+    client: &clickhouse::Client,
+    table: &str,
+    column: &str,
+) -> Result<bool, StoreError> {
+    let present: u64 = client
+        .query(
+            "SELECT count() FROM system.columns \
+             WHERE database = currentDatabase() AND table = ? AND name = ?",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one()
+        .await?;
+    Ok(present > 0)
 }
 
 /// A database name as an identifier: only `[A-Za-z0-9_]`, so it needs no escaping.
