@@ -10,6 +10,8 @@
 #    SQL on it to check that statements are valid on current ClickHouse too.
 #  - the Helm chart tests' Python packages (helm-python-sdk, kubernetes-validate, PyYAML,
 #    pytest) in the same virtualenv, pinned in scripts/test-helm.sh.
+#  - schemathesis (PyPI), the API fuzzer, in the same virtualenv, pinned in
+#    scripts/test-api-fuzz.sh.
 # Idempotent: each step is skipped (one line says so) when its service is already there.
 set -euo pipefail
 
@@ -56,3 +58,5 @@ fi
 
 # Pinned and checked in scripts/test-helm.sh, which installs them when the pins are missing.
 "$(dirname "$0")/test-helm.sh" --install-only
+# schemathesis, pinned in scripts/test-api-fuzz.sh, in the same virtualenv.
+"$(dirname "$0")/test-api-fuzz.sh" --install-only

@@ -3,7 +3,8 @@
 # test of the workspace (unit, in-process contract tests, the real binaries under SIGKILL,
 # and the edge against a real Kafka-protocol broker that the tests start themselves), the
 # end-to-end smoke runs with their verifier (referral-load smoke, on Kafka + ClickHouse and
-# on the embedded log and store), and the Helm chart tests.
+# on the embedded log and store), an independent API fuzzer (schemathesis, both modes), and
+# the Helm chart tests.
 # It installs what the tests need first: the toolchain's rustfmt and clippy, and the broker
 # (scripts/install-test-services.sh).
 set -euo pipefail
@@ -37,5 +38,7 @@ cargo build --workspace --bins --locked
 # The embedded mode is the same pipeline on a file log and SQLite: the same scenario with
 # referral-api alone, SIGKILLed under load and restarted on its data directory.
 ./target/debug/referral-load smoke --topology embedded
+echo "== schemathesis (every check, every phase) against both modes"
+./scripts/test-api-fuzz.sh
 echo "== helm chart"
 ./scripts/test-helm.sh

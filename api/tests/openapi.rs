@@ -701,7 +701,7 @@ fn the_document_is_openapi_3_1_every_ref_resolves_and_examples_fit() {
     ] {
         assert!(ids.contains(contract_name), "missing {contract_name}");
     }
-    assert_eq!(ids.len(), 15, "{ids:?}");
+    assert_eq!(ids.len(), 17, "{ids:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -737,6 +737,29 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
             call(Method::PUT, format!("{CODES}/jan-1")).json(r#"{"mentor_id":"usr_1"}"#),
             201,
         )
+        .await;
+    // The pixel and the redirect link: a code without a destination gets the 404 page (no
+    // --fallback-url here), one with a destination its 302.
+    recorder
+        .expect(
+            &open,
+            call(Method::PUT, format!("{CODES}/JAN-DEST")).json(
+                r#"{"mentor_id":"usr_1","destination_url":"https://platform.example.com/join"}"#,
+            ),
+            201,
+        )
+        .await;
+    recorder
+        .expect(&open, call(Method::GET, "/r/JAN-DEST?x=1"), 302)
+        .await;
+    recorder
+        .expect(&open, call(Method::GET, "/r/JAN-1"), 404)
+        .await;
+    recorder
+        .expect(&open, call(Method::GET, "/p/JAN-1.gif"), 200)
+        .await;
+    recorder
+        .expect(&open, call(Method::GET, "/p/NOPE-404"), 200)
         .await;
     let click = |occurred_at: String| {
         call(Method::POST, PREFIX).json(format!(
@@ -1140,11 +1163,12 @@ async fn every_documented_operation_answers_its_example_under_both_prefixes() {
         }
         for (path, method) in operations(&doc) {
             let request = example_call(&doc, &path, &method, &id, prefix);
+            // The answer a working example gets: its 2xx, or the redirect link's 302.
             let success = doc["paths"][&path][&method]["responses"]
                 .as_object()
                 .unwrap()
                 .keys()
-                .find(|status| status.starts_with('2'))
+                .find(|status| status.starts_with('2') || status.starts_with('3'))
                 .unwrap()
                 .parse()
                 .unwrap();

@@ -111,12 +111,40 @@ pub fn validate_http_url(field: &str, raw: &str) -> Result<(), ApiError> {
     let not_http = || ApiError::invalid(field, "must be an absolute http:// or https:// URL");
     let uri: http::Uri = raw.parse().map_err(|_| not_http())?;
     let http_scheme = matches!(uri.scheme_str(), Some("http" | "https"));
-    let has_host = uri.host().is_some_and(|host| !host.is_empty());
-    if http_scheme && has_host {
+    let authority = uri.authority().map_or("", |authority| authority.as_str());
+    if http_scheme && valid_host_and_port(authority) {
         Ok(())
     } else {
         Err(not_http())
     }
+}
+
+/// An authority's host is a name (or IPv4 address) or an IPv6 address in brackets, and its
+/// port, if any, is digits: `http::Uri` alone takes `[]`, `[junk]` or `host:port` (a stored
+/// URL that breaks the next parser that reads it, and the redirect link's `Location`).
+fn valid_host_and_port(authority: &str) -> bool {
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host_port)| host_port);
+    let (host_ok, port) = match host_port.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((address, rest)) => (address.parse::<std::net::Ipv6Addr>().is_ok(), rest),
+            None => return false,
+        },
+        None => {
+            let (host, port) = match host_port.split_once(':') {
+                Some((host, port)) => (host, &host_port[host.len()..]),
+                None => (host_port, ""),
+            };
+            let name_char = |c: char| c.is_ascii_alphanumeric() || "!$&'()*+,-.;=_~".contains(c);
+            (!host.is_empty() && host.chars().all(name_char), port)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 /// Parses an RFC 3339 instant that may be at most `max_future_ms` after `now`.
@@ -523,6 +551,19 @@ mod tests {
             r#"{"code":"JAN-1","referrer_url":"instagram.com"}"#,
             "referrer_url",
         );
+        // A host that is no name or address, or a port that is no number.
+        for url in [
+            "http://[]",
+            "http://[not-an-ip]/x",
+            "http://[::1]junk",
+            "http://example.com:port/",
+            "http://:80/",
+        ] {
+            invalid(
+                &format!(r#"{{"code":"JAN-1","referrer_url":"{url}"}}"#),
+                "referrer_url",
+            );
+        }
         invalid(
             &format!(
                 r#"{{"code":"JAN-1","referrer_url":"https://e.com/{}"}}"#,
@@ -558,6 +599,16 @@ mod tests {
         assert!(click(r#"{"code":"JAN-1","occurred_at":"1999-01-01T00:00:00Z"}"#).is_ok());
         assert!(click(r#"{"code":"JAN-1","occurred_at":"1970-01-01T00:00:00Z"}"#).is_ok());
         assert!(click(r#"{"code":"JAN-1","ip_address":"2001:db8::1"}"#).is_ok());
+        for url in [
+            "https://instagram.com",
+            "HTTP://user:pw@example.com:8080/p?q=1#f",
+            "http://[2001:db8::1]:443/x",
+            "http://192.0.2.7/",
+            "http://example.com:/",
+        ] {
+            let body = format!(r#"{{"code":"JAN-1","referrer_url":"{url}"}}"#);
+            assert!(click(&body).is_ok(), "{url}");
+        }
         let parsed = click(r#"{"code":"JAN-1","referrer_url":"","user_agent":null}"#).unwrap();
         assert_eq!((parsed.referrer_url, parsed.user_agent), (None, None));
         assert!(click(&format!(r#"{{"code":"{}"}}"#, "a".repeat(64))).is_ok());
