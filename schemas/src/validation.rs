@@ -133,7 +133,7 @@ fn valid_host_and_port(authority: &str) -> bool {
         },
         None => {
             let (host, port) = match host_port.split_once(':') {
-                Some((host, port)) => (host, &host_port[host.len()..]),
+                Some((host, _)) => (host, &host_port[host.len()..]),
                 None => (host_port, ""),
             };
             let name_char = |c: char| c.is_ascii_alphanumeric() || "!$&'()*+,-.;=_~".contains(c);
