@@ -1,11 +1,10 @@
 //! The seven contract endpoints under one prefix.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::routing::get;
 use http::StatusCode;
 use referral_schemas::id::{is_attribution_id, new_command_id};
@@ -61,12 +60,7 @@ fn mentor_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpEr
 
 /// POST: record a click (public; the same edge code as `referral-ingest`).
 async fn record_click(State(state): State<Arc<AppState>>, request: Request) -> HandlerResult {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| {
-            peer.ip()
-        });
+    let peer = super::peer_ip(&request);
     let (parts, body) = request.into_parts();
     Ok(state.edge.handle(peer, &parts.headers, body).await)
 }

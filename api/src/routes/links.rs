@@ -1,11 +1,10 @@
 //! The tracking pixel (`/p/{code}.gif`, `/p/{code}`) and the redirect link (`/r/{code}`):
 //! public, the same code as `referral-ingest` (`referral_kit::click::links`).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, on};
 use referral_kit::click::links::{self, Link};
@@ -24,12 +23,7 @@ pub fn routes(router: Router<Arc<AppState>>) -> Router<Arc<AppState>> {
 }
 
 async fn visit(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| {
-            peer.ip()
-        });
+    let peer = super::peer_ip(&request);
     // The route matched one non-empty segment, which is what `Link::of` accepts.
     let Some((link, code)) = Link::of(request.uri().path()) else {
         return HttpError(ApiError::new(ErrorKind::RouteNotFound, "no such route")).into_response();

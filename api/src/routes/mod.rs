@@ -21,6 +21,18 @@ use crate::router::HttpError;
 
 pub type HandlerResult = Result<Response, HttpError>;
 
+/// The TCP peer of a request (the server puts it in the extensions); unspecified for an
+/// in-process caller that did not.
+pub fn peer_ip(request: &axum::extract::Request) -> std::net::IpAddr {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(
+            std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            |axum::extract::ConnectInfo(peer)| peer.ip(),
+        )
+}
+
 /// A list answer: `{"data": [...], "pagination": {...}}`.
 #[derive(Serialize)]
 pub struct ListBody<T> {
