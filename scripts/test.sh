@@ -3,8 +3,9 @@
 # test of the workspace (unit, in-process contract tests, the real binaries under SIGKILL,
 # and the edge against a real Kafka-protocol broker that the tests start themselves), the
 # end-to-end smoke runs with their verifier (referral-load smoke, on Kafka + ClickHouse and
-# on the embedded log and store), an independent API fuzzer (schemathesis, both modes), and
-# the Helm chart tests.
+# on the embedded log and store), an independent API fuzzer (schemathesis, both modes), the
+# Helm chart tests, and the image: the Dockerfile built with buildah on stand-in base images
+# (no registry here) and its binaries run from the image's root filesystem (root needed).
 # It installs what the tests need first: the toolchain's rustfmt and clippy, and the broker
 # (scripts/install-test-services.sh).
 set -euo pipefail
@@ -42,3 +43,5 @@ echo "== schemathesis (every check, every phase) against both modes"
 ./scripts/test-api-fuzz.sh
 echo "== helm chart"
 ./scripts/test-helm.sh
+echo "== image (the Dockerfile built with buildah, its binaries run from the image)"
+./scripts/test-image.sh
