@@ -85,13 +85,8 @@ enum Command {
     },
     /// A short aggregator SIGKILL scenario (well under a minute) with the verifier.
     Smoke {
-        #[arg(
-            long,
-            env = "REFERRAL_LOAD_TOPOLOGY",
-            value_enum,
-            default_value = "auto"
-        )]
-        topology: Topology,
+        #[command(flatten)]
+        topology: TopologyArg,
         #[arg(long, env = "REFERRAL_LOAD_REPORT_DIR")]
         report_dir: Option<PathBuf>,
     },
@@ -101,13 +96,8 @@ enum Command {
     /// REFERRAL_API_URL, REFERRAL_INGEST_URL and REFERRAL_API_TOKEN (an admin token); the
     /// run fails when COMMAND fails or a service logged an ERROR line meanwhile.
     Serve {
-        #[arg(
-            long,
-            env = "REFERRAL_LOAD_TOPOLOGY",
-            value_enum,
-            default_value = "auto"
-        )]
-        topology: Topology,
+        #[command(flatten)]
+        topology: TopologyArg,
         /// The command and its arguments (after `--`).
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -121,8 +111,9 @@ enum Command {
     },
 }
 
-#[derive(Args, Clone)]
-struct LocalArgs {
+/// Which pipeline the tool starts on this machine.
+#[derive(Args, Clone, Copy)]
+struct TopologyArg {
     #[arg(
         long,
         env = "REFERRAL_LOAD_TOPOLOGY",
@@ -130,6 +121,12 @@ struct LocalArgs {
         default_value = "auto"
     )]
     topology: Topology,
+}
+
+#[derive(Args, Clone)]
+struct LocalArgs {
+    #[command(flatten)]
+    topology: TopologyArg,
     /// Partitions of the event topic (Kafka topology).
     #[arg(long, env = "REFERRAL_LOAD_PARTITIONS", default_value_t = 3)]
     partitions: u32,
@@ -300,7 +297,7 @@ fn main() -> ExitCode {
         Command::BaselineServer { listen } => bench::baseline_server(listen),
         Command::Bench(args) => runtime().and_then(|runtime| runtime.block_on(bench::run(args))),
         Command::Serve { topology, command } => {
-            runtime().and_then(|runtime| runtime.block_on(serve::serve(topology, command)))
+            runtime().and_then(|runtime| runtime.block_on(serve::serve(topology.topology, command)))
         }
         Command::Run {
             ingest_url,
@@ -345,7 +342,7 @@ fn main() -> ExitCode {
             let scenario = ScenarioOptions {
                 fault,
                 pipeline: PipelineOptions {
-                    topology: local.topology,
+                    topology: local.topology.topology,
                     partitions: local.partitions,
                     aggregator_env: Vec::new(),
                     durable_broker: local.durable_broker || fault == Fault::BrokerRestart,
@@ -364,7 +361,7 @@ fn main() -> ExitCode {
             let scenario = ScenarioOptions {
                 fault: Fault::AggregatorKill,
                 pipeline: PipelineOptions {
-                    topology,
+                    topology: topology.topology,
                     partitions: 3,
                     aggregator_env: Vec::new(),
                     durable_broker: false,
