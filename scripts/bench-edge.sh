@@ -13,11 +13,21 @@
 #  3. The Kafka edge (`referral-ingest`, tansu with its memory engine) at 64, 256 and 1,024
 #     connections, with its CPU per accepted click next to the baseline's CPU per request
 #     at the same connection count.
+#  4. Verdicts (issue 14): the embedded `referral-api` with click verdicts against the same
+#     binary built from the commit before them ($VERDICTS_BASELINE_REV, in a git worktree
+#     sharing this target directory), alternating in each of --rounds rounds at 256
+#     connections, with clicks as pixels send them: a browser's User-Agent and 50,000
+#     distinct client addresses in turn (so the writer decides bots, looks visitors up and
+#     grows its dedup window). The embedded process holds the edge and the writer, so the
+#     ratio includes the writer's verdict work. Not in the default run (the baseline build
+#     takes a few minutes); `--only verdicts`.
 # Prints Markdown; with --record, also writes it to docs/BENCHMARKS.md (between
-# <!-- edge:begin --> and <!-- edge:end -->). About 8 minutes with the defaults.
+# <!-- edge:begin --> and <!-- edge:end -->, the verdicts between <!-- verdicts:begin -->
+# and <!-- verdicts:end -->). About 8 minutes with the defaults.
 #
 #   ./scripts/bench-edge.sh [--record] [--rounds N] [--seconds S] [--sustain-seconds S]
-#                           [--rates "10000 20000 30000 40000"] [--only burst|sustain|kafka]
+#                           [--rates "10000 20000 30000 40000"]
+#                           [--only burst|sustain|kafka|verdicts]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +50,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+# The last commit before click verdicts (issue 14): the "without" side of the verdicts run.
+VERDICTS_BASELINE_REV="${VERDICTS_BASELINE_REV:-5902c34}"
 
 command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk; }
 ./scripts/install-test-services.sh >/dev/null
@@ -88,10 +100,12 @@ start_baseline() {
   wait_port "$base_port"
 }
 
-# Starts the embedded API on a fresh data directory with one code; sets $api_pid.
+# Starts the embedded API (binary $1, default the current one) on a fresh data directory
+# with one code; sets $api_pid.
 start_api() {
+  local binary="${1:-./target/release/referral-api}"
   rm -rf "$work/data"
-  REFERRAL_DATA_DIR="$work/data" REFERRAL_LISTEN="127.0.0.1:$api" ./target/release/referral-api 2>"$work/api.log" & api_pid=$!; pids+=($api_pid)
+  REFERRAL_DATA_DIR="$work/data" REFERRAL_LISTEN="127.0.0.1:$api" "$binary" 2>"$work/api.log" & api_pid=$!; pids+=($api_pid)
   wait_port "$api"
   curl -sf -X PUT "http://127.0.0.1:$api/api/v1/referral-codes/BENCH-1" -H 'content-type: application/json' -d '{"mentor_id":"usr_bench"}' > /dev/null
 }
@@ -235,6 +249,91 @@ for conns, brps, bcpu, krps, kp50, kp99, kbad, kcpu in rows:
     print(f"| {conns} | {int(float(brps)):,} | {int(float(krps)):,} | {float(krps)/float(brps):.2f} | {kp50} / {kp99} | {kbad} | {bcpu} | {kcpu} | {float(kcpu)/float(bcpu):.1f}x |")
 print()
 PY
+fi
+
+if want verdicts && [ "$only" = "verdicts" ]; then
+  root="$PWD"
+  cp target/release/referral-api "$work/api-with-verdicts"
+  echo "verdicts: building referral-api at $VERDICTS_BASELINE_REV (before verdicts)" >&2
+  git worktree add --detach "$work/before-src" "$VERDICTS_BASELINE_REV" > /dev/null 2>&1
+  (cd "$work/before-src" && CARGO_TARGET_DIR="$root/target" cargo build --release --quiet -p referral-api)
+  cp target/release/referral-api "$work/api-before-verdicts"
+  git worktree remove --force "$work/before-src"
+  cargo build --release --quiet -p referral-api
+  cat > "$work/visitors.lua" <<'LUA'
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["User-Agent"] = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
+local n = 0
+request = function()
+  n = n + 1
+  local v = n % 50000
+  local body = string.format('{"code":"BENCH-1","ip_address":"10.%d.%d.%d"}', math.floor(v / 65536) % 256, math.floor(v / 256) % 256, v % 256)
+  return wrk.format(nil, nil, nil, body)
+end
+LUA
+  url="http://127.0.0.1:$api/api/v1/referral-attributions"
+  : > "$work/verdicts.tsv"
+  for round in $(seq 1 "$rounds"); do
+    for side in before after; do
+      binary="$work/api-before-verdicts"; [ "$side" = after ] && binary="$work/api-with-verdicts"
+      start_api "$binary"
+      wrk -t1 -c256 -d2s -s "$work/visitors.lua" "$url" > /dev/null
+      catch_up > /dev/null
+      read -r rps p50 p99 bad cpu <<< "$(measure 256 "$url" "$seconds" "$work/visitors.lua" "$api_pid")"
+      lag=$(metric "$api" referral_apply_lag_events)
+      took=$(catch_up)
+      kill -TERM "$api_pid"; wait "$api_pid" 2>/dev/null || true
+      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$round" "$side" "$rps" "$p50" "$p99" "$bad" "$cpu" "$lag" "$took" >> "$work/verdicts.tsv"
+      echo "  round $round, $side verdicts: $rps req/s, lag $lag, caught up in ${took}s" >&2
+    done
+  done
+  verdicts_report="$work/verdicts.md"
+  python3 - "$work/verdicts.tsv" "$seconds" "$rounds" "$VERDICTS_BASELINE_REV" "$(git rev-parse --short HEAD)" "$machine" > "$verdicts_report" <<'PY'
+import statistics, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
+seconds, rounds, before_rev, head, machine = sys.argv[2:7]
+print(f"### Edge with and without click verdicts ({__import__('datetime').date.today()}, {machine})")
+print()
+print(f"The embedded `referral-api` (edge and writer in one process) built at `{before_rev}` (before verdicts) and "
+      f"with verdicts (working tree at `{head}`), alternating in each of {rounds} rounds; `wrk -t1 -c256 -d{seconds}s`, "
+      "click POSTs with a browser's User-Agent from 50,000 client addresses in turn, each server on a fresh data "
+      "directory, warmed up and caught up first. CPU is the process's (edge and writer), per request; the lag and the "
+      "catch-up show the writer's pace.")
+print()
+print("| round | without: req/s | with: req/s | **ratio** | p99 ms (without, with) | CPU µs/request (without, with) | lag at the end (without, with) | caught up after (without, with) |")
+print("|---|---|---|---|---|---|---|---|")
+ratios = []
+for round_ in sorted({row[0] for row in rows}, key=int):
+    side = {row[1]: row for row in rows if row[0] == round_}
+    b, a = side["before"], side["after"]
+    ratio = float(a[2]) / float(b[2])
+    ratios.append(ratio)
+    print(f"| {round_} | {int(float(b[2])):,} | {int(float(a[2])):,} | **{ratio:.2f}** | {b[4]}, {a[4]} | {b[6]}, {a[6]} | {int(b[7]):,}, {int(a[7]):,} | {float(b[8]):.1f} s, {float(a[8]):.1f} s |")
+print()
+median = statistics.median(ratios)
+print(f"Median ratio with / without: **{median:.2f}** (goal: at least 0.90, within 10%). "
+      f"{'Holds.' if median >= 0.9 else 'Does not hold.'}")
+PY
+  cat "$verdicts_report"
+  if $record; then
+    python3 - "$verdicts_report" <<'PY'
+import re, sys
+report = open(sys.argv[1]).read().strip()
+report += "\n\nRecorded by `./scripts/bench-edge.sh --only verdicts --record`."
+path = "docs/BENCHMARKS.md"
+doc = open(path).read()
+begin, end = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
+block = f"{begin}\n{report}\n{end}"
+if begin in doc:
+    doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+else:
+    doc += "\n" + block + "\n"
+open(path, "w").write(doc)
+PY
+    echo "recorded in docs/BENCHMARKS.md"
+  fi
+  exit 0
 fi
 
 cat "$report"

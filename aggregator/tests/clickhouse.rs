@@ -135,6 +135,22 @@ impl Services {
         self.number("SELECT sum(clicks) FROM {db}.mentor_totals WHERE grain = 'day'")
     }
 
+    /// Clicks recorded as duplicates, from the materialized totals.
+    fn duplicate_clicks(&self) -> i64 {
+        self.number("SELECT sum(clicks) FROM {db}.mentor_totals WHERE grain = 'duplicate_day'")
+    }
+
+    /// Every stored duplicate and the click it names.
+    fn duplicates(&self) -> HashMap<String, String> {
+        self.query(
+            "SELECT id, duplicate_of FROM {db}.attributions FINAL WHERE verdict = 'duplicate' FORMAT TSV",
+        )
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(id, of)| (id.to_owned(), of.to_owned()))
+        .collect()
+    }
+
     fn hourly_clicks(&self) -> i64 {
         self.number("SELECT sum(clicks) FROM {db}.mentor_totals WHERE grain = 'hour'")
     }
@@ -323,6 +339,17 @@ async fn futures_join_all<F: std::future::Future>(
     outputs
 }
 
+const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0";
+
+/// A client address no other click of this test process used: every click of [`clicks`]
+/// is a new visitor, so each one counts.
+fn new_visitor_ip() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
+}
+
+/// `count` clicks of `count` new visitors, spread over `mentors` mentors and five hours.
 fn clicks(count: usize, mentors: usize) -> Vec<LogEvent> {
     let now = Timestamp::now();
     (0..count)
@@ -331,14 +358,33 @@ fn clicks(count: usize, mentors: usize) -> Vec<LogEvent> {
                 attribution_id: new_attribution_id(),
                 code: format!("CODE-{}", n % mentors),
                 mentor_id: format!("usr_{}", n % mentors),
-                ip_address: "203.0.113.9".into(),
-                user_agent: Some("test".into()),
+                ip_address: new_visitor_ip(),
+                user_agent: Some(BROWSER.into()),
                 referrer_url: None,
                 occurred_at: Timestamp::from_millis(now.as_millis() - (n as i64 % 5) * 3_600_000),
                 received_at: now,
             })
         })
         .collect()
+}
+
+/// [`clicks`], then each of those visitors again a second later: `count` clicks, the
+/// second half duplicates of the first. Returns the events and, for each repeat, the id of
+/// the click it repeats.
+fn visits_and_repeats(count: usize, mentors: usize) -> (Vec<LogEvent>, HashMap<String, String>) {
+    let first = clicks(count / 2, mentors);
+    let mut repeats = HashMap::new();
+    let mut events = first.clone();
+    for event in first {
+        if let LogEvent::Click(mut click) = event {
+            let original = click.attribution_id.clone();
+            click.attribution_id = new_attribution_id();
+            click.received_at = Timestamp::from_millis(click.received_at.as_millis() + 1_000);
+            repeats.insert(click.attribution_id.clone(), original);
+            events.push(LogEvent::Click(click));
+        }
+    }
+    (events, repeats)
 }
 
 fn click_ids(events: &[LogEvent]) -> Vec<String> {
@@ -391,17 +437,22 @@ async fn n_clicks_become_exactly_n_attributions_and_totals() {
 
 /// The crash the issue names (between the insert and the Kafka commit), the one before the
 /// totals insert, and an insert whose acknowledgement was lost: exact totals after each.
+/// Half the clicks repeat a visitor of the other half, many across the crash: each is
+/// still a duplicate of the same click after a SIGKILL and restart (the window rebuilt from
+/// the store) and after a redelivered batch (its rows written again with their verdicts).
 #[tokio::test(flavor = "multi_thread")]
 async fn crashes_around_the_commit_point_lose_nothing_and_count_nothing_twice() {
     let services = Services::start().await;
     let mut expected = 0;
+    let mut expected_repeats = HashMap::new();
     for fault in [
         "crash-after-checkpoint:1",
         "crash-before-checkpoint:1",
         "lose-totals-ack:1",
     ] {
-        let events = clicks(1_200, 5);
+        let (events, repeats) = visits_and_repeats(1_200, 5);
         expected += 1_200;
+        expected_repeats.extend(repeats);
         services.publish(events).await;
         let mut aggregator = services.aggregator(&[("REFERRAL_FAULT_INJECTION", fault)]);
         if fault.starts_with("crash") {
@@ -417,8 +468,22 @@ async fn crashes_around_the_commit_point_lose_nothing_and_count_nothing_twice() 
             aggregator.terminate();
         }
         assert_eq!(services.attributions(), expected, "after {fault}");
-        assert_eq!(services.total_clicks(), expected, "after {fault}");
-        assert_eq!(services.hourly_clicks(), expected, "after {fault}");
+        let duplicates = expected_repeats.len() as i64;
+        assert_eq!(
+            services.total_clicks(),
+            expected - duplicates,
+            "after {fault}"
+        );
+        assert_eq!(
+            services.hourly_clicks(),
+            expected - duplicates,
+            "after {fault}"
+        );
+        assert_eq!(services.duplicate_clicks(), duplicates, "after {fault}");
+        assert!(
+            services.duplicates() == expected_repeats,
+            "after {fault}: every repeat, and only repeats, is a duplicate of its first visit"
+        );
     }
 }
 
@@ -481,11 +546,16 @@ async fn undecodable_messages_go_to_the_dead_letter_topic_and_never_block_the_pa
 async fn a_rebalance_between_two_aggregators_keeps_totals_exact() {
     let services = Services::start().await;
     let mut first = services.aggregator(&[]);
-    services.publish(clicks(1_000, 9)).await;
+    // 1,000 visitors, each back once after the group changed: a partition's window moves
+    // with the partition (rebuilt from the store by its new owner).
+    let (visits, repeats) = visits_and_repeats(2_000, 9);
+    let (first_visits, second_visits) = visits.split_at(1_000);
+    services.publish(first_visits.to_vec()).await;
     let mut second = services.aggregator(&[]);
     // Published while the group rebalances from one member to two.
-    for _ in 0..4 {
-        services.publish(clicks(500, 9)).await;
+    for chunk in second_visits.chunks(250) {
+        services.publish(chunk.to_vec()).await;
+        services.publish(clicks(250, 9)).await;
         std::thread::sleep(Duration::from_millis(300));
     }
     services.wait_caught_up(Duration::from_secs(90));
@@ -494,8 +564,10 @@ async fn a_rebalance_between_two_aggregators_keeps_totals_exact() {
     services.publish(clicks(700, 9)).await;
     services.wait_caught_up(Duration::from_secs(90));
     assert_eq!(services.attributions(), 3_700);
-    assert_eq!(services.total_clicks(), 3_700);
-    assert_eq!(services.hourly_clicks(), 3_700);
+    assert_eq!(services.total_clicks(), 2_700);
+    assert_eq!(services.hourly_clicks(), 2_700);
+    assert_eq!(services.duplicate_clicks(), 1_000);
+    assert!(services.duplicates() == repeats);
     let (_, metrics) = second.get("/metrics");
     assert!(metrics.contains("referral_rebalances_total"), "{metrics}");
     second.terminate();

@@ -112,5 +112,11 @@ pub fn rejection_error(reason: Rejection) -> ApiError {
         Rejection::CodeNotFound => {
             ApiError::new(ErrorKind::CodeNotFound, "no such referral code").on_field("code")
         }
+        Rejection::NotAVisitor => ApiError::new(
+            ErrorKind::NotAVisitor,
+            "the click's verdict is bot (a crawler, link preview or headless browser): no \
+             person visited, so it cannot be confirmed",
+        )
+        .on_field("id"),
     }
 }

@@ -6,7 +6,7 @@
 //! is cut off; every write leaves an audit line.
 
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -172,6 +172,25 @@ async fn assign_code(client: &HttpClient, server: &Server, code: &str, mentor: &
     assert!(status.is_success(), "{status}: {body}");
 }
 
+/// A click body for `code` by a visitor no other click of this process used (a fresh
+/// address, a browser's user agent padded to `agent_bytes`): its verdict is `counted`, so
+/// totals count every acknowledged click.
+fn new_visitor_click(code: &str, agent_bytes: usize) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let agent = format!(
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/125.0 {}",
+        "a".repeat(agent_bytes)
+    );
+    format!(
+        r#"{{"code":"{code}","ip_address":"10.{}.{}.{}","user_agent":"{}"}}"#,
+        (n >> 16) & 255,
+        (n >> 8) & 255,
+        n & 255,
+        agent.trim_end()
+    )
+}
+
 /// Clicks for `code` one after another; their ids.
 async fn clicks(client: &HttpClient, server: &Server, code: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(count);
@@ -180,7 +199,7 @@ async fn clicks(client: &HttpClient, server: &Server, code: &str, count: usize) 
             client,
             Method::POST,
             &format!("{}{PREFIX}", server.base),
-            Some(&format!(r#"{{"code":"{code}"}}"#)),
+            Some(&new_visitor_click(code, 0)),
         )
         .await
         .unwrap();
@@ -285,7 +304,8 @@ async fn sigkill_loses_no_acknowledged_click_and_counts_none_twice() {
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
                     attempted.fetch_add(1, Ordering::Relaxed);
-                    match call(&client, Method::POST, &uri, Some(r#"{"code":"JAN-1"}"#)).await {
+                    let body = new_visitor_click("JAN-1", 0);
+                    match call(&client, Method::POST, &uri, Some(&body)).await {
                         Ok((StatusCode::CREATED, body)) => {
                             acked
                                 .lock()
@@ -539,8 +559,8 @@ async fn a_full_disk_answers_503_and_loses_nothing_acknowledged() {
     assign_code(&client, &server, "JAN-1", "usr_1").await;
     let uri = format!("{}{PREFIX}", server.base);
     let mut acked = Vec::new();
-    let body = format!(r#"{{"code":"JAN-1","user_agent":"{}"}}"#, "a".repeat(500));
     let refused = loop {
+        let body = new_visitor_click("JAN-1", 500);
         let (status, answer) = call(&client, Method::POST, &uri, Some(&body))
             .await
             .unwrap();
@@ -559,6 +579,7 @@ async fn a_full_disk_answers_503_and_loses_nothing_acknowledged() {
     disk.grow("64m");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        let body = new_visitor_click("JAN-1", 500);
         let (status, answer) = call(&client, Method::POST, &uri, Some(&body))
             .await
             .unwrap();

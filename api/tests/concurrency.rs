@@ -11,7 +11,7 @@ async fn a_thousand_concurrent_clicks_count_exactly_a_thousand(mode: Mode) {
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let app = app.clone();
-            tokio::spawn(async move { app.click(r#"{"code":"JAN-1"}"#).await.status })
+            tokio::spawn(async move { app.visit("JAN-1").await.status })
         })
         .collect();
     for task in tasks {

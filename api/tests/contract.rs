@@ -13,6 +13,7 @@ async fn click_post_records_the_contract_record_on_both_prefixes(mode: Mode) {
         StatusCode::CREATED
     );
     let body = r#"{"code":"JAN-VERV-8F3A","ip_address":"185.12.34.56","user_agent":"Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)","referrer_url":"https://instagram.com","occurred_at":"2026-03-20T14:22:00Z"}"#;
+    let mut recorded: Vec<String> = Vec::new();
     for prefix in [PREFIX, DOUBLED] {
         let answer = app.send_json(Method::POST, prefix, body).await;
         assert_eq!(
@@ -41,13 +42,27 @@ async fn click_post_records_the_contract_record_on_both_prefixes(mode: Mode) {
             11,
             "exactly the contract's fields"
         );
-        // What was answered is what is stored, under both prefixes.
+        // What was answered is what is stored, under both prefixes, with the writer's
+        // verdict: the same visitor again within the hour is a duplicate of the first.
         let id = record["id"].as_str().unwrap();
+        let first = recorded.first().cloned();
         for read_prefix in [PREFIX, DOUBLED] {
             let stored = app.get(&format!("{read_prefix}/{id}")).await;
             assert_eq!(stored.status, StatusCode::OK);
-            assert_eq!(&stored.body, record);
+            let mut stored = stored.body;
+            let fields = stored.as_object_mut().unwrap();
+            let verdict = fields.remove("verdict");
+            let duplicate_of = fields.remove("duplicate_of");
+            assert_eq!(&stored, record);
+            match &first {
+                None => assert_eq!((verdict, duplicate_of), (Some("counted".into()), None)),
+                Some(first) => assert_eq!(
+                    (verdict, duplicate_of),
+                    (Some("duplicate".into()), Some(first.as_str().into()))
+                ),
+            }
         }
+        recorded.push(id.to_owned());
     }
     app.stop().await;
 }
@@ -516,7 +531,8 @@ async fn mentor_list_and_totals_by_period(mode: Mode) {
             "new_member_id",
             "occurred_at",
             "status",
-            "type"
+            "type",
+            "verdict"
         ]
     );
     assert_eq!(
@@ -718,7 +734,7 @@ async fn tokens_guard_everything_but_the_click_post(mode: Mode) {
         StatusCode::CREATED
     );
     // The click POST is public.
-    let click = app.click(r#"{"code":"JAN-1"}"#).await;
+    let click = app.visit("JAN-1").await;
     assert_eq!(click.status, StatusCode::CREATED);
     let id = click.body["id"].as_str().unwrap().to_owned();
 
@@ -889,7 +905,7 @@ async fn state_survives_a_restart_on_the_same_data_dir() {
         StatusCode::OK
     );
     assert_eq!(
-        app.click(r#"{"code":"JAN-1"}"#).await.status,
+        app.visit("JAN-1").await.status,
         StatusCode::CREATED,
         "codes are reloaded"
     );
@@ -953,16 +969,19 @@ async fn a_flooding_client_gets_429_while_others_still_get_201(mode: Mode) {
 async fn a_click_is_readable_confirmable_and_deletable_right_after_its_201(mode: Mode) {
     let app = TestApp::start_mode(mode, &[]).await;
     app.assign_code("JAN-1", "usr_1").await;
-    let first = app.click(r#"{"code":"JAN-1"}"#).await;
+    let first = app.visit("JAN-1").await;
     assert_eq!(first.status, StatusCode::CREATED);
     let id = first.body["id"].as_str().unwrap();
     let read = app.get_now(&format!("{PREFIX}/{id}")).await;
-    assert_eq!((read.status, &read.body), (StatusCode::OK, &first.body));
+    let mut stored = read.body.clone();
+    let verdict = stored.as_object_mut().unwrap().remove("verdict");
+    assert_eq!((read.status, &stored), (StatusCode::OK, &first.body));
+    assert_eq!(verdict, Some("counted".into()));
     let confirmed = app
         .confirm(id, r#"{"code":"JAN-1","new_member_id":"usr_new"}"#)
         .await;
     assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
-    let second = app.click(r#"{"code":"JAN-1"}"#).await;
+    let second = app.visit("JAN-1").await;
     let second_id = second.body["id"].as_str().unwrap();
     let deleted = app
         .call(Method::DELETE, &format!("{PREFIX}/{second_id}"), &[], None)
@@ -1143,6 +1162,228 @@ async fn a_rate_limited_visitor_is_still_redirected_and_the_click_only_counted(m
     app.stop().await;
 }
 
+/// Every hit gets a verdict from the single writer: a person's first visit counts, the same
+/// visitor (code, client IP, user agent) again within the window is a duplicate of it, a
+/// crawler, preview fetcher or missing user agent is a bot. Totals count only counted
+/// clicks; the rest are listed, filterable and summed in `filtered_clicks`.
+async fn every_click_gets_a_verdict_and_totals_count_only_counted_ones(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
+    let body = r#"{"mentor_id":"usr_1","destination_url":"https://platform.example.com/join"}"#;
+    app.send_json(Method::PUT, "/api/v1/referral-codes/JAN-1", body)
+        .await;
+    let visitor = format!(
+        r#""ip_address":"185.12.34.56","user_agent":"{}""#,
+        common::BROWSER
+    );
+    let post = |fields: String| {
+        let app = &app;
+        async move {
+            let answer = app.click(&format!(r#"{{"code":"JAN-1",{fields}}}"#)).await;
+            assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
+            assert!(
+                answer.body.get("verdict").is_none(),
+                "decided after the 201"
+            );
+            answer.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = post(visitor.clone()).await;
+    let repeat = post(visitor.clone()).await;
+    let again = post(visitor.clone()).await;
+    let preview = post(r#""ip_address":"185.12.34.56","user_agent":"Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)""#.into()).await;
+    let no_agent = post(r#""ip_address":"185.12.34.57""#.into()).await;
+    let headless = post(r#""user_agent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/120.0 Safari/537.36""#.into()).await;
+    // The pixel then the link, from the same browser: the link is a repeat of the pixel.
+    let browser = [("user-agent", common::BROWSER)];
+    let pixel = app.call(Method::GET, "/p/JAN-1.gif", &browser, None).await;
+    assert_eq!(pixel.status, StatusCode::OK);
+    let link = app.call(Method::GET, "/r/JAN-1", &browser, None).await;
+    assert_eq!(link.status, StatusCode::FOUND);
+    let location = link.headers["location"].to_str().unwrap();
+    let link_id = location.split("attribution_id=").nth(1).unwrap().to_owned();
+    // A link preview's HEAD records nothing; its GET is a bot.
+    let preview_agent = [("user-agent", "facebookexternalhit/1.1")];
+    app.call(Method::HEAD, "/r/JAN-1", &preview_agent, None)
+        .await;
+    app.call(Method::GET, "/r/JAN-1", &preview_agent, None)
+        .await;
+
+    let verdict_of = |id: String| {
+        let app = &app;
+        async move {
+            let answer = app.get(&format!("{PREFIX}/{id}")).await;
+            assert_eq!(answer.status, StatusCode::OK, "{id}");
+            (
+                answer.body["verdict"].as_str().unwrap().to_owned(),
+                answer.body["duplicate_of"].as_str().map(str::to_owned),
+            )
+        }
+    };
+    let counted = ("counted".to_owned(), None);
+    let duplicate_of = |id: &str| ("duplicate".to_owned(), Some(id.to_owned()));
+    let bot = ("bot".to_owned(), None);
+    assert_eq!(verdict_of(first.clone()).await, counted);
+    assert_eq!(verdict_of(repeat.clone()).await, duplicate_of(&first));
+    assert_eq!(verdict_of(again.clone()).await, duplicate_of(&first));
+    for id in [&preview, &no_agent, &headless] {
+        assert_eq!(verdict_of(id.clone()).await, bot, "{id}");
+    }
+    let pixel_hit = app
+        .get(&format!("{PREFIX}?verdict=counted&limit=100"))
+        .await;
+    let pixel_id = pixel_hit.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().to_owned())
+        .find(|id| *id != first)
+        .expect("the pixel's click is counted");
+    assert_eq!(verdict_of(link_id.clone()).await, duplicate_of(&pixel_id));
+
+    // Totals: counted clicks only, the others by verdict; the rate is over counted ones.
+    let totals = app.get(&format!("{PREFIX}/mentor/usr_1/total")).await;
+    assert_eq!(totals.body["total_clicks"], 2, "{}", totals.body);
+    assert_eq!(
+        totals.body["filtered_clicks"],
+        serde_json::json!({"duplicate": 3, "bot": 4})
+    );
+    // Lists show every recorded click and filter by verdict.
+    let count = |query: &'static str| {
+        let app = &app;
+        async move {
+            let answer = app.get(&format!("{PREFIX}{query}")).await;
+            assert_eq!(answer.status, StatusCode::OK, "{query}: {:?}", answer.body);
+            answer.body["pagination"]["total"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(count("").await, 9);
+    assert_eq!(count("?verdict=duplicate").await, 3);
+    assert_eq!(count("/mentor/usr_1?verdict=bot").await, 4);
+    assert_eq!(count("/mentor/usr_1").await, 9);
+    let listed = app
+        .get(&format!("{PREFIX}/mentor/usr_1?verdict=duplicate"))
+        .await;
+    assert!(
+        listed.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["verdict"] == "duplicate" && row["duplicate_of"].is_string()),
+        "{}",
+        listed.body
+    );
+    let bad = app.get(&format!("{PREFIX}?verdict=human")).await;
+    assert_eq!(
+        (bad.status, bad.error()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_field", Some("verdict"))
+        )
+    );
+
+    // A duplicate is a real visitor and converts; a bot's click cannot.
+    let refused = app
+        .confirm(&preview, r#"{"code":"JAN-1","new_member_id":"usr_bot"}"#)
+        .await;
+    assert_eq!(
+        (refused.status, refused.error()),
+        (StatusCode::CONFLICT, ("not_a_visitor", Some("id")))
+    );
+    let converted = app
+        .confirm(&repeat, r#"{"code":"JAN-1","new_member_id":"usr_new"}"#)
+        .await;
+    assert_eq!(converted.status, StatusCode::OK, "{:?}", converted.body);
+    let totals = app.get(&format!("{PREFIX}/mentor/usr_1/total")).await;
+    assert_eq!(
+        (
+            &totals.body["total_conversions"],
+            &totals.body["conversion_rate"]
+        ),
+        (&serde_json::json!(1), &serde_json::json!(0.5))
+    );
+    // Deleting a duplicate takes it out of its own count.
+    let deleted = app
+        .send_json(Method::DELETE, &format!("{PREFIX}/{again}"), "")
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    let totals = app.get(&format!("{PREFIX}/mentor/usr_1/total")).await;
+    assert_eq!(
+        totals.body["filtered_clicks"],
+        serde_json::json!({"duplicate": 2, "bot": 4})
+    );
+    assert_eq!(totals.body["total_clicks"], 2);
+
+    // Metrics count clicks by verdict.
+    let metrics = app.call(Method::GET, "/metrics", &[], None).await;
+    let text = metrics.body.as_str().unwrap_or_default().to_owned();
+    for verdict in ["counted", "duplicate", "bot"] {
+        let line = format!("referral_clicks_recorded_total{{verdict=\"{verdict}\"}}");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    app.stop().await;
+}
+
+/// Edges share nothing but the log: a visitor who clicks through one edge (a
+/// `referral-ingest`) and again through another (`referral-api`) is one visitor, because
+/// the single writer decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeat_through_another_edge_is_still_a_duplicate() {
+    use http_body_util::BodyExt;
+    let app = TestApp::start_mode(Mode::Production, &[]).await;
+    app.assign_code("JAN-1", "usr_1").await;
+    let brokers = app.kafka_brokers().unwrap().to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let config = <referral_ingest::Config as clap::Parser>::try_parse_from([
+        "referral-ingest",
+        "--kafka-brokers",
+        &brokers,
+    ])
+    .unwrap();
+    let (stop, shutdown) = referral_kit::shutdown::channel();
+    let edge = tokio::spawn(referral_ingest::run(listener, config, shutdown));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let visitor = format!(
+        r#"{{"code":"JAN-1","ip_address":"185.12.34.56","user_agent":"{}"}}"#,
+        common::BROWSER
+    );
+    // The other edge follows the codes topic: retry until it knows the code.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let first = loop {
+        let request = http::Request::post(format!("http://{address}{PREFIX}"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                visitor.clone(),
+            )))
+            .unwrap();
+        if let Ok(response) = client.request(request).await {
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            if status == StatusCode::CREATED {
+                break body["id"].as_str().unwrap().to_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the second edge never took the click: {status} {body}"
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let again = app.click(&visitor).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    let again = again.body["id"].as_str().unwrap().to_owned();
+    let read = app.get(&format!("{PREFIX}/{again}")).await;
+    assert_eq!(read.body["verdict"], "duplicate", "{}", read.body);
+    assert_eq!(read.body["duplicate_of"], first.as_str());
+    let read = app.get(&format!("{PREFIX}/{first}")).await;
+    assert_eq!(read.body["verdict"], "counted", "{}", read.body);
+    stop.trigger();
+    edge.await.unwrap().unwrap();
+    app.stop().await;
+}
+
 both_modes!(
     a_click_is_readable_confirmable_and_deletable_right_after_its_201,
     click_post_records_the_contract_record_on_both_prefixes,
@@ -1160,6 +1401,7 @@ both_modes!(
     a_flooding_client_gets_429_while_others_still_get_201,
     links_record_clicks_and_always_answer_the_visitor,
     a_rate_limited_visitor_is_still_redirected_and_the_click_only_counted,
+    every_click_gets_a_verdict_and_totals_count_only_counted_ones,
 );
 
 // The click edge's defences. The edge is the same code in both modes (only the log behind

@@ -26,8 +26,9 @@ async fn past_the_lag_bound_clicks_get_503_and_nothing_acknowledged_is_lost() {
     let refused = loop {
         let answer = app
             .click(&format!(
-                r#"{{"code":"JAN-1","occurred_at":"{}"}}"#,
-                from_now(-10)
+                r#"{{"code":"JAN-1","occurred_at":"{}",{}}}"#,
+                from_now(-10),
+                common::new_visitor()
             ))
             .await;
         if answer.status != StatusCode::CREATED {
@@ -53,10 +54,7 @@ async fn past_the_lag_bound_clicks_get_503_and_nothing_acknowledged_is_lost() {
         assert!(Instant::now() < deadline, "the store never caught up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        app.click(r#"{"code":"JAN-1"}"#).await.status,
-        StatusCode::CREATED
-    );
+    assert_eq!(app.visit("JAN-1").await.status, StatusCode::CREATED);
     for id in &acknowledged {
         assert_eq!(
             app.get(&format!("{PREFIX}/{id}")).await.status,
@@ -113,7 +111,7 @@ async fn a_store_that_fails_its_writes_fails_readiness_until_it_recovers() {
     let blocker = Connection::open(app.dir.path().join("referral.db")).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     // Well below the lag bound: the log takes the click, the store cannot apply it.
-    let answer = app.click(r#"{"code":"JAN-1"}"#).await;
+    let answer = app.visit("JAN-1").await;
     assert_eq!(answer.status, StatusCode::CREATED);
     let deadline = Instant::now() + Duration::from_secs(30);
     let reason = loop {

@@ -786,11 +786,24 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
     recorder
         .expect(&open, call(Method::GET, "/p/NOPE-404"), 200)
         .await;
+    // Each by a new visitor (a person: counted, so it can be confirmed).
     let click = |occurred_at: String| {
         call(Method::POST, PREFIX).json(format!(
-            r#"{{"code":"JAN-1","occurred_at":"{occurred_at}"}}"#
+            r#"{{"code":"JAN-1","occurred_at":"{occurred_at}",{}}}"#,
+            common::new_visitor()
         ))
     };
+    let bot = recorder
+        .expect(
+            &open,
+            call(Method::POST, PREFIX).json(r#"{"code":"JAN-1"}"#),
+            201,
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let fresh = recorder
         .expect(&open, click(from_now(-3600)), 201)
         .await
@@ -873,6 +886,12 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
         (
             call(Method::PUT, format!("{PREFIX}/{fresh}"))
                 .json(r#"{"code":"JAN-1","new_member_id":"usr_other"}"#),
+            409,
+        ),
+        (
+            // A bot's click (no user agent): 409 not_a_visitor.
+            call(Method::PUT, format!("{PREFIX}/{bot}"))
+                .json(r#"{"code":"JAN-1","new_member_id":"usr_bot"}"#),
             409,
         ),
         (

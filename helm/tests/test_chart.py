@@ -319,6 +319,7 @@ def test_configmap_and_checksums(case) -> None:
     assert data["REFERRAL_CLICKHOUSE_DATABASE"] == values["clickhouse"]["database"]
     assert data["REFERRAL_CLICKHOUSE_USER"] == values["clickhouse"]["user"]
     assert data["REFERRAL_ATTRIBUTION_WINDOW"] == values["config"]["attributionWindow"]
+    assert data["REFERRAL_DEDUP_WINDOW"] == values["config"]["dedupWindow"]
     assert data["REFERRAL_TRUSTED_PROXIES"] == values["config"]["trustedProxies"]
     assert data.get("REFERRAL_FALLBACK_URL", "") == values["config"]["fallbackUrl"]
     assert data["REFERRAL_BATCH_MAX_ROWS"] == str(values["config"]["batch"]["maxRows"])

@@ -138,6 +138,12 @@ pub struct PipelineArgs {
     #[arg(long, env = "REFERRAL_ATTRIBUTION_WINDOW", default_value = DEFAULT_ATTRIBUTION_WINDOW, value_parser = humantime::parse_duration)]
     pub attribution_window: Duration,
 
+    /// A click by the same code, client IP and user agent as a counted click less than this
+    /// long before (by the edge's receive time) is recorded as a `duplicate` (0: never).
+    /// Decided by the aggregator, the single writer: set it there.
+    #[arg(long, env = "REFERRAL_DEDUP_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub dedup_window: Duration,
+
     /// Durability of each embedded-store commit.
     #[arg(
         long,
@@ -297,6 +303,11 @@ impl PipelineArgs {
                 password: self.clickhouse_password.clone(),
                 insert_timeout,
             })
+    }
+
+    /// The dedup window in milliseconds (0: off).
+    pub fn dedup_window_ms(&self) -> i64 {
+        i64::try_from(self.dedup_window.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// The attribution window in milliseconds, as the state machine takes it.

@@ -372,6 +372,7 @@ impl Aggregator {
                 batch_max_bytes: consumer_args.batch_max_bytes,
                 batch_max_wait: consumer_args.batch_max_wait,
                 window_ms: args.attribution_window_ms(),
+                dedup_window_ms: args.dedup_window_ms(),
             },
             fault,
         )));

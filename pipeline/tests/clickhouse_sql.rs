@@ -24,6 +24,7 @@ use referral_schemas::messages::{
 use referral_schemas::migrations::{CLICKHOUSE, statements};
 use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
 use referral_schemas::timestamp::HOUR_MS;
+use referral_schemas::verdict::ClickVerdict;
 use referral_schemas::{AttributionKind, AttributionStatus, Timestamp};
 use serde_json::Value;
 
@@ -41,13 +42,23 @@ fn at(hours: i64) -> Timestamp {
     Timestamp::from_millis(1_773_997_200_000 + hours * HOUR_MS)
 }
 
+/// The dedup window of the fixture: a visitor's click within two hours of its counted one
+/// is a duplicate.
+const DEDUP_WINDOW_MS: i64 = 2 * HOUR_MS;
+
+/// One click an hour; every tenth from a link-preview bot.
 fn click(id: &str, code: &str, mentor: &str, hours: i64) -> LogEvent {
+    let agent = if hours % 10 == 9 {
+        "Twitterbot/1.0"
+    } else {
+        "Mozilla/5.0 (X11; Linux x86_64) 'quoted' \\ Firefox/120.0"
+    };
     LogEvent::Click(ClickEvent {
         attribution_id: id.into(),
         code: code.into(),
         mentor_id: mentor.into(),
         ip_address: "203.0.113.7".into(),
-        user_agent: Some("Mozilla/5.0 'quoted' \\ agent".into()),
+        user_agent: Some(agent.into()),
         referrer_url: (hours % 2 == 0).then(|| "https://instagram.com".into()),
         occurred_at: at(hours),
         received_at: at(hours),
@@ -96,6 +107,7 @@ fn history() -> Vec<LogEvent> {
         ("cmd_c2", "attr_002", "new_2", 71),
         ("cmd_c3", "attr_004", "new_1", 72), // member taken: rejected
         ("cmd_c4", "attr_030", "new_3", 73),
+        ("cmd_c5", "attr_009", "new_4", 73), // a bot's click: rejected
     ] {
         events.push(LogEvent::ConfirmConversion(ConfirmConversion {
             command_id: command.into(),
@@ -120,6 +132,7 @@ async fn write_history(settings: &ClickHouseSettings) {
     let events = history();
     let (first, second) = events.split_at(40);
     let mut next = 0_i64;
+    let mut dedup = plan::DedupWindows::new(DEDUP_WINDOW_MS);
     for part in [first, second] {
         let key = ("referral-events".to_owned(), 0);
         let checkpoints = sink
@@ -139,6 +152,7 @@ async fn write_history(settings: &ClickHouseSettings) {
             &checkpoints,
             known,
             90 * 24 * HOUR_MS,
+            &mut dedup,
             at(80),
         );
         sink.write_state(&plan).await.expect("state");
@@ -169,6 +183,15 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
         kind: Some(AttributionKind::Conversion),
         from: Some(at(0)),
         to: Some(at(10)),
+        ..AttributionFilter::default()
+    };
+    let duplicates = AttributionFilter {
+        verdict: Some(ClickVerdict::Duplicate),
+        ..AttributionFilter::default()
+    };
+    let bots_of_jan = AttributionFilter {
+        mentor_id: Some("usr_jan".into()),
+        verdict: Some(ClickVerdict::Bot),
         ..AttributionFilter::default()
     };
     let mentor_window = AttributionFilter {
@@ -223,6 +246,28 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             "list conversions in range",
             queries::attribution_page(&conversions_in_range, page(1, 10)),
             ATTRIBUTION_COLUMNS,
+        ),
+        (
+            "list duplicates: count",
+            queries::attribution_count(&duplicates),
+            "",
+        ),
+        (
+            "list duplicates",
+            queries::attribution_page(&duplicates, page(1, 100)),
+            ATTRIBUTION_COLUMNS,
+        ),
+        ("mentor bots: total", total_query(&bots_of_jan), ""),
+        (
+            "mentor bots",
+            queries::attribution_page(&bots_of_jan, page(1, 100)),
+            ATTRIBUTION_COLUMNS,
+        ),
+        ("mentor list: total", total_query(&mentor("usr_jan")), ""),
+        (
+            "counted clicks below 50",
+            queries::counted_clicks(0, 50, DEDUP_WINDOW_MS),
+            "",
         ),
         (
             "mentor list: count",
@@ -339,7 +384,7 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         .expect("migrations on 18.16");
     assert_eq!(
         report.applied,
-        vec![1, 3],
+        vec![1, 3, 4],
         "18.16 defers the token migration"
     );
     assert_eq!(report.deferred, vec![2]);
@@ -358,7 +403,7 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     let replayed = migrate::migrate(&settings)
         .await
         .expect("migrate over itself");
-    assert_eq!(replayed.applied, vec![1, 3]);
+    assert_eq!(replayed.applied, vec![1, 3, 4]);
     write_history(&settings).await;
 
     // What the API reads on 18.16, through the production reader.
@@ -373,9 +418,26 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         )
         .await
         .expect("totals");
-    // 40 JAN-1 clicks, one of them (attr_030) deleted after its confirmation; attr_000
-    // confirmed; attr_004's confirmation refused (member taken).
-    assert_eq!((totals.clicks, totals.conversions), (39, 1));
+    // 40 JAN-1 clicks, one of them (attr_030, counted) deleted after its confirmation;
+    // attr_000 confirmed; attr_004's confirmation refused (member taken), attr_009's too (a
+    // bot). Of the 39 left, every tenth hour is a bot (4) and the click an hour after a
+    // counted one of the same visitor a duplicate (16).
+    assert_eq!(
+        (
+            totals.clicks,
+            totals.duplicates,
+            totals.bots,
+            totals.conversions
+        ),
+        (19, 16, 4, 1)
+    );
+    let repeat = reader
+        .attribution("attr_004")
+        .await
+        .expect("read")
+        .expect("live");
+    assert_eq!(repeat.verdict, Some(ClickVerdict::Duplicate));
+    assert_eq!(repeat.duplicate_of.as_deref(), Some("attr_003"));
     assert!(
         reader
             .attribution("attr_030")
@@ -478,6 +540,8 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     assert_eq!(answered["list all: page 3"], 19, "59 live attributions");
     assert_eq!(answered["mentor list"], 7);
     assert_eq!(answered["codes"], 2);
+    assert_eq!(answered["mentor bots"], 4);
+    assert_eq!(answered["list duplicates"], 16);
     assert_eq!(answered["attribution unknown"], 0);
     let probe = results
         .last()

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
+use crate::verdict::ClickVerdict;
 
 /// What an attribution records: a click, or a click that became a recruitment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -81,6 +82,14 @@ pub struct Attribution {
     pub confirmed_at: Option<Timestamp>,
     /// When the edge received the click.
     pub created_at: Timestamp,
+    /// What the click counts as (`counted`, `duplicate`, `bot`). Decided by the single
+    /// writer once the log has the click: absent from the click's own 201 (which is the
+    /// contract's record exactly), present in every read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<ClickVerdict>,
+    /// For a `duplicate` only: the counted click it repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
 }
 
 /// The row of `GET /mentor/:mentorId`, exactly the fields the contract lists there.
@@ -94,6 +103,9 @@ pub struct AttributionSummary<'a> {
     pub status: AttributionStatus,
     pub new_member_id: Option<&'a str>,
     pub occurred_at: Timestamp,
+    pub verdict: Option<ClickVerdict>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<&'a str>,
 }
 
 /// The answer of `PUT /:id` (confirmRecruitment), exactly the fields the contract lists.
@@ -128,6 +140,8 @@ impl Attribution {
             status: self.status,
             new_member_id: self.new_member_id.as_deref(),
             occurred_at: self.occurred_at,
+            verdict: self.verdict,
+            duplicate_of: self.duplicate_of.as_deref(),
         }
     }
 
@@ -185,6 +199,8 @@ mod tests {
             occurred_at: Timestamp::parse_rfc3339("2026-03-20T14:22:00Z").unwrap(),
             confirmed_at: None,
             created_at: Timestamp::parse_rfc3339("2026-03-20T14:22:01Z").unwrap(),
+            verdict: Some(ClickVerdict::Duplicate),
+            duplicate_of: Some("attr_f0e1d2".into()),
         };
         let printed = serde_json::to_value(&attribution).unwrap();
         let expected = serde_json::json!({
@@ -198,7 +214,9 @@ mod tests {
             "user_agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0)",
             "referrer_url": "https://instagram.com",
             "occurred_at": "2026-03-20T14:22:00Z",
-            "created_at": "2026-03-20T14:22:01Z"
+            "created_at": "2026-03-20T14:22:01Z",
+            "verdict": "duplicate",
+            "duplicate_of": "attr_f0e1d2"
         });
         assert_eq!(printed, expected);
     }

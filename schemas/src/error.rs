@@ -34,6 +34,8 @@ pub enum ErrorKind {
     AttributionExpired,
     /// 409: the member is already attributed to another click.
     MemberAlreadyAttributed,
+    /// 409: the click's verdict is `bot`; no person visited.
+    NotAVisitor,
     /// 413: the body is larger than allowed.
     PayloadTooLarge,
     /// 415: the body is not declared as JSON.
@@ -66,7 +68,8 @@ impl ErrorKind {
             Self::CodeMismatch
             | Self::AlreadyConfirmed
             | Self::AttributionExpired
-            | Self::MemberAlreadyAttributed => StatusCode::CONFLICT,
+            | Self::MemberAlreadyAttributed
+            | Self::NotAVisitor => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField | Self::UnknownField | Self::UnknownCode => {
@@ -93,6 +96,7 @@ impl ErrorKind {
             Self::AlreadyConfirmed => "already_confirmed",
             Self::AttributionExpired => "attribution_expired",
             Self::MemberAlreadyAttributed => "member_already_attributed",
+            Self::NotAVisitor => "not_a_visitor",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidField => "invalid_field",

@@ -292,6 +292,8 @@ pub enum Rejection {
     AttributionExpired,
     MemberAlreadyAttributed,
     CodeNotFound,
+    /// The click's verdict is `bot`: no person visited, so no recruitment can follow it.
+    NotAVisitor,
 }
 
 impl Rejection {
@@ -305,6 +307,7 @@ impl Rejection {
             Self::AttributionExpired => "attribution_expired",
             Self::MemberAlreadyAttributed => "member_already_attributed",
             Self::CodeNotFound => "code_not_found",
+            Self::NotAVisitor => "not_a_visitor",
         }
     }
 }
@@ -550,6 +553,7 @@ mod tests {
             Rejection::AttributionExpired,
             Rejection::MemberAlreadyAttributed,
             Rejection::CodeNotFound,
+            Rejection::NotAVisitor,
         ] {
             assert_eq!(
                 serde_json::to_value(reason).unwrap(),

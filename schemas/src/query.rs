@@ -8,6 +8,7 @@ use crate::attribution::{AttributionKind, AttributionStatus};
 use crate::error::{ApiError, ErrorKind};
 use crate::timestamp::{DAY_MS, HOUR_MS};
 use crate::validation::{normalize_code, validate_party_id};
+use crate::verdict::ClickVerdict;
 
 /// Default and largest page sizes.
 pub const DEFAULT_LIMIT: u32 = 20;
@@ -31,6 +32,7 @@ pub struct AttributionFilter {
     pub from: Option<Timestamp>,
     /// Exclusive upper bound on `occurred_at`.
     pub to: Option<Timestamp>,
+    pub verdict: Option<ClickVerdict>,
 }
 
 /// A page of a list: 1-based.
@@ -134,7 +136,7 @@ fn parse_page(params: &QueryParams<'_>) -> Result<PageRequest, ApiError> {
 }
 
 /// Parses the list query: `page`, `limit`, `status`, `type`, `code`, `mentor_id`, `from`,
-/// `to`. `mentor_id` is taken from the path, not the query, on the mentor route.
+/// `to`, `verdict`. `mentor_id` is taken from the path, not the query, on the mentor route.
 pub fn parse_list_query(
     query: Option<&str>,
     mentor_in_path: bool,
@@ -148,8 +150,11 @@ pub fn parse_list_query(
         "mentor_id",
         "from",
         "to",
+        "verdict",
     ];
-    const MENTOR_LIST: &[&str] = &["page", "limit", "status", "type", "code", "from", "to"];
+    const MENTOR_LIST: &[&str] = &[
+        "page", "limit", "status", "type", "code", "from", "to", "verdict",
+    ];
     let params = QueryParams::parse(query, if mentor_in_path { MENTOR_LIST } else { LIST })?;
     let page = parse_page(&params)?;
     let status = params
@@ -164,6 +169,13 @@ pub fn parse_list_query(
         .map(|raw| {
             AttributionKind::parse(raw)
                 .ok_or_else(|| ApiError::invalid("type", "must be click or conversion"))
+        })
+        .transpose()?;
+    let verdict = params
+        .get("verdict")
+        .map(|raw| {
+            ClickVerdict::parse(raw)
+                .ok_or_else(|| ApiError::invalid("verdict", "must be counted, duplicate or bot"))
         })
         .transpose()?;
     let code = params
@@ -188,6 +200,7 @@ pub fn parse_list_query(
         mentor_id,
         from,
         to,
+        verdict,
     };
     Ok((filter, page))
 }

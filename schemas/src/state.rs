@@ -6,9 +6,10 @@
 //! tested exhaustively without either.
 //!
 //! Totals invariant: for every mentor and hour, `clicks` is the number of live (not deleted)
-//! attributions whose `occurred_at` falls in that hour, and `conversions` the number of live
-//! confirmed attributions whose `confirmed_at` falls in it. Every function here returns the
-//! deltas that keep that invariant.
+//! `counted` attributions whose `occurred_at` falls in that hour (`duplicates` and `bots` the
+//! same for the other verdicts), and `conversions` the number of live confirmed attributions
+//! whose `confirmed_at` falls in it. Every function here returns the deltas that keep that
+//! invariant.
 
 use crate::attribution::{
     Attribution, AttributionKind, AttributionStatus, CodeRetirement, DeletionView, ReferralCode,
@@ -16,20 +17,43 @@ use crate::attribution::{
 use crate::messages::{
     AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, Rejection, RetireCode,
 };
+use crate::verdict::ClickVerdict;
 
 /// A signed change to one mentor's totals in one hour bucket.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TotalsDelta {
     pub mentor_id: String,
     /// Hours since the Unix epoch ([`Timestamp::hour_bucket`]).
     pub hour: i64,
+    /// `counted` clicks: what mentors are paid on.
     pub clicks: i64,
+    pub duplicates: i64,
+    pub bots: i64,
     pub conversions: i64,
 }
 
-/// A new attribution and the click it adds to its mentor's totals.
-pub fn record_click(click: &ClickEvent) -> (Attribution, TotalsDelta) {
-    let attribution = Attribution {
+impl TotalsDelta {
+    /// `sign` clicks of `verdict` (a click without a verdict, recorded before verdicts
+    /// existed, counted) for the attribution's mentor in the hour of its `occurred_at`.
+    pub fn click(attribution: &Attribution, sign: i64) -> Self {
+        let mut delta = Self {
+            mentor_id: attribution.mentor_id.clone(),
+            hour: attribution.occurred_at.hour_bucket(),
+            ..Self::default()
+        };
+        match attribution.verdict.unwrap_or(ClickVerdict::Counted) {
+            ClickVerdict::Counted => delta.clicks = sign,
+            ClickVerdict::Duplicate => delta.duplicates = sign,
+            ClickVerdict::Bot => delta.bots = sign,
+        }
+        delta
+    }
+}
+
+/// The attribution a click creates, before the writer's verdict: what the click's 201
+/// answers.
+pub fn new_attribution(click: &ClickEvent) -> Attribution {
+    Attribution {
         id: click.attribution_id.clone(),
         code: click.code.clone(),
         mentor_id: click.mentor_id.clone(),
@@ -42,13 +66,22 @@ pub fn record_click(click: &ClickEvent) -> (Attribution, TotalsDelta) {
         occurred_at: click.occurred_at,
         confirmed_at: None,
         created_at: click.received_at,
-    };
-    let delta = TotalsDelta {
-        mentor_id: click.mentor_id.clone(),
-        hour: click.occurred_at.hour_bucket(),
-        clicks: 1,
-        conversions: 0,
-    };
+        verdict: None,
+        duplicate_of: None,
+    }
+}
+
+/// A new attribution with the writer's verdict, and the click it adds to its mentor's
+/// totals.
+pub fn record_click(
+    click: &ClickEvent,
+    verdict: ClickVerdict,
+    duplicate_of: Option<String>,
+) -> (Attribution, TotalsDelta) {
+    let mut attribution = new_attribution(click);
+    attribution.verdict = Some(verdict);
+    attribution.duplicate_of = duplicate_of;
+    let delta = TotalsDelta::click(&attribution, 1);
     (attribution, delta)
 }
 
@@ -70,8 +103,9 @@ pub enum Confirmation {
 /// * `member_holder`: the id of the live attribution the member is already attributed to.
 /// * `window_ms`: the longest allowed time from click to confirmation.
 ///
-/// Checks, in order: exists; same code; an identical earlier confirmation (replay) or a
-/// different one (conflict); confirmation not before the click; inside the window; the member
+/// Checks, in order: exists; same code; not a bot's click (a duplicate is a real visitor
+/// and can be confirmed); an identical earlier confirmation (replay) or a different one
+/// (conflict); confirmation not before the click; inside the window; the member
 /// not attributed elsewhere.
 pub fn confirm(
     current: Option<&Attribution>,
@@ -82,6 +116,9 @@ pub fn confirm(
     let current = current.ok_or(Rejection::AttributionNotFound)?;
     if current.code != command.code {
         return Err(Rejection::CodeMismatch);
+    }
+    if current.verdict == Some(ClickVerdict::Bot) {
+        return Err(Rejection::NotAVisitor);
     }
     if current.status == AttributionStatus::Confirmed {
         return if current.new_member_id.as_deref() == Some(command.new_member_id.as_str()) {
@@ -110,8 +147,8 @@ pub fn confirm(
     let delta = TotalsDelta {
         mentor_id: attribution.mentor_id.clone(),
         hour: command.confirmed_at.hour_bucket(),
-        clicks: 0,
         conversions: 1,
+        ..TotalsDelta::default()
     };
     Ok(Confirmation::Applied { attribution, delta })
 }
@@ -122,7 +159,7 @@ pub struct Deletion {
     pub view: DeletionView,
     /// The member whose attribution this was: free to be attributed again.
     pub released_member: Option<String>,
-    /// One click removed, and one conversion when the attribution was confirmed.
+    /// One click (of its verdict) removed, and one conversion when the attribution was confirmed.
     pub deltas: Vec<TotalsDelta>,
 }
 
@@ -132,18 +169,13 @@ pub fn delete(
     command: &DeleteAttribution,
 ) -> Result<Deletion, Rejection> {
     let current = current.ok_or(Rejection::AttributionNotFound)?;
-    let mut deltas = vec![TotalsDelta {
-        mentor_id: current.mentor_id.clone(),
-        hour: current.occurred_at.hour_bucket(),
-        clicks: -1,
-        conversions: 0,
-    }];
+    let mut deltas = vec![TotalsDelta::click(current, -1)];
     if let Some(confirmed_at) = current.confirmed_at {
         deltas.push(TotalsDelta {
             mentor_id: current.mentor_id.clone(),
             hour: confirmed_at.hour_bucket(),
-            clicks: 0,
             conversions: -1,
+            ..TotalsDelta::default()
         });
     }
     Ok(Deletion {
@@ -235,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_click_adds_one_click_in_its_hour() {
-        let (attribution, delta) = record_click(&click());
+        let (attribution, delta) = record_click(&click(), ClickVerdict::Counted, None);
         assert_eq!(attribution.status, AttributionStatus::Pending);
         assert_eq!(delta.clicks, 1);
         assert_eq!(delta.conversions, 0);
@@ -244,7 +276,7 @@ mod tests {
 
     #[test]
     fn confirming_turns_the_click_into_a_conversion_counted_at_confirmation() {
-        let (pending, _) = record_click(&click());
+        let (pending, _) = record_click(&click(), ClickVerdict::Counted, None);
         let command = confirmation("usr_5892", "2026-03-25T10:00:00Z");
         let Ok(Confirmation::Applied { attribution, delta }) =
             confirm(Some(&pending), None, &command, WINDOW)
@@ -270,7 +302,7 @@ mod tests {
 
     #[test]
     fn confirmation_rules_reject_in_order() {
-        let (pending, _) = record_click(&click());
+        let (pending, _) = record_click(&click(), ClickVerdict::Counted, None);
         let ok = confirmation("usr_5892", "2026-03-25T10:00:00Z");
         assert_eq!(
             confirm(None, None, &ok, WINDOW),
@@ -305,7 +337,7 @@ mod tests {
 
     #[test]
     fn deleting_a_conversion_removes_its_click_and_its_conversion() {
-        let (pending, _) = record_click(&click());
+        let (pending, _) = record_click(&click(), ClickVerdict::Counted, None);
         let Ok(Confirmation::Applied { attribution, .. }) = confirm(
             Some(&pending),
             None,
@@ -325,6 +357,43 @@ mod tests {
         let conversions: i64 = deletion.deltas.iter().map(|d| d.conversions).sum();
         assert_eq!((clicks, conversions), (-1, -1));
         assert_eq!(delete(None, &command), Err(Rejection::AttributionNotFound));
+    }
+
+    #[test]
+    fn a_bot_click_cannot_be_confirmed_and_a_duplicate_can() {
+        let ok = confirmation("usr_5892", "2026-03-25T10:00:00Z");
+        let (bot, delta) = record_click(&click(), ClickVerdict::Bot, None);
+        assert_eq!((delta.clicks, delta.duplicates, delta.bots), (0, 0, 1));
+        assert_eq!(
+            confirm(Some(&bot), None, &ok, WINDOW),
+            Err(Rejection::NotAVisitor)
+        );
+        let (repeat, delta) =
+            record_click(&click(), ClickVerdict::Duplicate, Some("attr_0".into()));
+        assert_eq!((delta.clicks, delta.duplicates, delta.bots), (0, 1, 0));
+        assert_eq!(repeat.duplicate_of.as_deref(), Some("attr_0"));
+        let Ok(Confirmation::Applied { attribution, delta }) =
+            confirm(Some(&repeat), None, &ok, WINDOW)
+        else {
+            panic!("a duplicate is a real visitor");
+        };
+        assert_eq!(delta.conversions, 1);
+        // Deleting it removes a duplicate, not a counted click.
+        let command = DeleteAttribution {
+            command_id: "cmd_2".into(),
+            attribution_id: "attr_1".into(),
+            issued_at: at("2026-03-26T12:00:00Z"),
+        };
+        let deletion = delete(Some(&attribution), &command).unwrap();
+        let sums = deletion.deltas.iter().fold((0, 0, 0, 0), |sums, d| {
+            (
+                sums.0 + d.clicks,
+                sums.1 + d.duplicates,
+                sums.2 + d.bots,
+                sums.3 + d.conversions,
+            )
+        });
+        assert_eq!(sums, (0, -1, 0, -1));
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct DedupWindow {
     last: HashMap<VisitorKey, CountedVisit>,
     /// The newest `received_at` of a counted click (ms), or `i64::MIN` before the first.
     newest: i64,
+    /// Visitors held after the last trim.
+    trimmed_len: usize,
 }
 
 impl DedupWindow {
@@ -103,6 +105,7 @@ impl DedupWindow {
             window_ms: window_ms.max(0),
             last: HashMap::new(),
             newest: i64::MIN,
+            trimmed_len: 0,
         }
     }
 
@@ -167,6 +170,15 @@ impl DedupWindow {
     pub fn trim(&mut self) {
         let keep_from = self.newest.saturating_sub(self.window_ms.saturating_mul(2));
         self.last.retain(|_, visit| visit.received_at >= keep_from);
+    }
+
+    /// Trims once the visitors held doubled since the last trim (amortized O(1) per click;
+    /// memory stays within twice what the last two windows need, plus a little).
+    pub fn trim_if_grown(&mut self) {
+        if self.last.len() >= self.trimmed_len.saturating_mul(2).max(1_024) {
+            self.trim();
+            self.trimmed_len = self.last.len();
+        }
     }
 
     /// Visitors held now.

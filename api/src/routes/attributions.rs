@@ -200,7 +200,9 @@ async fn mentor_list(
     ))
 }
 
-/// The totals answer (getTotalRecruitments).
+/// The totals answer (getTotalRecruitments). `total_clicks` counts only `counted` clicks
+/// (what a mentor is paid on) and `conversion_rate` is over them; the other verdicts are
+/// in `filtered_clicks`.
 #[derive(Serialize)]
 struct MentorTotalsBody {
     mentor_id: String,
@@ -208,6 +210,14 @@ struct MentorTotalsBody {
     total_conversions: u64,
     conversion_rate: f64,
     period: &'static str,
+    filtered_clicks: FilteredClicks,
+}
+
+/// Recorded clicks that do not count, by verdict, for the same period.
+#[derive(Serialize)]
+struct FilteredClicks {
+    duplicate: u64,
+    bot: u64,
 }
 
 /// GET /mentor/:mentorId/total, from the materialized totals.
@@ -234,6 +244,10 @@ async fn mentor_total(
             total_conversions: totals.conversions,
             conversion_rate: conversion_rate(totals.clicks, totals.conversions),
             period: request.period.as_str(),
+            filtered_clicks: FilteredClicks {
+                duplicate: totals.duplicates,
+                bot: totals.bots,
+            },
         },
     ))
 }

@@ -210,6 +210,15 @@ pub struct TestApp {
     _stop: ShutdownTrigger,
 }
 
+impl TestApp {
+    /// The broker of the Kafka + ClickHouse mode (None: embedded).
+    pub fn kafka_brokers(&self) -> Option<&str> {
+        self.production
+            .as_ref()
+            .map(|production| production.brokers.as_str())
+    }
+}
+
 /// How long the store may take to catch up with the log before a test fails.
 const CATCH_UP: Duration = Duration::from_secs(30);
 
@@ -432,11 +441,19 @@ impl TestApp {
         self.send_json(Method::POST, PREFIX, body).await
     }
 
-    /// Records a click for `code` and returns its id.
+    /// Posts a click for `code` by a new visitor (see [`new_visitor`]).
+    pub async fn visit(&self, code: &str) -> Answer {
+        self.click(&format!(r#"{{"code":"{code}",{}}}"#, new_visitor()))
+            .await
+    }
+
+    /// Records a click for `code` by a new visitor (a browser's user agent, an address no
+    /// other click used: counted) and returns its id.
     pub async fn click_id(&self, code: &str, occurred_at: &str) -> String {
         let answer = self
             .click(&format!(
-                r#"{{"code":"{code}","occurred_at":"{occurred_at}"}}"#
+                r#"{{"code":"{code}","occurred_at":"{occurred_at}",{}}}"#,
+                new_visitor()
             ))
             .await;
         assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.body);
@@ -473,4 +490,19 @@ pub fn from_now(seconds: i64) -> String {
 pub fn from_base(base: referral_schemas::Timestamp, seconds: i64) -> String {
     let millis = base.as_millis() + seconds * 1000;
     referral_schemas::Timestamp::from_millis(millis - millis.rem_euclid(1000)).to_string()
+}
+
+/// A browser's user agent (not a bot).
+pub const BROWSER: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36";
+
+/// Body fields of a visitor no other click of this test process used: a browser's user
+/// agent and a fresh client address, so the click's verdict is `counted`.
+pub fn new_visitor() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        r#""ip_address":"198.51.{}.{}","user_agent":"{BROWSER}""#,
+        (n / 250) % 250,
+        n % 250 + 1
+    )
 }

@@ -183,7 +183,7 @@ impl ClickEdge {
 
     /// Publishes a click and waits, at most `wait`, for the log's acknowledgement.
     async fn publish(&self, click: ClickEvent, wait: Duration) -> Result<Attribution, ApiError> {
-        let (attribution, _) = state::record_click(&click);
+        let attribution = state::new_attribution(&click);
         let published = tokio::time::timeout(wait, self.log.publish(LogEvent::Click(click))).await;
         match published {
             Ok(Ok(())) => Ok(attribution),

@@ -15,7 +15,9 @@ use tokio::runtime::Handle;
 use super::announce::Announcer;
 use super::fault::FaultPoint;
 use super::{DeadLetter, Record};
-use crate::plan::{self, PartitionBatch, PartitionKey, Plan, References};
+use referral_schemas::verdict::{CountedVisit, DedupWindow, VisitorKey};
+
+use crate::plan::{self, DedupWindows, PartitionBatch, PartitionKey, Plan, References};
 use crate::store::{StoreError, StoreWriter};
 
 /// How the worker batches and decides.
@@ -31,6 +33,8 @@ pub struct WorkerSettings {
     pub batch_max_wait: Duration,
     /// `--attribution-window` in milliseconds, for the planner.
     pub window_ms: i64,
+    /// `--dedup-window` in milliseconds (0: no click is a duplicate).
+    pub dedup_window_ms: i64,
 }
 
 /// One partition's messages since its last flush.
@@ -64,6 +68,10 @@ pub struct Worker {
     settings: WorkerSettings,
     pending: BTreeMap<PartitionKey, Pending>,
     owned: HashSet<PartitionKey>,
+    /// The dedup window of each partition this worker has flushed since it was assigned,
+    /// in step with the stored checkpoint. Dropped (and rebuilt from the store before the
+    /// next flush) whenever it may not be: a failed flush, an assignment, a revocation.
+    dedup: DedupWindows,
     fault: FaultPoint,
     /// Flushes that stored their checkpoint, and flushes attempted (for fault injection).
     flushes: u64,
@@ -82,9 +90,10 @@ impl Worker {
             store,
             announcer,
             handle,
-            settings,
             pending: BTreeMap::new(),
             owned: HashSet::new(),
+            dedup: DedupWindows::new(settings.dedup_window_ms),
+            settings,
             fault,
             flushes: 0,
             attempts: 0,
@@ -167,6 +176,7 @@ impl Worker {
     /// Partitions assigned to this consumer: their checkpoints are read afresh.
     pub fn assigned(&mut self, partitions: Vec<PartitionKey>) {
         self.store.forget_checkpoints(&partitions);
+        self.forget_windows(&partitions);
         self.owned.extend(partitions);
     }
 
@@ -210,7 +220,20 @@ impl Worker {
             .set(0.0);
         }
         self.store.forget_checkpoints(&partitions);
+        self.forget_windows(&partitions);
         stored
+    }
+
+    fn forget_windows(&mut self, partitions: &[PartitionKey]) {
+        for key in partitions {
+            self.dedup.partitions.remove(key);
+        }
+        self.report_window_size();
+    }
+
+    fn report_window_size(&self) {
+        let visitors: usize = self.dedup.partitions.values().map(DedupWindow::len).sum();
+        metrics::gauge!("referral_dedup_window_visitors").set(visitors as f64);
     }
 
     /// Plans and writes the pending batches (all, or those of `only`) and returns the
@@ -236,6 +259,8 @@ impl Worker {
             Err(error) => {
                 self.store.abandon();
                 self.store.forget_checkpoints(&keys);
+                // The windows advanced past a flush that is not stored.
+                self.forget_windows(&keys);
                 metrics::counter!("referral_flush_failures_total").increment(1);
                 return Err(error);
             }
@@ -267,6 +292,21 @@ impl Worker {
         for outcome in &plan.outcomes {
             metrics::counter!("referral_commands_total", "outcome" => *outcome).increment(1);
         }
+        let verdicts = plan.click_verdicts;
+        for (verdict, count) in [
+            ("counted", verdicts.counted),
+            ("duplicate", verdicts.duplicate),
+            ("bot", verdicts.bot),
+        ] {
+            if count > 0 {
+                metrics::counter!("referral_clicks_recorded_total", "verdict" => verdict)
+                    .increment(count);
+            }
+        }
+        for window in self.dedup.partitions.values_mut() {
+            window.trim_if_grown();
+        }
+        self.report_window_size();
         Ok(stored)
     }
 
@@ -312,11 +352,13 @@ impl Worker {
                 .map(|(_, event)| event)
         }));
         let known = self.store.load(&references).await?;
+        self.load_windows(keys, &checkpoints).await?;
         let plan = plan::plan(
             batches,
             &checkpoints,
             known,
             self.settings.window_ms,
+            &mut self.dedup,
             Timestamp::now(),
         );
         self.store.write_state(&plan).await?;
@@ -346,6 +388,52 @@ impl Worker {
             return Err(FlushError::Injected("commit acknowledged, ack lost"));
         }
         Ok(plan)
+    }
+
+    /// Rebuilds the dedup window of each partition in `keys` that has none, from the
+    /// counted clicks stored below its checkpoint: the window as the flush that stored that
+    /// checkpoint left it, so every verdict is the same as without the restart.
+    async fn load_windows(
+        &mut self,
+        keys: &[PartitionKey],
+        checkpoints: &HashMap<PartitionKey, i64>,
+    ) -> Result<(), StoreError> {
+        let window_ms = self.settings.dedup_window_ms;
+        for key in keys {
+            if self.dedup.partitions.contains_key(key) {
+                continue;
+            }
+            let mut window = DedupWindow::new(window_ms);
+            if window_ms > 0 {
+                let started = Instant::now();
+                let checkpoint = checkpoint_at(checkpoints, &key.0, key.1);
+                let clicks = self
+                    .store
+                    .counted_clicks(key, checkpoint, window_ms)
+                    .await?;
+                for click in &clicks {
+                    let visitor =
+                        VisitorKey::of(&click.code, &click.ip_address, click.user_agent.as_deref());
+                    let visit = CountedVisit {
+                        attribution_id: click.attribution_id.clone(),
+                        received_at: click.received_at,
+                    };
+                    window.remember(visitor, visit);
+                }
+                window.trim_if_grown();
+                tracing::info!(
+                    topic = %key.0,
+                    partition = key.1,
+                    checkpoint,
+                    clicks = clicks.len(),
+                    visitors = window.len(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "dedup window rebuilt"
+                );
+            }
+            self.dedup.partitions.insert(key.clone(), window);
+        }
+        Ok(())
     }
 
     /// The undecodable messages at or past their partition's checkpoint (those below were

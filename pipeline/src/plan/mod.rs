@@ -6,7 +6,8 @@
 //! [`plan`] then walks the events in log order over an in-memory overlay of that state, so
 //! a command sees every event before it on its partition, flushed or not, and returns what
 //! to store: versioned [`rows`], per-mentor hourly totals deltas, checkpoint moves, and
-//! every command's verdict. A store ([`crate::store::StoreWriter`]) writes the plan as it
+//! every command's verdict. Each click gets its verdict (counted, duplicate, bot) from its
+//! partition's [`DedupWindow`], which the planner advances in log order. A store ([`crate::store::StoreWriter`]) writes the plan as it
 //! is; it decides nothing.
 //!
 //! Invariants:
@@ -17,7 +18,9 @@
 //!   were not counted, since the checkpoint did not move past it);
 //! * a command id seen before in another message (a client retry) changes nothing and
 //!   answers with the recorded verdict;
-//! * every other command is decided with the pure rules of [`referral_schemas::state`].
+//! * every other command is decided with the pure rules of [`referral_schemas::state`];
+//! * a click's verdict depends only on the clicks before it on its partition, so a replay
+//!   from the checkpoint (with the window rebuilt from the clicks below it) decides the same.
 
 pub mod rows;
 
@@ -25,12 +28,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use referral_schemas::Timestamp;
 use referral_schemas::messages::{
-    AssignCode, ConfirmConversion, DeleteAttribution, LogEvent, RetireCode, Verdict,
+    AssignCode, ConfirmConversion, DeleteAttribution, LogEvent, Rejection, RetireCode, Verdict,
 };
 use referral_schemas::state::{self, Confirmation};
+use referral_schemas::verdict::{ClickVerdict, DedupWindow, VisitorKey};
 use serde::{Deserialize, Serialize};
 
-use self::rows::{AttributionRow, CLICK_VERSION, CodeRow, DecisionRow, MemberRow};
+use self::rows::{AttributionRow, ClickSource, CodeRow, DecisionRow, MemberRow};
 
 /// A log partition: topic and partition number. The embedded log is one partition.
 pub type PartitionKey = (String, i32);
@@ -139,14 +143,31 @@ impl Known {
     }
 }
 
-/// A signed change to one mentor's totals in one hour (clicks by `occurred_at`, conversions
-/// by `confirmed_at`).
+/// A signed change to one mentor's totals in one hour (clicks of each verdict by
+/// `occurred_at`, conversions by `confirmed_at`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delta {
     pub mentor_id: String,
     pub hour: i64,
+    /// Counted clicks.
     pub clicks: i64,
+    /// Recorded decisions from before verdicts existed have no such field: zero.
+    #[serde(default)]
+    pub duplicates: i64,
+    #[serde(default)]
+    pub bots: i64,
     pub conversions: i64,
+}
+
+impl Delta {
+    pub fn counts(&self) -> Counts {
+        Counts {
+            clicks: self.clicks,
+            duplicates: self.duplicates,
+            bots: self.bots,
+            conversions: self.conversions,
+        }
+    }
 }
 
 impl From<state::TotalsDelta> for Delta {
@@ -155,7 +176,73 @@ impl From<state::TotalsDelta> for Delta {
             mentor_id: delta.mentor_id,
             hour: delta.hour,
             clicks: delta.clicks,
+            duplicates: delta.duplicates,
+            bots: delta.bots,
             conversions: delta.conversions,
+        }
+    }
+}
+
+/// Summed totals changes of one bucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Counted clicks.
+    pub clicks: i64,
+    pub duplicates: i64,
+    pub bots: i64,
+    pub conversions: i64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: Counts) {
+        self.clicks += other.clicks;
+        self.duplicates += other.duplicates;
+        self.bots += other.bots;
+        self.conversions += other.conversions;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Recorded clicks of every verdict: what a list of attributions holds.
+    pub fn recorded(&self) -> i64 {
+        self.clicks + self.duplicates + self.bots
+    }
+}
+
+/// Clicks planned in a flush, by verdict (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerdictCounts {
+    pub counted: u64,
+    pub duplicate: u64,
+    pub bot: u64,
+}
+
+impl VerdictCounts {
+    fn add(&mut self, verdict: ClickVerdict) {
+        match verdict {
+            ClickVerdict::Counted => self.counted += 1,
+            ClickVerdict::Duplicate => self.duplicate += 1,
+            ClickVerdict::Bot => self.bot += 1,
+        }
+    }
+}
+
+/// The dedup windows of the partitions a flush covers. The consumer loads a partition's
+/// window from the store before its first flush; a partition missing here starts empty.
+#[derive(Clone, Debug, Default)]
+pub struct DedupWindows {
+    /// `--dedup-window` in ms (0: no click is a duplicate).
+    pub window_ms: i64,
+    pub partitions: HashMap<PartitionKey, DedupWindow>,
+}
+
+impl DedupWindows {
+    pub fn new(window_ms: i64) -> Self {
+        Self {
+            window_ms,
+            partitions: HashMap::new(),
         }
     }
 }
@@ -202,41 +289,49 @@ pub struct Plan {
     pub outcomes: Vec<&'static str>,
     /// Events skipped because they were below their checkpoint.
     pub skipped: usize,
+    /// Clicks decided in this flush, by verdict.
+    pub click_verdicts: VerdictCounts,
 }
 
 impl Plan {
-    /// The hourly deltas summed per mentor and day (days since the epoch).
-    pub fn daily_deltas(&self) -> BTreeMap<(String, i64), (i64, i64)> {
-        let mut daily: BTreeMap<(String, i64), (i64, i64)> = BTreeMap::new();
+    /// The hourly deltas summed per mentor and day (days since the epoch); none that sum
+    /// to zero.
+    pub fn daily_deltas(&self) -> BTreeMap<(String, i64), Counts> {
+        let mut daily: BTreeMap<(String, i64), Counts> = BTreeMap::new();
         for delta in &self.deltas {
-            let entry = daily
+            daily
                 .entry((delta.mentor_id.clone(), delta.hour.div_euclid(24)))
-                .or_default();
-            entry.0 += delta.clicks;
-            entry.1 += delta.conversions;
+                .or_default()
+                .add(delta.counts());
         }
+        daily.retain(|_, counts| !counts.is_zero());
         daily
     }
 
     /// Every mentor's deltas summed per day: what the unfiltered list counts.
-    pub fn global_daily_deltas(&self) -> BTreeMap<i64, (i64, i64)> {
-        let mut global: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    pub fn global_daily_deltas(&self) -> BTreeMap<i64, Counts> {
+        let mut global: BTreeMap<i64, Counts> = BTreeMap::new();
         for delta in &self.deltas {
-            let entry = global.entry(delta.hour.div_euclid(24)).or_default();
-            entry.0 += delta.clicks;
-            entry.1 += delta.conversions;
+            global
+                .entry(delta.hour.div_euclid(24))
+                .or_default()
+                .add(delta.counts());
         }
+        global.retain(|_, counts| !counts.is_zero());
         global
     }
 }
 
 /// Plans one flush. `checkpoints` holds each batch's stored checkpoint (by topic and
-/// partition; absent = nothing stored yet). `now` stamps new decisions.
+/// partition; absent = nothing stored yet). `dedup` is advanced past the flush's clicks:
+/// if the flush is not stored, the caller must rebuild the windows it covered. `now`
+/// stamps new decisions.
 pub fn plan(
     batches: &[PartitionBatch],
     checkpoints: &HashMap<PartitionKey, i64>,
     known: Known,
     window_ms: i64,
+    dedup: &mut DedupWindows,
     now: Timestamp,
 ) -> Plan {
     // Only clicks that a command of this flush refers to need to be in the overlay.
@@ -255,16 +350,19 @@ pub fn plan(
         deltas: BTreeMap::new(),
     };
     for batch in batches {
-        let checkpoint = checkpoints
-            .get(&(batch.topic.clone(), batch.partition))
-            .copied()
-            .unwrap_or(0);
+        let key = (batch.topic.clone(), batch.partition);
+        let checkpoint = checkpoints.get(&key).copied().unwrap_or(0);
+        let window_ms = dedup.window_ms;
+        let window = dedup
+            .partitions
+            .entry(key)
+            .or_insert_with(|| DedupWindow::new(window_ms));
         for (offset, event) in &batch.events {
             if *offset < checkpoint {
                 planner.plan.skipped += 1;
                 continue;
             }
-            planner.apply(batch, *offset, event);
+            planner.apply(batch, *offset, event, window);
         }
         if batch.end > checkpoint {
             planner.plan.checkpoints.push(CheckpointMove {
@@ -286,17 +384,36 @@ struct Planner {
     window_ms: i64,
     now: Timestamp,
     plan: Plan,
-    /// (mentor, hour) -> (clicks, conversions), summed over the flush.
-    deltas: BTreeMap<(String, i64), (i64, i64)>,
+    /// (mentor, hour) -> summed changes over the flush.
+    deltas: BTreeMap<(String, i64), Counts>,
 }
 
 impl Planner {
-    fn apply(&mut self, batch: &PartitionBatch, offset: i64, event: &LogEvent) {
+    fn apply(
+        &mut self,
+        batch: &PartitionBatch,
+        offset: i64,
+        event: &LogEvent,
+        window: &mut DedupWindow,
+    ) {
         let LogEvent::Click(click) = event else {
             return self.apply_command(batch, offset, event);
         };
-        let (attribution, delta) = state::record_click(click);
-        let row = AttributionRow::live(&attribution, CLICK_VERSION);
+        let agent = click.user_agent.as_deref();
+        let visitor = VisitorKey::of(&click.code, &click.ip_address, agent);
+        let (verdict, duplicate_of) = window.decide(
+            visitor,
+            agent,
+            &click.attribution_id,
+            click.received_at.as_millis(),
+        );
+        self.plan.click_verdicts.add(verdict);
+        let (attribution, delta) = state::record_click(click, verdict, duplicate_of);
+        let source = ClickSource {
+            partition: batch.partition,
+            offset,
+        };
+        let row = AttributionRow::click(&attribution, source);
         // A replayed click may find a later state (confirmed, deleted): keep that one in the
         // overlay. Its row is written anyway; every store keeps the higher version.
         if self.referenced.contains(&row.id) {
@@ -381,12 +498,11 @@ impl Planner {
     }
 
     fn add_delta(&mut self, delta: Delta) {
-        let entry = self
-            .deltas
+        let counts = delta.counts();
+        self.deltas
             .entry((delta.mentor_id, delta.hour))
-            .or_default();
-        entry.0 += delta.clicks;
-        entry.1 += delta.conversions;
+            .or_default()
+            .add(counts);
     }
 
     /// The live attribution and its row version (`None` when unknown or deleted).
@@ -428,7 +544,16 @@ impl Planner {
                 Effect::default(),
             ),
             Ok(Confirmation::Applied { attribution, delta }) => {
-                let version = current.map_or(CLICK_VERSION, |(_, row)| row.version) + 1;
+                let Some((_, row)) = current else {
+                    // `confirm` applies only to a live attribution; unreachable.
+                    return (
+                        Verdict::Rejected {
+                            reason: Rejection::AttributionNotFound,
+                        },
+                        Effect::default(),
+                    );
+                };
+                let row = row.next_state(&attribution);
                 let member = MemberRow {
                     new_member_id: command.new_member_id.clone(),
                     attribution_id: attribution.id.clone(),
@@ -436,7 +561,7 @@ impl Planner {
                     version: self.member_version(&command.new_member_id) + 1,
                 };
                 let effect = Effect {
-                    attribution: Some(AttributionRow::live(&attribution, version)),
+                    attribution: Some(row),
                     member: Some(member),
                     code: None,
                     deltas: vec![delta.into()],
@@ -531,12 +656,14 @@ impl Planner {
         self.plan.deltas = self
             .deltas
             .into_iter()
-            .filter(|(_, sums)| *sums != (0, 0))
-            .map(|((mentor_id, hour), (clicks, conversions))| Delta {
+            .filter(|(_, sums)| !sums.is_zero())
+            .map(|((mentor_id, hour), sums)| Delta {
                 mentor_id,
                 hour,
-                clicks,
-                conversions,
+                clicks: sums.clicks,
+                duplicates: sums.duplicates,
+                bots: sums.bots,
+                conversions: sums.conversions,
             })
             .collect();
         self.plan
@@ -553,6 +680,7 @@ mod tests {
 
     const TOPIC: &str = "referral-events";
     const WINDOW: i64 = 90 * referral_schemas::timestamp::DAY_MS;
+    const BROWSER: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15";
 
     fn at(hour: i64) -> Timestamp {
         Timestamp::from_millis(hour * HOUR_MS + 1_000)
@@ -564,7 +692,7 @@ mod tests {
             code: "JAN-1".into(),
             mentor_id: mentor.into(),
             ip_address: "203.0.113.7".into(),
-            user_agent: None,
+            user_agent: Some(BROWSER.into()),
             referrer_url: None,
             occurred_at: at(hour),
             received_at: at(hour),
@@ -611,7 +739,7 @@ mod tests {
     fn daily(plan: &Plan) -> Vec<(String, i64, i64, i64)> {
         plan.daily_deltas()
             .into_iter()
-            .map(|((mentor, day), (clicks, conversions))| (mentor, day, clicks, conversions))
+            .map(|((mentor, day), sums)| (mentor, day, sums.clicks, sums.conversions))
             .collect()
     }
 
@@ -638,6 +766,7 @@ mod tests {
             &HashMap::new(),
             Known::default(),
             WINDOW,
+            &mut DedupWindows::new(0),
             at(40),
         );
         assert_eq!(plan.attributions.len(), 3);
@@ -650,10 +779,12 @@ mod tests {
             vec![("m1".into(), 0, 2, 0), ("m1".into(), 1, 1, 0)]
         );
         assert_eq!(moves(&plan), vec![(TOPIC.into(), 0, 3, 0)]);
-        assert_eq!(
-            plan.global_daily_deltas().into_iter().collect::<Vec<_>>(),
-            vec![(0, (2, 0)), (1, (1, 0))]
-        );
+        let global: Vec<(i64, i64)> = plan
+            .global_daily_deltas()
+            .into_iter()
+            .map(|(day, sums)| (day, sums.recorded()))
+            .collect();
+        assert_eq!(global, vec![(0, 2), (1, 1)]);
     }
 
     #[test]
@@ -668,6 +799,7 @@ mod tests {
             &checkpoints,
             Known::default(),
             WINDOW,
+            &mut DedupWindows::new(0),
             at(2),
         );
         assert_eq!(plan.skipped, 1);
@@ -686,6 +818,7 @@ mod tests {
             &HashMap::new(),
             Known::default(),
             WINDOW,
+            &mut DedupWindows::new(0),
             at(3),
         );
         assert_eq!(plan.outcomes, vec!["applied"]);
@@ -716,6 +849,7 @@ mod tests {
             &HashMap::new(),
             Known::default(),
             WINDOW,
+            &mut DedupWindows::new(0),
             at(3),
         );
         assert_eq!(
@@ -750,6 +884,7 @@ mod tests {
             &HashMap::new(),
             Known::default(),
             WINDOW,
+            &mut DedupWindows::new(0),
             at(6),
         );
         assert_eq!(
@@ -773,6 +908,7 @@ mod tests {
             &HashMap::new(),
             Known::default(),
             WINDOW,
+            &mut DedupWindows::new(0),
             at(3),
         );
         // Crash after the decision was stored, before the totals: the same messages again.
@@ -798,12 +934,164 @@ mod tests {
             &HashMap::new(),
             recorded,
             WINDOW,
+            &mut DedupWindows::new(0),
             at(9),
         );
         assert!(replay.decisions.is_empty(), "nothing is decided twice");
         assert_eq!(replay.attributions, first.attributions);
         assert_eq!(replay.members, first.members);
         assert_eq!(hourly(&replay), hourly(&first));
+    }
+
+    fn visit(id: &str, ip: &str, agent: Option<&str>, minute: i64) -> LogEvent {
+        let instant = Timestamp::from_millis(minute * 60_000);
+        LogEvent::Click(ClickEvent {
+            attribution_id: id.into(),
+            code: "JAN-1".into(),
+            mentor_id: "m1".into(),
+            ip_address: ip.into(),
+            user_agent: agent.map(str::to_owned),
+            referrer_url: None,
+            occurred_at: instant,
+            received_at: instant,
+        })
+    }
+
+    fn verdicts(plan: &Plan) -> Vec<(String, String, Option<String>)> {
+        plan.attributions
+            .iter()
+            .map(|row| {
+                (
+                    row.id.clone(),
+                    row.verdict.clone(),
+                    row.duplicate_of.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clicks_get_verdicts_and_totals_count_only_counted_ones() {
+        let events = vec![
+            visit("a1", "10.0.0.1", Some(BROWSER), 0),
+            visit("a2", "10.0.0.1", Some(BROWSER), 30),
+            visit("a3", "10.0.0.2", Some(BROWSER), 31),
+            visit("a4", "10.0.0.1", Some("Slackbot-LinkExpanding 1.0"), 32),
+            visit("a5", "10.0.0.1", None, 33),
+            visit("a6", "10.0.0.1", Some(BROWSER), 61),
+            confirm("c1", "a2", "new_1", 1),
+            confirm("c2", "a4", "new_2", 1),
+        ];
+        let mut dedup = DedupWindows::new(HOUR_MS);
+        let plan = plan(
+            &[batch(0, 0, events)],
+            &HashMap::new(),
+            Known::default(),
+            WINDOW,
+            &mut dedup,
+            at(2),
+        );
+        let got: Vec<_> = verdicts(&plan).into_iter().take(6).collect();
+        let expected: Vec<(String, String, Option<String>)> = [
+            ("a1", "counted", None),
+            ("a2", "duplicate", Some("a1")),
+            ("a3", "counted", None),
+            ("a4", "bot", None),
+            ("a5", "bot", None),
+            ("a6", "counted", None),
+        ]
+        .into_iter()
+        .map(|(id, verdict, of)| (id.into(), verdict.into(), of.map(str::to_owned)))
+        .collect();
+        assert_eq!(got, expected);
+        // A duplicate is a real visitor and can convert; a bot's click cannot.
+        assert_eq!(plan.outcomes, vec!["applied", "not_a_visitor"]);
+        let sums = plan.deltas.iter().fold(Counts::default(), |mut sums, d| {
+            sums.add(d.counts());
+            sums
+        });
+        assert_eq!(
+            sums,
+            Counts {
+                clicks: 3,
+                duplicates: 1,
+                bots: 2,
+                conversions: 1
+            }
+        );
+        assert_eq!(
+            plan.click_verdicts,
+            VerdictCounts {
+                counted: 3,
+                duplicate: 1,
+                bot: 2
+            }
+        );
+    }
+
+    #[test]
+    fn a_redelivered_batch_and_a_rebuilt_window_keep_every_verdict() {
+        let events: Vec<LogEvent> = (0..40)
+            .map(|n: i64| {
+                let ip = format!("10.0.0.{}", n % 3);
+                visit(&format!("a{n}"), &ip, Some(BROWSER), n * 7)
+            })
+            .collect();
+        let (first, second) = events.split_at(20);
+        let mut dedup = DedupWindows::new(HOUR_MS);
+        let flush = |dedup: &mut DedupWindows, checkpoint: i64, events: &[LogEvent], from| {
+            let checkpoints = HashMap::from([((TOPIC.to_owned(), 0), checkpoint)]);
+            plan(
+                &[batch(0, from, events.to_vec())],
+                &checkpoints,
+                Known::default(),
+                WINDOW,
+                dedup,
+                at(9),
+            )
+        };
+        let stored_first = flush(&mut dedup, 0, first, 0);
+        let straight = flush(&mut dedup.clone(), 20, second, 20);
+        // A restart: the window rebuilt from the counted clicks stored below the
+        // checkpoint, as the store gives them back (any order).
+        let mut rebuilt = DedupWindows::new(HOUR_MS);
+        let window = rebuilt
+            .partitions
+            .entry((TOPIC.to_owned(), 0))
+            .or_insert_with(|| DedupWindow::new(HOUR_MS));
+        for row in stored_first.attributions.iter().rev() {
+            if row.verdict == "counted" {
+                let visitor = VisitorKey::of(&row.code, &row.ip_address, row.user_agent.as_deref());
+                let visit = referral_schemas::verdict::CountedVisit {
+                    attribution_id: row.id.clone(),
+                    received_at: row.created_at,
+                };
+                window.remember(visitor, visit);
+            }
+        }
+        // A redelivery from before the checkpoint: the stored part is skipped.
+        let redelivered = flush(&mut rebuilt.clone(), 20, &events, 0);
+        let after_restart = flush(&mut rebuilt, 20, second, 20);
+        assert_eq!(verdicts(&straight), verdicts(&after_restart));
+        assert_eq!(verdicts(&straight), verdicts(&redelivered));
+        assert_eq!(redelivered.skipped, 20);
+        assert!(
+            verdicts(&straight)
+                .iter()
+                .any(|(_, verdict, _)| verdict == "duplicate")
+        );
+        assert!(
+            verdicts(&straight)
+                .iter()
+                .any(|(_, verdict, _)| verdict == "counted")
+        );
+        assert!(
+            stored_first
+                .attributions
+                .iter()
+                .all(|row| row.source_partition == 0)
+        );
+        assert_eq!(stored_first.attributions[7].source_offset, 7);
     }
 
     #[test]
@@ -839,6 +1127,7 @@ mod tests {
             &HashMap::new(),
             Known::default(),
             WINDOW,
+            &mut DedupWindows::new(0),
             at(3),
         );
         assert_eq!(

@@ -6,6 +6,7 @@
 //! rows its first decision wrote, in either store.
 
 use clickhouse::Row;
+use referral_schemas::verdict::ClickVerdict;
 use referral_schemas::{Attribution, AttributionKind, AttributionStatus, ReferralCode, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -29,13 +30,43 @@ pub struct AttributionRow {
     pub created_at: i64,
     pub deleted_at: Option<i64>,
     pub version: u64,
+    /// The click's verdict (`counted`, `duplicate`, `bot`); never changes.
+    pub verdict: String,
+    pub duplicate_of: Option<String>,
+    /// The log position of the click: the dedup window of a partition is rebuilt from the
+    /// counted clicks below its checkpoint (`-1`: recorded before verdicts existed).
+    pub source_partition: i32,
+    pub source_offset: i64,
 }
 
 /// The version of an attribution's first state, written by its click.
 pub const CLICK_VERSION: u64 = 1;
 
+/// Where a click was read from: its partition and offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClickSource {
+    pub partition: i32,
+    pub offset: i64,
+}
+
 impl AttributionRow {
-    pub fn live(attribution: &Attribution, version: u64) -> Self {
+    /// The first state of a click read at `source`.
+    pub fn click(attribution: &Attribution, source: ClickSource) -> Self {
+        let mut row = Self::live(attribution, CLICK_VERSION);
+        row.source_partition = source.partition;
+        row.source_offset = source.offset;
+        row
+    }
+
+    /// A later live state of this row's attribution (its click's position kept).
+    pub fn next_state(&self, attribution: &Attribution) -> Self {
+        let mut row = Self::live(attribution, self.version + 1);
+        row.source_partition = self.source_partition;
+        row.source_offset = self.source_offset;
+        row
+    }
+
+    fn live(attribution: &Attribution, version: u64) -> Self {
         Self {
             id: attribution.id.clone(),
             code: attribution.code.clone(),
@@ -51,6 +82,14 @@ impl AttributionRow {
             created_at: attribution.created_at.as_millis(),
             deleted_at: None,
             version,
+            verdict: attribution
+                .verdict
+                .unwrap_or(ClickVerdict::Counted)
+                .as_str()
+                .to_owned(),
+            duplicate_of: attribution.duplicate_of.clone(),
+            source_partition: -1,
+            source_offset: -1,
         }
     }
 
@@ -60,6 +99,9 @@ impl AttributionRow {
             .ok_or_else(|| StoreError::Corrupt(format!("{}: kind {:?}", self.id, self.kind)))?;
         let status = AttributionStatus::parse(&self.status)
             .ok_or_else(|| StoreError::Corrupt(format!("{}: status {:?}", self.id, self.status)))?;
+        let verdict = ClickVerdict::parse(&self.verdict).ok_or_else(|| {
+            StoreError::Corrupt(format!("{}: verdict {:?}", self.id, self.verdict))
+        })?;
         Ok(Attribution {
             id: self.id.clone(),
             code: self.code.clone(),
@@ -73,6 +115,8 @@ impl AttributionRow {
             occurred_at: Timestamp::from_millis(self.occurred_at),
             confirmed_at: self.confirmed_at.map(Timestamp::from_millis),
             created_at: Timestamp::from_millis(self.created_at),
+            verdict: Some(verdict),
+            duplicate_of: self.duplicate_of.clone(),
         })
     }
 

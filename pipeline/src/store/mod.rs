@@ -65,8 +65,46 @@ pub struct CodePage {
 /// A mentor's totals over a range of hours.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MentorTotals {
+    /// Counted clicks: what a mentor is paid on.
     pub clicks: u64,
+    /// Clicks recorded with the verdict `duplicate` and `bot`.
+    pub duplicates: u64,
+    pub bots: u64,
     pub conversions: u64,
+}
+
+impl MentorTotals {
+    pub fn add(&mut self, other: MentorTotals) {
+        self.clicks += other.clicks;
+        self.duplicates += other.duplicates;
+        self.bots += other.bots;
+        self.conversions += other.conversions;
+    }
+
+    /// From signed sums, which are never negative in a consistent store.
+    pub fn from_sums(sums: [i64; 4], mentor_id: &str) -> Result<Self, StoreError> {
+        let non_negative = |value: i64, what: &str| {
+            u64::try_from(value)
+                .map_err(|_| StoreError::Corrupt(format!("negative {what} total for {mentor_id}")))
+        };
+        Ok(Self {
+            clicks: non_negative(sums[0], "click")?,
+            duplicates: non_negative(sums[1], "duplicate")?,
+            bots: non_negative(sums[2], "bot")?,
+            conversions: non_negative(sums[3], "conversion")?,
+        })
+    }
+}
+
+/// A counted click of a partition, read back to rebuild its dedup window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedClick {
+    pub attribution_id: String,
+    pub code: String,
+    pub ip_address: String,
+    pub user_agent: Option<String>,
+    /// `received_at` (the row's `created_at`), ms.
+    pub received_at: i64,
 }
 
 /// What the API reads. Every method sees only committed state.
@@ -131,6 +169,17 @@ pub trait StoreWriter: Send {
 
     /// The stored rows the events of a flush refer to.
     async fn load(&mut self, references: &References) -> Result<Known, StoreError>;
+
+    /// The counted clicks of `partition` read below `checkpoint` and received at or after
+    /// `window_ms * 2` before the newest of them (deleted ones included): what its dedup
+    /// window holds after the flush that stored that checkpoint. Any superset of older
+    /// clicks gives the same decisions.
+    async fn counted_clicks(
+        &mut self,
+        partition: &PartitionKey,
+        checkpoint: i64,
+        window_ms: i64,
+    ) -> Result<Vec<CountedClick>, StoreError>;
 
     /// Writes the plan's decisions, then its rows.
     async fn write_state(&mut self, plan: &Plan) -> Result<(), StoreError>;

@@ -88,7 +88,16 @@ impl Writer {
             })))
             .await
             .map_err(store)?;
-        let plan = plan::plan(&batches, &checkpoints, known, WINDOW_MS, Timestamp::now());
+        // No dedup window: the bench measures reads of what it wrote, verdicts aside.
+        let mut dedup = plan::DedupWindows::new(0);
+        let plan = plan::plan(
+            &batches,
+            &checkpoints,
+            known,
+            WINDOW_MS,
+            &mut dedup,
+            Timestamp::now(),
+        );
         self.sink.write_state(&plan).await.map_err(store)?;
         self.flushes += 1;
         self.sink

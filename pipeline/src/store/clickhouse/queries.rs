@@ -96,7 +96,8 @@ impl ReadQuery {
 
 /// Columns of `attributions` and its sorted copies, in table order.
 pub const ATTRIBUTION_COLUMNS: &str = "id, code, mentor_id, kind, status, new_member_id, \
-     ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version";
+     ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version, \
+     verdict, duplicate_of, source_partition, source_offset";
 /// Columns of `referral_codes`, in table order (and `CodeRow`'s field order).
 pub const CODE_COLUMNS: &str =
     "code, mentor_id, destination_url, created_at, updated_at, retired, version";
@@ -152,6 +153,10 @@ fn list_condition(filter: &AttributionFilter, mut query: ReadQuery) -> ReadQuery
         clauses.push("code = ?");
         query = query.bind(Bound::Text(code.clone()));
     }
+    if let Some(verdict) = filter.verdict {
+        clauses.push("verdict = ?");
+        query = query.bind(Bound::Text(verdict.as_str().to_owned()));
+    }
     query.sql = format!("{} WHERE {}", query.sql, clauses.join(" AND "));
     query
 }
@@ -188,7 +193,8 @@ pub fn list_total(filter: &AttributionFilter) -> ListTotal {
         return ListTotal::Days(
             ReadQuery::new(
                 "SELECT bucket, toInt64(sum(clicks)) AS live FROM mentor_totals \
-                 WHERE grain = 'day' AND mentor_id = ? GROUP BY bucket ORDER BY bucket DESC"
+                 WHERE grain IN ('day', 'duplicate_day', 'bot_day') AND mentor_id = ? \
+                 GROUP BY bucket ORDER BY bucket DESC"
                     .into(),
             )
             .bind(Bound::Text(mentor_id.clone())),
@@ -229,14 +235,14 @@ pub fn attribution_page(filter: &AttributionFilter, page: PageRequest) -> ReadQu
         .bind(Bound::Int(i64::from(page.limit)))
 }
 
-/// A mentor's clicks and conversions over `hours`: whole days from the daily rows, the
-/// ragged ends from the hourly rows, in one query.
+/// A mentor's counted, duplicate and bot clicks and conversions over `hours`: whole days
+/// from the daily rows, the ragged ends from the hourly rows, in one query.
 pub fn mentor_totals(mentor_id: &str, hours: HourRange) -> ReadQuery {
     let plan = hours.plan();
     let mut ranges = Vec::new();
     let mut query = ReadQuery::new(String::new()).bind(Bound::Text(mentor_id.to_owned()));
     if let Some((from_day, to_day)) = plan.daily {
-        let mut range = String::from("(grain = 'day'");
+        let mut range = String::from("(grain IN ('day', 'duplicate_day', 'bot_day')");
         if let Some(from) = from_day {
             range.push_str(" AND bucket >= ?");
             query = query.bind(Bound::Int(from));
@@ -249,7 +255,10 @@ pub fn mentor_totals(mentor_id: &str, hours: HourRange) -> ReadQuery {
         ranges.push(range);
     }
     for (from, to) in plan.hourly {
-        ranges.push("(grain = 'hour' AND bucket >= ? AND bucket < ?)".to_owned());
+        ranges.push(
+            "(grain IN ('hour', 'duplicate_hour', 'bot_hour') AND bucket >= ? AND bucket < ?)"
+                .to_owned(),
+        );
         query = query.bind(Bound::Int(from)).bind(Bound::Int(to));
     }
     if ranges.is_empty() {
@@ -257,7 +266,10 @@ pub fn mentor_totals(mentor_id: &str, hours: HourRange) -> ReadQuery {
         ranges.push("0".to_owned());
     }
     query.sql = format!(
-        "SELECT toInt64(sum(clicks)) AS total_clicks, toInt64(sum(conversions)) AS total_conversions \
+        "SELECT toInt64(sumIf(clicks, grain IN ('hour', 'day'))) AS total_clicks, \
+         toInt64(sumIf(clicks, grain IN ('duplicate_hour', 'duplicate_day'))) AS duplicates, \
+         toInt64(sumIf(clicks, grain IN ('bot_hour', 'bot_day'))) AS bots, \
+         toInt64(sum(conversions)) AS total_conversions \
          FROM mentor_totals WHERE mentor_id = ? AND ({})",
         ranges.join(" OR ")
     );
@@ -332,6 +344,25 @@ pub fn verdicts(command_ids: &[String]) -> ReadQuery {
     query
 }
 
+/// The counted clicks of a partition below its checkpoint, received at most `2 * window_ms`
+/// before the newest of them: what rebuilds its dedup window. No `FINAL`: every version of
+/// a row carries the same click, and tombstones count as the writer's window did.
+pub fn counted_clicks(partition: i32, checkpoint: i64, window_ms: i64) -> ReadQuery {
+    let counted_below = "verdict = 'counted' AND source_partition = ? AND source_offset >= 0 \
+                         AND source_offset < ?";
+    ReadQuery::new(format!(
+        "SELECT DISTINCT id, code, ip_address, user_agent, created_at FROM attributions \
+         WHERE {counted_below} AND created_at >= \
+         (SELECT max(created_at) FROM attributions WHERE {counted_below}) - ? \
+         ORDER BY created_at, id"
+    ))
+    .bind(Bound::Int(i64::from(partition)))
+    .bind(Bound::Int(checkpoint))
+    .bind(Bound::Int(i64::from(partition)))
+    .bind(Bound::Int(checkpoint))
+    .bind(Bound::Int(window_ms.saturating_mul(2)))
+}
+
 /// Every partition's stored checkpoint: (topic, partition, next offset).
 pub fn checkpoints() -> ReadQuery {
     ReadQuery::new(
@@ -398,10 +429,14 @@ mod tests {
         );
         assert_eq!(
             query.render(""),
-            "SELECT toInt64(sum(clicks)) AS total_clicks, toInt64(sum(conversions)) AS total_conversions \
-             FROM mentor_totals WHERE mentor_id = 'm1' AND ((grain = 'day' AND bucket >= 2 AND bucket < 3) OR \
-             (grain = 'hour' AND bucket >= 30 AND bucket < 48) OR \
-             (grain = 'hour' AND bucket >= 72 AND bucket < 75))"
+            "SELECT toInt64(sumIf(clicks, grain IN ('hour', 'day'))) AS total_clicks, \
+             toInt64(sumIf(clicks, grain IN ('duplicate_hour', 'duplicate_day'))) AS duplicates, \
+             toInt64(sumIf(clicks, grain IN ('bot_hour', 'bot_day'))) AS bots, \
+             toInt64(sum(conversions)) AS total_conversions \
+             FROM mentor_totals WHERE mentor_id = 'm1' AND \
+             ((grain IN ('day', 'duplicate_day', 'bot_day') AND bucket >= 2 AND bucket < 3) OR \
+             (grain IN ('hour', 'duplicate_hour', 'bot_hour') AND bucket >= 30 AND bucket < 48) OR \
+             (grain IN ('hour', 'duplicate_hour', 'bot_hour') AND bucket >= 72 AND bucket < 75))"
         );
     }
 }

@@ -194,18 +194,12 @@ impl AttributionReader for ClickHouseReader {
         mentor_id: &str,
         hours: HourRange,
     ) -> Result<MentorTotals, StoreError> {
-        let (clicks, conversions): (i64, i64) = queries::mentor_totals(mentor_id, hours)
-            .to_clickhouse(&self.client)
-            .fetch_one()
-            .await?;
-        let non_negative = |value: i64, what: &str| {
-            u64::try_from(value)
-                .map_err(|_| StoreError::Corrupt(format!("negative {what} total for {mentor_id}")))
-        };
-        Ok(MentorTotals {
-            clicks: non_negative(clicks, "click")?,
-            conversions: non_negative(conversions, "conversion")?,
-        })
+        let (clicks, duplicates, bots, conversions): (i64, i64, i64, i64) =
+            queries::mentor_totals(mentor_id, hours)
+                .to_clickhouse(&self.client)
+                .fetch_one()
+                .await?;
+        MentorTotals::from_sums([clicks, duplicates, bots, conversions], mentor_id)
     }
 
     async fn referral_code(&self, code: &str) -> Result<Option<ReferralCode>, StoreError> {

@@ -15,7 +15,7 @@ use super::totals;
 use super::{ClickHouseSettings, ServerVersion, placeholders, server_version};
 use crate::plan::rows::{AttributionRow, CodeRow, DecisionRow, MemberRow};
 use crate::plan::{Known, PartitionKey, Plan, References};
-use crate::store::{StoreError, StoreWriter};
+use crate::store::{CountedClick, StoreError, StoreWriter};
 
 /// Keys per `IN` list: ~34 bytes each, well inside ClickHouse's 256 KiB `max_query_size`.
 const SELECT_IN_CHUNK: usize = 1_000;
@@ -151,6 +151,31 @@ impl StoreWriter for ClickHouseSink {
             .select_in("referral_codes", "code", &references.codes)
             .await?;
         Ok(Known::from_rows(decisions, attributions, members, codes))
+    }
+
+    async fn counted_clicks(
+        &mut self,
+        partition: &PartitionKey,
+        checkpoint: i64,
+        window_ms: i64,
+    ) -> Result<Vec<CountedClick>, StoreError> {
+        let rows: Vec<(String, String, String, Option<String>, i64)> =
+            super::queries::counted_clicks(partition.1, checkpoint, window_ms)
+                .to_clickhouse(&self.client)
+                .fetch_all()
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(attribution_id, code, ip_address, user_agent, received_at)| CountedClick {
+                    attribution_id,
+                    code,
+                    ip_address,
+                    user_agent,
+                    received_at,
+                },
+            )
+            .collect())
     }
 
     /// Decisions first, so that nothing is ever decided twice; then the state rows.

@@ -4,15 +4,20 @@
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
-use crate::plan::Plan;
+use crate::plan::{Counts, Plan};
 
 /// `mentor_totals.grain` (an `Enum8`, sent as its number).
 pub mod grain {
     pub const HOUR: i8 = 1;
     pub const DAY: i8 = 2;
     pub const CHECKPOINT: i8 = 3;
-    /// Every mentor's totals per day, under the empty mentor id.
+    /// Every mentor's recorded attributions per day, under the empty mentor id.
     pub const GLOBAL_DAY: i8 = 4;
+    /// Clicks with the verdict `duplicate` and `bot` (in `clicks`), per hour and day.
+    pub const DUPLICATE_HOUR: i8 = 5;
+    pub const DUPLICATE_DAY: i8 = 6;
+    pub const BOT_HOUR: i8 = 7;
+    pub const BOT_DAY: i8 = 8;
 }
 
 /// `mentor_totals`: a signed delta, or a checkpoint increment.
@@ -28,38 +33,63 @@ pub struct TotalsRow {
     pub next_offset: i64,
 }
 
-/// Every row a flush's commit-point insert carries: per-hour and per-day deltas, every
-/// mentor's daily totals (the unfiltered list's count) and one checkpoint increment per
-/// partition whose checkpoint moved (the increments sum to the next offset to apply).
-pub fn rows(plan: &Plan) -> Vec<TotalsRow> {
-    let mut rows = Vec::new();
-    for delta in &plan.deltas {
+/// The rows of one mentor's bucket: counted clicks and conversions under `counted`, and a
+/// row per filtered verdict that changed.
+fn bucket_rows(
+    rows: &mut Vec<TotalsRow>,
+    mentor_id: &str,
+    bucket: i64,
+    sums: Counts,
+    [counted, duplicate, bot]: [i8; 3],
+) {
+    let mut push = |grain, clicks, conversions| {
         rows.push(TotalsRow {
-            mentor_id: delta.mentor_id.clone(),
-            grain: grain::HOUR,
-            bucket: delta.hour,
-            clicks: delta.clicks,
-            conversions: delta.conversions,
-            next_offset: 0,
-        });
-    }
-    for ((mentor_id, day), (clicks, conversions)) in plan.daily_deltas() {
-        rows.push(TotalsRow {
-            mentor_id,
-            grain: grain::DAY,
-            bucket: day,
+            mentor_id: mentor_id.to_owned(),
+            grain,
+            bucket,
             clicks,
             conversions,
             next_offset: 0,
         });
+    };
+    if (sums.clicks, sums.conversions) != (0, 0) {
+        push(counted, sums.clicks, sums.conversions);
     }
-    for (day, (clicks, conversions)) in plan.global_daily_deltas() {
+    if sums.duplicates != 0 {
+        push(duplicate, sums.duplicates, 0);
+    }
+    if sums.bots != 0 {
+        push(bot, sums.bots, 0);
+    }
+}
+
+/// Every row a flush's commit-point insert carries: per-hour and per-day deltas by verdict,
+/// every mentor's recorded attributions per day (the unfiltered list's count) and one
+/// checkpoint increment per partition whose checkpoint moved (the increments sum to the
+/// next offset to apply).
+pub fn rows(plan: &Plan) -> Vec<TotalsRow> {
+    let mut rows = Vec::new();
+    let hourly = [grain::HOUR, grain::DUPLICATE_HOUR, grain::BOT_HOUR];
+    let daily = [grain::DAY, grain::DUPLICATE_DAY, grain::BOT_DAY];
+    for delta in &plan.deltas {
+        bucket_rows(
+            &mut rows,
+            &delta.mentor_id,
+            delta.hour,
+            delta.counts(),
+            hourly,
+        );
+    }
+    for ((mentor_id, day), sums) in plan.daily_deltas() {
+        bucket_rows(&mut rows, &mentor_id, day, sums, daily);
+    }
+    for (day, sums) in plan.global_daily_deltas() {
         rows.push(TotalsRow {
             mentor_id: String::new(),
             grain: grain::GLOBAL_DAY,
             bucket: day,
-            clicks,
-            conversions,
+            clicks: sums.recorded(),
+            conversions: sums.conversions,
             next_offset: 0,
         });
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use referral_schemas::migrations;
+use referral_schemas::verdict::ClickVerdict;
 use referral_schemas::{Attribution, AttributionKind, AttributionStatus, ReferralCode, Timestamp};
 use rusqlite::{Connection, Row};
 
@@ -30,7 +31,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITER_CACHE_KIB: i64 = -64 * 1024;
 
 const ATTRIBUTION_COLUMNS: &str = "id, code, mentor_id, kind, status, new_member_id, ip_address, \
-     user_agent, referrer_url, occurred_at, confirmed_at, created_at";
+     user_agent, referrer_url, occurred_at, confirmed_at, created_at, verdict, duplicate_of";
 
 /// Opens (creating if needed) the store under `data_dir` and applies pending migrations.
 /// The caller holds the data directory's writer lock ([`crate::embedded::DataDirLock`]).
@@ -97,6 +98,7 @@ fn corrupt(column: usize, what: &str) -> rusqlite::Error {
 fn attribution_from_row(row: &Row<'_>) -> rusqlite::Result<Attribution> {
     let kind: String = row.get(3)?;
     let status: String = row.get(4)?;
+    let verdict: String = row.get(12)?;
     Ok(Attribution {
         id: row.get(0)?,
         code: row.get(1)?,
@@ -110,6 +112,8 @@ fn attribution_from_row(row: &Row<'_>) -> rusqlite::Result<Attribution> {
         occurred_at: Timestamp::from_millis(row.get(9)?),
         confirmed_at: row.get::<_, Option<i64>>(10)?.map(Timestamp::from_millis),
         created_at: Timestamp::from_millis(row.get(11)?),
+        verdict: Some(ClickVerdict::parse(&verdict).ok_or_else(|| corrupt(12, "verdict"))?),
+        duplicate_of: row.get(13)?,
     })
 }
 

@@ -118,6 +118,10 @@ fn filter_clauses(filter: &AttributionFilter) -> (String, Vec<Value>) {
         clauses.push("occurred_at < ?");
         values.push(Value::Integer(to.as_millis()));
     }
+    if let Some(verdict) = filter.verdict {
+        clauses.push("verdict = ?");
+        values.push(Value::Text(verdict.as_str().to_owned()));
+    }
     (clauses.join(" AND "), values)
 }
 
@@ -128,18 +132,11 @@ fn sum_totals(
     from: Option<i64>,
     to: Option<i64>,
 ) -> Result<MentorTotals, StoreError> {
-    let (clicks, conversions): (i64, i64) = connection.prepare_cached(sql)?.query_row(
+    let sums: [i64; 4] = connection.prepare_cached(sql)?.query_row(
         params![mentor_id, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)],
-        |row| Ok((row.get(0)?, row.get(1)?)),
+        |row| Ok([row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?]),
     )?;
-    let non_negative = |value: i64, what: &str| {
-        u64::try_from(value)
-            .map_err(|_| StoreError::Corrupt(format!("negative {what} total for {mentor_id}")))
-    };
-    Ok(MentorTotals {
-        clicks: non_negative(clicks, "click")?,
-        conversions: non_negative(conversions, "conversion")?,
-    })
+    MentorTotals::from_sums(sums, mentor_id)
 }
 
 #[async_trait]
@@ -204,14 +201,12 @@ impl AttributionReader for SqliteReader {
         self.read(move |connection| {
             let plan = hours.plan();
             let mut totals = MentorTotals::default();
-            let mut add = |part: MentorTotals| {
-                totals.clicks += part.clicks;
-                totals.conversions += part.conversions;
-            };
+            let mut add = |part: MentorTotals| totals.add(part);
             if let Some((from_day, to_day)) = plan.daily {
                 add(sum_totals(
                     connection,
-                    "SELECT COALESCE(SUM(clicks), 0), COALESCE(SUM(conversions), 0) FROM mentor_daily_totals \
+                    "SELECT COALESCE(SUM(clicks), 0), COALESCE(SUM(duplicates), 0), COALESCE(SUM(bots), 0), \
+                     COALESCE(SUM(conversions), 0) FROM mentor_daily_totals \
                      WHERE mentor_id = ?1 AND day >= ?2 AND day < ?3",
                     &mentor_id,
                     from_day,
@@ -221,7 +216,8 @@ impl AttributionReader for SqliteReader {
             for (from_hour, to_hour) in plan.hourly {
                 add(sum_totals(
                     connection,
-                    "SELECT COALESCE(SUM(clicks), 0), COALESCE(SUM(conversions), 0) FROM mentor_hourly_totals \
+                    "SELECT COALESCE(SUM(clicks), 0), COALESCE(SUM(duplicates), 0), COALESCE(SUM(bots), 0), \
+                     COALESCE(SUM(conversions), 0) FROM mentor_hourly_totals \
                      WHERE mentor_id = ?1 AND hour >= ?2 AND hour < ?3",
                     &mentor_id,
                     Some(from_hour),

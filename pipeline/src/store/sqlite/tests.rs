@@ -29,7 +29,7 @@ fn click(id: &str, at: i64) -> LogEvent {
         code: "JAN-1".into(),
         mentor_id: "usr_1".into(),
         ip_address: "127.0.0.1".into(),
-        user_agent: None,
+        user_agent: Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Firefox/120.0".into()),
         referrer_url: None,
         occurred_at: Timestamp::from_millis(at),
         received_at: Timestamp::from_millis(at),
@@ -70,6 +70,7 @@ async fn plan_and_write(
         &checkpoints,
         known,
         WINDOW,
+        &mut plan::DedupWindows::new(0),
         Timestamp::now(),
     );
     writer.write_state(&plan).await.unwrap();

@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use crate::plan::rows::{AttributionRow, CodeRow, DecisionRow, MemberRow};
 use crate::plan::{Known, PartitionKey, Plan, References};
-use crate::store::{StoreError, StoreWriter};
+use crate::store::{CountedClick, StoreError, StoreWriter};
 
 /// How long decisions are kept: far longer than any waiter needs one, and than any replay
 /// of the log can reach back (the consumer's checkpoint moves with every flush).
@@ -123,7 +123,8 @@ impl SqliteWriter {
         let mut attributions = connection.prepare_cached(
             "INSERT INTO attributions (id, code, mentor_id, kind, status, new_member_id, \
              ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, \
-             deleted_at, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             deleted_at, version, verdict, duplicate_of, source_partition, source_offset) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
              ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
              new_member_id = excluded.new_member_id, confirmed_at = excluded.confirmed_at, \
              deleted_at = excluded.deleted_at, version = excluded.version \
@@ -145,6 +146,10 @@ impl SqliteWriter {
                 row.created_at,
                 row.deleted_at,
                 row.version as i64,
+                row.verdict,
+                row.duplicate_of,
+                row.source_partition,
+                row.source_offset,
             ])?;
         }
         let mut members = connection.prepare_cached(
@@ -187,8 +192,10 @@ impl SqliteWriter {
     fn write_totals_and_checkpoints(&self, plan: &Plan) -> Result<(), StoreError> {
         let connection = &self.connection;
         let mut hourly = connection.prepare_cached(
-            "INSERT INTO mentor_hourly_totals (mentor_id, hour, clicks, conversions) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO mentor_hourly_totals (mentor_id, hour, clicks, duplicates, bots, conversions) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (mentor_id, hour) DO UPDATE SET clicks = clicks + excluded.clicks, \
+             duplicates = duplicates + excluded.duplicates, bots = bots + excluded.bots, \
              conversions = conversions + excluded.conversions",
         )?;
         for delta in &plan.deltas {
@@ -196,18 +203,27 @@ impl SqliteWriter {
                 delta.mentor_id,
                 delta.hour,
                 delta.clicks,
+                delta.duplicates,
+                delta.bots,
                 delta.conversions
             ])?;
         }
         let mut daily = connection.prepare_cached(
-            "INSERT INTO mentor_daily_totals (mentor_id, day, clicks, conversions) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO mentor_daily_totals (mentor_id, day, clicks, duplicates, bots, conversions) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
              ON CONFLICT (mentor_id, day) DO UPDATE SET clicks = clicks + excluded.clicks, \
+             duplicates = duplicates + excluded.duplicates, bots = bots + excluded.bots, \
              conversions = conversions + excluded.conversions",
         )?;
-        for ((mentor_id, day), (clicks, conversions)) in plan.daily_deltas() {
-            if (clicks, conversions) != (0, 0) {
-                daily.execute(params![mentor_id, day, clicks, conversions])?;
-            }
+        for ((mentor_id, day), sums) in plan.daily_deltas() {
+            daily.execute(params![
+                mentor_id,
+                day,
+                sums.clicks,
+                sums.duplicates,
+                sums.bots,
+                sums.conversions
+            ])?;
         }
         let mut checkpoints = connection.prepare_cached(
             "INSERT INTO consumer_checkpoints (topic, partition, next_offset) VALUES (?1, ?2, ?3) \
@@ -278,7 +294,8 @@ impl StoreWriter for SqliteWriter {
         )?;
         let attributions = self.select_in(
             "id, code, mentor_id, kind, status, new_member_id, ip_address, user_agent, \
-             referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version",
+             referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version, verdict, \
+             duplicate_of, source_partition, source_offset",
             "attributions",
             "id",
             &references.attribution_ids,
@@ -298,6 +315,10 @@ impl StoreWriter for SqliteWriter {
                     created_at: row.get(11)?,
                     deleted_at: row.get(12)?,
                     version: row.get::<_, i64>(13)?.max(0) as u64,
+                    verdict: row.get(14)?,
+                    duplicate_of: row.get(15)?,
+                    source_partition: row.get(16)?,
+                    source_offset: row.get(17)?,
                 })
             },
         )?;
@@ -333,6 +354,41 @@ impl StoreWriter for SqliteWriter {
             },
         )?;
         Ok(Known::from_rows(decisions, attributions, members, codes))
+    }
+
+    async fn counted_clicks(
+        &mut self,
+        partition: &PartitionKey,
+        checkpoint: i64,
+        window_ms: i64,
+    ) -> Result<Vec<CountedClick>, StoreError> {
+        // One topic per store: the partition (and the offset) identify the log position.
+        let newest: Option<i64> = self
+            .connection
+            .prepare_cached(
+                "SELECT MAX(created_at) FROM attributions WHERE verdict = 'counted' \
+                 AND source_partition = ?1 AND source_offset >= 0 AND source_offset < ?2",
+            )?
+            .query_row(params![partition.1, checkpoint], |row| row.get(0))?;
+        let Some(newest) = newest else {
+            return Ok(Vec::new());
+        };
+        let mut statement = self.connection.prepare_cached(
+            "SELECT id, code, ip_address, user_agent, created_at FROM attributions \
+             WHERE verdict = 'counted' AND source_partition = ?1 AND created_at >= ?2 \
+             AND source_offset >= 0 AND source_offset < ?3",
+        )?;
+        let since = newest.saturating_sub(window_ms.saturating_mul(2));
+        let rows = statement.query_map(params![partition.1, since, checkpoint], |row| {
+            Ok(CountedClick {
+                attribution_id: row.get(0)?,
+                code: row.get(1)?,
+                ip_address: row.get(2)?,
+                user_agent: row.get(3)?,
+                received_at: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     async fn write_state(&mut self, plan: &Plan) -> Result<(), StoreError> {
