@@ -1,7 +1,12 @@
-//! Drives a run: click POSTs to the edge (open loop at a fixed rate, or as fast as a fixed
-//! number of connections allow) and, alongside, a stream of confirmations and deletes to the
-//! API. Every answer is checked against what the request must get and recorded in the
-//! ledger; latencies go to HDR histograms, overall and per second.
+//! Drives a run: clicks to the edge (open loop at a fixed rate, or as fast as a fixed number
+//! of connections allow), as click POSTs, redirect and pixel GETs and HEAD previews
+//! ([`crate::traffic`]), and, alongside, a stream of confirmations and deletes to the API.
+//! Every answer is checked against what the request must get and recorded in the ledger;
+//! latencies go to HDR histograms, overall and per second.
+//!
+//! A confirmation does not know its click's verdict (the writer decides it after the 201),
+//! but it knows the user agent it sent: a bot's click must be refused with 409
+//! `not_a_visitor`, and only a bot's.
 //!
 //! Open-loop latency is measured from the moment a request was due, not sent, so a stalled
 //! service shows up in the percentiles instead of silently slowing the generator
@@ -17,14 +22,18 @@ use hyper::{Method, header};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use referral_schemas::verdict::is_bot;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::http::{Call, HttpClient, Outcome};
-use crate::ledger::{ClickState, Ledger};
+use crate::ledger::{Channel, ClickState, Ledger, Sent};
+use crate::links::{LinkClient, LinkJudgement, LinkOutcome, judge_link};
 use crate::report::{Percentiles, SecondSample};
-use crate::traffic::{ClickGenerator, ClickRequest, Expect, Mix, Population};
+use crate::traffic::{
+    ClickGenerator, ClickRequest, Expect, LinkKind, LinkRequest, Mix, Population, Traffic,
+};
 
 pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -32,7 +41,7 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
-    /// Open loop: this many click POSTs per second, whatever the answers.
+    /// Open loop: this many clicks (POSTs, link GETs, HEADs) per second, whatever the answers.
     Rate(f64),
     /// Closed loop: this many connections, each sending its next click on the answer.
     Max { connections: usize },
@@ -132,7 +141,20 @@ struct Second {
 
 /// Everything measured during a run.
 pub struct Recorder {
+    /// Click POSTs.
     pub clicks: Tally,
+    /// Redirect link GETs, pixel GETs, and HEADs of either link.
+    pub redirects: Tally,
+    pub pixels: Tally,
+    pub heads: Tally,
+    /// Redirect GETs whose `Location` carried the recorded click's id, and those without
+    /// (not recorded: rate limited or overloaded; the visitor was redirected anyway).
+    pub redirects_recorded: u64,
+    pub redirects_unrecorded: u64,
+    /// Valid clicks (POSTs, link GETs) by a returning visitor, and by a bot's user agent
+    /// (or none).
+    pub revisits_sent: u64,
+    pub bot_clicks_sent: u64,
     pub commands: Tally,
     /// Command answers by what was sent and what came back (e.g. `confirm 200`).
     pub command_outcomes: BTreeMap<String, u64>,
@@ -150,6 +172,13 @@ impl Recorder {
     fn new() -> Self {
         Self {
             clicks: Tally::new(),
+            redirects: Tally::new(),
+            pixels: Tally::new(),
+            heads: Tally::new(),
+            redirects_recorded: 0,
+            redirects_unrecorded: 0,
+            revisits_sent: 0,
+            bot_clicks_sent: 0,
             commands: Tally::new(),
             command_outcomes: BTreeMap::new(),
             freshness_us: new_histogram(),
@@ -197,6 +226,10 @@ pub struct Run {
     pub population: Arc<Population>,
     pub endpoints: Endpoints,
     pub client: HttpClient,
+    /// For link GETs and HEADs (keeps the answers' headers).
+    pub links: LinkClient,
+    /// The writer's `--dedup-window`, which the verifier's exact verdict check relies on.
+    pub dedup_window: Duration,
     pub ledger: Mutex<Ledger>,
     pub recorder: Mutex<Recorder>,
     pub started: Instant,
@@ -206,11 +239,19 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(population: Population, endpoints: Endpoints, client: HttpClient) -> Arc<Self> {
+    pub fn new(
+        population: Population,
+        endpoints: Endpoints,
+        client: HttpClient,
+        links: LinkClient,
+        dedup_window: Duration,
+    ) -> Arc<Self> {
         Arc::new(Self {
             population: Arc::new(population),
             endpoints,
             client,
+            links,
+            dedup_window,
             ledger: Mutex::new(Ledger::default()),
             recorder: Mutex::new(Recorder::new()),
             started: Instant::now(),
@@ -246,6 +287,10 @@ impl Run {
         recorder.clicks.record(&outcome, latency);
         recorder.repeated_sent += u64::from(request.repeated);
         recorder.invalid_sent += u64::from(matches!(request.expect, Expect::Rejected { .. }));
+        if let Some(visitor) = &request.visitor {
+            recorder.revisits_sent += u64::from(request.revisit);
+            recorder.bot_clicks_sent += u64::from(is_bot(visitor.user_agent));
+        }
         let slot = recorder.second(second);
         match succeeded {
             Some(true) => slot.succeeded += 1,
@@ -261,17 +306,102 @@ impl Run {
         usize::try_from(at.saturating_duration_since(self.started).as_secs()).unwrap_or(0)
     }
 
+    /// Sends one link GET or HEAD and records its answer. `due`: when it was scheduled.
+    async fn link(self: &Arc<Self>, request: LinkRequest, due: Instant) {
+        let method = if request.head {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
+        let url = format!("{}{}", self.endpoints.ingest, request.path);
+        let mut headers = Vec::new();
+        if let Some(agent) = request.visitor.user_agent {
+            headers.push((header::USER_AGENT, agent));
+        }
+        if let Some(referer) = request.referer {
+            headers.push((header::REFERER, referer));
+        }
+        let outcome = self.links.send(method, &url, &headers).await;
+        let latency = due.elapsed();
+        let code = request.visitor.code;
+        let judgement = judge_link(&request, &self.population.destination(code), &outcome);
+        {
+            let mut ledger = lock(&self.ledger);
+            match (&judgement, request.kind, request.head) {
+                (_, _, true) => {}
+                (_, LinkKind::Pixel, false) => ledger.pixel_sent(code),
+                (LinkJudgement::Recorded(id), LinkKind::Redirect, false) => {
+                    let sent = Sent {
+                        mentor: request.visitor.mentor,
+                        code,
+                        occurred_at: None,
+                        user_agent: request.visitor.user_agent.map(str::to_owned),
+                        ip: None,
+                    };
+                    ledger.acked(id.clone(), sent, Channel::Redirect);
+                }
+                (_, LinkKind::Redirect, false) => ledger.attempted(code),
+            }
+            if let LinkJudgement::Wrong(what) = &judgement {
+                ledger.violations.record(what.clone());
+            }
+        }
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        let second = self.second_of(Instant::now());
+        let mut recorder = lock(&self.recorder);
+        let tally = match (request.head, request.kind) {
+            (true, _) => &mut recorder.heads,
+            (false, LinkKind::Redirect) => &mut recorder.redirects,
+            (false, LinkKind::Pixel) => &mut recorder.pixels,
+        };
+        tally.record(&outcome.tally(), latency);
+        if !request.head {
+            recorder.revisits_sent += u64::from(request.revisit);
+            recorder.bot_clicks_sent += u64::from(is_bot(request.visitor.user_agent));
+        }
+        if request.kind == LinkKind::Redirect && !request.head {
+            match judgement {
+                LinkJudgement::Recorded(_) => recorder.redirects_recorded += 1,
+                LinkJudgement::Answered => recorder.redirects_unrecorded += 1,
+                _ => {}
+            }
+        }
+        let slot = recorder.second(second);
+        match judgement {
+            LinkJudgement::Recorded(_) | LinkJudgement::Answered => slot.succeeded += 1,
+            LinkJudgement::Failed => slot.failed += 1,
+            LinkJudgement::Wrong(_) => {}
+        }
+        if let LinkOutcome::Answered(_) = outcome {
+            let _ = slot.latency_us.record(micros(latency));
+        }
+    }
+
+    /// Sends one request of the stream.
+    async fn send(self: &Arc<Self>, traffic: Traffic, due: Instant) {
+        match traffic {
+            Traffic::Post(request) => self.click(request, due).await,
+            Traffic::Link(request) => self.link(request, due).await,
+        }
+    }
+
     /// Sends one valid click, then reads it back by id until it is there: the time from its
     /// 201 to the first 200 is its freshness. The API's read-after-write wait answers a GET
     /// for a fresh id as soon as it is stored (it polls every 50 ms), so a GET is re-sent
     /// only after a 404.
     async fn probe_freshness(self: &Arc<Self>, request: ClickRequest) {
-        let call = Call {
+        let mut call = Call {
             method: Method::POST,
             url: format!("{}{}", self.endpoints.ingest, request.path),
             body: Some((request.body.clone(), request.content_type)),
             headers: Vec::new(),
         };
+        if let Some(agent) = request.user_agent {
+            call.headers.push((header::USER_AGENT, agent));
+        }
+        if let Some(referer) = request.referer {
+            call.headers.push((header::REFERER, referer));
+        }
         let outcome = self.client.send(call, false).await;
         let acknowledged = Instant::now();
         if self.judge_click(&request, &outcome) != Some(true) {
@@ -304,6 +434,12 @@ impl Run {
     /// Checks a click's answer. Some(true): acknowledged as it should be; Some(false): an
     /// expected refusal; None: failed (no answer, 5xx, refused by a limit).
     fn judge_click(&self, request: &ClickRequest, outcome: &Outcome) -> Option<bool> {
+        if let Expect::Created { code, .. } = request.expect
+            && outcome.status() != Some(201)
+        {
+            // It may have been stored all the same (an answer lost after the log had it).
+            lock(&self.ledger).attempted(code);
+        }
         let status = outcome.status()?;
         match (&request.expect, status) {
             (Expect::Created { mentor, code }, 201) => {
@@ -321,8 +457,16 @@ impl Run {
                     ));
                     return Some(true);
                 }
-                let occurred_at = body["occurred_at"].as_str().unwrap_or_default().to_owned();
-                ledger.acked(id, *mentor, *code, occurred_at);
+                let occurred_at = body["occurred_at"].as_str().map(str::to_owned);
+                let visitor = request.visitor.as_ref();
+                let sent = Sent {
+                    mentor: *mentor,
+                    code: *code,
+                    occurred_at,
+                    user_agent: visitor.and_then(|v| v.user_agent).map(str::to_owned),
+                    ip: visitor.and_then(|v| v.ip.clone()),
+                };
+                ledger.acked(id, sent, Channel::Post);
                 Some(true)
             }
             (
@@ -454,10 +598,10 @@ async fn open_loop(run: &Arc<Run>, plan: &LoadPlan, rate: f64) {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let request = generator.next(&run.population);
+        let request = generator.next_traffic(&run.population);
         let run = run.clone();
         tasks.spawn(async move {
-            run.click(request, due).await;
+            run.send(request, due).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
@@ -473,8 +617,8 @@ async fn closed_loop(run: &Arc<Run>, plan: &LoadPlan, connections: usize) {
         let mut generator = ClickGenerator::new(plan.seed.wrapping_add(worker as u64), plan.mix);
         tasks.spawn(async move {
             while Instant::now() < end {
-                let request = generator.next(&run.population);
-                run.click(request, Instant::now()).await;
+                let request = generator.next_traffic(&run.population);
+                run.send(request, Instant::now()).await;
             }
         });
     }
@@ -484,11 +628,13 @@ async fn closed_loop(run: &Arc<Run>, plan: &LoadPlan, connections: usize) {
 /// What a command is, for the expected answer.
 #[derive(Debug, Clone, Copy)]
 enum CommandKind {
-    /// A pending click confirmed with a new member: 200.
+    /// A pending click confirmed with a new member: 200 (409 `not_a_visitor` for a bot's
+    /// click).
     Confirm,
     /// An acknowledged confirmation sent again: 200 with the same member.
     RetryConfirm,
-    /// A pending click confirmed with a member already attributed: 409.
+    /// A pending click confirmed with a member already attributed: 409
+    /// `member_already_attributed` (`not_a_visitor` for a bot's click: checked first).
     MemberTaken,
     /// A confirmed click confirmed with another member: 409.
     OtherMember,
@@ -561,6 +707,8 @@ struct PlannedCommand {
     body: Option<String>,
     /// The member a confirmation names.
     member: Option<String>,
+    /// The target's user agent (as sent) is a bot's: a confirmation must be refused.
+    bot: bool,
 }
 
 /// Picks the target of a command (marking it busy) and builds the request.
@@ -637,6 +785,10 @@ fn plan_command(
             (id, None, Method::DELETE, None, None)
         }
     };
+    let bot = ledger
+        .clicks
+        .get(&id)
+        .is_some_and(|click| is_bot(click.user_agent.as_deref()));
     Some(PlannedCommand {
         kind,
         url: format!("{base}/{id}"),
@@ -645,6 +797,7 @@ fn plan_command(
         method,
         body,
         member,
+        bot,
     })
 }
 
@@ -657,6 +810,7 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
         url,
         body,
         member: sent,
+        bot,
     } = command;
     let id = id.as_str();
     let call = match body {
@@ -685,8 +839,27 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
             .find(|(confirmed, _, _)| confirmed == id)
             .map(|(_, _, member)| member.clone())
     };
+    let confirms = matches!(kind, CommandKind::Confirm | CommandKind::MemberTaken);
     let new_state = match (kind, status) {
         (_, None) | (_, Some(500..)) | (_, Some(429)) => Some(ClickState::Uncertain),
+        // The writer refuses to confirm a bot's click, and only a bot's.
+        (_, Some(409)) if confirms && error_code == "not_a_visitor" => {
+            if !bot {
+                ledger.violations.record(format!(
+                    "{} {id}: 409 not_a_visitor for a click whose user agent is no bot's: \
+                     {answer}",
+                    kind.name()
+                ));
+            }
+            None
+        }
+        (_, Some(status)) if confirms && bot && status != 404 => {
+            ledger.violations.record(format!(
+                "{} {id} (a bot's click): expected 409 not_a_visitor, got {status} {answer}",
+                kind.name()
+            ));
+            Some(ClickState::Uncertain)
+        }
         // A confirmed attribution was visible: "not found" for it is wrong.
         (CommandKind::Delete, Some(404))
             if matches!(
@@ -759,6 +932,9 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
     let mut recorder = lock(&run.recorder);
     recorder.commands.record(&outcome, latency);
     let label = match status {
+        Some(status) if !error_code.is_empty() && status < 500 => {
+            format!("{} {status} {error_code}", kind.name())
+        }
         Some(status) => format!("{} {status}", kind.name()),
         None => format!("{} no answer", kind.name()),
     };

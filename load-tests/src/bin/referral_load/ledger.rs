@@ -4,6 +4,12 @@
 //! moves only on a definite answer to a command (200/404/409); a command that got no
 //! definite answer (timeout, 5xx, connection lost) makes the state `Uncertain`, and no
 //! further command is sent for that attribution, so every other expectation stays exact.
+//!
+//! Acknowledged clicks come from a click POST's 201 and from a redirect GET's `Location`
+//! (its `attribution_id`). Requests that may have stored a click without telling its id are
+//! counted per code: click POSTs and redirect GETs not acknowledged (`attempts`), and pixel
+//! GETs (`pixels`), which never tell. The verifier holds the stored clicks without an id to
+//! those counts.
 
 use std::collections::HashMap;
 
@@ -22,11 +28,34 @@ pub enum ClickState {
     Uncertain,
 }
 
+/// What was sent for an acknowledged click.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    pub mentor: usize,
+    pub code: usize,
+    /// As the 201 printed it; `None` for a redirect GET (its click is dated by the edge).
+    pub occurred_at: Option<String>,
+    /// The user agent sent (body or header); `None`: none at all.
+    pub user_agent: Option<String>,
+    /// The IP the body named; `None`: the connection's (this tool's address).
+    pub ip: Option<String>,
+}
+
+/// How an acknowledged click came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Post,
+    Redirect,
+}
+
 #[derive(Debug, Clone)]
 pub struct AckedClick {
     pub mentor: usize,
     pub code: usize,
-    pub occurred_at: String,
+    pub occurred_at: Option<String>,
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+    pub channel: Channel,
     pub state: ClickState,
     /// A command for it is in flight (commands on one attribution are never concurrent,
     /// so the expected answer is known).
@@ -61,26 +90,51 @@ pub struct Ledger {
     pub confirmations: Vec<(String, String, String)>,
     /// Acknowledged deletes, for deleting again (404).
     pub deleted: Vec<String>,
+    /// Per code: valid clicks sent (POST or redirect GET) that got no id, so may or may not
+    /// be stored.
+    pub attempts: HashMap<usize, u64>,
+    /// Per code: pixel GETs sent (each may or may not be stored; the answer never says).
+    pub pixels: HashMap<usize, u64>,
 }
 
 impl Ledger {
-    pub fn acked(&mut self, id: String, mentor: usize, code: usize, occurred_at: String) {
+    pub fn acked(&mut self, id: String, sent: Sent, channel: Channel) {
         if self.clicks.contains_key(&id) {
             self.violations
-                .record(format!("id {id} acknowledged twice for two POSTs"));
+                .record(format!("id {id} acknowledged twice for two clicks"));
             return;
         }
         self.order.push(id.clone());
+        let Sent {
+            mentor,
+            code,
+            occurred_at,
+            user_agent,
+            ip,
+        } = sent;
         self.clicks.insert(
             id,
             AckedClick {
                 mentor,
                 code,
                 occurred_at,
+                user_agent,
+                ip,
+                channel,
                 state: ClickState::Pending,
                 busy: false,
             },
         );
+    }
+
+    /// A valid click of `code` sent without getting its id back.
+    pub fn attempted(&mut self, code: usize) {
+        *self.attempts.entry(code).or_default() += 1;
+    }
+
+    /// A pixel GET of `code` sent.
+    pub fn pixel_sent(&mut self, code: usize) {
+        *self.pixels.entry(code).or_default() += 1;
     }
 
     /// A random recent attribution with no command in flight whose state is `Pending`

@@ -8,14 +8,21 @@
 //! - `bench`: the benchmark report in `docs/BENCHMARKS.md`.
 //! - `serve`: the pipeline for another tool to run against (the API fuzzer in the tests).
 //!
-//! Each run ends with the verifier's line, `acked=N stored=N lost=0 duplicated=0`, and exits
-//! non-zero on any loss, duplicate, inconsistency or wrong answer.
+//! The traffic mixes click POSTs, redirect and pixel GETs, HEAD previews, bots and returning
+//! visitors; the verifier checks every stored click's verdict (`counted`, `duplicate`,
+//! `bot`) and every mentor's totals by verdict exactly.
+//!
+//! Each run ends with the verdicts' line (`verdicts: counted=N duplicate=N bot=N
+//! mismatches=0 ...`) and then the verifier's line, `acked=N stored=N lost=0 duplicated=0`,
+//! and exits non-zero on any loss, duplicate, inconsistency, verdict mismatch, unexplained
+//! stored click or wrong answer.
 
 mod bench;
 mod chart;
 mod driver;
 mod http;
 mod ledger;
+mod links;
 mod pipeline;
 mod report;
 mod scenario;
@@ -68,6 +75,10 @@ enum Command {
         /// when it requires one. The scenarios start their own API with a token of their own.
         #[arg(long, env = "REFERRAL_LOAD_API_TOKEN", hide_env_values = true)]
         api_token: Option<String>,
+        /// The writer's `--dedup-window` (the aggregator's, or referral-api's when embedded):
+        /// the verifier checks every click's verdict against it.
+        #[arg(long, env = "REFERRAL_LOAD_DEDUP_WINDOW", default_value = "1h", value_parser = humantime::parse_duration)]
+        dedup_window: Duration,
         #[command(flatten)]
         load: LoadArgs,
         /// Write NAME.json, NAME.md and NAME.svg here.
@@ -147,7 +158,7 @@ struct LocalArgs {
 
 #[derive(Args, Clone)]
 struct LoadArgs {
-    /// Open loop: click POSTs per second.
+    /// Open loop: clicks per second (click POSTs, redirect and pixel GETs, HEAD previews).
     #[arg(
         long,
         env = "REFERRAL_LOAD_RATE",
@@ -172,7 +183,8 @@ struct LoadArgs {
     /// Share of click POSTs that are invalid (each must get its 4xx).
     #[arg(long, env = "REFERRAL_LOAD_INVALID_SHARE", default_value_t = 0.05)]
     invalid_share: f64,
-    /// Share of click POSTs that repeat an earlier one verbatim.
+    /// Share of click POSTs that repeat an earlier one verbatim (returning visitors and bots
+    /// come on top, in fixed shares: see `traffic::LINK_SHARES`).
     #[arg(long, env = "REFERRAL_LOAD_DUPLICATE_SHARE", default_value_t = 0.02)]
     duplicate_share: f64,
     /// Confirmations and deletes per second (default: 5% of the click rate, 50 in max mode).
@@ -258,6 +270,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Prints the report's summary and the verifier's line; the exit code follows the verifier.
 fn conclude(report: &RunReport) -> ExitCode {
     eprintln!("{}", report.markdown(None));
+    println!("{}", report.verification.verdict_line());
     println!("{}", report.verification.line());
     if report.verification.passed() {
         ExitCode::SUCCESS
@@ -303,9 +316,11 @@ fn main() -> ExitCode {
             ingest_url,
             api_url,
             api_token,
+            dedup_window,
             load,
             report_dir,
         } => (|| {
+            verify::set_dedup_window(dedup_window);
             let options = load.options()?;
             let runtime = runtime()?;
             let endpoints = Endpoints {

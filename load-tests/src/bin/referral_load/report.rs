@@ -101,11 +101,25 @@ pub struct RunReport {
     pub seconds: f64,
     pub mentors: usize,
     pub codes: usize,
+    /// Click POSTs.
     pub clicks: RequestSummary,
+    /// Redirect link GETs (`/r/{code}`), pixel GETs (`/p/{code}.gif`), and HEAD previews of
+    /// either (never recorded).
+    pub redirects: RequestSummary,
+    pub pixels: RequestSummary,
+    pub heads: RequestSummary,
+    /// Redirect GETs whose `Location` carried the click's id, and those without (not
+    /// recorded, the visitor redirected anyway).
+    pub redirects_recorded: u64,
+    pub redirects_unrecorded: u64,
     /// Of the click POSTs: invalid ones (each must get its 4xx), verbatim repeats.
     pub invalid_sent: u64,
     pub repeated_sent: u64,
-    /// Click POSTs answered 201 per second of load.
+    /// Valid clicks (POSTs and link GETs) by a returning visitor, and with a bot's user
+    /// agent (or none).
+    pub revisits_sent: u64,
+    pub bot_clicks_sent: u64,
+    /// Clicks acknowledged (a POST's 201, a redirect's id) per second of load.
     pub acked_per_second: f64,
     pub commands: RequestSummary,
     pub command_outcomes: BTreeMap<String, u64>,
@@ -133,7 +147,8 @@ impl RunReport {
         peak_rss: Vec<(String, u64)>,
     ) -> Self {
         let clicks = RequestSummary::of(&recorder.clicks);
-        let acked_per_second = clicks.status(201) as f64 / seconds.max(1e-9);
+        let acked = clicks.status(201) + recorder.redirects_recorded;
+        let acked_per_second = acked as f64 / seconds.max(1e-9);
         Self {
             scenario: scenario.to_owned(),
             topology: topology.to_owned(),
@@ -143,8 +158,15 @@ impl RunReport {
             mentors,
             codes,
             clicks,
+            redirects: RequestSummary::of(&recorder.redirects),
+            pixels: RequestSummary::of(&recorder.pixels),
+            heads: RequestSummary::of(&recorder.heads),
+            redirects_recorded: recorder.redirects_recorded,
+            redirects_unrecorded: recorder.redirects_unrecorded,
             invalid_sent: recorder.invalid_sent,
             repeated_sent: recorder.repeated_sent,
+            revisits_sent: recorder.revisits_sent,
+            bot_clicks_sent: recorder.bot_clicks_sent,
             acked_per_second,
             commands: RequestSummary::of(&recorder.commands),
             command_outcomes: recorder.command_outcomes.clone(),
@@ -254,9 +276,43 @@ impl RunReport {
             "of which invalid / verbatim repeats",
             format!("{} / {}", self.invalid_sent, self.repeated_sent),
         );
+        let summary = |name: &str, requests: &RequestSummary| {
+            format!(
+                "{name} {} ({})",
+                requests.sent,
+                statuses(
+                    &requests.statuses,
+                    requests.timeouts,
+                    requests.transport_errors
+                )
+            )
+        };
         row(
             &mut out,
-            "acknowledged (201) per second",
+            "link requests sent",
+            format!(
+                "{}; {}; {}",
+                summary("redirect GET", &self.redirects),
+                summary("pixel GET", &self.pixels),
+                summary("HEAD preview", &self.heads)
+            ),
+        );
+        row(
+            &mut out,
+            "redirects with / without the click's id",
+            format!(
+                "{} / {}",
+                self.redirects_recorded, self.redirects_unrecorded
+            ),
+        );
+        row(
+            &mut out,
+            "valid clicks by returning visitors / with a bot's user agent",
+            format!("{} / {}", self.revisits_sent, self.bot_clicks_sent),
+        );
+        row(
+            &mut out,
+            "acknowledged (201 or redirect id) per second",
             format!("{:.0}", self.acked_per_second),
         );
         row(
@@ -286,15 +342,30 @@ impl RunReport {
         );
         row(
             &mut out,
+            "verdicts of the stored clicks",
+            format!(
+                "counted {}, duplicate {}, bot {}; {} mismatches ({})",
+                v.counted, v.duplicate, v.bot, v.verdict_mismatches, v.verdict_check
+            ),
+        );
+        row(
+            &mut out,
+            "stored without an id",
+            format!(
+                "{} pixel clicks, {} others (allowed); {} unexplained",
+                v.pixel_stored, v.unacked_stored, v.unexplained
+            ),
+        );
+        row(
+            &mut out,
             "verified",
             format!(
-                "{} acknowledged clicks by id, {} mentors' listings and totals in {:.1} s; \
-                 {} stored without a 201 (allowed); {} with a command of unknown outcome; \
-                 {} inconsistent; {} wrong answers during the load",
+                "{} acknowledged clicks by id, {} mentors' listings, verdicts and totals in \
+                 {:.1} s; {} with a command of unknown outcome; {} inconsistent; {} wrong \
+                 answers during the load",
                 v.acked,
                 v.mentors_checked,
                 v.verify_seconds,
-                v.unacked_stored,
                 v.uncertain,
                 v.inconsistent,
                 v.violations
@@ -309,6 +380,9 @@ impl RunReport {
                 "click POST (open loop: from when it was due)",
                 &self.clicks.latency,
             ),
+            ("redirect GET", &self.redirects.latency),
+            ("pixel GET", &self.pixels.latency),
+            ("HEAD preview", &self.heads.latency),
             ("confirm / delete", &self.commands.latency),
         ] {
             let _ = writeln!(out, "| {name} | {} | {} |", latency.count, latency.cells());

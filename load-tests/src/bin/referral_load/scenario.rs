@@ -12,6 +12,8 @@ use referral_load_tests::bench::CpuWindow;
 
 use crate::driver::{Endpoints, LoadPlan, Mode, Run, drive, lock};
 use crate::http::{Call, HttpClient, Outcome};
+use crate::ledger::{Channel, Sent};
+use crate::links::LinkClient;
 use crate::pipeline::{Component, Pipeline, PipelineOptions, Topology};
 use crate::report::{FaultEvent, RunReport};
 use crate::traffic::{CLICK_PATH, Population};
@@ -102,17 +104,24 @@ fn run_id(seed: u64) -> String {
     text
 }
 
-/// Creates every code of the population through the API, then waits until the edge
-/// resolves the last one (it learns codes asynchronously in the Kafka topology).
-/// Returns the click acknowledged by that wait (id, mentor, code, occurred_at).
+/// The click that proved the edge knows the codes: acknowledged, or sent without an id.
+struct Probe {
+    acked: Option<(String, Sent)>,
+    /// Code and count of the probe's attempts that may have been stored without a 201.
+    unanswered: (usize, u64),
+}
+
+/// Creates every code of the population through the API, each with its redirect link's
+/// destination, then waits until the edge resolves the last one (it learns codes
+/// asynchronously in the Kafka topology). Returns the clicks of that wait.
 async fn create_codes(
     population: &Population,
     endpoints: &Endpoints,
     client: &HttpClient,
-) -> Result<Option<(String, usize, usize, String)>> {
+) -> Result<Option<Probe>> {
     let mut tasks = tokio::task::JoinSet::new();
     let started = Instant::now();
-    for (code, mentor) in &population.codes {
+    for (index, (code, mentor)) in population.codes.iter().enumerate() {
         // Each creation waits for the writer's verdict (one flush): many in flight share one.
         if tasks.len() >= 64
             && let Some(joined) = tasks.join_next().await
@@ -120,7 +129,11 @@ async fn create_codes(
             joined.map_err(|error| error.to_string())??;
         }
         let url = format!("{}/api/v1/referral-codes/{code}", endpoints.api);
-        let body = json!({"mentor_id": population.mentors[*mentor]}).to_string();
+        let body = json!({
+            "mentor_id": population.mentors[*mentor],
+            "destination_url": population.destination(index),
+        })
+        .to_string();
         let client = client.clone();
         tasks.spawn(async move {
             for attempt in 0..5u64 {
@@ -154,7 +167,10 @@ async fn create_codes(
         return Ok(None);
     };
     let deadline = Instant::now() + Duration::from_secs(30);
+    let code = population.codes.len() - 1;
+    let mut unanswered = 0;
     loop {
+        // No user agent: a bot's click, for the verifier like any other.
         let call = Call::json(
             Method::POST,
             format!("{}{CLICK_PATH}", endpoints.ingest),
@@ -163,9 +179,21 @@ async fn create_codes(
         let outcome = client.send(call, false).await;
         if let (Some(201), Some(body)) = (outcome.status(), outcome.json()) {
             let id = body["id"].as_str().unwrap_or_default().to_owned();
-            let occurred_at = body["occurred_at"].as_str().unwrap_or_default().to_owned();
-            let code = population.codes.len() - 1;
-            return Ok(Some((id, *mentor, code, occurred_at)));
+            let sent = Sent {
+                mentor: *mentor,
+                code,
+                occurred_at: body["occurred_at"].as_str().map(str::to_owned),
+                user_agent: None,
+                ip: None,
+            };
+            return Ok(Some(Probe {
+                acked: Some((id, sent)),
+                unanswered: (code, unanswered),
+            }));
+        }
+        // An unknown code (422) stores nothing; anything else may have.
+        if outcome.status() != Some(422) {
+            unanswered += 1;
         }
         if Instant::now() > deadline {
             return Err(format!(
@@ -222,9 +250,20 @@ pub async fn load_and_verify(
         options.mentors, options.codes
     );
     let probe = create_codes(&population, &endpoints, &client).await?;
-    let run = Run::new(population, endpoints, client);
-    if let Some((id, mentor, code, occurred_at)) = probe {
-        lock(&run.ledger).acked(id, mentor, code, occurred_at);
+    let links = LinkClient::new(max_idle, options.request_timeout);
+    let run = Run::new(population, endpoints, client, links, verify::dedup_window());
+    if let Some(Probe {
+        acked,
+        unanswered: (code, unanswered),
+    }) = probe
+    {
+        let mut ledger = lock(&run.ledger);
+        if let Some((id, sent)) = acked {
+            ledger.acked(id, sent, Channel::Post);
+        }
+        for _ in 0..unanswered {
+            ledger.attempted(code);
+        }
     }
     let injector = before_load(run.clone());
     let mut processes = options.cpu_of.clone();
