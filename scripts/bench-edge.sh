@@ -119,6 +119,27 @@ catch_up() {
   echo "$now - $started" | bc
 }
 
+# Writes report file $2 into docs/BENCHMARKS.md between <!-- $1:begin --> and <!-- $1:end -->,
+# naming the options ($3) that recorded it.
+record_block() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import re, sys
+name, source, options = sys.argv[1:4]
+report = open(source).read().strip()
+report += f"\n\nRecorded by `./scripts/bench-edge.sh {options}`."
+path = "docs/BENCHMARKS.md"
+doc = open(path).read()
+begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+block = f"{begin}\n{report}\n{end}"
+if begin in doc:
+    doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+else:
+    doc += "\n" + block + "\n"
+open(path, "w").write(doc)
+PY
+  echo "recorded in docs/BENCHMARKS.md"
+}
+
 report="$work/report.md"
 : > "$report"
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -318,42 +339,10 @@ print(f"Median ratio with / without: **{median:.2f}** (goal: at least 0.90, with
       f"{'Holds.' if median >= 0.9 else 'Does not hold.'}")
 PY
   cat "$verdicts_report"
-  if $record; then
-    python3 - "$verdicts_report" <<'PY'
-import re, sys
-report = open(sys.argv[1]).read().strip()
-report += "\n\nRecorded by `./scripts/bench-edge.sh --only verdicts --record`."
-path = "docs/BENCHMARKS.md"
-doc = open(path).read()
-begin, end = "<!-- verdicts:begin -->", "<!-- verdicts:end -->"
-block = f"{begin}\n{report}\n{end}"
-if begin in doc:
-    doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
-else:
-    doc += "\n" + block + "\n"
-open(path, "w").write(doc)
-PY
-    echo "recorded in docs/BENCHMARKS.md"
-  fi
+  if $record; then record_block verdicts "$verdicts_report" "--only verdicts --record"; fi
   exit 0
 fi
 
 cat "$report"
 
-if $record; then
-  python3 - "$report" "$*" <<'PY'
-import re, sys
-report = open(sys.argv[1]).read().strip()
-report += "\n\nRecorded by `./scripts/bench-edge.sh --record`."
-path = "docs/BENCHMARKS.md"
-doc = open(path).read()
-begin, end = "<!-- edge:begin -->", "<!-- edge:end -->"
-block = f"{begin}\n{report}\n{end}"
-if begin in doc:
-    doc = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
-else:
-    doc += "\n" + block + "\n"
-open(path, "w").write(doc)
-PY
-  echo "recorded in docs/BENCHMARKS.md"
-fi
+if $record; then record_block edge "$report" "--record"; fi
