@@ -353,6 +353,7 @@ impl Aggregator {
             let report = migrate::migrate(&clickhouse).await?;
             tracing::info!(applied = ?report.applied, deferred = ?report.deferred, "migrations checked");
         }
+        migrate::refuse_newer_schema(&clickhouse).await?;
         let sink = ClickHouseSink::connect(&clickhouse).await?;
         let producer: FutureProducer = producer::producer_config(&kafka)
             .create()

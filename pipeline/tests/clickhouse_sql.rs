@@ -166,6 +166,14 @@ fn total_query(filter: &AttributionFilter) -> ReadQuery {
     }
 }
 
+/// `query` as a subquery between `before` and `after`.
+fn wrapped(before: &str, query: ReadQuery, after: &str) -> ReadQuery {
+    ReadQuery {
+        sql: format!("{before} ({}) {after}", query.sql),
+        binds: query.binds,
+    }
+}
+
 /// Every query the API runs, with the columns `?fields` stands for.
 fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
     let page = |page, limit| PageRequest { page, limit };
@@ -184,6 +192,12 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
         from: Some(at(0)),
         to: Some(at(10)),
         ..AttributionFilter::default()
+    };
+    let counted_below = queries::CountedBelow {
+        topic: "referral-events",
+        partition: 0,
+        checkpoint: 50,
+        since_id: None,
     };
     let duplicates = AttributionFilter {
         verdict: Some(ClickVerdict::Duplicate),
@@ -264,9 +278,24 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             ATTRIBUTION_COLUMNS,
         ),
         ("mentor list: total", total_query(&mentor("usr_jan")), ""),
+        // Without FINAL the versions of a row are read as they are stored (merged or not):
+        // compared as the set of clicks they describe.
+        (
+            "newest counted click below 50",
+            wrapped(
+                "SELECT newest FROM",
+                queries::newest_counted(&counted_below),
+                "",
+            ),
+            "",
+        ),
         (
             "counted clicks below 50",
-            queries::counted_clicks(0, 50, DEDUP_WINDOW_MS),
+            wrapped(
+                "SELECT DISTINCT * FROM",
+                queries::counted_clicks(&counted_below, at(10).as_millis()),
+                "ORDER BY created_at, id",
+            ),
             "",
         ),
         (
@@ -400,6 +429,9 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         .execute()
         .await
         .expect("drop the record");
+    migrate::refuse_newer_schema(&settings)
+        .await
+        .expect("a fresh store passes");
     let replayed = migrate::migrate(&settings)
         .await
         .expect("migrate over itself");
@@ -548,4 +580,20 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         .and_then(|result| result.as_ref().ok())
         .expect("probe");
     assert_eq!(rows(probe), vec![serde_json::json!({"clicks": "1"})]);
+
+    // A store migrated by a newer release is refused by this writer.
+    migrate::refuse_newer_schema(&settings)
+        .await
+        .expect("this build's schema passes");
+    settings
+        .client()
+        .query("INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'future', now())")
+        .execute()
+        .await
+        .expect("record a future migration");
+    let refused = migrate::refuse_newer_schema(&settings).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("newer than this build"),
+        "{refused}"
+    );
 }

@@ -23,6 +23,13 @@ pub fn new_command_id() -> String {
     format!("{COMMAND_PREFIX}{}", Ulid::new())
 }
 
+/// The smallest attribution id made at `at` or later: ids sort by creation time, so
+/// `id >= first_attribution_id_at(t)` selects by time on a table sorted by id.
+pub fn first_attribution_id_at(at: crate::Timestamp) -> String {
+    let millis = u64::try_from(at.as_millis()).unwrap_or(0);
+    format!("{ATTRIBUTION_PREFIX}{}", Ulid::from_parts(millis, 0))
+}
+
 /// Whether `text` has the shape of an attribution id. Anything else cannot exist, so the
 /// API answers 404 without asking the store.
 pub fn is_attribution_id(text: &str) -> bool {
@@ -55,6 +62,11 @@ mod tests {
         assert_eq!(
             attribution_created_at("cmd_01JQ3V8W6Y7Z8A9B0C1D2E3F4G"),
             None
+        );
+        let floor = first_attribution_id_at(crate::Timestamp::from_millis(made));
+        assert!(
+            floor <= second && floor > first,
+            "{first} < {floor} <= {second}"
         );
     }
 

@@ -57,15 +57,17 @@ pub fn is_bot(user_agent: Option<&str>) -> bool {
     }
 }
 
-/// One visitor of one code: the same code, client IP and user agent. A digest, so the
-/// window's memory per visitor does not grow with the length of a user agent.
+/// One visitor of one code: the same code, client IP and user agent, while the code belongs
+/// to the same mentor (a code reassigned to another mentor starts afresh for every visitor:
+/// the new mentor's first click from them counts). A digest, so the window's memory per
+/// visitor does not grow with the length of a user agent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct VisitorKey([u8; 16]);
 
 impl VisitorKey {
-    pub fn of(code: &str, ip_address: &str, user_agent: Option<&str>) -> Self {
+    pub fn of(mentor_id: &str, code: &str, ip_address: &str, user_agent: Option<&str>) -> Self {
         let mut hasher = Sha256::new();
-        for part in [code, ip_address, user_agent.unwrap_or("")] {
+        for part in [mentor_id, code, ip_address, user_agent.unwrap_or("")] {
             hasher.update((part.len() as u64).to_le_bytes());
             hasher.update(part.as_bytes());
         }
@@ -96,7 +98,13 @@ pub struct DedupWindow {
     newest: i64,
     /// Visitors held after the last trim.
     trimmed_len: usize,
+    /// [`is_bot`] of recent user agents: a handful of browsers' agents make most clicks,
+    /// and the list's regex costs more than the rest of a decision. Cleared when full.
+    bot_agents: HashMap<Box<str>, bool>,
 }
+
+/// User agents whose [`is_bot`] a window remembers at most.
+const BOT_AGENTS_CACHED: usize = 4_096;
 
 impl DedupWindow {
     /// A window of `window_ms` (0: no click is ever a duplicate).
@@ -106,7 +114,24 @@ impl DedupWindow {
             last: HashMap::new(),
             newest: i64::MIN,
             trimmed_len: 0,
+            bot_agents: HashMap::new(),
         }
+    }
+
+    /// [`is_bot`], remembered per user agent.
+    fn is_bot(&mut self, user_agent: Option<&str>) -> bool {
+        let Some(agent) = user_agent else {
+            return true;
+        };
+        if let Some(known) = self.bot_agents.get(agent) {
+            return *known;
+        }
+        let bot = is_bot(Some(agent));
+        if self.bot_agents.len() >= BOT_AGENTS_CACHED {
+            self.bot_agents.clear();
+        }
+        self.bot_agents.insert(agent.into(), bot);
+        bot
     }
 
     /// Restores a counted click read back from the store (a restart, a new assignment),
@@ -116,10 +141,13 @@ impl DedupWindow {
         self.keep_latest(key, visit);
     }
 
-    /// A visitor's entry is its latest counted click, whatever order they arrive in.
+    /// A visitor's entry is its latest counted click, whatever order they arrive in (of two
+    /// received in the same millisecond, the smaller id: the same whichever comes first).
     fn keep_latest(&mut self, key: VisitorKey, visit: CountedVisit) {
         match self.last.get(&key) {
-            Some(known) if known.received_at >= visit.received_at => {}
+            Some(known)
+                if (known.received_at, std::cmp::Reverse(&known.attribution_id))
+                    >= (visit.received_at, std::cmp::Reverse(&visit.attribution_id)) => {}
             _ => {
                 self.last.insert(key, visit);
             }
@@ -141,7 +169,7 @@ impl DedupWindow {
         attribution_id: &str,
         received_at: i64,
     ) -> (ClickVerdict, Option<String>) {
-        if is_bot(user_agent) {
+        if self.is_bot(user_agent) {
             return (ClickVerdict::Bot, None);
         }
         if self.window_ms == 0 {
@@ -224,7 +252,7 @@ mod tests {
     #[test]
     fn a_repeat_inside_the_window_is_a_duplicate_of_the_counted_click() {
         let mut window = DedupWindow::new(HOUR);
-        let visitor = VisitorKey::of("JAN-1", "185.12.34.56", Some(CHROME));
+        let visitor = VisitorKey::of("m1", "JAN-1", "185.12.34.56", Some(CHROME));
         let decide =
             |window: &mut DedupWindow, key, id: &str, at| window.decide(key, Some(CHROME), id, at);
         assert_eq!(
@@ -244,11 +272,12 @@ mod tests {
             decide(&mut window, visitor, "attr_4", HOUR + 5),
             (ClickVerdict::Duplicate, Some("attr_3".into()))
         );
-        // Another IP, agent or code is another visitor.
+        // Another IP, agent or code is another visitor; so is the code's next mentor's.
         for other in [
-            VisitorKey::of("JAN-1", "185.12.34.57", Some(CHROME)),
-            VisitorKey::of("JAN-1", "185.12.34.56", Some(IPHONE)),
-            VisitorKey::of("FEB-2", "185.12.34.56", Some(CHROME)),
+            VisitorKey::of("m2", "JAN-1", "185.12.34.56", Some(CHROME)),
+            VisitorKey::of("m1", "JAN-1", "185.12.34.57", Some(CHROME)),
+            VisitorKey::of("m1", "JAN-1", "185.12.34.56", Some(IPHONE)),
+            VisitorKey::of("m1", "FEB-2", "185.12.34.56", Some(CHROME)),
         ] {
             assert_eq!(
                 decide(&mut window, other, "attr_x", HOUR + 6).0,
@@ -256,7 +285,7 @@ mod tests {
             );
         }
         // Bots never count and never enter the window.
-        let bot = VisitorKey::of("JAN-1", "185.12.34.56", Some("Twitterbot/1.0"));
+        let bot = VisitorKey::of("m1", "JAN-1", "185.12.34.56", Some("Twitterbot/1.0"));
         assert_eq!(
             window.decide(bot, Some("Twitterbot/1.0"), "attr_b", HOUR + 7),
             (ClickVerdict::Bot, None)
@@ -266,7 +295,7 @@ mod tests {
     #[test]
     fn a_click_out_of_order_neither_escapes_nor_resets_the_window() {
         let mut window = DedupWindow::new(HOUR);
-        let visitor = VisitorKey::of("JAN-1", "185.12.34.56", Some(CHROME));
+        let visitor = VisitorKey::of("m1", "JAN-1", "185.12.34.56", Some(CHROME));
         let mut decide = |id: &str, at| window.decide(visitor, Some(CHROME), id, at).0;
         assert_eq!(decide("attr_1", 10 * HOUR), ClickVerdict::Counted);
         // Older than the window keeps state for: counted, but the visitor's entry stays
@@ -292,7 +321,7 @@ mod tests {
     #[test]
     fn no_window_counts_every_visitor_click() {
         let mut window = DedupWindow::new(0);
-        let visitor = VisitorKey::of("JAN-1", "185.12.34.56", Some(CHROME));
+        let visitor = VisitorKey::of("m1", "JAN-1", "185.12.34.56", Some(CHROME));
         for (n, at) in [0, 1, 2].into_iter().enumerate() {
             let id = format!("attr_{n}");
             assert_eq!(
@@ -308,7 +337,7 @@ mod tests {
         // The same clicks through a window trimmed after every click, one never trimmed,
         // and one rebuilt from the counted clicks halfway (a restart): same verdicts.
         let visitors: Vec<VisitorKey> = (0..5)
-            .map(|n| VisitorKey::of("JAN-1", &format!("10.0.0.{n}"), Some(CHROME)))
+            .map(|n| VisitorKey::of("m1", "JAN-1", &format!("10.0.0.{n}"), Some(CHROME)))
             .collect();
         let clicks: Vec<(VisitorKey, i64)> = (0..400)
             .map(|n: i64| {

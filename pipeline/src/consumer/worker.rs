@@ -412,8 +412,12 @@ impl Worker {
                     .counted_clicks(key, checkpoint, window_ms)
                     .await?;
                 for click in &clicks {
-                    let visitor =
-                        VisitorKey::of(&click.code, &click.ip_address, click.user_agent.as_deref());
+                    let visitor = VisitorKey::of(
+                        &click.mentor_id,
+                        &click.code,
+                        &click.ip_address,
+                        click.user_agent.as_deref(),
+                    );
                     let visit = CountedVisit {
                         attribution_id: click.attribution_id.clone(),
                         received_at: click.received_at,

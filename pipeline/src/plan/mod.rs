@@ -400,7 +400,7 @@ impl Planner {
             return self.apply_command(batch, offset, event);
         };
         let agent = click.user_agent.as_deref();
-        let visitor = VisitorKey::of(&click.code, &click.ip_address, agent);
+        let visitor = VisitorKey::of(&click.mentor_id, &click.code, &click.ip_address, agent);
         let (verdict, duplicate_of) = window.decide(
             visitor,
             agent,
@@ -410,6 +410,7 @@ impl Planner {
         self.plan.click_verdicts.add(verdict);
         let (attribution, delta) = state::record_click(click, verdict, duplicate_of);
         let source = ClickSource {
+            topic: &batch.topic,
             partition: batch.partition,
             offset,
         };
@@ -436,7 +437,15 @@ impl Planner {
                 && recorded.source_offset == offset;
             let verdict = serde_json::from_str::<Verdict>(&recorded.verdict).ok();
             let effect = same_message
-                .then(|| serde_json::from_str::<Effect>(&recorded.effect).ok())
+                .then(|| match serde_json::from_str::<Effect>(&recorded.effect) {
+                    Ok(effect) => Some(effect),
+                    Err(error) => {
+                        // Never silent: the decision stands, its effect cannot be re-written.
+                        tracing::error!(%error, command_id, "a recorded effect does not parse");
+                        metrics::counter!("referral_unreadable_effects_total").increment(1);
+                        None
+                    }
+                })
                 .flatten();
             if let Some(verdict) = verdict {
                 self.plan.verdicts.push((command_id.to_owned(), verdict));
@@ -1061,7 +1070,12 @@ mod tests {
             .or_insert_with(|| DedupWindow::new(HOUR_MS));
         for row in stored_first.attributions.iter().rev() {
             if row.verdict == "counted" {
-                let visitor = VisitorKey::of(&row.code, &row.ip_address, row.user_agent.as_deref());
+                let visitor = VisitorKey::of(
+                    &row.mentor_id,
+                    &row.code,
+                    &row.ip_address,
+                    row.user_agent.as_deref(),
+                );
                 let visit = referral_schemas::verdict::CountedVisit {
                     attribution_id: row.id.clone(),
                     received_at: row.created_at,

@@ -30,29 +30,50 @@ pub struct AttributionRow {
     pub created_at: i64,
     pub deleted_at: Option<i64>,
     pub version: u64,
-    /// The click's verdict (`counted`, `duplicate`, `bot`); never changes.
+    /// The click's verdict (`counted`, `duplicate`, `bot`); never changes. The defaults
+    /// read effects recorded before verdicts existed (their clicks all counted).
+    #[serde(default = "counted")]
     pub verdict: String,
+    #[serde(default)]
     pub duplicate_of: Option<String>,
     /// The log position of the click: the dedup window of a partition is rebuilt from the
-    /// counted clicks below its checkpoint (`-1`: recorded before verdicts existed).
+    /// counted clicks below its checkpoint (`""`/`-1`: recorded before verdicts existed).
+    #[serde(default)]
+    pub source_topic: String,
+    #[serde(default = "unknown_position")]
     pub source_partition: i32,
+    #[serde(default = "unknown_position_i64")]
     pub source_offset: i64,
+}
+
+fn counted() -> String {
+    ClickVerdict::Counted.as_str().to_owned()
+}
+
+fn unknown_position() -> i32 {
+    -1
+}
+
+fn unknown_position_i64() -> i64 {
+    -1
 }
 
 /// The version of an attribution's first state, written by its click.
 pub const CLICK_VERSION: u64 = 1;
 
-/// Where a click was read from: its partition and offset.
+/// Where a click was read from: its topic, partition and offset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClickSource {
+pub struct ClickSource<'a> {
+    pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
 }
 
 impl AttributionRow {
     /// The first state of a click read at `source`.
-    pub fn click(attribution: &Attribution, source: ClickSource) -> Self {
+    pub fn click(attribution: &Attribution, source: ClickSource<'_>) -> Self {
         let mut row = Self::live(attribution, CLICK_VERSION);
+        row.source_topic = source.topic.to_owned();
         row.source_partition = source.partition;
         row.source_offset = source.offset;
         row
@@ -61,6 +82,7 @@ impl AttributionRow {
     /// A later live state of this row's attribution (its click's position kept).
     pub fn next_state(&self, attribution: &Attribution) -> Self {
         let mut row = Self::live(attribution, self.version + 1);
+        row.source_topic = self.source_topic.clone();
         row.source_partition = self.source_partition;
         row.source_offset = self.source_offset;
         row
@@ -88,6 +110,7 @@ impl AttributionRow {
                 .as_str()
                 .to_owned(),
             duplicate_of: attribution.duplicate_of.clone(),
+            source_topic: String::new(),
             source_partition: -1,
             source_offset: -1,
         }
@@ -178,4 +201,28 @@ pub struct DecisionRow {
     pub source_topic: String,
     pub source_partition: i32,
     pub source_offset: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plan::Effect;
+
+    /// A confirmation's effect as recorded before verdicts existed: it must still replay.
+    #[test]
+    fn effects_recorded_before_verdicts_still_parse() {
+        let recorded = r#"{"attribution":{"id":"attr_1","code":"JAN-1","mentor_id":"m1",
+            "kind":"conversion","status":"confirmed","new_member_id":"new_1",
+            "ip_address":"203.0.113.7","user_agent":null,"referrer_url":null,
+            "occurred_at":1000,"confirmed_at":2000,"created_at":1000,"deleted_at":null,
+            "version":2},
+            "member":{"new_member_id":"new_1","attribution_id":"attr_1","released":0,"version":1},
+            "code":null,
+            "deltas":[{"mentor_id":"m1","hour":0,"clicks":0,"conversions":1}]}"#;
+        let effect: Effect = serde_json::from_str(recorded).unwrap();
+        let row = effect.attribution.unwrap();
+        assert_eq!(row.verdict, "counted");
+        assert_eq!((row.source_partition, row.source_offset), (-1, -1));
+        assert_eq!(effect.deltas[0].conversions, 1);
+        assert_eq!(effect.deltas[0].duplicates, 0);
+    }
 }

@@ -100,6 +100,7 @@ impl MentorTotals {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CountedClick {
     pub attribution_id: String,
+    pub mentor_id: String,
     pub code: String,
     pub ip_address: String,
     pub user_agent: Option<String>,
@@ -170,10 +171,10 @@ pub trait StoreWriter: Send {
     /// The stored rows the events of a flush refer to.
     async fn load(&mut self, references: &References) -> Result<Known, StoreError>;
 
-    /// The counted clicks of `partition` read below `checkpoint` and received at or after
-    /// `window_ms * 2` before the newest of them (deleted ones included): what its dedup
-    /// window holds after the flush that stored that checkpoint. Any superset of older
-    /// clicks gives the same decisions.
+    /// The counted clicks of `partition` (topic and number) read below `checkpoint` and
+    /// received at or after `window_ms * 2` before the newest of them (deleted ones
+    /// included): what its dedup window holds after the flush that stored that checkpoint.
+    /// Any superset of older clicks gives the same decisions.
     async fn counted_clicks(
         &mut self,
         partition: &PartitionKey,

@@ -1,20 +1,23 @@
 -- Every recorded click keeps its verdict: 'counted', 'duplicate' (a repeat visit inside the
 -- dedup window; duplicate_of names the counted click) or 'bot'. Clicks recorded before
--- this migration were all counted. source_partition and source_offset are the click's log
--- position: the writer rebuilds a partition's dedup window from the counted clicks below
+-- this migration were all counted. source_topic, source_partition and source_offset are the
+-- click's log position: the writer rebuilds a partition's dedup window from the counted clicks below
 -- its checkpoint (-1: recorded before verdicts existed, never needed again).
 -- The sorted copies are altered before `attributions`: their feeds select `*`, so the
 -- targets must have the new columns before the source does.
 ALTER TABLE attributions_by_mentor ADD COLUMN verdict String DEFAULT 'counted';
 ALTER TABLE attributions_by_mentor ADD COLUMN duplicate_of Nullable(String);
+ALTER TABLE attributions_by_mentor ADD COLUMN source_topic String DEFAULT '';
 ALTER TABLE attributions_by_mentor ADD COLUMN source_partition Int32 DEFAULT -1;
 ALTER TABLE attributions_by_mentor ADD COLUMN source_offset Int64 DEFAULT -1;
 ALTER TABLE attributions_by_time ADD COLUMN verdict String DEFAULT 'counted';
 ALTER TABLE attributions_by_time ADD COLUMN duplicate_of Nullable(String);
+ALTER TABLE attributions_by_time ADD COLUMN source_topic String DEFAULT '';
 ALTER TABLE attributions_by_time ADD COLUMN source_partition Int32 DEFAULT -1;
 ALTER TABLE attributions_by_time ADD COLUMN source_offset Int64 DEFAULT -1;
 ALTER TABLE attributions ADD COLUMN verdict String DEFAULT 'counted';
 ALTER TABLE attributions ADD COLUMN duplicate_of Nullable(String);
+ALTER TABLE attributions ADD COLUMN source_topic String DEFAULT '';
 ALTER TABLE attributions ADD COLUMN source_partition Int32 DEFAULT -1;
 ALTER TABLE attributions ADD COLUMN source_offset Int64 DEFAULT -1;
 

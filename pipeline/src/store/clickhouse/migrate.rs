@@ -20,6 +20,33 @@ pub struct MigrationReport {
     pub deferred: Vec<u32>,
 }
 
+/// Refuses a store whose schema is newer than this build knows: a writer of an older
+/// release would write rows without the newer columns (their defaults standing in for
+/// what the newer rules decide) and totals by the older rules. An unmigrated store passes.
+pub async fn refuse_newer_schema(settings: &ClickHouseSettings) -> Result<(), StoreError> {
+    let known = CLICKHOUSE.last().map_or(0, |migration| migration.version);
+    let client = settings.client();
+    let recorded: Result<u32, _> = client
+        .query("SELECT toUInt32(max(version)) FROM schema_migrations")
+        .fetch_one()
+        .await;
+    match recorded {
+        Ok(newest) if newest > known => Err(StoreError::Open(format!(
+            "the ClickHouse schema is at migration {newest}, newer than this build knows \
+             ({known}): a newer release migrated it; run that release (roll writers forward, \
+             never back)"
+        ))),
+        Ok(_) => Ok(()),
+        // No schema_migrations table (60) or database (81) yet: nothing newer is there.
+        Err(clickhouse::error::Error::BadResponse(message))
+            if message.contains("Code: 60") || message.contains("Code: 81") =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
 /// Creates the database if needed and applies pending migrations.
 pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, StoreError> {
     let server = settings.server_client();

@@ -97,7 +97,7 @@ impl ReadQuery {
 /// Columns of `attributions` and its sorted copies, in table order.
 pub const ATTRIBUTION_COLUMNS: &str = "id, code, mentor_id, kind, status, new_member_id, \
      ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version, \
-     verdict, duplicate_of, source_partition, source_offset";
+     verdict, duplicate_of, source_topic, source_partition, source_offset";
 /// Columns of `referral_codes`, in table order (and `CodeRow`'s field order).
 pub const CODE_COLUMNS: &str =
     "code, mentor_id, destination_url, created_at, updated_at, retired, version";
@@ -344,23 +344,53 @@ pub fn verdicts(command_ids: &[String]) -> ReadQuery {
     query
 }
 
-/// The counted clicks of a partition below its checkpoint, received at most `2 * window_ms`
-/// before the newest of them: what rebuilds its dedup window. No `FINAL`: every version of
-/// a row carries the same click, and tombstones count as the writer's window did.
-pub fn counted_clicks(partition: i32, checkpoint: i64, window_ms: i64) -> ReadQuery {
-    let counted_below = "verdict = 'counted' AND source_partition = ? AND source_offset >= 0 \
-                         AND source_offset < ?";
-    ReadQuery::new(format!(
-        "SELECT DISTINCT id, code, ip_address, user_agent, created_at FROM attributions \
-         WHERE {counted_below} AND created_at >= \
-         (SELECT max(created_at) FROM attributions WHERE {counted_below}) - ? \
-         ORDER BY created_at, id"
+/// Where a partition's counted clicks below its checkpoint are, for a dedup window's
+/// rebuild. `since_id`: only ids from this one on (ids start with their creation time and
+/// `attributions` is sorted by id, so this reads the recent granules only; None: all).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedBelow<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub checkpoint: i64,
+    pub since_id: Option<String>,
+}
+
+impl CountedBelow<'_> {
+    fn condition(&self, mut query: ReadQuery) -> ReadQuery {
+        if let Some(since_id) = &self.since_id {
+            query.sql.push_str("id >= ? AND ");
+            query = query.bind(Bound::Text(since_id.clone()));
+        }
+        query.sql.push_str(
+            "verdict = 'counted' AND source_topic = ? AND source_partition = ? \
+             AND source_offset >= 0 AND source_offset < ?",
+        );
+        query
+            .bind(Bound::Text(self.topic.to_owned()))
+            .bind(Bound::Int(i64::from(self.partition)))
+            .bind(Bound::Int(self.checkpoint))
+    }
+}
+
+/// The newest `created_at` of the counted clicks, and how many there are.
+pub fn newest_counted(below: &CountedBelow<'_>) -> ReadQuery {
+    below.condition(ReadQuery::new(
+        "SELECT toInt64(max(created_at)) AS newest, toUInt64(count()) AS clicks \
+         FROM attributions WHERE "
+            .into(),
     ))
-    .bind(Bound::Int(i64::from(partition)))
-    .bind(Bound::Int(checkpoint))
-    .bind(Bound::Int(i64::from(partition)))
-    .bind(Bound::Int(checkpoint))
-    .bind(Bound::Int(window_ms.saturating_mul(2)))
+}
+
+/// The counted clicks received at or after `since` (ms): what rebuilds a dedup window. No
+/// `FINAL`: every version of a row carries the same click, and tombstones count as they
+/// did in the writer's window.
+pub fn counted_clicks(below: &CountedBelow<'_>, since: i64) -> ReadQuery {
+    let mut query = below.condition(ReadQuery::new(
+        "SELECT id, mentor_id, code, ip_address, user_agent, created_at FROM attributions WHERE "
+            .into(),
+    ));
+    query.sql.push_str(" AND created_at >= ?");
+    query.bind(Bound::Int(since))
 }
 
 /// Every partition's stored checkpoint: (topic, partition, next offset).

@@ -11,14 +11,21 @@ use std::time::Instant;
 use async_trait::async_trait;
 use clickhouse::{Client, RowOwned, RowRead, RowWrite};
 
+use super::queries::{CountedBelow, newest_counted};
 use super::totals;
 use super::{ClickHouseSettings, ServerVersion, placeholders, server_version};
 use crate::plan::rows::{AttributionRow, CodeRow, DecisionRow, MemberRow};
 use crate::plan::{Known, PartitionKey, Plan, References};
 use crate::store::{CountedClick, StoreError, StoreWriter};
+use referral_schemas::id::first_attribution_id_at;
 
 /// Keys per `IN` list: ~34 bytes each, well inside ClickHouse's 256 KiB `max_query_size`.
 const SELECT_IN_CHUNK: usize = 1_000;
+/// A dedup window's rebuild first reads the ids of its two windows plus this before now.
+const REBUILD_SLACK_MS: i64 = 3_600_000;
+/// Past this span the rebuild reads every id (a partition idle, or its consumer behind, for
+/// about a month).
+const REBUILD_UNBOUNDED_AFTER_MS: i64 = 32 * 24 * 3_600_000;
 
 /// Reads and writes of one aggregator. Caches checkpoints of the partitions it owns.
 pub struct ClickHouseSink {
@@ -159,23 +166,60 @@ impl StoreWriter for ClickHouseSink {
         checkpoint: i64,
         window_ms: i64,
     ) -> Result<Vec<CountedClick>, StoreError> {
-        let rows: Vec<(String, String, String, Option<String>, i64)> =
-            super::queries::counted_clicks(partition.1, checkpoint, window_ms)
+        // `attributions` is sorted by id, and ids start with their creation time: look for
+        // the newest counted click among recent ids first, widening the span until the
+        // clicks the window needs (two windows before the newest) are all inside it, or
+        // reading them all. A consumer near the head of its log reads one recent range.
+        let window_span = window_ms.saturating_mul(2);
+        let mut span = window_span.saturating_add(REBUILD_SLACK_MS);
+        let now = referral_schemas::Timestamp::now().as_millis();
+        loop {
+            let floor = now.saturating_sub(span);
+            let bounded = span < REBUILD_UNBOUNDED_AFTER_MS;
+            let below = CountedBelow {
+                topic: &partition.0,
+                partition: partition.1,
+                checkpoint,
+                since_id: bounded.then(|| {
+                    // Ids are made a moment before `received_at`; a minute of slack.
+                    first_attribution_id_at(referral_schemas::Timestamp::from_millis(
+                        floor.saturating_sub(60_000),
+                    ))
+                }),
+            };
+            let (newest, clicks): (i64, u64) = newest_counted(&below)
                 .to_clickhouse(&self.client)
-                .fetch_all()
+                .fetch_one()
                 .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(attribution_id, code, ip_address, user_agent, received_at)| CountedClick {
-                    attribution_id,
-                    code,
-                    ip_address,
-                    user_agent,
-                    received_at,
-                },
-            )
-            .collect())
+            let since = newest.saturating_sub(window_span);
+            if bounded && (clicks == 0 || since < floor) {
+                span = span.saturating_mul(8);
+                continue;
+            }
+            if clicks == 0 {
+                return Ok(Vec::new());
+            }
+            let rows: Vec<(String, String, String, String, Option<String>, i64)> =
+                super::queries::counted_clicks(&below, since)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+            return Ok(rows
+                .into_iter()
+                .map(
+                    |(attribution_id, mentor_id, code, ip_address, user_agent, received_at)| {
+                        CountedClick {
+                            attribution_id,
+                            mentor_id,
+                            code,
+                            ip_address,
+                            user_agent,
+                            received_at,
+                        }
+                    },
+                )
+                .collect());
+        }
     }
 
     /// Decisions first, so that nothing is ever decided twice; then the state rows.

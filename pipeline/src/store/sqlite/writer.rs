@@ -123,8 +123,9 @@ impl SqliteWriter {
         let mut attributions = connection.prepare_cached(
             "INSERT INTO attributions (id, code, mentor_id, kind, status, new_member_id, \
              ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, \
-             deleted_at, version, verdict, duplicate_of, source_partition, source_offset) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18) \
+             deleted_at, version, verdict, duplicate_of, source_topic, source_partition, \
+             source_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+             ?15, ?16, ?17, ?18, ?19) \
              ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
              new_member_id = excluded.new_member_id, confirmed_at = excluded.confirmed_at, \
              deleted_at = excluded.deleted_at, version = excluded.version \
@@ -148,6 +149,7 @@ impl SqliteWriter {
                 row.version as i64,
                 row.verdict,
                 row.duplicate_of,
+                row.source_topic,
                 row.source_partition,
                 row.source_offset,
             ])?;
@@ -295,7 +297,7 @@ impl StoreWriter for SqliteWriter {
         let attributions = self.select_in(
             "id, code, mentor_id, kind, status, new_member_id, ip_address, user_agent, \
              referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version, verdict, \
-             duplicate_of, source_partition, source_offset",
+             duplicate_of, source_topic, source_partition, source_offset",
             "attributions",
             "id",
             &references.attribution_ids,
@@ -317,8 +319,9 @@ impl StoreWriter for SqliteWriter {
                     version: row.get::<_, i64>(13)?.max(0) as u64,
                     verdict: row.get(14)?,
                     duplicate_of: row.get(15)?,
-                    source_partition: row.get(16)?,
-                    source_offset: row.get(17)?,
+                    source_topic: row.get(16)?,
+                    source_partition: row.get(17)?,
+                    source_offset: row.get(18)?,
                 })
             },
         )?;
@@ -362,30 +365,34 @@ impl StoreWriter for SqliteWriter {
         checkpoint: i64,
         window_ms: i64,
     ) -> Result<Vec<CountedClick>, StoreError> {
-        // One topic per store: the partition (and the offset) identify the log position.
         let newest: Option<i64> = self
             .connection
             .prepare_cached(
                 "SELECT MAX(created_at) FROM attributions WHERE verdict = 'counted' \
-                 AND source_partition = ?1 AND source_offset >= 0 AND source_offset < ?2",
+                 AND source_topic = ?1 AND source_partition = ?2 AND source_offset >= 0 \
+                 AND source_offset < ?3",
             )?
-            .query_row(params![partition.1, checkpoint], |row| row.get(0))?;
+            .query_row(params![partition.0, partition.1, checkpoint], |row| {
+                row.get(0)
+            })?;
         let Some(newest) = newest else {
             return Ok(Vec::new());
         };
         let mut statement = self.connection.prepare_cached(
-            "SELECT id, code, ip_address, user_agent, created_at FROM attributions \
-             WHERE verdict = 'counted' AND source_partition = ?1 AND created_at >= ?2 \
-             AND source_offset >= 0 AND source_offset < ?3",
+            "SELECT id, mentor_id, code, ip_address, user_agent, created_at FROM attributions \
+             WHERE verdict = 'counted' AND source_topic = ?1 AND source_partition = ?2 \
+             AND created_at >= ?3 AND source_offset >= 0 AND source_offset < ?4",
         )?;
         let since = newest.saturating_sub(window_ms.saturating_mul(2));
-        let rows = statement.query_map(params![partition.1, since, checkpoint], |row| {
+        let found = params![partition.0, partition.1, since, checkpoint];
+        let rows = statement.query_map(found, |row| {
             Ok(CountedClick {
                 attribution_id: row.get(0)?,
-                code: row.get(1)?,
-                ip_address: row.get(2)?,
-                user_agent: row.get(3)?,
-                received_at: row.get(4)?,
+                mentor_id: row.get(1)?,
+                code: row.get(2)?,
+                ip_address: row.get(3)?,
+                user_agent: row.get(4)?,
+                received_at: row.get(5)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
