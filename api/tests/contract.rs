@@ -274,7 +274,7 @@ async fn list_paginates_filters_and_orders_newest_first(mode: Mode) {
     let all = app.get(PREFIX).await;
     assert_eq!(
         all.body["pagination"],
-        serde_json::json!({"page": 1, "limit": 20, "total": 6})
+        serde_json::json!({"page": 1, "limit": 20, "total": 6, "next_cursor": null})
     );
     let order: Vec<&str> = all.body["data"]
         .as_array()
@@ -286,10 +286,13 @@ async fn list_paginates_filters_and_orders_newest_first(mode: Mode) {
     assert_eq!(order[5], ids[0]);
 
     let page2 = app.get(&format!("{PREFIX}?page=2&limit=2")).await;
+    let mut pagination = page2.body["pagination"].clone();
+    let next = pagination.as_object_mut().unwrap().remove("next_cursor");
     assert_eq!(
-        page2.body["pagination"],
+        pagination,
         serde_json::json!({"page": 2, "limit": 2, "total": 6})
     );
+    assert!(next.unwrap().is_string(), "a third page follows");
     let page2_ids: Vec<&str> = page2.body["data"]
         .as_array()
         .unwrap()
@@ -509,10 +512,13 @@ async fn mentor_list_and_totals_by_period(mode: Mode) {
         .await;
 
     let list = app.get(&format!("{PREFIX}/mentor/usr_1?limit=2")).await;
+    let mut pagination = list.body["pagination"].clone();
+    let next = pagination.as_object_mut().unwrap().remove("next_cursor");
     assert_eq!(
-        list.body["pagination"],
+        pagination,
         serde_json::json!({"page": 1, "limit": 2, "total": 4})
     );
+    assert!(next.unwrap().is_string());
     let first = &list.body["data"][0];
     assert_eq!(first["id"], recent.as_str());
     let mut keys: Vec<&str> = first
@@ -1323,6 +1329,119 @@ async fn every_click_gets_a_verdict_and_totals_count_only_counted_ones(mode: Mod
     app.stop().await;
 }
 
+/// Cursor pages see every matching attribution exactly once, however many clicks arrive
+/// (with any `occurred_at`) while a client walks them; the export writes the same list.
+async fn cursors_walk_every_attribution_once_and_exports_stream_them(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
+    app.assign_code("JAN-1", "usr_1").await;
+    app.assign_code("FEB-2", "usr_2").await;
+    let base = referral_schemas::Timestamp::now();
+    let mut before = std::collections::BTreeSet::new();
+    for n in 0..23 {
+        // Some share an instant: the id breaks the tie.
+        let at = from_base(base, -60 * (n / 2));
+        before.insert(app.click_id("JAN-1", &at).await);
+    }
+    app.click_id("FEB-2", &from_base(base, -5)).await;
+    let walk = |first: String| {
+        let app = &app;
+        async move {
+            let mut seen = Vec::new();
+            let mut uri = first;
+            for _ in 0..50 {
+                let page = app.get(&uri).await;
+                assert_eq!(page.status, StatusCode::OK, "{uri}: {:?}", page.body);
+                for row in page.body["data"].as_array().unwrap() {
+                    seen.push(row["id"].as_str().unwrap().to_owned());
+                }
+                assert!(page.body["pagination"]["total"].as_u64().unwrap() >= 23);
+                match page.body["pagination"]["next_cursor"].as_str() {
+                    Some(cursor) => {
+                        uri = format!("{PREFIX}/mentor/usr_1?limit=5&cursor={cursor}");
+                        // Clicks keep arriving, now and back-dated, while the walk goes on.
+                        app.click_id("JAN-1", &from_now(0)).await;
+                        app.click_id("JAN-1", &from_base(base, -90)).await;
+                    }
+                    None => return seen,
+                }
+            }
+            panic!("the cursors never ended");
+        }
+    };
+    let seen = walk(format!("{PREFIX}/mentor/usr_1?limit=5")).await;
+    let unique: std::collections::BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "an attribution was listed twice");
+    assert!(before.is_subset(&unique), "an attribution was skipped");
+
+    // Errors name the field.
+    for (query, field) in [
+        ("?cursor=nope", "cursor"),
+        ("?cursor=c1.12.attr_x", "cursor"),
+        (
+            "?page=2&cursor=c1.1.attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G",
+            "cursor",
+        ),
+    ] {
+        let answer = app.get(&format!("{PREFIX}{query}")).await;
+        assert_eq!(
+            (answer.status, answer.error().1),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{query}"
+        );
+    }
+
+    // The export: every matching attribution, once; CSV (with a header) and NDJSON agree
+    // with the list.
+    let listed = app.get(&format!("{PREFIX}/mentor/usr_1?limit=100")).await;
+    let listed: std::collections::BTreeSet<String> = listed.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["id"].as_str().unwrap().to_owned())
+        .collect();
+    let csv = app
+        .get(&format!("{PREFIX}/export?format=csv&mentor_id=usr_1"))
+        .await;
+    assert_eq!(csv.status, StatusCode::OK);
+    assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+    let text = csv.body.as_str().unwrap().to_owned();
+    let mut lines = text.split("\r\n").filter(|line| !line.is_empty());
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("id,code,mentor_id,type,status,verdict")
+    );
+    let exported: std::collections::BTreeSet<String> = lines
+        .map(|line| line.split(',').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(exported, listed);
+    let ndjson = app
+        .get(&format!(
+            "{PREFIX}/export?format=ndjson&code=jan-1&verdict=counted"
+        ))
+        .await;
+    assert_eq!(ndjson.headers["content-type"], "application/x-ndjson");
+    let rows: Vec<serde_json::Value> = ndjson
+        .body
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(rows.len(), listed.len());
+    assert!(
+        rows.iter()
+            .all(|row| row["code"] == "JAN-1" && row["verdict"] == "counted")
+    );
+    let bad = app.get(&format!("{PREFIX}/export?format=xlsx")).await;
+    assert_eq!(
+        (bad.status, bad.error().1),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("format"))
+    );
+    app.stop().await;
+}
+
 /// Edges share nothing but the log: a visitor who clicks through one edge (a
 /// `referral-ingest`) and again through another (`referral-api`) is one visitor, because
 /// the single writer decides.
@@ -1402,6 +1521,7 @@ both_modes!(
     links_record_clicks_and_always_answer_the_visitor,
     a_rate_limited_visitor_is_still_redirected_and_the_click_only_counted,
     every_click_gets_a_verdict_and_totals_count_only_counted_ones,
+    cursors_walk_every_attribution_once_and_exports_stream_them,
 );
 
 // The click edge's defences. The edge is the same code in both modes (only the log behind

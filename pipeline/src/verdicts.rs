@@ -226,6 +226,13 @@ mod tests {
         ) -> Result<AttributionPage, StoreError> {
             unreachable!("not used")
         }
+        async fn attributions_after(
+            &self,
+            _: &AttributionFilter,
+            _: u32,
+        ) -> Result<AttributionPage, StoreError> {
+            unreachable!("not used")
+        }
         async fn mentor_totals(&self, _: &str, _: HourRange) -> Result<MentorTotals, StoreError> {
             unreachable!("not used")
         }

@@ -33,6 +33,50 @@ pub struct AttributionFilter {
     /// Exclusive upper bound on `occurred_at`.
     pub to: Option<Timestamp>,
     pub verdict: Option<ClickVerdict>,
+    /// Only attributions after this position in the list's order (`cursor`).
+    pub after: Option<ListCursor>,
+}
+
+/// A position in a list (newest first, by `occurred_at` then `id`, both of which never
+/// change): the next page holds the attributions after it. Keyset pages see every
+/// attribution that matches exactly once while clicks keep arriving, at any depth.
+///
+/// Printed as `c1.<occurred_at ms>.<id>`: URL-safe, versioned, checked when read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListCursor {
+    pub occurred_at: Timestamp,
+    pub id: String,
+}
+
+impl ListCursor {
+    const VERSION: &'static str = "c1";
+
+    pub fn encode(&self) -> String {
+        format!(
+            "{}.{}.{}",
+            Self::VERSION,
+            self.occurred_at.as_millis(),
+            self.id
+        )
+    }
+
+    pub fn decode(text: &str) -> Result<Self, ApiError> {
+        let invalid = || ApiError::invalid("cursor", "must be a next_cursor this API answered");
+        let mut parts = text.splitn(3, '.');
+        let (Some(Self::VERSION), Some(millis), Some(id)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid());
+        };
+        let millis: i64 = millis.parse().map_err(|_| invalid())?;
+        if !crate::id::is_attribution_id(id) {
+            return Err(invalid());
+        }
+        Ok(Self {
+            occurred_at: Timestamp::from_millis(millis),
+            id: id.to_owned(),
+        })
+    }
 }
 
 /// A page of a list: 1-based.
@@ -49,11 +93,15 @@ impl PageRequest {
 }
 
 /// `pagination` in list answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Pagination {
     pub page: u32,
     pub limit: u32,
     pub total: u64,
+    /// Attribution lists: the cursor of the next page, null on the last one. Absent from
+    /// lists without cursors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<Option<String>>,
 }
 
 /// Query-string pairs with duplicate and unknown names refused.
@@ -136,7 +184,7 @@ fn parse_page(params: &QueryParams<'_>) -> Result<PageRequest, ApiError> {
 }
 
 /// Parses the list query: `page`, `limit`, `status`, `type`, `code`, `mentor_id`, `from`,
-/// `to`, `verdict`. `mentor_id` is taken from the path, not the query, on the mentor route.
+/// `to`, `verdict`, `cursor` (which replaces `page`). `mentor_id` is taken from the path, not the query, on the mentor route.
 pub fn parse_list_query(
     query: Option<&str>,
     mentor_in_path: bool,
@@ -151,12 +199,30 @@ pub fn parse_list_query(
         "from",
         "to",
         "verdict",
+        "cursor",
     ];
     const MENTOR_LIST: &[&str] = &[
-        "page", "limit", "status", "type", "code", "from", "to", "verdict",
+        "page", "limit", "status", "type", "code", "from", "to", "verdict", "cursor",
     ];
     let params = QueryParams::parse(query, if mentor_in_path { MENTOR_LIST } else { LIST })?;
     let page = parse_page(&params)?;
+    let after = params.get("cursor").map(ListCursor::decode).transpose()?;
+    if after.is_some() && params.get("page").is_some() {
+        return Err(ApiError::invalid(
+            "cursor",
+            "give either cursor or page: a cursor is its own position",
+        ));
+    }
+    let filter = AttributionFilter {
+        after,
+        ..list_filter(&params)?
+    };
+    Ok((filter, page))
+}
+
+/// The list filters of a query: `status`, `type`, `code`, `mentor_id`, `from`, `to`,
+/// `verdict` (those it allows).
+fn list_filter(params: &QueryParams<'_>) -> Result<AttributionFilter, ApiError> {
     let status = params
         .get("status")
         .map(|raw| {
@@ -193,7 +259,7 @@ pub fn parse_list_query(
     {
         return Err(ApiError::invalid("to", "must not be before from"));
     }
-    let filter = AttributionFilter {
+    Ok(AttributionFilter {
         status,
         kind,
         code,
@@ -201,8 +267,41 @@ pub fn parse_list_query(
         from,
         to,
         verdict,
+        after: None,
+    })
+}
+
+/// The format of an export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// One JSON attribution per line.
+    Ndjson,
+}
+
+/// Parses the export query: `format` (`csv`, the default, or `ndjson`) and the list's
+/// filters.
+pub fn parse_export_query(
+    query: Option<&str>,
+) -> Result<(ExportFormat, AttributionFilter), ApiError> {
+    const EXPORT: &[&str] = &[
+        "format",
+        "status",
+        "type",
+        "code",
+        "mentor_id",
+        "from",
+        "to",
+        "verdict",
+    ];
+    let params = QueryParams::parse(query, EXPORT)?;
+    let format = match params.get("format") {
+        None | Some("csv") => ExportFormat::Csv,
+        Some("ndjson") => ExportFormat::Ndjson,
+        Some(_) => return Err(ApiError::invalid("format", "must be csv or ndjson")),
     };
-    Ok((filter, page))
+    Ok((format, list_filter(&params)?))
 }
 
 /// Parses `page`, `limit` and an optional `mentor_id` for the referral-code list.

@@ -7,9 +7,10 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::routing::get;
 use http::StatusCode;
+use referral_pipeline::store::AttributionPage;
 use referral_schemas::id::{is_attribution_id, new_command_id};
 use referral_schemas::messages::{ConfirmConversion, DeleteAttribution, LogEvent, Verdict};
-use referral_schemas::query::{conversion_rate, parse_list_query, parse_totals_query};
+use referral_schemas::query::{ListCursor, conversion_rate, parse_list_query, parse_totals_query};
 use referral_schemas::validation::{ConfirmRequest, validate_party_id};
 use referral_schemas::{ApiError, ErrorKind, Timestamp};
 use serde::Serialize;
@@ -24,6 +25,7 @@ use crate::state::AppState;
 pub fn routes(router: Router<Arc<AppState>>, prefix: &str) -> Router<Arc<AppState>> {
     router
         .route(prefix, get(list).post(record_click))
+        .route(&format!("{prefix}/export"), get(super::export::export))
         .route(
             &format!("{prefix}/{{id}}"),
             get(get_one).put(confirm).delete(remove),
@@ -79,7 +81,13 @@ async fn list(
         .attributions(&filter, page)
         .await
         .map_err(store_failure)?;
-    Ok(ListBody::response(found.attributions, page, found.total))
+    let next = next_cursor(&found);
+    Ok(ListBody::with_cursor(
+        found.attributions,
+        page,
+        found.total,
+        next,
+    ))
 }
 
 /// GET /:id.
@@ -193,11 +201,23 @@ async fn mentor_list(
         .attributions(&filter, page)
         .await
         .map_err(store_failure)?;
-    Ok(ListBody::response(
+    let next = next_cursor(&found);
+    Ok(ListBody::with_cursor(
         found.attributions.iter().map(|a| a.summary()).collect(),
         page,
         found.total,
+        next,
     ))
+}
+
+/// The cursor of the page after `found`: its last attribution's position, when more follow.
+fn next_cursor(found: &AttributionPage) -> Option<String> {
+    let last = found.attributions.last().filter(|_| found.more)?;
+    let cursor = ListCursor {
+        occurred_at: last.occurred_at,
+        id: last.id.clone(),
+    };
+    Some(cursor.encode())
 }
 
 /// The totals answer (getTotalRecruitments). `total_clicks` counts only `counted` clicks

@@ -2,6 +2,7 @@
 
 pub mod attributions;
 pub mod codes;
+pub mod export;
 pub mod links;
 pub mod openapi;
 pub mod ops;
@@ -43,10 +44,30 @@ pub struct ListBody<T> {
 impl<T: Serialize> ListBody<T> {
     /// A 200 with one page of `data` out of `total` matches.
     pub fn response(data: Vec<T>, page: PageRequest, total: u64) -> Response {
+        Self::respond(data, page, total, None)
+    }
+
+    /// The same, for a list with cursors: `next_cursor` is the next page's (null: none).
+    pub fn with_cursor(
+        data: Vec<T>,
+        page: PageRequest,
+        total: u64,
+        next_cursor: Option<String>,
+    ) -> Response {
+        Self::respond(data, page, total, Some(next_cursor))
+    }
+
+    fn respond(
+        data: Vec<T>,
+        page: PageRequest,
+        total: u64,
+        next_cursor: Option<Option<String>>,
+    ) -> Response {
         let pagination = Pagination {
             page: page.page,
             limit: page.limit,
             total,
+            next_cursor,
         };
         json(StatusCode::OK, &Self { data, pagination })
     }

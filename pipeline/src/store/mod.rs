@@ -53,6 +53,8 @@ impl StoreError {
 pub struct AttributionPage {
     pub attributions: Vec<Attribution>,
     pub total: u64,
+    /// Another page follows this one.
+    pub more: bool,
 }
 
 /// One page of referral codes and how many match in all.
@@ -118,6 +120,13 @@ pub trait AttributionReader: Send + Sync {
         &self,
         filter: &AttributionFilter,
         page: PageRequest,
+    ) -> Result<AttributionPage, StoreError>;
+    /// Up to `limit` attributions matching `filter`, newest first, from `filter.after` on,
+    /// without counting the list (`total` is 0): an export walks a list page by page.
+    async fn attributions_after(
+        &self,
+        filter: &AttributionFilter,
+        limit: u32,
     ) -> Result<AttributionPage, StoreError>;
     /// A mentor's materialized totals over `hours`.
     async fn mentor_totals(

@@ -129,6 +129,15 @@ fn list_source(filter: &AttributionFilter) -> ReadQuery {
         clauses.push("occurred_at < ?");
         query = query.bind(Bound::Int(to.as_millis()));
     }
+    if let Some(cursor) = &filter.after {
+        // Sort-key columns, never changed: safe inside FINAL's query.
+        clauses.push("(occurred_at < ? OR (occurred_at = ? AND id < ?))");
+        let at = cursor.occurred_at.as_millis();
+        query = query
+            .bind(Bound::Int(at))
+            .bind(Bound::Int(at))
+            .bind(Bound::Text(cursor.id.clone()));
+    }
     let condition = if clauses.is_empty() {
         String::new()
     } else {
@@ -218,7 +227,8 @@ pub fn attribution_count(filter: &AttributionFilter) -> ReadQuery {
     query
 }
 
-/// One page of live attributions, newest first.
+/// One page of live attributions, newest first, and the row after it (which tells whether
+/// another page follows).
 pub fn attribution_page(filter: &AttributionFilter, page: PageRequest) -> ReadQuery {
     let source = list_source(filter);
     let query = ReadQuery {
@@ -232,7 +242,7 @@ pub fn attribution_page(filter: &AttributionFilter, page: PageRequest) -> ReadQu
         .push_str(" ORDER BY occurred_at DESC, id DESC LIMIT ?, ?");
     query
         .bind(Bound::Int(i64::try_from(page.offset()).unwrap_or(i64::MAX)))
-        .bind(Bound::Int(i64::from(page.limit)))
+        .bind(Bound::Int(i64::from(page.limit) + 1))
 }
 
 /// A mentor's counted, duplicate and bot clicks and conversions over `hours`: whole days
@@ -443,7 +453,7 @@ mod tests {
             format!(
                 "SELECT * FROM (SELECT {ATTRIBUTION_COLUMNS} FROM attributions_by_mentor FINAL \
                  WHERE mentor_id = 'm1') WHERE deleted_at IS NULL AND status = 'pending' \
-                 ORDER BY occurred_at DESC, id DESC LIMIT 10, 10"
+                 ORDER BY occurred_at DESC, id DESC LIMIT 10, 11"
             )
         );
     }

@@ -26,6 +26,11 @@ impl ClickHouseReader {
     }
 }
 
+/// Rows a page query reads: the page and one more, which tells whether another page follows.
+fn peek(page: PageRequest) -> u64 {
+    u64::from(page.limit) + 1
+}
+
 /// Lower bounds tried for a page, newest first: an hour, a day, 30 days, a year, then all.
 const PAGE_WINDOWS: &[i64] = &[HOUR_MS, DAY_MS, 30 * DAY_MS, 365 * DAY_MS];
 /// Lists this small are read without windows.
@@ -49,7 +54,11 @@ impl ClickHouseReader {
         page: PageRequest,
         total: u64,
     ) -> Result<Vec<AttributionRow>, StoreError> {
-        let now = Timestamp::now().as_millis();
+        // A cursor's page lies just before the cursor: the windows count back from it.
+        let now = filter.after.as_ref().map_or_else(
+            || Timestamp::now().as_millis(),
+            |cursor| cursor.occurred_at.as_millis().saturating_add(1),
+        );
         let windows = if total <= WINDOWLESS_MAX {
             &[][..]
         } else {
@@ -69,7 +78,7 @@ impl ClickHouseReader {
                 .to_clickhouse(&self.client)
                 .fetch_all()
                 .await?;
-            if rows.len() as u64 == u64::from(page.limit) {
+            if rows.len() as u64 == peek(page) {
                 return Ok(rows);
             }
         }
@@ -97,7 +106,7 @@ impl ClickHouseReader {
         if page.offset() >= total {
             return Ok(Vec::new());
         }
-        let needed = page.offset().saturating_add(u64::from(page.limit));
+        let needed = page.offset().saturating_add(peek(page));
         let mut seen: u64 = 0;
         let mut start = days.last().map(|(day, _)| *day);
         for (day, live) in days {
@@ -122,7 +131,7 @@ impl ClickHouseReader {
                     .to_clickhouse(&self.client)
                     .fetch_all()
                     .await?;
-                if rows.len() as u64 == u64::from(page.limit) {
+                if rows.len() as u64 == peek(page) {
                     return Ok(rows);
                 }
             }
@@ -136,7 +145,7 @@ impl ClickHouseReader {
                 .await?;
             // Totals and rows agree once the aggregator's flush is stored; a flush in
             // progress can leave the page short: then read without the bound.
-            if rows.len() as u64 == u64::from(page.limit) || seen < needed {
+            if rows.len() as u64 == peek(page) || seen < needed {
                 return Ok(rows);
             }
         }
@@ -164,8 +173,13 @@ impl AttributionReader for ClickHouseReader {
         filter: &AttributionFilter,
         page: PageRequest,
     ) -> Result<AttributionPage, StoreError> {
-        let (total, rows) = match queries::list_total(filter) {
-            ListTotal::Days(query) => {
+        // `total` counts the whole list; a cursor only says where the page starts.
+        let whole = AttributionFilter {
+            after: None,
+            ..filter.clone()
+        };
+        let (total, mut rows) = match (queries::list_total(&whole), filter.after.is_some()) {
+            (ListTotal::Days(query), false) => {
                 let days: Vec<(i64, i64)> = query.to_clickhouse(&self.client).fetch_all().await?;
                 let total = days.iter().map(|(_, live)| *live).sum::<i64>();
                 let total = u64::try_from(total).unwrap_or(0);
@@ -174,11 +188,19 @@ impl AttributionReader for ClickHouseReader {
                     self.page_from_days(filter, page, &days, total).await?,
                 )
             }
-            ListTotal::Bounded(query) => {
+            (ListTotal::Days(query), true) => {
+                let days: Vec<(i64, i64)> = query.to_clickhouse(&self.client).fetch_all().await?;
+                let total = days.iter().map(|(_, live)| *live).sum::<i64>();
+                let total = u64::try_from(total).unwrap_or(0);
+                (total, self.newest_first(filter, page, total).await?)
+            }
+            (ListTotal::Bounded(query), _) => {
                 let total = query.to_clickhouse(&self.client).fetch_one().await?;
                 (total, self.newest_first(filter, page, total).await?)
             }
         };
+        let more = rows.len() > page.limit as usize;
+        rows.truncate(page.limit as usize);
         let attributions = rows
             .iter()
             .map(AttributionRow::to_attribution)
@@ -186,6 +208,28 @@ impl AttributionReader for ClickHouseReader {
         Ok(AttributionPage {
             attributions,
             total,
+            more,
+        })
+    }
+
+    async fn attributions_after(
+        &self,
+        filter: &AttributionFilter,
+        limit: u32,
+    ) -> Result<AttributionPage, StoreError> {
+        let page = PageRequest { page: 1, limit };
+        // Not counted: read through the windows, as a long list is.
+        let mut rows = self.newest_first(filter, page, u64::MAX).await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let attributions = rows
+            .iter()
+            .map(AttributionRow::to_attribution)
+            .collect::<Result<_, _>>()?;
+        Ok(AttributionPage {
+            attributions,
+            total: 0,
+            more,
         })
     }
 

@@ -122,7 +122,38 @@ fn filter_clauses(filter: &AttributionFilter) -> (String, Vec<Value>) {
         clauses.push("verdict = ?");
         values.push(Value::Text(verdict.as_str().to_owned()));
     }
+    if let Some(cursor) = &filter.after {
+        clauses.push("(occurred_at < ? OR (occurred_at = ? AND id < ?))");
+        values.push(Value::Integer(cursor.occurred_at.as_millis()));
+        values.push(Value::Integer(cursor.occurred_at.as_millis()));
+        values.push(Value::Text(cursor.id.clone()));
+    }
     (clauses.join(" AND "), values)
+}
+
+/// One page of the attributions matching `clauses`, newest first, and whether more follow.
+fn page_rows(
+    connection: &Connection,
+    clauses: &str,
+    mut bound: Vec<Value>,
+    page: PageRequest,
+) -> Result<(Vec<Attribution>, bool), StoreError> {
+    let page_sql = format!(
+        "SELECT {ATTRIBUTION_COLUMNS} FROM attributions WHERE {clauses} \
+         ORDER BY occurred_at DESC, id DESC LIMIT ? OFFSET ?"
+    );
+    // One row past the page: whether another page follows.
+    bound.push(Value::Integer(i64::from(page.limit) + 1));
+    bound.push(Value::Integer(
+        i64::try_from(page.offset()).unwrap_or(i64::MAX),
+    ));
+    let mut statement = connection.prepare_cached(&page_sql)?;
+    let mut attributions = statement
+        .query_map(params_from_iter(bound.iter()), attribution_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let more = attributions.len() > page.limit as usize;
+    attributions.truncate(page.limit as usize);
+    Ok((attributions, more))
 }
 
 fn sum_totals(
@@ -153,40 +184,53 @@ impl AttributionReader for SqliteReader {
         page: PageRequest,
     ) -> Result<AttributionPage, StoreError> {
         let (clauses, values) = filter_clauses(filter);
+        // `total` counts the whole list; a cursor only says where the page starts.
+        let whole = AttributionFilter {
+            after: None,
+            ..filter.clone()
+        };
+        let (whole_clauses, whole_values) = filter_clauses(&whole);
         // Exact for the unfiltered list and a mentor's list (as the production store's
         // materialized totals are); bounded for any other filter, as in production.
         let only_mentor = AttributionFilter {
             mentor_id: filter.mentor_id.clone(),
             ..AttributionFilter::default()
         };
-        let count_sql = if *filter == only_mentor {
-            format!("SELECT COUNT(*) FROM attributions WHERE {clauses}")
+        let count_sql = if whole == only_mentor {
+            format!("SELECT COUNT(*) FROM attributions WHERE {whole_clauses}")
         } else {
             format!(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM attributions WHERE {clauses} \
+                "SELECT COUNT(*) FROM (SELECT 1 FROM attributions WHERE {whole_clauses} \
                  LIMIT {COUNT_BOUND})"
             )
         };
         self.read(move |connection| {
             let total: i64 = connection
                 .prepare_cached(&count_sql)?
-                .query_row(params_from_iter(values.iter()), |row| row.get(0))?;
-            let page_sql = format!(
-                "SELECT {ATTRIBUTION_COLUMNS} FROM attributions WHERE {clauses} \
-                 ORDER BY occurred_at DESC, id DESC LIMIT ? OFFSET ?"
-            );
-            let mut bound = values;
-            bound.push(Value::Integer(i64::from(page.limit)));
-            bound.push(Value::Integer(
-                i64::try_from(page.offset()).unwrap_or(i64::MAX),
-            ));
-            let mut statement = connection.prepare_cached(&page_sql)?;
-            let attributions = statement
-                .query_map(params_from_iter(bound.iter()), attribution_from_row)?
-                .collect::<Result<Vec<_>, _>>()?;
+                .query_row(params_from_iter(whole_values.iter()), |row| row.get(0))?;
+            let (attributions, more) = page_rows(connection, &clauses, values, page)?;
             Ok(AttributionPage {
                 attributions,
                 total: u64::try_from(total).unwrap_or(0),
+                more,
+            })
+        })
+        .await
+    }
+
+    async fn attributions_after(
+        &self,
+        filter: &AttributionFilter,
+        limit: u32,
+    ) -> Result<AttributionPage, StoreError> {
+        let (clauses, values) = filter_clauses(filter);
+        self.read(move |connection| {
+            let page = PageRequest { page: 1, limit };
+            let (attributions, more) = page_rows(connection, &clauses, values, page)?;
+            Ok(AttributionPage {
+                attributions,
+                total: 0,
+                more,
             })
         })
         .await

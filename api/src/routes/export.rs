@@ -1,0 +1,236 @@
+//! `GET /export`: every attribution a list filter matches, streamed as CSV or NDJSON, for
+//! payouts and spreadsheets.
+//!
+//! The list is walked with keyset pages ([`AttributionReader::attributions_after`]), so
+//! memory stays flat whatever the export's size, and each attribution is written exactly
+//! once while clicks keep arriving. A store failure mid-stream ends the body without its
+//! last chunk: the client sees a cut download, never a silently short file.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use bytes::Bytes;
+use http::{StatusCode, header};
+use referral_pipeline::store::AttributionReader;
+use referral_schemas::query::{AttributionFilter, ExportFormat, ListCursor, parse_export_query};
+use referral_schemas::{Attribution, Timestamp};
+
+use super::HandlerResult;
+use crate::auth::Scope;
+use crate::state::AppState;
+
+/// Attributions read per store query (and written per chunk).
+const EXPORT_PAGE: u32 = 1_000;
+
+/// The CSV columns, in order.
+const CSV_HEADER: [&str; 14] = [
+    "id",
+    "code",
+    "mentor_id",
+    "type",
+    "status",
+    "verdict",
+    "duplicate_of",
+    "new_member_id",
+    "ip_address",
+    "user_agent",
+    "referrer_url",
+    "occurred_at",
+    "confirmed_at",
+    "created_at",
+];
+
+/// GET /export?format=csv|ndjson&<list filters>.
+pub async fn export(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    RawQuery(query): RawQuery,
+) -> HandlerResult {
+    state.tokens.authorize(&headers, Scope::Read)?;
+    let (format, filter) = parse_export_query(query.as_deref())?;
+    let (content_type, file) = match format {
+        ExportFormat::Csv => ("text/csv; charset=utf-8", "attributions.csv"),
+        ExportFormat::Ndjson => ("application/x-ndjson", "attributions.ndjson"),
+    };
+    let walk = Walk {
+        reader: state.reads.reader.clone(),
+        filter,
+        format,
+        first: true,
+    };
+    let chunks = futures_util::stream::unfold(Some(walk), |walk| async move {
+        let mut walk = walk?;
+        match walk.next_chunk().await {
+            Ok((chunk, more)) => Some((Ok::<Bytes, std::io::Error>(chunk), more.then_some(walk))),
+            Err(error) => {
+                tracing::error!(%error, "export cut short: a store read failed");
+                Some((Err(std::io::Error::other(error.to_string())), None))
+            }
+        }
+    });
+    let disposition = format!("attachment; filename=\"{file}\"");
+    let response = http::Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_DISPOSITION, disposition)
+        .header(header::CACHE_CONTROL, "no-store")
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(Body::from_stream(chunks))
+        .map_err(|error| {
+            crate::router::HttpError(referral_schemas::ApiError::new(
+                referral_schemas::ErrorKind::Internal,
+                format!("cannot build the export response: {error}"),
+            ))
+        })?;
+    Ok(response)
+}
+
+/// Where an export is in its list.
+struct Walk {
+    reader: Arc<dyn AttributionReader>,
+    filter: AttributionFilter,
+    format: ExportFormat,
+    first: bool,
+}
+
+impl Walk {
+    /// The next page as one chunk (the CSV header first), and whether more follow.
+    async fn next_chunk(&mut self) -> Result<(Bytes, bool), referral_pipeline::store::StoreError> {
+        let page = self
+            .reader
+            .attributions_after(&self.filter, EXPORT_PAGE)
+            .await?;
+        let mut chunk = Vec::with_capacity(page.attributions.len() * 256 + 256);
+        match self.format {
+            ExportFormat::Csv => write_csv(&mut chunk, &page.attributions, self.first),
+            ExportFormat::Ndjson => write_ndjson(&mut chunk, &page.attributions),
+        }
+        self.first = false;
+        if let Some(last) = page.attributions.last() {
+            self.filter.after = Some(ListCursor {
+                occurred_at: last.occurred_at,
+                id: last.id.clone(),
+            });
+        }
+        metrics::counter!("referral_exported_attributions_total")
+            .increment(page.attributions.len() as u64);
+        Ok((Bytes::from(chunk), page.more))
+    }
+}
+
+/// A cell a spreadsheet would not run as a formula: one that starts with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return gets a leading `'` (OWASP's CSV injection advice).
+fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
+fn instant(at: Option<Timestamp>) -> String {
+    at.map(|at| at.to_string()).unwrap_or_default()
+}
+
+/// RFC 4180 rows (CRLF, quoted where needed), after the header row when `header`.
+fn write_csv(out: &mut Vec<u8>, attributions: &[Attribution], header: bool) {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(out);
+    // Writing to a Vec cannot fail; a failure would only drop rows, never panic.
+    if header && let Err(error) = writer.write_record(CSV_HEADER) {
+        tracing::error!(%error, "cannot write the CSV header");
+    }
+    for attribution in attributions {
+        let cells = [
+            attribution.id.clone(),
+            attribution.code.clone(),
+            attribution.mentor_id.clone(),
+            attribution.kind.as_str().to_owned(),
+            attribution.status.as_str().to_owned(),
+            attribution
+                .verdict
+                .map(|verdict| verdict.as_str().to_owned())
+                .unwrap_or_default(),
+            attribution.duplicate_of.clone().unwrap_or_default(),
+            attribution.new_member_id.clone().unwrap_or_default(),
+            attribution.ip_address.clone(),
+            attribution.user_agent.clone().unwrap_or_default(),
+            attribution.referrer_url.clone().unwrap_or_default(),
+            instant(Some(attribution.occurred_at)),
+            instant(attribution.confirmed_at),
+            instant(Some(attribution.created_at)),
+        ];
+        let record = cells.iter().map(|cell| spreadsheet_safe(cell));
+        if let Err(error) = writer.write_record(record.map(|cell| cell.into_owned())) {
+            tracing::error!(%error, "cannot write a CSV row");
+        }
+    }
+    if let Err(error) = writer.flush() {
+        tracing::error!(%error, "cannot flush CSV rows");
+    }
+}
+
+/// One JSON attribution (as `GET /{id}` prints it) per line.
+fn write_ndjson(out: &mut Vec<u8>, attributions: &[Attribution]) {
+    for attribution in attributions {
+        if serde_json::to_writer(&mut *out, attribution).is_ok() {
+            out.push(b'\n');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_defused_and_others_kept() {
+        for cell in ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(spreadsheet_safe(cell), format!("'{cell}"));
+        }
+        for cell in ["attr_01", "Mozilla/5.0", "", "a=b", "185.12.34.56"] {
+            assert_eq!(spreadsheet_safe(cell), cell);
+        }
+    }
+
+    #[test]
+    fn csv_rows_are_rfc_4180_with_a_header() {
+        let attribution = Attribution {
+            id: "attr_1".into(),
+            code: "JAN-1".into(),
+            mentor_id: "usr_1".into(),
+            kind: referral_schemas::AttributionKind::Click,
+            status: referral_schemas::AttributionStatus::Pending,
+            new_member_id: None,
+            ip_address: "185.12.34.56".into(),
+            user_agent: Some("Agent, \"quoted\"\nnext".into()),
+            referrer_url: Some("=HYPERLINK(\"http://x\")".into()),
+            occurred_at: Timestamp::from_millis(0),
+            confirmed_at: None,
+            created_at: Timestamp::from_millis(1),
+            verdict: Some(referral_schemas::verdict::ClickVerdict::Counted),
+            duplicate_of: None,
+        };
+        let mut out = Vec::new();
+        write_csv(&mut out, std::slice::from_ref(&attribution), true);
+        let text = String::from_utf8(out).unwrap();
+        let mut lines = text.split("\r\n");
+        assert_eq!(lines.next().unwrap(), CSV_HEADER.join(","));
+        assert!(
+            text.contains(
+                r#""Agent, ""quoted""
+next""#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#""'=HYPERLINK(""http://x"")""#), "{text}");
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let row = reader.records().next().unwrap().unwrap();
+        assert_eq!(row.len(), CSV_HEADER.len());
+        assert_eq!(&row[9], "Agent, \"quoted\"\nnext");
+        assert_eq!(&row[11], "1970-01-01T00:00:00Z");
+    }
+}
