@@ -1410,10 +1410,10 @@ async fn cursors_walk_every_attribution_once_and_exports_stream_them(mode: Mode)
         lines
             .next()
             .unwrap()
-            .starts_with("id,code,mentor_id,type,status,verdict")
+            .starts_with(r#""id","code","mentor_id","type","status","verdict""#)
     );
     let exported: std::collections::BTreeSet<String> = lines
-        .map(|line| line.split(',').next().unwrap().to_owned())
+        .map(|line| line.split(',').next().unwrap().trim_matches('"').to_owned())
         .collect();
     assert_eq!(exported, listed);
     let ndjson = app
@@ -1439,6 +1439,218 @@ async fn cursors_walk_every_attribution_once_and_exports_stream_them(mode: Mode)
         (bad.status, bad.error().1),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("format"))
     );
+    app.stop().await;
+}
+
+/// Buckets and counts as Python's `zoneinfo` computes them (an implementation that shares
+/// nothing with the service's): `[{"start", "clicks", "conversions"}]`.
+fn zoneinfo_series(
+    zone: &str,
+    interval: &str,
+    from: &str,
+    to: &str,
+    clicks: &[&str],
+    conversions: &[&str],
+) -> serde_json::Value {
+    let script = r#"
+import json, sys, zoneinfo
+from datetime import datetime, timedelta, timezone
+a = json.load(sys.stdin)
+z = zoneinfo.ZoneInfo(a["zone"])
+parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00")).astimezone(timezone.utc)
+start, end = parse(a["from"]), parse(a["to"])
+local = start.astimezone(z)
+buckets = []
+if a["interval"] == "day":
+    day = local.date()
+    while True:
+        b = datetime(day.year, day.month, day.day, tzinfo=z)
+        if b.astimezone(timezone.utc) >= end: break
+        n = day + timedelta(days=1)
+        buckets.append((b, datetime(n.year, n.month, n.day, tzinfo=z)))
+        day = n
+else:
+    b = local.replace(minute=0, second=0, microsecond=0).astimezone(timezone.utc)
+    while b < end:
+        buckets.append((b.astimezone(z), (b + timedelta(hours=1)).astimezone(z)))
+        b += timedelta(hours=1)
+def count(instants, lo, hi):
+    return sum(1 for t in map(parse, instants) if lo <= t < hi)
+print(json.dumps([{"start": lo.isoformat(), "clicks": count(a["clicks"], lo, hi),
+                   "conversions": count(a["conversions"], lo, hi)} for lo, hi in buckets]))
+"#;
+    let input = serde_json::json!({
+        "zone": zone, "interval": interval, "from": from, "to": to,
+        "clicks": clicks, "conversions": conversions,
+    });
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the independent computation");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Local midnight of the day `now_ms` falls in, by `zoneinfo`.
+fn zoneinfo_midnight(zone: &str, now_ms: i64) -> referral_schemas::Timestamp {
+    let script = "import sys, zoneinfo\nfrom datetime import datetime\n\
+        z = zoneinfo.ZoneInfo(sys.argv[1])\n\
+        d = datetime.fromtimestamp(int(sys.argv[2]) / 1000, z).date()\n\
+        print(int(datetime(d.year, d.month, d.day, tzinfo=z).timestamp() * 1000))";
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, zone, &now_ms.to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(output.status.success(), "{output:?}");
+    let millis = String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    referral_schemas::Timestamp::from_millis(millis)
+}
+
+/// Time series and calendar totals in the viewer's zone: days of 23 and 25 hours at DST
+/// changes, half- and quarter-hour offsets, each checked against `zoneinfo`.
+async fn time_series_and_calendar_totals_follow_the_viewers_zone(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
+    app.assign_code("JAN-1", "usr_ts").await;
+    let clicks = [
+        "2026-10-31T23:59:00-04:00",
+        "2026-11-01T00:00:00-04:00",
+        "2026-11-01T01:30:00-04:00",
+        "2026-11-01T01:30:00-05:00",
+        "2026-11-01T23:59:00-05:00",
+        "2026-11-02T00:00:00-05:00",
+        "2026-11-10T18:29:00Z",
+        "2026-11-10T18:30:00Z",
+        "2026-11-11T05:00:00Z",
+        "2026-11-12T00:14:59Z",
+        "2026-11-12T00:15:00Z",
+        "2026-11-12T01:20:00Z",
+    ];
+    let mut ids = Vec::new();
+    for at in clicks {
+        ids.push(app.click_id("JAN-1", at).await);
+    }
+    let confirmed_at = "2026-11-01T23:30:00-05:00";
+    let body = format!(
+        r#"{{"code":"JAN-1","new_member_id":"usr_ts_new","confirmed_at":"{confirmed_at}"}}"#
+    );
+    assert_eq!(app.confirm(&ids[2], &body).await.status, StatusCode::OK);
+
+    for (zone, interval, from, to) in [
+        (
+            "America/New_York",
+            "day",
+            "2026-10-31T00:00:00-04:00",
+            "2026-11-03T00:00:00-05:00",
+        ),
+        (
+            "America/New_York",
+            "hour",
+            "2026-11-01T00:00:00-04:00",
+            "2026-11-01T03:00:00-05:00",
+        ),
+        (
+            "Asia/Kolkata",
+            "day",
+            "2026-11-10T00:00:00+05:30",
+            "2026-11-12T00:00:00+05:30",
+        ),
+        (
+            "Asia/Kathmandu",
+            "hour",
+            "2026-11-12T00:00:00Z",
+            "2026-11-12T02:00:00Z",
+        ),
+        (
+            "UTC",
+            "week",
+            "2026-10-20T00:00:00Z",
+            "2026-11-20T00:00:00Z",
+        ),
+    ] {
+        let query = format!(
+            "interval={interval}&tz={zone}&from={}&to={}",
+            from.replace('+', "%2B"),
+            to.replace('+', "%2B")
+        );
+        let answer = app
+            .get(&format!("{PREFIX}/mentor/usr_ts/timeseries?{query}"))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{query}: {:?}", answer.body);
+        assert_eq!(answer.body["tz"], zone);
+        assert_eq!(answer.body["interval"], interval);
+        let got: Vec<serde_json::Value> = answer.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|point| {
+                serde_json::json!({
+                    "start": point["start"], "clicks": point["clicks"],
+                    "conversions": point["conversions"],
+                })
+            })
+            .collect();
+        if interval == "week" {
+            // zoneinfo's side computes days and hours; weeks start on Monday and hold all.
+            let total: u64 = got.iter().map(|p| p["clicks"].as_u64().unwrap()).sum();
+            assert_eq!(total, clicks.len() as u64);
+            assert_eq!(got[0]["start"], "2026-10-19T00:00:00+00:00");
+            continue;
+        }
+        let expected = zoneinfo_series(zone, interval, from, to, &clicks, &[confirmed_at]);
+        assert_eq!(serde_json::Value::Array(got), expected, "{zone} {interval}");
+    }
+
+    // Calendar totals: today and yesterday in Kolkata, around its local midnight.
+    let now = referral_schemas::Timestamp::now();
+    let midnight = zoneinfo_midnight("Asia/Kolkata", now.as_millis());
+    let before = referral_schemas::Timestamp::from_millis(midnight.as_millis() - 1_000);
+    let after = referral_schemas::Timestamp::from_millis(midnight.as_millis() + 1_000);
+    app.click_id("JAN-1", &before.to_string()).await;
+    if after <= now {
+        app.click_id("JAN-1", &after.to_string()).await;
+    }
+    let totals = |period: &'static str| {
+        let app = &app;
+        async move {
+            let answer = app
+                .get(&format!(
+                    "{PREFIX}/mentor/usr_ts/total?tz=Asia/Kolkata&period={period}"
+                ))
+                .await;
+            assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+            assert_eq!(answer.body["period"], period);
+            answer.body["total_clicks"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(totals("today").await, u64::from(after <= now));
+    assert_eq!(totals("yesterday").await, 1);
+    let bad = app
+        .get(&format!("{PREFIX}/mentor/usr_ts/timeseries?tz=Mars/Base"))
+        .await;
+    assert_eq!(
+        (bad.status, bad.error().1),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("tz"))
+    );
+    let too_many = app
+        .get(&format!(
+            "{PREFIX}/mentor/usr_ts/timeseries?interval=hour&period=90d"
+        ))
+        .await;
+    assert_eq!(too_many.error().1, Some("interval"));
     app.stop().await;
 }
 
@@ -1522,6 +1734,7 @@ both_modes!(
     a_rate_limited_visitor_is_still_redirected_and_the_click_only_counted,
     every_click_gets_a_verdict_and_totals_count_only_counted_ones,
     cursors_walk_every_attribution_once_and_exports_stream_them,
+    time_series_and_calendar_totals_follow_the_viewers_zone,
 );
 
 // The click edge's defences. The edge is the same code in both modes (only the log behind

@@ -233,6 +233,14 @@ mod tests {
         ) -> Result<AttributionPage, StoreError> {
             unreachable!("not used")
         }
+        async fn mentor_slots(
+            &self,
+            _: &str,
+            _: Option<i64>,
+            _: i64,
+        ) -> Result<Vec<crate::store::SlotCounts>, StoreError> {
+            unreachable!("not used")
+        }
         async fn mentor_totals(&self, _: &str, _: HourRange) -> Result<MentorTotals, StoreError> {
             unreachable!("not used")
         }

@@ -299,6 +299,16 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             "",
         ),
         (
+            "click slots",
+            queries::mentor_click_slots("usr_jan", Some(at(2).as_millis()), at(50).as_millis()),
+            "",
+        ),
+        (
+            "conversion slots",
+            queries::mentor_conversion_slots("usr_jan", None, at(80).as_millis()),
+            "",
+        ),
+        (
             "mentor list: count",
             queries::attribution_count(&mentor("usr_jan")),
             "",
@@ -577,6 +587,8 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     assert_eq!(answered["codes"], 2);
     assert_eq!(answered["mentor bots"], 4);
     assert_eq!(answered["list duplicates"], 16);
+    assert!(answered["click slots"] > 10);
+    assert_eq!(answered["conversion slots"], 1);
     assert_eq!(answered["attribution unknown"], 0);
     let probe = results
         .last()

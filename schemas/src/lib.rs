@@ -17,6 +17,7 @@
 //! * [`OPENAPI`] is the OpenAPI 3.1 document of the HTTP API (`schemas/openapi.json`).
 
 pub mod attribution;
+pub mod calendar;
 pub mod error;
 pub mod id;
 pub mod messages;

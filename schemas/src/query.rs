@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::Timestamp;
 use crate::attribution::{AttributionKind, AttributionStatus};
+use crate::calendar::{Interval, Zone};
 use crate::error::{ApiError, ErrorKind};
 use crate::timestamp::{DAY_MS, HOUR_MS};
 use crate::validation::{normalize_code, validate_party_id};
@@ -69,13 +70,22 @@ impl ListCursor {
             return Err(invalid());
         };
         let millis: i64 = millis.parse().map_err(|_| invalid())?;
-        if !crate::id::is_attribution_id(id) {
+        // Ids are compared byte by byte: only the canonical (upper-case) form is one.
+        let canonical = id
+            .strip_prefix(crate::id::ATTRIBUTION_PREFIX)
+            .is_some_and(|ulid| ulid.bytes().all(|byte| !byte.is_ascii_lowercase()));
+        if !crate::id::is_attribution_id(id) || !canonical {
             return Err(invalid());
         }
-        Ok(Self {
+        let cursor = Self {
             occurred_at: Timestamp::from_millis(millis),
             id: id.to_owned(),
-        })
+        };
+        // Exactly what `encode` prints (no `+`, no leading zeros).
+        if cursor.encode() != text {
+            return Err(invalid());
+        }
+        Ok(cursor)
     }
 }
 
@@ -325,10 +335,29 @@ pub enum Period {
     Last7Days,
     Last30Days,
     Last90Days,
+    /// Calendar periods in the request's time zone.
+    Today,
+    Yesterday,
+    ThisWeek,
+    ThisMonth,
+    LastMonth,
     Custom,
 }
 
 impl Period {
+    const NAMED: [Self; 10] = [
+        Self::AllTime,
+        Self::Last24Hours,
+        Self::Last7Days,
+        Self::Last30Days,
+        Self::Last90Days,
+        Self::Today,
+        Self::Yesterday,
+        Self::ThisWeek,
+        Self::ThisMonth,
+        Self::LastMonth,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AllTime => "all_time",
@@ -336,8 +365,20 @@ impl Period {
             Self::Last7Days => "7d",
             Self::Last30Days => "30d",
             Self::Last90Days => "90d",
+            Self::Today => "today",
+            Self::Yesterday => "yesterday",
+            Self::ThisWeek => "this_week",
+            Self::ThisMonth => "this_month",
+            Self::LastMonth => "last_month",
             Self::Custom => "custom",
         }
+    }
+
+    /// A named period (not `custom`).
+    fn parse(text: &str) -> Option<Self> {
+        Self::NAMED
+            .into_iter()
+            .find(|period| period.as_str() == text)
     }
 }
 
@@ -353,16 +394,37 @@ pub struct HourRange {
 }
 
 /// A parsed totals request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TotalsRequest {
     pub period: Period,
     pub hours: HourRange,
+    /// The period's instants when they are not whole UTC hours (a calendar period in a zone
+    /// such as Asia/Kolkata): then the totals are summed from 15-minute slots instead.
+    pub exact: Option<InstantRange>,
+    pub zone: Zone,
 }
 
-/// Parses `period` (`all_time`, `24h`, `7d`, `30d`, `90d`) or `from`/`to` (answered as
+/// `[from, to)` in ms; `None` is unbounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InstantRange {
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+}
+
+/// The period of a totals or time-series query, resolved against `now` in `zone`.
+struct ResolvedPeriod {
+    period: Period,
+    range: InstantRange,
+}
+
+/// Parses `period` (`all_time`, `24h`, `7d`, `30d`, `90d`, or the calendar periods `today`,
+/// `yesterday`, `this_week`, `this_month`, `last_month` in `tz`) or `from`/`to` (answered as
 /// `custom`; `period=custom` may be given with them).
-pub fn parse_totals_query(query: Option<&str>, now: Timestamp) -> Result<TotalsRequest, ApiError> {
-    let params = QueryParams::parse(query, &["period", "from", "to"])?;
+fn resolve_period(
+    params: &QueryParams<'_>,
+    zone: &Zone,
+    now: Timestamp,
+) -> Result<ResolvedPeriod, ApiError> {
     let from = parse_bound("from", params.get("from"))?;
     let to = parse_bound("to", params.get("to"))?;
     let custom = from.is_some() || to.is_some();
@@ -381,51 +443,114 @@ pub fn parse_totals_query(query: Option<&str>, now: Timestamp) -> Result<TotalsR
             ));
         }
         (None | Some("all_time"), false) => Period::AllTime,
-        (Some("24h"), false) => Period::Last24Hours,
-        (Some("7d"), false) => Period::Last7Days,
-        (Some("30d"), false) => Period::Last30Days,
-        (Some("90d"), false) => Period::Last90Days,
-        (Some(_), false) => {
-            return Err(ApiError::invalid(
+        (Some(name), false) => Period::parse(name).ok_or_else(|| {
+            ApiError::invalid(
                 "period",
-                "must be all_time, 24h, 7d, 30d, 90d or custom",
-            ));
-        }
+                "must be all_time, 24h, 7d, 30d, 90d, today, yesterday, this_week, this_month, \
+                 last_month or custom",
+            )
+        })?,
     };
     if let (Some(from), Some(to)) = (from, to)
         && from > to
     {
         return Err(ApiError::invalid("to", "must not be before from"));
     }
-    let rolling_from = |millis: i64| Some(now.saturating_sub_millis(millis).hour_bucket());
-    let hours = match period {
-        Period::AllTime => HourRange {
-            from_hour: None,
-            to_hour: None,
-        },
-        Period::Last24Hours => HourRange {
-            from_hour: rolling_from(DAY_MS),
-            to_hour: None,
-        },
-        Period::Last7Days => HourRange {
-            from_hour: rolling_from(7 * DAY_MS),
-            to_hour: None,
-        },
-        Period::Last30Days => HourRange {
-            from_hour: rolling_from(30 * DAY_MS),
-            to_hour: None,
-        },
-        Period::Last90Days => HourRange {
-            from_hour: rolling_from(90 * DAY_MS),
-            to_hour: None,
-        },
-        Period::Custom => HourRange {
-            from_hour: from.map(Timestamp::hour_bucket),
-            // Round the exclusive end up to the next hour boundary.
-            to_hour: to.map(|to| to.saturating_add_millis(HOUR_MS - 1).hour_bucket()),
-        },
+    let since = |millis: i64| Some(now.saturating_sub_millis(millis));
+    let (from, to) = match period {
+        Period::AllTime => (None, None),
+        Period::Last24Hours => (since(DAY_MS), None),
+        Period::Last7Days => (since(7 * DAY_MS), None),
+        Period::Last30Days => (since(30 * DAY_MS), None),
+        Period::Last90Days => (since(90 * DAY_MS), None),
+        Period::Today => (Some(zone.midnight(now, 0)?), None),
+        Period::Yesterday => (Some(zone.midnight(now, -1)?), Some(zone.midnight(now, 0)?)),
+        Period::ThisWeek => (Some(zone.calendar_start(Interval::Week, now, 0)?), None),
+        Period::ThisMonth => (Some(zone.calendar_start(Interval::Month, now, 0)?), None),
+        Period::LastMonth => (
+            Some(zone.calendar_start(Interval::Month, now, -1)?),
+            Some(zone.calendar_start(Interval::Month, now, 0)?),
+        ),
+        Period::Custom => (from, to),
     };
-    Ok(TotalsRequest { period, hours })
+    Ok(ResolvedPeriod {
+        period,
+        range: InstantRange { from, to },
+    })
+}
+
+/// Parses the totals query: a period (see [`resolve_period`]) and `tz` (default `UTC`).
+pub fn parse_totals_query(query: Option<&str>, now: Timestamp) -> Result<TotalsRequest, ApiError> {
+    let params = QueryParams::parse(query, &["period", "from", "to", "tz"])?;
+    let zone = Zone::parse(params.get("tz"))?;
+    let resolved = resolve_period(&params, &zone, now)?;
+    let InstantRange { from, to } = resolved.range;
+    let rolling = matches!(
+        resolved.period,
+        Period::Last24Hours | Period::Last7Days | Period::Last30Days | Period::Last90Days
+    );
+    let hours = HourRange {
+        // A rolling period starts at the hour `now - N` falls in (as ever); any other start
+        // rounds down and any end up to the hour.
+        from_hour: from.map(Timestamp::hour_bucket),
+        to_hour: to.map(|to| to.saturating_add_millis(HOUR_MS - 1).hour_bucket()),
+    };
+    let whole_hours = |at: Option<Timestamp>| at.is_none_or(|at| at.as_millis() % HOUR_MS == 0);
+    let calendar = matches!(
+        resolved.period,
+        Period::Today
+            | Period::Yesterday
+            | Period::ThisWeek
+            | Period::ThisMonth
+            | Period::LastMonth
+    );
+    let exact =
+        (calendar && !rolling && !(whole_hours(from) && whole_hours(to))).then_some(resolved.range);
+    Ok(TotalsRequest {
+        period: resolved.period,
+        hours,
+        exact,
+        zone,
+    })
+}
+
+/// A parsed time-series request.
+#[derive(Clone, Debug)]
+pub struct SeriesRequest {
+    pub interval: Interval,
+    pub zone: Zone,
+    pub period: Period,
+    /// `[from, to)`: `from` None for `all_time` (from the mentor's first click); `to` is
+    /// `now` unless the period ends earlier.
+    pub from: Option<Timestamp>,
+    pub to: Timestamp,
+}
+
+/// Parses the time-series query: `interval` (`hour`, `day`, `week`, `month`; default
+/// `day`), `tz` (default `UTC`) and a period as the totals take it (default `30d`).
+pub fn parse_series_query(query: Option<&str>, now: Timestamp) -> Result<SeriesRequest, ApiError> {
+    let params = QueryParams::parse(query, &["interval", "period", "from", "to", "tz"])?;
+    let interval = Interval::parse(params.get("interval").unwrap_or("day"))?;
+    let zone = Zone::parse(params.get("tz"))?;
+    let defaulted;
+    let params = if params.get("period").is_none()
+        && params.get("from").is_none()
+        && params.get("to").is_none()
+    {
+        defaulted = QueryParams::parse(Some("period=30d"), &["period"])?;
+        &defaulted
+    } else {
+        &params
+    };
+    let resolved = resolve_period(params, &zone, now)?;
+    let to = resolved.range.to.unwrap_or(now);
+    Ok(SeriesRequest {
+        interval,
+        zone,
+        period: resolved.period,
+        from: resolved.range.from,
+        to,
+    })
 }
 
 /// How a store adds up an [`HourRange`]: whole days from the per-day table, the ragged ends
@@ -490,6 +615,24 @@ mod tests {
 
     fn now() -> Timestamp {
         Timestamp::parse_rfc3339("2026-03-20T14:22:00Z").unwrap()
+    }
+
+    #[test]
+    fn cursors_read_back_only_as_printed() {
+        let cursor = ListCursor {
+            occurred_at: Timestamp::from_millis(1_742_480_520_000),
+            id: "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+        };
+        assert_eq!(ListCursor::decode(&cursor.encode()).unwrap(), cursor);
+        for bad in [
+            "c1.1742480520000.attr_01jq3v8w6y7z8a9b0c1d2e3f4g",
+            "c1.+1742480520000.attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G",
+            "c1.01742480520000.attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G",
+            "c2.1742480520000.attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G",
+            "c1.1742480520000",
+        ] {
+            assert!(ListCursor::decode(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -22,6 +22,12 @@ The rules (each also stated in words in the document):
 6. user_agent is limited to 1024 *bytes*, URLs to 2048 bytes, where JSON Schema's
    maxLength counts characters: a longer text is cut (user agent) or replaced (URL).
 
+7. `tz` names a zone of the IANA database (a set the document does not enumerate): a name
+   that is not one becomes one of a few real zones.
+8. A time series holds at most 1,000 buckets (interval x period arithmetic): a longer
+   period is shortened to fit.
+9. `cursor` replaces `page` (either, not both): `page` is dropped beside a cursor.
+
 And one schemathesis limitation: a referral code in a path is case-insensitive (the
 document says so), but schemathesis compares paths case-sensitively, so after
 `PUT /referral-codes/eu0ocRw` (re-creating) following `DELETE /referral-codes/EU0OCRW`, a
@@ -45,7 +51,10 @@ SESSION = requests.Session()
 MAX_OFFSET = 100_000
 # Which rules to apply (all by default): code, occurred_at, confirmed_at, range, page, bytes,
 # upper-code.
-RULES = set(os.environ.get("ST_HOOK_RULES", "code,occurred_at,confirmed_at,range,page,bytes,upper-code").split(","))
+RULES = set(os.environ.get("ST_HOOK_RULES", "code,occurred_at,confirmed_at,range,page,bytes,upper-code,tz,buckets,cursor").split(","))
+ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"]
+# Seconds per bucket, at most (a month: 31 days).
+BUCKET_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 31 * 86400}
 
 
 def _positive(case) -> bool:
@@ -159,6 +168,20 @@ def before_call(context, case, kwargs):
         start, end = _instant(query.get("from")), _instant(query.get("to"))
         if "range" in RULES and start is not None and end is not None and start > end:
             query["from"], query["to"] = query["to"], query["from"]
+        if "tz" in RULES and "tz" in query and query["tz"] not in ZONES:
+            query["tz"] = ZONES[len(str(query["tz"])) % len(ZONES)]
+        if "cursor" in RULES and "cursor" in query:
+            query.pop("page", None)
+        if "buckets" in RULES and label.endswith("/timeseries"):
+            seconds = BUCKET_SECONDS.get(query.get("interval", "day"), 86400)
+            start, end = _instant(query.get("from")), _instant(query.get("to"))
+            if start is not None or end is not None:
+                end = end if end is not None else now
+                start = start if start is not None else end
+                if end - start > 900 * seconds:
+                    query["to"] = dt.datetime.fromtimestamp(start + 900 * seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            elif query.get("period", "30d") in ("all_time", "90d") and query.get("interval") == "hour":
+                query["period"] = "7d"
         page, limit = _integer(query.get("page")), _integer(query.get("limit", 20))
         if "page" in RULES and page is not None and limit is not None and limit >= 1 and (page - 1) * limit > MAX_OFFSET:
             query["page"] = 1 + MAX_OFFSET // limit

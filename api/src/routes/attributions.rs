@@ -35,6 +35,10 @@ pub fn routes(router: Router<Arc<AppState>>, prefix: &str) -> Router<Arc<AppStat
             &format!("{prefix}/mentor/{{mentor_id}}/total"),
             get(mentor_total),
         )
+        .route(
+            &format!("{prefix}/mentor/{{mentor_id}}/timeseries"),
+            get(super::series::timeseries),
+        )
 }
 
 fn not_found() -> HttpError {
@@ -49,7 +53,7 @@ fn attribution_id(path: Result<Path<String>, PathRejection>) -> Result<String, H
     }
 }
 
-fn mentor_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
+pub(super) fn mentor_id(path: Result<Path<String>, PathRejection>) -> Result<String, HttpError> {
     let Ok(Path(mentor_id)) = path else {
         return Err(HttpError(ApiError::invalid(
             "mentor_id",
@@ -250,12 +254,23 @@ async fn mentor_total(
     state.tokens.authorize(&headers, Scope::Read)?;
     let mentor_id = mentor_id(path)?;
     let request = parse_totals_query(query.as_deref(), Timestamp::now())?;
-    let totals = state
-        .reads
-        .reader
-        .mentor_totals(&mentor_id, request.hours)
-        .await
-        .map_err(store_failure)?;
+    let reader = &state.reads.reader;
+    let totals = match request.exact {
+        // A calendar period off the UTC hour (a zone such as Asia/Kolkata): from slots.
+        Some(range) => {
+            let to = range.to.unwrap_or_else(Timestamp::now).as_millis();
+            let from = range.from.map(Timestamp::as_millis);
+            let slots = reader
+                .mentor_slots(&mentor_id, from, to)
+                .await
+                .map_err(store_failure)?;
+            super::series::sum_slots(&slots)
+        }
+        None => reader
+            .mentor_totals(&mentor_id, request.hours)
+            .await
+            .map_err(store_failure)?,
+    };
     Ok(json(
         StatusCode::OK,
         &MentorTotalsBody {

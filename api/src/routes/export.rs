@@ -17,7 +17,7 @@ use referral_pipeline::store::AttributionReader;
 use referral_schemas::query::{AttributionFilter, ExportFormat, ListCursor, parse_export_query};
 use referral_schemas::{Attribution, Timestamp};
 
-use super::HandlerResult;
+use super::{HandlerResult, store_failure};
 use crate::auth::Scope;
 use crate::state::AppState;
 
@@ -54,13 +54,17 @@ pub async fn export(
         ExportFormat::Csv => ("text/csv; charset=utf-8", "attributions.csv"),
         ExportFormat::Ndjson => ("application/x-ndjson", "attributions.ndjson"),
     };
-    let walk = Walk {
+    let mut walk = Walk {
         reader: state.reads.reader.clone(),
         filter,
         format,
         first: true,
     };
-    let chunks = futures_util::stream::unfold(Some(walk), |walk| async move {
+    // The first page before the 200: a store that fails at once answers 503/500, not a
+    // cut download.
+    let (first, more) = walk.next_chunk().await.map_err(store_failure)?;
+    let head = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(first)]);
+    let rest = futures_util::stream::unfold(more.then_some(walk), |walk| async move {
         let mut walk = walk?;
         match walk.next_chunk().await {
             Ok((chunk, more)) => Some((Ok::<Bytes, std::io::Error>(chunk), more.then_some(walk))),
@@ -77,7 +81,9 @@ pub async fn export(
         .header(header::CONTENT_DISPOSITION, disposition)
         .header(header::CACHE_CONTROL, "no-store")
         .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
-        .body(Body::from_stream(chunks))
+        .body(Body::from_stream(futures_util::StreamExt::chain(
+            head, rest,
+        )))
         .map_err(|error| {
             crate::router::HttpError(referral_schemas::ApiError::new(
                 referral_schemas::ErrorKind::Internal,
@@ -123,7 +129,7 @@ impl Walk {
 /// A cell a spreadsheet would not run as a formula: one that starts with `=`, `+`, `-`,
 /// `@`, a tab or a carriage return gets a leading `'` (OWASP's CSV injection advice).
 fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
-    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r', '\0']) {
         Cow::Owned(format!("'{cell}"))
     } else {
         Cow::Borrowed(cell)
@@ -136,8 +142,11 @@ fn instant(at: Option<Timestamp>) -> String {
 
 /// RFC 4180 rows (CRLF, quoted where needed), after the header row when `header`.
 fn write_csv(out: &mut Vec<u8>, attributions: &[Attribution], header: bool) {
+    // Every cell quoted: a `;` in a user agent cannot start a new cell in a spreadsheet set
+    // to split on it.
     let mut writer = csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
+        .quote_style(csv::QuoteStyle::Always)
         .from_writer(out);
     // Writing to a Vec cannot fail; a failure would only drop rows, never panic.
     if header && let Err(error) = writer.write_record(CSV_HEADER) {
@@ -218,7 +227,11 @@ mod tests {
         write_csv(&mut out, std::slice::from_ref(&attribution), true);
         let text = String::from_utf8(out).unwrap();
         let mut lines = text.split("\r\n");
-        assert_eq!(lines.next().unwrap(), CSV_HEADER.join(","));
+        let header: Vec<String> = CSV_HEADER
+            .iter()
+            .map(|name| format!("\"{name}\""))
+            .collect();
+        assert_eq!(lines.next().unwrap(), header.join(","));
         assert!(
             text.contains(
                 r#""Agent, ""quoted""

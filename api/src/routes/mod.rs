@@ -6,6 +6,7 @@ pub mod export;
 pub mod links;
 pub mod openapi;
 pub mod ops;
+pub mod series;
 
 use axum::body::Body;
 use axum::response::Response;

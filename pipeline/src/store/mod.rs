@@ -98,6 +98,18 @@ impl MentorTotals {
     }
 }
 
+/// A mentor's live clicks and conversions in one 15-minute slot ([`SLOT_MS`]): clicks of
+/// each verdict by `occurred_at`, conversions by `confirmed_at`. Any time zone's buckets are
+/// sums of slots.
+///
+/// [`SLOT_MS`]: referral_schemas::calendar::SLOT_MS
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotCounts {
+    /// Slots since the epoch.
+    pub slot: i64,
+    pub totals: MentorTotals,
+}
+
 /// A counted click of a partition, read back to rebuild its dedup window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CountedClick {
@@ -128,6 +140,14 @@ pub trait AttributionReader: Send + Sync {
         filter: &AttributionFilter,
         limit: u32,
     ) -> Result<AttributionPage, StoreError>;
+    /// A mentor's counts per 15-minute slot in `[from, to)` (ms; `None`: unbounded), by
+    /// slot; empty slots absent.
+    async fn mentor_slots(
+        &self,
+        mentor_id: &str,
+        from: Option<i64>,
+        to: i64,
+    ) -> Result<Vec<SlotCounts>, StoreError>;
     /// A mentor's materialized totals over `hours`.
     async fn mentor_totals(
         &self,

@@ -286,6 +286,37 @@ pub fn mentor_totals(mentor_id: &str, hours: HourRange) -> ReadQuery {
     query
 }
 
+/// A mentor's live clicks per 15-minute slot and verdict in `[from, to)` (`occurred_at`).
+/// `FINAL` inside on the sort key (mentor, occurred_at); deletion filtered after it.
+pub fn mentor_click_slots(mentor_id: &str, from: Option<i64>, to: i64) -> ReadQuery {
+    ReadQuery::new(
+        "SELECT intDiv(occurred_at, 900000) AS slot, verdict, toUInt64(count()) AS clicks FROM \
+         (SELECT occurred_at, verdict, deleted_at FROM attributions_by_mentor FINAL \
+         WHERE mentor_id = ? AND occurred_at >= ? AND occurred_at < ?) \
+         WHERE deleted_at IS NULL GROUP BY slot, verdict ORDER BY slot, verdict"
+            .into(),
+    )
+    .bind(Bound::Text(mentor_id.to_owned()))
+    .bind(Bound::Int(from.unwrap_or(i64::MIN)))
+    .bind(Bound::Int(to))
+}
+
+/// A mentor's live conversions per 15-minute slot of `confirmed_at` in `[from, to)`.
+/// `confirmed_at` changes between versions: filtered after `FINAL`.
+pub fn mentor_conversion_slots(mentor_id: &str, from: Option<i64>, to: i64) -> ReadQuery {
+    ReadQuery::new(
+        "SELECT intDiv(assumeNotNull(confirmed_at), 900000) AS slot, toUInt64(count()) AS conversions \
+         FROM (SELECT confirmed_at, deleted_at FROM attributions_by_mentor FINAL \
+         WHERE mentor_id = ?) \
+         WHERE deleted_at IS NULL AND confirmed_at IS NOT NULL AND confirmed_at >= ? \
+         AND confirmed_at < ? GROUP BY slot ORDER BY slot"
+            .into(),
+    )
+    .bind(Bound::Text(mentor_id.to_owned()))
+    .bind(Bound::Int(from.unwrap_or(i64::MIN)))
+    .bind(Bound::Int(to))
+}
+
 /// The latest state of one code (live or retired).
 pub fn referral_code(code: &str) -> ReadQuery {
     ReadQuery::new("SELECT ?fields FROM referral_codes FINAL WHERE code = ?".into())

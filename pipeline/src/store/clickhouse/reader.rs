@@ -10,7 +10,9 @@ use referral_schemas::{Attribution, ReferralCode, Timestamp};
 use super::ClickHouseSettings;
 use super::queries::{self, ListTotal};
 use crate::plan::rows::{AttributionRow, CodeRow};
-use crate::store::{AttributionPage, AttributionReader, CodePage, MentorTotals, StoreError};
+use crate::store::{
+    AttributionPage, AttributionReader, CodePage, MentorTotals, SlotCounts, StoreError,
+};
 
 /// Cheap to clone: the client shares one connection pool.
 #[derive(Clone)]
@@ -231,6 +233,38 @@ impl AttributionReader for ClickHouseReader {
             total: 0,
             more,
         })
+    }
+
+    async fn mentor_slots(
+        &self,
+        mentor_id: &str,
+        from: Option<i64>,
+        to: i64,
+    ) -> Result<Vec<SlotCounts>, StoreError> {
+        let clicks: Vec<(i64, String, u64)> = queries::mentor_click_slots(mentor_id, from, to)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?;
+        let conversions: Vec<(i64, u64)> = queries::mentor_conversion_slots(mentor_id, from, to)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?;
+        let mut slots: std::collections::BTreeMap<i64, MentorTotals> = Default::default();
+        for (slot, verdict, count) in clicks {
+            let totals = slots.entry(slot).or_default();
+            match verdict.as_str() {
+                "duplicate" => totals.duplicates += count,
+                "bot" => totals.bots += count,
+                _ => totals.clicks += count,
+            }
+        }
+        for (slot, count) in conversions {
+            slots.entry(slot).or_default().conversions += count;
+        }
+        Ok(slots
+            .into_iter()
+            .map(|(slot, totals)| SlotCounts { slot, totals })
+            .collect())
     }
 
     async fn mentor_totals(

@@ -12,7 +12,9 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
 use super::{ATTRIBUTION_COLUMNS, BUSY_TIMEOUT, attribution_from_row, code_from_row};
-use crate::store::{AttributionPage, AttributionReader, CodePage, MentorTotals, StoreError};
+use crate::store::{
+    AttributionPage, AttributionReader, CodePage, MentorTotals, SlotCounts, StoreError,
+};
 
 /// Read connections kept open at most.
 const READ_POOL_MAX: usize = 8;
@@ -123,8 +125,9 @@ fn filter_clauses(filter: &AttributionFilter) -> (String, Vec<Value>) {
         values.push(Value::Text(verdict.as_str().to_owned()));
     }
     if let Some(cursor) = &filter.after {
-        clauses.push("(occurred_at < ? OR (occurred_at = ? AND id < ?))");
-        values.push(Value::Integer(cursor.occurred_at.as_millis()));
+        // A row value: SQLite seeks the (occurred_at, id) indexes to it (the OR form would
+        // scan from the newest row on every page).
+        clauses.push("(occurred_at, id) < (?, ?)");
         values.push(Value::Integer(cursor.occurred_at.as_millis()));
         values.push(Value::Text(cursor.id.clone()));
     }
@@ -232,6 +235,59 @@ impl AttributionReader for SqliteReader {
                 total: 0,
                 more,
             })
+        })
+        .await
+    }
+
+    async fn mentor_slots(
+        &self,
+        mentor_id: &str,
+        from: Option<i64>,
+        to: i64,
+    ) -> Result<Vec<SlotCounts>, StoreError> {
+        let mentor_id = mentor_id.to_owned();
+        let from = from.unwrap_or(i64::MIN);
+        self.read(move |connection| {
+            let mut slots: std::collections::BTreeMap<i64, MentorTotals> = Default::default();
+            // Floor division: instants before 1970 are refused, so occurred_at >= 0.
+            let mut clicks = connection.prepare_cached(
+                "SELECT occurred_at / 900000, verdict, COUNT(*) FROM attributions \
+                 WHERE mentor_id = ?1 AND deleted_at IS NULL AND occurred_at >= ?2 \
+                 AND occurred_at < ?3 GROUP BY 1, 2",
+            )?;
+            let rows = clicks.query_map(params![mentor_id, from, to], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (slot, verdict, count) = row?;
+                let count = u64::try_from(count).unwrap_or(0);
+                let totals = slots.entry(slot).or_default();
+                match verdict.as_str() {
+                    "duplicate" => totals.duplicates += count,
+                    "bot" => totals.bots += count,
+                    _ => totals.clicks += count,
+                }
+            }
+            let mut conversions = connection.prepare_cached(
+                "SELECT confirmed_at / 900000, COUNT(*) FROM attributions \
+                 WHERE mentor_id = ?1 AND deleted_at IS NULL AND confirmed_at IS NOT NULL \
+                 AND confirmed_at >= ?2 AND confirmed_at < ?3 GROUP BY 1",
+            )?;
+            let rows = conversions.query_map(params![mentor_id, from, to], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+            })?;
+            for row in rows {
+                let (slot, count) = row?;
+                slots.entry(slot).or_default().conversions += u64::try_from(count).unwrap_or(0);
+            }
+            Ok(slots
+                .into_iter()
+                .map(|(slot, totals)| SlotCounts { slot, totals })
+                .collect())
         })
         .await
     }

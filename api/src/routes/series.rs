@@ -1,0 +1,181 @@
+//! `GET /mentor/{mentorId}/timeseries`: a mentor's clicks and conversions per local hour,
+//! day, ISO week or month in any IANA zone, summed from the store's 15-minute slots.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use http::StatusCode;
+use referral_pipeline::store::{MentorTotals, SlotCounts};
+use referral_schemas::Timestamp;
+use referral_schemas::calendar::{Bucket, SLOT_MS, buckets};
+use referral_schemas::query::{conversion_rate, parse_series_query};
+use serde::Serialize;
+
+use super::attributions::mentor_id;
+use super::{HandlerResult, json, store_failure};
+use crate::auth::Scope;
+use crate::state::AppState;
+
+#[derive(Serialize)]
+struct SeriesBody {
+    mentor_id: String,
+    interval: &'static str,
+    tz: String,
+    period: &'static str,
+    data: Vec<SeriesPoint>,
+}
+
+/// One bucket: counted clicks (by `occurred_at`), conversions (by `confirmed_at`), the
+/// rate over counted clicks, and the other verdicts.
+#[derive(Debug, PartialEq, Serialize)]
+pub struct SeriesPoint {
+    pub start: String,
+    pub clicks: u64,
+    pub conversions: u64,
+    pub conversion_rate: f64,
+    pub filtered_clicks: FilteredCounts,
+}
+
+#[derive(Debug, PartialEq, Serialize)]
+pub struct FilteredCounts {
+    pub duplicate: u64,
+    pub bot: u64,
+}
+
+/// Every bucket with the slots that fall in it (slots and buckets sorted; a slot belongs
+/// to the bucket its start is in); empty buckets are present with zeros.
+pub fn points(buckets: &[Bucket], slots: &[SlotCounts]) -> Vec<SeriesPoint> {
+    let mut slots = slots.iter().peekable();
+    buckets
+        .iter()
+        .map(|bucket| {
+            let mut sums = MentorTotals::default();
+            while let Some(slot) = slots.peek() {
+                let at = slot.slot.saturating_mul(SLOT_MS);
+                if at >= bucket.end.as_millis() {
+                    break;
+                }
+                if at >= bucket.start.as_millis() {
+                    sums.add(slot.totals);
+                }
+                slots.next();
+            }
+            SeriesPoint {
+                start: bucket.label.clone(),
+                clicks: sums.clicks,
+                conversions: sums.conversions,
+                conversion_rate: conversion_rate(sums.clicks, sums.conversions),
+                filtered_clicks: FilteredCounts {
+                    duplicate: sums.duplicates,
+                    bot: sums.bots,
+                },
+            }
+        })
+        .collect()
+}
+
+/// GET /mentor/:mentorId/timeseries.
+pub async fn timeseries(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
+) -> HandlerResult {
+    state.tokens.authorize(&headers, Scope::Read)?;
+    let mentor_id = mentor_id(path)?;
+    let request = parse_series_query(query.as_deref(), Timestamp::now())?;
+    let slots = state
+        .reads
+        .reader
+        .mentor_slots(
+            &mentor_id,
+            request.from.map(Timestamp::as_millis),
+            request.to.as_millis(),
+        )
+        .await
+        .map_err(store_failure)?;
+    // All time starts at the mentor's first counted slot.
+    let from = request.from.or_else(|| {
+        slots
+            .first()
+            .map(|slot| Timestamp::from_millis(slot.slot.saturating_mul(SLOT_MS)))
+    });
+    let buckets = match from {
+        Some(from) => buckets(&request.zone, request.interval, from, request.to)?,
+        None => Vec::new(),
+    };
+    Ok(json(
+        StatusCode::OK,
+        &SeriesBody {
+            mentor_id,
+            interval: request.interval.as_str(),
+            tz: request.zone.name.clone(),
+            period: request.period.as_str(),
+            data: points(&buckets, &slots),
+        },
+    ))
+}
+
+/// Totals over `[from, to)` from slots: calendar periods whose bounds are not whole UTC
+/// hours.
+pub fn sum_slots(slots: &[SlotCounts]) -> MentorTotals {
+    slots
+        .iter()
+        .fold(MentorTotals::default(), |mut sums, slot| {
+            sums.add(slot.totals);
+            sums
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use referral_schemas::calendar::{Interval, Zone};
+
+    use super::*;
+
+    fn slot(at: &str, clicks: u64, conversions: u64) -> SlotCounts {
+        let millis = Timestamp::parse_rfc3339(at).unwrap().as_millis();
+        SlotCounts {
+            slot: millis.div_euclid(SLOT_MS),
+            totals: MentorTotals {
+                clicks,
+                conversions,
+                ..MentorTotals::default()
+            },
+        }
+    }
+
+    #[test]
+    fn slots_fall_in_the_local_bucket_of_their_start_and_empty_buckets_stay() {
+        let kolkata = Zone::parse(Some("Asia/Kolkata")).unwrap();
+        let at = |text| Timestamp::parse_rfc3339(text).unwrap();
+        let days = buckets(
+            &kolkata,
+            Interval::Day,
+            at("2026-03-19T18:30:00Z"),
+            at("2026-03-22T18:30:00Z"),
+        )
+        .unwrap();
+        let slots = [
+            slot("2026-03-19T18:15:00Z", 5, 0), // 23:45 on the 19th: before the series
+            slot("2026-03-19T18:30:00Z", 1, 0), // local midnight of the 20th
+            slot("2026-03-20T18:15:00Z", 2, 1), // 23:45 on the 20th
+            slot("2026-03-21T18:30:00Z", 4, 2), // midnight of the 22nd
+        ];
+        let points = points(&days, &slots);
+        let got: Vec<(&str, u64, u64)> = points
+            .iter()
+            .map(|p| (p.start.as_str(), p.clicks, p.conversions))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("2026-03-20T00:00:00+05:30", 3, 1),
+                ("2026-03-21T00:00:00+05:30", 0, 0),
+                ("2026-03-22T00:00:00+05:30", 4, 2),
+            ]
+        );
+        assert_eq!(points[0].conversion_rate, 0.333);
+    }
+}
