@@ -1654,6 +1654,89 @@ async fn time_series_and_calendar_totals_follow_the_viewers_zone(mode: Mode) {
     app.stop().await;
 }
 
+/// The leaderboard ranks mentors by conversions (or counted clicks), then by id, over a
+/// period in a zone; repeat visits and bots do not rank.
+async fn the_leaderboard_ranks_mentors_by_conversions_or_clicks(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
+    for (code, mentor) in [("TOP-A", "usr_a"), ("TOP-B", "usr_b"), ("TOP-C", "usr_c")] {
+        app.assign_code(code, mentor).await;
+    }
+    let recent = from_now(-3600);
+    let mut ids = std::collections::HashMap::new();
+    for (code, clicks) in [("TOP-A", 3), ("TOP-B", 2), ("TOP-C", 4)] {
+        for _ in 0..clicks {
+            ids.entry(code)
+                .or_insert_with(Vec::new)
+                .push(app.click_id(code, &recent).await);
+        }
+    }
+    // Bots and repeats never rank.
+    for _ in 0..5 {
+        app.click(r#"{"code":"TOP-B","ip_address":"185.12.34.56"}"#)
+            .await;
+    }
+    for (code, n, member) in [
+        ("TOP-A", 0, "usr_m1"),
+        ("TOP-B", 0, "usr_m2"),
+        ("TOP-B", 1, "usr_m3"),
+    ] {
+        let body = format!(r#"{{"code":"{code}","new_member_id":"{member}"}}"#);
+        assert_eq!(
+            app.confirm(&ids[code][n], &body).await.status,
+            StatusCode::OK
+        );
+    }
+    let ranks = |query: &'static str| {
+        let app = &app;
+        async move {
+            let answer = app.get(&format!("{PREFIX}/mentors/top{query}")).await;
+            assert_eq!(answer.status, StatusCode::OK, "{query}: {:?}", answer.body);
+            answer.body["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|row| {
+                    (
+                        row["mentor_id"].as_str().unwrap().to_owned(),
+                        row["total_clicks"].as_u64().unwrap(),
+                        row["total_conversions"].as_u64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let row = |mentor: &str, clicks, conversions| (mentor.to_owned(), clicks, conversions);
+    assert_eq!(
+        ranks("?period=7d").await,
+        [row("usr_b", 2, 2), row("usr_a", 3, 1), row("usr_c", 4, 0)]
+    );
+    assert_eq!(
+        ranks("?by=clicks&limit=2").await,
+        [row("usr_c", 4, 0), row("usr_a", 3, 1)]
+    );
+    // A calendar period off the UTC hour is counted exactly.
+    let kolkata = ranks("?period=this_month&tz=Asia/Kolkata&by=clicks").await;
+    let today_utc = ranks("?period=this_month&by=clicks").await;
+    assert_eq!(kolkata.len(), 3);
+    // An hour ago is this month in both zones, but on the first of a month.
+    if !referral_schemas::Timestamp::now().to_string()[7..].starts_with("-01T") {
+        assert_eq!(kolkata, today_utc);
+    }
+    for (query, field) in [
+        ("?by=money", "by"),
+        ("?limit=0", "limit"),
+        ("?tz=Nowhere", "tz"),
+    ] {
+        let answer = app.get(&format!("{PREFIX}/mentors/top{query}")).await;
+        assert_eq!(
+            (answer.status, answer.error().1),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(field)),
+            "{query}"
+        );
+    }
+    app.stop().await;
+}
+
 /// Edges share nothing but the log: a visitor who clicks through one edge (a
 /// `referral-ingest`) and again through another (`referral-api`) is one visitor, because
 /// the single writer decides.
@@ -1735,6 +1818,7 @@ both_modes!(
     every_click_gets_a_verdict_and_totals_count_only_counted_ones,
     cursors_walk_every_attribution_once_and_exports_stream_them,
     time_series_and_calendar_totals_follow_the_viewers_zone,
+    the_leaderboard_ranks_mentors_by_conversions_or_clicks,
 );
 
 // The click edge's defences. The edge is the same code in both modes (only the log behind

@@ -731,7 +731,7 @@ fn the_document_is_openapi_3_1_every_ref_resolves_and_examples_fit() {
     ] {
         assert!(ids.contains(contract_name), "missing {contract_name}");
     }
-    assert_eq!(ids.len(), 19, "{ids:?}");
+    assert_eq!(ids.len(), 20, "{ids:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -854,6 +854,10 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
         ),
         (
             call(Method::GET, format!("{PREFIX}/export?format=xlsx")),
+            422,
+        ),
+        (
+            call(Method::GET, format!("{PREFIX}/mentors/top?by=money")),
             422,
         ),
         (

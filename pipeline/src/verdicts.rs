@@ -233,6 +233,14 @@ mod tests {
         ) -> Result<AttributionPage, StoreError> {
             unreachable!("not used")
         }
+        async fn top_mentors(
+            &self,
+            _: crate::store::TopWindow,
+            _: referral_schemas::query::RankBy,
+            _: u32,
+        ) -> Result<Vec<(String, MentorTotals)>, StoreError> {
+            unreachable!("not used")
+        }
         async fn mentor_slots(
             &self,
             _: &str,

@@ -22,7 +22,7 @@ use referral_schemas::messages::{
     AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, LogEvent, RetireCode,
 };
 use referral_schemas::migrations::{CLICKHOUSE, statements};
-use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
+use referral_schemas::query::{AttributionFilter, HourRange, PageRequest, RankBy};
 use referral_schemas::timestamp::HOUR_MS;
 use referral_schemas::verdict::ClickVerdict;
 use referral_schemas::{AttributionKind, AttributionStatus, Timestamp};
@@ -296,6 +296,26 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
                 queries::counted_clicks(&counted_below, at(10).as_millis()),
                 "ORDER BY created_at, id",
             ),
+            "",
+        ),
+        (
+            "leaderboard by conversions",
+            queries::top_mentors(hours(None, None), RankBy::Conversions, 10),
+            "",
+        ),
+        (
+            "leaderboard by clicks, a window",
+            queries::top_mentors(hours(Some(3), Some(50)), RankBy::Clicks, 1),
+            "",
+        ),
+        (
+            "clicks by mentor",
+            queries::clicks_by_mentor(Some(at(3).as_millis()), at(50).as_millis()),
+            "",
+        ),
+        (
+            "conversions by mentor",
+            queries::conversions_by_mentor(None, at(80).as_millis()),
             "",
         ),
         (
@@ -588,6 +608,8 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     assert_eq!(answered["mentor bots"], 4);
     assert_eq!(answered["list duplicates"], 16);
     assert!(answered["click slots"] > 10);
+    assert_eq!(answered["leaderboard by conversions"], 2);
+    assert_eq!(answered["leaderboard by clicks, a window"], 1);
     assert_eq!(answered["conversion slots"], 1);
     assert_eq!(answered["attribution unknown"], 0);
     let probe = results

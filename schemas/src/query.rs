@@ -482,8 +482,58 @@ fn resolve_period(
 /// Parses the totals query: a period (see [`resolve_period`]) and `tz` (default `UTC`).
 pub fn parse_totals_query(query: Option<&str>, now: Timestamp) -> Result<TotalsRequest, ApiError> {
     let params = QueryParams::parse(query, &["period", "from", "to", "tz"])?;
+    totals_window(&params, now)
+}
+
+/// What the leaderboard ranks mentors by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RankBy {
+    Clicks,
+    Conversions,
+}
+
+impl RankBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clicks => "clicks",
+            Self::Conversions => "conversions",
+        }
+    }
+}
+
+/// A parsed leaderboard request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopRequest {
+    pub window: TotalsRequest,
+    pub by: RankBy,
+    pub limit: u32,
+}
+
+/// Parses the leaderboard query: a period and `tz` as the totals take them, `by`
+/// (`clicks` or `conversions`, the default) and `limit` (1..100, default 10).
+pub fn parse_top_query(query: Option<&str>, now: Timestamp) -> Result<TopRequest, ApiError> {
+    let params = QueryParams::parse(query, &["period", "from", "to", "tz", "by", "limit"])?;
+    let by = match params.get("by") {
+        None | Some("conversions") => RankBy::Conversions,
+        Some("clicks") => RankBy::Clicks,
+        Some(_) => return Err(ApiError::invalid("by", "must be clicks or conversions")),
+    };
+    let limit = params
+        .get("limit")
+        .map(|raw| parse_u32("limit", raw, 1..=MAX_LIMIT))
+        .transpose()?
+        .unwrap_or(10);
+    Ok(TopRequest {
+        window: totals_window(&params, now)?,
+        by,
+        limit,
+    })
+}
+
+/// The period and zone of a totals-like query.
+fn totals_window(params: &QueryParams<'_>, now: Timestamp) -> Result<TotalsRequest, ApiError> {
     let zone = Zone::parse(params.get("tz"))?;
-    let resolved = resolve_period(&params, &zone, now)?;
+    let resolved = resolve_period(params, &zone, now)?;
     let InstantRange { from, to } = resolved.range;
     let rolling = matches!(
         resolved.period,

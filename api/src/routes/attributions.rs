@@ -39,6 +39,10 @@ pub fn routes(router: Router<Arc<AppState>>, prefix: &str) -> Router<Arc<AppStat
             &format!("{prefix}/mentor/{{mentor_id}}/timeseries"),
             get(super::series::timeseries),
         )
+        .route(
+            &format!("{prefix}/mentors/top"),
+            get(super::series::leaderboard),
+        )
 }
 
 fn not_found() -> HttpError {

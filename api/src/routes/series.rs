@@ -1,15 +1,16 @@
 //! `GET /mentor/{mentorId}/timeseries`: a mentor's clicks and conversions per local hour,
-//! day, ISO week or month in any IANA zone, summed from the store's 15-minute slots.
+//! day, ISO week or month in any IANA zone, summed from the store's 15-minute slots; and
+//! `GET /mentors/top`, the leaderboard over the same periods.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use http::StatusCode;
-use referral_pipeline::store::{MentorTotals, SlotCounts};
+use referral_pipeline::store::{MentorTotals, SlotCounts, TopWindow};
 use referral_schemas::Timestamp;
 use referral_schemas::calendar::{Bucket, SLOT_MS, buckets};
-use referral_schemas::query::{conversion_rate, parse_series_query};
+use referral_schemas::query::{conversion_rate, parse_series_query, parse_top_query};
 use serde::Serialize;
 
 use super::attributions::mentor_id;
@@ -113,6 +114,64 @@ pub async fn timeseries(
             tz: request.zone.name.clone(),
             period: request.period.as_str(),
             data: points(&buckets, &slots),
+        },
+    ))
+}
+
+#[derive(Serialize)]
+struct LeaderboardBody {
+    period: &'static str,
+    tz: String,
+    by: &'static str,
+    data: Vec<LeaderboardRow>,
+}
+
+#[derive(Serialize)]
+struct LeaderboardRow {
+    mentor_id: String,
+    total_clicks: u64,
+    total_conversions: u64,
+    conversion_rate: f64,
+}
+
+/// GET /mentors/top: the mentors with the most counted clicks or conversions over a
+/// period in a zone, then by mentor id.
+pub async fn leaderboard(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+    RawQuery(query): RawQuery,
+) -> HandlerResult {
+    state.tokens.authorize(&headers, Scope::Read)?;
+    let request = parse_top_query(query.as_deref(), Timestamp::now())?;
+    let window = match request.window.exact {
+        Some(range) => TopWindow::Exact {
+            from: range.from.map(Timestamp::as_millis),
+            to: range.to.unwrap_or_else(Timestamp::now).as_millis(),
+        },
+        None => TopWindow::Hours(request.window.hours),
+    };
+    let ranked = state
+        .reads
+        .reader
+        .top_mentors(window, request.by, request.limit)
+        .await
+        .map_err(store_failure)?;
+    let data = ranked
+        .into_iter()
+        .map(|(mentor_id, totals)| LeaderboardRow {
+            mentor_id,
+            total_clicks: totals.clicks,
+            total_conversions: totals.conversions,
+            conversion_rate: conversion_rate(totals.clicks, totals.conversions),
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &LeaderboardBody {
+            period: request.window.period.as_str(),
+            tz: request.window.zone.name.clone(),
+            by: request.by.as_str(),
+            data,
         },
     ))
 }

@@ -110,6 +110,38 @@ pub struct SlotCounts {
     pub totals: MentorTotals,
 }
 
+/// The period a leaderboard ranks over: whole hours (the materialized totals) or exact
+/// instants (a calendar period off the UTC hour, counted from the attributions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopWindow {
+    Hours(referral_schemas::query::HourRange),
+    /// `[from, to)` in ms; `from` None is unbounded.
+    Exact {
+        from: Option<i64>,
+        to: i64,
+    },
+}
+
+/// The `limit` mentors with the most counted clicks or conversions, then by mentor id.
+pub fn rank(
+    totals: impl IntoIterator<Item = (String, MentorTotals)>,
+    by: referral_schemas::query::RankBy,
+    limit: u32,
+) -> Vec<(String, MentorTotals)> {
+    use referral_schemas::query::RankBy;
+    let mut ranked: Vec<(String, MentorTotals)> = totals
+        .into_iter()
+        .filter(|(_, totals)| *totals != MentorTotals::default())
+        .collect();
+    let key = |totals: &MentorTotals| match by {
+        RankBy::Clicks => totals.clicks,
+        RankBy::Conversions => totals.conversions,
+    };
+    ranked.sort_by(|a, b| key(&b.1).cmp(&key(&a.1)).then_with(|| a.0.cmp(&b.0)));
+    ranked.truncate(limit as usize);
+    ranked
+}
+
 /// A counted click of a partition, read back to rebuild its dedup window.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CountedClick {
@@ -148,6 +180,14 @@ pub trait AttributionReader: Send + Sync {
         from: Option<i64>,
         to: i64,
     ) -> Result<Vec<SlotCounts>, StoreError>;
+    /// The leaderboard: the `limit` mentors with the most counted clicks or conversions over
+    /// `window`, then by mentor id.
+    async fn top_mentors(
+        &self,
+        window: TopWindow,
+        by: referral_schemas::query::RankBy,
+        limit: u32,
+    ) -> Result<Vec<(String, MentorTotals)>, StoreError>;
     /// A mentor's materialized totals over `hours`.
     async fn mentor_totals(
         &self,

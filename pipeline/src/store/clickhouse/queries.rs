@@ -248,9 +248,71 @@ pub fn attribution_page(filter: &AttributionFilter, page: PageRequest) -> ReadQu
 /// A mentor's counted, duplicate and bot clicks and conversions over `hours`: whole days
 /// from the daily rows, the ragged ends from the hourly rows, in one query.
 pub fn mentor_totals(mentor_id: &str, hours: HourRange) -> ReadQuery {
+    let query = ReadQuery::new(String::new()).bind(Bound::Text(mentor_id.to_owned()));
+    let mut query = totals_ranges(hours, query);
+    query.sql = format!(
+        "SELECT {TOTALS_SUMS} FROM mentor_totals WHERE mentor_id = ? AND ({})",
+        query.sql
+    );
+    query
+}
+
+/// The four sums of a totals read: counted clicks, duplicates, bots, conversions.
+const TOTALS_SUMS: &str = "toInt64(sumIf(clicks, grain IN ('hour', 'day'))) AS total_clicks, \
+     toInt64(sumIf(clicks, grain IN ('duplicate_hour', 'duplicate_day'))) AS duplicates, \
+     toInt64(sumIf(clicks, grain IN ('bot_hour', 'bot_day'))) AS bots, \
+     toInt64(sum(conversions)) AS total_conversions";
+
+/// The leaderboard over whole hours: every mentor's sums from the materialized totals,
+/// ranked by `by` (then mentor id), the first `limit`.
+pub fn top_mentors(hours: HourRange, by: referral_schemas::query::RankBy, limit: u32) -> ReadQuery {
+    let mut query = totals_ranges(hours, ReadQuery::new(String::new()));
+    let order = match by {
+        referral_schemas::query::RankBy::Clicks => "total_clicks",
+        referral_schemas::query::RankBy::Conversions => "total_conversions",
+    };
+    query.sql = format!(
+        "SELECT mentor_id, {TOTALS_SUMS} FROM mentor_totals WHERE ({}) GROUP BY mentor_id \
+         ORDER BY {order} DESC, mentor_id LIMIT ?",
+        query.sql
+    );
+    query.bind(Bound::Int(i64::from(limit)))
+}
+
+/// Every mentor's live clicks by verdict with `occurred_at` in `[from, to)`.
+pub fn clicks_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
+    ReadQuery::new(
+        "SELECT mentor_id, toInt64(countIf(verdict = 'counted')) AS counted, \
+         toInt64(countIf(verdict = 'duplicate')) AS duplicates, \
+         toInt64(countIf(verdict = 'bot')) AS bots FROM \
+         (SELECT mentor_id, verdict, deleted_at FROM attributions_by_time FINAL \
+         WHERE occurred_at >= ? AND occurred_at < ?) WHERE deleted_at IS NULL \
+         GROUP BY mentor_id ORDER BY mentor_id"
+            .into(),
+    )
+    .bind(Bound::Int(from.unwrap_or(i64::MIN)))
+    .bind(Bound::Int(to))
+}
+
+/// Every mentor's live conversions with `confirmed_at` in `[from, to)` (a scan:
+/// `confirmed_at` is no sort key).
+pub fn conversions_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
+    ReadQuery::new(
+        "SELECT mentor_id, toInt64(count()) AS conversions FROM \
+         (SELECT mentor_id, confirmed_at, deleted_at FROM attributions FINAL) \
+         WHERE deleted_at IS NULL AND confirmed_at >= ? AND confirmed_at < ? \
+         GROUP BY mentor_id ORDER BY mentor_id"
+            .into(),
+    )
+    .bind(Bound::Int(from.unwrap_or(i64::MIN)))
+    .bind(Bound::Int(to))
+}
+
+/// `query` with the `OR` of the row ranges that sum `hours` (whole days from the daily
+/// rows, the ragged ends from the hourly rows) appended to its SQL and binds.
+fn totals_ranges(hours: HourRange, mut query: ReadQuery) -> ReadQuery {
     let plan = hours.plan();
     let mut ranges = Vec::new();
-    let mut query = ReadQuery::new(String::new()).bind(Bound::Text(mentor_id.to_owned()));
     if let Some((from_day, to_day)) = plan.daily {
         let mut range = String::from("(grain IN ('day', 'duplicate_day', 'bot_day')");
         if let Some(from) = from_day {
@@ -275,14 +337,7 @@ pub fn mentor_totals(mentor_id: &str, hours: HourRange) -> ReadQuery {
         // An empty period: no row can match.
         ranges.push("0".to_owned());
     }
-    query.sql = format!(
-        "SELECT toInt64(sumIf(clicks, grain IN ('hour', 'day'))) AS total_clicks, \
-         toInt64(sumIf(clicks, grain IN ('duplicate_hour', 'duplicate_day'))) AS duplicates, \
-         toInt64(sumIf(clicks, grain IN ('bot_hour', 'bot_day'))) AS bots, \
-         toInt64(sum(conversions)) AS total_conversions \
-         FROM mentor_totals WHERE mentor_id = ? AND ({})",
-        ranges.join(" OR ")
-    );
+    query.sql.push_str(&ranges.join(" OR "));
     query
 }
 

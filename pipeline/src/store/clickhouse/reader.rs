@@ -10,8 +10,11 @@ use referral_schemas::{Attribution, ReferralCode, Timestamp};
 use super::ClickHouseSettings;
 use super::queries::{self, ListTotal};
 use crate::plan::rows::{AttributionRow, CodeRow};
+use referral_schemas::query::RankBy;
+
 use crate::store::{
-    AttributionPage, AttributionReader, CodePage, MentorTotals, SlotCounts, StoreError,
+    AttributionPage, AttributionReader, CodePage, MentorTotals, SlotCounts, StoreError, TopWindow,
+    rank,
 };
 
 /// Cheap to clone: the client shares one connection pool.
@@ -233,6 +236,51 @@ impl AttributionReader for ClickHouseReader {
             total: 0,
             more,
         })
+    }
+
+    async fn top_mentors(
+        &self,
+        window: TopWindow,
+        by: RankBy,
+        limit: u32,
+    ) -> Result<Vec<(String, MentorTotals)>, StoreError> {
+        let mut totals: Vec<(String, MentorTotals)> = Vec::new();
+        match window {
+            TopWindow::Hours(hours) => {
+                let rows: Vec<(String, i64, i64, i64, i64)> =
+                    queries::top_mentors(hours, by, limit)
+                        .to_clickhouse(&self.client)
+                        .fetch_all()
+                        .await?;
+                for (mentor, clicks, duplicates, bots, conversions) in rows {
+                    let sums =
+                        MentorTotals::from_sums([clicks, duplicates, bots, conversions], &mentor)?;
+                    totals.push((mentor, sums));
+                }
+            }
+            TopWindow::Exact { from, to } => {
+                let clicks: Vec<(String, i64, i64, i64)> = queries::clicks_by_mentor(from, to)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+                let conversions: Vec<(String, i64)> = queries::conversions_by_mentor(from, to)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+                let mut by_mentor: std::collections::HashMap<String, MentorTotals> =
+                    Default::default();
+                for (mentor, counted, duplicates, bots) in clicks {
+                    let sums = MentorTotals::from_sums([counted, duplicates, bots, 0], &mentor)?;
+                    by_mentor.entry(mentor).or_default().add(sums);
+                }
+                for (mentor, count) in conversions {
+                    let sums = MentorTotals::from_sums([0, 0, 0, count], &mentor)?;
+                    by_mentor.entry(mentor).or_default().add(sums);
+                }
+                totals.extend(by_mentor);
+            }
+        }
+        Ok(rank(totals, by, limit))
     }
 
     async fn mentor_slots(

@@ -12,8 +12,13 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params, params_from_iter};
 
 use super::{ATTRIBUTION_COLUMNS, BUSY_TIMEOUT, attribution_from_row, code_from_row};
+use std::collections::HashMap;
+
+use referral_schemas::query::RankBy;
+
 use crate::store::{
-    AttributionPage, AttributionReader, CodePage, MentorTotals, SlotCounts, StoreError,
+    AttributionPage, AttributionReader, CodePage, MentorTotals, SlotCounts, StoreError, TopWindow,
+    rank,
 };
 
 /// Read connections kept open at most.
@@ -235,6 +240,85 @@ impl AttributionReader for SqliteReader {
                 total: 0,
                 more,
             })
+        })
+        .await
+    }
+
+    async fn top_mentors(
+        &self,
+        window: TopWindow,
+        by: RankBy,
+        limit: u32,
+    ) -> Result<Vec<(String, MentorTotals)>, StoreError> {
+        self.read(move |connection| {
+            let mut totals: HashMap<String, MentorTotals> = HashMap::new();
+            let mut add = |mentor: String, sums: [i64; 4]| -> Result<(), StoreError> {
+                let part = MentorTotals::from_sums(sums, &mentor)?;
+                totals.entry(mentor).or_default().add(part);
+                Ok(())
+            };
+            match window {
+                TopWindow::Hours(hours) => {
+                    let plan = hours.plan();
+                    let mut parts: Vec<(&str, &str, i64, i64)> = Vec::new();
+                    if let Some((from, to)) = plan.daily {
+                        parts.push((
+                            "mentor_daily_totals",
+                            "day",
+                            from.unwrap_or(i64::MIN),
+                            to.unwrap_or(i64::MAX),
+                        ));
+                    }
+                    for (from, to) in plan.hourly {
+                        parts.push(("mentor_hourly_totals", "hour", from, to));
+                    }
+                    for (table, bucket, from, to) in parts {
+                        let sql = format!(
+                            "SELECT mentor_id, SUM(clicks), SUM(duplicates), SUM(bots), \
+                             SUM(conversions) FROM {table} WHERE {bucket} >= ?1 AND {bucket} < ?2 \
+                             GROUP BY mentor_id"
+                        );
+                        let mut statement = connection.prepare_cached(&sql)?;
+                        let rows = statement.query_map(params![from, to], |row| {
+                            Ok((
+                                row.get(0)?,
+                                [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?],
+                            ))
+                        })?;
+                        for row in rows {
+                            let (mentor, sums) = row?;
+                            add(mentor, sums)?;
+                        }
+                    }
+                }
+                TopWindow::Exact { from, to } => {
+                    let from = from.unwrap_or(i64::MIN);
+                    let mut clicks = connection.prepare_cached(
+                        "SELECT mentor_id, SUM(verdict = 'counted'), SUM(verdict = 'duplicate'), \
+                         SUM(verdict = 'bot') FROM attributions WHERE deleted_at IS NULL \
+                         AND occurred_at >= ?1 AND occurred_at < ?2 GROUP BY mentor_id",
+                    )?;
+                    let rows = clicks.query_map(params![from, to], |row| {
+                        Ok((row.get(0)?, [row.get(1)?, row.get(2)?, row.get(3)?, 0]))
+                    })?;
+                    for row in rows {
+                        let (mentor, sums) = row?;
+                        add(mentor, sums)?;
+                    }
+                    let mut conversions = connection.prepare_cached(
+                        "SELECT mentor_id, COUNT(*) FROM attributions WHERE deleted_at IS NULL \
+                         AND confirmed_at >= ?1 AND confirmed_at < ?2 GROUP BY mentor_id",
+                    )?;
+                    let rows = conversions.query_map(params![from, to], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                    })?;
+                    for row in rows {
+                        let (mentor, count) = row?;
+                        add(mentor, [0, 0, 0, count])?;
+                    }
+                }
+            }
+            Ok(rank(totals, by, limit))
         })
         .await
     }
