@@ -5,6 +5,7 @@
 #    version is already on PATH; a first build takes 10-20 minutes on 2 cores.
 #  - ClickHouse server + client from Debian (bookworm ships 18.16.1, the only server
 #    installable here). Its post-install does not start it; tests run their own copies.
+#  - Chromium from Debian, headless, for the dashboard page's browser test.
 #  - chdb-core (PyPI), a current ClickHouse engine in-process, in a virtualenv at
 #    ${REFERRAL_TEST_VENV:-$HOME/.cache/referral-attribution/venv}; scripts/chdb_run.py runs
 #    SQL on it to check that statements are valid on current ClickHouse too.
@@ -42,6 +43,27 @@ else
     cat "${APT_LOG}" >&2
     rm -f "${APT_LOG}"
     echo "clickhouse-server: apt-get install failed (output above)" >&2
+    exit 1
+  fi
+  rm -f "${APT_LOG}"
+fi
+
+# The dashboard's browser test (api/tests/dashboard.rs): Debian's headless Chromium (~40 s).
+if command -v chromium >/dev/null 2>&1; then
+  echo "chromium: already installed ($(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo 'version unknown'))"
+else
+  echo "chromium: installing from Debian (apt-get install chromium)"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+  fi
+  APT_LOG="$(mktemp)"
+  if ! { ${SUDO} apt-get update -qq && \
+         ${SUDO} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+       } >"${APT_LOG}" 2>&1; then
+    cat "${APT_LOG}" >&2
+    rm -f "${APT_LOG}"
+    echo "chromium: apt-get install failed (output above)" >&2
     exit 1
   fi
   rm -f "${APT_LOG}"

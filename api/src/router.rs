@@ -39,7 +39,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     for prefix in [ATTRIBUTIONS_PREFIX, ATTRIBUTIONS_DOUBLED_PREFIX] {
         router = attributions::routes(router, prefix);
     }
-    links::routes(codes::routes(router))
+    crate::routes::dashboard::routes(links::routes(codes::routes(router)))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

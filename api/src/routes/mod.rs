@@ -2,6 +2,7 @@
 
 pub mod attributions;
 pub mod codes;
+pub mod dashboard;
 pub mod export;
 pub mod links;
 pub mod openapi;
