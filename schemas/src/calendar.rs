@@ -18,6 +18,10 @@ use crate::error::ApiError;
 pub const SLOT_MS: i64 = 15 * 60 * 1000;
 /// Buckets a series answers at most.
 pub const MAX_BUCKETS: usize = 1_000;
+/// The earliest instant a series starts at: 1972-01-01T00:00:00Z. Before it some zones'
+/// offsets were not whole minutes (Africa/Monrovia's -00:44:30), which no RFC 3339 offset
+/// can print and no 15-minute slot can bound.
+pub const SERIES_EPOCH_MS: i64 = 63_072_000_000;
 
 /// A series' bucket size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,14 +132,19 @@ impl Zone {
     fn next_start(&self, interval: Interval, start: &Zoned) -> Result<Zoned, ApiError> {
         let out_of_range = |_| ApiError::invalid("to", "is out of range");
         match interval {
-            // An absolute hour later, back to the local hour (a 30-minute DST shift moves
-            // the boundary with it).
+            // An absolute hour later, back to the local hour. Where the clock goes back by
+            // half an hour (Lord Howe), that local hour is the one just left: step on by
+            // quarter hours until the local hour is a new one (that hour lasts 90 minutes).
             Interval::Hour => {
-                let later = start.checked_add(1.hour()).map_err(out_of_range)?;
-                self.bucket_start(
-                    interval,
-                    Timestamp::from_millis(later.timestamp().as_millisecond()),
-                )
+                let mut later = start.checked_add(1.hour()).map_err(out_of_range)?;
+                loop {
+                    let at = Timestamp::from_millis(later.timestamp().as_millisecond());
+                    let next = self.bucket_start(interval, at)?;
+                    if next.timestamp() > start.timestamp() {
+                        return Ok(next);
+                    }
+                    later = later.checked_add(15.minutes()).map_err(out_of_range)?;
+                }
             }
             Interval::Day => {
                 self.day_start(start.date().checked_add(1.day()).map_err(out_of_range)?)
@@ -208,6 +217,12 @@ pub fn buckets(
     if from >= to {
         return Ok(found);
     }
+    if from.as_millis() < SERIES_EPOCH_MS {
+        return Err(ApiError::invalid(
+            "from",
+            "a time series starts at 1972-01-01T00:00:00Z or later",
+        ));
+    }
     let mut start = zone.bucket_start(interval, from)?;
     while millis(&start) < to {
         if found.len() == MAX_BUCKETS {
@@ -220,7 +235,19 @@ pub fn buckets(
                 ),
             ));
         }
+        if start.offset().seconds() % 60 != 0 {
+            return Err(ApiError::invalid(
+                "tz",
+                "this zone's offset is not whole minutes here; choose UTC",
+            ));
+        }
         let next = zone.next_start(interval, &start)?;
+        if next.timestamp() <= start.timestamp() {
+            return Err(ApiError::invalid(
+                "tz",
+                "this zone's calendar cannot be bucketed here",
+            ));
+        }
         found.push(Bucket {
             start: millis(&start),
             end: millis(&next),
@@ -275,6 +302,32 @@ mod tests {
         assert_eq!(hours.len(), 25);
         assert_eq!(hours[1].label, "2026-11-01T01:00:00-04:00");
         assert_eq!(hours[2].label, "2026-11-01T01:00:00-05:00");
+    }
+
+    #[test]
+    fn a_half_hour_clock_change_back_makes_one_90_minute_hour() {
+        // Lord Howe: 02:00 +11:00 becomes 01:30 +10:30 on 2026-04-05.
+        let hours = buckets(
+            &zone("Australia/Lord_Howe"),
+            Interval::Hour,
+            at("2026-04-04T13:00:00Z"),
+            at("2026-04-04T17:00:00Z"),
+        )
+        .unwrap();
+        let labels: Vec<&str> = hours.iter().map(|bucket| bucket.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "2026-04-05T00:00:00+11:00",
+                "2026-04-05T01:00:00+11:00",
+                "2026-04-05T02:00:00+10:30",
+                "2026-04-05T03:00:00+10:30",
+            ]
+        );
+        assert_eq!(
+            hours[1].end.as_millis() - hours[1].start.as_millis(),
+            90 * 60_000
+        );
     }
 
     #[test]

@@ -24,8 +24,8 @@ The rules (each also stated in words in the document):
 
 7. `tz` names a zone of the IANA database (a set the document does not enumerate): a name
    that is not one becomes one of a few real zones.
-8. A time series holds at most 1,000 buckets (interval x period arithmetic): a longer
-   period is shortened to fit.
+8. A time series holds at most 1,000 buckets (interval x period arithmetic) and starts no
+   earlier than 1972: a longer period is shortened to fit, an earlier start moved.
 9. `cursor` replaces `page` (either, not both): `page` is dropped beside a cursor.
 
 And one schemathesis limitation: a referral code in a path is case-insensitive (the
@@ -52,6 +52,8 @@ MAX_OFFSET = 100_000
 # Which rules to apply (all by default): code, occurred_at, confirmed_at, range, page, bytes,
 # upper-code.
 RULES = set(os.environ.get("ST_HOOK_RULES", "code,occurred_at,confirmed_at,range,page,bytes,upper-code,tz,buckets,cursor").split(","))
+# A time series starts no earlier than 1972-01-01T00:00:00Z (rule 8).
+SERIES_EPOCH = 63_072_000
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"]
 # Seconds per bucket, at most (a month: 31 days).
 BUCKET_SECONDS = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 31 * 86400}
@@ -175,11 +177,18 @@ def before_call(context, case, kwargs):
         if "buckets" in RULES and label.endswith("/timeseries"):
             seconds = BUCKET_SECONDS.get(query.get("interval", "day"), 86400)
             start, end = _instant(query.get("from")), _instant(query.get("to"))
+            if start is not None and start < SERIES_EPOCH:
+                start = SERIES_EPOCH
+                query["from"] = "1972-01-01T00:00:00Z"
+                if end is not None and end < start:
+                    end = start
+                    query["to"] = query["from"]
             if start is not None or end is not None:
                 end = end if end is not None else now
                 start = start if start is not None else end
                 if end - start > 900 * seconds:
-                    query["to"] = dt.datetime.fromtimestamp(start + 900 * seconds, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    capped = min(start + 900 * seconds, 253_402_300_799)  # 9999-12-31T23:59:59Z
+                    query["to"] = dt.datetime.fromtimestamp(capped, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             elif query.get("period", "30d") in ("all_time", "90d") and query.get("interval") == "hour":
                 query["period"] = "7d"
         page, limit = _integer(query.get("page")), _integer(query.get("limit", 20))

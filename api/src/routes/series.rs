@@ -9,7 +9,7 @@ use axum::extract::{Path, RawQuery, State};
 use http::StatusCode;
 use referral_pipeline::store::{MentorTotals, SlotCounts, TopWindow};
 use referral_schemas::Timestamp;
-use referral_schemas::calendar::{Bucket, SLOT_MS, buckets};
+use referral_schemas::calendar::{Bucket, SERIES_EPOCH_MS, SLOT_MS, buckets};
 use referral_schemas::query::{conversion_rate, parse_series_query, parse_top_query};
 use serde::Serialize;
 
@@ -86,6 +86,10 @@ pub async fn timeseries(
     state.tokens.authorize(&headers, Scope::Read)?;
     let mentor_id = mentor_id(path)?;
     let request = parse_series_query(query.as_deref(), Timestamp::now())?;
+    // A period that cannot be bucketed is refused before the store is read.
+    if let Some(from) = request.from {
+        buckets(&request.zone, request.interval, from, request.to)?;
+    }
     let slots = state
         .reads
         .reader
@@ -96,11 +100,11 @@ pub async fn timeseries(
         )
         .await
         .map_err(store_failure)?;
-    // All time starts at the mentor's first counted slot.
+    // All time starts at the mentor's first slot (series start in 1972 at the earliest).
     let from = request.from.or_else(|| {
-        slots
-            .first()
-            .map(|slot| Timestamp::from_millis(slot.slot.saturating_mul(SLOT_MS)))
+        slots.first().map(|slot| {
+            Timestamp::from_millis(slot.slot.saturating_mul(SLOT_MS).max(SERIES_EPOCH_MS))
+        })
     });
     let buckets = match from {
         Some(from) => buckets(&request.zone, request.interval, from, request.to)?,

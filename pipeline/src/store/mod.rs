@@ -131,7 +131,7 @@ pub fn rank(
     use referral_schemas::query::RankBy;
     let mut ranked: Vec<(String, MentorTotals)> = totals
         .into_iter()
-        .filter(|(_, totals)| *totals != MentorTotals::default())
+        .filter(|(_, totals)| totals.clicks != 0 || totals.conversions != 0)
         .collect();
     let key = |totals: &MentorTotals| match by {
         RankBy::Clicks => totals.clicks,

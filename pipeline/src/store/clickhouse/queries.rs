@@ -273,6 +273,7 @@ pub fn top_mentors(hours: HourRange, by: referral_schemas::query::RankBy, limit:
     };
     query.sql = format!(
         "SELECT mentor_id, {TOTALS_SUMS} FROM mentor_totals WHERE ({}) GROUP BY mentor_id \
+         HAVING total_clicks != 0 OR total_conversions != 0 \
          ORDER BY {order} DESC, mentor_id LIMIT ?",
         query.sql
     );
@@ -362,12 +363,14 @@ pub fn mentor_conversion_slots(mentor_id: &str, from: Option<i64>, to: i64) -> R
     ReadQuery::new(
         "SELECT intDiv(assumeNotNull(confirmed_at), 900000) AS slot, toUInt64(count()) AS conversions \
          FROM (SELECT confirmed_at, deleted_at FROM attributions_by_mentor FINAL \
-         WHERE mentor_id = ?) \
+         WHERE mentor_id = ? AND occurred_at < ?) \
          WHERE deleted_at IS NULL AND confirmed_at IS NOT NULL AND confirmed_at >= ? \
          AND confirmed_at < ? GROUP BY slot ORDER BY slot"
             .into(),
     )
     .bind(Bound::Text(mentor_id.to_owned()))
+    // A confirmation is never before its click: clicks from `to` on cannot count.
+    .bind(Bound::Int(to))
     .bind(Bound::Int(from.unwrap_or(i64::MIN)))
     .bind(Bound::Int(to))
 }

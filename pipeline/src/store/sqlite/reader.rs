@@ -358,8 +358,9 @@ impl AttributionReader for SqliteReader {
             }
             let mut conversions = connection.prepare_cached(
                 "SELECT confirmed_at / 900000, COUNT(*) FROM attributions \
-                 WHERE mentor_id = ?1 AND deleted_at IS NULL AND confirmed_at IS NOT NULL \
-                 AND confirmed_at >= ?2 AND confirmed_at < ?3 GROUP BY 1",
+                 WHERE mentor_id = ?1 AND deleted_at IS NULL AND occurred_at < ?3 \
+                 AND confirmed_at IS NOT NULL AND confirmed_at >= ?2 AND confirmed_at < ?3 \
+                 GROUP BY 1",
             )?;
             let rows = conversions.query_map(params![mentor_id, from, to], |row| {
                 Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
