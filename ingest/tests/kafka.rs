@@ -29,6 +29,11 @@ use support::{ChildGuard, free_address, free_port};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// A broker restarted on its port must find the port free: a test that picks ports while
+/// another one's broker is down could take it (and the restarted test would then talk to
+/// the wrong broker). The restart test runs alone; the others share.
+static BROKER_PORTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// A tansu broker. `durable` keeps its data in `dir` (SQLite); otherwise it is in memory.
 ///
 /// tansu 0.6.0's SQLite engine panics on the first produce of an idempotent producer that
@@ -319,6 +324,7 @@ async fn read_topic(settings: &KafkaSettings) -> Vec<(String, HashMap<String, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_clicks_are_on_the_topic_exactly_once_and_refused_ones_never() {
+    let _shared = BROKER_PORTS.read().await;
     let broker = Broker::start().await;
     let settings = settings(&broker, "once");
     admin::ensure_topics(&settings, 3, 1).await.unwrap();
@@ -390,6 +396,8 @@ async fn acknowledged_clicks_are_on_the_topic_exactly_once_and_refused_ones_neve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_broker_gives_503_within_the_timeout_then_201_after_restart() {
+    // Alone: its broker comes back on the same port, which no other test may take meanwhile.
+    let _alone = BROKER_PORTS.write().await;
     let mut broker = Broker::start_with(false).await;
     let settings = settings(&broker, "restart");
     admin::ensure_topics(&settings, 1, 1).await.unwrap();
@@ -457,6 +465,7 @@ async fn a_stopped_broker_gives_503_within_the_timeout_then_201_after_restart() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn codes_published_on_the_topic_are_honoured_within_five_seconds() {
+    let _shared = BROKER_PORTS.read().await;
     let broker = Broker::start().await;
     let settings = settings(&broker, "codes");
     admin::ensure_topics(&settings, 1, 1).await.unwrap();
@@ -498,6 +507,7 @@ async fn codes_published_on_the_topic_are_honoured_within_five_seconds() {
 /// freshness probe each unknown code would hold its request for the whole miss wait (500 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_codes_are_refused_after_a_probe_not_the_whole_miss_wait() {
+    let _shared = BROKER_PORTS.read().await;
     let broker = Broker::start().await;
     let settings = settings(&broker, "probe");
     admin::ensure_topics(&settings, 1, 1).await.unwrap();
@@ -535,6 +545,7 @@ async fn unknown_codes_are_refused_after_a_probe_not_the_whole_miss_wait() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_flooding_ip_is_limited_while_another_is_served() {
+    let _shared = BROKER_PORTS.read().await;
     let broker = Broker::start().await;
     let settings = settings(&broker, "limits");
     admin::ensure_topics(&settings, 1, 1).await.unwrap();
@@ -584,6 +595,7 @@ async fn one_flooding_ip_is_limited_while_another_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_requests_and_every_201_is_on_the_topic() {
+    let _shared = BROKER_PORTS.read().await;
     let broker = Broker::start().await;
     let settings = settings(&broker, "drain");
     admin::ensure_topics(&settings, 3, 1).await.unwrap();
