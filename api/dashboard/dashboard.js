@@ -83,23 +83,39 @@ async function load() {
   const seriesQuery = new URLSearchParams(query);
   seriesQuery.set("interval", $("interval").value);
   status("loading", "Loading...");
-  try {
-    const id = encodeURIComponent(mentor);
-    const [totals, series, top] = await Promise.all([
-      read(`${API}/mentor/${id}/total?${query}`),
-      read(`${API}/mentor/${id}/timeseries?${seriesQuery}`),
-      read(`${API}/mentors/top?${query}&limit=10`),
-    ]);
-    show("total-clicks", totals.total_clicks);
-    show("total-conversions", totals.total_conversions);
-    show("conversion-rate", totals.conversion_rate, (totals.conversion_rate * 100).toFixed(1) + " %");
-    show("filtered-duplicate", totals.filtered_clicks.duplicate);
-    show("filtered-bot", totals.filtered_clicks.bot);
-    drawChart(series);
-    drawLeaderboard(top);
-    status("ready", `${series.data.length} ${series.interval} buckets in ${series.tz}.`);
-  } catch (error) {
-    status("error", String(error.message || error));
+  const id = encodeURIComponent(mentor);
+  // Each part stands on its own: a refused series (too many buckets) leaves the totals.
+  const [totals, series, top] = await Promise.allSettled([
+    read(`${API}/mentor/${id}/total?${query}`),
+    read(`${API}/mentor/${id}/timeseries?${seriesQuery}`),
+    read(`${API}/mentors/top?${query}&limit=10`),
+  ]);
+  const errors = [];
+  if (totals.status === "fulfilled") {
+    const t = totals.value;
+    show("total-clicks", t.total_clicks);
+    show("total-conversions", t.total_conversions);
+    show("conversion-rate", t.conversion_rate, (t.conversion_rate * 100).toFixed(1) + " %");
+    show("filtered-duplicate", t.filtered_clicks.duplicate);
+    show("filtered-bot", t.filtered_clicks.bot);
+  } else {
+    errors.push("totals: " + totals.reason.message);
+  }
+  if (series.status === "fulfilled") {
+    drawChart(series.value);
+  } else {
+    errors.push("series: " + series.reason.message);
+  }
+  if (top.status === "fulfilled") {
+    drawLeaderboard(top.value);
+  } else {
+    errors.push("leaderboard: " + top.reason.message);
+  }
+  if (errors.length > 0) {
+    status("error", errors.join("; "));
+  } else {
+    const s = series.value;
+    status("ready", `${s.data.length} ${s.interval} buckets in ${s.tz}.`);
   }
 }
 

@@ -1390,6 +1390,10 @@ async fn cursors_walk_every_attribution_once_and_exports_stream_them(mode: Mode)
         );
     }
 
+    // Old clicks far apart: the export reads its pages in widening windows down the past.
+    for days in [3, 40, 400] {
+        app.click_id("JAN-1", &from_now(-days * 86_400)).await;
+    }
     // The export: every matching attribution, once; CSV (with a header) and NDJSON agree
     // with the list.
     let listed = app.get(&format!("{PREFIX}/mentor/usr_1?limit=100")).await;

@@ -56,9 +56,11 @@ pub async fn export(
     };
     let mut walk = Walk {
         reader: state.reads.reader.clone(),
+        floor: filter.from.map_or(0, Timestamp::as_millis),
         filter,
         format,
         first: true,
+        window_ms: FIRST_WINDOW_MS,
     };
     // The first page before the 200: a store that fails at once answers 503/500, not a
     // cut download.
@@ -93,36 +95,70 @@ pub async fn export(
     Ok(response)
 }
 
+/// The first time window a page is looked for in, newest first (then 4x wider each time
+/// one comes back short).
+const FIRST_WINDOW_MS: i64 = 3_600_000;
+/// Clicks may be dated this far ahead of now (validation allows 5 minutes).
+const FUTURE_SLACK_MS: i64 = 600_000;
+
 /// Where an export is in its list.
+///
+/// Each page is read within a time window just below the position reached (so a sparse
+/// filter never makes every page scan the whole past); a window that holds less than a
+/// page is exhausted, and the next one, four times wider, starts below it. The walk ends
+/// at the filter's `from` (or 1970, before which no click exists).
 struct Walk {
     reader: Arc<dyn AttributionReader>,
     filter: AttributionFilter,
     format: ExportFormat,
     first: bool,
+    /// The walk's lower end (ms).
+    floor: i64,
+    window_ms: i64,
 }
 
 impl Walk {
     /// The next page as one chunk (the CSV header first), and whether more follow.
     async fn next_chunk(&mut self) -> Result<(Bytes, bool), referral_pipeline::store::StoreError> {
-        let page = self
-            .reader
-            .attributions_after(&self.filter, EXPORT_PAGE)
-            .await?;
-        let mut chunk = Vec::with_capacity(page.attributions.len() * 256 + 256);
-        match self.format {
-            ExportFormat::Csv => write_csv(&mut chunk, &page.attributions, self.first),
-            ExportFormat::Ndjson => write_ndjson(&mut chunk, &page.attributions),
+        loop {
+            let upper = self.filter.after.as_ref().map_or_else(
+                || Timestamp::now().as_millis().saturating_add(FUTURE_SLACK_MS),
+                |cursor| cursor.occurred_at.as_millis(),
+            );
+            let lower = upper.saturating_sub(self.window_ms).max(self.floor);
+            let window = AttributionFilter {
+                from: Some(Timestamp::from_millis(lower)),
+                ..self.filter.clone()
+            };
+            let page = self.reader.attributions_after(&window, EXPORT_PAGE).await?;
+            let exhausted = !page.more;
+            let done = exhausted && lower <= self.floor;
+            if let Some(last) = page.attributions.last().filter(|_| !exhausted) {
+                self.filter.after = Some(ListCursor {
+                    occurred_at: last.occurred_at,
+                    id: last.id.clone(),
+                });
+            } else if exhausted {
+                // Everything at or after `lower` is out: go on below it, wider.
+                self.filter.after = Some(ListCursor {
+                    occurred_at: Timestamp::from_millis(lower),
+                    id: String::new(),
+                });
+                self.window_ms = self.window_ms.saturating_mul(4);
+            }
+            if page.attributions.is_empty() && !done && !self.first {
+                continue;
+            }
+            let mut chunk = Vec::with_capacity(page.attributions.len() * 256 + 256);
+            match self.format {
+                ExportFormat::Csv => write_csv(&mut chunk, &page.attributions, self.first),
+                ExportFormat::Ndjson => write_ndjson(&mut chunk, &page.attributions),
+            }
+            self.first = false;
+            metrics::counter!("referral_exported_attributions_total")
+                .increment(page.attributions.len() as u64);
+            return Ok((Bytes::from(chunk), !done));
         }
-        self.first = false;
-        if let Some(last) = page.attributions.last() {
-            self.filter.after = Some(ListCursor {
-                occurred_at: last.occurred_at,
-                id: last.id.clone(),
-            });
-        }
-        metrics::counter!("referral_exported_attributions_total")
-            .increment(page.attributions.len() as u64);
-        Ok((Bytes::from(chunk), page.more))
     }
 }
 
