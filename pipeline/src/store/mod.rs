@@ -83,6 +83,16 @@ impl MentorTotals {
         self.conversions += other.conversions;
     }
 
+    /// Adds `count` clicks of the stored verdict `verdict` (`counted` for anything else:
+    /// rows from before verdicts).
+    pub fn add_clicks(&mut self, verdict: &str, count: u64) {
+        match referral_schemas::verdict::ClickVerdict::parse(verdict) {
+            Some(referral_schemas::verdict::ClickVerdict::Duplicate) => self.duplicates += count,
+            Some(referral_schemas::verdict::ClickVerdict::Bot) => self.bots += count,
+            _ => self.clicks += count,
+        }
+    }
+
     /// From signed sums, which are never negative in a consistent store.
     pub fn from_sums(sums: [i64; 4], mentor_id: &str) -> Result<Self, StoreError> {
         let non_negative = |value: i64, what: &str| {

@@ -299,12 +299,7 @@ impl AttributionReader for ClickHouseReader {
             .await?;
         let mut slots: std::collections::BTreeMap<i64, MentorTotals> = Default::default();
         for (slot, verdict, count) in clicks {
-            let totals = slots.entry(slot).or_default();
-            match verdict.as_str() {
-                "duplicate" => totals.duplicates += count,
-                "bot" => totals.bots += count,
-                _ => totals.clicks += count,
-            }
+            slots.entry(slot).or_default().add_clicks(&verdict, count);
         }
         for (slot, count) in conversions {
             slots.entry(slot).or_default().conversions += count;

@@ -349,12 +349,7 @@ impl AttributionReader for SqliteReader {
             for row in rows {
                 let (slot, verdict, count) = row?;
                 let count = u64::try_from(count).unwrap_or(0);
-                let totals = slots.entry(slot).or_default();
-                match verdict.as_str() {
-                    "duplicate" => totals.duplicates += count,
-                    "bot" => totals.bots += count,
-                    _ => totals.clicks += count,
-                }
+                slots.entry(slot).or_default().add_clicks(&verdict, count);
             }
             let mut conversions = connection.prepare_cached(
                 "SELECT confirmed_at / 900000, COUNT(*) FROM attributions \
