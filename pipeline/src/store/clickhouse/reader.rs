@@ -36,6 +36,25 @@ fn peek(page: PageRequest) -> u64 {
     u64::from(page.limit) + 1
 }
 
+/// A page of `limit` from `rows` read with one row past it (which says whether more follow).
+fn page_of(
+    mut rows: Vec<AttributionRow>,
+    limit: u32,
+    total: u64,
+) -> Result<AttributionPage, StoreError> {
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let attributions = rows
+        .iter()
+        .map(AttributionRow::to_attribution)
+        .collect::<Result<_, _>>()?;
+    Ok(AttributionPage {
+        attributions,
+        total,
+        more,
+    })
+}
+
 /// Lower bounds tried for a page, newest first: an hour, a day, 30 days, a year, then all.
 const PAGE_WINDOWS: &[i64] = &[HOUR_MS, DAY_MS, 30 * DAY_MS, 365 * DAY_MS];
 /// Lists this small are read without windows.
@@ -183,7 +202,7 @@ impl AttributionReader for ClickHouseReader {
             after: None,
             ..filter.clone()
         };
-        let (total, mut rows) = match (queries::list_total(&whole), filter.after.is_some()) {
+        let (total, rows) = match (queries::list_total(&whole), filter.after.is_some()) {
             (ListTotal::Days(query), false) => {
                 let days: Vec<(i64, i64)> = query.to_clickhouse(&self.client).fetch_all().await?;
                 let total = days.iter().map(|(_, live)| *live).sum::<i64>();
@@ -204,17 +223,7 @@ impl AttributionReader for ClickHouseReader {
                 (total, self.newest_first(filter, page, total).await?)
             }
         };
-        let more = rows.len() > page.limit as usize;
-        rows.truncate(page.limit as usize);
-        let attributions = rows
-            .iter()
-            .map(AttributionRow::to_attribution)
-            .collect::<Result<_, _>>()?;
-        Ok(AttributionPage {
-            attributions,
-            total,
-            more,
-        })
+        page_of(rows, page.limit, total)
     }
 
     async fn attributions_after(
@@ -224,18 +233,8 @@ impl AttributionReader for ClickHouseReader {
     ) -> Result<AttributionPage, StoreError> {
         let page = PageRequest { page: 1, limit };
         // Not counted: read through the windows, as a long list is.
-        let mut rows = self.newest_first(filter, page, u64::MAX).await?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let attributions = rows
-            .iter()
-            .map(AttributionRow::to_attribution)
-            .collect::<Result<_, _>>()?;
-        Ok(AttributionPage {
-            attributions,
-            total: 0,
-            more,
-        })
+        let rows = self.newest_first(filter, page, u64::MAX).await?;
+        page_of(rows, limit, 0)
     }
 
     async fn top_mentors(
