@@ -1552,6 +1552,13 @@ async fn time_series_and_calendar_totals_follow_the_viewers_zone(mode: Mode) {
         r#"{{"code":"JAN-1","new_member_id":"usr_ts_new","confirmed_at":"{confirmed_at}"}}"#
     );
     assert_eq!(app.confirm(&ids[2], &body).await.status, StatusCode::OK);
+    // Confirmed 16 minutes after its click, past Kolkata's midnight (18:30Z) in the same
+    // UTC hour: that hour is read per slot, conversions included.
+    let late_confirmed_at = "2026-11-10T18:45:00Z";
+    let body = format!(
+        r#"{{"code":"JAN-1","new_member_id":"usr_ts_new2","confirmed_at":"{late_confirmed_at}"}}"#
+    );
+    assert_eq!(app.confirm(&ids[6], &body).await.status, StatusCode::OK);
 
     for (zone, interval, from, to) in [
         (
@@ -1614,7 +1621,14 @@ async fn time_series_and_calendar_totals_follow_the_viewers_zone(mode: Mode) {
             assert_eq!(got[0]["start"], "2026-10-19T00:00:00+00:00");
             continue;
         }
-        let expected = zoneinfo_series(zone, interval, from, to, &clicks, &[confirmed_at]);
+        let expected = zoneinfo_series(
+            zone,
+            interval,
+            from,
+            to,
+            &clicks,
+            &[confirmed_at, late_confirmed_at],
+        );
         assert_eq!(serde_json::Value::Array(got), expected, "{zone} {interval}");
     }
 

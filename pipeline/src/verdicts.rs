@@ -244,8 +244,7 @@ mod tests {
         async fn mentor_slots(
             &self,
             _: &str,
-            _: Option<i64>,
-            _: i64,
+            _: &crate::store::span::SlotSpan,
         ) -> Result<Vec<crate::store::SlotCounts>, StoreError> {
             unreachable!("not used")
         }

@@ -42,6 +42,12 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../migrations/sqlite/0004_click_verdicts.sql"),
         min_server: None,
     },
+    Migration {
+        version: 5,
+        name: "conversions by mentor",
+        sql: include_str!("../migrations/sqlite/0005_conversions_by_mentor.sql"),
+        min_server: None,
+    },
 ];
 
 /// The production store's schema (ClickHouse, 18.16 and later).
@@ -70,6 +76,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 4,
         name: "click verdicts",
         sql: include_str!("../migrations/clickhouse/0004_click_verdicts.sql"),
+        min_server: None,
+    },
+    Migration {
+        version: 5,
+        name: "conversions by mentor",
+        sql: include_str!("../migrations/clickhouse/0005_conversions_by_mentor.sql"),
         min_server: None,
     },
 ];

@@ -264,8 +264,9 @@ async fn mentor_total(
         Some(range) => {
             let to = range.to.unwrap_or_else(Timestamp::now).as_millis();
             let from = range.from.map(Timestamp::as_millis);
+            let span = referral_pipeline::store::span::SlotSpan::new(from, to);
             let slots = reader
-                .mentor_slots(&mentor_id, from, to)
+                .mentor_slots(&mentor_id, &span)
                 .await
                 .map_err(store_failure)?;
             super::series::sum_slots(&slots)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use http::StatusCode;
+use referral_pipeline::store::span::SlotSpan;
 use referral_pipeline::store::{MentorTotals, SlotCounts, TopWindow};
 use referral_schemas::Timestamp;
 use referral_schemas::calendar::{Bucket, SERIES_EPOCH_MS, SLOT_MS, buckets};
@@ -86,40 +87,81 @@ pub async fn timeseries(
     state.tokens.authorize(&headers, Scope::Read)?;
     let mentor_id = mentor_id(path)?;
     let request = parse_series_query(query.as_deref(), Timestamp::now())?;
-    // A period that cannot be bucketed is refused before the store is read.
-    if let Some(from) = request.from {
-        buckets(&request.zone, request.interval, from, request.to)?;
-    }
-    let slots = state
-        .reads
-        .reader
-        .mentor_slots(
-            &mentor_id,
-            request.from.map(Timestamp::as_millis),
-            request.to.as_millis(),
-        )
-        .await
-        .map_err(store_failure)?;
-    // All time starts at the mentor's first slot (series start in 1972 at the earliest).
-    let from = request.from.or_else(|| {
-        slots.first().map(|slot| {
-            Timestamp::from_millis(slot.slot.saturating_mul(SLOT_MS).max(SERIES_EPOCH_MS))
-        })
-    });
-    let buckets = match from {
-        Some(from) => buckets(&request.zone, request.interval, from, request.to)?,
-        None => Vec::new(),
+    let reader = &state.reads.reader;
+    let from = request.from.map(Timestamp::as_millis);
+    let to = request.to.as_millis();
+    let (slots, buckets) = match from {
+        // A period that cannot be bucketed is refused before the store is read.
+        Some(from) => {
+            let buckets = buckets(
+                &request.zone,
+                request.interval,
+                Timestamp::from_millis(from),
+                request.to,
+            )?;
+            let span = SlotSpan::new(Some(from), to).cut_at(boundaries(&buckets));
+            let slots = reader
+                .mentor_slots(&mentor_id, &span)
+                .await
+                .map_err(store_failure)?;
+            (slots, buckets)
+        }
+        // All time starts at the mentor's first hour (series start in 1972 at the
+        // earliest); read again if the buckets then cut hours.
+        None => {
+            let slots = reader
+                .mentor_slots(&mentor_id, &SlotSpan::new(None, to))
+                .await
+                .map_err(store_failure)?;
+            let Some(first) = slots.first() else {
+                return Ok(series_body(mentor_id, &request, Vec::new()));
+            };
+            let from = first.slot.saturating_mul(SLOT_MS).max(SERIES_EPOCH_MS);
+            let buckets = buckets(
+                &request.zone,
+                request.interval,
+                Timestamp::from_millis(from),
+                request.to,
+            )?;
+            let span = SlotSpan::new(None, to).cut_at(boundaries(&buckets));
+            let slots = if span.fine_hours.is_empty() {
+                slots
+            } else {
+                reader
+                    .mentor_slots(&mentor_id, &span)
+                    .await
+                    .map_err(store_failure)?
+            };
+            (slots, buckets)
+        }
     };
-    Ok(json(
+    let data = points(&buckets, &slots);
+    Ok(series_body(mentor_id, &request, data))
+}
+
+/// Where buckets start and the last one ends: the hours these cut are read per slot.
+fn boundaries(buckets: &[Bucket]) -> impl Iterator<Item = i64> + '_ {
+    buckets
+        .iter()
+        .map(|bucket| bucket.start.as_millis())
+        .chain(buckets.last().map(|bucket| bucket.end.as_millis()))
+}
+
+fn series_body(
+    mentor_id: String,
+    request: &referral_schemas::query::SeriesRequest,
+    data: Vec<SeriesPoint>,
+) -> axum::response::Response {
+    json(
         StatusCode::OK,
         &SeriesBody {
             mentor_id,
             interval: request.interval.as_str(),
             tz: request.zone.name.clone(),
             period: request.period.as_str(),
-            data: points(&buckets, &slots),
+            data,
         },
-    ))
+    )
 }
 
 #[derive(Serialize)]

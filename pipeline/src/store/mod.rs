@@ -4,6 +4,7 @@
 //! planner decided and reads; it decides nothing.
 
 pub mod clickhouse;
+pub mod span;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -108,6 +109,10 @@ impl MentorTotals {
     }
 }
 
+/// 15-minute slots in an hour: a whole hour's counts are keyed by its first slot.
+pub const SLOTS_PER_HOUR: i64 =
+    referral_schemas::timestamp::HOUR_MS / referral_schemas::calendar::SLOT_MS;
+
 /// A mentor's live clicks and conversions in one 15-minute slot ([`SLOT_MS`]): clicks of
 /// each verdict by `occurred_at`, conversions by `confirmed_at`. Any time zone's buckets are
 /// sums of slots.
@@ -130,6 +135,23 @@ pub enum TopWindow {
         from: Option<i64>,
         to: i64,
     },
+}
+
+/// What a leaderboard reads: whole hours from the materialized totals (days and ragged
+/// hours, [`HourRange::plan`]) and `[from, to)` ranges in ms from the attributions (the
+/// ends of an exact window off the UTC hour).
+pub fn top_window_reads(window: TopWindow) -> (Option<HourRange>, Vec<(i64, i64)>) {
+    match window {
+        TopWindow::Hours(hours) => (Some(hours), Vec::new()),
+        TopWindow::Exact { from, to } => {
+            let reads = span::SlotSpan::new(from, to).reads();
+            let hours = reads.hours.map(|(from_hour, to_hour)| HourRange {
+                from_hour,
+                to_hour: Some(to_hour),
+            });
+            (hours, reads.slots)
+        }
+    }
 }
 
 /// The `limit` mentors with the most counted clicks or conversions, then by mentor id.
@@ -182,13 +204,13 @@ pub trait AttributionReader: Send + Sync {
         filter: &AttributionFilter,
         limit: u32,
     ) -> Result<AttributionPage, StoreError>;
-    /// A mentor's counts per 15-minute slot in `[from, to)` (ms; `None`: unbounded), by
-    /// slot; empty slots absent.
+    /// A mentor's counts over `span`, by slot: a whole hour read from the hourly totals
+    /// under its first slot, a fine hour or ragged end per 15-minute slot ([`span`]);
+    /// empty slots absent.
     async fn mentor_slots(
         &self,
         mentor_id: &str,
-        from: Option<i64>,
-        to: i64,
+        span: &span::SlotSpan,
     ) -> Result<Vec<SlotCounts>, StoreError>;
     /// The leaderboard: the `limit` mentors with the most counted clicks or conversions over
     /// `window`, then by mentor id.

@@ -295,13 +295,14 @@ pub fn clicks_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
     .bind(Bound::Int(to))
 }
 
-/// Every mentor's live conversions with `confirmed_at` in `[from, to)` (a scan:
-/// `confirmed_at` is no sort key).
+/// Every mentor's live conversions with `confirmed_at` in `[from, to)`: a scan of the
+/// conversions' copy (a tenth of the attributions or less; `confirmed_at` is its second
+/// sort key and never changes, so it is filtered before `FINAL`).
 pub fn conversions_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
     ReadQuery::new(
         "SELECT mentor_id, toInt64(count()) AS conversions FROM \
-         (SELECT mentor_id, confirmed_at, deleted_at FROM attributions FINAL) \
-         WHERE deleted_at IS NULL AND confirmed_at >= ? AND confirmed_at < ? \
+         (SELECT mentor_id, deleted_at FROM attributions_by_confirmation FINAL \
+         WHERE confirmed_at >= ? AND confirmed_at < ?) WHERE deleted_at IS NULL \
          GROUP BY mentor_id ORDER BY mentor_id"
             .into(),
     )
@@ -342,14 +343,19 @@ fn totals_ranges(hours: HourRange, mut query: ReadQuery) -> ReadQuery {
     query
 }
 
-/// A mentor's live clicks per 15-minute slot and verdict in `[from, to)` (`occurred_at`).
-/// `FINAL` inside on the sort key (mentor, occurred_at); deletion filtered after it.
-pub fn mentor_click_slots(mentor_id: &str, from: Option<i64>, to: i64) -> ReadQuery {
+/// A mentor's hourly totals in `[from, to)` (hours since the epoch; `from` `None`:
+/// unbounded): counted, duplicate and bot clicks and conversions per hour; an hour whose
+/// deltas cancel out (merged or not) is absent.
+pub fn mentor_hours(mentor_id: &str, from: Option<i64>, to: i64) -> ReadQuery {
     ReadQuery::new(
-        "SELECT intDiv(occurred_at, 900000) AS slot, verdict, toUInt64(count()) AS clicks FROM \
-         (SELECT occurred_at, verdict, deleted_at FROM attributions_by_mentor FINAL \
-         WHERE mentor_id = ? AND occurred_at >= ? AND occurred_at < ?) \
-         WHERE deleted_at IS NULL GROUP BY slot, verdict ORDER BY slot, verdict"
+        "SELECT bucket, toInt64(sumIf(clicks, grain = 'hour')) AS counted, \
+         toInt64(sumIf(clicks, grain = 'duplicate_hour')) AS duplicates, \
+         toInt64(sumIf(clicks, grain = 'bot_hour')) AS bots, \
+         toInt64(sum(conversions)) AS conversions FROM mentor_totals \
+         WHERE grain IN ('hour', 'duplicate_hour', 'bot_hour') AND mentor_id = ? \
+         AND bucket >= ? AND bucket < ? GROUP BY bucket \
+         HAVING counted != 0 OR duplicates != 0 OR bots != 0 OR conversions != 0 \
+         ORDER BY bucket"
             .into(),
     )
     .bind(Bound::Text(mentor_id.to_owned()))
@@ -357,22 +363,52 @@ pub fn mentor_click_slots(mentor_id: &str, from: Option<i64>, to: i64) -> ReadQu
     .bind(Bound::Int(to))
 }
 
-/// A mentor's live conversions per 15-minute slot of `confirmed_at` in `[from, to)`.
-/// `confirmed_at` changes between versions: filtered after `FINAL`.
-pub fn mentor_conversion_slots(mentor_id: &str, from: Option<i64>, to: i64) -> ReadQuery {
-    ReadQuery::new(
-        "SELECT intDiv(assumeNotNull(confirmed_at), 900000) AS slot, toUInt64(count()) AS conversions \
-         FROM (SELECT confirmed_at, deleted_at FROM attributions_by_mentor FINAL \
-         WHERE mentor_id = ? AND occurred_at < ?) \
-         WHERE deleted_at IS NULL AND confirmed_at IS NOT NULL AND confirmed_at >= ? \
-         AND confirmed_at < ? GROUP BY slot ORDER BY slot"
+/// `column >= ? AND column < ?` for each of `ranges`, joined with `OR`, with its binds.
+fn ranges_condition(column: &str, ranges: &[(i64, i64)], mut query: ReadQuery) -> ReadQuery {
+    let conditions: Vec<String> = ranges
+        .iter()
+        .map(|_| format!("({column} >= ? AND {column} < ?)"))
+        .collect();
+    query.sql.push_str(&conditions.join(" OR "));
+    for (from, to) in ranges {
+        query = query.bind(Bound::Int(*from)).bind(Bound::Int(*to));
+    }
+    query
+}
+
+/// A mentor's live clicks per 15-minute slot and verdict with `occurred_at` in `ranges`
+/// (`[from, to)` each). `FINAL` inside on the sort key (mentor, occurred_at); deletion
+/// filtered after it.
+pub fn mentor_click_slots(mentor_id: &str, ranges: &[(i64, i64)]) -> ReadQuery {
+    let query = ReadQuery::new(
+        "SELECT intDiv(occurred_at, 900000) AS slot, verdict, toUInt64(count()) AS clicks FROM \
+         (SELECT occurred_at, verdict, deleted_at FROM attributions_by_mentor FINAL \
+         WHERE mentor_id = ? AND ("
             .into(),
     )
-    .bind(Bound::Text(mentor_id.to_owned()))
-    // A confirmation is never before its click: clicks from `to` on cannot count.
-    .bind(Bound::Int(to))
-    .bind(Bound::Int(from.unwrap_or(i64::MIN)))
-    .bind(Bound::Int(to))
+    .bind(Bound::Text(mentor_id.to_owned()));
+    let mut query = ranges_condition("occurred_at", ranges, query);
+    query
+        .sql
+        .push_str(")) WHERE deleted_at IS NULL GROUP BY slot, verdict ORDER BY slot, verdict");
+    query
+}
+
+/// A mentor's live conversions per 15-minute slot with `confirmed_at` in `ranges`, from
+/// the copy sorted by (mentor, confirmed_at): `confirmed_at` never changes once set.
+pub fn mentor_conversion_slots(mentor_id: &str, ranges: &[(i64, i64)]) -> ReadQuery {
+    let query = ReadQuery::new(
+        "SELECT intDiv(confirmed_at, 900000) AS slot, toUInt64(count()) AS conversions \
+         FROM (SELECT confirmed_at, deleted_at FROM attributions_by_confirmation FINAL \
+         WHERE mentor_id = ? AND ("
+            .into(),
+    )
+    .bind(Bound::Text(mentor_id.to_owned()));
+    let mut query = ranges_condition("confirmed_at", ranges, query);
+    query
+        .sql
+        .push_str(")) WHERE deleted_at IS NULL GROUP BY slot ORDER BY slot");
+    query
 }
 
 /// The latest state of one code (live or retired).

@@ -12,9 +12,11 @@ use super::queries::{self, ListTotal};
 use crate::plan::rows::{AttributionRow, CodeRow};
 use referral_schemas::query::RankBy;
 
+use crate::store::span::SlotSpan;
+use crate::store::top_window_reads;
 use crate::store::{
-    AttributionPage, AttributionReader, CodePage, MentorTotals, SlotCounts, StoreError, TopWindow,
-    rank,
+    AttributionPage, AttributionReader, CodePage, MentorTotals, SLOTS_PER_HOUR, SlotCounts,
+    StoreError, TopWindow, rank,
 };
 
 /// Cheap to clone: the client shares one connection pool.
@@ -243,65 +245,85 @@ impl AttributionReader for ClickHouseReader {
         by: RankBy,
         limit: u32,
     ) -> Result<Vec<(String, MentorTotals)>, StoreError> {
-        let mut totals: Vec<(String, MentorTotals)> = Vec::new();
-        match window {
-            TopWindow::Hours(hours) => {
-                let rows: Vec<(String, i64, i64, i64, i64)> =
-                    queries::top_mentors(hours, by, limit)
-                        .to_clickhouse(&self.client)
-                        .fetch_all()
-                        .await?;
-                for (mentor, clicks, duplicates, bots, conversions) in rows {
-                    let sums =
-                        MentorTotals::from_sums([clicks, duplicates, bots, conversions], &mentor)?;
-                    totals.push((mentor, sums));
-                }
-            }
-            TopWindow::Exact { from, to } => {
-                let clicks: Vec<(String, i64, i64, i64)> = queries::clicks_by_mentor(from, to)
+        let (hours, ranges) = top_window_reads(window);
+        // Ranked in the query when it reads everything; otherwise every mentor's sums.
+        let limit_in_query = if ranges.is_empty() { limit } else { u32::MAX };
+        let mut by_mentor: std::collections::HashMap<String, MentorTotals> = Default::default();
+        if let Some(hours) = hours {
+            let rows: Vec<(String, i64, i64, i64, i64)> =
+                queries::top_mentors(hours, by, limit_in_query)
                     .to_clickhouse(&self.client)
                     .fetch_all()
                     .await?;
-                let conversions: Vec<(String, i64)> = queries::conversions_by_mentor(from, to)
-                    .to_clickhouse(&self.client)
-                    .fetch_all()
-                    .await?;
-                let mut by_mentor: std::collections::HashMap<String, MentorTotals> =
-                    Default::default();
-                for (mentor, counted, duplicates, bots) in clicks {
-                    let sums = MentorTotals::from_sums([counted, duplicates, bots, 0], &mentor)?;
-                    by_mentor.entry(mentor).or_default().add(sums);
-                }
-                for (mentor, count) in conversions {
-                    let sums = MentorTotals::from_sums([0, 0, 0, count], &mentor)?;
-                    by_mentor.entry(mentor).or_default().add(sums);
-                }
-                totals.extend(by_mentor);
+            for (mentor, clicks, duplicates, bots, conversions) in rows {
+                let sums =
+                    MentorTotals::from_sums([clicks, duplicates, bots, conversions], &mentor)?;
+                by_mentor.entry(mentor).or_default().add(sums);
             }
         }
+        for (from, to) in ranges {
+            let clicks: Vec<(String, i64, i64, i64)> = queries::clicks_by_mentor(Some(from), to)
+                .to_clickhouse(&self.client)
+                .fetch_all()
+                .await?;
+            let conversions: Vec<(String, i64)> = queries::conversions_by_mentor(Some(from), to)
+                .to_clickhouse(&self.client)
+                .fetch_all()
+                .await?;
+            for (mentor, counted, duplicates, bots) in clicks {
+                let sums = MentorTotals::from_sums([counted, duplicates, bots, 0], &mentor)?;
+                by_mentor.entry(mentor).or_default().add(sums);
+            }
+            for (mentor, count) in conversions {
+                let sums = MentorTotals::from_sums([0, 0, 0, count], &mentor)?;
+                by_mentor.entry(mentor).or_default().add(sums);
+            }
+        }
+        let totals: Vec<(String, MentorTotals)> = by_mentor.into_iter().collect();
         Ok(rank(totals, by, limit))
     }
 
     async fn mentor_slots(
         &self,
         mentor_id: &str,
-        from: Option<i64>,
-        to: i64,
+        span: &SlotSpan,
     ) -> Result<Vec<SlotCounts>, StoreError> {
-        let clicks: Vec<(i64, String, u64)> = queries::mentor_click_slots(mentor_id, from, to)
-            .to_clickhouse(&self.client)
-            .fetch_all()
-            .await?;
-        let conversions: Vec<(i64, u64)> = queries::mentor_conversion_slots(mentor_id, from, to)
-            .to_clickhouse(&self.client)
-            .fetch_all()
-            .await?;
+        let reads = span.reads();
         let mut slots: std::collections::BTreeMap<i64, MentorTotals> = Default::default();
-        for (slot, verdict, count) in clicks {
-            slots.entry(slot).or_default().add_clicks(&verdict, count);
+        if let Some((from, to)) = reads.hours {
+            let hours: Vec<(i64, i64, i64, i64, i64)> = queries::mentor_hours(mentor_id, from, to)
+                .to_clickhouse(&self.client)
+                .fetch_all()
+                .await?;
+            for (hour, counted, duplicates, bots, conversions) in hours {
+                // A fine hour is read per slot; an hour whose deltas cancel out is empty.
+                if reads.fine.contains(&hour) {
+                    continue;
+                }
+                let sums =
+                    MentorTotals::from_sums([counted, duplicates, bots, conversions], mentor_id)?;
+                if sums != MentorTotals::default() {
+                    slots.entry(hour * SLOTS_PER_HOUR).or_default().add(sums);
+                }
+            }
         }
-        for (slot, count) in conversions {
-            slots.entry(slot).or_default().conversions += count;
+        if !reads.slots.is_empty() {
+            let clicks: Vec<(i64, String, u64)> =
+                queries::mentor_click_slots(mentor_id, &reads.slots)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+            let conversions: Vec<(i64, u64)> =
+                queries::mentor_conversion_slots(mentor_id, &reads.slots)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+            for (slot, verdict, count) in clicks {
+                slots.entry(slot).or_default().add_clicks(&verdict, count);
+            }
+            for (slot, count) in conversions {
+                slots.entry(slot).or_default().conversions += count;
+            }
         }
         Ok(slots
             .into_iter()

@@ -16,9 +16,11 @@ use std::collections::HashMap;
 
 use referral_schemas::query::RankBy;
 
+use crate::store::span::SlotSpan;
+use crate::store::top_window_reads;
 use crate::store::{
-    AttributionPage, AttributionReader, CodePage, MentorTotals, SlotCounts, StoreError, TopWindow,
-    rank,
+    AttributionPage, AttributionReader, CodePage, MentorTotals, SLOTS_PER_HOUR, SlotCounts,
+    StoreError, TopWindow, rank,
 };
 
 /// Read connections kept open at most.
@@ -257,65 +259,63 @@ impl AttributionReader for SqliteReader {
                 totals.entry(mentor).or_default().add(part);
                 Ok(())
             };
-            match window {
-                TopWindow::Hours(hours) => {
-                    let plan = hours.plan();
-                    let mut parts: Vec<(&str, &str, i64, i64)> = Vec::new();
-                    if let Some((from, to)) = plan.daily {
-                        parts.push((
-                            "mentor_daily_totals",
-                            "day",
-                            from.unwrap_or(i64::MIN),
-                            to.unwrap_or(i64::MAX),
-                        ));
-                    }
-                    for (from, to) in plan.hourly {
-                        parts.push(("mentor_hourly_totals", "hour", from, to));
-                    }
-                    for (table, bucket, from, to) in parts {
-                        let sql = format!(
-                            "SELECT mentor_id, SUM(clicks), SUM(duplicates), SUM(bots), \
-                             SUM(conversions) FROM {table} WHERE {bucket} >= ?1 AND {bucket} < ?2 \
-                             GROUP BY mentor_id"
-                        );
-                        let mut statement = connection.prepare_cached(&sql)?;
-                        let rows = statement.query_map(params![from, to], |row| {
-                            Ok((
-                                row.get(0)?,
-                                [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?],
-                            ))
-                        })?;
-                        for row in rows {
-                            let (mentor, sums) = row?;
-                            add(mentor, sums)?;
-                        }
-                    }
+            let (hours, ranges) = top_window_reads(window);
+            if let Some(hours) = hours {
+                let plan = hours.plan();
+                let mut parts: Vec<(&str, &str, i64, i64)> = Vec::new();
+                if let Some((from, to)) = plan.daily {
+                    parts.push((
+                        "mentor_daily_totals",
+                        "day",
+                        from.unwrap_or(i64::MIN),
+                        to.unwrap_or(i64::MAX),
+                    ));
                 }
-                TopWindow::Exact { from, to } => {
-                    let from = from.unwrap_or(i64::MIN);
-                    let mut clicks = connection.prepare_cached(
-                        "SELECT mentor_id, SUM(verdict = 'counted'), SUM(verdict = 'duplicate'), \
-                         SUM(verdict = 'bot') FROM attributions WHERE deleted_at IS NULL \
-                         AND occurred_at >= ?1 AND occurred_at < ?2 GROUP BY mentor_id",
-                    )?;
-                    let rows = clicks.query_map(params![from, to], |row| {
-                        Ok((row.get(0)?, [row.get(1)?, row.get(2)?, row.get(3)?, 0]))
+                for (from, to) in plan.hourly {
+                    parts.push(("mentor_hourly_totals", "hour", from, to));
+                }
+                for (table, bucket, from, to) in parts {
+                    let sql = format!(
+                        "SELECT mentor_id, SUM(clicks), SUM(duplicates), SUM(bots), \
+                         SUM(conversions) FROM {table} WHERE {bucket} >= ?1 AND {bucket} < ?2 \
+                         GROUP BY mentor_id"
+                    );
+                    let mut statement = connection.prepare_cached(&sql)?;
+                    let rows = statement.query_map(params![from, to], |row| {
+                        Ok((
+                            row.get(0)?,
+                            [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?],
+                        ))
                     })?;
                     for row in rows {
                         let (mentor, sums) = row?;
                         add(mentor, sums)?;
                     }
-                    let mut conversions = connection.prepare_cached(
-                        "SELECT mentor_id, COUNT(*) FROM attributions WHERE deleted_at IS NULL \
-                         AND confirmed_at >= ?1 AND confirmed_at < ?2 GROUP BY mentor_id",
-                    )?;
-                    let rows = conversions.query_map(params![from, to], |row| {
-                        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
-                    })?;
-                    for row in rows {
-                        let (mentor, count) = row?;
-                        add(mentor, [0, 0, 0, count])?;
-                    }
+                }
+            }
+            for (from, to) in ranges {
+                let mut clicks = connection.prepare_cached(
+                    "SELECT mentor_id, SUM(verdict = 'counted'), SUM(verdict = 'duplicate'), \
+                     SUM(verdict = 'bot') FROM attributions WHERE deleted_at IS NULL \
+                     AND occurred_at >= ?1 AND occurred_at < ?2 GROUP BY mentor_id",
+                )?;
+                let rows = clicks.query_map(params![from, to], |row| {
+                    Ok((row.get(0)?, [row.get(1)?, row.get(2)?, row.get(3)?, 0]))
+                })?;
+                for row in rows {
+                    let (mentor, sums) = row?;
+                    add(mentor, sums)?;
+                }
+                let mut conversions = connection.prepare_cached(
+                    "SELECT mentor_id, COUNT(*) FROM attributions WHERE deleted_at IS NULL \
+                     AND confirmed_at >= ?1 AND confirmed_at < ?2 GROUP BY mentor_id",
+                )?;
+                let rows = conversions.query_map(params![from, to], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    let (mentor, count) = row?;
+                    add(mentor, [0, 0, 0, count])?;
                 }
             }
             Ok(rank(totals, by, limit))
@@ -326,43 +326,67 @@ impl AttributionReader for SqliteReader {
     async fn mentor_slots(
         &self,
         mentor_id: &str,
-        from: Option<i64>,
-        to: i64,
+        span: &SlotSpan,
     ) -> Result<Vec<SlotCounts>, StoreError> {
         let mentor_id = mentor_id.to_owned();
-        let from = from.unwrap_or(i64::MIN);
+        let reads = span.reads();
         self.read(move |connection| {
             let mut slots: std::collections::BTreeMap<i64, MentorTotals> = Default::default();
-            // Floor division: instants before 1970 are refused, so occurred_at >= 0.
+            if let Some((from, to)) = reads.hours {
+                let mut hours = connection.prepare_cached(
+                    "SELECT hour, clicks, duplicates, bots, conversions FROM mentor_hourly_totals \
+                     WHERE mentor_id = ?1 AND hour >= ?2 AND hour < ?3",
+                )?;
+                let rows =
+                    hours.query_map(params![mentor_id, from.unwrap_or(i64::MIN), to], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?],
+                        ))
+                    })?;
+                for row in rows {
+                    let (hour, sums) = row?;
+                    // A fine hour is read per slot; an hour whose deltas cancel out is empty.
+                    if reads.fine.contains(&hour) {
+                        continue;
+                    }
+                    let sums = MentorTotals::from_sums(sums, &mentor_id)?;
+                    if sums != MentorTotals::default() {
+                        slots.entry(hour * SLOTS_PER_HOUR).or_default().add(sums);
+                    }
+                }
+            }
+            // Floor division: instants before 1970 are refused, so both instants are >= 0.
             let mut clicks = connection.prepare_cached(
                 "SELECT occurred_at / 900000, verdict, COUNT(*) FROM attributions \
                  WHERE mentor_id = ?1 AND deleted_at IS NULL AND occurred_at >= ?2 \
                  AND occurred_at < ?3 GROUP BY 1, 2",
             )?;
-            let rows = clicks.query_map(params![mentor_id, from, to], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            })?;
-            for row in rows {
-                let (slot, verdict, count) = row?;
-                let count = u64::try_from(count).unwrap_or(0);
-                slots.entry(slot).or_default().add_clicks(&verdict, count);
-            }
             let mut conversions = connection.prepare_cached(
                 "SELECT confirmed_at / 900000, COUNT(*) FROM attributions \
-                 WHERE mentor_id = ?1 AND deleted_at IS NULL AND occurred_at < ?3 \
-                 AND confirmed_at IS NOT NULL AND confirmed_at >= ?2 AND confirmed_at < ?3 \
-                 GROUP BY 1",
+                 WHERE mentor_id = ?1 AND deleted_at IS NULL AND confirmed_at IS NOT NULL \
+                 AND confirmed_at >= ?2 AND confirmed_at < ?3 GROUP BY 1",
             )?;
-            let rows = conversions.query_map(params![mentor_id, from, to], |row| {
-                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
-            })?;
-            for row in rows {
-                let (slot, count) = row?;
-                slots.entry(slot).or_default().conversions += u64::try_from(count).unwrap_or(0);
+            for (from, to) in &reads.slots {
+                let rows = clicks.query_map(params![mentor_id, from, to], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (slot, verdict, count) = row?;
+                    let count = u64::try_from(count).unwrap_or(0);
+                    slots.entry(slot).or_default().add_clicks(&verdict, count);
+                }
+                let rows = conversions.query_map(params![mentor_id, from, to], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    let (slot, count) = row?;
+                    slots.entry(slot).or_default().conversions += u64::try_from(count).unwrap_or(0);
+                }
             }
             Ok(slots
                 .into_iter()
