@@ -1632,6 +1632,22 @@ async fn time_series_and_calendar_totals_follow_the_viewers_zone(mode: Mode) {
         assert_eq!(serde_json::Value::Array(got), expected, "{zone} {interval}");
     }
 
+    // All time starts at the first click's day: 18:45Z is already the 11th in Kolkata,
+    // though its UTC hour began on the 10th there.
+    app.assign_code("KOL-1", "usr_kol").await;
+    app.click_id("KOL-1", "2026-11-10T18:45:00Z").await;
+    let all_time = app
+        .get(&format!(
+            "{PREFIX}/mentor/usr_kol/timeseries?interval=day&tz=Asia/Kolkata&period=all_time"
+        ))
+        .await;
+    assert_eq!(all_time.status, StatusCode::OK, "{:?}", all_time.body);
+    assert_eq!(
+        all_time.body["data"][0]["start"],
+        "2026-11-11T00:00:00+05:30"
+    );
+    assert_eq!(all_time.body["data"][0]["clicks"], 1);
+
     // Calendar totals: today and yesterday in Kolkata, around its local midnight.
     let now = referral_schemas::Timestamp::now();
     let midnight = zoneinfo_midnight("Asia/Kolkata", now.as_millis());

@@ -686,6 +686,49 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         .expect("probe");
     assert_eq!(rows(probe), vec![serde_json::json!({"clicks": "1"})]);
 
+    // Migration 5 while a writer's insert is running: an insert that started before the
+    // feed existed reaches neither the feed nor a copy that read before it landed; the
+    // runner waits for it before copying. (The slow insert sleeps 2 s before its rows.)
+    for statement in [
+        "DROP TABLE attributions_by_confirmation_feed",
+        "DROP TABLE attributions_by_confirmation",
+        "DROP TABLE schema_migrations",
+    ] {
+        settings
+            .client()
+            .query(statement)
+            .execute()
+            .await
+            .expect(statement);
+    }
+    let slow_client = settings.client();
+    let slow_insert = tokio::spawn(async move {
+        slow_client
+            .query(
+                "INSERT INTO attributions (id, code, mentor_id, kind, status, ip_address, \
+                 occurred_at, confirmed_at, created_at, version) \
+                 SELECT concat('attr_slow_', toString(number)), 'SLOW-1', 'usr_slow', \
+                 'conversion', 'confirmed', '', toInt64(0), toInt64(1000), toInt64(0), \
+                 toUInt64(1) FROM numbers(10) WHERE sleep(2) = 0",
+            )
+            .execute()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    migrate::migrate(&settings)
+        .await
+        .expect("migrate during an insert");
+    slow_insert.await.expect("join").expect("slow insert");
+    let copied: u64 = settings
+        .client()
+        .query(
+            "SELECT count() FROM attributions_by_confirmation FINAL WHERE mentor_id = 'usr_slow'",
+        )
+        .fetch_one()
+        .await
+        .expect("count the copy");
+    assert_eq!(copied, 10, "the copy waited for the running insert");
+
     // A store migrated by a newer release is refused by this writer.
     migrate::refuse_newer_schema(&settings)
         .await

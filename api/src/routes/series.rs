@@ -12,6 +12,7 @@ use referral_pipeline::store::{MentorTotals, SlotCounts, TopWindow};
 use referral_schemas::Timestamp;
 use referral_schemas::calendar::{Bucket, SERIES_EPOCH_MS, SLOT_MS, buckets};
 use referral_schemas::query::{conversion_rate, parse_series_query, parse_top_query};
+use referral_schemas::timestamp::HOUR_MS;
 use serde::Serialize;
 
 use super::attributions::mentor_id;
@@ -106,8 +107,9 @@ pub async fn timeseries(
                 .map_err(store_failure)?;
             (slots, buckets)
         }
-        // All time starts at the mentor's first hour (series start in 1972 at the
-        // earliest); read again if the buckets then cut hours.
+        // All time starts at the mentor's first slot (series start in 1972 at the
+        // earliest): the first hour with counts is read per slot to find it, then the
+        // whole span once the buckets say which hours they cut.
         None => {
             let slots = reader
                 .mentor_slots(&mentor_id, &SlotSpan::new(None, to))
@@ -116,7 +118,15 @@ pub async fn timeseries(
             let Some(first) = slots.first() else {
                 return Ok(series_body(mentor_id, &request, Vec::new()));
             };
-            let from = first.slot.saturating_mul(SLOT_MS).max(SERIES_EPOCH_MS);
+            let hour_start = first.slot.saturating_mul(SLOT_MS);
+            let first_hour = SlotSpan::new(Some(hour_start), to.min(hour_start + HOUR_MS))
+                .cut_at([hour_start + 1]);
+            let first_slots = reader
+                .mentor_slots(&mentor_id, &first_hour)
+                .await
+                .map_err(store_failure)?;
+            let first_slot = first_slots.first().map_or(first.slot, |slot| slot.slot);
+            let from = first_slot.saturating_mul(SLOT_MS).max(SERIES_EPOCH_MS);
             let buckets = buckets(
                 &request.zone,
                 request.interval,

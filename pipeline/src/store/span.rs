@@ -179,12 +179,13 @@ mod tests {
             (Some(H - 1), 3 * H + 1),
             (Some(7 * H + 9), 19 * H),
             (Some(-5 * H - 7), 2 * H + 3),
+            (None, 13 * H + 11),
         ];
         for (from, to) in cases {
             let span = SlotSpan::new(from, to).cut_at([4 * H + 17, 5 * H + 1, 12 * H + 30]);
             let reads = span.reads();
             let step = 60_000;
-            let mut at = from.unwrap_or(0);
+            let mut at = from.unwrap_or(-2 * H);
             while at < to {
                 let hour = at.div_euclid(H);
                 let by_hour = reads.hours.is_some_and(|(first, end)| {

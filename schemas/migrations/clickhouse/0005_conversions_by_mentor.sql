@@ -17,8 +17,10 @@ SETTINGS index_granularity = 256;
 -- `confirmed_at`; nothing undoes either): a `confirmed_at IS NOT NULL` here would name the
 -- alias, never null, and pick every row.
 -- The feed first, then the copy of what was stored before it: a row written in between
--- arrives twice, as the same (id, version), which the table replaces. So the migration
--- may run while writers of an older release are still applying the log.
+-- arrives twice, as the same (id, version), which the table replaces. ClickHouse fixes an
+-- insert's views when it starts, so the runner waits for the inserts running before the
+-- copy (it does before every INSERT of a migration). So the migration may run while
+-- writers of an older release are still applying the log.
 CREATE MATERIALIZED VIEW IF NOT EXISTS attributions_by_confirmation_feed TO attributions_by_confirmation
 AS SELECT id, mentor_id, assumeNotNull(confirmed_at) AS confirmed_at, deleted_at, version
 FROM attributions WHERE kind = 'conversion';

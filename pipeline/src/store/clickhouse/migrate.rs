@@ -88,6 +88,9 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, S
             continue;
         }
         for statement in statements(migration.sql) {
+            if starts_with_word(&statement, "INSERT") {
+                await_running_inserts(&client).await?;
+            }
             let added = added_column(&statement);
             if let Some((table, column)) = added
                 && column_exists(&client, table, column).await?
@@ -117,6 +120,47 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, S
     }
     report.server = Some(version);
     Ok(report)
+}
+
+fn starts_with_word(statement: &str, word: &str) -> bool {
+    statement
+        .split_whitespace()
+        .next()
+        .is_some_and(|first| first.eq_ignore_ascii_case(word))
+}
+
+/// How long a migration's copy waits for the inserts that were running before it.
+const INSERTS_SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Waits until every INSERT running on the server now has finished. A migration that
+/// creates a materialized view and then copies what its source already holds runs this
+/// before the copy: ClickHouse fixes an insert's views when the insert starts, so a
+/// writer's insert that began before the view existed reaches neither the view nor (if
+/// its rows land after the copy's read) the copy. Inserts that start later go through
+/// the view.
+async fn await_running_inserts(client: &clickhouse::Client) -> Result<(), StoreError> {
+    let running = |client: &clickhouse::Client| {
+        client
+            .query(
+                "SELECT query_id FROM system.processes \
+                 WHERE lower(substring(query, 1, 6)) = 'insert'",
+            )
+            .fetch_all::<String>()
+    };
+    let before: std::collections::HashSet<String> = running(client).await?.into_iter().collect();
+    let started = std::time::Instant::now();
+    loop {
+        let still: Vec<String> = running(client).await?;
+        if !still.iter().any(|id| before.contains(id)) {
+            return Ok(());
+        }
+        if started.elapsed() > INSERTS_SETTLE_LIMIT {
+            return Err(StoreError::Open(format!(
+                "inserts still running after {INSERTS_SETTLE_LIMIT:?}; migrate again"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 async fn column_exists(
