@@ -5,6 +5,9 @@
 //! flushes of those clicks' commands. Everything is drawn from a `SmallRng` seeded with
 //! `--seed`, so a seed replays the same data.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use rand::distr::Distribution;
@@ -16,7 +19,7 @@ use referral_schemas::Timestamp;
 use referral_schemas::messages::{
     AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, LogEvent,
 };
-use referral_schemas::timestamp::DAY_MS;
+use referral_schemas::timestamp::{DAY_MS, HOUR_MS};
 use ulid::Ulid;
 
 use crate::Result;
@@ -25,6 +28,20 @@ use crate::writer::{LoadStats, Writer};
 
 /// How many ids of the generated clicks are kept as get-by-id targets (at most).
 const SAMPLED_IDS: u64 = 100_000;
+
+/// The clicks' user agents, in turn: browsers only. Since click verdicts (issue 14), a
+/// click without a user agent or with a bot's is not counted (and its confirmation is
+/// refused as not_a_visitor), and the truth here counts every live click.
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) Safari/605.1.15",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0",
+    "Mozilla/5.0 (Linux; Android 14) Mobile Safari/537.36",
+];
+
+/// Days of the history's end whose instants are kept per mentor ([`Recent`]): the 90-day
+/// series, measured within a day of the data's end, and `--export-days` up to 90.
+pub const RECENT_DAYS: i64 = 91;
 
 /// The benchmark's randomness: a `SmallRng` seeded from `--seed` (deterministic for a seed).
 pub struct Rng(SmallRng);
@@ -105,7 +122,118 @@ pub struct Dataset {
     pub newest_live: (i64, String),
     /// Every k-th click: (id, mentor rank, deleted).
     pub sampled: Vec<(String, usize, bool)>,
+    /// The live instants of the last [`RECENT_DAYS`] days, per mentor.
+    pub recent: Arc<Recent>,
     pub load: LoadStats,
+}
+
+/// A leaderboard row as the generated data has it: (mentor id, clicks, conversions).
+pub type Ranked = (String, u64, u64);
+
+/// Leaderboards already computed, by (start in ms, limit).
+type Leaderboards = HashMap<(i64, usize), Arc<Vec<Ranked>>>;
+
+/// The live history's instants of the last [`RECENT_DAYS`] days, per mentor rank: what a
+/// time series, the leaderboard and a windowed export are checked against (exactly, to
+/// the millisecond).
+#[derive(Default)]
+pub struct Recent {
+    /// Instants before this (ms) are not kept: a window starting earlier cannot be checked.
+    pub since: i64,
+    /// `occurred_at` of every live click, per mentor rank, sorted.
+    clicks: Vec<Vec<i64>>,
+    /// `confirmed_at` of every live conversion, per mentor rank, sorted.
+    conversions: Vec<Vec<i64>>,
+    /// Leaderboards by conversions already computed.
+    top: Mutex<Leaderboards>,
+}
+
+impl fmt::Debug for Recent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recent")
+            .field("since", &self.since)
+            .field("mentors", &self.clicks.len())
+            .field("clicks", &self.clicks.iter().map(Vec::len).sum::<usize>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many of `sorted` fall in `[from, to)`.
+fn within(sorted: &[i64], from: i64, to: i64) -> u64 {
+    let below = |bound: i64| sorted.partition_point(|at| *at < bound);
+    below(to).saturating_sub(below(from)) as u64
+}
+
+impl Recent {
+    fn new(mentors: usize, since: i64) -> Self {
+        Self {
+            since,
+            clicks: vec![Vec::new(); mentors],
+            conversions: vec![Vec::new(); mentors],
+            top: Mutex::default(),
+        }
+    }
+
+    /// Given instants (sorted per mentor), for tests.
+    #[cfg(test)]
+    pub fn of(since: i64, clicks: Vec<Vec<i64>>, conversions: Vec<Vec<i64>>) -> Self {
+        Self {
+            since,
+            clicks,
+            conversions,
+            top: Mutex::default(),
+        }
+    }
+
+    /// Live clicks of mentor `rank` with `occurred_at` in `[from, to)`.
+    pub fn clicks(&self, rank: usize, from: i64, to: i64) -> u64 {
+        self.clicks.get(rank).map_or(0, |at| within(at, from, to))
+    }
+
+    /// Live conversions of mentor `rank` with `confirmed_at` in `[from, to)`.
+    pub fn conversions(&self, rank: usize, from: i64, to: i64) -> u64 {
+        self.conversions
+            .get(rank)
+            .map_or(0, |at| within(at, from, to))
+    }
+
+    /// Live clicks of every mentor with `occurred_at` at or after `from`.
+    pub fn live_since(&self, from: i64) -> u64 {
+        self.clicks
+            .iter()
+            .map(|at| within(at, from, i64::MAX))
+            .sum()
+    }
+
+    /// The leaderboard by conversions from `from` on (clicks by `occurred_at`, conversions
+    /// by `confirmed_at`): the `limit` mentors with the most conversions, then by mentor
+    /// id, mentors with neither left out.
+    pub fn top_by_conversions(&self, from: i64, limit: usize) -> Arc<Vec<Ranked>> {
+        let mut cache = self.top.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(top) = cache.get(&(from, limit)) {
+            return top.clone();
+        }
+        let mut ranked: Vec<Ranked> = (0..self.clicks.len())
+            .map(|rank| {
+                (
+                    mentor_id(rank),
+                    self.clicks(rank, from, i64::MAX),
+                    self.conversions(rank, from, i64::MAX),
+                )
+            })
+            .filter(|(_, clicks, conversions)| *clicks != 0 || *conversions != 0)
+            .collect();
+        ranked.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        ranked.truncate(limit);
+        let top = Arc::new(ranked);
+        cache.insert((from, limit), top.clone());
+        top
+    }
+}
+
+/// The start of the hour `at` (ms) falls in.
+pub fn hour_floor(at: i64) -> i64 {
+    at.div_euclid(HOUR_MS) * HOUR_MS
 }
 
 pub async fn generate(options: &Options, clickhouse_url: &str) -> Result<Dataset> {
@@ -125,6 +253,7 @@ pub async fn generate(options: &Options, clickhouse_url: &str) -> Result<Dataset
         ..Dataset::default()
     };
     let mut stats = LoadStats::default();
+    let mut recent = Recent::new(options.mentors, now - RECENT_DAYS * DAY_MS);
 
     // The codes the clicks use, assigned before the history starts (as the API would).
     let codes: Vec<LogEvent> = (0..options.mentors)
@@ -158,9 +287,11 @@ pub async fn generate(options: &Options, clickhouse_url: &str) -> Result<Dataset
             let id = rng.id("attr_", received);
             let confirmed = rng.chance(options.confirmed());
             let deleted = rng.chance(options.deleted());
+            let mut conversion = None;
             if confirmed {
                 let confirmed_at =
                     (occurred + 60_000 + rng.below(7 * DAY_MS as u64) as i64).min(now);
+                conversion = Some(confirmed_at);
                 members += 1;
                 commands.push(LogEvent::ConfirmConversion(ConfirmConversion {
                     command_id: rng.id("cmd_", confirmed_at),
@@ -186,6 +317,12 @@ pub async fn generate(options: &Options, clickhouse_url: &str) -> Result<Dataset
                 if confirmed {
                     data.mentor_conversions[rank] += 1;
                 }
+                if occurred >= recent.since {
+                    recent.clicks[rank].push(occurred);
+                }
+                if let Some(confirmed_at) = conversion.filter(|at| *at >= recent.since) {
+                    recent.conversions[rank].push(confirmed_at);
+                }
                 if (occurred, id.as_str()) > (data.newest_live.0, data.newest_live.1.as_str()) {
                     data.newest_live = (occurred, id.clone());
                 }
@@ -193,12 +330,7 @@ pub async fn generate(options: &Options, clickhouse_url: &str) -> Result<Dataset
             if i % sample_every == 0 {
                 data.sampled.push((id.clone(), rank, deleted));
             }
-            let user_agent = match i % 4 {
-                0 => None,
-                1 => Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)".to_owned()),
-                2 => Some("Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/126.0".to_owned()),
-                _ => Some("Mozilla/5.0 (Linux; Android 14) Mobile Safari/537.36".to_owned()),
-            };
+            let user_agent = Some(USER_AGENTS[(i % 4) as usize].to_owned());
             per_partition[rank % partitions].push(LogEvent::Click(ClickEvent {
                 attribution_id: id,
                 code: mentor_code(rank),
@@ -245,6 +377,14 @@ pub async fn generate(options: &Options, clickhouse_url: &str) -> Result<Dataset
         ));
     }
     data.load = stats;
+    for instants in recent
+        .clicks
+        .iter_mut()
+        .chain(recent.conversions.iter_mut())
+    {
+        instants.sort_unstable();
+    }
+    data.recent = Arc::new(recent);
     Ok(data)
 }
 
@@ -287,6 +427,45 @@ mod tests {
         assert!(MentorZipf::new(0, 1.0).is_err());
         assert!(MentorZipf::new(10, -1.0).is_err());
         assert_eq!(counts(1, 1.0, 100, 4), vec![100]);
+    }
+
+    #[test]
+    fn every_click_is_a_visitor() {
+        for agent in USER_AGENTS {
+            assert!(!referral_schemas::verdict::is_bot(Some(agent)), "{agent}");
+        }
+    }
+
+    #[test]
+    fn recent_instants_count_windows_and_rank_the_leaderboard() {
+        let mut recent = Recent::new(3, 100);
+        recent.clicks = vec![vec![100, 150, 200], vec![120, 300], vec![]];
+        recent.conversions = vec![vec![160], vec![130, 310], vec![400]];
+        assert_eq!(within(&[1, 2, 2, 5], 2, 5), 2);
+        assert_eq!(within(&[1, 2], 3, 1), 0);
+        assert_eq!(
+            (recent.clicks(0, 100, 200), recent.clicks(0, 101, 201)),
+            (2, 2)
+        );
+        assert_eq!(
+            (recent.clicks(7, 0, i64::MAX), recent.conversions(1, 0, 310)),
+            (0, 1)
+        );
+        assert_eq!((recent.live_since(0), recent.live_since(150)), (5, 3));
+        let top = recent.top_by_conversions(0, 10);
+        assert_eq!(
+            *top,
+            vec![
+                (mentor_id(1), 2, 2),
+                (mentor_id(0), 3, 1),
+                (mentor_id(2), 0, 1)
+            ]
+        );
+        // Ties by mentor id; mentors with nothing left out; the limit kept.
+        let top = recent.top_by_conversions(305, 2);
+        assert_eq!(*top, vec![(mentor_id(1), 0, 1), (mentor_id(2), 0, 1)]);
+        assert_eq!(recent.top_by_conversions(1_000, 10).len(), 0);
+        assert_eq!(hour_floor(HOUR_MS + 5), HOUR_MS);
     }
 
     #[test]

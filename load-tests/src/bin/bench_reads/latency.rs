@@ -12,10 +12,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, header};
 use referral_load_tests::bench::{CpuWindow, Service, connect, pid_text, quantile, runtime};
 use referral_load_tests::services::ClickHouseServer;
+use referral_schemas::Timestamp;
 
 use crate::Result;
 use crate::data::{Dataset, Rng};
-use crate::endpoints::{self, Endpoint, Target, wrong};
+use crate::endpoints::{self, Endpoint, Target, When, wrong};
 use crate::options::Options;
 use crate::report::ms;
 
@@ -150,6 +151,7 @@ async fn measure(
                     .header(header::HOST, "127.0.0.1")
                     .body(Empty::<Bytes>::new())
                     .map_err(|error| error.to_string())?;
+                let sent_at = Timestamp::now();
                 let sent = Instant::now();
                 let answer = async {
                     connection.ready().await?;
@@ -160,6 +162,10 @@ async fn measure(
                 }
                 .await;
                 let answered = Instant::now();
+                let when = When {
+                    sent: sent_at,
+                    answered: Timestamp::now(),
+                };
                 let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
                 let timed = index >= warm_up;
                 match answer {
@@ -173,7 +179,7 @@ async fn measure(
                             shared.first_sent = Some(first.min(sent));
                             shared.last_answer = Some(answered);
                         }
-                        if let Some(why) = wrong(&target.check, status, &body) {
+                        if let Some(why) = wrong(&target.check, status, &body, when) {
                             shared.phase.wrong += 1;
                             shared.phase.first_wrong.get_or_insert(why);
                         }

@@ -1,5 +1,5 @@
-//! The read benchmark of issue 5: latency of the API's reads over 10 million attributions
-//! stored in ClickHouse 18.16.
+//! The read benchmark of issues 5 and 15: latency of the API's reads, and the throughput
+//! of its export, over 10 million attributions stored in ClickHouse 18.16.
 //!
 //! Run it with `./scripts/bench-reads.sh [--record]`, which installs the services and builds
 //! the release binaries this program starts. Steps:
@@ -17,16 +17,31 @@
 //!    commands each: the writer loads what commands refer to with `IN (...)` lists, and
 //!    18.16 refuses queries over 256 KiB). Mentors are drawn from a Zipf distribution;
 //!    `occurred_at` is spread evenly over the last `--days` days; ids are ULIDs made at the
-//!    click's receive time, as the edge makes them.
+//!    click's receive time, as the edge makes them. The instants of the last 91 days' live
+//!    clicks and conversions are kept per mentor, to check series and leaderboards exactly.
 //! 3. Background merges are awaited (bounded by `--merge-wait`), then `referral-api` starts
 //!    in production mode (Kafka + ClickHouse, rate limits off) and /readyz is awaited.
 //! 4. Each endpoint is measured in turn over HTTP/1.1 keep-alive connections, closed loop:
 //!    a warm-up, then `--requests` timed requests on random targets, then
 //!    `--unloaded-requests` more on one connection (latency without queueing). Every answer
-//!    is checked against what was generated (status, ids, totals, list totals).
-//! 5. Independent checks against ClickHouse (counts over the sorted copy with `FINAL`), and
-//!    the server side of each endpoint: the SQL the API runs (built by
-//!    `aggregator/src/store/clickhouse/queries.rs`, rendered with `ReadQuery::render`; the
+//!    is checked against what was generated (status, ids, totals, list totals). The
+//!    endpoints: get by id, a mentor's list page (top-100 and any mentor), a mentor's totals
+//!    (all_time and 30d), the list's first page, and issue 15's: a 90-day daily series, a
+//!    48-hour hourly series (from/to: there is no named 48 h period), a 30-day daily series
+//!    in Asia/Kolkata (mentors half from the top 100, half uniform) and the 30-day top 10;
+//!    a series must have every bucket (local midnights or hours, with the zone's offset)
+//!    holding exactly the mentor's generated clicks and conversions, the top 10 exactly the
+//!    generated leaderboard.
+//! 5. The export (issue 15): `GET /export?format=ndjson`, then `format=csv`, of every live
+//!    attribution (or those of the last `--export-days`), each over one connection, the body
+//!    read as it streams (rows counted at each newline, never the whole body held), every
+//!    row checked (newest first, each strictly after the one before, the count equal to the
+//!    generated data); rows/s over the whole transfer, and referral-api's VmRSS sampled
+//!    every 100 ms: before, the peak while streaming, and after.
+//! 6. Independent checks against ClickHouse (counts over the sorted copy with `FINAL`), and
+//!    the server side of each endpoint (the time series excepted: their reads are decided
+//!    per request by the reader): the SQL the API runs (built by
+//!    `pipeline/src/store/clickhouse/queries.rs`, rendered with `ReadQuery::render`; the
 //!    page logic of `reader.rs` replayed) timed over ClickHouse's HTTP interface with
 //!    `FORMAT JSON`, whose statistics give the rows read and the server's elapsed time;
 //!    18.16 has no usable EXPLAIN and this server no `system.query_log`. The same replay
@@ -35,6 +50,7 @@
 //!
 //! Prints a Markdown report; `--record` also writes it between `<!-- reads:begin -->` and
 //! `<!-- reads:end -->` in docs/BENCHMARKS.md. Figures are measured in this run on this
+//! machine.
 //!
 //! Modules, one job each:
 //!
@@ -45,6 +61,7 @@
 //! - `clickhouse`: what is asked of ClickHouse directly (counts, merges, parts, table copies);
 //! - `endpoints`: the endpoints measured, their random targets and answer checks;
 //! - `latency`: the closed-loop measurement over HTTP/1.1 keep-alive;
+//! - `export`: the streamed exports, their rows checked, the API's memory sampled;
 //! - `checks`: totals against direct counts, deleted ids;
 //! - `server_side`: the SQL of each endpoint replayed and timed directly;
 //! - `report`: the Markdown report.
@@ -53,6 +70,7 @@ mod checks;
 mod clickhouse;
 mod data;
 mod endpoints;
+mod export;
 mod latency;
 mod options;
 mod report;
@@ -100,7 +118,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Steps 1 to 5 of the module doc, then the report (and `--hold`).
+/// Steps 1 to 6 of the module doc, then the report (and `--hold`).
 fn run(options: &Options) -> Result<()> {
     let started = Instant::now();
     let logs = tempfile::Builder::new()
@@ -150,6 +168,8 @@ fn run(options: &Options) -> Result<()> {
     let measurement_started = Timestamp::now();
     let mut rng = Rng::new(options.seed ^ 0x5eed);
     let results = latency::measure_all(options, &data, api_port, &mut api, &clickhouse, &mut rng)?;
+    eprintln!("streaming the exports");
+    let exports = export::measure_all(options, &data, api_port, &mut api, &clickhouse)?;
 
     eprintln!("checking totals against direct counts in ClickHouse");
     let checks = checks::direct_checks(&clickhouse, api_port, &data, options, &mut rng)?;
@@ -168,6 +188,7 @@ fn run(options: &Options) -> Result<()> {
     eprintln!("timing the API's SQL directly (FORMAT JSON statistics)");
     let server_side = Endpoint::ALL
         .into_iter()
+        .filter(|endpoint| server_side::replayed(*endpoint))
         .map(|endpoint| {
             let figures = server_side::figures(&clickhouse, endpoint, &data, options, &mut rng)?;
             Ok((endpoint, figures))
@@ -181,6 +202,7 @@ fn run(options: &Options) -> Result<()> {
         load_average,
         measurement_started,
         results: &results,
+        exports: &exports,
         checks: &checks,
         server_side: &server_side,
         copied,

@@ -106,6 +106,12 @@ pub struct Options {
     #[arg(long, value_name = "N", default_value_t = 500, help_heading = MEASUREMENT)]
     pub unloaded_requests: usize,
 
+    /// Export only the attributions of the last N days (from = now - N days) instead of
+    /// all of them
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i64).range(1..=90),
+          help_heading = MEASUREMENT)]
+    pub export_days: Option<i64>,
+
     /// Keep ClickHouse and the API running this long after the report (their URLs are
     /// printed, and a file that ends the wait when removed), to look into the data by hand
     #[arg(long, value_name = "SECONDS", value_parser = positive(), help_heading = MEASUREMENT)]
@@ -200,6 +206,7 @@ mod tests {
         assert_eq!(options.zipf, 1.0);
         assert_eq!(options.merge_wait(), Duration::from_secs(900));
         assert_eq!(options.hold(), Duration::ZERO);
+        assert_eq!(options.export_days, None);
         assert_eq!(
             (options.requests, options.warm_up, options.connections),
             (2_000, 200, 4)
@@ -228,6 +235,8 @@ mod tests {
             "30",
             "--hold",
             "5",
+            "--export-days",
+            "7",
             "--bin-dir",
             "/opt/bin",
         ])
@@ -238,6 +247,7 @@ mod tests {
         assert_eq!((options.warm_up, options.unloaded_requests), (0, 0));
         assert_eq!(options.merge_wait(), Duration::from_secs(30));
         assert_eq!(options.hold(), Duration::from_secs(5));
+        assert_eq!(options.export_days, Some(7));
         assert_eq!(options.common.bin_dir(), PathBuf::from("/opt/bin"));
 
         for bad in [
@@ -246,6 +256,8 @@ mod tests {
             &["--deleted-pct", "101"],
             &["--days", "0"],
             &["--hold", "0"],
+            &["--export-days", "0"],
+            &["--export-days", "91"],
             &["--requests", "x"],
             &["--nope"],
         ] {

@@ -1,5 +1,5 @@
-//! The Markdown report: the data, the latency per endpoint against the goal, the server
-//! side of each endpoint, the what-if replay, and the checks.
+//! The Markdown report: the data, the latency per endpoint against the goal, the exports,
+//! the server side of each endpoint, the what-if replay, and the checks.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -12,12 +12,13 @@ use crate::GOAL_P99;
 use crate::checks::Checks;
 use crate::data::Dataset;
 use crate::endpoints::Endpoint;
+use crate::export::{ExportRun, GOAL_ROWS_PER_SECOND, mib};
 use crate::latency::Phase;
 use crate::options::Options;
 use crate::server_side::{ServerRequest, ServerSide};
 
 /// The list size up to which the API reads a page without time windows: a copy of
-/// `WINDOWLESS_MAX` in aggregator/src/store/clickhouse/reader.rs, shown in the report.
+/// `WINDOWLESS_MAX` in pipeline/src/store/clickhouse/reader.rs, shown in the report.
 const WINDOWLESS_MAX: u64 = 20_000;
 
 /// The 1, 5 and 15 minute load averages, as /proc/loadavg prints them.
@@ -81,6 +82,7 @@ pub struct Report<'a> {
     pub load_average: String,
     pub measurement_started: Timestamp,
     pub results: &'a [(Endpoint, Phase, Option<Phase>)],
+    pub exports: &'a [ExportRun],
     pub checks: &'a Checks,
     pub server_side: &'a [(Endpoint, ServerSide)],
     /// How long copying the tables for the what-if figures took.
@@ -172,7 +174,12 @@ impl Report<'_> {
              requests per endpoint after {} untimed, random targets (then {} more on one \
              connection: the latency without queueing); every answer checked \
              against the generated data (status, id, list total, page size, mentor, all_time \
-             totals). Load average before measuring (1/5/15 min): {} (the merges just ended; \
+             totals; a series' every bucket: a local midnight or hour with the zone's offset, \
+             consecutive, covering the period, holding exactly the mentor's generated clicks \
+             by `occurred_at` and conversions by `confirmed_at`; the top 10 row by row against \
+             the generated leaderboard by conversions). Series and top-10 targets: mentors \
+             half from the top 100, half uniform; the 48-hour series asks `from`/`to` (48 h \
+             before the targets were made; there is no named 48 h period). Load average before measuring (1/5/15 min): {} (the merges just ended; \
              other work shares this machine). The newest click was {newest_age} min old at the \
              start. Goal: p99 <= {} ms for each.\n",
             options.connections,
@@ -233,6 +240,7 @@ impl Report<'_> {
             GOAL_P99.as_millis(),
             if all_met { "met" } else { "**not met**" }
         );
+        self.render_exports(&mut out);
         let _ = writeln!(
             out,
             "**Server side.** The SQL each request runs (built by `queries.rs`; the list pages \
@@ -240,7 +248,10 @@ impl Report<'_> {
              longer one within growing windows 1 h, 1 d, 30 d, 365 d, then all), rendered and \
              run over ClickHouse's HTTP interface one at a time with `FORMAT JSON`, for {} \
              random targets per endpoint; rows read and elapsed from the answer's statistics, \
-             summed per request.\n",
+             summed per request. The time series are not replayed: the reader decides their \
+             reads per request (hourly totals, and per 15-minute slot the hours a bucket \
+             boundary cuts), not one query of `queries.rs`; their figures are the latency \
+             above.\n",
             thousands(WINDOWLESS_MAX),
             options.sql_samples
         );
@@ -344,6 +355,73 @@ impl Report<'_> {
             checks.live_count_time.as_secs_f64()
         );
         out.trim_end().to_owned()
+    }
+
+    /// The exports: one row per format, against the goal.
+    fn render_exports(&self, out: &mut String) {
+        let Some(first) = self.exports.first() else {
+            return;
+        };
+        let what = match self.options.export_days {
+            Some(days) => format!(
+                "the {} live attributions of the last {days} days (`from` = now - {days} d)",
+                thousands(first.expected)
+            ),
+            None => format!("all {} live attributions", thousands(first.expected)),
+        };
+        let _ = writeln!(
+            out,
+            "**Export** (`GET /export?format=...`): {what}, each format over one connection, \
+             the body read as it streams (rows counted at each newline, the body never held \
+             whole); every row checked: newest first, each strictly after the one before by \
+             (`occurred_at`, id), so none twice, the first the newest live click, the count \
+             the generated one. Rows/s over the whole transfer (request to the body's end). \
+             referral-api's resident memory (VmRSS from /proc) sampled every 100 ms: before \
+             the request, the peak while streaming, and 1 s after the end. Goal: >= {} rows/s \
+             with flat memory.\n",
+            thousands(GOAL_ROWS_PER_SECOND)
+        );
+        let _ = writeln!(
+            out,
+            "| format | rows | MiB sent | seconds | first byte ms | rows/s | >= {} rows/s | referral-api RSS before / peak / after MiB | wrong rows | CPU (cores) |\n|---|---|---|---|---|---|---|---|---|---|",
+            thousands(GOAL_ROWS_PER_SECOND)
+        );
+        let rss = |kib: Option<u64>| kib.map_or_else(|| "?".to_owned(), mib);
+        for run in self.exports {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.0} | {:.1} | {} | {} | {} | {} / {} / {} ({} samples) | {}{} | {} |",
+                run.format.as_str(),
+                thousands(run.rows),
+                run.bytes as f64 / (1024.0 * 1024.0),
+                run.elapsed.as_secs_f64(),
+                ms(run
+                    .first_byte
+                    .map(|at| u64::try_from(at.as_micros()).unwrap_or(u64::MAX))),
+                thousands(run.rows_per_second()),
+                if run.goal_met() { "met" } else { "**not met**" },
+                rss(run.rss_before),
+                rss(run.rss_peak),
+                rss(run.rss_after),
+                run.rss_samples,
+                run.wrong,
+                run.first_wrong
+                    .as_ref()
+                    .map(|why| format!(" (first: {why})"))
+                    .unwrap_or_default(),
+                cpu_line(&run.cpu)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n**Goal** (export >= {} rows/s, every row right): {}.\n",
+            thousands(GOAL_ROWS_PER_SECOND),
+            if self.exports.iter().all(ExportRun::goal_met) {
+                "met"
+            } else {
+                "**not met**"
+            }
+        );
     }
 }
 

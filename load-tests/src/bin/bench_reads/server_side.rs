@@ -1,5 +1,5 @@
 //! The server side of each endpoint: the SQL the API runs (built by
-//! `aggregator/src/store/clickhouse/queries.rs`, rendered with `ReadQuery::render`; the page
+//! `pipeline/src/store/clickhouse/queries.rs`, rendered with `ReadQuery::render`; the page
 //! logic of `reader.rs` replayed) timed over ClickHouse's HTTP interface with `FORMAT JSON`,
 //! whose statistics give the rows read and the server's elapsed time; optionally on copies
 //! of the attribution tables with another `index_granularity`.
@@ -9,13 +9,15 @@ use referral_pipeline::store::clickhouse::queries::{
     self, ATTRIBUTION_COLUMNS, ListTotal, ReadQuery,
 };
 use referral_schemas::Timestamp;
-use referral_schemas::query::{AttributionFilter, HourRange, PageRequest, parse_totals_query};
+use referral_schemas::query::{
+    AttributionFilter, HourRange, PageRequest, parse_top_query, parse_totals_query,
+};
 use referral_schemas::timestamp::DAY_MS;
 use serde_json::Value;
 
 use crate::clickhouse::COPIED_TABLES;
 use crate::data::{Dataset, Rng, mentor_id};
-use crate::endpoints::{Endpoint, mixed_mentor};
+use crate::endpoints::{Endpoint, TOP_QUERY, mixed_mentor};
 use crate::options::Options;
 use crate::{HEAVY_MENTORS, PAGE_LIMIT, Result};
 
@@ -201,9 +203,31 @@ fn replay(
                 &mut request,
             )?;
         }
+        (Endpoint::Top30d, _) => {
+            // A rolling period is whole hours of the materialized totals (no exact window).
+            let top = parse_top_query(Some(TOP_QUERY), Timestamp::now())
+                .map_err(|error| format!("{error:?}"))?;
+            let (run, _) = timed_sql(
+                clickhouse,
+                &queries::top_mentors(top.window.hours, top.by, top.limit),
+                "",
+                variant,
+            )?;
+            request.add(run);
+        }
         (endpoint, target) => return Err(format!("no replay of {endpoint:?} for {target:?}")),
     }
     Ok(request)
+}
+
+/// Whether the SQL of `endpoint` is replayed here: not the time series', whose reads (the
+/// hourly totals, and per 15-minute slot the hours a bucket boundary cuts) the reader
+/// decides per request rather than one query of `queries.rs`.
+pub fn replayed(endpoint: Endpoint) -> bool {
+    !matches!(
+        endpoint,
+        Endpoint::Series90dDaily | Endpoint::Series48hHourly | Endpoint::Series30dKolkata
+    )
 }
 
 /// Server-side figures of one endpoint: per variant, one [`ServerRequest`] per target.
@@ -252,7 +276,10 @@ pub fn figures(
             Endpoint::TotalsAllTime | Endpoint::Totals30d => {
                 SqlTarget::Mentor(mixed_mentor(rng, mentors))
             }
-            Endpoint::ListFirstPage => SqlTarget::Everything,
+            Endpoint::ListFirstPage | Endpoint::Top30d => SqlTarget::Everything,
+            Endpoint::Series90dDaily | Endpoint::Series48hHourly | Endpoint::Series30dKolkata => {
+                return Err(format!("the SQL of {endpoint:?} is not replayed"));
+            }
         };
         let as_is = Variant::default();
         figures
