@@ -18,7 +18,9 @@ use referral_pipeline::store::clickhouse::reader::ClickHouseReader;
 use referral_pipeline::store::clickhouse::sink::ClickHouseSink;
 use referral_pipeline::store::clickhouse::{ClickHouseSettings, migrate};
 use referral_pipeline::store::span::SlotSpan;
-use referral_pipeline::store::{AttributionReader, MentorTotals, SlotCounts, StoreWriter};
+use referral_pipeline::store::{
+    AttributionReader, MentorTotals, SlotCounts, StoreWriter, TopWindow,
+};
 use referral_schemas::messages::{
     AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, LogEvent, RetireCode,
 };
@@ -307,6 +309,19 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
         (
             "leaderboard by clicks, a window",
             queries::top_mentors(hours(Some(3), Some(50)), RankBy::Clicks, 1),
+            "",
+        ),
+        (
+            "leaderboard days by time",
+            queries::mentor_days(None, None),
+            "",
+        ),
+        (
+            "leaderboard days by time, a window",
+            queries::mentor_days(
+                Some(at(3).as_millis() / 86_400_000),
+                Some(at(50).as_millis() / 86_400_000 + 1),
+            ),
             "",
         ),
         (
@@ -679,6 +694,7 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     // attr_000 alone: the range from 0 would catch a click copied as a conversion at 0.
     assert_eq!(answered["conversion slots"], 1);
     assert!(answered["mentor hours"] > 10);
+    assert_eq!(answered["leaderboard days by time"], 2);
     assert_eq!(answered["attribution unknown"], 0);
     let probe = results
         .last()
@@ -728,6 +744,106 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         .await
         .expect("count the copy");
     assert_eq!(copied, 10, "the copy waited for the running insert");
+
+    // Leaderboards by time: a writer of this release marked the backfill filled when it
+    // connected (on an empty store) and wrote 'time_day' rows beside the 'day' rows, so
+    // the by-time read ranks as the scan of every mentor's daily totals does.
+    let whole = TopWindow::Hours(HourRange {
+        from_hour: None,
+        to_hour: None,
+    });
+    let ranked = |rows: Vec<(String, MentorTotals)>| -> Vec<(String, u64, u64)> {
+        rows.into_iter()
+            .map(|(mentor, sums)| (mentor, sums.clicks, sums.conversions))
+            .collect()
+    };
+    let scanned = |settings: ClickHouseSettings| async move {
+        let rows: Vec<(String, i64, i64, i64, i64)> = queries::top_mentors(
+            HourRange {
+                from_hour: None,
+                to_hour: None,
+            },
+            RankBy::Clicks,
+            100,
+        )
+        .to_clickhouse(&settings.client())
+        .fetch_all()
+        .await
+        .expect("scan");
+        rows.into_iter()
+            .map(|(mentor, clicks, _, _, conversions)| (mentor, clicks as u64, conversions as u64))
+            .collect::<Vec<_>>()
+    };
+    let by_time = ranked(
+        ClickHouseReader::new(&settings)
+            .top_mentors(whole, RankBy::Clicks, 100)
+            .await
+            .expect("by time"),
+    );
+    assert_eq!(by_time, scanned(settings.clone()).await);
+    assert_eq!(by_time.len(), 2);
+    // An older writer's daily totals (no 'time_day' rows) on a store whose backfill is
+    // not filled yet: the reader scans until a writer of this release connects and fills
+    // it; a second fill stores the same differences.
+    for statement in [
+        "DROP TABLE mentor_day_backfill",
+        "DROP TABLE schema_migrations",
+    ] {
+        settings
+            .client()
+            .query(statement)
+            .execute()
+            .await
+            .expect(statement);
+    }
+    migrate::migrate(&settings).await.expect("migrate again");
+    settings
+        .client()
+        .query(
+            "INSERT INTO mentor_totals (mentor_id, grain, bucket, clicks, conversions, next_offset) \
+             VALUES ('usr_old', 'day', 20000, 50, 2, 0), ('usr_old', 'day', 20001, 7, 0, 0), \
+             ('usr_jan', 'day', 20001, 100, 0, 0)",
+        )
+        .execute()
+        .await
+        .expect("an older writer's rows");
+    let before_fill = ranked(
+        ClickHouseReader::new(&settings)
+            .top_mentors(whole, RankBy::Clicks, 100)
+            .await
+            .expect("scan before the fill"),
+    );
+    let expected = scanned(settings.clone()).await;
+    assert_eq!(before_fill, expected);
+    assert_eq!(expected[0].0, "usr_jan");
+    assert!(expected.contains(&("usr_old".to_owned(), 57, 2)));
+    ClickHouseSink::connect(&settings)
+        .await
+        .expect("a writer connects");
+    let reader = ClickHouseReader::new(&settings);
+    assert_eq!(
+        ranked(
+            reader
+                .top_mentors(whole, RankBy::Clicks, 100)
+                .await
+                .expect("filled")
+        ),
+        expected
+    );
+    queries::fill_day_backfill(u64::MAX >> 1)
+        .to_clickhouse(&settings.client())
+        .execute()
+        .await
+        .expect("fill again");
+    assert_eq!(
+        ranked(
+            reader
+                .top_mentors(whole, RankBy::Clicks, 100)
+                .await
+                .expect("filled twice")
+        ),
+        expected
+    );
 
     // A store migrated by a newer release is refused by this writer.
     migrate::refuse_newer_schema(&settings)

@@ -44,8 +44,8 @@ pub const SQLITE: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "conversions by mentor",
-        sql: include_str!("../migrations/sqlite/0005_conversions_by_mentor.sql"),
+        name: "dashboard reads: conversions and daily totals by time",
+        sql: include_str!("../migrations/sqlite/0005_dashboard_reads.sql"),
         min_server: None,
     },
 ];
@@ -80,8 +80,8 @@ pub const CLICKHOUSE: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "conversions by mentor",
-        sql: include_str!("../migrations/clickhouse/0005_conversions_by_mentor.sql"),
+        name: "dashboard reads: conversions and daily totals by time",
+        sql: include_str!("../migrations/clickhouse/0005_dashboard_reads.sql"),
         min_server: None,
     },
 ];

@@ -280,6 +280,71 @@ pub fn top_mentors(hours: HourRange, by: referral_schemas::query::RankBy, limit:
     query.bind(Bound::Int(i64::from(limit)))
 }
 
+/// Every mentor's counted clicks and conversions over whole days `[from, to)` (days since
+/// the epoch; `None`: unbounded) by time first: the 'time_day' rows of those days and what
+/// older writers stored without them (`mentor_day_backfill`, the row of day -1 aside).
+/// Reads the period's rows only, whatever the history's length.
+pub fn mentor_days(from_day: Option<i64>, to_day: Option<i64>) -> ReadQuery {
+    use super::totals::{TIME_DAY_MENTOR_FROM, time_day_key};
+    let mut query = ReadQuery::new(format!(
+        "SELECT mentor, toInt64(sum(clicks)) AS total_clicks, \
+         toInt64(sum(conversions)) AS total_conversions FROM (\
+         SELECT substring(mentor_id, {TIME_DAY_MENTOR_FROM}) AS mentor, clicks, conversions \
+         FROM mentor_totals WHERE grain = 'time_day'"
+    ));
+    if let Some(from) = from_day {
+        query.sql.push_str(" AND mentor_id >= ?");
+        query = query.bind(Bound::Text(time_day_key(from, "")));
+    }
+    if let Some(to) = to_day {
+        query.sql.push_str(" AND mentor_id < ?");
+        query = query.bind(Bound::Text(time_day_key(to, "")));
+    }
+    query.sql.push_str(
+        " UNION ALL SELECT mentor_id AS mentor, clicks, conversions \
+         FROM mentor_day_backfill FINAL WHERE day >= ?",
+    );
+    query = query.bind(Bound::Int(from_day.unwrap_or(0).max(0)));
+    if let Some(to) = to_day {
+        query.sql.push_str(" AND day < ?");
+        query = query.bind(Bound::Int(to));
+    }
+    query.sql.push_str(
+        ") GROUP BY mentor HAVING total_clicks != 0 OR total_conversions != 0 ORDER BY mentor",
+    );
+    query
+}
+
+/// Whether `mentor_day_backfill` was filled (its row of day -1).
+pub fn day_backfill_done() -> ReadQuery {
+    ReadQuery::new("SELECT toUInt64(count()) FROM mentor_day_backfill WHERE day = -1".into())
+}
+
+/// Stores, per day and mentor, the 'day' sums minus the 'time_day' sums (what writers of
+/// an older release stored without 'time_day' rows), read in one snapshot, as `version`.
+pub fn fill_day_backfill(version: u64) -> ReadQuery {
+    use super::totals::TIME_DAY_MENTOR_FROM;
+    ReadQuery::new(format!(
+        "INSERT INTO mentor_day_backfill (day, mentor_id, clicks, conversions, version) \
+         SELECT bucket, mentor, sumIf(clicks, grain = 'day') - sumIf(clicks, grain = 'time_day'), \
+         sumIf(conversions, grain = 'day') - sumIf(conversions, grain = 'time_day'), ? \
+         FROM (SELECT grain, bucket, clicks, conversions, \
+         if(grain = 'time_day', substring(mentor_id, {TIME_DAY_MENTOR_FROM}), mentor_id) AS mentor \
+         FROM mentor_totals WHERE grain IN ('day', 'time_day')) GROUP BY bucket, mentor"
+    ))
+    .bind(Bound::Int(i64::try_from(version).unwrap_or(i64::MAX)))
+}
+
+/// Marks `mentor_day_backfill` filled.
+pub fn mark_day_backfill(version: u64) -> ReadQuery {
+    ReadQuery::new(
+        "INSERT INTO mentor_day_backfill (day, mentor_id, clicks, conversions, version) \
+         VALUES (-1, '', 0, 0, ?)"
+            .into(),
+    )
+    .bind(Bound::Int(i64::try_from(version).unwrap_or(i64::MAX)))
+}
+
 /// Every mentor's live clicks by verdict with `occurred_at` in `[from, to)`.
 pub fn clicks_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
     ReadQuery::new(
@@ -295,9 +360,8 @@ pub fn clicks_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
     .bind(Bound::Int(to))
 }
 
-/// Every mentor's live conversions with `confirmed_at` in `[from, to)`: a scan of the
-/// conversions' copy (a tenth of the attributions or less; `confirmed_at` is its second
-/// sort key and never changes, so it is filtered before `FINAL`).
+/// Every mentor's live conversions with `confirmed_at` in `[from, to)`, from the copy
+/// sorted by `confirmed_at` (which never changes, so it is filtered before `FINAL`).
 pub fn conversions_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
     ReadQuery::new(
         "SELECT mentor_id, toInt64(count()) AS conversions FROM \
@@ -395,7 +459,8 @@ pub fn mentor_click_slots(mentor_id: &str, ranges: &[(i64, i64)]) -> ReadQuery {
 }
 
 /// A mentor's live conversions per 15-minute slot with `confirmed_at` in `ranges`, from
-/// the copy sorted by (mentor, confirmed_at): `confirmed_at` never changes once set.
+/// the copy sorted by `confirmed_at` (which never changes once set): every mentor's
+/// conversions in those hours are read, a few hours' worth.
 pub fn mentor_conversion_slots(mentor_id: &str, ranges: &[(i64, i64)]) -> ReadQuery {
     let query = ReadQuery::new(
         "SELECT intDiv(confirmed_at, 900000) AS slot, toUInt64(count()) AS conversions \

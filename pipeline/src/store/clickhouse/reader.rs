@@ -1,6 +1,9 @@
 //! [`AttributionReader`] on ClickHouse: what the API reads in production.
 
 use async_trait::async_trait;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use clickhouse::Client;
 use referral_schemas::messages::Verdict;
 use referral_schemas::query::{AttributionFilter, HourRange, PageRequest};
@@ -23,13 +26,30 @@ use crate::store::{
 #[derive(Clone)]
 pub struct ClickHouseReader {
     client: Client,
+    /// Daily totals by time are complete (`mentor_day_backfill` filled): leaderboards read
+    /// only their days. Until a writer of this release has connected, they scan the
+    /// daily totals of every mentor instead.
+    days_by_time: Arc<AtomicBool>,
 }
 
 impl ClickHouseReader {
     pub fn new(settings: &ClickHouseSettings) -> Self {
         Self {
             client: settings.client(),
+            days_by_time: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    async fn days_by_time(&self) -> Result<bool, StoreError> {
+        if self.days_by_time.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let filled: u64 = queries::day_backfill_done()
+            .to_clickhouse(&self.client)
+            .fetch_one()
+            .await?;
+        self.days_by_time.store(filled > 0, Ordering::Relaxed);
+        Ok(filled > 0)
     }
 }
 
@@ -245,20 +265,40 @@ impl AttributionReader for ClickHouseReader {
         by: RankBy,
         limit: u32,
     ) -> Result<Vec<(String, MentorTotals)>, StoreError> {
-        let (hours, ranges) = top_window_reads(window);
-        // Ranked in the query when it reads everything; otherwise every mentor's sums.
-        let limit_in_query = if ranges.is_empty() { limit } else { u32::MAX };
+        let (hours, mut ranges) = top_window_reads(window);
         let mut by_mentor: std::collections::HashMap<String, MentorTotals> = Default::default();
         if let Some(hours) = hours {
-            let rows: Vec<(String, i64, i64, i64, i64)> =
-                queries::top_mentors(hours, by, limit_in_query)
-                    .to_clickhouse(&self.client)
-                    .fetch_all()
-                    .await?;
-            for (mentor, clicks, duplicates, bots, conversions) in rows {
-                let sums =
-                    MentorTotals::from_sums([clicks, duplicates, bots, conversions], &mentor)?;
-                by_mentor.entry(mentor).or_default().add(sums);
+            if self.days_by_time().await? {
+                // Whole days by time; the ragged hours from the attributions by time.
+                let plan = hours.plan();
+                if let Some((from_day, to_day)) = plan.daily {
+                    let rows: Vec<(String, i64, i64)> = queries::mentor_days(from_day, to_day)
+                        .to_clickhouse(&self.client)
+                        .fetch_all()
+                        .await?;
+                    for (mentor, clicks, conversions) in rows {
+                        let sums = MentorTotals::from_sums([clicks, 0, 0, conversions], &mentor)?;
+                        by_mentor.entry(mentor).or_default().add(sums);
+                    }
+                }
+                ranges.extend(
+                    plan.hourly.iter().map(|(from, to)| {
+                        (from.saturating_mul(HOUR_MS), to.saturating_mul(HOUR_MS))
+                    }),
+                );
+            } else {
+                // Ranked in the query when it reads everything; otherwise every mentor's sums.
+                let limit_in_query = if ranges.is_empty() { limit } else { u32::MAX };
+                let rows: Vec<(String, i64, i64, i64, i64)> =
+                    queries::top_mentors(hours, by, limit_in_query)
+                        .to_clickhouse(&self.client)
+                        .fetch_all()
+                        .await?;
+                for (mentor, clicks, duplicates, bots, conversions) in rows {
+                    let sums =
+                        MentorTotals::from_sums([clicks, duplicates, bots, conversions], &mentor)?;
+                    by_mentor.entry(mentor).or_default().add(sums);
+                }
             }
         }
         for (from, to) in ranges {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use clickhouse::{Client, RowOwned, RowRead, RowWrite};
 
-use super::queries::{CountedBelow, newest_counted};
+use super::queries::{self, CountedBelow, newest_counted};
 use super::totals;
 use super::{ClickHouseSettings, ServerVersion, placeholders, server_version};
 use crate::plan::rows::{AttributionRow, CodeRow, DecisionRow, MemberRow};
@@ -36,12 +36,43 @@ pub struct ClickHouseSink {
     checkpoints: HashMap<PartitionKey, i64>,
 }
 
+/// Stores once what writers of an older release stored without 'time_day' rows
+/// (`mentor_day_backfill`, migration 5). Run when a writer connects: the aggregators roll
+/// with `Recreate`, so no older writer runs then, and writers of this release add to both
+/// grains alike; two writers connecting at once store the same differences, which the
+/// table replaces. The marker goes last: a fill cut short is done again.
+async fn fill_day_backfill(client: &clickhouse::Client) -> Result<(), StoreError> {
+    let done: u64 = queries::day_backfill_done()
+        .to_clickhouse(client)
+        .fetch_one()
+        .await?;
+    if done > 0 {
+        return Ok(());
+    }
+    let version = u64::try_from(referral_schemas::Timestamp::now().as_millis()).unwrap_or(0);
+    let started = std::time::Instant::now();
+    queries::fill_day_backfill(version)
+        .to_clickhouse(client)
+        .execute()
+        .await?;
+    queries::mark_day_backfill(version)
+        .to_clickhouse(client)
+        .execute()
+        .await?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "daily totals by time backfilled"
+    );
+    Ok(())
+}
+
 impl ClickHouseSink {
     /// Connects and probes the server version.
     pub async fn connect(settings: &ClickHouseSettings) -> Result<Self, StoreError> {
         let client = settings.client();
         let server = server_version(&client).await?;
         tracing::info!(server = %server.text, insert_tokens = server.has_insert_tokens(), "clickhouse connected");
+        fill_day_backfill(&client).await?;
         Ok(Self {
             client,
             settings: settings.clone(),

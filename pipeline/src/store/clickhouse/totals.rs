@@ -18,7 +18,19 @@ pub mod grain {
     pub const DUPLICATE_DAY: i8 = 6;
     pub const BOT_HOUR: i8 = 7;
     pub const BOT_DAY: i8 = 8;
+    /// The 'day' rows' counted clicks and conversions keyed by day first
+    /// ([`time_day_key`]): what leaderboards read.
+    pub const TIME_DAY: i8 = 9;
 }
+
+/// The `mentor_id` of a 'time_day' row: the day in 8 digits, `:`, the mentor. Within the
+/// grain the table's sort key then orders rows by day.
+pub fn time_day_key(day: i64, mentor_id: &str) -> String {
+    format!("{day:08}:{mentor_id}")
+}
+
+/// Where a 'time_day' key's mentor starts (1-based, for ClickHouse's `substring`).
+pub const TIME_DAY_MENTOR_FROM: usize = 10;
 
 /// `mentor_totals`: a signed delta, or a checkpoint increment.
 #[derive(Clone, Debug, PartialEq, Eq, Row, Serialize, Deserialize)]
@@ -82,6 +94,16 @@ pub fn rows(plan: &Plan) -> Vec<TotalsRow> {
     }
     for ((mentor_id, day), sums) in plan.daily_deltas() {
         bucket_rows(&mut rows, &mentor_id, day, sums, daily);
+        if (sums.clicks, sums.conversions) != (0, 0) {
+            rows.push(TotalsRow {
+                mentor_id: time_day_key(day, &mentor_id),
+                grain: grain::TIME_DAY,
+                bucket: day,
+                clicks: sums.clicks,
+                conversions: sums.conversions,
+                next_offset: 0,
+            });
+        }
     }
     for (day, sums) in plan.global_daily_deltas() {
         rows.push(TotalsRow {
