@@ -312,16 +312,13 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             "",
         ),
         (
-            "leaderboard days by time",
-            queries::mentor_days(None, None),
+            "leaderboard by time",
+            queries::top_by_time(hours(None, None), RankBy::Conversions, 10),
             "",
         ),
         (
-            "leaderboard days by time, a window",
-            queries::mentor_days(
-                Some(at(3).as_millis() / 86_400_000),
-                Some(at(50).as_millis() / 86_400_000 + 1),
-            ),
+            "leaderboard by time, a window",
+            queries::top_by_time(hours(Some(3), Some(50)), RankBy::Clicks, 5),
             "",
         ),
         (
@@ -694,7 +691,8 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     // attr_000 alone: the range from 0 would catch a click copied as a conversion at 0.
     assert_eq!(answered["conversion slots"], 1);
     assert!(answered["mentor hours"] > 10);
-    assert_eq!(answered["leaderboard days by time"], 2);
+    assert_eq!(answered["leaderboard by time"], 2);
+    assert_eq!(answered["leaderboard by time, a window"], 2);
     assert_eq!(answered["attribution unknown"], 0);
     let probe = results
         .last()
@@ -786,7 +784,7 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     // not filled yet: the reader scans until a writer of this release connects and fills
     // it; a second fill stores the same differences.
     for statement in [
-        "DROP TABLE mentor_day_backfill",
+        "DROP TABLE mentor_totals_backfill",
         "DROP TABLE schema_migrations",
     ] {
         settings
@@ -802,7 +800,8 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         .query(
             "INSERT INTO mentor_totals (mentor_id, grain, bucket, clicks, conversions, next_offset) \
              VALUES ('usr_old', 'day', 20000, 50, 2, 0), ('usr_old', 'day', 20001, 7, 0, 0), \
-             ('usr_jan', 'day', 20001, 100, 0, 0)",
+             ('usr_jan', 'day', 20001, 100, 0, 0), ('usr_old', 'hour', 480005, 3, 1, 0), \
+             ('usr_old', 'hour', 480030, 4, 0, 0)",
         )
         .execute()
         .await
@@ -816,7 +815,10 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     let expected = scanned(settings.clone()).await;
     assert_eq!(before_fill, expected);
     assert_eq!(expected[0].0, "usr_jan");
-    assert!(expected.contains(&("usr_old".to_owned(), 57, 2)));
+    assert!(
+        expected.contains(&("usr_old".to_owned(), 57, 2)),
+        "{expected:?}"
+    );
     ClickHouseSink::connect(&settings)
         .await
         .expect("a writer connects");
@@ -830,7 +832,38 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         ),
         expected
     );
-    queries::fill_day_backfill(u64::MAX >> 1)
+    // A window of ragged hours and whole days: by time (hours and days) as the scan.
+    let window = HourRange {
+        from_hour: Some(480_003),
+        to_hour: Some(480_050),
+    };
+    let window_scan: Vec<(String, i64, i64, i64, i64)> =
+        queries::top_mentors(window, RankBy::Clicks, 100)
+            .to_clickhouse(&settings.client())
+            .fetch_all()
+            .await
+            .expect("window scan");
+    let window_scan: Vec<(String, u64, u64)> = window_scan
+        .into_iter()
+        .map(|(mentor, clicks, _, _, conversions)| (mentor, clicks as u64, conversions as u64))
+        .collect();
+    assert_eq!(
+        ranked(
+            reader
+                .top_mentors(TopWindow::Hours(window), RankBy::Clicks, 100)
+                .await
+                .expect("window by time")
+        ),
+        window_scan
+    );
+    assert_eq!(
+        window_scan,
+        vec![
+            ("usr_jan".to_owned(), 100, 0),
+            ("usr_old".to_owned(), 10, 1)
+        ]
+    );
+    queries::fill_backfill(u64::MAX >> 1)
         .to_clickhouse(&settings.client())
         .execute()
         .await

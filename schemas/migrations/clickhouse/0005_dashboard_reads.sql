@@ -29,22 +29,25 @@ INSERT INTO attributions_by_confirmation
 SELECT id, mentor_id, assumeNotNull(confirmed_at) AS confirmed_at, deleted_at, version
 FROM attributions WHERE kind = 'conversion';
 
--- Daily totals by time first: 'time_day' rows carry the 'day' rows' counted clicks and
--- conversions under the key "<day, 8 digits>:<mentor>", so that the table's sort key
--- (grain, mentor_id, bucket) orders them by day and a leaderboard reads only its days.
--- Writers of this release add them to the same commit-point insert as the 'day' rows.
-ALTER TABLE mentor_totals MODIFY COLUMN grain Enum8('hour' = 1, 'day' = 2, 'checkpoint' = 3, 'global_day' = 4, 'duplicate_hour' = 5, 'duplicate_day' = 6, 'bot_hour' = 7, 'bot_day' = 8, 'time_day' = 9);
+-- Totals by time first: 'time_day' and 'time_hour' rows carry the 'day' and 'hour' rows'
+-- counted clicks and conversions under the key "<day in 8 digits>:<mentor>" or "<hour in
+-- 10 digits>:<mentor>", so that the table's sort key (grain, mentor_id, bucket) orders
+-- them by time and a leaderboard reads only its days and hours. Writers of this release
+-- add them to the same commit-point insert as the 'day' and 'hour' rows.
+ALTER TABLE mentor_totals MODIFY COLUMN grain Enum8('hour' = 1, 'day' = 2, 'checkpoint' = 3, 'global_day' = 4, 'duplicate_hour' = 5, 'duplicate_day' = 6, 'bot_hour' = 7, 'bot_day' = 8, 'time_day' = 9, 'time_hour' = 10);
 
--- What older writers stored without 'time_day' rows: per day and mentor, the 'day' sums
--- minus the 'time_day' sums, read in one snapshot. Filled when an aggregator of this
--- release starts (no older writer runs then: the aggregators roll with Recreate); every
--- run stores the same differences (writers of this release add to both grains alike),
--- which the table replaces. The row of day -1 marks it filled.
-CREATE TABLE IF NOT EXISTS mentor_day_backfill (
-    day         Int64,
+-- What older writers stored without those rows: per grain ('day' or 'hour'), bucket and
+-- mentor, the sums minus the by-time sums, read in one snapshot (differences of zero are
+-- not stored). Filled when a writer of this release connects (no older writer runs then:
+-- the aggregators roll with Recreate); every fill stores the same differences (writers of
+-- this release add to both alike), which the table replaces. The row of grain 'filled'
+-- marks it filled.
+CREATE TABLE IF NOT EXISTS mentor_totals_backfill (
+    grain       String,
+    bucket      Int64,
     mentor_id   String,
     clicks      Int64,
     conversions Int64,
     version     UInt64
 ) ENGINE = ReplacingMergeTree(version)
-ORDER BY (day, mentor_id);
+ORDER BY (grain, bucket, mentor_id);

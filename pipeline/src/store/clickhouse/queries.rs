@@ -280,66 +280,118 @@ pub fn top_mentors(hours: HourRange, by: referral_schemas::query::RankBy, limit:
     query.bind(Bound::Int(i64::from(limit)))
 }
 
-/// Every mentor's counted clicks and conversions over whole days `[from, to)` (days since
-/// the epoch; `None`: unbounded) by time first: the 'time_day' rows of those days and what
-/// older writers stored without them (`mentor_day_backfill`, the row of day -1 aside).
-/// Reads the period's rows only, whatever the history's length.
-pub fn mentor_days(from_day: Option<i64>, to_day: Option<i64>) -> ReadQuery {
-    use super::totals::{TIME_DAY_MENTOR_FROM, time_day_key};
-    let mut query = ReadQuery::new(format!(
-        "SELECT mentor, toInt64(sum(clicks)) AS total_clicks, \
-         toInt64(sum(conversions)) AS total_conversions FROM (\
-         SELECT substring(mentor_id, {TIME_DAY_MENTOR_FROM}) AS mentor, clicks, conversions \
-         FROM mentor_totals WHERE grain = 'time_day'"
+/// The leaderboard over whole hours by time first: the 'time_day' rows of the period's
+/// whole days and the 'time_hour' rows of its ragged hours ([`HourRange::plan`]), plus
+/// what older writers stored without them (`mentor_totals_backfill`), ranked by `by`
+/// (then mentor id), the first `limit`. Reads the period's rows only, whatever the
+/// history's length.
+pub fn top_by_time(hours: HourRange, by: referral_schemas::query::RankBy, limit: u32) -> ReadQuery {
+    use super::totals::{TIME_DAY_MENTOR_FROM, TIME_HOUR_MENTOR_FROM, time_day_key, time_hour_key};
+    let plan = hours.plan();
+    let mut parts: Vec<String> = Vec::new();
+    let mut backfill: Vec<String> = Vec::new();
+    let mut query = ReadQuery::new(String::new());
+    let mut key_binds: Vec<Bound> = Vec::new();
+    let mut backfill_binds: Vec<Bound> = Vec::new();
+    if let Some((from_day, to_day)) = plan.daily {
+        let mut part = format!(
+            "SELECT substring(mentor_id, {TIME_DAY_MENTOR_FROM}) AS mentor, clicks, conversions \
+             FROM mentor_totals WHERE grain = 'time_day'"
+        );
+        let mut range = String::from("(grain = 'day'");
+        if let Some(from) = from_day {
+            part.push_str(" AND mentor_id >= ?");
+            key_binds.push(Bound::Text(time_day_key(from, "")));
+            range.push_str(" AND bucket >= ?");
+            backfill_binds.push(Bound::Int(from));
+        }
+        if let Some(to) = to_day {
+            part.push_str(" AND mentor_id < ?");
+            key_binds.push(Bound::Text(time_day_key(to, "")));
+            range.push_str(" AND bucket < ?");
+            backfill_binds.push(Bound::Int(to));
+        }
+        range.push(')');
+        parts.push(part);
+        backfill.push(range);
+    }
+    if !plan.hourly.is_empty() {
+        let ranges: Vec<&str> = plan
+            .hourly
+            .iter()
+            .map(|_| "(mentor_id >= ? AND mentor_id < ?)")
+            .collect();
+        parts.push(format!(
+            "SELECT substring(mentor_id, {TIME_HOUR_MENTOR_FROM}) AS mentor, clicks, conversions \
+             FROM mentor_totals WHERE grain = 'time_hour' AND ({})",
+            ranges.join(" OR ")
+        ));
+        for (from, to) in &plan.hourly {
+            key_binds.push(Bound::Text(time_hour_key(*from, "")));
+            key_binds.push(Bound::Text(time_hour_key(*to, "")));
+            backfill.push("(grain = 'hour' AND bucket >= ? AND bucket < ?)".to_owned());
+            backfill_binds.push(Bound::Int(*from));
+            backfill_binds.push(Bound::Int(*to));
+        }
+    }
+    if parts.is_empty() {
+        // An empty period: no row can match.
+        parts.push("SELECT '' AS mentor, toInt64(0) AS clicks, toInt64(0) AS conversions".into());
+        backfill.push("0".into());
+    }
+    parts.push(format!(
+        "SELECT mentor_id AS mentor, clicks, conversions FROM mentor_totals_backfill FINAL \
+         WHERE {}",
+        backfill.join(" OR ")
     ));
-    if let Some(from) = from_day {
-        query.sql.push_str(" AND mentor_id >= ?");
-        query = query.bind(Bound::Text(time_day_key(from, "")));
-    }
-    if let Some(to) = to_day {
-        query.sql.push_str(" AND mentor_id < ?");
-        query = query.bind(Bound::Text(time_day_key(to, "")));
-    }
-    query.sql.push_str(
-        " UNION ALL SELECT mentor_id AS mentor, clicks, conversions \
-         FROM mentor_day_backfill FINAL WHERE day >= ?",
+    let order = match by {
+        referral_schemas::query::RankBy::Clicks => "total_clicks",
+        referral_schemas::query::RankBy::Conversions => "total_conversions",
+    };
+    query.sql = format!(
+        "SELECT mentor, toInt64(sum(clicks)) AS total_clicks, \
+         toInt64(sum(conversions)) AS total_conversions FROM ({}) GROUP BY mentor \
+         HAVING total_clicks != 0 OR total_conversions != 0 \
+         ORDER BY {order} DESC, mentor LIMIT ?",
+        parts.join(" UNION ALL ")
     );
-    query = query.bind(Bound::Int(from_day.unwrap_or(0).max(0)));
-    if let Some(to) = to_day {
-        query.sql.push_str(" AND day < ?");
-        query = query.bind(Bound::Int(to));
+    for bound in key_binds.into_iter().chain(backfill_binds) {
+        query = query.bind(bound);
     }
-    query.sql.push_str(
-        ") GROUP BY mentor HAVING total_clicks != 0 OR total_conversions != 0 ORDER BY mentor",
-    );
-    query
+    query.bind(Bound::Int(i64::from(limit)))
 }
 
-/// Whether `mentor_day_backfill` was filled (its row of day -1).
-pub fn day_backfill_done() -> ReadQuery {
-    ReadQuery::new("SELECT toUInt64(count()) FROM mentor_day_backfill WHERE day = -1".into())
+/// Whether `mentor_totals_backfill` was filled (its 'filled' row).
+pub fn backfill_filled() -> ReadQuery {
+    ReadQuery::new(
+        "SELECT toUInt64(count()) FROM mentor_totals_backfill WHERE grain = 'filled'".into(),
+    )
 }
 
-/// Stores, per day and mentor, the 'day' sums minus the 'time_day' sums (what writers of
-/// an older release stored without 'time_day' rows), read in one snapshot, as `version`.
-pub fn fill_day_backfill(version: u64) -> ReadQuery {
-    use super::totals::TIME_DAY_MENTOR_FROM;
+/// Stores, per grain ('day', 'hour'), bucket and mentor, the sums minus the by-time sums
+/// (what writers of an older release stored without 'time_day' and 'time_hour' rows),
+/// read in one snapshot, as `version`.
+pub fn fill_backfill(version: u64) -> ReadQuery {
+    use super::totals::{TIME_DAY_MENTOR_FROM, TIME_HOUR_MENTOR_FROM};
     ReadQuery::new(format!(
-        "INSERT INTO mentor_day_backfill (day, mentor_id, clicks, conversions, version) \
-         SELECT bucket, mentor, sumIf(clicks, grain = 'day') - sumIf(clicks, grain = 'time_day'), \
-         sumIf(conversions, grain = 'day') - sumIf(conversions, grain = 'time_day'), ? \
-         FROM (SELECT grain, bucket, clicks, conversions, \
-         if(grain = 'time_day', substring(mentor_id, {TIME_DAY_MENTOR_FROM}), mentor_id) AS mentor \
-         FROM mentor_totals WHERE grain IN ('day', 'time_day')) GROUP BY bucket, mentor"
+        "INSERT INTO mentor_totals_backfill (grain, bucket, mentor_id, clicks, conversions, version) \
+         SELECT kind, bucket, mentor, sumIf(clicks, by_time = 0) - sumIf(clicks, by_time = 1) AS c, \
+         sumIf(conversions, by_time = 0) - sumIf(conversions, by_time = 1) AS v, ? \
+         FROM (SELECT if(grain IN ('day', 'time_day'), 'day', 'hour') AS kind, \
+         if(grain IN ('time_day', 'time_hour'), 1, 0) AS by_time, bucket, clicks, conversions, \
+         multiIf(grain = 'time_day', substring(mentor_id, {TIME_DAY_MENTOR_FROM}), \
+         grain = 'time_hour', substring(mentor_id, {TIME_HOUR_MENTOR_FROM}), mentor_id) AS mentor \
+         FROM mentor_totals WHERE grain IN ('day', 'time_day', 'hour', 'time_hour')) \
+         GROUP BY kind, bucket, mentor HAVING c != 0 OR v != 0"
     ))
     .bind(Bound::Int(i64::try_from(version).unwrap_or(i64::MAX)))
 }
 
-/// Marks `mentor_day_backfill` filled.
-pub fn mark_day_backfill(version: u64) -> ReadQuery {
+/// Marks `mentor_totals_backfill` filled.
+pub fn mark_backfill(version: u64) -> ReadQuery {
     ReadQuery::new(
-        "INSERT INTO mentor_day_backfill (day, mentor_id, clicks, conversions, version) \
-         VALUES (-1, '', 0, 0, ?)"
+        "INSERT INTO mentor_totals_backfill (grain, bucket, mentor_id, clicks, conversions, version) \
+         VALUES ('filled', 0, '', 0, 0, ?)"
             .into(),
     )
     .bind(Bound::Int(i64::try_from(version).unwrap_or(i64::MAX)))

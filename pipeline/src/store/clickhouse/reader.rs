@@ -26,9 +26,9 @@ use crate::store::{
 #[derive(Clone)]
 pub struct ClickHouseReader {
     client: Client,
-    /// Daily totals by time are complete (`mentor_day_backfill` filled): leaderboards read
-    /// only their days. Until a writer of this release has connected, they scan the
-    /// daily totals of every mentor instead.
+    /// Totals by time are complete (`mentor_totals_backfill` filled): leaderboards read
+    /// only their days and hours. Until a writer of this release has connected, they scan
+    /// the totals of every mentor instead.
     days_by_time: Arc<AtomicBool>,
 }
 
@@ -44,7 +44,7 @@ impl ClickHouseReader {
         if self.days_by_time.load(Ordering::Relaxed) {
             return Ok(true);
         }
-        let filled: u64 = queries::day_backfill_done()
+        let filled: u64 = queries::backfill_filled()
             .to_clickhouse(&self.client)
             .fetch_one()
             .await?;
@@ -265,30 +265,21 @@ impl AttributionReader for ClickHouseReader {
         by: RankBy,
         limit: u32,
     ) -> Result<Vec<(String, MentorTotals)>, StoreError> {
-        let (hours, mut ranges) = top_window_reads(window);
+        let (hours, ranges) = top_window_reads(window);
+        // Ranked in the query when it reads everything; otherwise every mentor's sums.
+        let limit_in_query = if ranges.is_empty() { limit } else { u32::MAX };
         let mut by_mentor: std::collections::HashMap<String, MentorTotals> = Default::default();
         if let Some(hours) = hours {
             if self.days_by_time().await? {
-                // Whole days by time; the ragged hours from the attributions by time.
-                let plan = hours.plan();
-                if let Some((from_day, to_day)) = plan.daily {
-                    let rows: Vec<(String, i64, i64)> = queries::mentor_days(from_day, to_day)
-                        .to_clickhouse(&self.client)
-                        .fetch_all()
-                        .await?;
-                    for (mentor, clicks, conversions) in rows {
-                        let sums = MentorTotals::from_sums([clicks, 0, 0, conversions], &mentor)?;
-                        by_mentor.entry(mentor).or_default().add(sums);
-                    }
+                let rows: Vec<(String, i64, i64)> = queries::top_by_time(hours, by, limit_in_query)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+                for (mentor, clicks, conversions) in rows {
+                    let sums = MentorTotals::from_sums([clicks, 0, 0, conversions], &mentor)?;
+                    by_mentor.entry(mentor).or_default().add(sums);
                 }
-                ranges.extend(
-                    plan.hourly.iter().map(|(from, to)| {
-                        (from.saturating_mul(HOUR_MS), to.saturating_mul(HOUR_MS))
-                    }),
-                );
             } else {
-                // Ranked in the query when it reads everything; otherwise every mentor's sums.
-                let limit_in_query = if ranges.is_empty() { limit } else { u32::MAX };
                 let rows: Vec<(String, i64, i64, i64, i64)> =
                     queries::top_mentors(hours, by, limit_in_query)
                         .to_clickhouse(&self.client)

@@ -36,13 +36,13 @@ pub struct ClickHouseSink {
     checkpoints: HashMap<PartitionKey, i64>,
 }
 
-/// Stores once what writers of an older release stored without 'time_day' rows
-/// (`mentor_day_backfill`, migration 5). Run when a writer connects: the aggregators roll
+/// Stores once what writers of an older release stored without 'time_day' and
+/// 'time_hour' rows (`mentor_totals_backfill`, migration 5). Run when a writer connects: the aggregators roll
 /// with `Recreate`, so no older writer runs then, and writers of this release add to both
 /// grains alike; two writers connecting at once store the same differences, which the
 /// table replaces. The marker goes last: a fill cut short is done again.
-async fn fill_day_backfill(client: &clickhouse::Client) -> Result<(), StoreError> {
-    let done: u64 = queries::day_backfill_done()
+async fn fill_totals_backfill(client: &clickhouse::Client) -> Result<(), StoreError> {
+    let done: u64 = queries::backfill_filled()
         .to_clickhouse(client)
         .fetch_one()
         .await?;
@@ -51,17 +51,17 @@ async fn fill_day_backfill(client: &clickhouse::Client) -> Result<(), StoreError
     }
     let version = u64::try_from(referral_schemas::Timestamp::now().as_millis()).unwrap_or(0);
     let started = std::time::Instant::now();
-    queries::fill_day_backfill(version)
+    queries::fill_backfill(version)
         .to_clickhouse(client)
         .execute()
         .await?;
-    queries::mark_day_backfill(version)
+    queries::mark_backfill(version)
         .to_clickhouse(client)
         .execute()
         .await?;
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
-        "daily totals by time backfilled"
+        "totals by time backfilled"
     );
     Ok(())
 }
@@ -72,7 +72,7 @@ impl ClickHouseSink {
         let client = settings.client();
         let server = server_version(&client).await?;
         tracing::info!(server = %server.text, insert_tokens = server.has_insert_tokens(), "clickhouse connected");
-        fill_day_backfill(&client).await?;
+        fill_totals_backfill(&client).await?;
         Ok(Self {
             client,
             settings: settings.clone(),

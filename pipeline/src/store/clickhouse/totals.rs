@@ -21,7 +21,18 @@ pub mod grain {
     /// The 'day' rows' counted clicks and conversions keyed by day first
     /// ([`time_day_key`]): what leaderboards read.
     pub const TIME_DAY: i8 = 9;
+    /// The 'hour' rows' counted clicks and conversions keyed by hour first
+    /// ([`time_hour_key`]).
+    pub const TIME_HOUR: i8 = 10;
 }
+
+/// The `mentor_id` of a 'time_hour' row: the hour in 10 digits, `:`, the mentor.
+pub fn time_hour_key(hour: i64, mentor_id: &str) -> String {
+    format!("{hour:010}:{mentor_id}")
+}
+
+/// Where a 'time_hour' key's mentor starts (1-based, for ClickHouse's `substring`).
+pub const TIME_HOUR_MENTOR_FROM: usize = 12;
 
 /// The `mentor_id` of a 'time_day' row: the day in 8 digits, `:`, the mentor. Within the
 /// grain the table's sort key then orders rows by day.
@@ -91,6 +102,16 @@ pub fn rows(plan: &Plan) -> Vec<TotalsRow> {
             delta.counts(),
             hourly,
         );
+        if (delta.clicks, delta.conversions) != (0, 0) {
+            rows.push(TotalsRow {
+                mentor_id: time_hour_key(delta.hour, &delta.mentor_id),
+                grain: grain::TIME_HOUR,
+                bucket: delta.hour,
+                clicks: delta.clicks,
+                conversions: delta.conversions,
+                next_offset: 0,
+            });
+        }
     }
     for ((mentor_id, day), sums) in plan.daily_deltas() {
         bucket_rows(&mut rows, &mentor_id, day, sums, daily);
@@ -126,4 +147,60 @@ pub fn rows(plan: &Plan) -> Vec<TotalsRow> {
         });
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Delta;
+
+    /// Counted clicks and conversions are stored twice in one insert: by mentor (totals)
+    /// and by time (leaderboards); filtered clicks by mentor only.
+    #[test]
+    fn by_time_rows_carry_counted_clicks_and_conversions_of_their_hour_and_day() {
+        let plan = Plan {
+            deltas: vec![
+                Delta {
+                    mentor_id: "m1".into(),
+                    hour: 49,
+                    clicks: 2,
+                    duplicates: 1,
+                    bots: 0,
+                    conversions: 1,
+                },
+                Delta {
+                    mentor_id: "m1".into(),
+                    hour: 50,
+                    clicks: 0,
+                    duplicates: 3,
+                    bots: 1,
+                    conversions: 0,
+                },
+            ],
+            ..Plan::default()
+        };
+        let rows = rows(&plan);
+        let by_time: Vec<(&str, i8, i64, i64, i64)> = rows
+            .iter()
+            .filter(|row| [grain::TIME_DAY, grain::TIME_HOUR].contains(&row.grain))
+            .map(|row| {
+                (
+                    row.mentor_id.as_str(),
+                    row.grain,
+                    row.bucket,
+                    row.clicks,
+                    row.conversions,
+                )
+            })
+            .collect();
+        assert_eq!(
+            by_time,
+            vec![
+                ("0000000049:m1", grain::TIME_HOUR, 49, 2, 1),
+                ("00000002:m1", grain::TIME_DAY, 2, 2, 1),
+            ]
+        );
+        assert_eq!(&time_day_key(2, "m1")[TIME_DAY_MENTOR_FROM - 1..], "m1");
+        assert_eq!(&time_hour_key(49, "m1")[TIME_HOUR_MENTOR_FROM - 1..], "m1");
+    }
 }
