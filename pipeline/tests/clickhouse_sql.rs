@@ -343,6 +343,17 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             "",
         ),
         (
+            "click slots, a boundary inside a slot",
+            queries::mentor_click_slots(
+                "usr_jan",
+                &[
+                    (at(2).as_millis(), at(9).as_millis() - 7),
+                    (at(20).as_millis(), at(50).as_millis()),
+                ],
+            ),
+            "",
+        ),
+        (
             "conversion slots",
             queries::mentor_conversion_slots(
                 "usr_jan",
@@ -467,6 +478,7 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         user: "default".into(),
         password: None,
         insert_timeout: Duration::from_secs(30),
+        read_threads: 1,
     };
     let report = migrate::migrate(&settings)
         .await
@@ -584,6 +596,16 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         .expect("hours");
     // Every event of the history is on the hour: both reads key them alike.
     assert_eq!(fine, coarse);
+    // Every other hour cut: the cut hours are read by their slot set, not one range.
+    let alternate = reader
+        .mentor_slots(
+            "usr_jan",
+            &SlotSpan::new(Some(0), to)
+                .cut_at((-1..100).step_by(2).map(|hour| at(hour).as_millis() + 1)),
+        )
+        .await
+        .expect("alternate slots");
+    assert_eq!(alternate, coarse);
     assert_eq!(slot_sums(&fine), totals);
     assert_eq!(slot_sums(&coarse), totals);
     for statement in [
@@ -686,6 +708,10 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     assert_eq!(answered["mentor bots"], 4);
     assert_eq!(answered["list duplicates"], 16);
     assert!(answered["click slots"] > 10);
+    assert_eq!(
+        answered["click slots, a boundary inside a slot"],
+        answered["click slots"]
+    );
     assert_eq!(answered["leaderboard by conversions"], 2);
     assert_eq!(answered["leaderboard by clicks, a window"], 1);
     // attr_000 alone: the range from 0 would catch a click copied as a conversion at 0.

@@ -185,6 +185,7 @@ REFERRAL_CLICKHOUSE_URL: {{ .Values.clickhouse.url | quote }}
 REFERRAL_CLICKHOUSE_DATABASE: {{ .Values.clickhouse.database | quote }}
 REFERRAL_CLICKHOUSE_USER: {{ .Values.clickhouse.user | quote }}
 REFERRAL_CLICKHOUSE_INSERT_TIMEOUT: {{ .Values.clickhouse.insertTimeout | quote }}
+REFERRAL_CLICKHOUSE_READ_THREADS: {{ .Values.clickhouse.readThreads | quote }}
 REFERRAL_ATTRIBUTION_WINDOW: {{ .Values.config.attributionWindow | quote }}
 REFERRAL_DEDUP_WINDOW: {{ .Values.config.dedupWindow | quote }}
 REFERRAL_TRUSTED_PROXIES: {{ .Values.config.trustedProxies | quote }}

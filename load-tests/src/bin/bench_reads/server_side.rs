@@ -204,12 +204,13 @@ fn replay(
             )?;
         }
         (Endpoint::Top30d, _) => {
-            // A rolling period is whole hours of the materialized totals (no exact window).
+            // A rolling period is whole hours of the totals by time (no exact window); the
+            // writer filled the older grains' backfill at connect, as the reader expects.
             let top = parse_top_query(Some(TOP_QUERY), Timestamp::now())
                 .map_err(|error| format!("{error:?}"))?;
             let (run, _) = timed_sql(
                 clickhouse,
-                &queries::top_mentors(top.window.hours, top.by, top.limit),
+                &queries::top_by_time(top.window.hours, top.by, top.limit),
                 "",
                 variant,
             )?;

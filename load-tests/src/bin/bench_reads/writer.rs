@@ -46,6 +46,7 @@ impl Writer {
             user: "default".to_owned(),
             password: None,
             insert_timeout: Duration::from_secs(300),
+            read_threads: 0,
         };
         let sink = ClickHouseSink::connect(&settings)
             .await

@@ -67,6 +67,8 @@ pub struct ClickHouseSettings {
     pub password: Option<String>,
     /// How long one insert may take before it is treated as failed (and retried).
     pub insert_timeout: Duration,
+    /// `max_threads` of the reader's queries (0: the server's default).
+    pub read_threads: u64,
 }
 
 impl ClickHouseSettings {

@@ -34,8 +34,13 @@ pub struct ClickHouseReader {
 
 impl ClickHouseReader {
     pub fn new(settings: &ClickHouseSettings) -> Self {
+        let client = settings.client();
+        let client = match settings.read_threads {
+            0 => client,
+            threads => client.with_setting("max_threads", threads.to_string()),
+        };
         Self {
-            client: settings.client(),
+            client,
             days_by_time: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -81,6 +86,11 @@ fn page_of(
 const PAGE_WINDOWS: &[i64] = &[HOUR_MS, DAY_MS, 30 * DAY_MS, 365 * DAY_MS];
 /// Lists this small are read without windows.
 const WINDOWLESS_MAX: u64 = 20_000;
+/// Rows from a page's first day on past which the last hour is tried first. Measured at
+/// 10M attributions (`bench-reads`): a uniform mentor's few hundred rows since its day are
+/// read faster in one query than after an empty hour's; the unfiltered list's ~18,000 rows
+/// of today took a p99 of 78 ms read whole against 29 ms with the hour first.
+const HOUR_WINDOW_MIN: u64 = 1_000;
 
 impl ClickHouseReader {
     /// One page, newest first, reading as little as the sort key allows.
@@ -165,10 +175,14 @@ impl ClickHouseReader {
         if let Some(day) = start {
             let day_start = day.saturating_mul(DAY_MS);
             // A page among today's newest rows usually lies within the last hour: read that
-            // first when the day holds more (a busy day is millions of rows). As in
+            // first when the rows from the day on are many (a busy day is millions of rows);
+            // a few granules are read at once faster than with one query more. As in
             // `newest_first`, a window that returns a full page returns the list's page.
             let hour_ago = Timestamp::now().as_millis().saturating_sub(HOUR_MS);
-            if hour_ago > day_start && filter.from.is_none_or(|from| from.as_millis() < hour_ago) {
+            if seen > HOUR_WINDOW_MIN
+                && hour_ago > day_start
+                && filter.from.is_none_or(|from| from.as_millis() < hour_ago)
+            {
                 let recent = AttributionFilter {
                     from: Some(Timestamp::from_millis(hour_ago)),
                     ..filter.clone()
