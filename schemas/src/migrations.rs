@@ -157,6 +157,22 @@ mod tests {
         }
     }
 
+    /// Whether `statement` is an `INSERT INTO t SELECT` whose `t` some ClickHouse migration
+    /// creates as a ReplacingMergeTree.
+    fn copies_into_replacing_table(statement: &str) -> bool {
+        let Some(rest) = statement.trim_start().strip_prefix("INSERT INTO ") else {
+            return false;
+        };
+        let table = rest.split_whitespace().next().unwrap_or_default();
+        let create = format!("CREATE TABLE IF NOT EXISTS {table} ");
+        rest.contains("SELECT")
+            && CLICKHOUSE.iter().any(|migration| {
+                statements(migration.sql).iter().any(|created| {
+                    created.contains(&create) && created.contains("ReplacingMergeTree")
+                })
+            })
+    }
+
     #[test]
     fn clickhouse_migrations_split_into_idempotent_statements() {
         let first = statements(CLICKHOUSE[0].sql);
@@ -172,7 +188,10 @@ mod tests {
                         || added_column(&statement).is_some()
                         || statement.contains("MODIFY SETTING")
                         // Declares a column's whole type: the same again changes nothing.
-                        || statement.contains("MODIFY COLUMN"),
+                        || statement.contains("MODIFY COLUMN")
+                        // A copy into a table that replaces rows of the same key: the same
+                        // rows again are replaced.
+                        || copies_into_replacing_table(&statement),
                     "{statement}"
                 );
             }
@@ -198,6 +217,16 @@ mod tests {
             assert_eq!(added_column(other), None, "{other}");
         }
         assert_eq!(added_column("ALTER TABLE t MODIFY SETTING x = 1"), None);
+        // Copies: only into a table that replaces the same rows.
+        assert!(copies_into_replacing_table(
+            "INSERT INTO attributions_by_confirmation SELECT 1"
+        ));
+        assert!(!copies_into_replacing_table(
+            "INSERT INTO mentor_totals SELECT 1"
+        ));
+        assert!(!copies_into_replacing_table(
+            "INSERT INTO attributions_by_confirmation VALUES (1)"
+        ));
         assert_eq!(
             statements("-- c\nSELECT 1;\n\nSELECT\n  2;\nSELECT 3"),
             vec!["SELECT 1", "SELECT\n  2", "SELECT 3"]
