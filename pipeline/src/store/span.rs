@@ -95,6 +95,33 @@ impl SlotSpan {
     }
 }
 
+impl SpanReads {
+    /// The slot ranges without the fine hours in `empty`: hours whose hourly totals say
+    /// nothing is there to split, so a per-slot read of them would find nothing (the
+    /// ragged ends, not whole hours of the totals, always stay).
+    pub fn slots_without(&self, empty: &BTreeSet<i64>) -> Vec<(i64, i64)> {
+        let mut kept = Vec::new();
+        for &(from, to) in &self.slots {
+            let mut start = from;
+            let first = ceil_div(from, HOUR_MS);
+            let end = to.div_euclid(HOUR_MS);
+            for &hour in empty.range(first..end.max(first)) {
+                if !self.fine.contains(&hour) {
+                    continue;
+                }
+                if start < hour * HOUR_MS {
+                    kept.push((start, hour * HOUR_MS));
+                }
+                start = (hour + 1) * HOUR_MS;
+            }
+            if start < to {
+                kept.push((start, to));
+            }
+        }
+        kept
+    }
+}
+
 fn ceil_div(value: i64, by: i64) -> i64 {
     let floor = value.div_euclid(by);
     if value.rem_euclid(by) == 0 {
@@ -116,6 +143,31 @@ mod tests {
         assert_eq!(reads.hours, Some((Some(2), 50)));
         assert!(reads.slots.is_empty());
         assert!(reads.fine.is_empty());
+    }
+
+    #[test]
+    fn fine_hours_with_nothing_in_them_are_left_out_of_the_slot_reads() {
+        let half = H / 2;
+        let reads = SlotSpan::new(Some(10 * H + half), 40 * H)
+            .cut_at([12 * H + half, 13 * H + half, 20 * H + half, 30 * H + half])
+            .reads();
+        assert_eq!(
+            reads.slots,
+            vec![
+                (10 * H + half, 11 * H),
+                (12 * H, 14 * H),
+                (20 * H, 21 * H),
+                (30 * H, 31 * H)
+            ]
+        );
+        // Hour 13 (inside a merged range), 20 and 30 are empty; hour 10 is the ragged start
+        // and 25 is no fine hour: both stay whatever the totals say.
+        let empty = BTreeSet::from([10, 13, 20, 25, 30]);
+        assert_eq!(
+            reads.slots_without(&empty),
+            vec![(10 * H + half, 11 * H), (12 * H, 13 * H)]
+        );
+        assert_eq!(reads.slots_without(&BTreeSet::new()), reads.slots);
     }
 
     #[test]

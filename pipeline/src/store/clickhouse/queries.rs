@@ -479,6 +479,8 @@ pub fn mentor_hours(mentor_id: &str, from: Option<i64>, to: i64) -> ReadQuery {
     .bind(Bound::Int(to))
 }
 
+/// Ranges read with an `OR` at most; more become a slot set when they can.
+const OR_RANGES_MAX: usize = 4;
 /// Slots in one [`RangesFilter::Slots`] set at most.
 const MAX_FILTER_SLOTS: i64 = 16_384;
 
@@ -515,6 +517,11 @@ impl RangesFilter {
                 to: first.1,
                 slots: Vec::new(),
             };
+        }
+        // A few ranges are analysed quickly, and read only their own rows: the set reads
+        // every row within the outer bounds (for conversions, every mentor's).
+        if ranges.len() <= OR_RANGES_MAX {
+            return Self::Ranges(ranges.to_vec());
         }
         let inner_ends = ranges
             .iter()
@@ -784,11 +791,13 @@ mod tests {
     fn ranges_on_slot_boundaries_become_bounds_and_a_slot_set() {
         const SLOT: i64 = 900_000;
         const HOUR: i64 = 4 * SLOT;
-        // A ragged start, two cut hours, a ragged end: every inner boundary on an hour.
+        // A ragged start, four cut hours, a ragged end: every inner boundary on an hour.
         let ranges = [
             (5 * HOUR - 1_234, 5 * HOUR),
             (30 * HOUR, 31 * HOUR),
             (54 * HOUR, 55 * HOUR),
+            (60 * HOUR, 61 * HOUR),
+            (70 * HOUR, 71 * HOUR),
             (78 * HOUR, 78 * HOUR + 5),
         ];
         let RangesFilter::Slots { from, to, slots } = RangesFilter::of(&ranges) else {
@@ -798,6 +807,8 @@ mod tests {
         let mut expected = vec![19];
         expected.extend(120..124);
         expected.extend(216..220);
+        expected.extend(240..244);
+        expected.extend(280..284);
         expected.push(312);
         assert_eq!(slots, expected);
         // One range: its bounds, no set.
@@ -809,11 +820,18 @@ mod tests {
                 slots: Vec::new()
             }
         );
+        // A few ranges: their `OR`.
+        assert_eq!(
+            RangesFilter::of(&ranges[1..4]),
+            RangesFilter::Ranges(ranges[1..4].to_vec())
+        );
         // An inner boundary inside a slot: the slot set would take rows outside a range.
-        let ragged = [(0, 10 * SLOT + 7), (20 * SLOT, 21 * SLOT)];
+        let ragged: Vec<(i64, i64)> = (0..6)
+            .map(|n| (n * 20 * SLOT, n * 20 * SLOT + 10 * SLOT + 7))
+            .collect();
         assert_eq!(
             RangesFilter::of(&ragged),
-            RangesFilter::Ranges(ragged.to_vec())
+            RangesFilter::Ranges(ragged.clone())
         );
         // Nothing: an empty range.
         assert!(matches!(
@@ -823,7 +841,10 @@ mod tests {
         // Past the cap: the `OR`.
         let wide = [
             (0, HOUR),
-            (2 * HOUR, 2 * HOUR + (MAX_FILTER_SLOTS + 1) * SLOT),
+            (2 * HOUR, 3 * HOUR),
+            (4 * HOUR, 5 * HOUR),
+            (6 * HOUR, 7 * HOUR),
+            (8 * HOUR, 8 * HOUR + (MAX_FILTER_SLOTS + 1) * SLOT),
         ];
         assert_eq!(RangesFilter::of(&wide), RangesFilter::Ranges(wide.to_vec()));
     }
@@ -831,7 +852,7 @@ mod tests {
     #[test]
     fn slot_queries_bind_in_the_order_of_their_placeholders() {
         const HOUR: i64 = 3_600_000;
-        let ranges = [(0, HOUR), (3 * HOUR, 4 * HOUR)];
+        let ranges: Vec<(i64, i64)> = (0..5).map(|n| (3 * n * HOUR, (3 * n + 1) * HOUR)).collect();
         for query in [
             mentor_click_slots("usr_jan", &ranges),
             mentor_conversion_slots("usr_jan", &ranges),
@@ -847,8 +868,8 @@ mod tests {
         }
         let clicks = mentor_click_slots("usr_jan", &ranges);
         // The slots, then the mentor, then the bounds.
-        assert_eq!(clicks.binds[8], Bound::Text("usr_jan".into()));
-        assert_eq!(clicks.binds[9..], [Bound::Int(0), Bound::Int(4 * HOUR)]);
+        assert_eq!(clicks.binds[20], Bound::Text("usr_jan".into()));
+        assert_eq!(clicks.binds[21..], [Bound::Int(0), Bound::Int(13 * HOUR)]);
         let conversions = mentor_conversion_slots("usr_jan", &ranges);
         assert_eq!(conversions.binds[0], Bound::Text("usr_jan".into()));
     }

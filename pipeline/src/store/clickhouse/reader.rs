@@ -335,6 +335,9 @@ impl AttributionReader for ClickHouseReader {
     ) -> Result<Vec<SlotCounts>, StoreError> {
         let reads = span.reads();
         let mut slots: std::collections::BTreeMap<i64, MentorTotals> = Default::default();
+        // Fine hours whose totals hold no click, or no conversion: nothing to split there.
+        let mut no_clicks = reads.fine.clone();
+        let mut no_conversions = reads.fine.clone();
         if let Some((from, to)) = reads.hours {
             let hours: Vec<(i64, i64, i64, i64, i64)> = queries::mentor_hours(mentor_id, from, to)
                 .to_clickhouse(&self.client)
@@ -343,6 +346,12 @@ impl AttributionReader for ClickHouseReader {
             for (hour, counted, duplicates, bots, conversions) in hours {
                 // A fine hour is read per slot; an hour whose deltas cancel out is empty.
                 if reads.fine.contains(&hour) {
+                    if counted != 0 || duplicates != 0 || bots != 0 {
+                        no_clicks.remove(&hour);
+                    }
+                    if conversions != 0 {
+                        no_conversions.remove(&hour);
+                    }
                     continue;
                 }
                 let sums =
@@ -352,20 +361,24 @@ impl AttributionReader for ClickHouseReader {
                 }
             }
         }
-        if !reads.slots.is_empty() {
+        let click_ranges = reads.slots_without(&no_clicks);
+        if !click_ranges.is_empty() {
             let clicks: Vec<(i64, String, u64)> =
-                queries::mentor_click_slots(mentor_id, &reads.slots)
-                    .to_clickhouse(&self.client)
-                    .fetch_all()
-                    .await?;
-            let conversions: Vec<(i64, u64)> =
-                queries::mentor_conversion_slots(mentor_id, &reads.slots)
+                queries::mentor_click_slots(mentor_id, &click_ranges)
                     .to_clickhouse(&self.client)
                     .fetch_all()
                     .await?;
             for (slot, verdict, count) in clicks {
                 slots.entry(slot).or_default().add_clicks(&verdict, count);
             }
+        }
+        let conversion_ranges = reads.slots_without(&no_conversions);
+        if !conversion_ranges.is_empty() {
+            let conversions: Vec<(i64, u64)> =
+                queries::mentor_conversion_slots(mentor_id, &conversion_ranges)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
             for (slot, count) in conversions {
                 slots.entry(slot).or_default().conversions += count;
             }
