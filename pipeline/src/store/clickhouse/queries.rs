@@ -491,7 +491,9 @@ const MAX_FILTER_SLOTS: i64 = 16_384;
 /// before any row was read, more than the reading. When every boundary between the ranges
 /// falls on a slot, the same rows are `column` within the outer bounds (which the sort key
 /// serves) and in the ranges' slots (a set, checked in `PREWHERE` before `FINAL` merges);
-/// otherwise the `OR` stays.
+/// otherwise the `OR` stays. Up to [`OR_RANGES_MAX`] ranges keep the `OR` anyway: it is
+/// analysed quickly and reads only their rows, where the set reads every row within the
+/// outer bounds (for conversions, every mentor's).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum RangesFilter {
     /// Within `[from, to)`, and in one of `slots` when some (every row's slot inside the
