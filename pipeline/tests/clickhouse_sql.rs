@@ -40,6 +40,23 @@ const BASE_TABLES: &[&str] = &[
     "mentor_totals",
 ];
 
+/// Drops migration 5's copy of the conversions and the record of every migration, so the
+/// next `migrate` creates the copy again from what is stored.
+async fn forget_conversions_copy(settings: &ClickHouseSettings) {
+    for statement in [
+        "DROP TABLE attributions_by_confirmation_feed",
+        "DROP TABLE attributions_by_confirmation",
+        "DROP TABLE schema_migrations",
+    ] {
+        settings
+            .client()
+            .query(statement)
+            .execute()
+            .await
+            .expect(statement);
+    }
+}
+
 /// `[at(h), at(h + 1))` for every other hour `h` in `[from, to)`: more ranges than an
 /// `OR` is used for, each on the hour, so the slot set is read.
 fn every_other_hour(from: i64, to: i64) -> Vec<(i64, i64)> {
@@ -627,18 +644,7 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     assert_eq!(alternate, coarse);
     assert_eq!(slot_sums(&fine), totals);
     assert_eq!(slot_sums(&coarse), totals);
-    for statement in [
-        "DROP TABLE attributions_by_confirmation_feed",
-        "DROP TABLE attributions_by_confirmation",
-        "DROP TABLE schema_migrations",
-    ] {
-        settings
-            .client()
-            .query(statement)
-            .execute()
-            .await
-            .expect(statement);
-    }
+    forget_conversions_copy(&settings).await;
     assert!(
         reader.mentor_slots("usr_jan", &by_slot).await.is_err(),
         "the per-slot read needs the copy"
@@ -752,18 +758,7 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     // Migration 5 while a writer's insert is running: an insert that started before the
     // feed existed reaches neither the feed nor a copy that read before it landed; the
     // runner waits for it before copying. (The slow insert sleeps 2 s before its rows.)
-    for statement in [
-        "DROP TABLE attributions_by_confirmation_feed",
-        "DROP TABLE attributions_by_confirmation",
-        "DROP TABLE schema_migrations",
-    ] {
-        settings
-            .client()
-            .query(statement)
-            .execute()
-            .await
-            .expect(statement);
-    }
+    forget_conversions_copy(&settings).await;
     let slow_client = settings.client();
     let slow_insert = tokio::spawn(async move {
         slow_client
