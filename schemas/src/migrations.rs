@@ -84,6 +84,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         sql: include_str!("../migrations/clickhouse/0005_dashboard_reads.sql"),
         min_server: None,
     },
+    Migration {
+        version: 6,
+        name: "leaderboards by week",
+        sql: include_str!("../migrations/clickhouse/0006_leaderboard_weeks.sql"),
+        min_server: None,
+    },
 ];
 
 /// `(table, column)` when `statement` is a single-action `ALTER TABLE <table> ADD COLUMN

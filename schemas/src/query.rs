@@ -651,6 +651,63 @@ impl HourRange {
     }
 }
 
+/// The Monday (days since the epoch) of the ISO week that holds `day`: 1970-01-01, day 0,
+/// was a Thursday.
+pub fn week_monday(day: i64) -> i64 {
+    day - (day + 3).rem_euclid(7)
+}
+
+/// A day range split for a per-week table: the whole ISO weeks in it, and the ragged days
+/// around them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WeekSplit {
+    /// `[from_monday, to_monday)` (Mondays as days since the epoch; `None` is unbounded):
+    /// the weeks to sum from the per-week table.
+    pub weekly: Option<(Option<i64>, Option<i64>)>,
+    /// `[from_day, to_day)` ranges to sum from the per-day table (at most two).
+    pub daily: Vec<(i64, i64)>,
+}
+
+/// Splits `[from_day, to_day)` (`None` unbounded) into whole weeks and ragged days, so a
+/// leaderboard over 30 days reads about four weeks' rows and a few days' instead of 30
+/// days'.
+pub fn split_weeks(from_day: Option<i64>, to_day: Option<i64>) -> WeekSplit {
+    // First Monday at or after `from`; the Monday of the week `to` falls in.
+    let first = from_day.map(|day| {
+        let monday = week_monday(day);
+        if monday == day { day } else { monday + 7 }
+    });
+    let end = to_day.map(week_monday);
+    if let (Some(from), Some(to)) = (from_day, to_day) {
+        if from >= to {
+            return WeekSplit::default();
+        }
+        if let (Some(first), Some(end)) = (first, end)
+            && first >= end
+        {
+            return WeekSplit {
+                weekly: None,
+                daily: vec![(from, to)],
+            };
+        }
+    }
+    let mut split = WeekSplit {
+        weekly: Some((first, end)),
+        daily: Vec::new(),
+    };
+    if let (Some(from), Some(first)) = (from_day, first)
+        && from < first
+    {
+        split.daily.push((from, first));
+    }
+    if let (Some(to), Some(end)) = (to_day, end)
+        && end < to
+    {
+        split.daily.push((end, to));
+    }
+    split
+}
+
 /// `conversions / clicks` rounded to 3 decimals; 0 with no clicks.
 pub fn conversion_rate(clicks: u64, conversions: u64) -> f64 {
     if clicks == 0 {
@@ -798,6 +855,66 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn week_splits_cover_every_day_exactly_once() {
+        // Day 4 (1970-01-05) was a Monday.
+        assert_eq!(week_monday(4), 4);
+        assert_eq!(week_monday(10), 4);
+        assert_eq!(week_monday(3), -3);
+        assert_eq!(week_monday(-4), -10);
+        let ends = [
+            None,
+            Some(-9),
+            Some(-3),
+            Some(0),
+            Some(4),
+            Some(5),
+            Some(11),
+            Some(18),
+            Some(30),
+        ];
+        for from_day in ends {
+            for to_day in ends {
+                let split = split_weeks(from_day, to_day);
+                if let Some((Some(from), Some(to))) = split.weekly {
+                    assert!(from < to, "{from_day:?}..{to_day:?}: {split:?}");
+                }
+                if let Some((from, to)) = split.weekly {
+                    for monday in [from, to].into_iter().flatten() {
+                        assert_eq!(week_monday(monday), monday, "{split:?}");
+                    }
+                }
+                for day in -40..60 {
+                    let in_range =
+                        from_day.is_none_or(|f| day >= f) && to_day.is_none_or(|t| day < t);
+                    let weekly = split.weekly.iter().filter(|(a, b)| {
+                        let monday = week_monday(day);
+                        a.is_none_or(|a| monday >= a) && b.is_none_or(|b| monday < b)
+                    });
+                    let weekly = weekly.count();
+                    let daily = split
+                        .daily
+                        .iter()
+                        .filter(|(a, b)| (*a..*b).contains(&day))
+                        .count();
+                    assert_eq!(
+                        weekly + daily,
+                        usize::from(in_range),
+                        "{from_day:?}..{to_day:?} day {day}: {split:?}"
+                    );
+                }
+            }
+        }
+        // 30 days from a Wednesday: three whole weeks and nine ragged days.
+        assert_eq!(
+            split_weeks(Some(6), Some(36)),
+            WeekSplit {
+                weekly: Some((Some(11), Some(32))),
+                daily: vec![(6, 11), (32, 36)],
+            }
+        );
     }
 
     #[test]

@@ -280,59 +280,130 @@ pub fn top_mentors(hours: HourRange, by: referral_schemas::query::RankBy, limit:
     query.bind(Bound::Int(i64::from(limit)))
 }
 
-/// The leaderboard over whole hours by time first: the 'time_day' rows of the period's
-/// whole days and the 'time_hour' rows of its ragged hours ([`HourRange::plan`]), plus
-/// what older writers stored without them (`mentor_totals_backfill`), ranked by `by`
-/// (then mentor id), the first `limit`. Reads the period's rows only, whatever the
-/// history's length.
+/// Key ranges `[from, to)` of one by-time grain ("(mentor_id >= ? AND mentor_id < ?) OR
+/// ..."), bound as keys made by `key`; `None` ends are unbounded.
+fn key_ranges(
+    ranges: &[(Option<i64>, Option<i64>)],
+    key: fn(i64, &str) -> String,
+    binds: &mut Vec<Bound>,
+) -> String {
+    let mut sql = Vec::new();
+    for (from, to) in ranges {
+        let mut range = vec!["1"];
+        if let Some(from) = from {
+            range.push("mentor_id >= ?");
+            binds.push(Bound::Text(key(*from, "")));
+        }
+        if let Some(to) = to {
+            range.push("mentor_id < ?");
+            binds.push(Bound::Text(key(*to, "")));
+        }
+        sql.push(format!("({})", range.join(" AND ")));
+    }
+    sql.join(" OR ")
+}
+
+/// Bucket ranges `[from, to)` of one backfill grain, as [`key_ranges`] does for keys.
+fn backfill_ranges(
+    grain: &str,
+    ranges: &[(Option<i64>, Option<i64>)],
+    binds: &mut Vec<Bound>,
+) -> Vec<String> {
+    let mut sql = Vec::new();
+    for (from, to) in ranges {
+        let mut range = format!("(grain = '{grain}'");
+        if let Some(from) = from {
+            range.push_str(" AND bucket >= ?");
+            binds.push(Bound::Int(*from));
+        }
+        if let Some(to) = to {
+            range.push_str(" AND bucket < ?");
+            binds.push(Bound::Int(*to));
+        }
+        range.push(')');
+        sql.push(range);
+    }
+    sql
+}
+
+/// One by-time grain of `mentor_totals` as a leaderboard reads it: its key ranges, and the
+/// grain of `mentor_totals_backfill` that holds what older writers stored without it.
+struct ByTimeGrain {
+    name: &'static str,
+    backfill_name: &'static str,
+    /// Where the key's mentor starts (1-based, for `substring`).
+    mentor_from: usize,
+    key: fn(i64, &str) -> String,
+    ranges: Vec<(Option<i64>, Option<i64>)>,
+}
+
+/// The leaderboard over whole hours by time first: the 'time_week' rows of the period's
+/// whole ISO weeks, the 'time_day' rows of its ragged days and the 'time_hour' rows of its
+/// ragged hours ([`HourRange::plan`], [`split_weeks`]), plus what older writers stored
+/// without them (`mentor_totals_backfill`), ranked by `by` (then mentor id), the first
+/// `limit`. Reads the period's rows only, whatever the history's length.
+///
+/// [`split_weeks`]: referral_schemas::query::split_weeks
 pub fn top_by_time(hours: HourRange, by: referral_schemas::query::RankBy, limit: u32) -> ReadQuery {
     use super::totals::{TIME_DAY_MENTOR_FROM, TIME_HOUR_MENTOR_FROM, time_day_key, time_hour_key};
     let plan = hours.plan();
+    let split = plan
+        .daily
+        .map(|(from, to)| referral_schemas::query::split_weeks(from, to))
+        .unwrap_or_default();
+    let daily: Vec<(Option<i64>, Option<i64>)> = split
+        .daily
+        .iter()
+        .map(|(from, to)| (Some(*from), Some(*to)))
+        .collect();
+    let hourly: Vec<(Option<i64>, Option<i64>)> = plan
+        .hourly
+        .iter()
+        .map(|(from, to)| (Some(*from), Some(*to)))
+        .collect();
+    let grains = [
+        ByTimeGrain {
+            name: "time_week",
+            backfill_name: "week",
+            mentor_from: TIME_DAY_MENTOR_FROM,
+            key: time_day_key,
+            ranges: split.weekly.into_iter().collect(),
+        },
+        ByTimeGrain {
+            name: "time_day",
+            backfill_name: "day",
+            mentor_from: TIME_DAY_MENTOR_FROM,
+            key: time_day_key,
+            ranges: daily,
+        },
+        ByTimeGrain {
+            name: "time_hour",
+            backfill_name: "hour",
+            mentor_from: TIME_HOUR_MENTOR_FROM,
+            key: time_hour_key,
+            ranges: hourly,
+        },
+    ];
     let mut parts: Vec<String> = Vec::new();
     let mut backfill: Vec<String> = Vec::new();
-    let mut query = ReadQuery::new(String::new());
     let mut key_binds: Vec<Bound> = Vec::new();
     let mut backfill_binds: Vec<Bound> = Vec::new();
-    if let Some((from_day, to_day)) = plan.daily {
-        let mut part = format!(
-            "SELECT substring(mentor_id, {TIME_DAY_MENTOR_FROM}) AS mentor, clicks, conversions \
-             FROM mentor_totals WHERE grain = 'time_day'"
-        );
-        let mut range = String::from("(grain = 'day'");
-        if let Some(from) = from_day {
-            part.push_str(" AND mentor_id >= ?");
-            key_binds.push(Bound::Text(time_day_key(from, "")));
-            range.push_str(" AND bucket >= ?");
-            backfill_binds.push(Bound::Int(from));
+    for grain in grains {
+        if grain.ranges.is_empty() {
+            continue;
         }
-        if let Some(to) = to_day {
-            part.push_str(" AND mentor_id < ?");
-            key_binds.push(Bound::Text(time_day_key(to, "")));
-            range.push_str(" AND bucket < ?");
-            backfill_binds.push(Bound::Int(to));
-        }
-        range.push(')');
-        parts.push(part);
-        backfill.push(range);
-    }
-    if !plan.hourly.is_empty() {
-        let ranges: Vec<&str> = plan
-            .hourly
-            .iter()
-            .map(|_| "(mentor_id >= ? AND mentor_id < ?)")
-            .collect();
         parts.push(format!(
-            "SELECT substring(mentor_id, {TIME_HOUR_MENTOR_FROM}) AS mentor, clicks, conversions \
-             FROM mentor_totals WHERE grain = 'time_hour' AND ({})",
-            ranges.join(" OR ")
+            "SELECT substring(mentor_id, {}) AS mentor, clicks, conversions \
+             FROM mentor_totals WHERE grain = '{}' AND ({})",
+            grain.mentor_from,
+            grain.name,
+            key_ranges(&grain.ranges, grain.key, &mut key_binds)
         ));
-        for (from, to) in &plan.hourly {
-            key_binds.push(Bound::Text(time_hour_key(*from, "")));
-            key_binds.push(Bound::Text(time_hour_key(*to, "")));
-            backfill.push("(grain = 'hour' AND bucket >= ? AND bucket < ?)".to_owned());
-            backfill_binds.push(Bound::Int(*from));
-            backfill_binds.push(Bound::Int(*to));
-        }
+        backfill.extend(backfill_ranges(
+            grain.backfill_name,
+            &grain.ranges,
+            &mut backfill_binds,
+        ));
     }
     if parts.is_empty() {
         // An empty period: no row can match.
@@ -348,52 +419,61 @@ pub fn top_by_time(hours: HourRange, by: referral_schemas::query::RankBy, limit:
         referral_schemas::query::RankBy::Clicks => "total_clicks",
         referral_schemas::query::RankBy::Conversions => "total_conversions",
     };
-    query.sql = format!(
+    let mut query = ReadQuery::new(format!(
         "SELECT mentor, toInt64(sum(clicks)) AS total_clicks, \
          toInt64(sum(conversions)) AS total_conversions FROM ({}) GROUP BY mentor \
          HAVING total_clicks != 0 OR total_conversions != 0 \
          ORDER BY {order} DESC, mentor LIMIT ?",
         parts.join(" UNION ALL ")
-    );
+    ));
     for bound in key_binds.into_iter().chain(backfill_binds) {
         query = query.bind(bound);
     }
     query.bind(Bound::Int(i64::from(limit)))
 }
 
-/// Whether `mentor_totals_backfill` was filled (its 'filled' row).
+/// The marker row of a filled `mentor_totals_backfill`. 'filled' marked a fill without
+/// weeks (migration 5's release); a fill with them is marked anew.
+const BACKFILL_MARKER: &str = "filled_week";
+
+/// Whether `mentor_totals_backfill` was filled, weeks included (its marker row).
 pub fn backfill_filled() -> ReadQuery {
-    ReadQuery::new(
-        "SELECT toUInt64(count()) FROM mentor_totals_backfill WHERE grain = 'filled'".into(),
-    )
+    ReadQuery::new(format!(
+        "SELECT toUInt64(count()) FROM mentor_totals_backfill WHERE grain = '{BACKFILL_MARKER}'"
+    ))
 }
 
-/// Stores, per grain ('day', 'hour'), bucket and mentor, the sums minus the by-time sums
-/// (what writers of an older release stored without 'time_day' and 'time_hour' rows),
-/// read in one snapshot, as `version`.
+/// Stores, per grain ('day', 'hour', 'week'), bucket and mentor, the sums minus the
+/// by-time sums (what writers of an older release stored without 'time_day', 'time_hour'
+/// or 'time_week' rows), read in one scan of `mentor_totals` (one snapshot: a 'day' row
+/// counts for its day and for its week), as `version`.
 pub fn fill_backfill(version: u64) -> ReadQuery {
     use super::totals::{TIME_DAY_MENTOR_FROM, TIME_HOUR_MENTOR_FROM};
     ReadQuery::new(format!(
         "INSERT INTO mentor_totals_backfill (grain, bucket, mentor_id, clicks, conversions, version) \
-         SELECT kind, bucket, mentor, sumIf(clicks, by_time = 0) - sumIf(clicks, by_time = 1) AS c, \
+         SELECT kind, kind_bucket, mentor, \
+         sumIf(clicks, by_time = 0) - sumIf(clicks, by_time = 1) AS c, \
          sumIf(conversions, by_time = 0) - sumIf(conversions, by_time = 1) AS v, ? \
-         FROM (SELECT if(grain IN ('day', 'time_day'), 'day', 'hour') AS kind, \
-         if(grain IN ('time_day', 'time_hour'), 1, 0) AS by_time, bucket, clicks, conversions, \
-         multiIf(grain = 'time_day', substring(mentor_id, {TIME_DAY_MENTOR_FROM}), \
+         FROM (SELECT arrayJoin(multiIf(grain = 'day', ['day', 'week'], \
+         grain = 'time_day', ['day'], grain = 'time_week', ['week'], ['hour'])) AS kind, \
+         if(grain IN ('time_day', 'time_hour', 'time_week'), 1, 0) AS by_time, \
+         if(kind = 'week', bucket - (bucket % 7 + 10) % 7, bucket) AS kind_bucket, \
+         clicks, conversions, \
+         multiIf(grain IN ('time_day', 'time_week'), substring(mentor_id, {TIME_DAY_MENTOR_FROM}), \
          grain = 'time_hour', substring(mentor_id, {TIME_HOUR_MENTOR_FROM}), mentor_id) AS mentor \
-         FROM mentor_totals WHERE grain IN ('day', 'time_day', 'hour', 'time_hour')) \
-         GROUP BY kind, bucket, mentor HAVING c != 0 OR v != 0"
+         FROM mentor_totals \
+         WHERE grain IN ('day', 'time_day', 'time_week', 'hour', 'time_hour')) \
+         GROUP BY kind, kind_bucket, mentor HAVING c != 0 OR v != 0"
     ))
     .bind(Bound::Int(i64::try_from(version).unwrap_or(i64::MAX)))
 }
 
 /// Marks `mentor_totals_backfill` filled.
 pub fn mark_backfill(version: u64) -> ReadQuery {
-    ReadQuery::new(
+    ReadQuery::new(format!(
         "INSERT INTO mentor_totals_backfill (grain, bucket, mentor_id, clicks, conversions, version) \
-         VALUES ('filled', 0, '', 0, 0, ?)"
-            .into(),
-    )
+         VALUES ('{BACKFILL_MARKER}', 0, '', 0, 0, ?)"
+    ))
     .bind(Bound::Int(i64::try_from(version).unwrap_or(i64::MAX)))
 }
 

@@ -4,7 +4,10 @@
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::plan::{Counts, Plan};
+use referral_schemas::query::week_monday;
 
 /// `mentor_totals.grain` (an `Enum8`, sent as its number).
 pub mod grain {
@@ -24,6 +27,9 @@ pub mod grain {
     /// The 'hour' rows' counted clicks and conversions keyed by hour first
     /// ([`time_hour_key`]).
     pub const TIME_HOUR: i8 = 10;
+    /// The 'day' rows' counted clicks and conversions summed per ISO week, keyed by the
+    /// week's Monday first ([`time_day_key`]): whole weeks of a leaderboard's period.
+    pub const TIME_WEEK: i8 = 11;
 }
 
 /// The `mentor_id` of a 'time_hour' row: the hour in 10 digits, `:`, the mentor.
@@ -34,8 +40,9 @@ pub fn time_hour_key(hour: i64, mentor_id: &str) -> String {
 /// Where a 'time_hour' key's mentor starts (1-based, for ClickHouse's `substring`).
 pub const TIME_HOUR_MENTOR_FROM: usize = 12;
 
-/// The `mentor_id` of a 'time_day' row: the day in 8 digits, `:`, the mentor. Within the
-/// grain the table's sort key then orders rows by day.
+/// The `mentor_id` of a 'time_day' row (or a 'time_week' row, with the week's Monday): the
+/// day in 8 digits, `:`, the mentor. Within the grain the table's sort key then orders
+/// rows by day.
 pub fn time_day_key(day: i64, mentor_id: &str) -> String {
     format!("{day:08}:{mentor_id}")
 }
@@ -113,15 +120,32 @@ pub fn rows(plan: &Plan) -> Vec<TotalsRow> {
             });
         }
     }
-    for ((mentor_id, day), sums) in plan.daily_deltas() {
-        bucket_rows(&mut rows, &mentor_id, day, sums, daily);
+    let mut weekly: BTreeMap<(i64, &str), (i64, i64)> = BTreeMap::new();
+    let daily_deltas = plan.daily_deltas();
+    for ((mentor_id, day), sums) in &daily_deltas {
+        bucket_rows(&mut rows, mentor_id, *day, *sums, daily);
         if (sums.clicks, sums.conversions) != (0, 0) {
             rows.push(TotalsRow {
-                mentor_id: time_day_key(day, &mentor_id),
+                mentor_id: time_day_key(*day, mentor_id),
                 grain: grain::TIME_DAY,
-                bucket: day,
+                bucket: *day,
                 clicks: sums.clicks,
                 conversions: sums.conversions,
+                next_offset: 0,
+            });
+            let week = weekly.entry((week_monday(*day), mentor_id)).or_default();
+            week.0 += sums.clicks;
+            week.1 += sums.conversions;
+        }
+    }
+    for ((monday, mentor_id), (clicks, conversions)) in weekly {
+        if (clicks, conversions) != (0, 0) {
+            rows.push(TotalsRow {
+                mentor_id: time_day_key(monday, mentor_id),
+                grain: grain::TIME_WEEK,
+                bucket: monday,
+                clicks,
+                conversions,
                 next_offset: 0,
             });
         }
@@ -157,7 +181,7 @@ mod tests {
     /// Counted clicks and conversions are stored twice in one insert: by mentor (totals)
     /// and by time (leaderboards); filtered clicks by mentor only.
     #[test]
-    fn by_time_rows_carry_counted_clicks_and_conversions_of_their_hour_and_day() {
+    fn by_time_rows_carry_counted_clicks_and_conversions_of_their_hour_day_and_week() {
         let plan = Plan {
             deltas: vec![
                 Delta {
@@ -176,13 +200,32 @@ mod tests {
                     bots: 1,
                     conversions: 0,
                 },
+                // Day 4 (a Monday) is in the next week; day 3 is in day 2's week.
+                Delta {
+                    mentor_id: "m1".into(),
+                    hour: 4 * 24 + 1,
+                    clicks: 5,
+                    duplicates: 0,
+                    bots: 0,
+                    conversions: 0,
+                },
+                Delta {
+                    mentor_id: "m1".into(),
+                    hour: 3 * 24,
+                    clicks: 1,
+                    duplicates: 0,
+                    bots: 0,
+                    conversions: 2,
+                },
             ],
             ..Plan::default()
         };
         let rows = rows(&plan);
         let by_time: Vec<(&str, i8, i64, i64, i64)> = rows
             .iter()
-            .filter(|row| [grain::TIME_DAY, grain::TIME_HOUR].contains(&row.grain))
+            .filter(|row| {
+                [grain::TIME_DAY, grain::TIME_HOUR, grain::TIME_WEEK].contains(&row.grain)
+            })
             .map(|row| {
                 (
                     row.mentor_id.as_str(),
@@ -197,7 +240,13 @@ mod tests {
             by_time,
             vec![
                 ("0000000049:m1", grain::TIME_HOUR, 49, 2, 1),
+                ("0000000097:m1", grain::TIME_HOUR, 97, 5, 0),
+                ("0000000072:m1", grain::TIME_HOUR, 72, 1, 2),
                 ("00000002:m1", grain::TIME_DAY, 2, 2, 1),
+                ("00000003:m1", grain::TIME_DAY, 3, 1, 2),
+                ("00000004:m1", grain::TIME_DAY, 4, 5, 0),
+                ("-0000003:m1", grain::TIME_WEEK, -3, 3, 3),
+                ("00000004:m1", grain::TIME_WEEK, 4, 5, 0),
             ]
         );
         assert_eq!(&time_day_key(2, "m1")[TIME_DAY_MENTOR_FROM - 1..], "m1");
