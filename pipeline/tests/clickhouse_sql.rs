@@ -348,6 +348,11 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             "",
         ),
         (
+            "leaderboard by time, whole weeks",
+            queries::top_by_time(hours(Some(-200), Some(300)), RankBy::Clicks, 5),
+            "",
+        ),
+        (
             "clicks by mentor",
             queries::clicks_by_mentor(Some(at(3).as_millis()), at(50).as_millis()),
             "",
@@ -676,6 +681,20 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     for (_, query, columns) in &queries {
         script.push(query.render(columns));
     }
+    // The backfill of an older writer's day (no 'time_day' or 'time_week' row; day 20011
+    // is in the week of Monday 20010), then the probe below stays last.
+    script.push(
+        "INSERT INTO mentor_totals (mentor_id, grain, bucket, clicks, conversions, next_offset) \
+         VALUES ('usr_weekold', 'day', 20011, 5, 1, 0)"
+            .into(),
+    );
+    script.push(queries::fill_backfill(7).render(""));
+    script.push(
+        "SELECT grain, bucket, clicks, conversions FROM mentor_totals_backfill FINAL \
+         WHERE mentor_id = 'usr_weekold' ORDER BY grain"
+            .into(),
+    );
+    let backfill_read = script.len() - 1;
     // Newer dedup: the same token twice is one insert on servers that have tokens.
     script.push(
         "INSERT INTO mentor_totals SETTINGS insert_deduplication_token = 'probe' \
@@ -748,7 +767,18 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     assert!(answered["mentor hours"] > 10);
     assert_eq!(answered["leaderboard by time"], 2);
     assert_eq!(answered["leaderboard by time, a window"], 2);
+    assert_eq!(answered["leaderboard by time, whole weeks"], 2);
     assert_eq!(answered["attribution unknown"], 0);
+    let backfilled = results[backfill_read]
+        .as_ref()
+        .expect("the backfill on the current engine");
+    assert_eq!(
+        rows(backfilled),
+        vec![
+            serde_json::json!({"grain": "day", "bucket": "20011", "clicks": "5", "conversions": "1"}),
+            serde_json::json!({"grain": "week", "bucket": "20010", "clicks": "5", "conversions": "1"}),
+        ]
+    );
     let probe = results
         .last()
         .and_then(|result| result.as_ref().ok())
@@ -910,13 +940,15 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
             ("usr_old".to_owned(), 10, 1)
         ]
     );
-    // A window of whole weeks (day 20002 is a Monday: weeks 20002 and 20009), ragged days
+    // A window of whole weeks (day 20003 is a Monday: weeks 20003 and 20010), ragged days
     // and ragged hours, over an older release's days (no 'time_week' rows; 'usr_five' also
     // has 'time_day' rows, as migration 5's release wrote them): by time as the scan.
     let weeks = HourRange {
         from_hour: Some(19_999 * 24 + 5),
-        to_hour: Some(20_016 * 24 + 3),
+        to_hour: Some(20_017 * 24 + 3),
     };
+    let split = referral_schemas::query::split_weeks(Some(20_000), Some(20_017));
+    assert_eq!(split.weekly, Some((Some(20_003), Some(20_017))));
     let weeks_scan: Vec<(String, i64, i64, i64, i64)> =
         queries::top_mentors(weeks, RankBy::Clicks, 100)
             .to_clickhouse(&settings.client())
