@@ -19,6 +19,7 @@ fn subject_of(command: &LogEvent) -> &str {
         LogEvent::Click(click) => &click.attribution_id,
         LogEvent::ConfirmConversion(confirm) => &confirm.attribution_id,
         LogEvent::DeleteAttribution(delete) => &delete.attribution_id,
+        LogEvent::ReverseConversion(reverse) => &reverse.attribution_id,
         LogEvent::AssignCode(assign) => &assign.code,
         LogEvent::RetireCode(retire) => &retire.code,
     }
@@ -118,5 +119,19 @@ pub fn rejection_error(reason: Rejection) -> ApiError {
              person visited, so it cannot be confirmed",
         )
         .on_field("id"),
+        Rejection::NotConfirmed => ApiError::new(
+            ErrorKind::NotConfirmed,
+            "only a confirmed conversion can be reversed",
+        )
+        .on_field("id"),
+        Rejection::AlreadyReversed => ApiError::new(
+            ErrorKind::AlreadyReversed,
+            "the conversion is already reversed for another reason",
+        )
+        .on_field("reason"),
+        Rejection::ReversedBeforeConfirmation => ApiError::invalid(
+            "reversed_at",
+            "must not be before the conversion's confirmed_at",
+        ),
     }
 }

@@ -453,6 +453,189 @@ async fn confirmation_rules(mode: Mode) {
     app.stop().await;
 }
 
+/// A reversal's rules, its idempotent retry, and the totals it restates: the conversion
+/// leaves `total_conversions` of the period it was confirmed in (a calendar period in a
+/// zone off the UTC hour included, read per slot) and counts in `reversed_conversions`.
+async fn reversals_restate_the_totals_of_their_confirmation(mode: Mode) {
+    let app = TestApp::start_mode(mode, &[]).await;
+    app.assign_code("JAN-1", "usr_1").await;
+    let now = referral_schemas::Timestamp::now();
+    // Yesterday in Kolkata, 10 minutes before its midnight: an hour that midnight cuts.
+    let midnight = zoneinfo_midnight("Asia/Kolkata", now.as_millis());
+    let refunded = app.click_id("JAN-1", &from_base(midnight, -7200)).await;
+    let kept = app.click_id("JAN-1", &from_now(-3600)).await;
+    let pending = app.click_id("JAN-1", &from_now(-1800)).await;
+    let refunded_confirmed_at = from_base(midnight, -600);
+    let confirmed = app
+        .confirm(
+            &refunded,
+            &format!(
+                r#"{{"code":"JAN-1","new_member_id":"usr_a","confirmed_at":"{refunded_confirmed_at}"}}"#
+            ),
+        )
+        .await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{:?}", confirmed.body);
+    let kept_confirmed_at = from_now(-60);
+    app.confirm(
+        &kept,
+        &format!(
+            r#"{{"code":"JAN-1","new_member_id":"usr_b","confirmed_at":"{kept_confirmed_at}"}}"#
+        ),
+    )
+    .await;
+    let reverse = |id: &str, body: &str| {
+        let uri = format!("{PREFIX}/{id}/reversal");
+        let body = body.to_owned();
+        let app = &app;
+        async move { app.send_json(Method::POST, &uri, &body).await }
+    };
+
+    let not_confirmed = reverse(&pending, r#"{"reason":"refund"}"#).await;
+    assert_eq!(
+        (not_confirmed.status, not_confirmed.error()),
+        (StatusCode::CONFLICT, ("not_confirmed", Some("id")))
+    );
+    let unknown = reverse("attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G", r#"{"reason":"refund"}"#).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    for (body, status, expected) in [
+        (
+            "{}",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_field", Some("reason")),
+        ),
+        (
+            r#"{"reason":"  "}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_field", Some("reason")),
+        ),
+        (
+            r#"{"reason":"a\u0007b"}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_field", Some("reason")),
+        ),
+        (
+            r#"{"reason":7}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_field", Some("reason")),
+        ),
+        (
+            r#"{"reason":"refund","amount":5}"#,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("unknown_field", Some("amount")),
+        ),
+        ("[1]", StatusCode::BAD_REQUEST, ("malformed_json", None)),
+    ] {
+        let answer = reverse(&refunded, body).await;
+        assert_eq!(
+            (answer.status, answer.error()),
+            (status, expected),
+            "{body}"
+        );
+    }
+    let long = format!(r#"{{"reason":"{}"}}"#, "é".repeat(201));
+    assert_eq!(reverse(&refunded, &long).await.error().1, Some("reason"));
+    let before = reverse(
+        &refunded,
+        &format!(
+            r#"{{"reason":"refund","reversed_at":"{}"}}"#,
+            from_base(midnight, -601)
+        ),
+    )
+    .await;
+    assert_eq!(
+        (before.status, before.error()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_field", Some("reversed_at"))
+        )
+    );
+    let future = reverse(
+        &refunded,
+        &format!(r#"{{"reason":"refund","reversed_at":"{}"}}"#, from_now(120)),
+    )
+    .await;
+    assert_eq!(future.error(), ("invalid_field", Some("reversed_at")));
+
+    let reversed_at = from_now(-30);
+    let first = reverse(
+        &refunded,
+        &format!(r#"{{"reason":"refund","reversed_at":"{reversed_at}"}}"#),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    assert_eq!(first.body["status"], "reversed");
+    assert_eq!(first.body["type"], "conversion");
+    assert_eq!(first.body["new_member_id"], "usr_a");
+    assert_eq!(first.body["confirmed_at"], refunded_confirmed_at.as_str());
+    assert_eq!(first.body["reversed_at"], reversed_at.as_str());
+    assert_eq!(first.body["reversal_reason"], "refund");
+    // The same reversal again (even without its instant) answers the same; another reason
+    // conflicts; the record reads as it was answered.
+    assert_eq!(
+        reverse(&refunded, r#"{"reason":"refund"}"#).await.body,
+        first.body
+    );
+    let other = reverse(&refunded, r#"{"reason":"chargeback"}"#).await;
+    assert_eq!(
+        (other.status, other.error()),
+        (StatusCode::CONFLICT, ("already_reversed", Some("reason")))
+    );
+    assert_eq!(
+        app.get(&format!("{PREFIX}/{refunded}")).await.body,
+        first.body
+    );
+    // The member stays attributed: nobody else can claim them.
+    let taken = app
+        .confirm(&pending, r#"{"code":"JAN-1","new_member_id":"usr_a"}"#)
+        .await;
+    assert_eq!(taken.error().0, "member_already_attributed");
+    let listed = app.get(&format!("{PREFIX}?status=reversed")).await;
+    assert_eq!(listed.body["pagination"]["total"], 1);
+    assert_eq!(listed.body["data"][0]["id"], refunded.as_str());
+    assert_eq!(
+        app.get(&format!("{PREFIX}?status=confirmed")).await.body["pagination"]["total"],
+        1
+    );
+
+    // Totals: restated in every period that holds the confirmation.
+    let totals = |query: &str| {
+        let uri = format!("{PREFIX}/mentor/usr_1/total{query}");
+        let app = &app;
+        async move {
+            let body = app.get(&uri).await.body;
+            (
+                body["total_clicks"].as_u64().unwrap(),
+                body["total_conversions"].as_u64().unwrap(),
+                body["reversed_conversions"].as_u64().unwrap(),
+            )
+        }
+    };
+    assert_eq!(totals("").await, (3, 1, 1));
+    assert_eq!(totals("?period=7d").await, (3, 1, 1));
+    let kept_before_midnight =
+        referral_schemas::Timestamp::parse_rfc3339(&kept_confirmed_at).unwrap() < midnight;
+    let yesterday = totals("?period=yesterday&tz=Asia/Kolkata").await;
+    assert_eq!(
+        (yesterday.1, yesterday.2),
+        (u64::from(kept_before_midnight), 1),
+        "the refunded conversion's day, read per slot around its cut hour"
+    );
+    let top = app.get(&format!("{PREFIX}/mentors/top?period=7d")).await;
+    assert_eq!(top.body["data"][0]["total_conversions"], 1);
+
+    // Deleting the reversed conversion removes its click and its reversal.
+    let deleted = app
+        .call(Method::DELETE, &format!("{PREFIX}/{refunded}"), &[], None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(totals("").await, (2, 1, 0));
+    assert_eq!(
+        reverse(&refunded, r#"{"reason":"refund"}"#).await.status,
+        StatusCode::NOT_FOUND
+    );
+    app.stop().await;
+}
+
 async fn delete_removes_from_reads_lists_and_totals(mode: Mode) {
     let app = TestApp::start_mode(mode, &[]).await;
     app.assign_code("JAN-1", "usr_1").await;
@@ -1846,6 +2029,7 @@ both_modes!(
     list_paginates_filters_and_orders_newest_first,
     get_by_id_is_404_for_unknown_and_malformed_ids,
     confirmation_rules,
+    reversals_restate_the_totals_of_their_confirmation,
     delete_removes_from_reads_lists_and_totals,
     mentor_list_and_totals_by_period,
     referral_codes_route_clicks_and_can_be_reassigned_or_retired,

@@ -87,10 +87,11 @@ fn resolve<'a>(doc: &'a Value, mut node: &'a Value) -> &'a Value {
     node
 }
 
-const METHODS: [&str; 4] = ["get", "post", "put", "delete"];
+const METHODS: [&str; 4] = ["get", "put", "post", "delete"];
 
-/// Every documented operation as (path, method), GETs first, then POSTs, PUTs, DELETEs, so
-/// that examples run in that order find what they read (and delete it last).
+/// Every documented operation as (path, method), GETs first, then PUTs, POSTs, DELETEs, so
+/// that examples run in that order find what they read (a reversal, a POST, finds the
+/// example click confirmed by the PUT) and delete it last.
 fn operations(doc: &Value) -> Vec<(String, String)> {
     let paths = doc["paths"].as_object().expect("paths");
     let mut found = Vec::new();
@@ -731,7 +732,7 @@ fn the_document_is_openapi_3_1_every_ref_resolves_and_examples_fit() {
     ] {
         assert!(ids.contains(contract_name), "missing {contract_name}");
     }
-    assert_eq!(ids.len(), 20, "{ids:?}");
+    assert_eq!(ids.len(), 21, "{ids:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -748,6 +749,7 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
         (Method::POST, PREFIX.to_owned()),
         (Method::PUT, format!("{PREFIX}/{UNKNOWN_ID}")),
         (Method::PUT, format!("{CODES}/SLOW-1")),
+        (Method::POST, format!("{PREFIX}/{UNKNOWN_ID}/reversal")),
     ];
     let mut slow = Vec::new();
     for (method, uri) in stalled.clone() {
@@ -829,6 +831,7 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
         .to_owned();
     let huge = format!(r#"{{"user_agent":"{}"}}"#, "a".repeat(17 * 1024));
     let confirm = r#"{"code":"JAN-1","new_member_id":"usr_new"}"#;
+    let reversal = r#"{"reason":"refund"}"#;
     let table: Vec<(Call, u16)> = vec![
         // getAttributions
         (call(Method::GET, PREFIX), 200),
@@ -958,6 +961,44 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
         (
             call(Method::PUT, format!("{PREFIX}/{fresh}"))
                 .json(r#"{"code":"JAN-1","new_member_id":"usr_new","note":"x"}"#),
+            422,
+        ),
+        // reverseConversion (`fresh` is confirmed above; `old` stayed a click)
+        (
+            call(Method::POST, format!("{PREFIX}/{fresh}/reversal")).json(reversal),
+            200,
+        ),
+        (
+            call(Method::POST, format!("{DOUBLED}/{fresh}/reversal")).json(reversal),
+            200,
+        ),
+        (
+            call(Method::POST, format!("{PREFIX}/{fresh}/reversal")).json("[]"),
+            400,
+        ),
+        (
+            call(Method::POST, format!("{PREFIX}/{UNKNOWN_ID}/reversal")).json(reversal),
+            404,
+        ),
+        (
+            call(Method::POST, format!("{PREFIX}/{fresh}/reversal"))
+                .json(r#"{"reason":"chargeback"}"#),
+            409,
+        ),
+        (
+            call(Method::POST, format!("{PREFIX}/{old}/reversal")).json(reversal),
+            409,
+        ),
+        (
+            call(Method::POST, format!("{PREFIX}/{fresh}/reversal")).json(huge.clone()),
+            413,
+        ),
+        (
+            call(Method::POST, format!("{PREFIX}/{fresh}/reversal")).typed("text/plain", reversal),
+            415,
+        ),
+        (
+            call(Method::POST, format!("{PREFIX}/{fresh}/reversal")).json("{}"),
             422,
         ),
         // deleteAttribution
@@ -1109,6 +1150,7 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
         call(Method::POST, PREFIX).json(r#"{"code":"JAN-1"}"#),
         call(Method::PUT, format!("{PREFIX}/{id}"))
             .json(r#"{"code":"JAN-1","new_member_id":"usr_9"}"#),
+        call(Method::POST, format!("{PREFIX}/{id}/reversal")).json(r#"{"reason":"refund"}"#),
         call(Method::DELETE, format!("{PREFIX}/{id}")),
         call(Method::PUT, format!("{CODES}/JAN-1")).json(r#"{"mentor_id":"usr_2"}"#),
         call(Method::DELETE, format!("{CODES}/JAN-1")),

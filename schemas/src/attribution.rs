@@ -19,6 +19,9 @@ pub enum AttributionKind {
 pub enum AttributionStatus {
     Pending,
     Confirmed,
+    /// A confirmed conversion undone later (a refund, a chargeback): it stays a conversion
+    /// of its member but no longer counts in `total_conversions`.
+    Reversed,
 }
 
 impl AttributionKind {
@@ -43,6 +46,7 @@ impl AttributionStatus {
         match self {
             Self::Pending => "pending",
             Self::Confirmed => "confirmed",
+            Self::Reversed => "reversed",
         }
     }
 
@@ -50,6 +54,7 @@ impl AttributionStatus {
         match text {
             "pending" => Some(Self::Pending),
             "confirmed" => Some(Self::Confirmed),
+            "reversed" => Some(Self::Reversed),
             _ => None,
         }
     }
@@ -57,9 +62,10 @@ impl AttributionStatus {
 
 /// One attribution, as `GET /:id` and the click POST print it.
 ///
-/// Invariant: `kind == Conversion` iff `status == Confirmed` iff `new_member_id` and
-/// `confirmed_at` are set. A confirmation turns the click into a conversion in place; it does
-/// not create a second record.
+/// Invariant: `kind == Conversion` iff `status` is `Confirmed` or `Reversed` iff
+/// `new_member_id` and `confirmed_at` are set; `status == Reversed` iff `reversed_at` and
+/// `reversal_reason` are set. A confirmation turns the click into a conversion in place (it
+/// does not create a second record), and a reversal marks that conversion undone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attribution {
     pub id: String,
@@ -90,6 +96,12 @@ pub struct Attribution {
     /// For a `duplicate` only: the counted click it repeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate_of: Option<String>,
+    /// When the conversion was reversed; printed only once it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reversed_at: Option<Timestamp>,
+    /// Why it was reversed (`refund`, `chargeback`, ...), as the platform said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reversal_reason: Option<String>,
 }
 
 /// The row of `GET /mentor/:mentorId`, exactly the fields the contract lists there.
@@ -201,6 +213,8 @@ mod tests {
             created_at: Timestamp::parse_rfc3339("2026-03-20T14:22:01Z").unwrap(),
             verdict: Some(ClickVerdict::Duplicate),
             duplicate_of: Some("attr_f0e1d2".into()),
+            reversed_at: None,
+            reversal_reason: None,
         };
         let printed = serde_json::to_value(&attribution).unwrap();
         let expected = serde_json::json!({

@@ -36,6 +36,10 @@ pub enum ErrorKind {
     MemberAlreadyAttributed,
     /// 409: the click's verdict is `bot`; no person visited.
     NotAVisitor,
+    /// 409: a reversal of an attribution that is not a confirmed conversion.
+    NotConfirmed,
+    /// 409: already reversed for another reason.
+    AlreadyReversed,
     /// 413: the body is larger than allowed.
     PayloadTooLarge,
     /// 415: the body is not declared as JSON.
@@ -69,7 +73,9 @@ impl ErrorKind {
             | Self::AlreadyConfirmed
             | Self::AttributionExpired
             | Self::MemberAlreadyAttributed
-            | Self::NotAVisitor => StatusCode::CONFLICT,
+            | Self::NotAVisitor
+            | Self::NotConfirmed
+            | Self::AlreadyReversed => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::InvalidField | Self::UnknownField | Self::UnknownCode => {
@@ -97,6 +103,8 @@ impl ErrorKind {
             Self::AttributionExpired => "attribution_expired",
             Self::MemberAlreadyAttributed => "member_already_attributed",
             Self::NotAVisitor => "not_a_visitor",
+            Self::NotConfirmed => "not_confirmed",
+            Self::AlreadyReversed => "already_reversed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidField => "invalid_field",

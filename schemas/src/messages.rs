@@ -41,6 +41,7 @@ pub enum LogEvent {
     DeleteAttribution(DeleteAttribution),
     AssignCode(AssignCode),
     RetireCode(RetireCode),
+    ReverseConversion(ReverseConversion),
 }
 
 /// A validated click, resolved to its mentor at the edge.
@@ -66,6 +67,17 @@ pub struct ConfirmConversion {
     pub code: String,
     pub new_member_id: String,
     pub confirmed_at: Timestamp,
+    pub issued_at: Timestamp,
+}
+
+/// Undo a confirmed conversion (a refund, a chargeback): it stops counting in the totals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseConversion {
+    pub command_id: String,
+    pub attribution_id: String,
+    pub reason: String,
+    pub reversed_at: Timestamp,
     pub issued_at: Timestamp,
 }
 
@@ -109,6 +121,7 @@ impl LogEvent {
             Self::DeleteAttribution(command) => Some(&command.command_id),
             Self::AssignCode(command) => Some(&command.command_id),
             Self::RetireCode(command) => Some(&command.command_id),
+            Self::ReverseConversion(command) => Some(&command.command_id),
         }
     }
 
@@ -124,7 +137,9 @@ impl LogEvent {
     pub fn partition_key(&self) -> &str {
         match self {
             Self::Click(click) => &click.mentor_id,
-            Self::ConfirmConversion(_) | Self::DeleteAttribution(_) => ATTRIBUTION_COMMANDS_KEY,
+            Self::ConfirmConversion(_)
+            | Self::DeleteAttribution(_)
+            | Self::ReverseConversion(_) => ATTRIBUTION_COMMANDS_KEY,
             Self::AssignCode(command) => &command.code,
             Self::RetireCode(command) => &command.code,
         }
@@ -138,6 +153,7 @@ impl LogEvent {
             Self::DeleteAttribution(_) => "delete_attribution",
             Self::AssignCode(_) => "assign_code",
             Self::RetireCode(_) => "retire_code",
+            Self::ReverseConversion(_) => "reverse_conversion",
         }
     }
 }
@@ -151,6 +167,7 @@ enum EventKind {
     DeleteAttribution,
     AssignCode,
     RetireCode,
+    ReverseConversion,
 }
 
 impl EventKind {
@@ -161,6 +178,7 @@ impl EventKind {
             Self::DeleteAttribution => LogEvent::DeleteAttribution(map.next_value()?),
             Self::AssignCode => LogEvent::AssignCode(map.next_value()?),
             Self::RetireCode => LogEvent::RetireCode(map.next_value()?),
+            Self::ReverseConversion => LogEvent::ReverseConversion(map.next_value()?),
         })
     }
 
@@ -175,6 +193,9 @@ impl EventKind {
             }
             Self::AssignCode => LogEvent::AssignCode(serde_json::from_value(payload)?),
             Self::RetireCode => LogEvent::RetireCode(serde_json::from_value(payload)?),
+            Self::ReverseConversion => {
+                LogEvent::ReverseConversion(serde_json::from_value(payload)?)
+            }
         })
     }
 }
@@ -294,6 +315,12 @@ pub enum Rejection {
     CodeNotFound,
     /// The click's verdict is `bot`: no person visited, so no recruitment can follow it.
     NotAVisitor,
+    /// A reversal of an attribution that is not a confirmed conversion.
+    NotConfirmed,
+    /// A reversal of a conversion already reversed for another reason.
+    AlreadyReversed,
+    /// A reversal dated before the conversion's confirmation.
+    ReversedBeforeConfirmation,
 }
 
 impl Rejection {
@@ -308,6 +335,9 @@ impl Rejection {
             Self::MemberAlreadyAttributed => "member_already_attributed",
             Self::CodeNotFound => "code_not_found",
             Self::NotAVisitor => "not_a_visitor",
+            Self::NotConfirmed => "not_confirmed",
+            Self::AlreadyReversed => "already_reversed",
+            Self::ReversedBeforeConfirmation => "reversed_before_confirmation",
         }
     }
 }
@@ -324,6 +354,12 @@ pub enum Verdict {
     },
     Deleted {
         deletion: DeletionView,
+    },
+    /// The conversion is reversed; `replayed` when this command repeated an earlier
+    /// reversal for the same reason, which changed nothing.
+    Reversed {
+        attribution: Attribution,
+        replayed: bool,
     },
     CodeAssigned {
         code: ReferralCode,
@@ -484,6 +520,13 @@ mod tests {
                 code: "JAN-VERV-8F3A".into(),
                 issued_at: at(),
             }),
+            LogEvent::ReverseConversion(ReverseConversion {
+                command_id: "cmd_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                attribution_id: "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G".into(),
+                reason: "refund".into(),
+                reversed_at: at(),
+                issued_at: at(),
+            }),
         ]
     }
 
@@ -554,6 +597,9 @@ mod tests {
             Rejection::MemberAlreadyAttributed,
             Rejection::CodeNotFound,
             Rejection::NotAVisitor,
+            Rejection::NotConfirmed,
+            Rejection::AlreadyReversed,
+            Rejection::ReversedBeforeConfirmation,
         ] {
             assert_eq!(
                 serde_json::to_value(reason).unwrap(),

@@ -236,8 +236,9 @@ fn list_filter(params: &QueryParams<'_>) -> Result<AttributionFilter, ApiError> 
     let status = params
         .get("status")
         .map(|raw| {
-            AttributionStatus::parse(raw)
-                .ok_or_else(|| ApiError::invalid("status", "must be pending or confirmed"))
+            AttributionStatus::parse(raw).ok_or_else(|| {
+                ApiError::invalid("status", "must be pending, confirmed or reversed")
+            })
         })
         .transpose()?;
     let kind = params

@@ -8,14 +8,16 @@
 //! Totals invariant: for every mentor and hour, `clicks` is the number of live (not deleted)
 //! `counted` attributions whose `occurred_at` falls in that hour (`duplicates` and `bots` the
 //! same for the other verdicts), and `conversions` the number of live confirmed attributions
-//! whose `confirmed_at` falls in it. Every function here returns the deltas that keep that
-//! invariant.
+//! whose `confirmed_at` falls in it, and `reversals` the number of live reversed ones whose
+//! `confirmed_at` falls in it (a reversal restates the hour its conversion was counted in).
+//! Every function here returns the deltas that keep that invariant.
 
 use crate::attribution::{
     Attribution, AttributionKind, AttributionStatus, CodeRetirement, DeletionView, ReferralCode,
 };
 use crate::messages::{
     AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, Rejection, RetireCode,
+    ReverseConversion,
 };
 use crate::verdict::ClickVerdict;
 
@@ -30,6 +32,8 @@ pub struct TotalsDelta {
     pub duplicates: i64,
     pub bots: i64,
     pub conversions: i64,
+    /// Reversed conversions, by their `confirmed_at`.
+    pub reversals: i64,
 }
 
 impl TotalsDelta {
@@ -68,6 +72,8 @@ pub fn new_attribution(click: &ClickEvent) -> Attribution {
         created_at: click.received_at,
         verdict: None,
         duplicate_of: None,
+        reversed_at: None,
+        reversal_reason: None,
     }
 }
 
@@ -120,7 +126,8 @@ pub fn confirm(
     if current.verdict == Some(ClickVerdict::Bot) {
         return Err(Rejection::NotAVisitor);
     }
-    if current.status == AttributionStatus::Confirmed {
+    // A reversed conversion stays its member's: the same confirmation again replays it.
+    if current.kind == AttributionKind::Conversion {
         return if current.new_member_id.as_deref() == Some(command.new_member_id.as_str()) {
             Ok(Confirmation::Replayed {
                 attribution: current.clone(),
@@ -171,10 +178,12 @@ pub fn delete(
     let current = current.ok_or(Rejection::AttributionNotFound)?;
     let mut deltas = vec![TotalsDelta::click(current, -1)];
     if let Some(confirmed_at) = current.confirmed_at {
+        let reversed = current.status == AttributionStatus::Reversed;
         deltas.push(TotalsDelta {
             mentor_id: current.mentor_id.clone(),
             hour: confirmed_at.hour_bucket(),
-            conversions: -1,
+            conversions: if reversed { 0 } else { -1 },
+            reversals: if reversed { -1 } else { 0 },
             ..TotalsDelta::default()
         });
     }
@@ -187,6 +196,60 @@ pub fn delete(
         released_member: current.new_member_id.clone(),
         deltas,
     })
+}
+
+/// The result of an accepted reversal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reversal {
+    /// The conversion is reversed: persist it, apply the delta (one conversion less and one
+    /// reversal more, in the hour of its `confirmed_at`).
+    Applied {
+        attribution: Attribution,
+        delta: TotalsDelta,
+    },
+    /// Already reversed for the same reason: answer with the stored record, change nothing.
+    Replayed { attribution: Attribution },
+}
+
+/// Reverses a confirmed conversion.
+///
+/// Checks, in order: exists (live); a conversion; already reversed (for the same reason:
+/// replay, whatever `reversed_at` the retry carries; another reason: conflict); not dated
+/// before its confirmation. The member stays attributed: the recruitment happened, it is
+/// only no longer paid for.
+pub fn reverse(
+    current: Option<&Attribution>,
+    command: &ReverseConversion,
+) -> Result<Reversal, Rejection> {
+    let current = current.ok_or(Rejection::AttributionNotFound)?;
+    let confirmed_at = match (current.kind, current.confirmed_at) {
+        (AttributionKind::Conversion, Some(confirmed_at)) => confirmed_at,
+        _ => return Err(Rejection::NotConfirmed),
+    };
+    if current.status == AttributionStatus::Reversed {
+        return if current.reversal_reason.as_deref() == Some(command.reason.as_str()) {
+            Ok(Reversal::Replayed {
+                attribution: current.clone(),
+            })
+        } else {
+            Err(Rejection::AlreadyReversed)
+        };
+    }
+    if command.reversed_at < confirmed_at {
+        return Err(Rejection::ReversedBeforeConfirmation);
+    }
+    let mut attribution = current.clone();
+    attribution.status = AttributionStatus::Reversed;
+    attribution.reversed_at = Some(command.reversed_at);
+    attribution.reversal_reason = Some(command.reason.clone());
+    let delta = TotalsDelta {
+        mentor_id: attribution.mentor_id.clone(),
+        hour: confirmed_at.hour_bucket(),
+        conversions: -1,
+        reversals: 1,
+        ..TotalsDelta::default()
+    };
+    Ok(Reversal::Applied { attribution, delta })
 }
 
 /// Assigns a code: `(code, created)`. A retired code assigned again counts as created.
@@ -394,6 +457,115 @@ mod tests {
             )
         });
         assert_eq!(sums, (0, -1, 0, -1));
+    }
+
+    fn reversal(reason: &str, reversed_at: &str) -> ReverseConversion {
+        ReverseConversion {
+            command_id: "cmd_r".into(),
+            attribution_id: "attr_1".into(),
+            reason: reason.into(),
+            reversed_at: at(reversed_at),
+            issued_at: at(reversed_at),
+        }
+    }
+
+    #[test]
+    fn a_reversal_moves_the_conversion_to_reversals_in_its_confirmation_hour() {
+        let (pending, _) = record_click(&click(), ClickVerdict::Counted, None);
+        let refund = reversal("refund", "2026-04-02T09:00:00Z");
+        assert_eq!(reverse(None, &refund), Err(Rejection::AttributionNotFound));
+        assert_eq!(
+            reverse(Some(&pending), &refund),
+            Err(Rejection::NotConfirmed)
+        );
+        let Ok(Confirmation::Applied {
+            attribution: confirmed,
+            ..
+        }) = confirm(
+            Some(&pending),
+            None,
+            &confirmation("usr_5892", "2026-03-25T10:30:00Z"),
+            WINDOW,
+        )
+        else {
+            panic!("expected an applied confirmation");
+        };
+        assert_eq!(
+            reverse(
+                Some(&confirmed),
+                &reversal("refund", "2026-03-25T10:29:59Z")
+            ),
+            Err(Rejection::ReversedBeforeConfirmation)
+        );
+        let Ok(Reversal::Applied { attribution, delta }) = reverse(Some(&confirmed), &refund)
+        else {
+            panic!("expected an applied reversal");
+        };
+        assert_eq!(attribution.status, AttributionStatus::Reversed);
+        assert_eq!(attribution.kind, AttributionKind::Conversion);
+        assert_eq!(attribution.new_member_id.as_deref(), Some("usr_5892"));
+        assert_eq!(attribution.reversed_at, Some(at("2026-04-02T09:00:00Z")));
+        assert_eq!(attribution.reversal_reason.as_deref(), Some("refund"));
+        assert_eq!(
+            (delta.clicks, delta.conversions, delta.reversals),
+            (0, -1, 1)
+        );
+        assert_eq!(delta.hour, at("2026-03-25T10:00:00Z").hour_bucket());
+
+        // The same reason again (another instant, as a retry without one) replays; another
+        // reason conflicts; the confirmation again replays; another member conflicts.
+        let retry = reversal("refund", "2026-04-03T00:00:00Z");
+        assert_eq!(
+            reverse(Some(&attribution), &retry),
+            Ok(Reversal::Replayed {
+                attribution: attribution.clone()
+            })
+        );
+        assert_eq!(
+            reverse(
+                Some(&attribution),
+                &reversal("chargeback", "2026-04-03T00:00:00Z")
+            ),
+            Err(Rejection::AlreadyReversed)
+        );
+        assert!(matches!(
+            confirm(
+                Some(&attribution),
+                Some("attr_1"),
+                &confirmation("usr_5892", "2026-03-25T10:30:00Z"),
+                WINDOW
+            ),
+            Ok(Confirmation::Replayed { .. })
+        ));
+        assert_eq!(
+            confirm(
+                Some(&attribution),
+                None,
+                &confirmation("usr_7777", "2026-03-25T10:30:00Z"),
+                WINDOW
+            ),
+            Err(Rejection::AlreadyConfirmed)
+        );
+
+        // Deleting it removes its click and its reversal, not a conversion.
+        let deletion = delete(
+            Some(&attribution),
+            &DeleteAttribution {
+                command_id: "cmd_d".into(),
+                attribution_id: "attr_1".into(),
+                issued_at: at("2026-04-04T00:00:00Z"),
+            },
+        )
+        .unwrap();
+        let sums = deletion.deltas.iter().fold((0, 0, 0), |sums, d| {
+            (
+                sums.0 + d.clicks,
+                sums.1 + d.conversions,
+                sums.2 + d.reversals,
+            )
+        });
+        assert_eq!(sums, (-1, 0, -1));
+        assert_eq!(deletion.released_member.as_deref(), Some("usr_5892"));
     }
 
     #[test]

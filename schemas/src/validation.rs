@@ -85,6 +85,12 @@ pub fn normalize_ip(field: &str, raw: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::invalid(field, "must be an IPv4 or IPv6 address"))
 }
 
+/// Bidirectional embeddings, overrides and isolates, and line/paragraph separators: text
+/// that would show other than it is stored.
+fn disguising(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}')
+}
+
 /// Checks a user agent: at most 1,024 bytes, no control characters, no bidirectional
 /// overrides or line separators (no real user agent has them; in a dashboard or a log they
 /// can make text read as something else).
@@ -92,7 +98,6 @@ pub fn validate_user_agent(field: &str, raw: &str) -> Result<(), ApiError> {
     if raw.len() > MAX_USER_AGENT_BYTES {
         return Err(ApiError::invalid(field, "must be at most 1024 bytes"));
     }
-    let disguising = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{2028}' | '\u{2029}');
     if raw.chars().any(|c| c.is_control() || disguising(c)) {
         return Err(ApiError::invalid(
             field,
@@ -425,6 +430,51 @@ impl ConfirmRequest {
             code,
             new_member_id: new_member_id.to_owned(),
             confirmed_at,
+        })
+    }
+}
+
+/// Longest reversal reason, in characters.
+pub const MAX_REVERSAL_REASON_CHARS: usize = 200;
+
+/// The body of `POST /{id}/reversal`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReversalRequest {
+    /// Why (`refund`, `chargeback`, ...): 1 to 200 characters, no control characters.
+    pub reason: String,
+    /// `None` means "now".
+    pub reversed_at: Option<Timestamp>,
+}
+
+impl ReversalRequest {
+    pub const FIELDS: &'static [&'static str] = &["reason", "reversed_at"];
+
+    pub fn parse(body: &mut [u8], now: Timestamp) -> Result<Self, ApiError> {
+        let object = JsonObject::parse(body, Self::FIELDS)?;
+        let reason = object.required_str("reason")?;
+        let length = reason.chars().count();
+        // A byte-order mark is white space to JSON Schema's `\s` (the document's rule),
+        // though not to Unicode: a reason of nothing else is refused too.
+        let blank = reason.chars().all(|c| c.is_whitespace() || c == '\u{FEFF}');
+        if blank || length > MAX_REVERSAL_REASON_CHARS {
+            return Err(ApiError::invalid(
+                "reason",
+                "must be 1 to 200 characters, not only spaces",
+            ));
+        }
+        if reason.chars().any(|c| c.is_control() || disguising(c)) {
+            return Err(ApiError::invalid(
+                "reason",
+                "must not contain control characters, bidirectional overrides or line separators",
+            ));
+        }
+        let reversed_at = object
+            .optional_str("reversed_at")?
+            .map(|raw| parse_instant("reversed_at", raw, now, 0))
+            .transpose()?;
+        Ok(Self {
+            reason: reason.to_owned(),
+            reversed_at,
         })
     }
 }

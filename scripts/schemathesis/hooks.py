@@ -15,7 +15,8 @@ The rules (each also stated in words in the document):
 2. occurred_at is not before 1970-01-01T00:00:00Z and at most 5 minutes in the future
    (relative to now): an instant outside that range is moved into it.
 3. confirmed_at is not in the future and not before the click's occurred_at (relative to
-   now and to another resource): such a value is replaced by null (= now).
+   now and to another resource): such a value is replaced by null (= now). The same for a
+   reversal's reversed_at against the conversion's confirmed_at.
 4. `to` must not be before `from` (a comparison of two parameters): they are swapped.
 5. (page - 1) * limit <= 100000 (arithmetic over two parameters; exact in JSON Schema only
    with a 101-branch anyOf that schemathesis cannot generate from): page is lowered.
@@ -161,6 +162,19 @@ def before_call(context, case, kwargs):
                 occurred = _instant(attribution.json().get("occurred_at"))
             if confirmed > now or confirmed < 0 or (occurred is not None and confirmed < occurred):
                 body["confirmed_at"] = None
+
+    if "confirmed_at" in RULES and label == "POST /api/v1/referral-attributions/{id}/reversal" and isinstance(body, dict):
+        reversed_at = _instant(body.get("reversed_at"))
+        if reversed_at is not None:
+            confirmed = None
+            attribution = SESSION.get(
+                f"{BASE_URL}/api/v1/referral-attributions/{quote(str(case.path_parameters.get('id', '')), safe='')}",
+                headers=AUTH,
+            )
+            if attribution.status_code == 200:
+                confirmed = _instant(attribution.json().get("confirmed_at"))
+            if reversed_at > now or reversed_at < 0 or (confirmed is not None and reversed_at < confirmed):
+                body["reversed_at"] = None
 
     if "bytes" in RULES and label == "PUT /api/v1/referral-codes/{code}" and body is not None:
         _fix_url(body, "destination_url")

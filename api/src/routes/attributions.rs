@@ -9,9 +9,11 @@ use axum::routing::get;
 use http::StatusCode;
 use referral_pipeline::store::AttributionPage;
 use referral_schemas::id::{is_attribution_id, new_command_id};
-use referral_schemas::messages::{ConfirmConversion, DeleteAttribution, LogEvent, Verdict};
+use referral_schemas::messages::{
+    ConfirmConversion, DeleteAttribution, LogEvent, ReverseConversion, Verdict,
+};
 use referral_schemas::query::{ListCursor, conversion_rate, parse_list_query, parse_totals_query};
-use referral_schemas::validation::{ConfirmRequest, validate_party_id};
+use referral_schemas::validation::{ConfirmRequest, ReversalRequest, validate_party_id};
 use referral_schemas::{ApiError, ErrorKind, Timestamp};
 use serde::Serialize;
 
@@ -29,6 +31,10 @@ pub fn routes(router: Router<Arc<AppState>>, prefix: &str) -> Router<Arc<AppStat
         .route(
             &format!("{prefix}/{{id}}"),
             get(get_one).put(confirm).delete(remove),
+        )
+        .route(
+            &format!("{prefix}/{{id}}/reversal"),
+            axum::routing::post(reverse),
         )
         .route(&format!("{prefix}/mentor/{{mentor_id}}"), get(mentor_list))
         .route(
@@ -165,6 +171,33 @@ async fn confirm(
     }
 }
 
+/// POST /:id/reversal: a confirmed conversion refunded or charged back. Answers the whole
+/// attribution, 200 also when the same reversal comes again (the first one stands).
+async fn reverse(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> HandlerResult {
+    let caller = state.tokens.authorize(request.headers(), Scope::Write)?;
+    let id = attribution_id(path)?;
+    let now = Timestamp::now();
+    let mut body = json_body(request).await?;
+    let reversal = ReversalRequest::parse(&mut body, now)?;
+    let_click_land(&state, &id).await?;
+    let command = LogEvent::ReverseConversion(ReverseConversion {
+        command_id: new_command_id(),
+        attribution_id: id,
+        reason: reversal.reason,
+        reversed_at: reversal.reversed_at.unwrap_or(now),
+        issued_at: now,
+    });
+    match submit(&state, &caller, command).await? {
+        Verdict::Reversed { attribution, .. } => Ok(json(StatusCode::OK, &attribution)),
+        Verdict::Rejected { reason } => Err(rejection_error(reason).into()),
+        other => Err(unexpected(other)),
+    }
+}
+
 /// DELETE /:id.
 async fn remove(
     State(state): State<Arc<AppState>>,
@@ -239,6 +272,8 @@ struct MentorTotalsBody {
     conversion_rate: f64,
     period: &'static str,
     filtered_clicks: FilteredClicks,
+    /// Conversions confirmed in the period and reversed since (not in `total_conversions`).
+    reversed_conversions: u64,
 }
 
 /// Recorded clicks that do not count, by verdict, for the same period.
@@ -288,6 +323,7 @@ async fn mentor_total(
                 duplicate: totals.duplicates,
                 bot: totals.bots,
             },
+            reversed_conversions: totals.reversals,
         },
     ))
 }

@@ -26,7 +26,7 @@ use crate::state::AppState;
 const EXPORT_PAGE: u32 = 10_000;
 
 /// The CSV columns, in order.
-const CSV_HEADER: [&str; 14] = [
+const CSV_HEADER: [&str; 16] = [
     "id",
     "code",
     "mentor_id",
@@ -41,6 +41,8 @@ const CSV_HEADER: [&str; 14] = [
     "occurred_at",
     "confirmed_at",
     "created_at",
+    "reversed_at",
+    "reversal_reason",
 ];
 
 /// GET /export?format=csv|ndjson&<list filters>.
@@ -208,6 +210,8 @@ fn write_csv(out: &mut Vec<u8>, attributions: &[Attribution], header: bool) {
             instant(Some(attribution.occurred_at)),
             instant(attribution.confirmed_at),
             instant(Some(attribution.created_at)),
+            instant(attribution.reversed_at),
+            attribution.reversal_reason.clone().unwrap_or_default(),
         ];
         let record = cells.iter().map(|cell| spreadsheet_safe(cell));
         if let Err(error) = writer.write_record(record.map(|cell| cell.into_owned())) {
@@ -259,6 +263,8 @@ mod tests {
             created_at: Timestamp::from_millis(1),
             verdict: Some(referral_schemas::verdict::ClickVerdict::Counted),
             duplicate_of: None,
+            reversed_at: None,
+            reversal_reason: Some("-refund".into()),
         };
         let mut out = Vec::new();
         write_csv(&mut out, std::slice::from_ref(&attribution), true);
@@ -282,5 +288,7 @@ next""#
         assert_eq!(row.len(), CSV_HEADER.len());
         assert_eq!(&row[9], "Agent, \"quoted\"\nnext");
         assert_eq!(&row[11], "1970-01-01T00:00:00Z");
+        assert_eq!(&row[14], "");
+        assert_eq!(&row[15], "'-refund", "a reason is a cell like any other");
     }
 }

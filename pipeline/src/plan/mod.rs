@@ -28,9 +28,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use referral_schemas::Timestamp;
 use referral_schemas::messages::{
-    AssignCode, ConfirmConversion, DeleteAttribution, LogEvent, Rejection, RetireCode, Verdict,
+    AssignCode, ConfirmConversion, DeleteAttribution, LogEvent, Rejection, RetireCode,
+    ReverseConversion, Verdict,
 };
-use referral_schemas::state::{self, Confirmation};
+use referral_schemas::state::{self, Confirmation, Reversal};
 use referral_schemas::verdict::{ClickVerdict, DedupWindow, VisitorKey};
 use serde::{Deserialize, Serialize};
 
@@ -75,6 +76,11 @@ impl References {
                     references.member_ids.insert(command.new_member_id.clone());
                 }
                 LogEvent::DeleteAttribution(command) => {
+                    references
+                        .attribution_ids
+                        .insert(command.attribution_id.clone());
+                }
+                LogEvent::ReverseConversion(command) => {
                     references
                         .attribution_ids
                         .insert(command.attribution_id.clone());
@@ -144,7 +150,7 @@ impl Known {
 }
 
 /// A signed change to one mentor's totals in one hour (clicks of each verdict by
-/// `occurred_at`, conversions by `confirmed_at`).
+/// `occurred_at`, conversions and reversed conversions by `confirmed_at`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delta {
     pub mentor_id: String,
@@ -157,6 +163,9 @@ pub struct Delta {
     #[serde(default)]
     pub bots: i64,
     pub conversions: i64,
+    /// Recorded decisions from before reversals existed have no such field: zero.
+    #[serde(default)]
+    pub reversals: i64,
 }
 
 impl Delta {
@@ -166,6 +175,7 @@ impl Delta {
             duplicates: self.duplicates,
             bots: self.bots,
             conversions: self.conversions,
+            reversals: self.reversals,
         }
     }
 }
@@ -179,6 +189,7 @@ impl From<state::TotalsDelta> for Delta {
             duplicates: delta.duplicates,
             bots: delta.bots,
             conversions: delta.conversions,
+            reversals: delta.reversals,
         }
     }
 }
@@ -191,6 +202,8 @@ pub struct Counts {
     pub duplicates: i64,
     pub bots: i64,
     pub conversions: i64,
+    /// Reversed conversions.
+    pub reversals: i64,
 }
 
 impl Counts {
@@ -199,6 +212,7 @@ impl Counts {
         self.duplicates += other.duplicates;
         self.bots += other.bots;
         self.conversions += other.conversions;
+        self.reversals += other.reversals;
     }
 
     pub fn is_zero(&self) -> bool {
@@ -462,6 +476,7 @@ impl Planner {
             LogEvent::DeleteAttribution(command) => self.decide_deletion(command),
             LogEvent::AssignCode(command) => self.decide_assignment(command),
             LogEvent::RetireCode(command) => self.decide_retirement(command),
+            LogEvent::ReverseConversion(command) => self.decide_reversal(command),
         };
         self.plan.outcomes.push(match &verdict {
             Verdict::Rejected { reason } => reason.as_str(),
@@ -586,6 +601,44 @@ impl Planner {
         }
     }
 
+    fn decide_reversal(&mut self, command: &ReverseConversion) -> (Verdict, Effect) {
+        let current = self.live_attribution(&command.attribution_id);
+        let attribution = current.as_ref().map(|(attribution, _)| attribution);
+        match state::reverse(attribution, command) {
+            Err(reason) => (Verdict::Rejected { reason }, Effect::default()),
+            Ok(Reversal::Replayed { attribution }) => (
+                Verdict::Reversed {
+                    attribution,
+                    replayed: true,
+                },
+                Effect::default(),
+            ),
+            Ok(Reversal::Applied { attribution, delta }) => {
+                let Some((_, row)) = current else {
+                    // `reverse` applies only to a live attribution; unreachable.
+                    return (
+                        Verdict::Rejected {
+                            reason: Rejection::AttributionNotFound,
+                        },
+                        Effect::default(),
+                    );
+                };
+                let effect = Effect {
+                    attribution: Some(row.next_state(&attribution)),
+                    deltas: vec![delta.into()],
+                    ..Effect::default()
+                };
+                (
+                    Verdict::Reversed {
+                        attribution,
+                        replayed: false,
+                    },
+                    effect,
+                )
+            }
+        }
+    }
+
     fn decide_deletion(&mut self, command: &DeleteAttribution) -> (Verdict, Effect) {
         let current = self.live_attribution(&command.attribution_id);
         let attribution = current.as_ref().map(|(attribution, _)| attribution);
@@ -673,6 +726,7 @@ impl Planner {
                 duplicates: sums.duplicates,
                 bots: sums.bots,
                 conversions: sums.conversions,
+                reversals: sums.reversals,
             })
             .collect();
         self.plan
@@ -1025,7 +1079,8 @@ mod tests {
                 clicks: 3,
                 duplicates: 1,
                 bots: 2,
-                conversions: 1
+                conversions: 1,
+                reversals: 0
             }
         );
         assert_eq!(

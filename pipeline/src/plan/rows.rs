@@ -44,6 +44,12 @@ pub struct AttributionRow {
     pub source_partition: i32,
     #[serde(default = "unknown_position_i64")]
     pub source_offset: i64,
+    /// Set once a conversion is reversed (`status` 'reversed'); absent in effects recorded
+    /// before reversals existed.
+    #[serde(default)]
+    pub reversed_at: Option<i64>,
+    #[serde(default)]
+    pub reversal_reason: Option<String>,
 }
 
 fn counted() -> String {
@@ -113,6 +119,8 @@ impl AttributionRow {
             source_topic: String::new(),
             source_partition: -1,
             source_offset: -1,
+            reversed_at: attribution.reversed_at.map(Timestamp::as_millis),
+            reversal_reason: attribution.reversal_reason.clone(),
         }
     }
 
@@ -140,6 +148,8 @@ impl AttributionRow {
             created_at: Timestamp::from_millis(self.created_at),
             verdict: Some(verdict),
             duplicate_of: self.duplicate_of.clone(),
+            reversed_at: self.reversed_at.map(Timestamp::from_millis),
+            reversal_reason: self.reversal_reason.clone(),
         })
     }
 

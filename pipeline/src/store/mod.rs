@@ -73,7 +73,10 @@ pub struct MentorTotals {
     /// Clicks recorded with the verdict `duplicate` and `bot`.
     pub duplicates: u64,
     pub bots: u64,
+    /// Confirmed conversions that count (not reversed).
     pub conversions: u64,
+    /// Reversed conversions, by their `confirmed_at` (read by mentor totals only).
+    pub reversals: u64,
 }
 
 impl MentorTotals {
@@ -82,6 +85,15 @@ impl MentorTotals {
         self.duplicates += other.duplicates;
         self.bots += other.bots;
         self.conversions += other.conversions;
+        self.reversals += other.reversals;
+    }
+
+    /// With `reversals` reversed conversions, a signed sum never negative in a consistent
+    /// store.
+    pub fn with_reversals(mut self, reversals: i64, mentor_id: &str) -> Result<Self, StoreError> {
+        self.reversals = u64::try_from(reversals)
+            .map_err(|_| StoreError::Corrupt(format!("negative reversal total for {mentor_id}")))?;
+        Ok(self)
     }
 
     /// Adds `count` clicks of the stored verdict `verdict` (`counted` for anything else:
@@ -105,6 +117,7 @@ impl MentorTotals {
             duplicates: non_negative(sums[1], "duplicate")?,
             bots: non_negative(sums[2], "bot")?,
             conversions: non_negative(sums[3], "conversion")?,
+            reversals: 0,
         })
     }
 }

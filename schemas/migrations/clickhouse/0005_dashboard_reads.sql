@@ -25,7 +25,9 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS attributions_by_confirmation_feed TO attr
 AS SELECT id, mentor_id, assumeNotNull(confirmed_at) AS confirmed_at, deleted_at, version
 FROM attributions WHERE kind = 'conversion';
 
-INSERT INTO attributions_by_confirmation
+-- Columns named: a later migration adds columns to the copy (7: reversed_at), and this
+-- runs again over a store that has them.
+INSERT INTO attributions_by_confirmation (id, mentor_id, confirmed_at, deleted_at, version)
 SELECT id, mentor_id, assumeNotNull(confirmed_at) AS confirmed_at, deleted_at, version
 FROM attributions WHERE kind = 'conversion';
 

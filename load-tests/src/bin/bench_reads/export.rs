@@ -31,7 +31,7 @@ const RSS_EVERY: Duration = Duration::from_millis(100);
 /// How long after an export its "after" RSS is read.
 const RSS_SETTLE: Duration = Duration::from_secs(1);
 /// Cells of a CSV row (the API's `CSV_HEADER`), and where the id and `occurred_at` are.
-const CSV_CELLS: usize = 14;
+const CSV_CELLS: usize = 16;
 const CSV_ID: usize = 0;
 const CSV_OCCURRED_AT: usize = 11;
 
@@ -446,7 +446,7 @@ fn csv_keys(line: &[u8]) -> Option<(Cow<'_, str>, Cow<'_, str>)> {
 mod tests {
     use super::*;
 
-    const CSV_ROW: &str = r#""attr_2","C","usr_1","click","pending","counted","","","1.2.3.4","Agent ""x"", y","","2026-03-20T10:00:00Z","","2026-03-20T10:00:01Z""#;
+    const CSV_ROW: &str = r#""attr_2","C","usr_1","click","pending","counted","","","1.2.3.4","Agent ""x"", y","","2026-03-20T10:00:00Z","","2026-03-20T10:00:01Z","","""#;
 
     #[test]
     fn csv_rows_give_their_id_and_instant() {

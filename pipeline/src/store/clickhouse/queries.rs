@@ -97,7 +97,8 @@ impl ReadQuery {
 /// Columns of `attributions` and its sorted copies, in table order.
 pub const ATTRIBUTION_COLUMNS: &str = "id, code, mentor_id, kind, status, new_member_id, \
      ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version, \
-     verdict, duplicate_of, source_topic, source_partition, source_offset";
+     verdict, duplicate_of, source_topic, source_partition, source_offset, reversed_at, \
+     reversal_reason";
 /// Columns of `referral_codes`, in table order (and `CodeRow`'s field order).
 pub const CODE_COLUMNS: &str =
     "code, mentor_id, destination_url, created_at, updated_at, retired, version";
@@ -251,7 +252,9 @@ pub fn mentor_totals(mentor_id: &str, hours: HourRange) -> ReadQuery {
     let query = ReadQuery::new(String::new()).bind(Bound::Text(mentor_id.to_owned()));
     let mut query = totals_ranges(hours, query);
     query.sql = format!(
-        "SELECT {TOTALS_SUMS} FROM mentor_totals WHERE mentor_id = ? AND ({})",
+        "SELECT {TOTALS_SUMS}, \
+         toInt64(sumIf(clicks, grain IN ('reversal_hour', 'reversal_day'))) AS reversals \
+         FROM mentor_totals WHERE mentor_id = ? AND ({})",
         query.sql
     );
     query
@@ -497,8 +500,9 @@ pub fn clicks_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
 pub fn conversions_by_mentor(from: Option<i64>, to: i64) -> ReadQuery {
     ReadQuery::new(
         "SELECT mentor_id, toInt64(count()) AS conversions FROM \
-         (SELECT mentor_id, deleted_at FROM attributions_by_confirmation FINAL \
-         WHERE confirmed_at >= ? AND confirmed_at < ?) WHERE deleted_at IS NULL \
+         (SELECT mentor_id, deleted_at, reversed_at FROM attributions_by_confirmation FINAL \
+         WHERE confirmed_at >= ? AND confirmed_at < ?) \
+         WHERE deleted_at IS NULL AND reversed_at IS NULL \
          GROUP BY mentor_id ORDER BY mentor_id"
             .into(),
     )
@@ -512,7 +516,8 @@ fn totals_ranges(hours: HourRange, mut query: ReadQuery) -> ReadQuery {
     let plan = hours.plan();
     let mut ranges = Vec::new();
     if let Some((from_day, to_day)) = plan.daily {
-        let mut range = String::from("(grain IN ('day', 'duplicate_day', 'bot_day')");
+        let mut range =
+            String::from("(grain IN ('day', 'duplicate_day', 'bot_day', 'reversal_day')");
         if let Some(from) = from_day {
             range.push_str(" AND bucket >= ?");
             query = query.bind(Bound::Int(from));
@@ -526,7 +531,8 @@ fn totals_ranges(hours: HourRange, mut query: ReadQuery) -> ReadQuery {
     }
     for (from, to) in plan.hourly {
         ranges.push(
-            "(grain IN ('hour', 'duplicate_hour', 'bot_hour') AND bucket >= ? AND bucket < ?)"
+            "(grain IN ('hour', 'duplicate_hour', 'bot_hour', 'reversal_hour') \
+             AND bucket >= ? AND bucket < ?)"
                 .to_owned(),
         );
         query = query.bind(Bound::Int(from)).bind(Bound::Int(to));
@@ -547,10 +553,12 @@ pub fn mentor_hours(mentor_id: &str, from: Option<i64>, to: i64) -> ReadQuery {
         "SELECT bucket, toInt64(sumIf(clicks, grain = 'hour')) AS counted, \
          toInt64(sumIf(clicks, grain = 'duplicate_hour')) AS duplicates, \
          toInt64(sumIf(clicks, grain = 'bot_hour')) AS bots, \
-         toInt64(sum(conversions)) AS conversions FROM mentor_totals \
-         WHERE grain IN ('hour', 'duplicate_hour', 'bot_hour') AND mentor_id = ? \
+         toInt64(sum(conversions)) AS conversions, \
+         toInt64(sumIf(clicks, grain = 'reversal_hour')) AS reversals FROM mentor_totals \
+         WHERE grain IN ('hour', 'duplicate_hour', 'bot_hour', 'reversal_hour') AND mentor_id = ? \
          AND bucket >= ? AND bucket < ? GROUP BY bucket \
          HAVING counted != 0 OR duplicates != 0 OR bots != 0 OR conversions != 0 \
+         OR reversals != 0 \
          ORDER BY bucket"
             .into(),
     )
@@ -711,8 +719,10 @@ pub fn mentor_click_slots(mentor_id: &str, ranges: &[(i64, i64)]) -> ReadQuery {
 pub fn mentor_conversion_slots(mentor_id: &str, ranges: &[(i64, i64)]) -> ReadQuery {
     let filter = RangesFilter::of(ranges);
     let mut query = ReadQuery::new(format!(
-        "SELECT intDiv(confirmed_at, {slot}) AS slot, toUInt64(count()) AS conversions \
-         FROM (SELECT confirmed_at, deleted_at FROM attributions_by_confirmation FINAL \
+        "SELECT intDiv(confirmed_at, {slot}) AS slot, \
+         toUInt64(countIf(reversed_at IS NULL)) AS conversions, \
+         toUInt64(countIf(reversed_at IS NOT NULL)) AS reversals \
+         FROM (SELECT confirmed_at, deleted_at, reversed_at FROM attributions_by_confirmation FINAL \
          PREWHERE mentor_id = ?",
         slot = referral_schemas::calendar::SLOT_MS
     ));
@@ -999,11 +1009,12 @@ mod tests {
             "SELECT toInt64(sumIf(clicks, grain IN ('hour', 'day'))) AS total_clicks, \
              toInt64(sumIf(clicks, grain IN ('duplicate_hour', 'duplicate_day'))) AS duplicates, \
              toInt64(sumIf(clicks, grain IN ('bot_hour', 'bot_day'))) AS bots, \
-             toInt64(sum(conversions)) AS total_conversions \
+             toInt64(sum(conversions)) AS total_conversions, \
+             toInt64(sumIf(clicks, grain IN ('reversal_hour', 'reversal_day'))) AS reversals \
              FROM mentor_totals WHERE mentor_id = 'm1' AND \
-             ((grain IN ('day', 'duplicate_day', 'bot_day') AND bucket >= 2 AND bucket < 3) OR \
-             (grain IN ('hour', 'duplicate_hour', 'bot_hour') AND bucket >= 30 AND bucket < 48) OR \
-             (grain IN ('hour', 'duplicate_hour', 'bot_hour') AND bucket >= 72 AND bucket < 75))"
+             ((grain IN ('day', 'duplicate_day', 'bot_day', 'reversal_day') AND bucket >= 2 AND bucket < 3) OR \
+             (grain IN ('hour', 'duplicate_hour', 'bot_hour', 'reversal_hour') AND bucket >= 30 AND bucket < 48) OR \
+             (grain IN ('hour', 'duplicate_hour', 'bot_hour', 'reversal_hour') AND bucket >= 72 AND bucket < 75))"
         );
     }
 }

@@ -339,23 +339,25 @@ impl AttributionReader for ClickHouseReader {
         let mut no_clicks = reads.fine.clone();
         let mut no_conversions = reads.fine.clone();
         if let Some((from, to)) = reads.hours {
-            let hours: Vec<(i64, i64, i64, i64, i64)> = queries::mentor_hours(mentor_id, from, to)
-                .to_clickhouse(&self.client)
-                .fetch_all()
-                .await?;
-            for (hour, counted, duplicates, bots, conversions) in hours {
+            let hours: Vec<(i64, i64, i64, i64, i64, i64)> =
+                queries::mentor_hours(mentor_id, from, to)
+                    .to_clickhouse(&self.client)
+                    .fetch_all()
+                    .await?;
+            for (hour, counted, duplicates, bots, conversions, reversals) in hours {
                 // A fine hour is read per slot; an hour whose deltas cancel out is empty.
                 if reads.fine.contains(&hour) {
                     if counted != 0 || duplicates != 0 || bots != 0 {
                         no_clicks.remove(&hour);
                     }
-                    if conversions != 0 {
+                    if conversions != 0 || reversals != 0 {
                         no_conversions.remove(&hour);
                     }
                     continue;
                 }
                 let sums =
-                    MentorTotals::from_sums([counted, duplicates, bots, conversions], mentor_id)?;
+                    MentorTotals::from_sums([counted, duplicates, bots, conversions], mentor_id)?
+                        .with_reversals(reversals, mentor_id)?;
                 if sums != MentorTotals::default() {
                     slots.entry(hour * SLOTS_PER_HOUR).or_default().add(sums);
                 }
@@ -374,13 +376,15 @@ impl AttributionReader for ClickHouseReader {
         }
         let conversion_ranges = reads.slots_without(&no_conversions);
         if !conversion_ranges.is_empty() {
-            let conversions: Vec<(i64, u64)> =
+            let conversions: Vec<(i64, u64, u64)> =
                 queries::mentor_conversion_slots(mentor_id, &conversion_ranges)
                     .to_clickhouse(&self.client)
                     .fetch_all()
                     .await?;
-            for (slot, count) in conversions {
-                slots.entry(slot).or_default().conversions += count;
+            for (slot, count, reversals) in conversions {
+                let sums = slots.entry(slot).or_default();
+                sums.conversions += count;
+                sums.reversals += reversals;
             }
         }
         Ok(slots
@@ -394,12 +398,13 @@ impl AttributionReader for ClickHouseReader {
         mentor_id: &str,
         hours: HourRange,
     ) -> Result<MentorTotals, StoreError> {
-        let (clicks, duplicates, bots, conversions): (i64, i64, i64, i64) =
+        let (clicks, duplicates, bots, conversions, reversals): (i64, i64, i64, i64, i64) =
             queries::mentor_totals(mentor_id, hours)
                 .to_clickhouse(&self.client)
                 .fetch_one()
                 .await?;
-        MentorTotals::from_sums([clicks, duplicates, bots, conversions], mentor_id)
+        MentorTotals::from_sums([clicks, duplicates, bots, conversions], mentor_id)?
+            .with_reversals(reversals, mentor_id)
     }
 
     async fn referral_code(&self, code: &str) -> Result<Option<ReferralCode>, StoreError> {

@@ -30,6 +30,9 @@ pub mod grain {
     /// The 'day' rows' counted clicks and conversions summed per ISO week, keyed by the
     /// week's Monday first ([`time_day_key`]): whole weeks of a leaderboard's period.
     pub const TIME_WEEK: i8 = 11;
+    /// Reversed conversions (in `clicks`), per hour and day of their `confirmed_at`.
+    pub const REVERSAL_HOUR: i8 = 12;
+    pub const REVERSAL_DAY: i8 = 13;
 }
 
 /// The `mentor_id` of a 'time_hour' row: the hour in 10 digits, `:`, the mentor.
@@ -64,13 +67,13 @@ pub struct TotalsRow {
 }
 
 /// The rows of one mentor's bucket: counted clicks and conversions under `counted`, and a
-/// row per filtered verdict that changed.
+/// row per filtered verdict, and for reversals, that changed.
 fn bucket_rows(
     rows: &mut Vec<TotalsRow>,
     mentor_id: &str,
     bucket: i64,
     sums: Counts,
-    [counted, duplicate, bot]: [i8; 3],
+    [counted, duplicate, bot, reversal]: [i8; 4],
 ) {
     let mut push = |grain, clicks, conversions| {
         rows.push(TotalsRow {
@@ -91,6 +94,9 @@ fn bucket_rows(
     if sums.bots != 0 {
         push(bot, sums.bots, 0);
     }
+    if sums.reversals != 0 {
+        push(reversal, sums.reversals, 0);
+    }
 }
 
 /// Every row a flush's commit-point insert carries: per-hour and per-day deltas by verdict,
@@ -99,8 +105,18 @@ fn bucket_rows(
 /// next offset to apply).
 pub fn rows(plan: &Plan) -> Vec<TotalsRow> {
     let mut rows = Vec::new();
-    let hourly = [grain::HOUR, grain::DUPLICATE_HOUR, grain::BOT_HOUR];
-    let daily = [grain::DAY, grain::DUPLICATE_DAY, grain::BOT_DAY];
+    let hourly = [
+        grain::HOUR,
+        grain::DUPLICATE_HOUR,
+        grain::BOT_HOUR,
+        grain::REVERSAL_HOUR,
+    ];
+    let daily = [
+        grain::DAY,
+        grain::DUPLICATE_DAY,
+        grain::BOT_DAY,
+        grain::REVERSAL_DAY,
+    ];
     for delta in &plan.deltas {
         bucket_rows(
             &mut rows,
@@ -191,6 +207,7 @@ mod tests {
                     duplicates: 1,
                     bots: 0,
                     conversions: 1,
+                    reversals: 0,
                 },
                 Delta {
                     mentor_id: "m1".into(),
@@ -199,6 +216,7 @@ mod tests {
                     duplicates: 3,
                     bots: 1,
                     conversions: 0,
+                    reversals: 0,
                 },
                 // Day 4 (a Monday) is in the next week; day 3 is in day 2's week.
                 Delta {
@@ -208,6 +226,7 @@ mod tests {
                     duplicates: 0,
                     bots: 0,
                     conversions: 0,
+                    reversals: 0,
                 },
                 Delta {
                     mentor_id: "m1".into(),
@@ -216,6 +235,7 @@ mod tests {
                     duplicates: 0,
                     bots: 0,
                     conversions: 2,
+                    reversals: 0,
                 },
             ],
             ..Plan::default()

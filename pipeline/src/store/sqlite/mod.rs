@@ -31,7 +31,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITER_CACHE_KIB: i64 = -64 * 1024;
 
 const ATTRIBUTION_COLUMNS: &str = "id, code, mentor_id, kind, status, new_member_id, ip_address, \
-     user_agent, referrer_url, occurred_at, confirmed_at, created_at, verdict, duplicate_of";
+     user_agent, referrer_url, occurred_at, confirmed_at, created_at, verdict, duplicate_of, \
+     reversed_at, reversal_reason";
 
 /// Opens (creating if needed) the store under `data_dir` and applies pending migrations.
 /// The caller holds the data directory's writer lock ([`crate::embedded::DataDirLock`]).
@@ -114,6 +115,8 @@ fn attribution_from_row(row: &Row<'_>) -> rusqlite::Result<Attribution> {
         created_at: Timestamp::from_millis(row.get(11)?),
         verdict: Some(ClickVerdict::parse(&verdict).ok_or_else(|| corrupt(12, "verdict"))?),
         duplicate_of: row.get(13)?,
+        reversed_at: row.get::<_, Option<i64>>(14)?.map(Timestamp::from_millis),
+        reversal_reason: row.get(15)?,
     })
 }
 

@@ -173,11 +173,16 @@ fn sum_totals(
     from: Option<i64>,
     to: Option<i64>,
 ) -> Result<MentorTotals, StoreError> {
-    let sums: [i64; 4] = connection.prepare_cached(sql)?.query_row(
+    let (sums, reversals): ([i64; 4], i64) = connection.prepare_cached(sql)?.query_row(
         params![mentor_id, from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)],
-        |row| Ok([row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?]),
+        |row| {
+            Ok((
+                [row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?],
+                row.get(4)?,
+            ))
+        },
     )?;
-    MentorTotals::from_sums(sums, mentor_id)
+    MentorTotals::from_sums(sums, mentor_id)?.with_reversals(reversals, mentor_id)
 }
 
 #[async_trait]
@@ -307,7 +312,8 @@ impl AttributionReader for SqliteReader {
                     add(mentor, sums)?;
                 }
                 let mut conversions = connection.prepare_cached(
-                    "SELECT mentor_id, COUNT(*) FROM attributions WHERE deleted_at IS NULL \
+                    "SELECT mentor_id, COUNT(*) FROM attributions WHERE confirmed_at IS NOT NULL \
+                     AND deleted_at IS NULL AND reversed_at IS NULL \
                      AND confirmed_at >= ?1 AND confirmed_at < ?2 GROUP BY mentor_id",
                 )?;
                 let rows = conversions.query_map(params![from, to], |row| {
@@ -334,23 +340,25 @@ impl AttributionReader for SqliteReader {
             let mut slots: std::collections::BTreeMap<i64, MentorTotals> = Default::default();
             if let Some((from, to)) = reads.hours {
                 let mut hours = connection.prepare_cached(
-                    "SELECT hour, clicks, duplicates, bots, conversions FROM mentor_hourly_totals \
-                     WHERE mentor_id = ?1 AND hour >= ?2 AND hour < ?3",
+                    "SELECT hour, clicks, duplicates, bots, conversions, reversals \
+                     FROM mentor_hourly_totals WHERE mentor_id = ?1 AND hour >= ?2 AND hour < ?3",
                 )?;
                 let rows =
                     hours.query_map(params![mentor_id, from.unwrap_or(i64::MIN), to], |row| {
                         Ok((
                             row.get::<_, i64>(0)?,
                             [row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?],
+                            row.get::<_, i64>(5)?,
                         ))
                     })?;
                 for row in rows {
-                    let (hour, sums) = row?;
+                    let (hour, sums, reversals) = row?;
                     // A fine hour is read per slot; an hour whose deltas cancel out is empty.
                     if reads.fine.contains(&hour) {
                         continue;
                     }
-                    let sums = MentorTotals::from_sums(sums, &mentor_id)?;
+                    let sums = MentorTotals::from_sums(sums, &mentor_id)?
+                        .with_reversals(reversals, &mentor_id)?;
                     if sums != MentorTotals::default() {
                         slots.entry(hour * SLOTS_PER_HOUR).or_default().add(sums);
                     }
@@ -364,7 +372,12 @@ impl AttributionReader for SqliteReader {
             )?;
             let mut conversions = connection.prepare_cached(
                 "SELECT confirmed_at / 900000, COUNT(*) FROM attributions \
-                 WHERE mentor_id = ?1 AND deleted_at IS NULL AND confirmed_at IS NOT NULL \
+                 WHERE mentor_id = ?1 AND confirmed_at IS NOT NULL AND deleted_at IS NULL \
+                 AND reversed_at IS NULL AND confirmed_at >= ?2 AND confirmed_at < ?3 GROUP BY 1",
+            )?;
+            let mut reversals = connection.prepare_cached(
+                "SELECT confirmed_at / 900000, COUNT(*) FROM attributions \
+                 WHERE mentor_id = ?1 AND reversed_at IS NOT NULL AND deleted_at IS NULL \
                  AND confirmed_at >= ?2 AND confirmed_at < ?3 GROUP BY 1",
             )?;
             for (from, to) in &reads.slots {
@@ -386,6 +399,13 @@ impl AttributionReader for SqliteReader {
                 for row in rows {
                     let (slot, count) = row?;
                     slots.entry(slot).or_default().conversions += u64::try_from(count).unwrap_or(0);
+                }
+                let rows = reversals.query_map(params![mentor_id, from, to], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    let (slot, count) = row?;
+                    slots.entry(slot).or_default().reversals += u64::try_from(count).unwrap_or(0);
                 }
             }
             Ok(slots
@@ -410,7 +430,7 @@ impl AttributionReader for SqliteReader {
                 add(sum_totals(
                     connection,
                     "SELECT COALESCE(SUM(clicks), 0), COALESCE(SUM(duplicates), 0), COALESCE(SUM(bots), 0), \
-                     COALESCE(SUM(conversions), 0) FROM mentor_daily_totals \
+                     COALESCE(SUM(conversions), 0), COALESCE(SUM(reversals), 0) FROM mentor_daily_totals \
                      WHERE mentor_id = ?1 AND day >= ?2 AND day < ?3",
                     &mentor_id,
                     from_day,
@@ -421,7 +441,7 @@ impl AttributionReader for SqliteReader {
                 add(sum_totals(
                     connection,
                     "SELECT COALESCE(SUM(clicks), 0), COALESCE(SUM(duplicates), 0), COALESCE(SUM(bots), 0), \
-                     COALESCE(SUM(conversions), 0) FROM mentor_hourly_totals \
+                     COALESCE(SUM(conversions), 0), COALESCE(SUM(reversals), 0) FROM mentor_hourly_totals \
                      WHERE mentor_id = ?1 AND hour >= ?2 AND hour < ?3",
                     &mentor_id,
                     Some(from_hour),

@@ -124,11 +124,12 @@ impl SqliteWriter {
             "INSERT INTO attributions (id, code, mentor_id, kind, status, new_member_id, \
              ip_address, user_agent, referrer_url, occurred_at, confirmed_at, created_at, \
              deleted_at, version, verdict, duplicate_of, source_topic, source_partition, \
-             source_offset) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-             ?15, ?16, ?17, ?18, ?19) \
+             source_offset, reversed_at, reversal_reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, \
+             ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
              ON CONFLICT (id) DO UPDATE SET kind = excluded.kind, status = excluded.status, \
              new_member_id = excluded.new_member_id, confirmed_at = excluded.confirmed_at, \
-             deleted_at = excluded.deleted_at, version = excluded.version \
+             deleted_at = excluded.deleted_at, version = excluded.version, \
+             reversed_at = excluded.reversed_at, reversal_reason = excluded.reversal_reason \
              WHERE excluded.version >= attributions.version",
         )?;
         for row in &plan.attributions {
@@ -152,6 +153,8 @@ impl SqliteWriter {
                 row.source_topic,
                 row.source_partition,
                 row.source_offset,
+                row.reversed_at,
+                row.reversal_reason,
             ])?;
         }
         let mut members = connection.prepare_cached(
@@ -194,11 +197,12 @@ impl SqliteWriter {
     fn write_totals_and_checkpoints(&self, plan: &Plan) -> Result<(), StoreError> {
         let connection = &self.connection;
         let mut hourly = connection.prepare_cached(
-            "INSERT INTO mentor_hourly_totals (mentor_id, hour, clicks, duplicates, bots, conversions) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+            "INSERT INTO mentor_hourly_totals (mentor_id, hour, clicks, duplicates, bots, \
+             conversions, reversals) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (mentor_id, hour) DO UPDATE SET clicks = clicks + excluded.clicks, \
              duplicates = duplicates + excluded.duplicates, bots = bots + excluded.bots, \
-             conversions = conversions + excluded.conversions",
+             conversions = conversions + excluded.conversions, \
+             reversals = reversals + excluded.reversals",
         )?;
         for delta in &plan.deltas {
             hourly.execute(params![
@@ -207,15 +211,17 @@ impl SqliteWriter {
                 delta.clicks,
                 delta.duplicates,
                 delta.bots,
-                delta.conversions
+                delta.conversions,
+                delta.reversals
             ])?;
         }
         let mut daily = connection.prepare_cached(
-            "INSERT INTO mentor_daily_totals (mentor_id, day, clicks, duplicates, bots, conversions) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+            "INSERT INTO mentor_daily_totals (mentor_id, day, clicks, duplicates, bots, \
+             conversions, reversals) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (mentor_id, day) DO UPDATE SET clicks = clicks + excluded.clicks, \
              duplicates = duplicates + excluded.duplicates, bots = bots + excluded.bots, \
-             conversions = conversions + excluded.conversions",
+             conversions = conversions + excluded.conversions, \
+             reversals = reversals + excluded.reversals",
         )?;
         for ((mentor_id, day), sums) in plan.daily_deltas() {
             daily.execute(params![
@@ -224,7 +230,8 @@ impl SqliteWriter {
                 sums.clicks,
                 sums.duplicates,
                 sums.bots,
-                sums.conversions
+                sums.conversions,
+                sums.reversals
             ])?;
         }
         let mut checkpoints = connection.prepare_cached(
@@ -297,7 +304,8 @@ impl StoreWriter for SqliteWriter {
         let attributions = self.select_in(
             "id, code, mentor_id, kind, status, new_member_id, ip_address, user_agent, \
              referrer_url, occurred_at, confirmed_at, created_at, deleted_at, version, verdict, \
-             duplicate_of, source_topic, source_partition, source_offset",
+             duplicate_of, source_topic, source_partition, source_offset, reversed_at, \
+             reversal_reason",
             "attributions",
             "id",
             &references.attribution_ids,
@@ -322,6 +330,8 @@ impl StoreWriter for SqliteWriter {
                     source_topic: row.get(16)?,
                     source_partition: row.get(17)?,
                     source_offset: row.get(18)?,
+                    reversed_at: row.get(19)?,
+                    reversal_reason: row.get(20)?,
                 })
             },
         )?;
