@@ -36,7 +36,7 @@ use tokio::time::Instant;
 
 use crate::driver::{Endpoints, LoadPlan, Mode, Run, lock, micros, new_histogram};
 use crate::http::{Call, HttpClient};
-use crate::ledger::ClickState;
+use crate::ledger::Ledger;
 use crate::pipeline::{Pipeline, PipelineOptions, Topology, kafka_topology_installed};
 use crate::report::{Percentiles, RunReport};
 use crate::scenario::{self, Fault, RunOptions, ScenarioOptions};
@@ -618,12 +618,10 @@ async fn measure_reads(endpoints: &Endpoints, run: &Run, duration: Duration) -> 
             .order
             .iter()
             .filter(|id| {
-                ledger.clicks.get(*id).is_some_and(|click| {
-                    matches!(
-                        click.state,
-                        ClickState::Pending | ClickState::Confirmed { .. }
-                    )
-                })
+                ledger
+                    .clicks
+                    .get(*id)
+                    .is_some_and(|click| Ledger::is_live(&click.state))
             })
             .take(5_000)
             .cloned()

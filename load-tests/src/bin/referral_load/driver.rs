@@ -1,6 +1,7 @@
 //! Drives a run: clicks to the edge (open loop at a fixed rate, or as fast as a fixed number
 //! of connections allow), as click POSTs, redirect and pixel GETs and HEAD previews
-//! ([`crate::traffic`]), and, alongside, a stream of confirmations and deletes to the API.
+//! ([`crate::traffic`]), and, alongside, a stream of confirmations, reversals and deletes
+//! to the API.
 //! Every answer is checked against what the request must get and recorded in the ledger;
 //! latencies go to HDR histograms, overall and per second.
 //!
@@ -625,6 +626,9 @@ async fn closed_loop(run: &Arc<Run>, plan: &LoadPlan, connections: usize) {
     while tasks.join_next().await.is_some() {}
 }
 
+/// The reason every reversal of a run gives (so that sending one again is a retry).
+const REVERSAL_REASON: &str = "refund";
+
 /// What a command is, for the expected answer.
 #[derive(Debug, Clone, Copy)]
 enum CommandKind {
@@ -642,16 +646,22 @@ enum CommandKind {
     Delete,
     /// A deleted attribution deleted again: 404.
     DeleteAgain,
+    /// A confirmed conversion reversed (a refund): 200 with status `reversed`.
+    Reverse,
+    /// An acknowledged reversal sent again: 200, the same reversal.
+    ReverseAgain,
 }
 
 impl CommandKind {
     fn draw(rng: &mut SmallRng) -> Self {
         match rng.random_range(0..100u8) {
-            0..60 => Self::Confirm,
-            60..68 => Self::RetryConfirm,
-            68..73 => Self::MemberTaken,
-            73..78 => Self::OtherMember,
-            78..96 => Self::Delete,
+            0..55 => Self::Confirm,
+            55..62 => Self::RetryConfirm,
+            62..67 => Self::MemberTaken,
+            67..72 => Self::OtherMember,
+            72..78 => Self::Reverse,
+            78..80 => Self::ReverseAgain,
+            80..96 => Self::Delete,
             _ => Self::DeleteAgain,
         }
     }
@@ -664,6 +674,8 @@ impl CommandKind {
             Self::OtherMember => "confirm, other member",
             Self::Delete => "delete",
             Self::DeleteAgain => "delete again",
+            Self::Reverse => "reverse",
+            Self::ReverseAgain => "reverse again",
         }
     }
 }
@@ -784,6 +796,31 @@ fn plan_command(
             click.busy = true;
             (id, None, Method::DELETE, None, None)
         }
+        CommandKind::Reverse => {
+            let (id, _, member) = confirmed(&mut ledger, rng)?;
+            let body = json!({"reason": REVERSAL_REASON}).to_string();
+            (id, None, Method::POST, Some(body), Some(member))
+        }
+        CommandKind::ReverseAgain => {
+            if ledger.reversed.is_empty() {
+                return None;
+            }
+            let id = ledger.reversed[rng.random_range(0..ledger.reversed.len())].clone();
+            let click = ledger.clicks.get_mut(&id)?;
+            let ClickState::Reversed { member } = click.state.clone() else {
+                return None;
+            };
+            if click.busy {
+                return None;
+            }
+            click.busy = true;
+            let body = json!({"reason": REVERSAL_REASON}).to_string();
+            (id, None, Method::POST, Some(body), Some(member))
+        }
+    };
+    let url = match kind {
+        CommandKind::Reverse | CommandKind::ReverseAgain => format!("{base}/{id}/reversal"),
+        _ => format!("{base}/{id}"),
     };
     let bot = ledger
         .clicks
@@ -791,7 +828,7 @@ fn plan_command(
         .is_some_and(|click| is_bot(click.user_agent.as_deref()));
     Some(PlannedCommand {
         kind,
-        url: format!("{base}/{id}"),
+        url,
         id,
         holder,
         method,
@@ -860,11 +897,11 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
             ));
             Some(ClickState::Uncertain)
         }
-        // A confirmed attribution was visible: "not found" for it is wrong.
-        (CommandKind::Delete, Some(404))
+        // A confirmed (or reversed) attribution was visible: "not found" for it is wrong.
+        (CommandKind::Delete | CommandKind::Reverse | CommandKind::ReverseAgain, Some(404))
             if matches!(
                 ledger.clicks.get(id).map(|click| &click.state),
-                Some(ClickState::Confirmed { .. })
+                Some(ClickState::Confirmed { .. } | ClickState::Reversed { .. })
             ) =>
         {
             ledger
@@ -916,6 +953,24 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
             Some(ClickState::Deleted)
         }
         (CommandKind::DeleteAgain, Some(404)) => None,
+        (CommandKind::Reverse | CommandKind::ReverseAgain, Some(200)) => {
+            let member = sent.clone().unwrap_or_default();
+            if answer["status"] != "reversed"
+                || answer["id"] != id
+                || answer["type"] != "conversion"
+                || answer["new_member_id"] != member.as_str()
+                || answer["reversal_reason"] != REVERSAL_REASON
+                || !answer["reversed_at"].is_string()
+            {
+                ledger
+                    .violations
+                    .record(format!("{} {id}: 200 with {answer}", kind.name()));
+            }
+            if matches!(kind, CommandKind::Reverse) {
+                ledger.reversed.push(id.to_owned());
+            }
+            Some(ClickState::Reversed { member })
+        }
         (kind, Some(status)) => {
             ledger.violations.record(format!(
                 "{} {id}: expected another answer than {status} {answer}",

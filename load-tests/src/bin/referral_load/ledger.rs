@@ -23,6 +23,10 @@ pub enum ClickState {
     Confirmed {
         member: String,
     },
+    /// Confirmed, then reversed (reason `refund`): still the member's, no longer counted.
+    Reversed {
+        member: String,
+    },
     Deleted,
     /// A command on it got no definite answer: it may or may not have been applied.
     Uncertain,
@@ -90,6 +94,8 @@ pub struct Ledger {
     pub confirmations: Vec<(String, String, String)>,
     /// Acknowledged deletes, for deleting again (404).
     pub deleted: Vec<String>,
+    /// Acknowledged reversals, for reversing again (200, the same record).
+    pub reversed: Vec<String>,
     /// Per code: valid clicks sent (POST or redirect GET) that got no id, so may or may not
     /// be stored.
     pub attempts: HashMap<usize, u64>,
@@ -138,7 +144,7 @@ impl Ledger {
     }
 
     /// A random recent attribution with no command in flight whose state is `Pending`
-    /// (or, when `confirmed_ok`, also `Confirmed`); marks it busy.
+    /// (or, when `confirmed_ok`, also `Confirmed` or `Reversed`); marks it busy.
     pub fn take_target(&mut self, rng: &mut SmallRng, confirmed_ok: bool) -> Option<String> {
         if self.order.is_empty() {
             return None;
@@ -151,7 +157,7 @@ impl Ledger {
             if let Some(click) = self.clicks.get_mut(id) {
                 let eligible = match click.state {
                     ClickState::Pending => true,
-                    ClickState::Confirmed { .. } => confirmed_ok,
+                    ClickState::Confirmed { .. } | ClickState::Reversed { .. } => confirmed_ok,
                     ClickState::Deleted | ClickState::Uncertain => false,
                 };
                 if eligible && !click.busy {
@@ -170,6 +176,14 @@ impl Ledger {
                 click.state = state;
             }
         }
+    }
+
+    /// Whether the attribution is expected to be stored and live.
+    pub fn is_live(state: &ClickState) -> bool {
+        matches!(
+            state,
+            ClickState::Pending | ClickState::Confirmed { .. } | ClickState::Reversed { .. }
+        )
     }
 
     pub fn acked_count(&self) -> usize {

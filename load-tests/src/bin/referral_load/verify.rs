@@ -12,7 +12,8 @@
 //!   acknowledged click's verdict there is the one its read by id gave.
 //! - Each mentor's materialized totals equal what its listing holds: `total_clicks` = the
 //!   listed `counted` clicks, `filtered_clicks.duplicate` and `.bot` = the listed
-//!   duplicates and bots, `total_conversions` = the confirmed ones; the mentor route's
+//!   duplicates and bots, `total_conversions` = the confirmed ones, `reversed_conversions`
+//!   = the reversed ones (a refund the run sent); the mentor route's
 //!   `?verdict=` filter counts the same (its `pagination.total`). A click applied twice
 //!   shows up here, because the totals are counted by the writer, not from the listing.
 //! - **Verdicts**, exactly, for every stored click of the run's mentors
@@ -50,7 +51,7 @@ use tokio::task::JoinSet;
 
 use crate::driver::{Run, lock};
 use crate::http::{Call, Outcome};
-use crate::ledger::{Channel, ClickState};
+use crate::ledger::{Channel, ClickState, Ledger};
 use crate::traffic::{PREVIEW_AGENT, is_pixel_referrer};
 
 /// Requests in flight while verifying.
@@ -193,6 +194,8 @@ pub struct Totals {
     pub duplicates: i64,
     pub bots: i64,
     pub conversions: i64,
+    /// `reversed_conversions`.
+    pub reversals: i64,
 }
 
 impl Totals {
@@ -242,10 +245,7 @@ pub async fn drain(run: &Arc<Run>, timeout: Duration) -> Result<f64, String> {
     let started = Instant::now();
     let mut minimum = vec![0i64; run.population.mentors.len()];
     for click in lock(&run.ledger).clicks.values() {
-        if matches!(
-            click.state,
-            ClickState::Pending | ClickState::Confirmed { .. }
-        ) {
+        if Ledger::is_live(&click.state) {
             minimum[click.mentor] += 1;
         }
     }
@@ -345,10 +345,15 @@ fn judge_by_id(id: &str, expected: &Expected<'_>, status: u16, body: &Value) -> 
             "{id} was deleted (acknowledged) but reads {status} {body}"
         )),
         (_, 404) => ByIdOutcome::Lost,
-        (ClickState::Pending | ClickState::Confirmed { .. }, 200) => {
+        (ClickState::Pending | ClickState::Confirmed { .. } | ClickState::Reversed { .. }, 200) => {
             let same_state = match state {
                 ClickState::Confirmed { member } => {
                     body["status"] == "confirmed" && body["new_member_id"] == member.as_str()
+                }
+                ClickState::Reversed { member } => {
+                    body["status"] == "reversed"
+                        && body["new_member_id"] == member.as_str()
+                        && body["reversed_at"].is_string()
                 }
                 _ => body["status"] == "pending" && body["new_member_id"].is_null(),
             };
@@ -451,13 +456,17 @@ async fn mentor_total(run: &Run, base: &str, mentor: &str) -> Result<Totals, Str
         filtered["duplicate"].as_i64(),
         filtered["bot"].as_i64(),
         body["total_conversions"].as_i64(),
+        body["reversed_conversions"].as_i64(),
     ) {
-        (Some(clicks), Some(duplicates), Some(bots), Some(conversions)) if status == 200 => {
+        (Some(clicks), Some(duplicates), Some(bots), Some(conversions), Some(reversals))
+            if status == 200 =>
+        {
             Ok(Totals {
                 clicks,
                 duplicates,
                 bots,
                 conversions,
+                reversals,
             })
         }
         _ => Err(format!("{mentor}'s totals answered {status}: {body}")),
@@ -746,6 +755,7 @@ fn check_mentor(
 ) {
     let mut seen = HashSet::new();
     let mut confirmed = 0i64;
+    let mut reversed = 0i64;
     let mut by_verdict = [0i64; 3];
     for row in &state.rows {
         let id = row.id.as_str();
@@ -756,6 +766,9 @@ fn check_mentor(
         }
         if row.status == "confirmed" {
             confirmed += 1;
+        }
+        if row.status == "reversed" {
+            reversed += 1;
         }
         if let Some(index) = VERDICTS
             .iter()
@@ -781,10 +794,7 @@ fn check_mentor(
         }
     }
     for (id, click) in acked {
-        if matches!(click, ClickState::Pending | ClickState::Confirmed { .. })
-            && !seen.contains(id.as_str())
-            && !lost.contains(id)
-        {
+        if Ledger::is_live(click) && !seen.contains(id.as_str()) && !lost.contains(id) {
             result.inconsistent += 1;
             result.problem(format!("{mentor}'s listing misses {id} ({click:?})"));
         }
@@ -795,6 +805,7 @@ fn check_mentor(
         ("filtered_clicks.duplicate", totals.duplicates, duplicates),
         ("filtered_clicks.bot", totals.bots, bots),
         ("total_conversions", totals.conversions, confirmed),
+        ("reversed_conversions", totals.reversals, reversed),
     ] {
         if counted_by_writer > held {
             result.duplicated += u64::try_from(counted_by_writer - held).unwrap_or(0);
@@ -1181,6 +1192,34 @@ mod tests {
         state.verdict_totals = [2, 0, 0];
         check_mentor(&mut repeated, "usr", &acked, &state, &HashSet::new());
         assert_eq!(repeated.duplicated, 1);
+
+        // A reversed conversion counts in reversed_conversions, not in total_conversions.
+        let reversed = vec![
+            ("a".to_owned(), ClickState::Pending),
+            ("b".to_owned(), ClickState::Reversed { member: "m".into() }),
+        ];
+        let rows = [("a", "pending"), ("b", "reversed")];
+        let mut restated = Verification::default();
+        let mut state = mentor_state(&rows, 2, 0);
+        state.totals.reversals = 1;
+        check_mentor(&mut restated, "usr", &reversed, &state, &HashSet::new());
+        assert!(restated.passed(), "{restated:?}");
+        let mut still_counted = Verification::default();
+        check_mentor(
+            &mut still_counted,
+            "usr",
+            &reversed,
+            &mentor_state(&rows, 2, 1),
+            &HashSet::new(),
+        );
+        assert_eq!(
+            still_counted.duplicated, 1,
+            "a conversion the listing says is reversed"
+        );
+        assert_eq!(
+            still_counted.inconsistent, 1,
+            "reversed_conversions missing it"
+        );
         assert_eq!(repeated.inconsistent, 0, "{repeated:?}");
     }
 
@@ -1200,6 +1239,7 @@ mod tests {
                 duplicates,
                 bots,
                 conversions: 0,
+                reversals: 0,
             },
         };
         let mut ok = Verification::default();
