@@ -23,6 +23,7 @@ use referral_pipeline::store::{
 };
 use referral_schemas::messages::{
     AssignCode, ClickEvent, ConfirmConversion, DeleteAttribution, LogEvent, RetireCode,
+    ReverseConversion,
 };
 use referral_schemas::migrations::{CLICKHOUSE, statements};
 use referral_schemas::query::{AttributionFilter, HourRange, PageRequest, RankBy};
@@ -155,14 +156,19 @@ fn history() -> Vec<LogEvent> {
     events
 }
 
-/// Writes `events` as two flushes through the production writer.
+/// Writes the history as two flushes through the production writer.
 async fn write_history(settings: &ClickHouseSettings) {
-    let mut sink = ClickHouseSink::connect(settings).await.expect("connect");
     let events = history();
     let (first, second) = events.split_at(40);
-    let mut next = 0_i64;
+    write_flushes(settings, &[first, second], 0).await;
+}
+
+/// Writes each of `flushes` as one flush of partition 0 through the production writer, the
+/// first at offset `next`.
+async fn write_flushes(settings: &ClickHouseSettings, flushes: &[&[LogEvent]], mut next: i64) {
+    let mut sink = ClickHouseSink::connect(settings).await.expect("connect");
     let mut dedup = plan::DedupWindows::new(DEDUP_WINDOW_MS);
-    for part in [first, second] {
+    for &part in flushes {
         let key = ("referral-events".to_owned(), 0);
         let checkpoints = sink
             .checkpoints(std::slice::from_ref(&key))
@@ -660,6 +666,57 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
         .await
         .expect("slots");
     assert_eq!(copied, fine);
+
+    // A reversal, a third flush: usr_jan's conversion of attr_000 (confirmed at hour 70)
+    // leaves its conversions and counts as reversed, in the totals and per slot; the copy
+    // of the conversions that migrations 5 and 7 make again carries it.
+    let reversal = [LogEvent::ReverseConversion(ReverseConversion {
+        command_id: "cmd_r1".into(),
+        attribution_id: "attr_000".into(),
+        reason: "refund".into(),
+        reversed_at: at(75),
+        issued_at: at(75),
+    })];
+    write_flushes(&settings, &[&reversal], history().len() as i64).await;
+    let restated = reader
+        .mentor_totals(
+            "usr_jan",
+            HourRange {
+                from_hour: None,
+                to_hour: None,
+            },
+        )
+        .await
+        .expect("restated totals");
+    assert_eq!(
+        (restated.clicks, restated.conversions, restated.reversals),
+        (totals.clicks, totals.conversions - 1, 1)
+    );
+    let reversed_slots = reader
+        .mentor_slots("usr_jan", &by_slot)
+        .await
+        .expect("slots after the reversal");
+    assert_eq!(slot_sums(&reversed_slots), restated);
+    assert_eq!(
+        slot_sums(
+            &reader
+                .mentor_slots("usr_jan", &SlotSpan::new(Some(0), to))
+                .await
+                .expect("hours after the reversal")
+        ),
+        restated
+    );
+    forget_conversions_copy(&settings).await;
+    migrate::migrate(&settings)
+        .await
+        .expect("migrate again over a reversal");
+    assert_eq!(
+        reader
+            .mentor_slots("usr_jan", &by_slot)
+            .await
+            .expect("slots from the copy made again"),
+        reversed_slots
+    );
 
     // The same schema and data on the current engine.
     let mut script: Vec<String> = vec![

@@ -195,7 +195,7 @@ pub fn list_total(filter: &AttributionFilter) -> ListTotal {
     if *filter == AttributionFilter::default() {
         return ListTotal::Days(ReadQuery::new(
             "SELECT bucket, toInt64(sum(clicks)) AS live FROM mentor_totals \
-             WHERE grain = 'global_day' GROUP BY bucket ORDER BY bucket DESC"
+             WHERE grain = 'global_day' GROUP BY bucket HAVING live != 0 ORDER BY bucket DESC"
                 .into(),
         ));
     }
@@ -204,7 +204,7 @@ pub fn list_total(filter: &AttributionFilter) -> ListTotal {
             ReadQuery::new(
                 "SELECT bucket, toInt64(sum(clicks)) AS live FROM mentor_totals \
                  WHERE grain IN ('day', 'duplicate_day', 'bot_day') AND mentor_id = ? \
-                 GROUP BY bucket ORDER BY bucket DESC"
+                 GROUP BY bucket HAVING live != 0 ORDER BY bucket DESC"
                     .into(),
             )
             .bind(Bound::Text(mentor_id.clone())),
