@@ -360,11 +360,12 @@ impl RunReport {
             &mut out,
             "verified",
             format!(
-                "{} acknowledged clicks by id, {} mentors' listings, verdicts and totals in \
-                 {:.1} s; {} with a command of unknown outcome; {} inconsistent; {} wrong \
-                 answers during the load",
+                "{} acknowledged clicks in {} mentors' exports ({} also read by id), \
+                 listings, verdicts and totals in {:.1} s; {} with a command of unknown \
+                 outcome; {} inconsistent; {} wrong answers during the load",
                 v.acked,
                 v.mentors_checked,
+                v.read_by_id,
                 v.verify_seconds,
                 v.uncertain,
                 v.inconsistent,

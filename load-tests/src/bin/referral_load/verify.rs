@@ -1,15 +1,18 @@
 //! The end-to-end verifier: after the pipeline drained, the store must hold exactly what
 //! the service acknowledged, each click with the verdict the rules give it.
 //!
-//! - Every acknowledged click (a click POST's 201, or a redirect's `attribution_id`) is
-//!   readable by id, with its mentor, code, `occurred_at` (POSTs), the user agent and IP it
-//!   was sent with, a verdict, and the state its acknowledged commands gave it; an
-//!   acknowledged delete made it 404.
-//! - Each mentor's attributions, listed page by page (`GET /api/v1/referral-attributions
-//!   ?mentor_id=`, whose rows are whole attributions: IP, user agent, `created_at`,
-//!   verdict, `duplicate_of`, so no read by id is needed for clicks without one), hold no id
-//!   twice and no deleted id, and include every acknowledged live click of the mentor; each
-//!   acknowledged click's verdict there is the one its read by id gave.
+//! - Each run mentor's attributions are read in one streamed export (`GET
+//!   /api/v1/referral-attributions/export?format=ndjson&mentor_id=`: whole attributions, as
+//!   `GET /{id}` prints them), with its totals before and after (read again if they moved).
+//!   Every acknowledged click (a click POST's 201, or a redirect's `attribution_id`) is in
+//!   its mentor's export with its mentor, code, `occurred_at` (POSTs), the user agent and IP
+//!   it was sent with, a verdict, and the state its acknowledged commands gave it; an
+//!   acknowledged delete took it out. A sample of [`BY_ID_SAMPLE`] acknowledged clicks,
+//!   spread over the run, is also read by id, which must answer exactly the export's row
+//!   (or 404 when the export has none). One request per mentor instead of one per click.
+//! - Each mentor's export holds no id twice and no deleted id, and includes every
+//!   acknowledged live click of the mentor; its row count is the list's
+//!   `pagination.total`.
 //! - Each mentor's materialized totals equal what its listing holds: `total_clicks` = the
 //!   listed `counted` clicks, `filtered_clicks.duplicate` and `.bot` = the listed
 //!   duplicates and bots, `total_conversions` = the confirmed ones, `reversed_conversions`
@@ -58,8 +61,9 @@ use crate::traffic::{PREVIEW_AGENT, is_pixel_referrer};
 const CONCURRENCY: usize = 16;
 /// Attempts per verification read (a transport error is retried, never counted as loss).
 const ATTEMPTS: u32 = 5;
-/// Rows per listing page (the API's largest).
-const PAGE: usize = 100;
+/// Acknowledged clicks also read by id (spread over the run), each compared with its row
+/// in the export.
+const BY_ID_SAMPLE: usize = 2_000;
 /// The writer's default `--dedup-window`.
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -117,6 +121,8 @@ pub struct Verification {
     /// How the verdicts were checked: exactly, or why only the bot rule was.
     pub verdict_check: String,
     pub mentors_checked: u64,
+    /// Acknowledged clicks also read by id (a sample), each compared with its export row.
+    pub read_by_id: u64,
     pub drain_seconds: f64,
     pub verify_seconds: f64,
     /// The first problems found, for the report.
@@ -165,6 +171,12 @@ impl Verification {
 
 /// A GET answered with JSON (or 404), retried on transport errors and 5xx.
 async fn get(run: &Run, url: String) -> Result<(u16, Value), String> {
+    let (status, body) = get_bytes(run, url).await?;
+    Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+}
+
+/// A GET's status and raw body (below 500), retried on transport errors and 5xx.
+async fn get_bytes(run: &Run, url: String) -> Result<(u16, bytes::Bytes), String> {
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
@@ -172,8 +184,7 @@ async fn get(run: &Run, url: String) -> Result<(u16, Value), String> {
         }
         match run.client.send(Call::get(url.clone()), true).await {
             Outcome::Answered { status, body } if status.as_u16() < 500 => {
-                let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                return Ok((status.as_u16(), value));
+                return Ok((status.as_u16(), body));
             }
             Outcome::Answered { status, body } => {
                 last = format!("{status}: {}", String::from_utf8_lossy(&body));
@@ -408,6 +419,8 @@ impl StoredClick {
 /// One mentor's listing and totals.
 struct MentorState {
     rows: Vec<StoredClick>,
+    /// The same rows as the export printed them (whole attributions, as `GET /{id}` does).
+    exported: Vec<Value>,
     listed_total: i64,
     /// The mentor route's `pagination.total` with `?verdict=counted`, `duplicate`, `bot`.
     verdict_totals: [i64; 3],
@@ -424,7 +437,8 @@ async fn read_mentor(run: &Run, mentor: &str) -> Result<MentorState, String> {
     loop {
         attempt += 1;
         let before = mentor_total(run, &base, mentor).await?;
-        let (rows, listed_total) = list_mentor(run, mentor).await?;
+        let (exported, listed_total) = export_mentor(run, mentor).await?;
+        let rows = exported.iter().map(StoredClick::of).collect();
         let mut verdict_totals = [0; 3];
         for (total, verdict) in verdict_totals.iter_mut().zip(VERDICTS) {
             let (status, body) = get(run, format!("{base}?verdict={verdict}&limit=1")).await?;
@@ -439,6 +453,7 @@ async fn read_mentor(run: &Run, mentor: &str) -> Result<MentorState, String> {
         if before == after || attempt >= 5 {
             return Ok(MentorState {
                 rows,
+                exported,
                 listed_total,
                 verdict_totals,
                 totals: after,
@@ -473,27 +488,37 @@ async fn mentor_total(run: &Run, base: &str, mentor: &str) -> Result<Totals, Str
     }
 }
 
-/// Every page of a mentor's attributions from the global list (whole attributions) and its
-/// `pagination.total`.
-async fn list_mentor(run: &Run, mentor: &str) -> Result<(Vec<StoredClick>, i64), String> {
-    let mut rows = Vec::new();
-    let mut listed_total = 0;
-    for page in 1.. {
-        let url = format!(
-            "{}/api/v1/referral-attributions?mentor_id={mentor}&limit={PAGE}&page={page}",
-            run.endpoints.api
-        );
-        let (status, body) = get(run, url).await?;
-        if status != 200 {
-            return Err(format!("{mentor}'s page {page} answered {status}: {body}"));
-        }
-        listed_total = body["pagination"]["total"].as_i64().unwrap_or(-1);
-        let data = body["data"].as_array().cloned().unwrap_or_default();
-        rows.extend(data.iter().map(StoredClick::of));
-        if data.len() < PAGE {
-            break;
-        }
+/// Every attribution of a mentor in one streamed export (`format=ndjson`, whole
+/// attributions, newest first), and the list's `pagination.total` for the same filter.
+/// One request per mentor instead of a read per click: a run of a million clicks is
+/// verified in the time the export streams them.
+async fn export_mentor(run: &Run, mentor: &str) -> Result<(Vec<Value>, i64), String> {
+    let base = format!("{}/api/v1/referral-attributions", run.endpoints.api);
+    let (status, body) = get_bytes(
+        run,
+        format!("{base}/export?format=ndjson&mentor_id={mentor}"),
+    )
+    .await?;
+    if status != 200 {
+        return Err(format!(
+            "{mentor}'s export answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
     }
+    let mut rows = Vec::new();
+    for line in body
+        .split(|byte| *byte == b'\n')
+        .filter(|line| !line.is_empty())
+    {
+        let row: Value = serde_json::from_slice(line)
+            .map_err(|error| format!("{mentor}'s export: a line is not JSON ({error})"))?;
+        rows.push(row);
+    }
+    let (status, body) = get(run, format!("{base}?mentor_id={mentor}&limit=1")).await?;
+    if status != 200 {
+        return Err(format!("{mentor}'s list answered {status}: {body}"));
+    }
+    let listed_total = body["pagination"]["total"].as_i64().unwrap_or(-1);
     Ok((rows, listed_total))
 }
 
@@ -507,18 +532,6 @@ struct AckedRecord {
     occurred_at: Option<String>,
     user_agent: Option<String>,
     ip: Option<String>,
-}
-
-/// What a read by id found, for the listing's checks.
-struct ByIdRead {
-    id: String,
-    uncertain: bool,
-    outcome: ByIdOutcome,
-    /// The verdict and `duplicate_of` read (200 only).
-    verdict: Option<(Option<String>, Option<String>)>,
-    /// The stored IP of a click sent with no IP of its own: this tool's address as the
-    /// edge saw it.
-    own_ip: Option<IpAddr>,
 }
 
 /// Checks the store against the ledger. Call after [`drain`].
@@ -559,71 +572,109 @@ pub async fn verify(run: &Arc<Run>) -> Result<Verification, String> {
         result.problem(format!("during the load: {example}"));
     }
 
-    // 1. Every acknowledged click by id.
-    let mut lost = HashSet::new();
-    let mut read_verdicts: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
-    let mut own_ips: HashSet<IpAddr> = HashSet::new();
+    // 1. Each mentor's attributions, one export each, read as one state with its totals.
+    let mut states: Vec<(usize, MentorState)> = Vec::with_capacity(run.population.mentors.len());
     let mut tasks = JoinSet::new();
-    let mut pending = 0..clicks.len();
+    let mut mentors = 0..run.population.mentors.len();
     loop {
         while tasks.len() < CONCURRENCY
-            && let Some(index) = pending.next()
+            && let Some(mentor) = mentors.next()
         {
             let run = run.clone();
-            let clicks = clicks.clone();
             tasks.spawn(async move {
-                let click = &clicks[index];
-                let id = &click.id;
-                let url = format!("{}/api/v1/referral-attributions/{id}", run.endpoints.api);
-                let (status, body) = get(&run, url).await?;
-                let expected = Expected {
-                    state: &click.state,
-                    mentor: &run.population.mentors[click.mentor],
-                    code: &run.population.codes[click.code].0,
-                    occurred_at: click.occurred_at.as_deref(),
-                    user_agent: click.user_agent.as_deref(),
-                    ip: click.ip.as_deref(),
-                };
-                let outcome = judge_by_id(id, &expected, status, &body);
-                let text = |field: &str| body[field].as_str().map(str::to_owned);
-                let read = (status == 200).then(|| (text("verdict"), text("duplicate_of")));
-                let own_ip = match (&click.ip, status) {
-                    (None, 200) => body["ip_address"]
-                        .as_str()
-                        .and_then(|ip| ip.parse::<IpAddr>().ok())
-                        .map(|ip| ip.to_canonical()),
-                    _ => None,
-                };
-                Ok::<_, String>(ByIdRead {
-                    id: id.clone(),
-                    uncertain: matches!(click.state, ClickState::Uncertain),
-                    outcome,
-                    verdict: read,
-                    own_ip,
-                })
+                let state = read_mentor(&run, &run.population.mentors[mentor]).await?;
+                Ok::<_, String>((mentor, state))
             });
         }
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let read = joined.map_err(|error| error.to_string())??;
-        result.uncertain += u64::from(read.uncertain);
-        if let Some(verdict) = read.verdict {
-            read_verdicts.insert(read.id.clone(), verdict);
+        states.push(joined.map_err(|error| error.to_string())??);
+    }
+    states.sort_by_key(|(mentor, _)| *mentor);
+    let exported: HashMap<&str, &Value> = states
+        .iter()
+        .flat_map(|(_, state)| &state.exported)
+        .filter_map(|row| Some((row["id"].as_str()?, row)))
+        .collect();
+
+    // 2. Every acknowledged click, as its mentor's export prints it (absent: as a read by
+    //    id answering 404 would be judged); a sample is also read by id, which must answer
+    //    exactly what the export printed.
+    let mut lost = HashSet::new();
+    let mut read_verdicts: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+    let mut own_ips: HashSet<IpAddr> = HashSet::new();
+    for click in clicks.iter() {
+        let id = &click.id;
+        let (status, body) = match exported.get(id.as_str()) {
+            Some(row) => (200, (*row).clone()),
+            None => (404, Value::Null),
+        };
+        let expected = Expected {
+            state: &click.state,
+            mentor: &run.population.mentors[click.mentor],
+            code: &run.population.codes[click.code].0,
+            occurred_at: click.occurred_at.as_deref(),
+            user_agent: click.user_agent.as_deref(),
+            ip: click.ip.as_deref(),
+        };
+        let text = |field: &str| body[field].as_str().map(str::to_owned);
+        if status == 200 {
+            read_verdicts.insert(id.clone(), (text("verdict"), text("duplicate_of")));
+            if click.ip.is_none() {
+                own_ips.extend(
+                    body["ip_address"]
+                        .as_str()
+                        .and_then(|ip| ip.parse::<IpAddr>().ok())
+                        .map(|ip| ip.to_canonical()),
+                );
+            }
         }
-        own_ips.extend(read.own_ip);
-        match read.outcome {
+        result.uncertain += u64::from(matches!(click.state, ClickState::Uncertain));
+        match judge_by_id(id, &expected, status, &body) {
             ByIdOutcome::Stored => result.stored += 1,
             ByIdOutcome::Lost => {
                 result.lost += 1;
-                result.problem(format!("{} was acknowledged and is not readable", read.id));
-                lost.insert(read.id);
+                result.problem(format!("{id} was acknowledged and is not stored"));
+                lost.insert(id.clone());
             }
             ByIdOutcome::Inconsistent(what) => {
                 result.stored += 1;
                 result.inconsistent += 1;
                 result.problem(what);
             }
+        }
+    }
+    let step = clicks.len().div_ceil(BY_ID_SAMPLE).max(1);
+    let mut sample = (0..clicks.len()).step_by(step);
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.len() < CONCURRENCY
+            && let Some(index) = sample.next()
+        {
+            let run = run.clone();
+            let id = clicks[index].id.clone();
+            tasks.spawn(async move {
+                let url = format!("{}/api/v1/referral-attributions/{id}", run.endpoints.api);
+                let (status, body) = get(&run, url).await?;
+                Ok::<_, String>((id, status, body))
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (id, status, body) = joined.map_err(|error| error.to_string())??;
+        result.read_by_id += 1;
+        let agrees = match exported.get(id.as_str()) {
+            Some(row) => status == 200 && body == **row,
+            None => status == 404,
+        };
+        if !agrees {
+            result.inconsistent += 1;
+            result.problem(format!(
+                "{id} reads {status} {body} by id, but its mentor's export holds {:?}",
+                exported.get(id.as_str())
+            ));
         }
     }
 
@@ -661,29 +712,15 @@ pub async fn verify(run: &Arc<Run>) -> Result<Verification, String> {
     let mut window_mismatches: Vec<String> = Vec::new();
     let mut window_mismatch_count = 0u64;
     let mut span: Option<(i64, i64)> = None;
-    let mut tasks = JoinSet::new();
-    let mut mentors = 0..run.population.mentors.len();
-    loop {
-        while tasks.len() < CONCURRENCY
-            && let Some(mentor) = mentors.next()
-        {
-            let run = run.clone();
-            tasks.spawn(async move {
-                let state = read_mentor(&run, &run.population.mentors[mentor]).await?;
-                Ok::<_, String>((mentor, state))
-            });
-        }
-        let Some(joined) = tasks.join_next().await else {
-            break;
-        };
-        let (mentor, state) = joined.map_err(|error| error.to_string())??;
+    for (mentor, state) in &states {
+        let (mentor, state) = (*mentor, state);
         result.mentors_checked += 1;
         let name = &run.population.mentors[mentor];
         let acked = by_mentor
             .get(&mentor)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        check_mentor(&mut result, name, acked, &state, &lost);
+        check_mentor(&mut result, name, acked, state, &lost);
         let acked_ids: HashSet<&str> = acked.iter().map(|(id, _)| id.as_str()).collect();
         account_unacked(&mut result, &state.rows, &acked_ids, &sent);
         for row in &state.rows {
@@ -1134,6 +1171,7 @@ mod tests {
                 .iter()
                 .map(|(id, status)| row(id, status, "counted"))
                 .collect(),
+            exported: Vec::new(),
             listed_total: ids.len() as i64,
             verdict_totals: [ids.len() as i64, 0, 0],
             totals: Totals {
@@ -1232,6 +1270,7 @@ mod tests {
                 row("b", "pending", "duplicate"),
                 row("c", "pending", "bot"),
             ],
+            exported: Vec::new(),
             listed_total: 3,
             verdict_totals: filtered,
             totals: Totals {
