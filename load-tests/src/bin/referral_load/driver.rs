@@ -627,7 +627,7 @@ async fn closed_loop(run: &Arc<Run>, plan: &LoadPlan, connections: usize) {
 }
 
 /// The reason every reversal of a run gives (so that sending one again is a retry).
-const REVERSAL_REASON: &str = "refund";
+pub const REVERSAL_REASON: &str = "refund";
 
 /// What a command is, for the expected answer.
 #[derive(Debug, Clone, Copy)]
@@ -807,7 +807,7 @@ fn plan_command(
             }
             let id = ledger.reversed[rng.random_range(0..ledger.reversed.len())].clone();
             let click = ledger.clicks.get_mut(&id)?;
-            let ClickState::Reversed { member } = click.state.clone() else {
+            let ClickState::Reversed { member, .. } = click.state.clone() else {
                 return None;
             };
             if click.busy {
@@ -904,9 +904,10 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
                 Some(ClickState::Confirmed { .. } | ClickState::Reversed { .. })
             ) =>
         {
-            ledger
-                .violations
-                .record(format!("delete {id} (confirmed): 404 {answer}"));
+            ledger.violations.record(format!(
+                "{} {id} (confirmed or reversed): 404 {answer}",
+                kind.name()
+            ));
             Some(ClickState::Uncertain)
         }
         // The click was not visible to the API yet (acknowledged moments before an outage):
@@ -955,12 +956,22 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
         (CommandKind::DeleteAgain, Some(404)) => None,
         (CommandKind::Reverse | CommandKind::ReverseAgain, Some(200)) => {
             let member = sent.clone().unwrap_or_default();
+            let reversed_at = answer["reversed_at"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            // A retry answers the first reversal, its instant included.
+            let first = match ledger.clicks.get(id).map(|click| &click.state) {
+                Some(ClickState::Reversed { reversed_at, .. }) => Some(reversed_at.clone()),
+                _ => None,
+            };
             if answer["status"] != "reversed"
                 || answer["id"] != id
                 || answer["type"] != "conversion"
                 || answer["new_member_id"] != member.as_str()
                 || answer["reversal_reason"] != REVERSAL_REASON
-                || !answer["reversed_at"].is_string()
+                || reversed_at.is_empty()
+                || first.as_ref().is_some_and(|first| *first != reversed_at)
             {
                 ledger
                     .violations
@@ -969,7 +980,10 @@ async fn execute_command(run: &Run, command: PlannedCommand) {
             if matches!(kind, CommandKind::Reverse) {
                 ledger.reversed.push(id.to_owned());
             }
-            Some(ClickState::Reversed { member })
+            Some(ClickState::Reversed {
+                member,
+                reversed_at: first.unwrap_or(reversed_at),
+            })
         }
         (kind, Some(status)) => {
             ledger.violations.record(format!(

@@ -94,6 +94,15 @@ impl HttpClient {
         }
     }
 
+    /// The same client (and connection pool) with another time limit per request.
+    pub fn with_timeout(&self, timeout: Duration) -> Self {
+        Self {
+            client: self.client.clone(),
+            timeout,
+            token: self.token.clone(),
+        }
+    }
+
     /// Sends `call` (with the bearer token when `authorized`) and waits for the whole answer.
     pub async fn send(&self, call: Call<'_>, authorized: bool) -> Outcome {
         let uri: Uri = match call.url.parse() {

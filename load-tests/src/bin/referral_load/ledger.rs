@@ -26,6 +26,8 @@ pub enum ClickState {
     /// Confirmed, then reversed (reason `refund`): still the member's, no longer counted.
     Reversed {
         member: String,
+        /// As the first 200 printed it: a retry must answer the same.
+        reversed_at: String,
     },
     Deleted,
     /// A command on it got no definite answer: it may or may not have been applied.

@@ -53,7 +53,7 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::driver::{Run, lock};
-use crate::http::{Call, Outcome};
+use crate::http::{Call, HttpClient, Outcome};
 use crate::ledger::{Channel, ClickState, Ledger};
 use crate::traffic::{PREVIEW_AGENT, is_pixel_referrer};
 
@@ -64,6 +64,8 @@ const ATTEMPTS: u32 = 5;
 /// Acknowledged clicks also read by id (spread over the run), each compared with its row
 /// in the export.
 const BY_ID_SAMPLE: usize = 2_000;
+/// Longest wait for one mentor's export.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The writer's default `--dedup-window`.
 pub const DEFAULT_DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -171,18 +173,18 @@ impl Verification {
 
 /// A GET answered with JSON (or 404), retried on transport errors and 5xx.
 async fn get(run: &Run, url: String) -> Result<(u16, Value), String> {
-    let (status, body) = get_bytes(run, url).await?;
+    let (status, body) = get_bytes(&run.client, url).await?;
     Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
 }
 
 /// A GET's status and raw body (below 500), retried on transport errors and 5xx.
-async fn get_bytes(run: &Run, url: String) -> Result<(u16, bytes::Bytes), String> {
+async fn get_bytes(client: &HttpClient, url: String) -> Result<(u16, bytes::Bytes), String> {
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
         }
-        match run.client.send(Call::get(url.clone()), true).await {
+        match client.send(Call::get(url.clone()), true).await {
             Outcome::Answered { status, body } if status.as_u16() < 500 => {
                 return Ok((status.as_u16(), body));
             }
@@ -361,10 +363,14 @@ fn judge_by_id(id: &str, expected: &Expected<'_>, status: u16, body: &Value) -> 
                 ClickState::Confirmed { member } => {
                     body["status"] == "confirmed" && body["new_member_id"] == member.as_str()
                 }
-                ClickState::Reversed { member } => {
+                ClickState::Reversed {
+                    member,
+                    reversed_at,
+                } => {
                     body["status"] == "reversed"
                         && body["new_member_id"] == member.as_str()
-                        && body["reversed_at"].is_string()
+                        && body["reversed_at"] == reversed_at.as_str()
+                        && body["reversal_reason"] == crate::driver::REVERSAL_REASON
                 }
                 _ => body["status"] == "pending" && body["new_member_id"].is_null(),
             };
@@ -419,8 +425,10 @@ impl StoredClick {
 /// One mentor's listing and totals.
 struct MentorState {
     rows: Vec<StoredClick>,
-    /// The same rows as the export printed them (whole attributions, as `GET /{id}` does).
-    exported: Vec<Value>,
+    /// The same rows as the export printed them (whole attributions, as `GET /{id}` does):
+    /// each line as sent, parsed again when a click is judged (a line is a few hundred
+    /// bytes; its parsed form several times that, for every click of a long run).
+    exported: Vec<bytes::Bytes>,
     listed_total: i64,
     /// The mentor route's `pagination.total` with `?verdict=counted`, `duplicate`, `bot`.
     verdict_totals: [i64; 3],
@@ -437,8 +445,7 @@ async fn read_mentor(run: &Run, mentor: &str) -> Result<MentorState, String> {
     loop {
         attempt += 1;
         let before = mentor_total(run, &base, mentor).await?;
-        let (exported, listed_total) = export_mentor(run, mentor).await?;
-        let rows = exported.iter().map(StoredClick::of).collect();
+        let (exported, rows, listed_total) = export_mentor(run, mentor).await?;
         let mut verdict_totals = [0; 3];
         for (total, verdict) in verdict_totals.iter_mut().zip(VERDICTS) {
             let (status, body) = get(run, format!("{base}?verdict={verdict}&limit=1")).await?;
@@ -492,34 +499,48 @@ async fn mentor_total(run: &Run, base: &str, mentor: &str) -> Result<Totals, Str
 /// attributions, newest first), and the list's `pagination.total` for the same filter.
 /// One request per mentor instead of a read per click: a run of a million clicks is
 /// verified in the time the export streams them.
-async fn export_mentor(run: &Run, mentor: &str) -> Result<(Vec<Value>, i64), String> {
+async fn export_mentor(
+    run: &Run,
+    mentor: &str,
+) -> Result<(Vec<bytes::Bytes>, Vec<StoredClick>, i64), String> {
     let base = format!("{}/api/v1/referral-attributions", run.endpoints.api);
-    let (status, body) = get_bytes(
-        run,
-        format!("{base}/export?format=ndjson&mentor_id={mentor}"),
-    )
-    .await?;
+    // A mentor of a long run has hundreds of thousands of rows: the export streams them
+    // for longer than one request's usual time limit.
+    let client = run.client.with_timeout(EXPORT_TIMEOUT);
+    let url = format!("{base}/export?format=ndjson&mentor_id={mentor}");
+    let (status, body) = get_bytes(&client, url).await?;
     if status != 200 {
         return Err(format!(
             "{mentor}'s export answered {status}: {}",
             String::from_utf8_lossy(&body)
         ));
     }
+    let mut lines = Vec::new();
     let mut rows = Vec::new();
-    for line in body
-        .split(|byte| *byte == b'\n')
-        .filter(|line| !line.is_empty())
-    {
-        let row: Value = serde_json::from_slice(line)
+    let mut start = 0;
+    for (at, byte) in body.iter().enumerate() {
+        if *byte != b'\n' {
+            continue;
+        }
+        let line = body.slice(start..at);
+        start = at + 1;
+        if line.is_empty() {
+            continue;
+        }
+        let row: Value = serde_json::from_slice(&line)
             .map_err(|error| format!("{mentor}'s export: a line is not JSON ({error})"))?;
-        rows.push(row);
+        rows.push(StoredClick::of(&row));
+        lines.push(line);
+    }
+    if start < body.len() {
+        return Err(format!("{mentor}'s export ends inside a line"));
     }
     let (status, body) = get(run, format!("{base}?mentor_id={mentor}&limit=1")).await?;
     if status != 200 {
         return Err(format!("{mentor}'s list answered {status}: {body}"));
     }
     let listed_total = body["pagination"]["total"].as_i64().unwrap_or(-1);
-    Ok((rows, listed_total))
+    Ok((lines, rows, listed_total))
 }
 
 /// What the ledger knows of an acknowledged click, for the checks after the reads by id.
@@ -592,23 +613,70 @@ pub async fn verify(run: &Arc<Run>) -> Result<Verification, String> {
         states.push(joined.map_err(|error| error.to_string())??);
     }
     states.sort_by_key(|(mentor, _)| *mentor);
-    let exported: HashMap<&str, &Value> = states
-        .iter()
-        .flat_map(|(_, state)| &state.exported)
-        .filter_map(|row| Some((row["id"].as_str()?, row)))
-        .collect();
+    let mut exported: HashMap<String, &bytes::Bytes> = HashMap::new();
+    for (_, state) in &states {
+        for (line, row) in state.exported.iter().zip(&state.rows) {
+            exported.insert(row.id.clone(), line);
+        }
+    }
+    let exported_row = |id: &str| -> Option<Value> {
+        exported
+            .get(id)
+            .and_then(|line| serde_json::from_slice(line).ok())
+    };
 
-    // 2. Every acknowledged click, as its mentor's export prints it (absent: as a read by
-    //    id answering 404 would be judged); a sample is also read by id, which must answer
-    //    exactly what the export printed.
+    // 2. Every acknowledged click, as its mentor's export prints it. A click missing from
+    //    every export (deleted, lost, or stored under a mentor the run does not export) is
+    //    read by id and judged by that answer; a sample of the others is read by id too,
+    //    which must answer exactly what the export printed.
     let mut lost = HashSet::new();
     let mut read_verdicts: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
     let mut own_ips: HashSet<IpAddr> = HashSet::new();
-    for click in clicks.iter() {
+    let missing: Vec<usize> = (0..clicks.len())
+        .filter(|index| !exported.contains_key(clicks[*index].id.as_str()))
+        .collect();
+    let step = clicks.len().div_ceil(BY_ID_SAMPLE).max(1);
+    let sampled: Vec<usize> = (0..clicks.len())
+        .step_by(step)
+        .filter(|index| exported.contains_key(clicks[*index].id.as_str()))
+        .collect();
+    let mut read_by_id: HashMap<usize, (u16, Value)> = HashMap::new();
+    let mut to_read = missing.iter().chain(&sampled).copied();
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.len() < CONCURRENCY
+            && let Some(index) = to_read.next()
+        {
+            let run = run.clone();
+            let id = clicks[index].id.clone();
+            tasks.spawn(async move {
+                let url = format!("{}/api/v1/referral-attributions/{id}", run.endpoints.api);
+                let (status, body) = get(&run, url).await?;
+                Ok::<_, String>((index, status, body))
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (index, status, body) = joined.map_err(|error| error.to_string())??;
+        read_by_id.insert(index, (status, body));
+    }
+    result.read_by_id = read_by_id.len() as u64;
+    for (index, click) in clicks.iter().enumerate() {
         let id = &click.id;
-        let (status, body) = match exported.get(id.as_str()) {
-            Some(row) => (200, (*row).clone()),
-            None => (404, Value::Null),
+        let (status, body) = match (exported_row(id), read_by_id.get(&index)) {
+            (Some(row), Some((status, body))) => {
+                if *status != 200 || *body != row {
+                    result.inconsistent += 1;
+                    result.problem(format!(
+                        "{id} reads {status} {body} by id, its mentor's export holds {row}"
+                    ));
+                }
+                (200, row)
+            }
+            (Some(row), None) => (200, row),
+            (None, Some((status, body))) => (*status, body.clone()),
+            (None, None) => (404, Value::Null),
         };
         let expected = Expected {
             state: &click.state,
@@ -618,9 +686,12 @@ pub async fn verify(run: &Arc<Run>) -> Result<Verification, String> {
             user_agent: click.user_agent.as_deref(),
             ip: click.ip.as_deref(),
         };
-        let text = |field: &str| body[field].as_str().map(str::to_owned);
         if status == 200 {
-            read_verdicts.insert(id.clone(), (text("verdict"), text("duplicate_of")));
+            if let Some((_, read)) = read_by_id.get(&index) {
+                // What a read by id said, for the comparison with the listing below.
+                let text = |field: &str| read[field].as_str().map(str::to_owned);
+                read_verdicts.insert(id.clone(), (text("verdict"), text("duplicate_of")));
+            }
             if click.ip.is_none() {
                 own_ips.extend(
                     body["ip_address"]
@@ -645,40 +716,8 @@ pub async fn verify(run: &Arc<Run>) -> Result<Verification, String> {
             }
         }
     }
-    let step = clicks.len().div_ceil(BY_ID_SAMPLE).max(1);
-    let mut sample = (0..clicks.len()).step_by(step);
-    let mut tasks = JoinSet::new();
-    loop {
-        while tasks.len() < CONCURRENCY
-            && let Some(index) = sample.next()
-        {
-            let run = run.clone();
-            let id = clicks[index].id.clone();
-            tasks.spawn(async move {
-                let url = format!("{}/api/v1/referral-attributions/{id}", run.endpoints.api);
-                let (status, body) = get(&run, url).await?;
-                Ok::<_, String>((id, status, body))
-            });
-        }
-        let Some(joined) = tasks.join_next().await else {
-            break;
-        };
-        let (id, status, body) = joined.map_err(|error| error.to_string())??;
-        result.read_by_id += 1;
-        let agrees = match exported.get(id.as_str()) {
-            Some(row) => status == 200 && body == **row,
-            None => status == 404,
-        };
-        if !agrees {
-            result.inconsistent += 1;
-            result.problem(format!(
-                "{id} reads {status} {body} by id, but its mentor's export holds {:?}",
-                exported.get(id.as_str())
-            ));
-        }
-    }
 
-    // 2. Each mentor's listing, totals and verdicts.
+    // 3. Each mentor's listing, totals and verdicts.
     let mut by_mentor: HashMap<usize, Vec<(String, ClickState)>> = HashMap::new();
     let mut gone: HashMap<String, GoneClick> = HashMap::new();
     for click in clicks.iter() {
@@ -857,7 +896,7 @@ fn check_mentor(
         }
     }
     let distinct = seen.len() as i64;
-    if state.listed_total != distinct && !state.rows.is_empty() {
+    if state.listed_total != distinct {
         result.inconsistent += 1;
         result.problem(format!(
             "{mentor}'s pagination.total is {}, its listing holds {distinct}",
@@ -1234,7 +1273,13 @@ mod tests {
         // A reversed conversion counts in reversed_conversions, not in total_conversions.
         let reversed = vec![
             ("a".to_owned(), ClickState::Pending),
-            ("b".to_owned(), ClickState::Reversed { member: "m".into() }),
+            (
+                "b".to_owned(),
+                ClickState::Reversed {
+                    member: "m".into(),
+                    reversed_at: "2026-12-03T10:00:00Z".into(),
+                },
+            ),
         ];
         let rows = [("a", "pending"), ("b", "reversed")];
         let mut restated = Verification::default();
