@@ -126,6 +126,23 @@ def _fix_url(body: dict, field: str) -> None:
 
 
 @schemathesis.hook
+def _not_before(case, body: dict, field: str, earlier: str, now) -> None:
+    """Rule 3: `body[field]` not in the future and not before the path's attribution's
+    `earlier` instant; otherwise null (= now)."""
+    instant = _instant(body.get(field))
+    if instant is None:
+        return
+    bound = None
+    attribution = SESSION.get(
+        f"{BASE_URL}/api/v1/referral-attributions/{quote(str(case.path_parameters.get('id', '')), safe='')}",
+        headers=AUTH,
+    )
+    if attribution.status_code == 200:
+        bound = _instant(attribution.json().get(earlier))
+    if instant > now or instant < 0 or (bound is not None and instant < bound):
+        body[field] = None
+
+
 def before_call(context, case, kwargs):
     _seed_once()
     if "upper-code" in RULES and case.operation.path == "/api/v1/referral-codes/{code}" and isinstance(case.path_parameters, dict):
@@ -151,30 +168,10 @@ def before_call(context, case, kwargs):
             body["code"] = _live_code(body["code"])
 
     if "confirmed_at" in RULES and label == "PUT /api/v1/referral-attributions/{id}" and body is not None:
-        confirmed = _instant(body.get("confirmed_at"))
-        if confirmed is not None:
-            occurred = None
-            attribution = SESSION.get(
-                f"{BASE_URL}/api/v1/referral-attributions/{quote(str(case.path_parameters.get('id', '')), safe='')}",
-                headers=AUTH,
-            )
-            if attribution.status_code == 200:
-                occurred = _instant(attribution.json().get("occurred_at"))
-            if confirmed > now or confirmed < 0 or (occurred is not None and confirmed < occurred):
-                body["confirmed_at"] = None
+        _not_before(case, body, "confirmed_at", "occurred_at", now)
 
     if "confirmed_at" in RULES and label == "POST /api/v1/referral-attributions/{id}/reversal" and isinstance(body, dict):
-        reversed_at = _instant(body.get("reversed_at"))
-        if reversed_at is not None:
-            confirmed = None
-            attribution = SESSION.get(
-                f"{BASE_URL}/api/v1/referral-attributions/{quote(str(case.path_parameters.get('id', '')), safe='')}",
-                headers=AUTH,
-            )
-            if attribution.status_code == 200:
-                confirmed = _instant(attribution.json().get("confirmed_at"))
-            if reversed_at > now or reversed_at < 0 or (confirmed is not None and reversed_at < confirmed):
-                body["reversed_at"] = None
+        _not_before(case, body, "reversed_at", "confirmed_at", now)
 
     if "bytes" in RULES and label == "PUT /api/v1/referral-codes/{code}" and body is not None:
         _fix_url(body, "destination_url")
