@@ -125,7 +125,6 @@ def _fix_url(body: dict, field: str) -> None:
         body[field] = "https://example.com/"
 
 
-@schemathesis.hook
 def _not_before(case, body: dict, field: str, earlier: str, now) -> None:
     """Rule 3: `body[field]` not in the future and not before the path's attribution's
     `earlier` instant; otherwise null (= now)."""
@@ -143,6 +142,7 @@ def _not_before(case, body: dict, field: str, earlier: str, now) -> None:
         body[field] = None
 
 
+@schemathesis.hook
 def before_call(context, case, kwargs):
     _seed_once()
     if "upper-code" in RULES and case.operation.path == "/api/v1/referral-codes/{code}" and isinstance(case.path_parameters, dict):
