@@ -1,7 +1,7 @@
 //! `referral-aggregator` flags. Every one has a `REFERRAL_*` environment variable.
 
 use clap::{Args, Parser, Subcommand};
-use referral_pipeline::config::{ConsumerArgs, PipelineArgs};
+use referral_pipeline::config::{ConsumerArgs, PipelineArgs, WebhookArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "referral-aggregator", version, about)]
@@ -16,6 +16,20 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Consume the log and apply it to ClickHouse (needs --kafka-brokers and --clickhouse-url).
     Run(RunArgs),
+    /// Deliver webhooks from ClickHouse's event outbox (needs --clickhouse-url). Run one
+    /// replica: each endpoint's events go out in order from one deliverer.
+    Deliver(DeliverArgs),
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct DeliverArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, env = "REFERRAL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,8 @@
 //!   when `--kafka-brokers` is set. The Helm chart runs it as a job before upgrades.
 //! * `run` ([`run`]): the consumer group member that applies the log to ClickHouse
 //!   ([`referral_pipeline::Aggregator`]), with `/metrics`, `/healthz` and `/readyz`.
+//! * `deliver` ([`deliver`]): the webhook deliverer on ClickHouse
+//!   ([`referral_pipeline::webhooks::deliver`]), with the same ops endpoints.
 //!
 //! With neither Kafka nor ClickHouse, the embedded pipeline runs inside `referral-api`.
 
@@ -24,10 +26,11 @@ use referral_pipeline::embedded::DataDirLock;
 use referral_pipeline::kafka::admin;
 use referral_pipeline::store::clickhouse::migrate as clickhouse_migrate;
 use referral_pipeline::store::sqlite;
+use referral_pipeline::webhooks::{self, WebhookStore, clickhouse::ClickHouseWebhooks};
 use referral_schemas::{ApiError, ErrorKind};
 use tokio::net::TcpListener;
 
-pub use config::{Cli, Command, MigrateArgs, RunArgs};
+pub use config::{Cli, Command, DeliverArgs, MigrateArgs, RunArgs};
 
 /// Applies pending migrations (and creates the topics), then returns.
 pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
@@ -98,13 +101,7 @@ pub async fn run(listener: TcpListener, args: RunArgs, shutdown: Shutdown) -> an
             })
         }
     };
-    let settings = referral_kit::server::ServerSettings {
-        header_read_timeout: Duration::from_secs(10),
-        max_connections: 64,
-        max_connections_per_client: 0,
-        exempt: Default::default(),
-        drain_timeout: Duration::from_secs(1),
-    };
+    let settings = ops_settings();
     let address = listener
         .local_addr()
         .context("the listener has no address")?;
@@ -137,6 +134,69 @@ pub async fn run(listener: TcpListener, args: RunArgs, shutdown: Shutdown) -> an
     let _ = ops.await;
     tracing::info!(took = ?started.elapsed(), "aggregator stopped");
     Ok(())
+}
+
+/// Delivers webhooks from ClickHouse and serves the ops endpoints on `listener` until
+/// `shutdown`; then lets every endpoint store its cursor.
+pub async fn deliver(
+    listener: TcpListener,
+    args: DeliverArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    args.pipeline.validate()?;
+    let settings = args.webhooks.settings()?;
+    let clickhouse = args
+        .pipeline
+        .clickhouse_settings(Duration::from_secs(30))
+        .context("referral-aggregator deliver needs --clickhouse-url (embedded: referral-api delivers in process)")?;
+    clickhouse_migrate::refuse_newer_schema(&clickhouse).await?;
+    let store: Arc<dyn WebhookStore> = Arc::new(ClickHouseWebhooks::new(&clickhouse));
+    let metrics = telemetry::metrics_handle();
+    telemetry::spawn_metrics_upkeep(metrics.clone(), shutdown.clone());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let deliverer = tokio::spawn(webhooks::deliver::run(store, settings, stopped));
+    let (stop_ops, ops_shutdown) = referral_kit::shutdown::channel();
+    let make_service = move |_| {
+        let metrics = metrics.clone();
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let response: http::Response<http_body_util::Full<bytes::Bytes>> =
+                match OpsRoute::of(request.uri().path()) {
+                    Some(route) => ops::answer(route, request.method(), || Ok(()), &metrics),
+                    None => error::error_response(&ApiError::new(
+                        ErrorKind::RouteNotFound,
+                        "no such route",
+                    )),
+                };
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    let ops = tokio::spawn(server::serve(
+        listener,
+        make_service,
+        ops_settings(),
+        ops_shutdown,
+    ));
+    let mut shutdown = shutdown;
+    shutdown.wait().await;
+    tracing::info!("shutdown requested: storing webhook cursors");
+    stop.send_replace(true);
+    let delivered = deliverer.await;
+    stop_ops.trigger();
+    let _ = ops.await;
+    match delivered {
+        Ok(result) => result,
+        Err(error) => Err(anyhow::anyhow!("the deliverer failed: {error}")),
+    }
+}
+
+fn ops_settings() -> referral_kit::server::ServerSettings {
+    referral_kit::server::ServerSettings {
+        header_read_timeout: Duration::from_secs(10),
+        max_connections: 64,
+        max_connections_per_client: 0,
+        exempt: Default::default(),
+        drain_timeout: Duration::from_secs(1),
+    }
 }
 
 fn answer(

@@ -1,4 +1,4 @@
-//! `referral-aggregator`: parses its flags and runs `migrate` or `run`.
+//! `referral-aggregator`: parses its flags and runs `migrate`, `run` or `deliver`.
 
 use anyhow::Context;
 use clap::Parser;
@@ -17,6 +17,13 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", args.consumer.listen))?;
             referral_aggregator::run(listener, args, shutdown).await
+        }
+        Command::Deliver(args) => {
+            let shutdown = shutdown::on_signal();
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            referral_aggregator::deliver(listener, args, shutdown).await
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use referral_kit::config::{EdgeArgs, ServerArgs};
-use referral_pipeline::config::PipelineArgs;
+use referral_pipeline::config::{PipelineArgs, WebhookArgs};
 
 use crate::auth::ApiTokens;
 
@@ -19,6 +19,8 @@ pub struct Config {
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
 
     /// Bearer tokens and their scopes: TOKEN=read[+write][+admin],... or
     /// sha256:<hex of the token's SHA-256>=scopes. Required with Kafka + ClickHouse, and on

@@ -39,15 +39,17 @@ pub fn app(state: Arc<AppState>) -> Router {
     for prefix in [ATTRIBUTIONS_PREFIX, ATTRIBUTIONS_DOUBLED_PREFIX] {
         router = attributions::routes(router, prefix);
     }
-    crate::routes::dashboard::routes(links::routes(codes::routes(router)))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/api/v1/openapi.json", get(crate::routes::openapi::serve))
-        .fallback(|| async { HttpError(ApiError::new(ErrorKind::RouteNotFound, "no such route")) })
-        .layer(middleware::from_fn(json_method_not_allowed))
-        .layer(middleware::from_fn(track_requests))
-        .with_state(state)
+    crate::routes::webhooks::routes(crate::routes::dashboard::routes(links::routes(
+        codes::routes(router),
+    )))
+    .route("/healthz", get(ops::healthz))
+    .route("/readyz", get(ops::readyz))
+    .route("/metrics", get(ops::metrics))
+    .route("/api/v1/openapi.json", get(crate::routes::openapi::serve))
+    .fallback(|| async { HttpError(ApiError::new(ErrorKind::RouteNotFound, "no such route")) })
+    .layer(middleware::from_fn(json_method_not_allowed))
+    .layer(middleware::from_fn(track_requests))
+    .with_state(state)
 }
 
 /// axum answers a known path with an unknown method with a bare 405 (and adds `Allow`

@@ -43,6 +43,7 @@ impl ApiService {
             limits,
             config.edge.settings()?,
         );
+        let webhooks = pipeline.webhooks(&config.webhooks)?;
         let state = Arc::new(AppState {
             edge,
             pipeline,
@@ -51,6 +52,8 @@ impl ApiService {
             metrics: telemetry::metrics_handle(),
             command_timeout: config.edge.ack_timeout,
             read_after_write_wait: config.read_after_write_wait,
+            webhooks,
+            webhook_allow_private: config.webhooks.webhook_allow_private,
         });
         telemetry::spawn_metrics_upkeep(state.metrics.clone(), shutdown);
         Ok(Self {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use referral_kit::click::ClickEdge;
+use referral_pipeline::webhooks::WebhookStore;
 use referral_pipeline::{Pipeline, Reads};
 
 use crate::auth::ApiTokens;
@@ -24,4 +25,8 @@ pub struct AppState {
     /// How long a read of, or a command on, something written moments ago may wait for
     /// the store.
     pub read_after_write_wait: Duration,
+    /// Webhook endpoints and their deliveries.
+    pub webhooks: Arc<dyn WebhookStore>,
+    /// `--webhook-allow-private`: registrations may use http and private addresses.
+    pub webhook_allow_private: bool,
 }

@@ -46,6 +46,17 @@ const UNPRODUCIBLE: &[(Operations, u16, &str)] = &[
         "a read while the store is unreachable (ClickHouse restarting, a network cut); the \
          in-process embedded store cannot be",
     ),
+    (
+        Some(("post", WEBHOOKS)),
+        503,
+        "a webhook registration or replay while the store is unreachable; the API writes \
+         these to the store itself (not through the pipeline), so a drained pipeline is no 503",
+    ),
+    (
+        Some(("delete", WEBHOOKS)),
+        503,
+        "a webhook deletion while the store is unreachable; as for its registration",
+    ),
 ];
 
 /// Whether `only` of an [`UNPRODUCIBLE`] entry covers `method` on `template`.
@@ -66,6 +77,11 @@ const ADMIN: &str = "admin-00123456789abcdef";
 /// A well-formed attribution id no click ever had.
 const UNKNOWN_ID: &str = "attr_01JQ3V8W6Y7Z8A9B0C1D2E3F4G";
 const CODES: &str = "/api/v1/referral-codes";
+const WEBHOOKS: &str = "/api/v1/webhooks";
+/// A well-formed webhook endpoint id no endpoint ever had.
+const UNKNOWN_WEBHOOK: &str = "wh_00000000000000000000";
+/// Webhook URLs to plain http and loopback (a refused port), so that nothing leaves the host.
+const ALLOW_PRIVATE: &str = "--webhook-allow-private";
 
 fn document() -> Value {
     serde_json::from_str(OPENAPI).expect("schemas/openapi.json is JSON")
@@ -534,10 +550,23 @@ impl Call {
     }
 }
 
+/// What the example requests need that the examples cannot name: the click's id (`{id}` of
+/// an attribution path) and the webhook endpoint's (`{id}` of a webhook path).
+#[derive(Clone, Debug, Default)]
+struct Seeded {
+    attribution: String,
+    webhook: String,
+}
+
 /// The documented example request of an operation: path parameters from their examples
-/// (`{id}` from `id`), the body from the request body's example. `prefix` replaces the
+/// (`{id}` from `ids`), the body from the request body's example. `prefix` replaces the
 /// canonical attribution prefix (to call the alias).
-fn example_call(doc: &Value, path: &str, method: &str, id: &str, prefix: &str) -> Call {
+fn example_call(doc: &Value, path: &str, method: &str, ids: &Seeded, prefix: &str) -> Call {
+    let id = if path.starts_with(WEBHOOKS) {
+        &ids.webhook
+    } else {
+        &ids.attribution
+    };
     let mut uri = path.to_owned();
     for parameter in parameters(doc, path, method) {
         if parameter["in"] != "path" {
@@ -572,19 +601,28 @@ fn method_name(method: &Method) -> String {
     method.as_str().to_ascii_lowercase()
 }
 
-/// The documented examples' code and mentor, assigned, and the example click recorded:
-/// what every example request needs. Returns the click's id.
-async fn seed_examples(recorder: &mut Recorder, app: &TestApp, admin: Option<&str>) -> String {
+/// The documented examples' code and mentor, assigned, the example click recorded and the
+/// example webhook endpoint registered (its example URL is taken without a DNS lookup only
+/// by an app started with [`ALLOW_PRIVATE`]): what every example request needs.
+async fn seed_examples(recorder: &mut Recorder, app: &TestApp, admin: Option<&str>) -> Seeded {
     let doc = recorder.doc.clone();
-    let code = example_call(&doc, &format!("{CODES}/{{code}}"), "put", "", PREFIX);
-    let code = match admin {
-        Some(token) => code.bearer(token),
-        None => code,
+    let none = Seeded::default();
+    let as_admin = |call: Call| match admin {
+        Some(token) => call.bearer(token),
+        None => call,
     };
-    recorder.expect(app, code, 201).await;
-    let click = example_call(&doc, PREFIX, "post", "", PREFIX);
+    let code = example_call(&doc, &format!("{CODES}/{{code}}"), "put", &none, PREFIX);
+    recorder.expect(app, as_admin(code), 201).await;
+    let click = example_call(&doc, PREFIX, "post", &none, PREFIX);
     let answer = recorder.expect(app, click, 201).await;
-    answer.body["id"].as_str().unwrap().to_owned()
+    let attribution = answer.body["id"].as_str().unwrap().to_owned();
+    let endpoint = example_call(&doc, WEBHOOKS, "post", &none, PREFIX);
+    let answer = recorder.expect(app, as_admin(endpoint), 201).await;
+    let webhook = answer.body["id"].as_str().unwrap().to_owned();
+    Seeded {
+        attribution,
+        webhook,
+    }
 }
 
 /// A body that never arrives (nor ends): the body read times out.
@@ -732,7 +770,45 @@ fn the_document_is_openapi_3_1_every_ref_resolves_and_examples_fit() {
     ] {
         assert!(ids.contains(contract_name), "missing {contract_name}");
     }
-    assert_eq!(ids.len(), 21, "{ids:?}");
+    for webhook_name in [
+        "createWebhook",
+        "listWebhooks",
+        "getWebhook",
+        "deleteWebhook",
+        "listWebhookDeliveries",
+        "replayWebhook",
+    ] {
+        assert!(ids.contains(webhook_name), "missing {webhook_name}");
+    }
+    assert_eq!(ids.len(), 27, "{ids:?}");
+
+    // The events receivers are sent (OpenAPI 3.1 `webhooks`): one per event type, each
+    // signed, and no operationId shared with a path's.
+    let events = doc["webhooks"].as_object().expect("webhooks");
+    let types: BTreeSet<&str> = events.keys().map(String::as_str).collect();
+    assert_eq!(
+        types,
+        BTreeSet::from([
+            "attribution.deleted",
+            "conversion.confirmed",
+            "conversion.reversed"
+        ])
+    );
+    for (name, item) in events {
+        let operation = &item["post"];
+        let id = operation["operationId"].as_str().unwrap();
+        assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+        assert!(
+            operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|parameter| parameter["name"] == "Referral-Signature"
+                    && parameter["in"] == "header"
+                    && parameter["required"] == true),
+            "{name}: the signature header"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -744,12 +820,14 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
     let doc = recorder.doc.clone();
 
     // 408 takes the body-read timeout (10 s): started first, collected last.
-    let open = TestApp::start(&[]).await;
+    let open = TestApp::start(&[ALLOW_PRIVATE]).await;
     let stalled: Vec<(Method, String)> = vec![
         (Method::POST, PREFIX.to_owned()),
         (Method::PUT, format!("{PREFIX}/{UNKNOWN_ID}")),
         (Method::PUT, format!("{CODES}/SLOW-1")),
         (Method::POST, format!("{PREFIX}/{UNKNOWN_ID}/reversal")),
+        (Method::POST, WEBHOOKS.to_owned()),
+        (Method::POST, format!("{WEBHOOKS}/{UNKNOWN_WEBHOOK}/replay")),
     ];
     let mut slow = Vec::new();
     for (method, uri) in stalled.clone() {
@@ -829,7 +907,22 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
         .as_str()
         .unwrap()
         .to_owned();
+    // A webhook endpoint at a refused local port (the open app allows private addresses).
+    let hook = recorder
+        .expect(
+            &open,
+            call(Method::POST, WEBHOOKS).json(
+                r#"{"url":"http://127.0.0.1:9/hook","events":["attribution.deleted","conversion.confirmed"]}"#,
+            ),
+            201,
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let huge = format!(r#"{{"user_agent":"{}"}}"#, "a".repeat(17 * 1024));
+    let since = format!(r#"{{"since":"{}"}}"#, from_now(-86_400));
     let confirm = r#"{"code":"JAN-1","new_member_id":"usr_new"}"#;
     let reversal = r#"{"reason":"refund"}"#;
     let table: Vec<(Call, u16)> = vec![
@@ -1072,7 +1165,7 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
             200,
         ),
         (call(Method::PUT, format!("{CODES}/NEW-1")).json("{"), 400),
-        (call(Method::PUT, format!("{CODES}/NEW-1")).json(huge), 413),
+        (call(Method::PUT, format!("{CODES}/NEW-1")).json(huge.clone()), 413),
         (
             call(Method::PUT, format!("{CODES}/NEW-1")).typed("text/plain", "{}"),
             415,
@@ -1086,6 +1179,61 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
         (call(Method::DELETE, format!("{CODES}/NEW-1")), 200),
         (call(Method::DELETE, format!("{CODES}/NEW-1")), 404),
         (call(Method::DELETE, format!("{CODES}/x")), 422),
+        // createWebhook
+        (call(Method::POST, WEBHOOKS).json("{"), 400),
+        (call(Method::POST, WEBHOOKS).json(huge.clone()), 413),
+        (
+            call(Method::POST, WEBHOOKS)
+                .typed("text/plain", r#"{"url":"http://127.0.0.1:9/","events":["conversion.confirmed"]}"#),
+            415,
+        ),
+        (
+            call(Method::POST, WEBHOOKS)
+                .json(r#"{"url":"ftp://hooks.example.com/","events":["conversion.confirmed"]}"#),
+            422,
+        ),
+        (
+            call(Method::POST, WEBHOOKS)
+                .json(r#"{"url":"https://hooks.example.com/","events":["conversion.confirmed","conversion.confirmed"]}"#),
+            422,
+        ),
+        (
+            call(Method::POST, WEBHOOKS).json(
+                r#"{"url":"https://hooks.example.com/","events":["conversion.confirmed"],"secret":"x"}"#,
+            ),
+            422,
+        ),
+        // listWebhooks
+        (call(Method::GET, WEBHOOKS), 200),
+        // getWebhook
+        (call(Method::GET, format!("{WEBHOOKS}/{hook}")), 200),
+        (call(Method::GET, format!("{WEBHOOKS}/{UNKNOWN_WEBHOOK}")), 404),
+        (call(Method::GET, format!("{WEBHOOKS}/wh_NOPE")), 404),
+        // listWebhookDeliveries
+        (call(Method::GET, format!("{WEBHOOKS}/{hook}/deliveries?limit=5")), 200),
+        (call(Method::GET, format!("{WEBHOOKS}/{UNKNOWN_WEBHOOK}/deliveries")), 404),
+        (call(Method::GET, format!("{WEBHOOKS}/{hook}/deliveries?limit=0")), 422),
+        (call(Method::GET, format!("{WEBHOOKS}/{hook}/deliveries?page=2")), 422),
+        // replayWebhook
+        (call(Method::POST, format!("{WEBHOOKS}/{hook}/replay")).json(since.clone()), 202),
+        (call(Method::POST, format!("{WEBHOOKS}/{hook}/replay")).json("{"), 400),
+        (
+            call(Method::POST, format!("{WEBHOOKS}/{UNKNOWN_WEBHOOK}/replay")).json(since.clone()),
+            404,
+        ),
+        (call(Method::POST, format!("{WEBHOOKS}/{hook}/replay")).json(huge), 413),
+        (
+            call(Method::POST, format!("{WEBHOOKS}/{hook}/replay")).typed("text/plain", since),
+            415,
+        ),
+        (
+            call(Method::POST, format!("{WEBHOOKS}/{hook}/replay"))
+                .json(format!(r#"{{"since":"{}"}}"#, from_now(3600))),
+            422,
+        ),
+        // deleteWebhook
+        (call(Method::DELETE, format!("{WEBHOOKS}/{hook}")), 200),
+        (call(Method::DELETE, format!("{WEBHOOKS}/{hook}")), 404),
         // operations
         (call(Method::GET, "/healthz"), 200),
         (call(Method::GET, "/readyz"), 200),
@@ -1162,7 +1310,7 @@ async fn every_documented_status_is_served_and_every_served_status_is_documented
 
     // Tokens: what each operation's documented security says, for every operation.
     let spec = format!("{READER}=read,{WRITER}=write,{ADMIN}=admin");
-    let guarded = TestApp::start(&["--api-tokens", &spec]).await;
+    let guarded = TestApp::start(&["--api-tokens", &spec, ALLOW_PRIVATE]).await;
     let id = seed_examples(&mut recorder, &guarded, Some(ADMIN)).await;
     for (path, method) in operations(&doc) {
         let operation = &doc["paths"][&path][&method];
@@ -1282,7 +1430,7 @@ async fn every_documented_operation_answers_its_example_under_both_prefixes() {
     let mut recorder = Recorder::new();
     let doc = recorder.doc.clone();
     for prefix in [PREFIX, DOUBLED] {
-        let app = TestApp::start(&[]).await;
+        let app = TestApp::start(&[ALLOW_PRIVATE]).await;
         let id = seed_examples(&mut recorder, &app, None).await;
         // The alias serves what the canonical prefix serves.
         for tail in ["", "/mentor/usr_4491", "/mentor/usr_4491/total"] {

@@ -53,7 +53,19 @@ CLICK_PATHS = {
 # The tracking pixel (/p/{code}.gif) and the redirect link (/r/{code}), served by ingest.
 LINK_PREFIXES = {"/p/", "/r/"}
 
-COMPONENTS = ("ingest", "api", "aggregator")
+COMPONENTS = ("ingest", "api", "aggregator", "deliverer")
+# Components with a Service for /metrics only (no traffic, no Ingress peers).
+METRICS_ONLY = ("aggregator", "deliverer")
+
+# The deliverer's settings: value key under deliverer.webhooks -> its variable.
+WEBHOOK_ENV = {
+    "allowPrivate": "REFERRAL_WEBHOOK_ALLOW_PRIVATE",
+    "timeout": "REFERRAL_WEBHOOK_TIMEOUT",
+    "retryFor": "REFERRAL_WEBHOOK_RETRY_FOR",
+    "disableAfter": "REFERRAL_WEBHOOK_DISABLE_AFTER",
+    "retryBase": "REFERRAL_WEBHOOK_RETRY_BASE",
+    "poll": "REFERRAL_WEBHOOK_POLL",
+}
 
 # The chart refuses to render an API without tokens (unless auth.allowAnonymous); tests of
 # other things give it this one, as its digest, when their values say nothing about auth.
@@ -170,6 +182,10 @@ def test_lint_strict(values_file: str) -> None:
         ({"ingest": {"autoscaling": {"targetCPU": 50}}}, "targetCPU"),
         ({"clickhouse": {"url": "clickhouse:8123"}}, "/clickhouse/url"),
         ({"config": {"batch": {"maxWait": 250}}}, "/config/batch/maxWait"),
+        # One deliverer only: there is no replicas key to raise.
+        ({"deliverer": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"deliverer": {"webhooks": {"timeout": 10}}}, "/deliverer/webhooks/timeout"),
+        ({"deliverer": {"webhooks": {"allowPrivate": "yes"}}}, "/deliverer/webhooks/allowPrivate"),
     ],
 )
 def test_schema_refuses_bad_values(values: dict[str, Any], message: str) -> None:
@@ -292,6 +308,8 @@ def test_image_and_commands(case) -> None:
     if values["migration"]["enabled"]:
         expected.append("--no-migrate")
     assert command("aggregator") == expected
+    # The deliverer never migrates (no --no-migrate to give: `deliver` has no migrations).
+    assert command("deliverer") == ["/usr/local/bin/referral-aggregator", "deliver"]
 
 
 def test_default_image_points_at_the_dockerfile_image() -> None:
@@ -377,19 +395,20 @@ def test_secret_references(case) -> None:
     containers = {
         c: deployment(objects, c)["spec"]["template"]["spec"]["containers"][0] for c in COMPONENTS
     }
-    # The API reads the tokens; the API and the aggregator read ClickHouse; the edge reads
-    # neither.
+    # The API reads the tokens; the API, the aggregator and the deliverer read ClickHouse;
+    # the edge reads neither.
     assert _secret_ref(containers["api"], "REFERRAL_API_TOKENS") == {
         "name": secret_name,
         "key": keys["apiTokens"],
     }
-    for component in ("api", "aggregator"):
+    for component in ("api", "aggregator", "deliverer"):
         ref = _secret_ref(containers[component], "REFERRAL_CLICKHOUSE_PASSWORD")
         if has_password:
             assert ref == {"name": secret_name, "key": keys["clickhousePassword"]}, component
         else:
             assert ref is None, component
     assert _secret_ref(containers["aggregator"], "REFERRAL_API_TOKENS") is None
+    assert _secret_ref(containers["deliverer"], "REFERRAL_API_TOKENS") is None
     # The edge reads no secret but the Kafka SASL password (asserted elsewhere).
     assert "env" not in containers["ingest"] or not any(
         "valueFrom" in e and e["name"] != "REFERRAL_KAFKA_SASL_PASSWORD"
@@ -468,7 +487,7 @@ def test_network_policies_admit_only_the_named_peers(case) -> None:
         assert spec["policyTypes"] == ["Ingress"]
         peers = [peer for rule in spec["ingress"] for peer in rule["from"]]
         expected = values["networkPolicy"]["metricsFrom"] + (
-            [] if component == "aggregator" else values["networkPolicy"]["ingressFrom"]
+            [] if component in METRICS_ONLY else values["networkPolicy"]["ingressFrom"]
         )
         assert sorted(map(json.dumps, peers)) == sorted(map(json.dumps, expected))
         for rule in spec["ingress"]:
@@ -516,6 +535,61 @@ def test_migration_hook(case) -> None:
     # A pre-install hook runs before the release's ConfigMap exists: settings are inline.
     assert "envFrom" not in container
     assert spec["serviceAccountName"] != FULLNAME or not values["serviceAccount"]["create"]
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def test_deliverer_gets_the_webhook_settings_and_the_api_the_same_url_rule(case) -> None:
+    _, values, objects = case
+    webhooks = values["deliverer"]["webhooks"]
+    deliverer = deployment(objects, "deliverer")["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(deliverer)
+    for key, name in WEBHOOK_ENV.items():
+        expected = str(webhooks[key]).lower() if key == "allowPrivate" else webhooks[key]
+        assert env[name]["value"] == expected, (name, env[name])
+    # ClickHouse settings (and REFERRAL_LISTEN on 0.0.0.0) come from the shared ConfigMap.
+    assert {"configMapRef": {"name": FULLNAME}} in deliverer["envFrom"]
+    api = env_of(deployment(objects, "api")["spec"]["template"]["spec"]["containers"][0])
+    assert api["REFERRAL_WEBHOOK_ALLOW_PRIVATE"] == env["REFERRAL_WEBHOOK_ALLOW_PRIVATE"]
+    # Nothing else gets the deliverer's settings.
+    for component in ("ingest", "aggregator"):
+        container = deployment(objects, component)["spec"]["template"]["spec"]["containers"][0]
+        assert not any(name.startswith("REFERRAL_WEBHOOK_") for name in env_of(container))
+    assert not any(k.startswith("REFERRAL_WEBHOOK_") for k in one(objects, "ConfigMap", FULLNAME)["data"])
+
+
+def test_deliverer_settings_and_disabling() -> None:
+    settings = {
+        "allowPrivate": True,
+        "timeout": "5s",
+        "retryFor": "1day",
+        "disableAfter": "6h",
+        "retryBase": "1s",
+        "poll": "1s",
+    }
+    objects = render({"deliverer": {"webhooks": settings}})
+    env = env_of(deployment(objects, "deliverer")["spec"]["template"]["spec"]["containers"][0])
+    assert {name: env[name]["value"] for name in WEBHOOK_ENV.values()} == {
+        "REFERRAL_WEBHOOK_ALLOW_PRIVATE": "true",
+        "REFERRAL_WEBHOOK_TIMEOUT": "5s",
+        "REFERRAL_WEBHOOK_RETRY_FOR": "1day",
+        "REFERRAL_WEBHOOK_DISABLE_AFTER": "6h",
+        "REFERRAL_WEBHOOK_RETRY_BASE": "1s",
+        "REFERRAL_WEBHOOK_POLL": "1s",
+    }
+    api = env_of(deployment(objects, "api")["spec"]["template"]["spec"]["containers"][0])
+    assert api["REFERRAL_WEBHOOK_ALLOW_PRIVATE"]["value"] == "true"
+
+    production = load_values("production.yaml")
+    objects = render({**production, "deliverer": {"enabled": False, "webhooks": {"allowPrivate": True}}})
+    name = f"{FULLNAME}-deliverer"
+    assert not [o for o in objects if o["metadata"]["name"] == name]
+    monitored = [o for o in of_kind(objects, "Service") if o["metadata"]["name"].endswith("-deliverer")]
+    assert not monitored
+    # The API still checks registrations with the same rule.
+    api = env_of(deployment(objects, "api")["spec"]["template"]["spec"]["containers"][0])
+    assert api["REFERRAL_WEBHOOK_ALLOW_PRIVATE"]["value"] == "true"
 
 
 # --------------------------------------------------------------------------- scaling
@@ -637,6 +711,11 @@ def test_autoscaling(case) -> None:
     assert aggregator["replicas"] == values["aggregator"]["replicas"] <= values["kafka"]["partitions"]
     # One release writes at a time: the old aggregators leave before the new ones start.
     assert aggregator["strategy"] == {"type": "Recreate"}
+    # Exactly one deliverer, never two at once (not even during a rollout), and no HPA.
+    deliverer = deployment(objects, "deliverer")["spec"]
+    assert deliverer["replicas"] == 1
+    assert deliverer["strategy"] == {"type": "Recreate"}
+    assert f"{FULLNAME}-deliverer" not in hpas
 
 
 def test_production_values_enable_autoscaling() -> None:
@@ -653,10 +732,15 @@ def test_disruption_budgets_and_services_select_their_pods(case) -> None:
         name = f"{FULLNAME}-{component}"
         service = one(objects, "Service", name)["spec"]
         assert service["selector"].items() <= labels.items(), component
-        # The aggregator's Service is for /metrics only: unready aggregators are scraped too.
-        assert service.get("publishNotReadyAddresses", False) == (component == "aggregator")
+        # The aggregator's and deliverer's Services are for /metrics only: unready pods are
+        # scraped too.
+        assert service.get("publishNotReadyAddresses", False) == (component in METRICS_ONLY)
         assert service["ports"][0]["targetPort"] == "http"
-        if values[component]["podDisruptionBudget"]["enabled"]:
+        if component == "deliverer":
+            # One replica: a budget would block every drain or allow every eviction.
+            assert "podDisruptionBudget" not in values[component]
+            assert name not in budgets
+        elif values[component]["podDisruptionBudget"]["enabled"]:
             selector = budgets[name]["spec"]["selector"]["matchLabels"]
             assert selector.items() <= labels.items(), component
             assert budgets[name]["spec"]["maxUnavailable"] == values[component]["podDisruptionBudget"]["maxUnavailable"]
@@ -790,6 +874,10 @@ def test_prometheus_rules() -> None:
         "ReferralAggregatorFlushFailing": "referral_flush_failures_total",
         "ReferralAggregatorNotReady": "kube_pod_status_ready",
         "ReferralAggregatorDown": "up",
+        "ReferralWebhookDeliveriesFailed": "referral_webhook_deliveries_total",
+        "ReferralWebhookEndpointsDisabled": "referral_webhook_disabled_endpoints",
+        "ReferralWebhookLagHigh": "referral_webhook_lag_seconds",
+        "ReferralDelivererDown": "up",
     }
     for alert, metric in expected_metric.items():
         assert alert in alerts, alert
@@ -803,6 +891,16 @@ def test_prometheus_rules() -> None:
     assert "histogram_quantile(0.99" in alerts["ReferralHTTPLatencyP99High"]["expr"]
     assert f'job="{FULLNAME}-aggregator"' in alerts["ReferralConsumerLagHigh"]["expr"]
     assert "> 100000" in alerts["ReferralConsumerLagHigh"]["expr"]
+    for alert in ("ReferralWebhookDeliveriesFailed", "ReferralWebhookEndpointsDisabled",
+                  "ReferralWebhookLagHigh", "ReferralDelivererDown"):
+        assert f'job="{FULLNAME}-deliverer"' in alerts[alert]["expr"], alert
+    assert 'outcome="failed"' in alerts["ReferralWebhookDeliveriesFailed"]["expr"]
+    assert "> 1800" in alerts["ReferralWebhookLagHigh"]["expr"]
+    # Without the deliverer, no alert waits for its series.
+    objects = render({**load_values("production.yaml"), "deliverer": {"enabled": False}})
+    (rule,) = of_kind(objects, "PrometheusRule")
+    names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert not any("Webhook" in n or "Deliverer" in n for n in names), names
     # Templated summaries keep Prometheus' own {{ $labels... }} placeholders.
     assert "{{ $labels.job }}" in alerts["ReferralHTTP5xxRatioHigh"]["annotations"]["summary"]
 

@@ -419,6 +419,59 @@ impl ConsumerArgs {
     }
 }
 
+/// Webhook delivery settings: `referral-aggregator deliver`, and `referral-api` in the
+/// embedded mode (where the deliverer runs in process).
+#[derive(Args, Clone, Debug)]
+pub struct WebhookArgs {
+    /// Let webhook URLs use plain http and reach loopback, private, link-local and metadata
+    /// addresses (tests, private networks). Off: https to public addresses only, checked at
+    /// creation and at every delivery.
+    #[arg(long, env = "REFERRAL_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+
+    /// One delivery attempt's time limit (connecting included).
+    #[arg(long, env = "REFERRAL_WEBHOOK_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_timeout: Duration,
+
+    /// How long an event is retried before its attempt log says failed.
+    #[arg(long, env = "REFERRAL_WEBHOOK_RETRY_FOR", default_value = "3days", value_parser = humantime::parse_duration)]
+    pub webhook_retry_for: Duration,
+
+    /// An endpoint failing this long in a row is disabled (a replay enables it again).
+    #[arg(long, env = "REFERRAL_WEBHOOK_DISABLE_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub webhook_disable_after: Duration,
+
+    /// The first retry comes after half this to this; each next one waits twice as long
+    /// (at most an hour).
+    #[arg(long, env = "REFERRAL_WEBHOOK_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub webhook_retry_base: Duration,
+
+    /// How often the deliverer looks for new endpoints and events.
+    #[arg(long, env = "REFERRAL_WEBHOOK_POLL", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub webhook_poll: Duration,
+}
+
+impl WebhookArgs {
+    pub fn settings(&self) -> anyhow::Result<crate::webhooks::deliver::DelivererSettings> {
+        anyhow::ensure!(
+            !self.webhook_timeout.is_zero() && !self.webhook_poll.is_zero(),
+            "--webhook-timeout and --webhook-poll must be longer than zero"
+        );
+        anyhow::ensure!(
+            self.webhook_retry_base <= Duration::from_secs(10),
+            "--webhook-retry-base must be at most 10s (the first retry comes within it)"
+        );
+        Ok(crate::webhooks::deliver::DelivererSettings {
+            timeout: self.webhook_timeout,
+            retry_for: self.webhook_retry_for,
+            disable_after: self.webhook_disable_after,
+            retry_base: self.webhook_retry_base,
+            allow_private: self.webhook_allow_private,
+            poll: self.webhook_poll,
+        })
+    }
+}
+
 #[cfg(test)]
 mod kafka_security_tests {
     use clap::Parser;

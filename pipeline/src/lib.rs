@@ -19,6 +19,7 @@
 //!   interfaces, and their SQLite and ClickHouse implementations.
 //! * [`codes`]: the code -> mentor directory and the edge's look-up in it.
 //! * [`verdicts`]: waiting for the verdict of a command.
+//! * [`webhooks`]: webhook endpoints, the deliverer, signatures and the SSRF rule.
 //! * [`embedded`]: the embedded mode assembled under one data directory.
 //! * [`kafka`]: Kafka clients (producer, codes topic, admin).
 //! * [`config`]: the pipeline's flags, shared by every binary.
@@ -33,5 +34,6 @@ pub mod open;
 pub mod plan;
 pub mod store;
 pub mod verdicts;
+pub mod webhooks;
 
 pub use open::{Aggregator, Backends, Pipeline, Reads, Role};

@@ -19,7 +19,7 @@ use referral_schemas::id::attribution_created_at;
 use tokio::sync::watch;
 
 use crate::codes::{CodeDirectory, CodeResolver};
-use crate::config::{ConsumerArgs, PipelineArgs};
+use crate::config::{ConsumerArgs, PipelineArgs, WebhookArgs};
 use crate::consumer::announce::KafkaAnnouncer;
 use crate::consumer::fault::FaultPoint;
 use crate::consumer::kafka::KafkaSource;
@@ -34,6 +34,10 @@ use crate::store::clickhouse::sink::ClickHouseSink;
 use crate::store::clickhouse::{ClickHouseSettings, migrate};
 use crate::store::{AttributionReader, StoreError};
 use crate::verdicts::VerdictWaiter;
+use crate::webhooks::WebhookStore;
+use crate::webhooks::clickhouse::ClickHouseWebhooks;
+use crate::webhooks::deliver;
+use crate::webhooks::sqlite::SqliteWebhooks;
 
 /// How often the production API looks up the verdicts it waits for (one query for all): a
 /// small share of the aggregator's flush time, which dominates a command's latency.
@@ -197,8 +201,20 @@ pub struct Pipeline {
     embedded_log: Option<Arc<crate::log::file::FileLog>>,
     /// The embedded consumer's status, to fail readiness if it stopped.
     consumer: Option<Arc<ConsumerStatus>>,
-    /// Stops the background tasks (readiness probe, codes follower, verdict look-ups).
+    /// Stops the background tasks (readiness probe, codes follower, verdict look-ups, the
+    /// embedded deliverer).
     stop: watch::Sender<bool>,
+    /// Where webhooks are kept: the data directory's store, or ClickHouse.
+    webhook_backend: WebhookBackend,
+    /// The embedded deliverer, awaited at shutdown.
+    deliverer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Where this process's webhooks are kept.
+enum WebhookBackend {
+    Embedded(std::path::PathBuf),
+    ClickHouse(ClickHouseSettings),
+    None,
 }
 
 impl Pipeline {
@@ -227,6 +243,8 @@ impl Pipeline {
                     consumer: Some(embedded.consumer_status()),
                     running: std::sync::Mutex::new(Some(Running::Embedded(embedded))),
                     stop,
+                    webhook_backend: WebhookBackend::Embedded(args.data_dir.clone()),
+                    deliverer: std::sync::Mutex::new(None),
                 })
             }
             Backends::Kafka { kafka, clickhouse } => {
@@ -245,6 +263,10 @@ impl Pipeline {
                 let sync = kafka_codes::follow(&kafka, directory.clone(), stopped())
                     .await
                     .with_context(|| format!("cannot follow topic {}", kafka.codes_topic))?;
+                let webhook_backend = match (role, &clickhouse) {
+                    (Role::Api, Some(clickhouse)) => WebhookBackend::ClickHouse(clickhouse.clone()),
+                    _ => WebhookBackend::None,
+                };
                 let reads = match (role, clickhouse) {
                     (Role::Api, Some(clickhouse)) => {
                         let reader: Arc<dyn AttributionReader> =
@@ -269,8 +291,40 @@ impl Pipeline {
                     consumer: None,
                     running: std::sync::Mutex::new(Some(Running::Kafka(log))),
                     stop,
+                    webhook_backend,
+                    deliverer: std::sync::Mutex::new(None),
                 })
             }
+        }
+    }
+
+    /// The webhook store (the API's role). In the embedded mode, also starts the deliverer
+    /// in this process (production runs `referral-aggregator deliver`).
+    pub fn webhooks(&self, args: &WebhookArgs) -> anyhow::Result<Arc<dyn WebhookStore>> {
+        match &self.webhook_backend {
+            WebhookBackend::Embedded(data_dir) => {
+                let store: Arc<dyn WebhookStore> = Arc::new(SqliteWebhooks::open(data_dir)?);
+                let deliverer = tokio::spawn({
+                    let store = store.clone();
+                    let settings = args.settings()?;
+                    let stop = self.stop.subscribe();
+                    async move {
+                        if let Err(error) = deliver::run(store, settings, stop).await {
+                            tracing::error!(%error, "the webhook deliverer stopped");
+                        }
+                    }
+                });
+                *self
+                    .deliverer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(deliverer);
+                Ok(store)
+            }
+            WebhookBackend::ClickHouse(clickhouse) => {
+                args.settings()?;
+                Ok(Arc::new(ClickHouseWebhooks::new(clickhouse)))
+            }
+            WebhookBackend::None => anyhow::bail!("webhooks need the API's role"),
         }
     }
 
@@ -309,8 +363,17 @@ impl Pipeline {
             Some(Running::Kafka(log)) => log.flush(drain).await,
             None => return,
         }
-        // Also ends the verdict look-ups, which answer their waiters as they stop.
+        // Also ends the verdict look-ups, which answer their waiters as they stop, and the
+        // embedded deliverer, which stores its cursors.
         self.stop.send_replace(true);
+        let deliverer = self
+            .deliverer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(deliverer) = deliverer {
+            let _ = tokio::time::timeout(drain, deliverer).await;
+        }
     }
 }
 

@@ -22,6 +22,8 @@ pub enum ErrorKind {
     AttributionNotFound,
     /// 404: no such referral code.
     CodeNotFound,
+    /// 404: no such webhook endpoint (or it was deleted).
+    WebhookNotFound,
     /// 405: the route exists for other methods.
     MethodNotAllowed,
     /// 408: the body did not arrive in time.
@@ -64,9 +66,10 @@ impl ErrorKind {
             Self::MalformedJson => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::RouteNotFound | Self::AttributionNotFound | Self::CodeNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Self::RouteNotFound
+            | Self::AttributionNotFound
+            | Self::CodeNotFound
+            | Self::WebhookNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::CodeMismatch
@@ -96,6 +99,7 @@ impl ErrorKind {
             Self::RouteNotFound => "not_found",
             Self::AttributionNotFound => "attribution_not_found",
             Self::CodeNotFound => "code_not_found",
+            Self::WebhookNotFound => "webhook_not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::CodeMismatch => "code_mismatch",

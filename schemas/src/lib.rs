@@ -12,6 +12,7 @@
 //! * [`verdict`] decides what a click counts as (counted, duplicate, bot), in log order.
 //! * [`attribution`] holds the records and the views the public contract prints.
 //! * [`query`] holds the read-side filters, pages and periods shared by every store.
+//! * [`webhook`] holds webhook registrations, events, delivery attempts and their rules.
 //! * [`timestamp`] and [`id`] are the small value types everything above uses.
 //! * [`migrations`] holds the store schemas, applied by the aggregator (the only writer).
 //! * [`OPENAPI`] is the OpenAPI 3.1 document of the HTTP API (`schemas/openapi.json`).
@@ -27,6 +28,7 @@ pub mod state;
 pub mod timestamp;
 pub mod validation;
 pub mod verdict;
+pub mod webhook;
 
 pub use attribution::{Attribution, AttributionKind, AttributionStatus, ReferralCode};
 pub use error::{ApiError, ErrorKind};

@@ -54,6 +54,12 @@ pub const SQLITE: &[Migration] = &[
         sql: include_str!("../migrations/sqlite/0006_reversals.sql"),
         min_server: None,
     },
+    Migration {
+        version: 7,
+        name: "webhooks: events, endpoints, progress, deliveries",
+        sql: include_str!("../migrations/sqlite/0007_webhooks.sql"),
+        min_server: None,
+    },
 ];
 
 /// The production store's schema (ClickHouse, 18.16 and later).
@@ -100,6 +106,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         version: 7,
         name: "conversion reversals",
         sql: include_str!("../migrations/clickhouse/0007_reversals.sql"),
+        min_server: None,
+    },
+    Migration {
+        version: 8,
+        name: "webhooks: events, endpoints, progress, deliveries",
+        sql: include_str!("../migrations/clickhouse/0008_webhooks.sql"),
         min_server: None,
     },
 ];

@@ -346,6 +346,24 @@ impl<'body> JsonObject<'body> {
         }
     }
 
+    /// An array of strings that must be present and non-null.
+    pub fn required_str_array(&self, field: &str) -> Result<Vec<&str>, ApiError> {
+        let not_strings = || ApiError::invalid(field, "must be an array of strings");
+        match self.fields.get(field) {
+            None | Some(BorrowedValue::Static(StaticNode::Null)) => {
+                Err(ApiError::invalid(field, "is required"))
+            }
+            Some(BorrowedValue::Array(values)) => values
+                .iter()
+                .map(|value| match value {
+                    BorrowedValue::String(text) => Ok(text.as_ref()),
+                    _ => Err(not_strings()),
+                })
+                .collect(),
+            Some(_) => Err(not_strings()),
+        }
+    }
+
     /// A string field that must be present and non-null.
     pub fn required_str(&self, field: &str) -> Result<&str, ApiError> {
         self.optional_str(field)?

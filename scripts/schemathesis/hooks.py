@@ -28,6 +28,12 @@ The rules (each also stated in words in the document):
 8. A time series holds at most 1,000 buckets (interval x period arithmetic) and starts no
    earlier than 1972: a longer period is shortened to fit, an earlier start moved.
 9. `cursor` replaces `page` (either, not both): `page` is dropped beside a cursor.
+10. A webhook URL must be https:// to a host that resolves only to public addresses (DNS at
+   registration; the fuzz run does not start the service with --webhook-allow-private): a
+   positive registration's URL becomes WEBHOOK_URL (`ST_WEBHOOK_URL`, by default an https
+   URL with a public IPv4 literal, so no DNS lookup decides the answer).
+11. A replay's `since` is not in the future and not before 1970-01-01T00:00:00Z (relative to
+   now): an instant outside that range becomes a day ago.
 
 And one schemathesis limitation: a referral code in a path is case-insensitive (the
 document says so), but schemathesis compares paths case-sensitively, so after
@@ -52,7 +58,9 @@ SESSION = requests.Session()
 MAX_OFFSET = 100_000
 # Which rules to apply (all by default): code, occurred_at, confirmed_at, range, page, bytes,
 # upper-code.
-RULES = set(os.environ.get("ST_HOOK_RULES", "code,occurred_at,confirmed_at,range,page,bytes,upper-code,tz,buckets,cursor").split(","))
+RULES = set(os.environ.get("ST_HOOK_RULES", "code,occurred_at,confirmed_at,range,page,bytes,upper-code,tz,buckets,cursor,webhook-url,since").split(","))
+# Rule 10: where positive webhook registrations point (a public address literal: no DNS).
+WEBHOOK_URL = os.environ.get("ST_WEBHOOK_URL", "https://93.184.216.34/referral-webhook")
 # A time series starts no earlier than 1972-01-01T00:00:00Z (rule 8).
 SERIES_EPOCH = 63_072_000
 ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe"]
@@ -175,6 +183,14 @@ def before_call(context, case, kwargs):
 
     if "bytes" in RULES and label == "PUT /api/v1/referral-codes/{code}" and body is not None:
         _fix_url(body, "destination_url")
+
+    if "webhook-url" in RULES and label == "POST /api/v1/webhooks" and body is not None and isinstance(body.get("url"), str):
+        body["url"] = WEBHOOK_URL
+
+    if "since" in RULES and label == "POST /api/v1/webhooks/{id}/replay" and body is not None:
+        since = _instant(body.get("since"))
+        if since is not None and not 0 <= since <= now - 1:
+            body["since"] = (now_dt - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     query = case.query
     if isinstance(query, dict):

@@ -8,6 +8,7 @@ pub mod links;
 pub mod openapi;
 pub mod ops;
 pub mod series;
+pub mod webhooks;
 
 use axum::body::Body;
 use axum::response::Response;

@@ -1,12 +1,15 @@
 {{/*
 One component's Deployment. Call with a dict:
   root       the chart's root context ($)
-  component  ingest | api | aggregator
+  component  ingest | api | aggregator | deliverer
   values     the component's values (.Values.ingest, ...)
   command    the container command (a list)
   tokens     true: the container gets REFERRAL_API_TOKENS from the Secret
   password   true: the container gets REFERRAL_CLICKHOUSE_PASSWORD from the Secret
   (every container gets REFERRAL_KAFKA_SASL_PASSWORD from it with a SASL protocol)
+  env        optional: the component's own env entries (a list of EnvVar), after the
+             secrets and before values.extraEnv; they win over the ConfigMap's
+  replicas   optional: a fixed spec.replicas (the deliverer's 1), instead of values.replicas
   autoscaled true: an HPA owns spec.replicas
   strategy   the Deployment strategy (a dict)
 */}}
@@ -23,7 +26,9 @@ metadata:
   labels:
     {{- include "referral-attribution.componentLabels" (dict "root" $root "component" $component) | nindent 4 }}
 spec:
-  {{- if not .autoscaled }}
+  {{- if hasKey . "replicas" }}
+  replicas: {{ .replicas }}
+  {{- else if not .autoscaled }}
   replicas: {{ $values.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
@@ -71,7 +76,7 @@ spec:
             - configMapRef:
                 name: {{ include "referral-attribution.fullname" $root }}
           {{- $sasl := include "referral-attribution.kafkaSasl" $root }}
-          {{- if or .tokens .password $values.extraEnv $sasl }}
+          {{- if or .tokens .password .env $values.extraEnv $sasl }}
           env:
             {{- if .tokens }}
             {{- include "referral-attribution.secretEnv" (dict "root" $root "name" "REFERRAL_API_TOKENS" "key" $root.Values.secretKeys.apiTokens) | nindent 12 }}
@@ -81,6 +86,9 @@ spec:
             {{- end }}
             {{- if $sasl }}
             {{- include "referral-attribution.secretEnv" (dict "root" $root "name" "REFERRAL_KAFKA_SASL_PASSWORD" "key" $root.Values.secretKeys.kafkaSaslPassword) | nindent 12 }}
+            {{- end }}
+            {{- with .env }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
             {{- with $values.extraEnv }}
             {{- toYaml . | nindent 12 }}

@@ -35,7 +35,7 @@ use referral_schemas::state::{self, Confirmation, Reversal};
 use referral_schemas::verdict::{ClickVerdict, DedupWindow, VisitorKey};
 use serde::{Deserialize, Serialize};
 
-use self::rows::{AttributionRow, ClickSource, CodeRow, DecisionRow, MemberRow};
+use self::rows::{AttributionRow, ClickSource, CodeRow, DecisionRow, EventRow, MemberRow};
 
 /// A log partition: topic and partition number. The embedded log is one partition.
 pub type PartitionKey = (String, i32);
@@ -268,6 +268,9 @@ pub struct Effect {
     pub member: Option<MemberRow>,
     pub code: Option<CodeRow>,
     pub deltas: Vec<Delta>,
+    /// The webhook event the decision causes (absent in effects recorded before webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<EventRow>,
 }
 
 /// One partition's checkpoint before and after a flush: the flush applies the events in
@@ -287,6 +290,8 @@ pub struct CheckpointMove {
 pub struct Plan {
     /// New decisions.
     pub decisions: Vec<DecisionRow>,
+    /// Webhook events of the decisions (new or replayed), in log order.
+    pub events: Vec<EventRow>,
     pub attributions: Vec<AttributionRow>,
     pub members: Vec<MemberRow>,
     /// Code states; the announcer also hands them to the edges' code directories.
@@ -470,7 +475,7 @@ impl Planner {
             }
             return;
         }
-        let (verdict, effect) = match event {
+        let (verdict, mut effect) = match event {
             LogEvent::Click(_) => return,
             LogEvent::ConfirmConversion(command) => self.decide_confirmation(command),
             LogEvent::DeleteAttribution(command) => self.decide_deletion(command),
@@ -482,6 +487,15 @@ impl Planner {
             Verdict::Rejected { reason } => reason.as_str(),
             _ => "applied",
         });
+        effect.event =
+            EventRow::of_verdict(command_id, &verdict, effect.attribution.as_ref(), self.now).map(
+                |row| EventRow {
+                    source_topic: batch.topic.clone(),
+                    source_partition: batch.partition,
+                    source_offset: offset,
+                    ..row
+                },
+            );
         // Serializing these plain structs cannot fail; an empty text would only lose the
         // replay of this one decision's effect, never double it.
         let decision = DecisionRow {
@@ -502,6 +516,9 @@ impl Planner {
     }
 
     fn write_effect(&mut self, effect: Effect) {
+        if let Some(row) = effect.event {
+            self.plan.events.push(row);
+        }
         if let Some(row) = effect.attribution {
             self.known.attributions.insert(row.id.clone(), row.clone());
             self.plan.attributions.push(row);
@@ -589,6 +606,7 @@ impl Planner {
                     member: Some(member),
                     code: None,
                     deltas: vec![delta.into()],
+                    event: None,
                 };
                 (
                     Verdict::Confirmed {
@@ -661,6 +679,7 @@ impl Planner {
                     member,
                     code: None,
                     deltas: deletion.deltas.into_iter().map(Delta::from).collect(),
+                    event: None,
                 };
                 (
                     Verdict::Deleted {
@@ -1004,6 +1023,17 @@ mod tests {
         assert_eq!(replay.attributions, first.attributions);
         assert_eq!(replay.members, first.members);
         assert_eq!(hourly(&replay), hourly(&first));
+        // The webhook event: one for the new conversion, at its command's log position, the
+        // same one again with the replayed effect, none for the retry.
+        assert_eq!(first.events.len(), 1);
+        let event = &first.events[0];
+        assert_eq!(
+            (event.event_type.as_str(), event.attribution_id.as_str()),
+            ("conversion.confirmed", "a1")
+        );
+        assert_eq!((event.source_partition, event.source_offset), (0, 1));
+        assert_eq!(event.event_id, referral_schemas::webhook::event_id("c1"));
+        assert_eq!(replay.events, first.events);
     }
 
     fn visit(id: &str, ip: &str, agent: Option<&str>, minute: i64) -> LogEvent {

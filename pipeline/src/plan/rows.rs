@@ -213,6 +213,63 @@ pub struct DecisionRow {
     pub source_offset: i64,
 }
 
+/// A webhook event a decision caused: the outbox the deliverer reads, stored in the same
+/// flush as the decision and replayed with its effect, so the events are exactly as
+/// complete as the data. Ordered by the log position of its command.
+#[derive(Clone, Debug, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct EventRow {
+    pub event_id: String,
+    /// `referral_schemas::webhook::EventType` as text.
+    pub event_type: String,
+    pub attribution_id: String,
+    /// JSON of the attribution as `GET` returns it (for a deletion: as it was).
+    pub data: String,
+    pub created_at: i64,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl EventRow {
+    /// The event a new (not replayed) verdict causes, if any. `tombstone` is the deleted
+    /// attribution's last state, for a deletion.
+    pub fn of_verdict(
+        command_id: &str,
+        verdict: &referral_schemas::messages::Verdict,
+        tombstone: Option<&AttributionRow>,
+        decided_at: Timestamp,
+    ) -> Option<Self> {
+        use referral_schemas::messages::Verdict;
+        use referral_schemas::webhook::{EventType, event_id};
+        let (kind, attribution) = match verdict {
+            Verdict::Confirmed {
+                attribution,
+                replayed: false,
+            } => (EventType::ConversionConfirmed, attribution.clone()),
+            Verdict::Reversed {
+                attribution,
+                replayed: false,
+            } => (EventType::ConversionReversed, attribution.clone()),
+            Verdict::Deleted { .. } => (
+                EventType::AttributionDeleted,
+                tombstone?.to_attribution().ok()?,
+            ),
+            _ => return None,
+        };
+        Some(Self {
+            event_id: event_id(command_id),
+            event_type: kind.as_str().to_owned(),
+            attribution_id: attribution.id.clone(),
+            // Serializing a plain struct cannot fail.
+            data: serde_json::to_string(&attribution).ok()?,
+            created_at: decided_at.as_millis(),
+            source_topic: String::new(),
+            source_partition: 0,
+            source_offset: -1,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::plan::Effect;

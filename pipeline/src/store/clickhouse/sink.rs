@@ -257,6 +257,7 @@ impl StoreWriter for ClickHouseSink {
     async fn write_state(&mut self, plan: &Plan) -> Result<(), StoreError> {
         self.insert("command_verdicts", &plan.decisions, None)
             .await?;
+        self.insert("webhook_events", &plan.events, None).await?;
         self.insert("attributions", &plan.attributions, None)
             .await?;
         self.insert("attributed_members", &plan.members, None)

@@ -118,6 +118,23 @@ impl SqliteWriter {
                 row.source_offset,
             ])?;
         }
+        let mut events = connection.prepare_cached(
+            "INSERT INTO webhook_events (source_topic, source_partition, source_offset, \
+             event_id, event_type, attribution_id, data, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        )?;
+        for row in &plan.events {
+            events.execute(params![
+                row.source_topic,
+                row.source_partition,
+                row.source_offset,
+                row.event_id,
+                row.event_type,
+                row.attribution_id,
+                row.data,
+                row.created_at,
+            ])?;
+        }
         // Columns that never change between versions (id, code, mentor, client, times of
         // the click) are written by the first version only.
         let mut attributions = connection.prepare_cached(
@@ -255,6 +272,10 @@ impl SqliteWriter {
         self.connection.execute(
             "DELETE FROM command_verdicts WHERE decided_at < ?1",
             [cutoff],
+        )?;
+        self.connection.execute(
+            "DELETE FROM webhook_events WHERE created_at < ?1",
+            [Timestamp::now().as_millis() - crate::webhooks::EVENT_RETENTION_MS],
         )?;
         self.last_prune = Some(Instant::now());
         Ok(())

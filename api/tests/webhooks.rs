@@ -1,0 +1,567 @@
+//! Webhooks end to end, on the real binaries, in both modes, against real HTTP receivers
+//! (`scripts/webhook-receiver.py`): one answers 500 to its first attempts, one is slower
+//! than the timeout at first, one is down and comes up later. Midway the deliverer is
+//! SIGKILLed and started again (embedded: the whole `referral-api`, which runs it;
+//! production: `referral-aggregator deliver`). Every event must reach every receiver at
+//! least once, in log order per endpoint (first 2xx of each event id), and every request's
+//! signature must verify with Python's `hmac` (an implementation independent of ours).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use referral_load_tests::services::{ChildGuard, ClickHouseServer, TansuBroker, free_ports};
+use serde_json::{Value, json};
+
+const CODE: &str = "HOOK-TEST-0001";
+const CLICKS: usize = 12;
+/// The receiver that fails first answers 500 this many times.
+const FAILS_FIRST: usize = 3;
+const WEBHOOK_FLAGS: [&str; 7] = [
+    "--webhook-allow-private",
+    "--webhook-timeout",
+    "1s",
+    "--webhook-retry-base",
+    "200ms",
+    "--webhook-poll",
+    "100ms",
+];
+
+fn api_binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_referral-api"))
+}
+
+/// `referral-aggregator`, built next to `referral-api` by `cargo test --workspace`.
+fn aggregator_binary() -> PathBuf {
+    let path = api_binary().with_file_name("referral-aggregator");
+    assert!(
+        path.exists(),
+        "{} is missing: build it (cargo build --bin referral-aggregator) or run the workspace's tests",
+        path.display()
+    );
+    path
+}
+
+fn receiver_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/webhook-receiver.py")
+}
+
+fn spawn(program: &Path, args: &[String], log: &Path) -> ChildGuard {
+    let log = std::fs::File::create(log).unwrap();
+    ChildGuard::new(
+        Command::new(program)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+struct Receiver {
+    port: u16,
+    log: PathBuf,
+    extra: Vec<String>,
+    process: Option<ChildGuard>,
+}
+
+impl Receiver {
+    fn new(dir: &Path, name: &str, port: u16, extra: &[&str]) -> Self {
+        Self {
+            port,
+            log: dir.join(format!("{name}.jsonl")),
+            extra: extra.iter().map(|flag| (*flag).to_owned()).collect(),
+            process: None,
+        }
+    }
+
+    fn start(&mut self) {
+        let mut args = vec![
+            receiver_script().display().to_string(),
+            "serve".into(),
+            "--port".into(),
+            self.port.to_string(),
+            "--log".into(),
+            self.log.display().to_string(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        self.process = Some(ChildGuard::new(
+            Command::new("python3")
+                .args(&args)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hooks/referrals", self.port)
+    }
+
+    /// Python's verdict on every request received so far.
+    fn verify(&self, secret: &str) -> Value {
+        if !self.log.exists() {
+            return json!({"requests": 0, "verified": 0, "failed": [], "events": []});
+        }
+        let output = Command::new("python3")
+            .arg(receiver_script())
+            .args(["verify", "--log"])
+            .arg(&self.log)
+            .args(["--secret", secret])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+/// The processes of one mode; `restart_deliverer` SIGKILLs whatever runs the deliverer and
+/// starts it again.
+struct Deployment {
+    dir: PathBuf,
+    api_port: u16,
+    api_args: Vec<String>,
+    api: Option<ChildGuard>,
+    deliver_args: Vec<String>,
+    deliverer: Option<ChildGuard>,
+    _aggregator: Option<ChildGuard>,
+    _services: Option<(TansuBroker, ClickHouseServer)>,
+    http: reqwest::Client,
+}
+
+impl Deployment {
+    async fn embedded(dir: &Path) -> Self {
+        let port = free_ports(1)[0];
+        let mut api_args = vec![
+            "--data-dir".to_owned(),
+            dir.join("data").display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        api_args.extend(WEBHOOK_FLAGS.iter().map(|flag| (*flag).to_owned()));
+        let mut deployment = Self {
+            dir: dir.to_owned(),
+            api_port: port,
+            api_args,
+            api: None,
+            deliver_args: Vec::new(),
+            deliverer: None,
+            _aggregator: None,
+            _services: None,
+            http: reqwest::Client::new(),
+        };
+        deployment.start_api().await;
+        deployment
+    }
+
+    async fn production(dir: &Path) -> Self {
+        let broker = TansuBroker::start();
+        let clickhouse = ClickHouseServer::start();
+        let brokers = broker.address();
+        let clickhouse_url = clickhouse.http_url();
+        let ports = free_ports(3);
+        let backends = vec![
+            "--kafka-brokers".to_owned(),
+            brokers.clone(),
+            "--clickhouse-url".into(),
+            clickhouse_url.clone(),
+        ];
+        let mut migrate = vec![
+            "migrate".to_owned(),
+            "--kafka-partitions".into(),
+            "3".into(),
+        ];
+        migrate.extend(backends.iter().cloned());
+        let status = Command::new(aggregator_binary())
+            .args(&migrate)
+            .status()
+            .unwrap();
+        assert!(status.success(), "referral-aggregator migrate failed");
+        let mut run = vec![
+            "run".to_owned(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", ports[1]),
+            "--batch-max-wait".into(),
+            "100ms".into(),
+        ];
+        run.extend(backends.iter().cloned());
+        let aggregator = spawn(&aggregator_binary(), &run, &dir.join("aggregator.log"));
+        let mut deliver_args = vec![
+            "deliver".to_owned(),
+            "--clickhouse-url".into(),
+            clickhouse_url,
+            "--listen".into(),
+            format!("127.0.0.1:{}", ports[2]),
+        ];
+        deliver_args.extend(WEBHOOK_FLAGS.iter().map(|flag| (*flag).to_owned()));
+        let mut api_args = backends;
+        api_args.extend([
+            "--listen".to_owned(),
+            format!("127.0.0.1:{}", ports[0]),
+            "--allow-anonymous".into(),
+        ]);
+        api_args.extend(WEBHOOK_FLAGS.iter().map(|flag| (*flag).to_owned()));
+        let mut deployment = Self {
+            dir: dir.to_owned(),
+            api_port: ports[0],
+            api_args,
+            api: None,
+            deliver_args,
+            deliverer: None,
+            _aggregator: Some(aggregator),
+            _services: Some((broker, clickhouse)),
+            http: reqwest::Client::new(),
+        };
+        deployment.start_deliverer();
+        deployment.start_api().await;
+        deployment
+    }
+
+    fn start_deliverer(&mut self) {
+        self.deliverer = Some(spawn(
+            &aggregator_binary(),
+            &self.deliver_args,
+            &self.dir.join("deliver.log"),
+        ));
+    }
+
+    async fn start_api(&mut self) {
+        let log = self
+            .dir
+            .join(format!("api-{}.log", Instant::now().elapsed().as_nanos()));
+        self.api = Some(spawn(&api_binary(), &self.api_args, &log));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self
+                .http
+                .get(format!("http://127.0.0.1:{}/readyz", self.api_port))
+                .send()
+                .await
+                .is_ok_and(|response| response.status().is_success());
+            if ready {
+                return;
+            }
+            assert!(Instant::now() < deadline, "referral-api never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL of the process that runs the deliverer, then a new one on the same state.
+    async fn kill_deliverer(&mut self) {
+        if self.deliverer.is_some() {
+            if let Some(deliverer) = self.deliverer.take() {
+                deliverer.kill();
+            }
+            self.start_deliverer();
+        } else {
+            if let Some(api) = self.api.take() {
+                api.kill();
+            }
+            self.start_api().await;
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("http://127.0.0.1:{}{path}", self.api_port));
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
+
+async fn webhooks_are_delivered_at_least_once_in_order_and_signed(production: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = free_ports(3);
+    let mut failing = Receiver::new(dir.path(), "failing", ports[0], &["--fail-first", "3"]);
+    let mut slow = Receiver::new(
+        dir.path(),
+        "slow",
+        ports[1],
+        &["--slow-first", "2", "--delay", "2.5"],
+    );
+    let mut late = Receiver::new(dir.path(), "late", ports[2], &[]);
+    failing.start();
+    slow.start();
+    let mut deployment = if production {
+        Deployment::production(dir.path()).await
+    } else {
+        Deployment::embedded(dir.path()).await
+    };
+    use reqwest::Method;
+    let all = json!([
+        "conversion.confirmed",
+        "conversion.reversed",
+        "attribution.deleted"
+    ]);
+    let mut endpoints = Vec::new();
+    for receiver in [&failing, &slow, &late] {
+        let (status, created) = deployment
+            .call(
+                Method::POST,
+                "/api/v1/webhooks",
+                Some(json!({"url": receiver.url(), "events": all})),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["enabled"], true);
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        assert!(secret.starts_with("whsec_"));
+        endpoints.push((created["id"].as_str().unwrap().to_owned(), secret));
+    }
+    // The secret is shown once.
+    let (_, listed) = deployment.call(Method::GET, "/api/v1/webhooks", None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 3);
+    assert!(listed["data"][0].get("secret").is_none());
+    let (status, _) = deployment
+        .call(
+            Method::PUT,
+            &format!("/api/v1/referral-codes/{CODE}"),
+            Some(json!({"mentor_id": "mentor-hooks"})),
+        )
+        .await;
+    assert!(status == 200 || status == 201);
+
+    // The stream: each click confirmed; every second one reversed, every fourth deleted.
+    let mut expected: Vec<(String, String)> = Vec::new();
+    for i in 0..CLICKS {
+        let (status, click) = deployment
+            .call(
+                Method::POST,
+                "/api/v1/referral-attributions",
+                Some(json!({
+                    "code": CODE,
+                    "ip_address": format!("198.51.100.{}", i + 1),
+                    "user_agent": format!("Mozilla/5.0 (X11; Linux x86_64) Firefox/120.{i}"),
+                })),
+            )
+            .await;
+        assert_eq!(status, 201, "{click}");
+        let id = click["id"].as_str().unwrap().to_owned();
+        let path = format!("/api/v1/referral-attributions/{id}");
+        let (status, body) = deployment
+            .call(
+                Method::PUT,
+                &path,
+                Some(json!({"code": CODE, "new_member_id": format!("member-{i}")})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        expected.push(("conversion.confirmed".into(), id.clone()));
+        if i % 2 == 0 {
+            let (status, body) = deployment
+                .call(
+                    Method::POST,
+                    &format!("{path}/reversal"),
+                    Some(json!({"reason": "refund"})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            expected.push(("conversion.reversed".into(), id.clone()));
+        }
+        if i % 4 == 0 {
+            let (status, body) = deployment.call(Method::DELETE, &path, None).await;
+            assert_eq!(status, 200, "{body}");
+            expected.push(("attribution.deleted".into(), id.clone()));
+        }
+        if i == 3 {
+            late.start();
+        }
+        if i == CLICKS / 2 {
+            deployment.kill_deliverer().await;
+        }
+    }
+
+    // Every event reaches every receiver, in log order, every signature verified by Python.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (receiver, (_, secret)) in [&failing, &slow, &late].iter().zip(&endpoints) {
+        loop {
+            let report = receiver.verify(secret);
+            let got: Vec<(String, String)> = report["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|event| {
+                    (
+                        event["type"].as_str().unwrap().to_owned(),
+                        event["attribution_id"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                report["failed"],
+                json!([]),
+                "{}: unverified signatures",
+                receiver.url()
+            );
+            assert_eq!(report["requests"], report["verified"]);
+            if got == expected {
+                break;
+            }
+            assert!(
+                expected.starts_with(&got),
+                "{}: events out of log order:\n got {got:?}\n want {expected:?}",
+                receiver.url()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{}: {} of {} events after 90 s",
+                receiver.url(),
+                got.len(),
+                expected.len()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    // The attempt logs say what happened: 500s retried, timeouts retried.
+    let attempts = |id: &str| {
+        let path = format!("/api/v1/webhooks/{id}/deliveries?limit=1000");
+        let deployment = &deployment;
+        async move { deployment.call(Method::GET, &path, None).await.1["data"].clone() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let failing_attempts = attempts(&endpoints[0].0).await;
+        let slow_attempts = attempts(&endpoints[1].0).await;
+        let saw_500 = failing_attempts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|attempt| attempt["status_code"] == 500 && attempt["outcome"] == "retrying")
+            .count();
+        let saw_timeout = slow_attempts.as_array().unwrap().iter().any(|attempt| {
+            attempt["status_code"].is_null()
+                && attempt["error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains("timeout"))
+        });
+        let delivered = failing_attempts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|attempt| attempt["outcome"] == "delivered")
+            .count();
+        if saw_500 == FAILS_FIRST && saw_timeout && delivered >= expected.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempt logs incomplete: {saw_500} 500s, timeout seen {saw_timeout}, {delivered} delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // A replay sends everything again, same ids.
+    let before = late.verify(&endpoints[2].1)["requests"].as_u64().unwrap();
+    let (status, _) = deployment
+        .call(
+            Method::POST,
+            &format!("/api/v1/webhooks/{}/replay", endpoints[2].0),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while late.verify(&endpoints[2].1)["requests"].as_u64().unwrap()
+        < before + expected.len() as u64
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the replay did not re-send every event"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        late.verify(&endpoints[2].1)["events"]
+            .as_array()
+            .unwrap()
+            .len(),
+        expected.len()
+    );
+    // A deleted endpoint is gone.
+    let (status, _) = deployment
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/webhooks/{}", endpoints[0].0),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = deployment
+        .call(
+            Method::GET,
+            &format!("/api/v1/webhooks/{}", endpoints[0].0),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("webhook_not_found"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded() {
+    webhooks_are_delivered_at_least_once_in_order_and_signed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clickhouse() {
+    webhooks_are_delivered_at_least_once_in_order_and_signed(true).await;
+}
+
+#[tokio::test]
+async fn private_and_plain_http_urls_are_refused_without_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_ports(1)[0];
+    let args: Vec<String> = vec![
+        "--data-dir".into(),
+        dir.path().join("data").display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    let mut deployment = Deployment {
+        dir: dir.path().to_owned(),
+        api_port: port,
+        api_args: args,
+        api: None,
+        deliver_args: Vec::new(),
+        deliverer: None,
+        _aggregator: None,
+        _services: None,
+        http: reqwest::Client::new(),
+    };
+    deployment.start_api().await;
+    for url in [
+        "http://93.184.216.34/hook",
+        "https://127.0.0.1/hook",
+        "https://localhost:8443/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:10.0.0.1]/hook",
+        "https://10.1.2.3/hook",
+    ] {
+        let (status, body) = deployment
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/webhooks",
+                Some(json!({"url": url, "events": ["conversion.confirmed"]})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"]["field"].as_str()),
+            (422, Some("url")),
+            "{url}: {body}"
+        );
+    }
+}

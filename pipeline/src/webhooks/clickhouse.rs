@@ -1,0 +1,351 @@
+//! [`WebhookStore`] on ClickHouse. Endpoints and progress are ReplacingMergeTree rows read
+//! with `FINAL` (a handful of rows); each change is a new version. Events are read only
+//! below their partition's stored checkpoint: an event is visible to the deliverer once its
+//! flush is stored, as a verdict is to the API.
+
+use async_trait::async_trait;
+use clickhouse::{Client, Row};
+use referral_schemas::Timestamp;
+use referral_schemas::webhook::{DeliveryAttempt, DeliveryOutcome, EventType};
+use serde::{Deserialize, Serialize};
+
+use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key};
+use crate::plan::rows::EventRow;
+use crate::store::StoreError;
+use crate::store::clickhouse::ClickHouseSettings;
+
+#[derive(Clone)]
+pub struct ClickHouseWebhooks {
+    client: Client,
+}
+
+/// A `webhook_endpoints` row, in column order.
+#[derive(Clone, Debug, Row, Serialize, Deserialize)]
+struct EndpointRow {
+    id: String,
+    url: String,
+    events: String,
+    secret: String,
+    created_at: i64,
+    deleted_at: Option<i64>,
+    replay_since: Option<i64>,
+    replay_requested_at: Option<i64>,
+    version: u64,
+}
+
+/// A `webhook_progress` row, in column order.
+#[derive(Clone, Debug, Row, Serialize, Deserialize)]
+struct ProgressRow {
+    endpoint_id: String,
+    cursor: String,
+    floor: i64,
+    failing_since: Option<i64>,
+    disabled_at: Option<i64>,
+    replay_applied: i64,
+    version: u64,
+}
+
+/// A `webhook_deliveries` row, in column order.
+#[derive(Clone, Debug, Row, Serialize, Deserialize)]
+struct AttemptRow {
+    endpoint_id: String,
+    attempted_at: i64,
+    event_id: String,
+    event_type: String,
+    attempt: u32,
+    status_code: Option<u16>,
+    error: Option<String>,
+    outcome: String,
+}
+
+/// A row version after `previous`: the clock in microseconds, always increasing.
+fn next_version(previous: u64) -> u64 {
+    let now = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0) * 1_000;
+    now.max(previous + 1)
+}
+
+impl EndpointRow {
+    fn endpoint(&self) -> StoredEndpoint {
+        StoredEndpoint {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            events: StoredEndpoint::parse_events(&self.events),
+            secret: self.secret.clone(),
+            created_at: self.created_at,
+            replay: self.replay_since.zip(self.replay_requested_at),
+        }
+    }
+}
+
+impl ProgressRow {
+    fn progress(&self) -> Progress {
+        Progress {
+            cursor: serde_json::from_str(&self.cursor).unwrap_or_default(),
+            floor: self.floor,
+            failing_since: self.failing_since,
+            disabled_at: self.disabled_at,
+            replay_applied: self.replay_applied,
+        }
+    }
+}
+
+const ENDPOINT_COLUMNS: &str = "id, url, events, secret, created_at, deleted_at, replay_since, \
+     replay_requested_at, version";
+const PROGRESS_COLUMNS: &str =
+    "endpoint_id, cursor, floor, failing_since, disabled_at, replay_applied, version";
+
+impl ClickHouseWebhooks {
+    pub fn new(settings: &ClickHouseSettings) -> Self {
+        Self {
+            client: settings.client(),
+        }
+    }
+
+    async fn insert<T: clickhouse::RowOwned + clickhouse::RowWrite>(
+        &self,
+        table: &str,
+        rows: &[T],
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self.client.insert::<T>(table).await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        Ok(())
+    }
+
+    async fn endpoint_row(&self, id: &str) -> Result<Option<EndpointRow>, StoreError> {
+        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints FINAL WHERE id = ?");
+        let row: Option<EndpointRow> = self.client.query(&sql).bind(id).fetch_optional().await?;
+        Ok(row.filter(|row| row.deleted_at.is_none()))
+    }
+
+    async fn progress_rows(&self) -> Result<Vec<ProgressRow>, StoreError> {
+        let sql = format!("SELECT {PROGRESS_COLUMNS} FROM webhook_progress FINAL");
+        Ok(self.client.query(&sql).fetch_all().await?)
+    }
+
+    /// Every partition with a stored checkpoint: (topic, partition, next offset).
+    async fn checkpoints(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        Ok(crate::store::clickhouse::queries::checkpoints()
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?)
+    }
+}
+
+#[async_trait]
+impl WebhookStore for ClickHouseWebhooks {
+    async fn create_endpoint(&self, endpoint: &StoredEndpoint) -> Result<(), StoreError> {
+        let row = EndpointRow {
+            id: endpoint.id.clone(),
+            url: endpoint.url.clone(),
+            events: endpoint.events_text(),
+            secret: endpoint.secret.clone(),
+            created_at: endpoint.created_at,
+            deleted_at: None,
+            replay_since: None,
+            replay_requested_at: None,
+            version: next_version(0),
+        };
+        self.insert("webhook_endpoints", &[row]).await
+    }
+
+    async fn endpoint(
+        &self,
+        id: &str,
+    ) -> Result<Option<(StoredEndpoint, Option<Progress>)>, StoreError> {
+        let Some(row) = self.endpoint_row(id).await? else {
+            return Ok(None);
+        };
+        let sql =
+            format!("SELECT {PROGRESS_COLUMNS} FROM webhook_progress FINAL WHERE endpoint_id = ?");
+        let progress: Option<ProgressRow> =
+            self.client.query(&sql).bind(id).fetch_optional().await?;
+        Ok(Some((row.endpoint(), progress.map(|row| row.progress()))))
+    }
+
+    async fn endpoints(&self) -> Result<Vec<(StoredEndpoint, Option<Progress>)>, StoreError> {
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints FINAL ORDER BY created_at, id"
+        );
+        let rows: Vec<EndpointRow> = self.client.query(&sql).fetch_all().await?;
+        let progress = self.progress_rows().await?;
+        Ok(rows
+            .into_iter()
+            .filter(|row| row.deleted_at.is_none())
+            .map(|row| {
+                let state = progress
+                    .iter()
+                    .find(|progress| progress.endpoint_id == row.id)
+                    .map(ProgressRow::progress);
+                (row.endpoint(), state)
+            })
+            .collect())
+    }
+
+    async fn delete_endpoint(&self, id: &str, at: i64) -> Result<bool, StoreError> {
+        let Some(row) = self.endpoint_row(id).await? else {
+            return Ok(false);
+        };
+        let row = EndpointRow {
+            deleted_at: Some(at),
+            version: next_version(row.version),
+            ..row
+        };
+        self.insert("webhook_endpoints", &[row]).await?;
+        Ok(true)
+    }
+
+    async fn request_replay(&self, id: &str, since: i64, at: i64) -> Result<bool, StoreError> {
+        let Some(row) = self.endpoint_row(id).await? else {
+            return Ok(false);
+        };
+        let row = EndpointRow {
+            replay_since: Some(since),
+            replay_requested_at: Some(at),
+            version: next_version(row.version),
+            ..row
+        };
+        self.insert("webhook_endpoints", &[row]).await?;
+        Ok(true)
+    }
+
+    async fn deliveries(&self, id: &str, limit: u32) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        let rows: Vec<AttemptRow> = self
+            .client
+            .query(
+                "SELECT endpoint_id, attempted_at, event_id, event_type, attempt, status_code, \
+                 error, outcome FROM webhook_deliveries WHERE endpoint_id = ? \
+                 ORDER BY attempted_at DESC LIMIT ?",
+            )
+            .bind(id)
+            .bind(limit)
+            .fetch_all()
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                match (
+                    EventType::parse(&row.event_type),
+                    DeliveryOutcome::parse(&row.outcome),
+                ) {
+                    (Some(kind), Some(outcome)) => Ok(DeliveryAttempt {
+                        event_id: row.event_id,
+                        kind,
+                        attempt: row.attempt,
+                        status_code: row.status_code,
+                        error: row.error,
+                        outcome,
+                        attempted_at: Timestamp::from_millis(row.attempted_at),
+                    }),
+                    _ => Err(StoreError::Corrupt(format!(
+                        "delivery of {}: {} {}",
+                        row.event_id, row.event_type, row.outcome
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    async fn cursor_from(&self, floor: i64) -> Result<Cursor, StoreError> {
+        let mut cursor = Cursor::new();
+        for (topic, partition, next) in self.checkpoints().await? {
+            let first: Option<i64> = self
+                .client
+                .query(
+                    "SELECT source_offset FROM webhook_events WHERE source_topic = ? \
+                     AND source_partition = ? AND created_at >= ? ORDER BY source_offset LIMIT 1",
+                )
+                .bind(&topic)
+                .bind(partition)
+                .bind(floor)
+                .fetch_optional()
+                .await?;
+            let partition = i32::try_from(partition).unwrap_or_default();
+            cursor.insert(partition_key(&topic, partition), first.unwrap_or(next));
+        }
+        Ok(cursor)
+    }
+
+    async fn events_after(&self, cursor: &Cursor, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        let mut events = Vec::new();
+        for (topic, partition, next) in self.checkpoints().await? {
+            let partition = i32::try_from(partition).unwrap_or_default();
+            let from = cursor
+                .get(&partition_key(&topic, partition))
+                .copied()
+                .unwrap_or(0);
+            if from >= next {
+                continue;
+            }
+            let rows: Vec<EventRow> = self
+                .client
+                .query(
+                    "SELECT event_id, event_type, attribution_id, data, created_at, source_topic, \
+                     source_partition, source_offset FROM webhook_events \
+                     WHERE source_topic = ? AND source_partition = ? AND source_offset >= ? \
+                     AND source_offset < ? ORDER BY source_offset LIMIT 1 BY source_offset LIMIT ?",
+                )
+                .bind(&topic)
+                .bind(partition)
+                .bind(from)
+                .bind(next)
+                .bind(limit)
+                .fetch_all()
+                .await?;
+            events.extend(rows);
+        }
+        Ok(events)
+    }
+
+    async fn save_progress(
+        &self,
+        endpoint_id: &str,
+        progress: &Progress,
+    ) -> Result<(), StoreError> {
+        let row = ProgressRow {
+            endpoint_id: endpoint_id.to_owned(),
+            cursor: serde_json::to_string(&progress.cursor)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?,
+            floor: progress.floor,
+            failing_since: progress.failing_since,
+            disabled_at: progress.disabled_at,
+            replay_applied: progress.replay_applied,
+            version: next_version(0),
+        };
+        self.insert("webhook_progress", &[row]).await
+    }
+
+    async fn record_attempts(
+        &self,
+        attempts: &[(String, DeliveryAttempt)],
+    ) -> Result<(), StoreError> {
+        let rows: Vec<AttemptRow> = attempts
+            .iter()
+            .map(|(endpoint_id, attempt)| AttemptRow {
+                endpoint_id: endpoint_id.clone(),
+                attempted_at: attempt.attempted_at.as_millis(),
+                event_id: attempt.event_id.clone(),
+                event_type: attempt.kind.as_str().to_owned(),
+                attempt: attempt.attempt,
+                status_code: attempt.status_code,
+                error: attempt.error.clone(),
+                outcome: attempt.outcome.as_str().to_owned(),
+            })
+            .collect();
+        self.insert("webhook_deliveries", &rows).await
+    }
+
+    async fn prune_attempts(&self, before: i64) -> Result<(), StoreError> {
+        // A mutation: rare (the deliverer prunes hourly) and cheap on a table of attempts.
+        self.client
+            .query("ALTER TABLE webhook_deliveries DELETE WHERE attempted_at < ?")
+            .bind(before)
+            .execute()
+            .await?;
+        Ok(())
+    }
+}

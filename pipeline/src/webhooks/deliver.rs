@@ -1,0 +1,618 @@
+//! The deliverer: POSTs each endpoint's events in log order, at least once.
+//!
+//! One supervisor follows the registered endpoints (every `poll`) and runs one task per
+//! enabled endpoint; a deleted endpoint's task is stopped, a replay restarts it from the
+//! replay's `since`. An endpoint's task reads the outbox from its cursor and sends each
+//! event it subscribed to until a 2xx, retrying anything else (a status, a timeout, a
+//! refused connection, a blocked address) with exponential backoff and jitter. The cursor
+//! moves past an event once it is done (delivered, or given up after `retry_for`) and is
+//! stored at most every [`SAVE_EVERY`] and when the task stops: a SIGKILL re-sends what
+//! the stored cursor had not passed, never skips. An endpoint failing for `disable_after`
+//! in a row is disabled (its GET says so) until a replay enables it again.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use referral_schemas::Timestamp;
+use referral_schemas::webhook::{
+    DeliveryAttempt, DeliveryOutcome, EventType, SIGNATURE_HEADER, WebhookEvent,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::store::{Progress, StoredEndpoint, WebhookStore, partition_key};
+use super::{ATTEMPT_RETENTION_MS, guard, sign};
+use crate::plan::rows::EventRow;
+
+/// Events read from the outbox at once, per partition.
+const EVENTS_PER_READ: u32 = 200;
+/// Longest time a delivered cursor stays unsaved (what a SIGKILL re-sends at most).
+pub const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Longest wait between two attempts of one event.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(3_600);
+/// How often attempts are written (one write for all of them).
+const RECORD_EVERY: Duration = Duration::from_millis(500);
+/// How often old attempts are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3_600);
+/// How long stopping waits for tasks to store their cursors.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The deliverer's settings (flags `--webhook-*`).
+#[derive(Clone, Debug)]
+pub struct DelivererSettings {
+    /// One attempt's limit, connection included.
+    pub timeout: Duration,
+    /// How long an event is retried before the attempt log says `failed`.
+    pub retry_for: Duration,
+    /// An endpoint failing this long in a row is disabled.
+    pub disable_after: Duration,
+    /// The first retry waits between half this and this; each next one twice as long.
+    pub retry_base: Duration,
+    /// Lifts the SSRF rules (plain http, private addresses).
+    pub allow_private: bool,
+    /// How often endpoints and new events are looked for.
+    pub poll: Duration,
+}
+
+/// How long to wait before attempt `attempt + 1`, after attempt `attempt` (1-based)
+/// failed: `base * 2^(attempt-1)`, at most [`MAX_RETRY_DELAY`], scaled by a jitter in
+/// [0.5, 1] (`unit` in [0, 1)) so that endpoints that fail together do not retry together.
+pub fn retry_delay(attempt: u32, base: Duration, unit: f64) -> Duration {
+    let doubled = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let capped = doubled.min(MAX_RETRY_DELAY);
+    capped.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
+}
+
+/// What ends one event's deliveries.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// Delivered, or given up after `retry_for`: the cursor moves on.
+    Done,
+    /// The endpoint failed for `disable_after` in a row.
+    Disabled,
+    /// The deliverer is stopping: the event is not done.
+    Stopped,
+}
+
+struct Shared {
+    store: Arc<dyn WebhookStore>,
+    client: reqwest::Client,
+    settings: DelivererSettings,
+    attempts: mpsc::UnboundedSender<(String, DeliveryAttempt)>,
+    stop: watch::Receiver<bool>,
+}
+
+/// A running endpoint task and what it was started for.
+struct Running {
+    task: JoinHandle<()>,
+    /// The replay request it applied (0: none).
+    replay: i64,
+    /// The creation time of the event it is working on (0: idle), for the lag gauge.
+    pending_since: Arc<AtomicI64>,
+}
+
+/// Runs the deliverer until `stop` turns true; then lets each endpoint store its cursor.
+pub async fn run(
+    store: Arc<dyn WebhookStore>,
+    settings: DelivererSettings,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let client = http_client(&settings)?;
+    let (attempts, recorded) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record_attempts(store.clone(), recorded));
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        client,
+        settings: settings.clone(),
+        attempts,
+        stop: stop.clone(),
+    });
+    tracing::info!(
+        retry_for = ?settings.retry_for,
+        disable_after = ?settings.disable_after,
+        allow_private = settings.allow_private,
+        "webhook deliverer running"
+    );
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut last_prune: Option<Instant> = None;
+    let mut stop_signal = stop.clone();
+    loop {
+        if *stop_signal.borrow() {
+            break;
+        }
+        match store.endpoints().await {
+            Ok(endpoints) => supervise(&shared, &mut running, endpoints),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the webhook endpoints; retrying");
+            }
+        }
+        let now = Timestamp::now().as_millis();
+        let lag_ms = running
+            .values()
+            .map(|running| running.pending_since.load(Ordering::Relaxed))
+            .filter(|since| *since > 0)
+            .map(|since| now - since)
+            .max()
+            .unwrap_or(0);
+        metrics::gauge!("referral_webhook_lag_seconds").set(lag_ms as f64 / 1_000.0);
+        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            last_prune = Some(Instant::now());
+            if let Err(error) = store.prune_attempts(now - ATTEMPT_RETENTION_MS).await {
+                tracing::warn!(%error, "cannot prune old delivery attempts");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(settings.poll) => {}
+            _ = stop_signal.changed() => {}
+        }
+    }
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    for (_, endpoint) in running.drain() {
+        let abort = endpoint.task.abort_handle();
+        if tokio::time::timeout_at(deadline, endpoint.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+    drop(shared);
+    let _ = recorder.await;
+    tracing::info!("webhook deliverer stopped");
+    Ok(())
+}
+
+fn http_client(settings: &DelivererSettings) -> anyhow::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(settings.timeout)
+        .connect_timeout(settings.timeout)
+        // A redirect could lead anywhere, a private address included.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("referral-webhooks/", env!("CARGO_PKG_VERSION")));
+    if !settings.allow_private {
+        builder = builder.dns_resolver(Arc::new(guard::PublicOnlyResolver));
+    }
+    Ok(builder.build()?)
+}
+
+/// Starts, restarts (after a replay request) and stops endpoint tasks to match `endpoints`.
+fn supervise(
+    shared: &Arc<Shared>,
+    running: &mut HashMap<String, Running>,
+    endpoints: Vec<(StoredEndpoint, Option<Progress>)>,
+) {
+    let mut disabled = 0u32;
+    let mut live = std::collections::HashSet::new();
+    for (endpoint, progress) in endpoints {
+        live.insert(endpoint.id.clone());
+        let replay = endpoint.replay.map_or(0, |(_, at)| at);
+        let replay_pending = replay > progress.as_ref().map_or(0, |p| p.replay_applied);
+        let is_disabled = progress.as_ref().is_some_and(|p| p.disabled_at.is_some());
+        if is_disabled && !replay_pending {
+            disabled += 1;
+        }
+        if let Some(current) = running.get(&endpoint.id) {
+            let restart = current.replay != replay;
+            if !restart && !current.task.is_finished() {
+                continue;
+            }
+            if !restart && is_disabled {
+                continue;
+            }
+            current.task.abort();
+        } else if is_disabled && !replay_pending {
+            continue;
+        }
+        let pending_since = Arc::new(AtomicI64::new(0));
+        let task = tokio::spawn(serve_endpoint(
+            shared.clone(),
+            endpoint.clone(),
+            progress,
+            pending_since.clone(),
+        ));
+        running.insert(
+            endpoint.id,
+            Running {
+                task,
+                replay,
+                pending_since,
+            },
+        );
+    }
+    running.retain(|id, endpoint| {
+        let keep = live.contains(id);
+        if !keep {
+            endpoint.task.abort();
+        }
+        keep
+    });
+    metrics::gauge!("referral_webhook_disabled_endpoints").set(f64::from(disabled));
+}
+
+/// One endpoint's deliveries, from its stored progress on.
+async fn serve_endpoint(
+    shared: Arc<Shared>,
+    endpoint: StoredEndpoint,
+    stored: Option<Progress>,
+    pending_since: Arc<AtomicI64>,
+) {
+    let Some(mut progress) = start_progress(&shared, &endpoint, stored).await else {
+        return;
+    };
+    if progress.disabled_at.is_some() {
+        return;
+    }
+    let mut stop = shared.stop.clone();
+    let mut saved = progress.clone();
+    let mut last_save = Instant::now();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let events = match shared
+            .store
+            .events_after(&progress.cursor, EVENTS_PER_READ)
+            .await
+        {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(%error, endpoint = %endpoint.id, "cannot read webhook events; retrying");
+                Vec::new()
+            }
+        };
+        if events.is_empty() {
+            pending_since.store(0, Ordering::Relaxed);
+            save(
+                &shared,
+                &endpoint,
+                &progress,
+                &mut saved,
+                &mut last_save,
+                true,
+            )
+            .await;
+            tokio::select! {
+                () = tokio::time::sleep(shared.settings.poll) => {}
+                _ = stop.changed() => {}
+            }
+            continue;
+        }
+        for event in events {
+            let key = partition_key(&event.source_topic, event.source_partition);
+            if progress
+                .cursor
+                .get(&key)
+                .is_some_and(|next| event.source_offset < *next)
+            {
+                continue;
+            }
+            let wanted = event.created_at >= progress.floor
+                && EventType::parse(&event.event_type)
+                    .is_some_and(|kind| endpoint.events.contains(&kind));
+            if wanted {
+                pending_since.store(event.created_at, Ordering::Relaxed);
+                match deliver(&shared, &endpoint, &event, &mut progress).await {
+                    Ended::Done => {}
+                    Ended::Stopped => {
+                        save(
+                            &shared,
+                            &endpoint,
+                            &progress,
+                            &mut saved,
+                            &mut last_save,
+                            true,
+                        )
+                        .await;
+                        return;
+                    }
+                    Ended::Disabled => {
+                        tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: failing for too long");
+                        save(
+                            &shared,
+                            &endpoint,
+                            &progress,
+                            &mut saved,
+                            &mut last_save,
+                            true,
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
+            progress.cursor.insert(key, event.source_offset + 1);
+            save(
+                &shared,
+                &endpoint,
+                &progress,
+                &mut saved,
+                &mut last_save,
+                false,
+            )
+            .await;
+        }
+    }
+    save(
+        &shared,
+        &endpoint,
+        &progress,
+        &mut saved,
+        &mut last_save,
+        true,
+    )
+    .await;
+}
+
+/// The endpoint's progress to start from: stored, or from its creation; a pending replay
+/// applied (cursor back to its `since`, enabled again).
+async fn start_progress(
+    shared: &Shared,
+    endpoint: &StoredEndpoint,
+    stored: Option<Progress>,
+) -> Option<Progress> {
+    let mut progress = match stored {
+        Some(progress) => progress,
+        None => Progress {
+            cursor: retry_store(shared, || shared.store.cursor_from(endpoint.created_at)).await?,
+            floor: endpoint.created_at,
+            ..Progress::default()
+        },
+    };
+    if let Some((since, at)) = endpoint.replay
+        && at > progress.replay_applied
+    {
+        progress = Progress {
+            cursor: retry_store(shared, || shared.store.cursor_from(since)).await?,
+            floor: since,
+            failing_since: None,
+            disabled_at: None,
+            replay_applied: at,
+        };
+        tracing::info!(endpoint = %endpoint.id, since, "webhook replay started");
+    }
+    retry_store(shared, || {
+        shared.store.save_progress(&endpoint.id, &progress)
+    })
+    .await?;
+    Some(progress)
+}
+
+/// Retries a store call until it succeeds or the deliverer stops (`None`).
+async fn retry_store<T, F, Fut>(shared: &Shared, mut call: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let mut stop = shared.stop.clone();
+    loop {
+        match call().await {
+            Ok(value) => return Some(value),
+            Err(error) => tracing::warn!(%error, "webhook store call failed; retrying"),
+        }
+        if *stop.borrow() {
+            return None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(shared.settings.poll.max(Duration::from_millis(200))) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Stores `progress` when it changed and `force` or [`SAVE_EVERY`] passed.
+async fn save(
+    shared: &Shared,
+    endpoint: &StoredEndpoint,
+    progress: &Progress,
+    saved: &mut Progress,
+    last_save: &mut Instant,
+    force: bool,
+) {
+    if progress == saved || (!force && last_save.elapsed() < SAVE_EVERY) {
+        return;
+    }
+    match shared.store.save_progress(&endpoint.id, progress).await {
+        Ok(()) => {
+            *saved = progress.clone();
+            *last_save = Instant::now();
+        }
+        Err(error) => {
+            tracing::warn!(%error, endpoint = %endpoint.id, "cannot store a webhook cursor; will retry")
+        }
+    }
+}
+
+/// Sends `event` until a 2xx, `retry_for`, `disable_after` or a stop.
+async fn deliver(
+    shared: &Shared,
+    endpoint: &StoredEndpoint,
+    event: &EventRow,
+    progress: &mut Progress,
+) -> Ended {
+    let Some(kind) = EventType::parse(&event.event_type) else {
+        return Ended::Done;
+    };
+    let body = WebhookEvent {
+        id: event.event_id.clone(),
+        kind,
+        created_at: Timestamp::from_millis(event.created_at),
+        data: event.data.clone(),
+    }
+    .body();
+    let started = Instant::now();
+    let mut stop = shared.stop.clone();
+    for attempt in 1u32.. {
+        let sent = tokio::select! {
+            sent = post(shared, endpoint, &body) => sent,
+            _ = stop.changed() => return Ended::Stopped,
+        };
+        let now = Timestamp::now();
+        let (status_code, error) = match sent {
+            Ok(status) => (Some(status), None),
+            Err(error) => (None, Some(error)),
+        };
+        let delivered = status_code.is_some_and(|status| (200..300).contains(&status));
+        let outcome = if delivered {
+            progress.failing_since = None;
+            DeliveryOutcome::Delivered
+        } else {
+            let failing_since = *progress.failing_since.get_or_insert(now.as_millis());
+            let failing_for = now.as_millis().saturating_sub(failing_since);
+            if failing_for >= millis(shared.settings.disable_after) {
+                progress.disabled_at = Some(now.as_millis());
+                DeliveryOutcome::Failed
+            } else if started.elapsed() >= shared.settings.retry_for {
+                DeliveryOutcome::Failed
+            } else {
+                DeliveryOutcome::Retrying
+            }
+        };
+        metrics::counter!("referral_webhook_deliveries_total", "outcome" => outcome.as_str())
+            .increment(1);
+        let _ = shared.attempts.send((
+            endpoint.id.clone(),
+            DeliveryAttempt {
+                event_id: event.event_id.clone(),
+                kind,
+                attempt,
+                status_code,
+                error,
+                outcome,
+                attempted_at: now,
+            },
+        ));
+        match outcome {
+            DeliveryOutcome::Delivered => {
+                metrics::histogram!("referral_webhook_delivery_delay_seconds")
+                    .record((now.as_millis() - event.created_at).max(0) as f64 / 1_000.0);
+                return Ended::Done;
+            }
+            DeliveryOutcome::Failed if progress.disabled_at.is_some() => return Ended::Disabled,
+            DeliveryOutcome::Failed => return Ended::Done,
+            DeliveryOutcome::Retrying => {}
+        }
+        if attempt == 1 {
+            // The first failure in a row is stored, so a restart keeps counting toward
+            // `disable_after` from it.
+            let _ = shared.store.save_progress(&endpoint.id, progress).await;
+        }
+        let delay = retry_delay(attempt, shared.settings.retry_base, rand::random::<f64>());
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return Ended::Stopped,
+        }
+    }
+    Ended::Done
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// One POST: the receiver's status, or why there was none.
+async fn post(shared: &Shared, endpoint: &StoredEndpoint, body: &str) -> Result<u16, String> {
+    let url = url::Url::parse(&endpoint.url).map_err(|_| "the URL does not parse".to_owned())?;
+    if !shared.settings.allow_private {
+        guard::check_scheme(&url, false)?;
+        if !guard::literal_host_allowed(&url) {
+            return Err("the address is loopback, private, link-local or metadata".into());
+        }
+    }
+    let signature = sign::signature_header(
+        &endpoint.secret,
+        Timestamp::now().as_millis().div_euclid(1_000),
+        body.as_bytes(),
+    );
+    let response = shared
+        .client
+        .post(url)
+        .header(http_header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature)
+        .body(body.to_owned())
+        .send()
+        .await
+        .map_err(describe)?;
+    Ok(response.status().as_u16())
+}
+
+mod http_header {
+    pub const CONTENT_TYPE: &str = "content-type";
+}
+
+/// A transport failure in a few words (no URL: the attempt log names the endpoint).
+fn describe(error: reqwest::Error) -> String {
+    use std::error::Error;
+    let kind = if error.is_timeout() {
+        "timeout"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut cause = error.source();
+    let mut deepest = None;
+    while let Some(inner) = cause {
+        deepest = Some(inner.to_string());
+        cause = inner.source();
+    }
+    match deepest {
+        Some(cause) => format!("{kind}: {cause}"),
+        None => kind.to_owned(),
+    }
+}
+
+/// Writes attempts in batches until every sender is gone.
+async fn record_attempts(
+    store: Arc<dyn WebhookStore>,
+    mut recorded: mpsc::UnboundedReceiver<(String, DeliveryAttempt)>,
+) {
+    let mut batch = Vec::new();
+    loop {
+        let open = tokio::select! {
+            attempt = recorded.recv() => match attempt {
+                Some(attempt) => { batch.push(attempt); true }
+                None => false,
+            },
+            () = tokio::time::sleep(RECORD_EVERY), if !batch.is_empty() => true,
+        };
+        while let Ok(attempt) = recorded.try_recv() {
+            batch.push(attempt);
+        }
+        if !batch.is_empty() {
+            match store.record_attempts(&batch).await {
+                Ok(()) => batch.clear(),
+                Err(error) => {
+                    tracing::warn!(%error, attempts = batch.len(), "cannot record delivery attempts; retrying");
+                    if batch.len() > 100_000 {
+                        batch.clear();
+                    }
+                }
+            }
+        }
+        if !open {
+            return;
+        }
+        if !batch.is_empty() {
+            tokio::time::sleep(RECORD_EVERY).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_retry_comes_within_five_seconds_and_later_ones_back_off_to_an_hour() {
+        let base = Duration::from_secs(2);
+        assert_eq!(retry_delay(1, base, 0.0), Duration::from_secs(1));
+        assert_eq!(retry_delay(1, base, 1.0), Duration::from_secs(2));
+        assert!(retry_delay(1, base, 0.999) < Duration::from_secs(5));
+        assert_eq!(retry_delay(2, base, 1.0), Duration::from_secs(4));
+        assert_eq!(retry_delay(5, base, 1.0), Duration::from_secs(32));
+        assert_eq!(retry_delay(40, base, 1.0), MAX_RETRY_DELAY);
+        assert_eq!(retry_delay(40, base, 0.0), MAX_RETRY_DELAY / 2);
+    }
+}
