@@ -441,8 +441,8 @@ pub struct WebhookArgs {
     #[arg(long, env = "REFERRAL_WEBHOOK_DISABLE_AFTER", default_value = "24h", value_parser = humantime::parse_duration)]
     pub webhook_disable_after: Duration,
 
-    /// The first retry comes after half this to this; each next one waits twice as long
-    /// (at most an hour).
+    /// The first retry comes after half this to this (at most 5s); each next one waits
+    /// twice as long (at most an hour).
     #[arg(long, env = "REFERRAL_WEBHOOK_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub webhook_retry_base: Duration,
 
@@ -458,8 +458,8 @@ impl WebhookArgs {
             "--webhook-timeout and --webhook-poll must be longer than zero"
         );
         anyhow::ensure!(
-            self.webhook_retry_base <= Duration::from_secs(10),
-            "--webhook-retry-base must be at most 10s (the first retry comes within it)"
+            !self.webhook_retry_base.is_zero() && self.webhook_retry_base <= Duration::from_secs(5),
+            "--webhook-retry-base must be longer than zero and at most 5s (the first retry comes within it)"
         );
         Ok(crate::webhooks::deliver::DelivererSettings {
             timeout: self.webhook_timeout,

@@ -145,7 +145,7 @@ pub async fn run(
         }
         tokio::select! {
             () = tokio::time::sleep(settings.poll) => {}
-            _ = stop_signal.changed() => {}
+            () = stopped(&mut stop_signal) => break,
         }
     }
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
@@ -164,12 +164,20 @@ pub async fn run(
     Ok(())
 }
 
+/// Resolves once the deliverer is asked to stop, or once no one can ask any more (the
+/// sender is gone): either way nothing should go on.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
 fn http_client(settings: &DelivererSettings) -> anyhow::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .timeout(settings.timeout)
         .connect_timeout(settings.timeout)
         // A redirect could lead anywhere, a private address included.
         .redirect(reqwest::redirect::Policy::none())
+        // A proxy from the environment would resolve the host itself, past the SSRF check.
+        .no_proxy()
         .user_agent(concat!("referral-webhooks/", env!("CARGO_PKG_VERSION")));
     if !settings.allow_private {
         builder = builder.dns_resolver(Arc::new(guard::PublicOnlyResolver));
@@ -275,7 +283,7 @@ async fn serve_endpoint(
             .await;
             tokio::select! {
                 () = tokio::time::sleep(shared.settings.poll) => {}
-                _ = stop.changed() => {}
+                () = stopped(&mut stop) => break,
             }
             continue;
         }
@@ -396,7 +404,7 @@ where
         }
         tokio::select! {
             () = tokio::time::sleep(shared.settings.poll.max(Duration::from_millis(200))) => {}
-            _ = stop.changed() => {}
+            () = stopped(&mut stop) => return None,
         }
     }
 }
@@ -446,7 +454,7 @@ async fn deliver(
     for attempt in 1u32.. {
         let sent = tokio::select! {
             sent = post(shared, endpoint, &body) => sent,
-            _ = stop.changed() => return Ended::Stopped,
+            () = stopped(&mut stop) => return Ended::Stopped,
         };
         let now = Timestamp::now();
         let (status_code, error) = match sent {
@@ -501,7 +509,7 @@ async fn deliver(
         let delay = retry_delay(attempt, shared.settings.retry_base, rand::random::<f64>());
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return Ended::Stopped,
+            () = stopped(&mut stop) => return Ended::Stopped,
         }
     }
     Ended::Done
