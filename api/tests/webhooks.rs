@@ -135,7 +135,8 @@ struct Deployment {
 }
 
 impl Deployment {
-    async fn embedded(dir: &Path) -> Self {
+    /// `referral-api` on its own data directory, with `flags`.
+    async fn embedded(dir: &Path, flags: &[&str]) -> Self {
         let port = free_ports(1)[0];
         let mut api_args = vec![
             "--data-dir".to_owned(),
@@ -143,7 +144,7 @@ impl Deployment {
             "--listen".into(),
             format!("127.0.0.1:{port}"),
         ];
-        api_args.extend(WEBHOOK_FLAGS.iter().map(|flag| (*flag).to_owned()));
+        api_args.extend(flags.iter().map(|flag| (*flag).to_owned()));
         let mut deployment = Self {
             dir: dir.to_owned(),
             api_port: port,
@@ -298,7 +299,7 @@ async fn webhooks_are_delivered_at_least_once_in_order_and_signed(production: bo
     let mut deployment = if production {
         Deployment::production(dir.path()).await
     } else {
-        Deployment::embedded(dir.path()).await
+        Deployment::embedded(dir.path(), &WEBHOOK_FLAGS).await
     };
     use reqwest::Method;
     let all = json!([
@@ -524,25 +525,7 @@ async fn kafka_clickhouse() {
 #[tokio::test]
 async fn private_and_plain_http_urls_are_refused_without_the_flag() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_ports(1)[0];
-    let args: Vec<String> = vec![
-        "--data-dir".into(),
-        dir.path().join("data").display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-    ];
-    let mut deployment = Deployment {
-        dir: dir.path().to_owned(),
-        api_port: port,
-        api_args: args,
-        api: None,
-        deliver_args: Vec::new(),
-        deliverer: None,
-        _aggregator: None,
-        _services: None,
-        http: reqwest::Client::new(),
-    };
-    deployment.start_api().await;
+    let deployment = Deployment::embedded(dir.path(), &[]).await;
     for url in [
         "http://93.184.216.34/hook",
         "https://127.0.0.1/hook",

@@ -253,8 +253,7 @@ async fn serve_endpoint(
         return;
     }
     let mut stop = shared.stop.clone();
-    let mut saved = progress.clone();
-    let mut last_save = Instant::now();
+    let mut saver = Saver::new(&progress);
     loop {
         if *stop.borrow() {
             break;
@@ -272,15 +271,7 @@ async fn serve_endpoint(
         };
         if events.is_empty() {
             pending_since.store(0, Ordering::Relaxed);
-            save(
-                &shared,
-                &endpoint,
-                &progress,
-                &mut saved,
-                &mut last_save,
-                true,
-            )
-            .await;
+            saver.save(&shared, &endpoint.id, &progress, true).await;
             tokio::select! {
                 () = tokio::time::sleep(shared.settings.poll) => {}
                 () = stopped(&mut stop) => break,
@@ -303,54 +294,20 @@ async fn serve_endpoint(
                 pending_since.store(event.created_at, Ordering::Relaxed);
                 match deliver(&shared, &endpoint, &event, &mut progress).await {
                     Ended::Done => {}
-                    Ended::Stopped => {
-                        save(
-                            &shared,
-                            &endpoint,
-                            &progress,
-                            &mut saved,
-                            &mut last_save,
-                            true,
-                        )
-                        .await;
-                        return;
-                    }
-                    Ended::Disabled => {
-                        tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: failing for too long");
-                        save(
-                            &shared,
-                            &endpoint,
-                            &progress,
-                            &mut saved,
-                            &mut last_save,
-                            true,
-                        )
-                        .await;
+                    ended => {
+                        if ended == Ended::Disabled {
+                            tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: failing for too long");
+                        }
+                        saver.save(&shared, &endpoint.id, &progress, true).await;
                         return;
                     }
                 }
             }
             progress.cursor.insert(key, event.source_offset + 1);
-            save(
-                &shared,
-                &endpoint,
-                &progress,
-                &mut saved,
-                &mut last_save,
-                false,
-            )
-            .await;
+            saver.save(&shared, &endpoint.id, &progress, false).await;
         }
     }
-    save(
-        &shared,
-        &endpoint,
-        &progress,
-        &mut saved,
-        &mut last_save,
-        true,
-    )
-    .await;
+    saver.save(&shared, &endpoint.id, &progress, true).await;
 }
 
 /// The endpoint's progress to start from: stored, or from its creation; a pending replay
@@ -409,25 +366,33 @@ where
     }
 }
 
-/// Stores `progress` when it changed and `force` or [`SAVE_EVERY`] passed.
-async fn save(
-    shared: &Shared,
-    endpoint: &StoredEndpoint,
-    progress: &Progress,
-    saved: &mut Progress,
-    last_save: &mut Instant,
-    force: bool,
-) {
-    if progress == saved || (!force && last_save.elapsed() < SAVE_EVERY) {
-        return;
-    }
-    match shared.store.save_progress(&endpoint.id, progress).await {
-        Ok(()) => {
-            *saved = progress.clone();
-            *last_save = Instant::now();
+/// The last progress stored for an endpoint, and when: saves only what changed, at most
+/// every [`SAVE_EVERY`] unless forced.
+struct Saver {
+    saved: Progress,
+    at: Instant,
+}
+
+impl Saver {
+    fn new(progress: &Progress) -> Self {
+        Self {
+            saved: progress.clone(),
+            at: Instant::now(),
         }
-        Err(error) => {
-            tracing::warn!(%error, endpoint = %endpoint.id, "cannot store a webhook cursor; will retry")
+    }
+
+    async fn save(&mut self, shared: &Shared, endpoint_id: &str, progress: &Progress, force: bool) {
+        if *progress == self.saved || (!force && self.at.elapsed() < SAVE_EVERY) {
+            return;
+        }
+        match shared.store.save_progress(endpoint_id, progress).await {
+            Ok(()) => {
+                self.saved = progress.clone();
+                self.at = Instant::now();
+            }
+            Err(error) => {
+                tracing::warn!(%error, endpoint = %endpoint_id, "cannot store a webhook cursor; will retry");
+            }
         }
     }
 }
@@ -536,17 +501,13 @@ async fn post(shared: &Shared, endpoint: &StoredEndpoint, body: &str) -> Result<
     let response = shared
         .client
         .post(url)
-        .header(http_header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
         .header(SIGNATURE_HEADER, signature)
         .body(body.to_owned())
         .send()
         .await
         .map_err(describe)?;
     Ok(response.status().as_u16())
-}
-
-mod http_header {
-    pub const CONTENT_TYPE: &str = "content-type";
 }
 
 /// A transport failure in a few words (no URL: the attempt log names the endpoint).

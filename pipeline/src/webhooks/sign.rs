@@ -16,17 +16,21 @@ pub fn signature_header(secret: &str, unix_seconds: i64, body: &[u8]) -> String 
 }
 
 fn signature(secret: &str, unix_seconds: i64, body: &[u8]) -> String {
-    // HMAC takes a key of any length.
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        return String::new();
-    };
+    keyed(secret, unix_seconds, body)
+        .map(|mac| hex::encode(mac.finalize().into_bytes()))
+        .unwrap_or_default()
+}
+
+/// The HMAC of `"<t>.<body>"`, before it is finalized (HMAC takes a key of any length).
+fn keyed(secret: &str, unix_seconds: i64, body: &[u8]) -> Option<Hmac<Sha256>> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).ok()?;
     mac.update(unix_seconds.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    hex::encode(mac.finalize().into_bytes())
+    Some(mac)
 }
 
-/// A receiver's check, as the README describes it (used by tests and by `referral-load`):
+/// A receiver's check, as the README describes it (for Rust receivers and the tests):
 /// the `v1` of `header` is the signature of `body` at its `t`, and `t` is within
 /// `tolerance_secs` of `now_secs`.
 pub fn verify(secret: &str, header: &str, body: &[u8], now_secs: i64, tolerance_secs: i64) -> bool {
@@ -45,12 +49,9 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now_secs: i64, tolerance_
     if (now_secs - t).abs() > tolerance_secs {
         return false;
     }
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+    let Some(mac) = keyed(secret, t, body) else {
         return false;
     };
-    mac.update(t.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
     signatures.iter().any(|candidate| {
         hex::decode(candidate).is_ok_and(|bytes| mac.clone().verify_slice(&bytes).is_ok())
     })
