@@ -548,3 +548,150 @@ async fn private_and_plain_http_urls_are_refused_without_the_flag() {
         );
     }
 }
+
+/// An endpoint that never answers 2xx: each event is retried for `--webhook-retry-for`
+/// (counted across a SIGKILL: attempt numbers go on, never start again at 1), then its
+/// attempt log says `failed` and the next event goes; after `--webhook-disable-after`
+/// failing in a row the endpoint is disabled (its GET says so), and a replay enables it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_end_after_retry_for_and_an_endpoint_failing_too_long_is_disabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut down = Receiver::new(
+        dir.path(),
+        "down",
+        free_ports(1)[0],
+        &["--fail-first", "100000"],
+    );
+    down.start();
+    let mut flags = WEBHOOK_FLAGS.to_vec();
+    flags.extend(["--webhook-retry-for", "3s", "--webhook-disable-after", "7s"]);
+    let mut deployment = Deployment::embedded(dir.path(), &flags).await;
+    use reqwest::Method;
+    let (status, created) = deployment
+        .call(
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(json!({"url": down.url(), "events": ["conversion.confirmed"]})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().unwrap().to_owned();
+    deployment
+        .call(
+            Method::PUT,
+            &format!("/api/v1/referral-codes/{CODE}"),
+            Some(json!({"mentor_id": "mentor-down"})),
+        )
+        .await;
+    for i in 0..3 {
+        let (_, click) = deployment
+            .call(
+                Method::POST,
+                "/api/v1/referral-attributions",
+                Some(json!({
+                    "code": CODE,
+                    "ip_address": format!("198.51.100.{}", i + 50),
+                    "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/121.0",
+                })),
+            )
+            .await;
+        let path = format!(
+            "/api/v1/referral-attributions/{}",
+            click["id"].as_str().unwrap()
+        );
+        let (status, _) = deployment
+            .call(
+                Method::PUT,
+                &path,
+                Some(json!({"code": CODE, "new_member_id": format!("down-{i}")})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    // A crash while the first event is being retried.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    deployment.kill_deliverer().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let endpoint = loop {
+        let (_, endpoint) = deployment
+            .call(Method::GET, &format!("/api/v1/webhooks/{id}"), None)
+            .await;
+        if endpoint["enabled"] == false {
+            break endpoint;
+        }
+        assert!(Instant::now() < deadline, "never disabled: {endpoint}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(endpoint["disabled_at"].is_string());
+    let (_, attempts) = deployment
+        .call(
+            Method::GET,
+            &format!("/api/v1/webhooks/{id}/deliveries?limit=1000"),
+            None,
+        )
+        .await;
+    let attempts = attempts["data"].as_array().unwrap().clone();
+    let mut by_event: Vec<(String, Vec<u64>, Vec<String>)> = Vec::new();
+    for attempt in attempts.iter().rev() {
+        let event = attempt["event_id"].as_str().unwrap().to_owned();
+        if by_event.last().is_none_or(|(last, _, _)| *last != event) {
+            by_event.push((event, Vec::new(), Vec::new()));
+        }
+        let (_, numbers, outcomes) = by_event.last_mut().unwrap();
+        numbers.push(attempt["attempt"].as_u64().unwrap());
+        outcomes.push(attempt["outcome"].as_str().unwrap().to_owned());
+    }
+    // The first event: retried past the crash with its numbering going on, then failed.
+    let (_, numbers, outcomes) = &by_event[0];
+    assert!(
+        numbers.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{numbers:?}"
+    );
+    assert_eq!(
+        outcomes.last().map(String::as_str),
+        Some("failed"),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes[..outcomes.len() - 1]
+            .iter()
+            .all(|outcome| outcome == "retrying")
+    );
+    // Then the next event went, and the endpoint was disabled on it (7 s failing in a row).
+    assert!(by_event.len() >= 2, "{by_event:?}");
+    let (_, _, last_outcomes) = by_event.last().unwrap();
+    assert_eq!(last_outcomes.last().map(String::as_str), Some("failed"));
+    // Disabled: no more attempts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, later) = deployment
+        .call(
+            Method::GET,
+            &format!("/api/v1/webhooks/{id}/deliveries?limit=1000"),
+            None,
+        )
+        .await;
+    assert_eq!(later["data"].as_array().unwrap().len(), attempts.len());
+    // A replay enables it again.
+    let (status, _) = deployment
+        .call(
+            Method::POST,
+            &format!("/api/v1/webhooks/{id}/replay"),
+            Some(json!({"since": "2020-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, endpoint) = deployment
+            .call(Method::GET, &format!("/api/v1/webhooks/{id}"), None)
+            .await;
+        if endpoint["enabled"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a replay did not enable it: {endpoint}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -3,13 +3,16 @@
 //! below their partition's stored checkpoint: an event is visible to the deliverer once its
 //! flush is stored, as a verdict is to the API.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use async_trait::async_trait;
 use clickhouse::{Client, Row};
 use referral_schemas::Timestamp;
 use referral_schemas::webhook::{DeliveryAttempt, DeliveryOutcome, EventType};
 use serde::{Deserialize, Serialize};
 
-use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key};
+use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key, split_key};
 use crate::plan::rows::EventRow;
 use crate::store::StoreError;
 use crate::store::clickhouse::ClickHouseSettings;
@@ -17,6 +20,9 @@ use crate::store::clickhouse::ClickHouseSettings;
 #[derive(Clone)]
 pub struct ClickHouseWebhooks {
     client: Client,
+    /// The last `webhook_progress` version written per endpoint: a new one is always
+    /// higher, whatever this machine's clock does.
+    progress_versions: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 /// A `webhook_endpoints` row, in column order.
@@ -42,6 +48,8 @@ struct ProgressRow {
     failing_since: Option<i64>,
     disabled_at: Option<i64>,
     replay_applied: i64,
+    retry_since: Option<i64>,
+    attempts: u32,
     version: u64,
 }
 
@@ -85,19 +93,26 @@ impl ProgressRow {
             failing_since: self.failing_since,
             disabled_at: self.disabled_at,
             replay_applied: self.replay_applied,
+            retry_since: self.retry_since,
+            attempts: self.attempts,
         }
     }
 }
 
 const ENDPOINT_COLUMNS: &str = "id, url, events, secret, created_at, deleted_at, replay_since, \
      replay_requested_at, version";
-const PROGRESS_COLUMNS: &str =
-    "endpoint_id, cursor, floor, failing_since, disabled_at, replay_applied, version";
+const PROGRESS_COLUMNS: &str = "endpoint_id, cursor, floor, failing_since, disabled_at, \
+     replay_applied, retry_since, attempts, version";
+/// Endpoints with a deleted version are deleted, whatever a later version says: a replay
+/// request written from a read made before a concurrent deletion must not bring it back.
+const NOT_DELETED: &str =
+    "id NOT IN (SELECT id FROM webhook_endpoints WHERE isNotNull(deleted_at))";
 
 impl ClickHouseWebhooks {
     pub fn new(settings: &ClickHouseSettings) -> Self {
         Self {
             client: settings.client(),
+            progress_versions: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -118,7 +133,9 @@ impl ClickHouseWebhooks {
     }
 
     async fn endpoint_row(&self, id: &str) -> Result<Option<EndpointRow>, StoreError> {
-        let sql = format!("SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints FINAL WHERE id = ?");
+        let sql = format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints FINAL WHERE id = ? AND {NOT_DELETED}"
+        );
         let row: Option<EndpointRow> = self.client.query(&sql).bind(id).fetch_optional().await?;
         Ok(row.filter(|row| row.deleted_at.is_none()))
     }
@@ -128,12 +145,25 @@ impl ClickHouseWebhooks {
         Ok(self.client.query(&sql).fetch_all().await?)
     }
 
-    /// Every partition with a stored checkpoint: (topic, partition, next offset).
-    async fn checkpoints(&self) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        Ok(crate::store::clickhouse::queries::checkpoints()
-            .to_clickhouse(&self.client)
-            .fetch_all()
-            .await?)
+    /// The next version of an endpoint's progress row.
+    async fn progress_version(&self, endpoint_id: &str) -> Result<u64, StoreError> {
+        let known = self
+            .progress_versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(endpoint_id)
+            .copied();
+        let last = match known {
+            Some(last) => last,
+            None => {
+                self.client
+                    .query("SELECT max(version) FROM webhook_progress WHERE endpoint_id = ?")
+                    .bind(endpoint_id)
+                    .fetch_one::<u64>()
+                    .await?
+            }
+        };
+        Ok(next_version(last))
     }
 }
 
@@ -170,7 +200,8 @@ impl WebhookStore for ClickHouseWebhooks {
 
     async fn endpoints(&self) -> Result<Vec<(StoredEndpoint, Option<Progress>)>, StoreError> {
         let sql = format!(
-            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints FINAL ORDER BY created_at, id"
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints FINAL WHERE {NOT_DELETED} \
+             ORDER BY created_at, id"
         );
         let rows: Vec<EndpointRow> = self.client.query(&sql).fetch_all().await?;
         let progress = self.progress_rows().await?;
@@ -250,55 +281,80 @@ impl WebhookStore for ClickHouseWebhooks {
             .collect()
     }
 
-    async fn cursor_from(&self, floor: i64) -> Result<Cursor, StoreError> {
+    async fn checkpoints(&self) -> Result<Cursor, StoreError> {
+        let stored: Vec<(String, i64, i64)> = crate::store::clickhouse::queries::checkpoints()
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?;
+        Ok(stored
+            .into_iter()
+            .filter_map(|(topic, partition, next)| {
+                Some((partition_key(&topic, i32::try_from(partition).ok()?), next))
+            })
+            .collect())
+    }
+
+    async fn cursor_from(&self, floor: i64, until: &Cursor) -> Result<Cursor, StoreError> {
         let mut cursor = Cursor::new();
-        for (topic, partition, next) in self.checkpoints().await? {
+        for (key, next) in until {
+            let Some((topic, partition)) = split_key(key) else {
+                continue;
+            };
             let first: Option<i64> = self
                 .client
                 .query(
                     "SELECT source_offset FROM webhook_events WHERE source_topic = ? \
-                     AND source_partition = ? AND created_at >= ? ORDER BY source_offset LIMIT 1",
+                     AND source_partition = ? AND created_at >= ? AND source_offset < ? \
+                     ORDER BY source_offset LIMIT 1",
                 )
-                .bind(&topic)
+                .bind(topic)
                 .bind(partition)
                 .bind(floor)
+                .bind(*next)
                 .fetch_optional()
                 .await?;
-            let partition = i32::try_from(partition).unwrap_or_default();
-            cursor.insert(partition_key(&topic, partition), first.unwrap_or(next));
+            cursor.insert(key.clone(), first.unwrap_or(*next));
         }
         Ok(cursor)
     }
 
-    async fn events_after(&self, cursor: &Cursor, limit: u32) -> Result<Vec<EventRow>, StoreError> {
-        let mut events = Vec::new();
-        for (topic, partition, next) in self.checkpoints().await? {
-            let partition = i32::try_from(partition).unwrap_or_default();
-            let from = cursor
-                .get(&partition_key(&topic, partition))
-                .copied()
-                .unwrap_or(0);
-            if from >= next {
-                continue;
-            }
-            let rows: Vec<EventRow> = self
-                .client
-                .query(
-                    "SELECT event_id, event_type, attribution_id, data, created_at, source_topic, \
-                     source_partition, source_offset FROM webhook_events \
-                     WHERE source_topic = ? AND source_partition = ? AND source_offset >= ? \
-                     AND source_offset < ? ORDER BY source_offset LIMIT 1 BY source_offset LIMIT ?",
-                )
-                .bind(&topic)
+    /// One query for every partition that has something to read (a primary-key range
+    /// each), so an endpoint costs one round trip per poll however many partitions moved.
+    async fn events_after(
+        &self,
+        cursor: &Cursor,
+        until: &Cursor,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let ranges: Vec<(&str, i32, i64, i64)> = until
+            .iter()
+            .filter_map(|(key, next)| {
+                let (topic, partition) = split_key(key)?;
+                let from = cursor.get(key).copied().unwrap_or(0);
+                (from < *next).then_some((topic, partition, from, *next))
+            })
+            .collect();
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let one = "SELECT event_id, event_type, attribution_id, data, created_at, source_topic, \
+                   source_partition, source_offset FROM webhook_events \
+                   WHERE source_topic = ? AND source_partition = ? AND source_offset >= ? \
+                   AND source_offset < ? ORDER BY source_offset LIMIT 1 BY source_offset LIMIT ?";
+        let sql = format!(
+            "SELECT * FROM ({}) ORDER BY source_topic, source_partition, source_offset",
+            vec![one; ranges.len()].join(" UNION ALL ")
+        );
+        let mut query = self.client.query(&sql);
+        for (topic, partition, from, next) in ranges {
+            query = query
+                .bind(topic)
                 .bind(partition)
                 .bind(from)
                 .bind(next)
-                .bind(limit)
-                .fetch_all()
-                .await?;
-            events.extend(rows);
+                .bind(limit);
         }
-        Ok(events)
+        Ok(query.fetch_all().await?)
     }
 
     async fn save_progress(
@@ -314,9 +370,17 @@ impl WebhookStore for ClickHouseWebhooks {
             failing_since: progress.failing_since,
             disabled_at: progress.disabled_at,
             replay_applied: progress.replay_applied,
-            version: next_version(0),
+            retry_since: progress.retry_since,
+            attempts: progress.attempts,
+            version: self.progress_version(endpoint_id).await?,
         };
-        self.insert("webhook_progress", &[row]).await
+        let version = row.version;
+        self.insert("webhook_progress", &[row]).await?;
+        self.progress_versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(endpoint_id.to_owned(), version);
+        Ok(())
     }
 
     async fn record_attempts(

@@ -22,7 +22,7 @@ use referral_schemas::webhook::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::store::{Progress, StoredEndpoint, WebhookStore, partition_key};
+use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key};
 use super::{ATTEMPT_RETENTION_MS, guard, sign};
 use crate::plan::rows::EventRow;
 
@@ -72,7 +72,7 @@ enum Ended {
     Done,
     /// The endpoint failed for `disable_after` in a row.
     Disabled,
-    /// The deliverer is stopping: the event is not done.
+    /// The task is asked to stop: the event is not done.
     Stopped,
 }
 
@@ -81,16 +81,20 @@ struct Shared {
     client: reqwest::Client,
     settings: DelivererSettings,
     attempts: mpsc::UnboundedSender<(String, DeliveryAttempt)>,
-    stop: watch::Receiver<bool>,
+    /// Per partition, the stored end of the log, read once per poll for every endpoint:
+    /// an endpoint reads the outbox only when it moved past its cursor.
+    checkpoints: watch::Receiver<Cursor>,
 }
 
 /// A running endpoint task and what it was started for.
 struct Running {
     task: JoinHandle<()>,
-    /// The replay request it applied (0: none).
+    /// The replay request it was started after (0: none).
     replay: i64,
     /// The creation time of the event it is working on (0: idle), for the lag gauge.
     pending_since: Arc<AtomicI64>,
+    /// Asks it to store its cursor and end (a replay, a deletion, the deliverer stopping).
+    stop: watch::Sender<bool>,
 }
 
 /// Runs the deliverer until `stop` turns true; then lets each endpoint store its cursor.
@@ -102,12 +106,13 @@ pub async fn run(
     let client = http_client(&settings)?;
     let (attempts, recorded) = mpsc::unbounded_channel();
     let recorder = tokio::spawn(record_attempts(store.clone(), recorded));
+    let (checkpoints, checkpoints_seen) = watch::channel(Cursor::new());
     let shared = Arc::new(Shared {
         store: store.clone(),
         client,
         settings: settings.clone(),
         attempts,
-        stop: stop.clone(),
+        checkpoints: checkpoints_seen,
     });
     tracing::info!(
         retry_for = ?settings.retry_for,
@@ -121,6 +126,16 @@ pub async fn run(
     loop {
         if *stop_signal.borrow() {
             break;
+        }
+        match store.checkpoints().await {
+            Ok(stored) => {
+                checkpoints.send_if_modified(|known| {
+                    let moved = *known != stored;
+                    *known = stored;
+                    moved
+                });
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the log's stored ends; retrying"),
         }
         match store.endpoints().await {
             Ok(endpoints) => supervise(&shared, &mut running, endpoints),
@@ -147,6 +162,9 @@ pub async fn run(
             () = tokio::time::sleep(settings.poll) => {}
             () = stopped(&mut stop_signal) => break,
         }
+    }
+    for endpoint in running.values() {
+        endpoint.stop.send_replace(true);
     }
     let deadline = tokio::time::Instant::now() + STOP_GRACE;
     for (_, endpoint) in running.drain() {
@@ -186,6 +204,8 @@ fn http_client(settings: &DelivererSettings) -> anyhow::Result<reqwest::Client> 
 }
 
 /// Starts, restarts (after a replay request) and stops endpoint tasks to match `endpoints`.
+/// A task asked to stop is replaced only once it has ended (its cursor stored), so two
+/// tasks never send to one endpoint; a new task reads the endpoint's state afresh.
 fn supervise(
     shared: &Arc<Shared>,
     running: &mut HashMap<String, Running>,
@@ -197,28 +217,29 @@ fn supervise(
         live.insert(endpoint.id.clone());
         let replay = endpoint.replay.map_or(0, |(_, at)| at);
         let replay_pending = replay > progress.as_ref().map_or(0, |p| p.replay_applied);
-        let is_disabled = progress.as_ref().is_some_and(|p| p.disabled_at.is_some());
-        if is_disabled && !replay_pending {
+        let is_disabled = progress.is_some_and(|p| p.disabled_at.is_some()) && !replay_pending;
+        if is_disabled {
             disabled += 1;
         }
         if let Some(current) = running.get(&endpoint.id) {
-            let restart = current.replay != replay;
-            if !restart && !current.task.is_finished() {
+            if current.replay != replay {
+                current.stop.send_replace(true);
+            }
+            if !current.task.is_finished() {
                 continue;
             }
-            if !restart && is_disabled {
-                continue;
-            }
-            current.task.abort();
-        } else if is_disabled && !replay_pending {
+            running.remove(&endpoint.id);
+        }
+        if is_disabled {
             continue;
         }
         let pending_since = Arc::new(AtomicI64::new(0));
+        let (stop, stop_seen) = watch::channel(false);
         let task = tokio::spawn(serve_endpoint(
             shared.clone(),
-            endpoint.clone(),
-            progress,
+            endpoint.id.clone(),
             pending_since.clone(),
+            stop_seen,
         ));
         running.insert(
             endpoint.id,
@@ -226,79 +247,92 @@ fn supervise(
                 task,
                 replay,
                 pending_since,
+                stop,
             },
         );
     }
     running.retain(|id, endpoint| {
-        let keep = live.contains(id);
-        if !keep {
-            endpoint.task.abort();
+        if live.contains(id) {
+            return true;
         }
-        keep
+        endpoint.stop.send_replace(true);
+        !endpoint.task.is_finished()
     });
     metrics::gauge!("referral_webhook_disabled_endpoints").set(f64::from(disabled));
 }
 
-/// One endpoint's deliveries, from its stored progress on.
+/// One endpoint's deliveries, from its stored progress on, until `stop` or disabling.
 async fn serve_endpoint(
     shared: Arc<Shared>,
-    endpoint: StoredEndpoint,
-    stored: Option<Progress>,
+    endpoint_id: String,
     pending_since: Arc<AtomicI64>,
+    mut stop: watch::Receiver<bool>,
 ) {
-    let Some(mut progress) = start_progress(&shared, &endpoint, stored).await else {
+    // Read afresh: the list the supervisor started from may predate this endpoint's last
+    // stored state (a task that just disabled it, a deletion).
+    let Some(Some((endpoint, stored))) =
+        retry_store(&shared, &mut stop, || shared.store.endpoint(&endpoint_id)).await
+    else {
+        return;
+    };
+    let Some(mut progress) = start_progress(&shared, &endpoint, stored, &mut stop).await else {
         return;
     };
     if progress.disabled_at.is_some() {
         return;
     }
-    let mut stop = shared.stop.clone();
     let mut saver = Saver::new(&progress);
+    let mut checkpoints = shared.checkpoints.clone();
     loop {
         if *stop.borrow() {
             break;
         }
+        let until = checkpoints.borrow_and_update().clone();
         let events = match shared
             .store
-            .events_after(&progress.cursor, EVENTS_PER_READ)
+            .events_after(&progress.cursor, &until, EVENTS_PER_READ)
             .await
         {
             Ok(events) => events,
             Err(error) => {
                 tracing::warn!(%error, endpoint = %endpoint.id, "cannot read webhook events; retrying");
-                Vec::new()
+                tokio::select! {
+                    () = tokio::time::sleep(shared.settings.poll) => continue,
+                    () = stopped(&mut stop) => break,
+                }
             }
         };
         if events.is_empty() {
             pending_since.store(0, Ordering::Relaxed);
             saver.save(&shared, &endpoint.id, &progress, true).await;
             tokio::select! {
-                () = tokio::time::sleep(shared.settings.poll) => {}
+                changed = checkpoints.changed() => if changed.is_err() { break },
                 () = stopped(&mut stop) => break,
             }
             continue;
         }
+        let mut read: HashMap<String, u32> = HashMap::new();
         for event in events {
             let key = partition_key(&event.source_topic, event.source_partition);
-            if progress
-                .cursor
-                .get(&key)
-                .is_some_and(|next| event.source_offset < *next)
-            {
-                continue;
-            }
+            *read.entry(key.clone()).or_default() += 1;
             let wanted = event.created_at >= progress.floor
                 && EventType::parse(&event.event_type)
                     .is_some_and(|kind| endpoint.events.contains(&kind));
             if wanted {
                 pending_since.store(event.created_at, Ordering::Relaxed);
-                match deliver(&shared, &endpoint, &event, &mut progress).await {
+                match deliver(&shared, &endpoint, &event, &mut progress, &mut stop).await {
                     Ended::Done => {}
-                    ended => {
-                        if ended == Ended::Disabled {
-                            tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: failing for too long");
-                        }
+                    Ended::Stopped => {
                         saver.save(&shared, &endpoint.id, &progress, true).await;
+                        return;
+                    }
+                    Ended::Disabled => {
+                        tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: failing for too long");
+                        // Retried: until it is stored, the endpoint would be started again.
+                        retry_store(&shared, &mut stop, || {
+                            shared.store.save_progress(&endpoint.id, &progress)
+                        })
+                        .await;
                         return;
                     }
                 }
@@ -306,6 +340,16 @@ async fn serve_endpoint(
             progress.cursor.insert(key, event.source_offset + 1);
             saver.save(&shared, &endpoint.id, &progress, false).await;
         }
+        // A partition read whole (fewer events than asked for): nothing else below its
+        // stored end, so the cursor goes there and the partition is not read again until
+        // the end moves.
+        for (key, next) in &until {
+            if read.get(key).copied().unwrap_or(0) < EVENTS_PER_READ {
+                let at = progress.cursor.entry(key.clone()).or_insert(0);
+                *at = (*at).max(*next);
+            }
+        }
+        saver.save(&shared, &endpoint.id, &progress, false).await;
     }
     saver.save(&shared, &endpoint.id, &progress, true).await;
 }
@@ -316,11 +360,16 @@ async fn start_progress(
     shared: &Shared,
     endpoint: &StoredEndpoint,
     stored: Option<Progress>,
+    stop: &mut watch::Receiver<bool>,
 ) -> Option<Progress> {
+    let until = shared.checkpoints.borrow().clone();
     let mut progress = match stored {
         Some(progress) => progress,
         None => Progress {
-            cursor: retry_store(shared, || shared.store.cursor_from(endpoint.created_at)).await?,
+            cursor: retry_store(shared, stop, || {
+                shared.store.cursor_from(endpoint.created_at, &until)
+            })
+            .await?,
             floor: endpoint.created_at,
             ..Progress::default()
         },
@@ -329,28 +378,30 @@ async fn start_progress(
         && at > progress.replay_applied
     {
         progress = Progress {
-            cursor: retry_store(shared, || shared.store.cursor_from(since)).await?,
+            cursor: retry_store(shared, stop, || shared.store.cursor_from(since, &until)).await?,
             floor: since,
-            failing_since: None,
-            disabled_at: None,
             replay_applied: at,
+            ..Progress::default()
         };
         tracing::info!(endpoint = %endpoint.id, since, "webhook replay started");
     }
-    retry_store(shared, || {
+    retry_store(shared, stop, || {
         shared.store.save_progress(&endpoint.id, &progress)
     })
     .await?;
     Some(progress)
 }
 
-/// Retries a store call until it succeeds or the deliverer stops (`None`).
-async fn retry_store<T, F, Fut>(shared: &Shared, mut call: F) -> Option<T>
+/// Retries a store call until it succeeds or `stop` (`None`).
+async fn retry_store<T, F, Fut>(
+    shared: &Shared,
+    stop: &mut watch::Receiver<bool>,
+    mut call: F,
+) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
 {
-    let mut stop = shared.stop.clone();
     loop {
         match call().await {
             Ok(value) => return Some(value),
@@ -361,7 +412,7 @@ where
         }
         tokio::select! {
             () = tokio::time::sleep(shared.settings.poll.max(Duration::from_millis(200))) => {}
-            () = stopped(&mut stop) => return None,
+            () = stopped(stop) => return None,
         }
     }
 }
@@ -397,12 +448,15 @@ impl Saver {
     }
 }
 
-/// Sends `event` until a 2xx, `retry_for`, `disable_after` or a stop.
+/// Sends `event` until a 2xx, `retry_for`, `disable_after` or `stop`. The event's first
+/// attempt and its attempt count live in `progress`, stored at every failure, so a restart
+/// resumes its retries (period, numbering, backoff) where they were.
 async fn deliver(
     shared: &Shared,
     endpoint: &StoredEndpoint,
     event: &EventRow,
     progress: &mut Progress,
+    stop: &mut watch::Receiver<bool>,
 ) -> Ended {
     let Some(kind) = EventType::parse(&event.event_type) else {
         return Ended::Done;
@@ -414,14 +468,17 @@ async fn deliver(
         data: event.data.clone(),
     }
     .body();
-    let started = Instant::now();
-    let mut stop = shared.stop.clone();
-    for attempt in 1u32.. {
+    loop {
+        let retry_since = *progress
+            .retry_since
+            .get_or_insert_with(|| Timestamp::now().as_millis());
+        let attempt = progress.attempts + 1;
         let sent = tokio::select! {
             sent = post(shared, endpoint, &body) => sent,
-            () = stopped(&mut stop) => return Ended::Stopped,
+            () = stopped(stop) => return Ended::Stopped,
         };
         let now = Timestamp::now();
+        progress.attempts = attempt;
         let (status_code, error) = match sent {
             Ok(status) => (Some(status), None),
             Err(error) => (None, Some(error)),
@@ -432,11 +489,14 @@ async fn deliver(
             DeliveryOutcome::Delivered
         } else {
             let failing_since = *progress.failing_since.get_or_insert(now.as_millis());
-            let failing_for = now.as_millis().saturating_sub(failing_since);
-            if failing_for >= millis(shared.settings.disable_after) {
+            if now.as_millis().saturating_sub(failing_since)
+                >= millis(shared.settings.disable_after)
+            {
                 progress.disabled_at = Some(now.as_millis());
                 DeliveryOutcome::Failed
-            } else if started.elapsed() >= shared.settings.retry_for {
+            } else if now.as_millis().saturating_sub(retry_since)
+                >= millis(shared.settings.retry_for)
+            {
                 DeliveryOutcome::Failed
             } else {
                 DeliveryOutcome::Retrying
@@ -460,24 +520,28 @@ async fn deliver(
             DeliveryOutcome::Delivered => {
                 metrics::histogram!("referral_webhook_delivery_delay_seconds")
                     .record((now.as_millis() - event.created_at).max(0) as f64 / 1_000.0);
+                progress.retry_since = None;
+                progress.attempts = 0;
                 return Ended::Done;
             }
+            // Disabled: the event keeps its retries for when a replay enables the endpoint.
             DeliveryOutcome::Failed if progress.disabled_at.is_some() => return Ended::Disabled,
-            DeliveryOutcome::Failed => return Ended::Done,
+            DeliveryOutcome::Failed => {
+                progress.retry_since = None;
+                progress.attempts = 0;
+                return Ended::Done;
+            }
             DeliveryOutcome::Retrying => {}
         }
-        if attempt == 1 {
-            // The first failure in a row is stored, so a restart keeps counting toward
-            // `disable_after` from it.
-            let _ = shared.store.save_progress(&endpoint.id, progress).await;
+        if let Err(error) = shared.store.save_progress(&endpoint.id, progress).await {
+            tracing::warn!(%error, endpoint = %endpoint.id, "cannot store a webhook's retries; will retry");
         }
         let delay = retry_delay(attempt, shared.settings.retry_base, rand::random::<f64>());
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            () = stopped(&mut stop) => return Ended::Stopped,
+            () = stopped(stop) => return Ended::Stopped,
         }
     }
-    Ended::Done
 }
 
 fn millis(duration: Duration) -> i64 {

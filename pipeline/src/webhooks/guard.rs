@@ -33,7 +33,16 @@ static BLOCKED: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
         "::/128",
         "::1/128",
         "100::/64",
+        // IETF protocol assignments, Teredo (2001::/32) among them: a tunnel to any
+        // IPv4 address.
+        "2001::/23",
         "2001:db8::/32",
+        // 6to4: another IPv4 address inside an IPv6 one.
+        "2002::/16",
+        // NAT64 for local use (the well-known prefix is decoded below).
+        "64:ff9b:1::/48",
+        // Site-local (deprecated, still routed inside some networks).
+        "fec0::/10",
         "fc00::/7",
         "fe80::/10",
         "ff00::/8",
@@ -44,9 +53,11 @@ static BLOCKED: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
 });
 
 /// Addresses some clouds serve metadata on outside the ranges above.
-const METADATA: [IpAddr; 2] = [
+const METADATA: [IpAddr; 3] = [
     // Alibaba Cloud.
     IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    // Azure's wire server (platform agent, DNS).
+    IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16)),
     // AWS over IPv6 (inside fc00::/7 already; named for the reader).
     IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
 ];
@@ -177,6 +188,11 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "::127.0.0.1",
+            "168.63.129.16",
+            "2002:a9fe:a9fe::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "64:ff9b:1::a00:1",
+            "fec0::1",
         ] {
             assert!(!public(blocked), "{blocked}");
         }

@@ -9,7 +9,7 @@ use referral_schemas::Timestamp;
 use referral_schemas::webhook::{DeliveryAttempt, DeliveryOutcome, EventType};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key};
+use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key, split_key};
 use crate::plan::rows::EventRow;
 use crate::store::StoreError;
 
@@ -19,7 +19,8 @@ pub struct SqliteWebhooks {
 }
 
 const ENDPOINT_COLUMNS: &str = "e.id, e.url, e.events, e.secret, e.created_at, e.replay_since, \
-     e.replay_requested_at, p.cursor, p.floor, p.failing_since, p.disabled_at, p.replay_applied";
+     e.replay_requested_at, p.cursor, p.floor, p.failing_since, p.disabled_at, p.replay_applied, \
+     p.retry_since, p.attempts";
 const ENDPOINT_JOIN: &str =
     "webhook_endpoints e LEFT JOIN webhook_progress p ON p.endpoint_id = e.id";
 
@@ -47,6 +48,8 @@ fn endpoint_from_row(
             failing_since: row.get(9)?,
             disabled_at: row.get(10)?,
             replay_applied: row.get(11)?,
+            retry_since: row.get(12)?,
+            attempts: row.get(13)?,
         }),
     };
     Ok((endpoint, progress))
@@ -76,11 +79,16 @@ impl SqliteWebhooks {
         .map_err(|error| StoreError::Open(format!("a webhook store task failed: {error}")))?
     }
 
-    /// Every partition with a stored checkpoint: (topic, partition, next offset).
-    fn checkpoints(connection: &Connection) -> Result<Vec<(String, i32, i64)>, StoreError> {
+    /// Every partition with a stored checkpoint, and its next offset.
+    fn stored_checkpoints(connection: &Connection) -> Result<Cursor, StoreError> {
         let mut statement = connection
             .prepare_cached("SELECT topic, partition, next_offset FROM consumer_checkpoints")?;
-        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                partition_key(&row.get::<_, String>(0)?, row.get(1)?),
+                row.get(2)?,
+            ))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -216,52 +224,66 @@ impl WebhookStore for SqliteWebhooks {
         .await
     }
 
-    async fn cursor_from(&self, floor: i64) -> Result<Cursor, StoreError> {
+    async fn checkpoints(&self) -> Result<Cursor, StoreError> {
+        self.with(|connection| Self::stored_checkpoints(connection))
+            .await
+    }
+
+    async fn cursor_from(&self, floor: i64, until: &Cursor) -> Result<Cursor, StoreError> {
+        let until = until.clone();
         self.with(move |connection| {
             let mut cursor = Cursor::new();
-            for (topic, partition, next) in Self::checkpoints(connection)? {
+            for (key, next) in until {
+                let Some((topic, partition)) = split_key(&key) else {
+                    continue;
+                };
                 let first: Option<i64> = connection
                     .prepare_cached(
                         "SELECT MIN(source_offset) FROM webhook_events WHERE source_topic = ?1 \
-                         AND source_partition = ?2 AND created_at >= ?3",
+                         AND source_partition = ?2 AND created_at >= ?3 AND source_offset < ?4",
                     )?
-                    .query_row(params![topic, partition, floor], |row| row.get(0))?;
-                cursor.insert(partition_key(&topic, partition), first.unwrap_or(next));
+                    .query_row(params![topic, partition, floor, next], |row| row.get(0))?;
+                cursor.insert(key, first.unwrap_or(next));
             }
             Ok(cursor)
         })
         .await
     }
 
-    async fn events_after(&self, cursor: &Cursor, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+    async fn events_after(
+        &self,
+        cursor: &Cursor,
+        until: &Cursor,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, StoreError> {
         let cursor = cursor.clone();
+        let until = until.clone();
         self.with(move |connection| {
             let mut events = Vec::new();
-            // In SQLite an event is in the same transaction as its flush's checkpoint: every
-            // stored event is committed.
-            for (topic, partition, _) in Self::checkpoints(connection)? {
-                let from = cursor
-                    .get(&partition_key(&topic, partition))
-                    .copied()
-                    .unwrap_or(0);
+            for (key, next) in until {
+                let from = cursor.get(&key).copied().unwrap_or(0);
+                let Some((topic, partition)) = split_key(&key).filter(|_| from < next) else {
+                    continue;
+                };
                 let mut statement = connection.prepare_cached(
                     "SELECT event_id, event_type, attribution_id, data, created_at, source_topic, \
                      source_partition, source_offset FROM webhook_events \
                      WHERE source_topic = ?1 AND source_partition = ?2 AND source_offset >= ?3 \
-                     ORDER BY source_offset LIMIT ?4",
+                     AND source_offset < ?4 ORDER BY source_offset LIMIT ?5",
                 )?;
-                let rows = statement.query_map(params![topic, partition, from, limit], |row| {
-                    Ok(EventRow {
-                        event_id: row.get(0)?,
-                        event_type: row.get(1)?,
-                        attribution_id: row.get(2)?,
-                        data: row.get(3)?,
-                        created_at: row.get(4)?,
-                        source_topic: row.get(5)?,
-                        source_partition: row.get(6)?,
-                        source_offset: row.get(7)?,
-                    })
-                })?;
+                let rows =
+                    statement.query_map(params![topic, partition, from, next, limit], |row| {
+                        Ok(EventRow {
+                            event_id: row.get(0)?,
+                            event_type: row.get(1)?,
+                            attribution_id: row.get(2)?,
+                            data: row.get(3)?,
+                            created_at: row.get(4)?,
+                            source_topic: row.get(5)?,
+                            source_partition: row.get(6)?,
+                            source_offset: row.get(7)?,
+                        })
+                    })?;
                 for row in rows {
                     events.push(row?);
                 }
@@ -283,10 +305,12 @@ impl WebhookStore for SqliteWebhooks {
                 .map_err(|error| StoreError::Corrupt(error.to_string()))?;
             connection.execute(
                 "INSERT INTO webhook_progress (endpoint_id, cursor, floor, failing_since, \
-                 disabled_at, replay_applied, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 disabled_at, replay_applied, retry_since, attempts, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
                  ON CONFLICT (endpoint_id) DO UPDATE SET cursor = excluded.cursor, \
                  floor = excluded.floor, failing_since = excluded.failing_since, \
                  disabled_at = excluded.disabled_at, replay_applied = excluded.replay_applied, \
+                 retry_since = excluded.retry_since, attempts = excluded.attempts, \
                  updated_at = excluded.updated_at",
                 params![
                     endpoint_id,
@@ -295,6 +319,8 @@ impl WebhookStore for SqliteWebhooks {
                     progress.failing_since,
                     progress.disabled_at,
                     progress.replay_applied,
+                    progress.retry_since,
+                    progress.attempts,
                     Timestamp::now().as_millis()
                 ],
             )?;

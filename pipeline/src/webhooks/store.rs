@@ -19,6 +19,12 @@ pub fn partition_key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
 }
 
+/// The topic and partition of a cursor key.
+pub fn split_key(key: &str) -> Option<(&str, i32)> {
+    let (topic, partition) = key.rsplit_once('/')?;
+    Some((topic, partition.parse().ok()?))
+}
+
 /// A registered endpoint as stored (with its secret).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEndpoint {
@@ -72,6 +78,11 @@ pub struct Progress {
     pub disabled_at: Option<i64>,
     /// The replay request (its time) this state applied.
     pub replay_applied: i64,
+    /// The first attempt at the event at the cursor, while it has not succeeded: its
+    /// `--webhook-retry-for` counts from here, across restarts.
+    pub retry_since: Option<i64>,
+    /// Attempts made at that event (the next one's number, and its backoff).
+    pub attempts: u32,
 }
 
 /// What the API and the deliverer read and write.
@@ -95,12 +106,20 @@ pub trait WebhookStore: Send + Sync {
     async fn deliveries(&self, id: &str, limit: u32) -> Result<Vec<DeliveryAttempt>, StoreError>;
 
     // The deliverer's side.
-    /// Per partition, the offset of the first stored event created at or after `floor` (the
-    /// partition's stored end when there is none yet).
-    async fn cursor_from(&self, floor: i64) -> Result<Cursor, StoreError>;
-    /// Up to `limit` stored events at or after `cursor` (partitions it lacks from their
-    /// start), per partition in log order. Only events whose flush is stored.
-    async fn events_after(&self, cursor: &Cursor, limit: u32) -> Result<Vec<EventRow>, StoreError>;
+    /// Per partition, the next offset the consumer will apply: every event below it is
+    /// stored and visible (in production: its flush's checkpoint is stored).
+    async fn checkpoints(&self) -> Result<Cursor, StoreError>;
+    /// Per partition of `until`, the offset of the first event created at or after `floor`
+    /// below `until` (`until`'s offset when there is none).
+    async fn cursor_from(&self, floor: i64, until: &Cursor) -> Result<Cursor, StoreError>;
+    /// Per partition of `until` where `cursor` (0 if absent) is below it: up to `limit`
+    /// events from `cursor` to below `until`, in log order.
+    async fn events_after(
+        &self,
+        cursor: &Cursor,
+        until: &Cursor,
+        limit: u32,
+    ) -> Result<Vec<EventRow>, StoreError>;
     async fn save_progress(&self, endpoint_id: &str, progress: &Progress)
     -> Result<(), StoreError>;
     async fn record_attempts(

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS webhook_progress (
     failing_since  Nullable(Int64),
     disabled_at    Nullable(Int64),
     replay_applied Int64,
+    retry_since    Nullable(Int64),
+    attempts       UInt32,
     version        UInt64
 ) ENGINE = ReplacingMergeTree(version)
 ORDER BY endpoint_id;
