@@ -52,7 +52,7 @@ fn spawn(program: &Path, args: &[String], log: &Path) -> ChildGuard {
         Command::new(program)
             .args(args)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap(),

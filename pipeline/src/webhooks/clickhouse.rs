@@ -50,6 +50,7 @@ struct ProgressRow {
     replay_applied: i64,
     retry_since: Option<i64>,
     attempts: u32,
+    retry_event: Option<String>,
     version: u64,
 }
 
@@ -95,6 +96,7 @@ impl ProgressRow {
             replay_applied: self.replay_applied,
             retry_since: self.retry_since,
             attempts: self.attempts,
+            retry_event: self.retry_event.clone(),
         }
     }
 }
@@ -102,7 +104,7 @@ impl ProgressRow {
 const ENDPOINT_COLUMNS: &str = "id, url, events, secret, created_at, deleted_at, replay_since, \
      replay_requested_at, version";
 const PROGRESS_COLUMNS: &str = "endpoint_id, cursor, floor, failing_since, disabled_at, \
-     replay_applied, retry_since, attempts, version";
+     replay_applied, retry_since, attempts, retry_event, version";
 /// Endpoints with a deleted version are deleted, whatever a later version says: a replay
 /// request written from a read made before a concurrent deletion must not bring it back.
 const NOT_DELETED: &str =
@@ -145,6 +147,32 @@ impl ClickHouseWebhooks {
         Ok(self.client.query(&sql).fetch_all().await?)
     }
 
+    /// Up to `limit` events of each (topic, partition, from, below) range, in log order.
+    async fn events_in(
+        &self,
+        ranges: &[(&str, i32, i64, i64)],
+        limit: u32,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let one = "SELECT event_id, event_type, attribution_id, data, created_at, source_topic, \
+                   source_partition, source_offset FROM webhook_events \
+                   WHERE source_topic = ? AND source_partition = ? AND source_offset >= ? \
+                   AND source_offset < ? ORDER BY source_offset LIMIT 1 BY source_offset LIMIT ?";
+        let sql = format!(
+            "SELECT * FROM ({}) ORDER BY source_topic, source_partition, source_offset",
+            vec![one; ranges.len()].join(" UNION ALL ")
+        );
+        let mut query = self.client.query(&sql);
+        for (topic, partition, from, next) in ranges {
+            query = query
+                .bind(topic)
+                .bind(partition)
+                .bind(from)
+                .bind(next)
+                .bind(limit);
+        }
+        Ok(query.fetch_all().await?)
+    }
+
     /// The next version of an endpoint's progress row.
     async fn progress_version(&self, endpoint_id: &str) -> Result<u64, StoreError> {
         let known = self
@@ -166,6 +194,9 @@ impl ClickHouseWebhooks {
         Ok(next_version(last))
     }
 }
+
+/// Partitions read in one outbox query at most.
+const RANGES_PER_QUERY: usize = 64;
 
 #[async_trait]
 impl WebhookStore for ClickHouseWebhooks {
@@ -334,27 +365,12 @@ impl WebhookStore for ClickHouseWebhooks {
                 (from < *next).then_some((topic, partition, from, *next))
             })
             .collect();
-        if ranges.is_empty() {
-            return Ok(Vec::new());
+        let mut events = Vec::new();
+        // A bounded query size (max_query_size is 256 KiB) however many partitions moved.
+        for chunk in ranges.chunks(RANGES_PER_QUERY) {
+            events.extend(self.events_in(chunk, limit).await?);
         }
-        let one = "SELECT event_id, event_type, attribution_id, data, created_at, source_topic, \
-                   source_partition, source_offset FROM webhook_events \
-                   WHERE source_topic = ? AND source_partition = ? AND source_offset >= ? \
-                   AND source_offset < ? ORDER BY source_offset LIMIT 1 BY source_offset LIMIT ?";
-        let sql = format!(
-            "SELECT * FROM ({}) ORDER BY source_topic, source_partition, source_offset",
-            vec![one; ranges.len()].join(" UNION ALL ")
-        );
-        let mut query = self.client.query(&sql);
-        for (topic, partition, from, next) in ranges {
-            query = query
-                .bind(topic)
-                .bind(partition)
-                .bind(from)
-                .bind(next)
-                .bind(limit);
-        }
-        Ok(query.fetch_all().await?)
+        Ok(events)
     }
 
     async fn save_progress(
@@ -372,15 +388,16 @@ impl WebhookStore for ClickHouseWebhooks {
             replay_applied: progress.replay_applied,
             retry_since: progress.retry_since,
             attempts: progress.attempts,
+            retry_event: progress.retry_event.clone(),
             version: self.progress_version(endpoint_id).await?,
         };
-        let version = row.version;
-        self.insert("webhook_progress", &[row]).await?;
+        // Remembered before the insert: one that fails may still have landed, and the next
+        // version must pass it.
         self.progress_versions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(endpoint_id.to_owned(), version);
-        Ok(())
+            .insert(endpoint_id.to_owned(), row.version);
+        self.insert("webhook_progress", &[row]).await
     }
 
     async fn record_attempts(

@@ -95,6 +95,20 @@ struct Running {
     pending_since: Arc<AtomicI64>,
     /// Asks it to store its cursor and end (a replay, a deletion, the deliverer stopping).
     stop: watch::Sender<bool>,
+    /// When it was asked: past [`STOP_GRACE`] a task stuck in a call is aborted (its
+    /// unsaved events are sent again: at least once).
+    stop_sent: Option<Instant>,
+}
+
+impl Running {
+    /// Asks the task to end; aborts it once it has not for [`STOP_GRACE`].
+    fn ask_to_stop(&mut self) {
+        self.stop.send_replace(true);
+        let asked = *self.stop_sent.get_or_insert_with(Instant::now);
+        if asked.elapsed() >= STOP_GRACE {
+            self.task.abort();
+        }
+    }
 }
 
 /// Runs the deliverer until `stop` turns true; then lets each endpoint store its cursor.
@@ -122,25 +136,39 @@ pub async fn run(
     );
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut last_prune: Option<Instant> = None;
+    let mut have_checkpoints = false;
     let mut stop_signal = stop.clone();
     loop {
         if *stop_signal.borrow() {
             break;
         }
-        match store.checkpoints().await {
+        let read = tokio::select! {
+            read = store.checkpoints() => read,
+            () = stopped(&mut stop_signal) => break,
+        };
+        match read {
             Ok(stored) => {
                 checkpoints.send_if_modified(|known| {
                     let moved = *known != stored;
                     *known = stored;
                     moved
                 });
+                have_checkpoints = true;
             }
             Err(error) => tracing::warn!(%error, "cannot read the log's stored ends; retrying"),
         }
-        match store.endpoints().await {
-            Ok(endpoints) => supervise(&shared, &mut running, endpoints),
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the webhook endpoints; retrying");
+        // Endpoint tasks start from the log's stored ends: not before they are known (a
+        // new endpoint would otherwise scan the whole outbox).
+        if have_checkpoints {
+            let endpoints = tokio::select! {
+                endpoints = store.endpoints() => endpoints,
+                () = stopped(&mut stop_signal) => break,
+            };
+            match endpoints {
+                Ok(endpoints) => supervise(&shared, &mut running, endpoints),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the webhook endpoints; retrying");
+                }
             }
         }
         let now = Timestamp::now().as_millis();
@@ -221,9 +249,9 @@ fn supervise(
         if is_disabled {
             disabled += 1;
         }
-        if let Some(current) = running.get(&endpoint.id) {
+        if let Some(current) = running.get_mut(&endpoint.id) {
             if current.replay != replay {
-                current.stop.send_replace(true);
+                current.ask_to_stop();
             }
             if !current.task.is_finished() {
                 continue;
@@ -248,6 +276,7 @@ fn supervise(
                 replay,
                 pending_since,
                 stop,
+                stop_sent: None,
             },
         );
     }
@@ -255,7 +284,7 @@ fn supervise(
         if live.contains(id) {
             return true;
         }
-        endpoint.stop.send_replace(true);
+        endpoint.ask_to_stop();
         !endpoint.task.is_finished()
     });
     metrics::gauge!("referral_webhook_disabled_endpoints").set(f64::from(disabled));
@@ -302,15 +331,7 @@ async fn serve_endpoint(
                 }
             }
         };
-        if events.is_empty() {
-            pending_since.store(0, Ordering::Relaxed);
-            saver.save(&shared, &endpoint.id, &progress, true).await;
-            tokio::select! {
-                changed = checkpoints.changed() => if changed.is_err() { break },
-                () = stopped(&mut stop) => break,
-            }
-            continue;
-        }
+        let idle = events.is_empty();
         let mut read: HashMap<String, u32> = HashMap::new();
         for event in events {
             let key = partition_key(&event.source_topic, event.source_partition);
@@ -349,7 +370,16 @@ async fn serve_endpoint(
                 *at = (*at).max(*next);
             }
         }
-        saver.save(&shared, &endpoint.id, &progress, false).await;
+        if !idle {
+            saver.save(&shared, &endpoint.id, &progress, false).await;
+            continue;
+        }
+        pending_since.store(0, Ordering::Relaxed);
+        saver.save(&shared, &endpoint.id, &progress, true).await;
+        tokio::select! {
+            changed = checkpoints.changed() => if changed.is_err() { break },
+            () = stopped(&mut stop) => break,
+        }
     }
     saver.save(&shared, &endpoint.id, &progress, true).await;
 }
@@ -468,6 +498,13 @@ async fn deliver(
         data: event.data.clone(),
     }
     .body();
+    if progress.retry_event.as_deref() != Some(event.event_id.as_str()) {
+        // Stored retries belong to another event (the endpoint's events changed order
+        // after a restart, or a replay): this one starts its own.
+        progress.retry_event = Some(event.event_id.clone());
+        progress.retry_since = None;
+        progress.attempts = 0;
+    }
     loop {
         let retry_since = *progress
             .retry_since
@@ -520,15 +557,13 @@ async fn deliver(
             DeliveryOutcome::Delivered => {
                 metrics::histogram!("referral_webhook_delivery_delay_seconds")
                     .record((now.as_millis() - event.created_at).max(0) as f64 / 1_000.0);
-                progress.retry_since = None;
-                progress.attempts = 0;
+                progress.clear_retries();
                 return Ended::Done;
             }
-            // Disabled: the event keeps its retries for when a replay enables the endpoint.
+            // Disabled: the event keeps its stored retries (a replay starts afresh).
             DeliveryOutcome::Failed if progress.disabled_at.is_some() => return Ended::Disabled,
             DeliveryOutcome::Failed => {
-                progress.retry_since = None;
-                progress.attempts = 0;
+                progress.clear_retries();
                 return Ended::Done;
             }
             DeliveryOutcome::Retrying => {}

@@ -20,7 +20,7 @@ pub struct SqliteWebhooks {
 
 const ENDPOINT_COLUMNS: &str = "e.id, e.url, e.events, e.secret, e.created_at, e.replay_since, \
      e.replay_requested_at, p.cursor, p.floor, p.failing_since, p.disabled_at, p.replay_applied, \
-     p.retry_since, p.attempts";
+     p.retry_since, p.attempts, p.retry_event";
 const ENDPOINT_JOIN: &str =
     "webhook_endpoints e LEFT JOIN webhook_progress p ON p.endpoint_id = e.id";
 
@@ -50,6 +50,7 @@ fn endpoint_from_row(
             replay_applied: row.get(11)?,
             retry_since: row.get(12)?,
             attempts: row.get(13)?,
+            retry_event: row.get(14)?,
         }),
     };
     Ok((endpoint, progress))
@@ -305,12 +306,13 @@ impl WebhookStore for SqliteWebhooks {
                 .map_err(|error| StoreError::Corrupt(error.to_string()))?;
             connection.execute(
                 "INSERT INTO webhook_progress (endpoint_id, cursor, floor, failing_since, \
-                 disabled_at, replay_applied, retry_since, attempts, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 disabled_at, replay_applied, retry_since, attempts, retry_event, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                  ON CONFLICT (endpoint_id) DO UPDATE SET cursor = excluded.cursor, \
                  floor = excluded.floor, failing_since = excluded.failing_since, \
                  disabled_at = excluded.disabled_at, replay_applied = excluded.replay_applied, \
                  retry_since = excluded.retry_since, attempts = excluded.attempts, \
+                 retry_event = excluded.retry_event, \
                  updated_at = excluded.updated_at",
                 params![
                     endpoint_id,
@@ -321,6 +323,7 @@ impl WebhookStore for SqliteWebhooks {
                     progress.replay_applied,
                     progress.retry_since,
                     progress.attempts,
+                    progress.retry_event,
                     Timestamp::now().as_millis()
                 ],
             )?;

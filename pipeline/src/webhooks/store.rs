@@ -83,6 +83,17 @@ pub struct Progress {
     pub retry_since: Option<i64>,
     /// Attempts made at that event (the next one's number, and its backoff).
     pub attempts: u32,
+    /// The event `retry_since` and `attempts` belong to.
+    pub retry_event: Option<String>,
+}
+
+impl Progress {
+    /// The event at the cursor is done: the next one starts its own retries.
+    pub fn clear_retries(&mut self) {
+        self.retry_event = None;
+        self.retry_since = None;
+        self.attempts = 0;
+    }
 }
 
 /// What the API and the deliverer read and write.

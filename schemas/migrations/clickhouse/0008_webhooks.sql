@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS webhook_progress (
     replay_applied Int64,
     retry_since    Nullable(Int64),
     attempts       UInt32,
+    retry_event    Nullable(String),
     version        UInt64
 ) ENGINE = ReplacingMergeTree(version)
 ORDER BY endpoint_id;

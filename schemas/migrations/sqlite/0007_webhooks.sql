@@ -32,7 +32,7 @@ CREATE TABLE webhook_endpoints (
 -- Each endpoint's delivery state: written by the deliverer only. `cursor` is JSON
 -- {"<topic>/<partition>": next offset}; events created before `floor` are skipped;
 -- `replay_applied` is the replay_requested_at it last applied; `retry_since` and
--- `attempts` belong to the event at the cursor while it fails (its retries survive a
+-- `attempts` belong to the event `retry_event` while it fails (its retries survive a
 -- restart).
 CREATE TABLE webhook_progress (
     endpoint_id    TEXT    PRIMARY KEY,
@@ -43,6 +43,7 @@ CREATE TABLE webhook_progress (
     replay_applied INTEGER NOT NULL,
     retry_since    INTEGER,
     attempts       INTEGER NOT NULL,
+    retry_event    TEXT,
     updated_at     INTEGER NOT NULL
 ) WITHOUT ROWID;
 
