@@ -6,6 +6,7 @@
 #  - ClickHouse server + client from Debian (bookworm ships 18.16.1, the only server
 #    installable here). Its post-install does not start it; tests run their own copies.
 #  - Chromium from Debian, headless, for the dashboard page's browser test.
+#  - ZooKeeper from Debian (with a JRE), for the tests of ClickHouse with replicas.
 #  - chdb-core (PyPI), a current ClickHouse engine in-process, in a virtualenv at
 #    ${REFERRAL_TEST_VENV:-$HOME/.cache/referral-attribution/venv}; scripts/chdb_run.py runs
 #    SQL on it to check that statements are valid on current ClickHouse too.
@@ -64,6 +65,28 @@ else
     cat "${APT_LOG}" >&2
     rm -f "${APT_LOG}"
     echo "chromium: apt-get install failed (output above)" >&2
+    exit 1
+  fi
+  rm -f "${APT_LOG}"
+fi
+
+# ClickHouse with replicas (pipeline/tests/clickhouse_replicas.rs): Debian's ZooKeeper 3.8,
+# run by the tests from its jar (its service is not started).
+if [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null 2>&1; then
+  echo "zookeeper: already installed ($(dpkg-query -W -f='${Version}' zookeeper 2>/dev/null || echo 'version unknown'))"
+else
+  echo "zookeeper: installing from Debian (apt-get install zookeeper)"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+  fi
+  APT_LOG="$(mktemp)"
+  if ! { ${SUDO} apt-get update -qq && \
+         ${SUDO} env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper; \
+       } >"${APT_LOG}" 2>&1; then
+    cat "${APT_LOG}" >&2
+    rm -f "${APT_LOG}"
+    echo "zookeeper: apt-get install failed (output above)" >&2
     exit 1
   fi
   rm -f "${APT_LOG}"

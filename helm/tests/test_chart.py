@@ -181,6 +181,13 @@ def test_lint_strict(values_file: str) -> None:
         ({"kafka": {"brokers": ""}}, "/kafka/brokers"),
         ({"ingest": {"autoscaling": {"targetCPU": 50}}}, "targetCPU"),
         ({"clickhouse": {"url": "clickhouse:8123"}}, "/clickhouse/url"),
+        ({"clickhouse": {"cluster": "referrals", "insertQuorum": -1}}, "/clickhouse/insertQuorum"),
+        ({"clickhouse": {"cluster": "referrals", "insertQuorum": "2"}}, "/clickhouse/insertQuorum"),
+        ({"clickhouse": {"cluster": "referrals", "insertQuorum": 1.5}}, "/clickhouse/insertQuorum"),
+        # The binaries take 1..64 of [A-Za-z0-9_] (an identifier needing no quoting).
+        ({"clickhouse": {"cluster": "my-cluster"}}, "/clickhouse/cluster"),
+        ({"clickhouse": {"cluster": "c" * 65}}, "/clickhouse/cluster"),
+        ({"clickhouse": {"cluster": 1}}, "/clickhouse/cluster"),
         ({"config": {"batch": {"maxWait": 250}}}, "/config/batch/maxWait"),
         # One deliverer only: there is no replicas key to raise.
         ({"deliverer": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
@@ -336,6 +343,11 @@ def test_configmap_and_checksums(case) -> None:
     assert data["REFERRAL_CLICKHOUSE_URL"] == values["clickhouse"]["url"]
     assert data["REFERRAL_CLICKHOUSE_DATABASE"] == values["clickhouse"]["database"]
     assert data["REFERRAL_CLICKHOUSE_USER"] == values["clickhouse"]["user"]
+    # Set only when set: an empty REFERRAL_CLICKHOUSE_CLUSTER would count as a cluster.
+    cluster = values["clickhouse"]["cluster"]
+    assert data.get("REFERRAL_CLICKHOUSE_CLUSTER") == (cluster or None)
+    quorum = values["clickhouse"]["insertQuorum"]
+    assert data.get("REFERRAL_CLICKHOUSE_INSERT_QUORUM") == (str(quorum) if quorum else None)
     assert data["REFERRAL_ATTRIBUTION_WINDOW"] == values["config"]["attributionWindow"]
     assert data["REFERRAL_DEDUP_WINDOW"] == values["config"]["dedupWindow"]
     assert data["REFERRAL_TRUSTED_PROXIES"] == values["config"]["trustedProxies"]
@@ -592,6 +604,104 @@ def test_deliverer_settings_and_disabling() -> None:
     assert api["REFERRAL_WEBHOOK_ALLOW_PRIVATE"]["value"] == "true"
 
 
+# --------------------------------------------------------------------------- ClickHouse replicas
+
+# Every workload that talks to ClickHouse, as (kind, name suffix): the ones that must get
+# the cluster settings. The edge reads Kafka only (it loads the shared ConfigMap too).
+CLICKHOUSE_CLIENTS = (
+    ("Deployment", "aggregator"),
+    ("Job", "migrate"),
+    ("Deployment", "deliverer"),
+    ("Deployment", "api"),
+)
+CLUSTER_ENV = ("REFERRAL_CLICKHOUSE_CLUSTER", "REFERRAL_CLICKHOUSE_INSERT_QUORUM")
+
+
+def effective_env(objects: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, str]:
+    """The variables the workload's container starts with: its ConfigMaps (envFrom), then
+    its own env (literal values; secret references as "<secret>")."""
+    (container,) = one(objects, kind, f"{FULLNAME}-{suffix}")["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert set(source) == {"configMapRef"}, source
+        env.update(one(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
+    for entry in container.get("env", []):
+        env[entry["name"]] = entry["value"] if "value" in entry else "<secret>"
+    return env
+
+
+@pytest.mark.parametrize(
+    ("clickhouse", "expected"),
+    [
+        ({"cluster": "referrals"}, {"REFERRAL_CLICKHOUSE_CLUSTER": "referrals"}),
+        (
+            {"cluster": "referral_replicas_3", "insertQuorum": 3},
+            {"REFERRAL_CLICKHOUSE_CLUSTER": "referral_replicas_3", "REFERRAL_CLICKHOUSE_INSERT_QUORUM": "3"},
+        ),
+        ({"cluster": "referrals", "insertQuorum": 2}, {"REFERRAL_CLICKHOUSE_CLUSTER": "referrals", "REFERRAL_CLICKHOUSE_INSERT_QUORUM": "2"}),
+    ],
+)
+def test_clickhouse_cluster_reaches_every_clickhouse_client(clickhouse, expected) -> None:
+    for auth in ({}, {"existingSecret": "sre-managed"}):
+        objects = render({**auth, "clickhouse": clickhouse})
+        for kind, suffix in CLICKHOUSE_CLIENTS:
+            env = effective_env(objects, kind, suffix)
+            assert {name: env[name] for name in CLUSTER_ENV if name in env} == expected, (kind, suffix)
+            # Next to the URL of the Service over the replicas, as the binaries expect.
+            assert env["REFERRAL_CLICKHOUSE_URL"] == "http://clickhouse.clickhouse.svc:8123"
+    # A change of cluster rolls the pods.
+    annotations = lambda values: deployment(render(values), "aggregator")["spec"]["template"]["metadata"]["annotations"]  # noqa: E731
+    assert annotations({"clickhouse": clickhouse})["checksum/config"] != annotations({})["checksum/config"]
+
+
+@pytest.mark.parametrize(
+    "clickhouse",
+    [{}, {"cluster": ""}, {"cluster": "", "insertQuorum": 0}],
+)
+def test_no_cluster_sets_no_cluster_variable(clickhouse) -> None:
+    objects = render({"clickhouse": clickhouse})
+    assert not set(CLUSTER_ENV) & set(one(objects, "ConfigMap", FULLNAME)["data"])
+    for kind, suffix in (*CLICKHOUSE_CLIENTS, ("Deployment", "ingest")):
+        env = effective_env(objects, kind, suffix)
+        assert not set(CLUSTER_ENV) & set(env), (kind, suffix)
+        assert env["REFERRAL_CLICKHOUSE_URL"] == "http://clickhouse.clickhouse.svc:8123"
+    notes = render_raw({"clickhouse": clickhouse})["referral-attribution/templates/NOTES.txt"]
+    assert "cluster" not in notes
+
+
+def test_cluster_without_quorum_leaves_the_default_to_the_binaries() -> None:
+    objects = render({"clickhouse": {"cluster": "referrals", "insertQuorum": 0}})
+    data = one(objects, "ConfigMap", FULLNAME)["data"]
+    assert data["REFERRAL_CLICKHOUSE_CLUSTER"] == "referrals"
+    assert "REFERRAL_CLICKHOUSE_INSERT_QUORUM" not in data
+    notes = render_raw({"clickhouse": {"cluster": "referrals"}})["referral-attribution/templates/NOTES.txt"]
+    assert "replicas of cluster referrals (insert quorum 2, the default)" in notes
+    notes = render_raw({"clickhouse": {"cluster": "referrals", "insertQuorum": 3}})[
+        "referral-attribution/templates/NOTES.txt"
+    ]
+    assert "replicas of cluster referrals (insert quorum 3)" in notes
+
+
+def test_insert_quorum_needs_a_cluster() -> None:
+    # Every binary refuses --clickhouse-insert-quorum without --clickhouse-cluster: so does
+    # the chart, on the migration Job and (without it) on the Deployments.
+    for extra in ({}, {"migration": {"enabled": False}}):
+        with pytest.raises(helm.HelmRenderError) as refused:
+            render_raw({"clickhouse": {"insertQuorum": 2}, **extra})
+        message = str(refused.value)
+        assert "clickhouse.insertQuorum (2) needs clickhouse.cluster" in message, message
+
+
+def test_production_values_use_a_replicated_cluster() -> None:
+    values = load_values("production.yaml")
+    assert values["clickhouse"]["cluster"]
+    objects = render(values)
+    for kind, suffix in CLICKHOUSE_CLIENTS:
+        env = effective_env(objects, kind, suffix)
+        assert env["REFERRAL_CLICKHOUSE_CLUSTER"] == values["clickhouse"]["cluster"], (kind, suffix)
+        assert env["REFERRAL_CLICKHOUSE_INSERT_QUORUM"] == str(values["clickhouse"]["insertQuorum"])
+
+
 # --------------------------------------------------------------------------- scaling
 
 
@@ -653,6 +763,9 @@ def test_managed_services_values_use_sasl_tls_and_https() -> None:
     objects = render(values)
     configmap = one(objects, "ConfigMap", FULLNAME)["data"]
     assert configmap["REFERRAL_CLICKHOUSE_URL"].startswith("https://")
+    # ClickHouse Cloud replicates by itself (SharedMergeTree): no cluster, no quorum.
+    assert "REFERRAL_CLICKHOUSE_CLUSTER" not in configmap
+    assert "REFERRAL_CLICKHOUSE_INSERT_QUORUM" not in configmap
     assert configmap["REFERRAL_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
 
 
@@ -937,3 +1050,13 @@ def test_notes_render(case) -> None:
     open_api = not values["existingSecret"] and not values["auth"]["apiTokens"]
     assert open_api == values["auth"]["allowAnonymous"]
     assert ("WARNING: no API tokens" in notes) == open_api
+
+
+def test_sequential_reads_reach_the_clickhouse_clients_only_when_set() -> None:
+    # ClickHouse Cloud: no cluster, no quorum, but the aggregator's reads must not be stale.
+    objects = render({"clickhouse": {"sequentialReads": True}})
+    for kind, suffix in CLICKHOUSE_CLIENTS:
+        assert effective_env(objects, kind, suffix)["REFERRAL_CLICKHOUSE_SEQUENTIAL_READS"] == "true"
+    objects = render({})
+    for kind, suffix in CLICKHOUSE_CLIENTS:
+        assert "REFERRAL_CLICKHOUSE_SEQUENTIAL_READS" not in effective_env(objects, kind, suffix)

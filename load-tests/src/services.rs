@@ -219,6 +219,8 @@ pub struct ClickHouseServer {
     tcp_port: u16,
     /// Also serving HTTPS here, with the test certificate of `fixtures/tls/`.
     https_port: Option<u16>,
+    /// A replica's settings (interserver port, ZooKeeper, macros, the cluster), if one.
+    replica_config: String,
     binary: PathBuf,
 }
 
@@ -254,6 +256,7 @@ impl ClickHouseServer {
             http_port: ports[0],
             tcp_port: ports[1],
             https_port: tls.then_some(ports[2]),
+            replica_config: String::new(),
             binary: find_program(
                 "REFERRAL_CLICKHOUSE_SERVER",
                 &["clickhouse-server", "/usr/sbin/clickhouse-server"],
@@ -419,7 +422,7 @@ impl ClickHouseServer {
     </logger>
     <listen_host>127.0.0.1</listen_host>
     <http_port>{http_port}</http_port>
-    <tcp_port>{tcp_port}</tcp_port>{https}
+    <tcp_port>{tcp_port}</tcp_port>{https}{replica}
     <max_connections>1024</max_connections>
     <keep_alive_timeout>3</keep_alive_timeout>
     <max_concurrent_queries>100</max_concurrent_queries>
@@ -443,6 +446,7 @@ impl ClickHouseServer {
             http_port = self.http_port,
             tcp_port = self.tcp_port,
             https = self.https_config(),
+            replica = self.replica_config,
             data = path("data"),
             tmp = path("tmp"),
             user_files = path("user_files"),
@@ -535,6 +539,162 @@ impl ClickHouseServer {
             thread::sleep(Duration::from_millis(20));
         }
         self.process = Some(process);
+    }
+}
+
+/// Debian's ZooKeeper 3.8, standalone, on a free port in its own temp dir (the class path
+/// the package's `environment` names; ready in a few seconds). Dropping it kills it.
+#[derive(Debug)]
+pub struct ZooKeeper {
+    _process: ChildGuard,
+    _dir: TempDir,
+    port: u16,
+}
+
+impl ZooKeeper {
+    /// # Panics
+    /// When Java or the package is missing, or it does not serve within 30 s.
+    pub fn start() -> Self {
+        let dir = temp_dir("zookeeper-");
+        let port = free_port();
+        let config = dir.path().join("zoo.cfg");
+        fs::write(
+            &config,
+            format!(
+                "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+                 admin.enableServer=false\n4lw.commands.whitelist=srvr\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap_or_else(|error| panic!("cannot write {}: {error}", config.display()));
+        let log = append_log(&dir.path().join("zookeeper.log"));
+        let child = Command::new("java")
+            .args([
+                "-cp",
+                "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar",
+                "-Xmx256m",
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            ])
+            .arg(&config)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .unwrap_or_else(|error| panic!("log handle: {error}")),
+            )
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot run java ({error}): run scripts/install-test-services.sh (zookeeper)"
+                )
+            });
+        let mut process = ChildGuard::new(child);
+        let started = Instant::now();
+        loop {
+            if let Some(status) = process.exited() {
+                panic!(
+                    "zookeeper exited during start-up ({status})\n{}",
+                    log_tail(&[dir.path().join("zookeeper.log")], LOG_TAIL_LINES)
+                );
+            }
+            if Self::serving(port) {
+                break;
+            }
+            assert!(
+                started.elapsed() < START_TIMEOUT,
+                "zookeeper did not answer on port {port}\n{}",
+                log_tail(&[dir.path().join("zookeeper.log")], LOG_TAIL_LINES)
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            _process: process,
+            _dir: dir,
+            port,
+        }
+    }
+
+    /// Whether it serves sessions: `srvr` names its mode only then (`ruok` answers as soon
+    /// as the process runs, and ClickHouse 18.16 crashes on a session refused at start).
+    fn serving(port: u16) -> bool {
+        use std::io::Read;
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(PING_TIMEOUT));
+        let mut answer = String::new();
+        stream.write_all(b"srvr").is_ok()
+            && stream.read_to_string(&mut answer).is_ok()
+            && answer.contains("Mode: standalone")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+/// ClickHouse 18.16 replicas of one shard, with a ZooKeeper, in the cluster
+/// [`CLUSTER`](Self::CLUSTER) (`remote_servers`), each with the macros `{shard}` and
+/// `{replica}`: what `--clickhouse-cluster` needs. Each replica is a [`ClickHouseServer`]
+/// (stop, restart, query as with one server).
+#[derive(Debug)]
+pub struct ClickHouseReplicas {
+    pub replicas: Vec<ClickHouseServer>,
+    _zookeeper: ZooKeeper,
+}
+
+impl ClickHouseReplicas {
+    pub const CLUSTER: &'static str = "referral_cluster";
+
+    pub fn start(count: usize) -> Self {
+        let zookeeper = ZooKeeper::start();
+        let ports: Vec<Vec<u16>> = (0..count).map(|_| free_ports(3)).collect();
+        let mut shard = String::from("<shard><internal_replication>true</internal_replication>");
+        for replica_ports in &ports {
+            let _ = write!(
+                shard,
+                "<replica><host>127.0.0.1</host><port>{}</port></replica>",
+                replica_ports[1]
+            );
+        }
+        shard.push_str("</shard>");
+        let replicas = ports
+            .iter()
+            .enumerate()
+            .map(|(index, replica_ports)| {
+                let mut server = ClickHouseServer {
+                    process: None,
+                    http_port: replica_ports[0],
+                    tcp_port: replica_ports[1],
+                    https_port: None,
+                    replica_config: format!(
+                        "\n    <interserver_http_port>{interserver}</interserver_http_port>\
+                         \n    <interserver_http_host>127.0.0.1</interserver_http_host>\
+                         \n    <zookeeper><node><host>127.0.0.1</host><port>{zk}</port></node>\
+                         <session_timeout_ms>6000</session_timeout_ms></zookeeper>\
+                         \n    <macros><shard>01</shard><replica>replica{index}</replica></macros>\
+                         \n    <remote_servers><{cluster}>{shard}</{cluster}></remote_servers>\
+                         \n    <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>",
+                        interserver = replica_ports[2],
+                        zk = zookeeper.port(),
+                        cluster = Self::CLUSTER,
+                    ),
+                    binary: find_program(
+                        "REFERRAL_CLICKHOUSE_SERVER",
+                        &["clickhouse-server", "/usr/sbin/clickhouse-server"],
+                    ),
+                    dir: temp_dir("clickhouse-replica-"),
+                };
+                server.write_config();
+                server.launch();
+                server
+            })
+            .collect();
+        Self {
+            replicas,
+            _zookeeper: zookeeper,
+        }
     }
 }
 

@@ -38,6 +38,10 @@ pub const DEFAULT_LOG_FSYNC_INTERVAL: &str = "250us";
 /// and nothing in memory; past it, the bound is back-pressure.
 pub const DEFAULT_MAX_APPLY_LAG: u64 = 1_000_000;
 
+/// A cluster's writes reach two replicas before they count: one replica can be lost
+/// without losing a stored flush (three replicas keep writing with one down).
+pub const DEFAULT_CLUSTER_INSERT_QUORUM: u32 = 2;
+
 /// How long the producer retries one message. The edge's `--ack-timeout` may not exceed it,
 /// so a request never outlives its message's fate by more than this.
 pub const DEFAULT_KAFKA_MESSAGE_TIMEOUT: &str = "10s";
@@ -134,6 +138,26 @@ pub struct PipelineArgs {
     #[arg(long, env = "REFERRAL_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<String>,
 
+    /// ClickHouse cluster (a `remote_servers` entry of the servers' config) whose replicas
+    /// hold the store: migrations run `ON CLUSTER` with Replicated engines (each server
+    /// needs `<zookeeper>` and the `{shard}` and `{replica}` macros). Unset: one server.
+    #[arg(long, env = "REFERRAL_CLICKHOUSE_CLUSTER")]
+    pub clickhouse_cluster: Option<String>,
+
+    /// Replicas every insert of the writer must reach before it counts (`insert_quorum`),
+    /// and its reads see only what such inserts wrote (`select_sequential_consistency`):
+    /// after a failover the checkpoint it resumes from reflects every flush stored.
+    /// 0: the default, 2 with --clickhouse-cluster (and none without).
+    #[arg(long, env = "REFERRAL_CLICKHOUSE_INSERT_QUORUM", default_value_t = 0)]
+    pub clickhouse_insert_quorum: u32,
+
+    /// The writer's reads only from a replica holding every acknowledged insert
+    /// (`select_sequential_consistency`): on by itself with --clickhouse-cluster; set it on
+    /// ClickHouse Cloud, whose replicas pick up new parts asynchronously, so that an
+    /// aggregator moved to another replica never resumes from an older checkpoint.
+    #[arg(long, env = "REFERRAL_CLICKHOUSE_SEQUENTIAL_READS")]
+    pub clickhouse_sequential_reads: bool,
+
     /// Threads one read of the API may use in ClickHouse (`max_threads`; 0: the server's
     /// default, its core count). Dashboard reads are many and small: measured on 2 cores
     /// with 4 concurrent leaderboards, one thread each answered p99 ~15% sooner than two.
@@ -221,6 +245,14 @@ impl PipelineArgs {
             crate::store::clickhouse::migrate::quoted_identifier(&self.clickhouse_database)
                 .map_err(|error| anyhow::anyhow!("--clickhouse-database: {error}"))?;
         }
+        if let Some(cluster) = &self.clickhouse_cluster {
+            crate::store::clickhouse::migrate::quoted_identifier(cluster)
+                .map_err(|error| anyhow::anyhow!("--clickhouse-cluster: {error}"))?;
+        }
+        anyhow::ensure!(
+            self.clickhouse_insert_quorum == 0 || self.clickhouse_cluster.is_some(),
+            "--clickhouse-insert-quorum needs --clickhouse-cluster (replicas to reach)"
+        );
         anyhow::ensure!(
             self.kafka_queue_max_messages >= 1,
             "--kafka-queue-max-messages must be at least 1"
@@ -309,6 +341,13 @@ impl PipelineArgs {
                 password: self.clickhouse_password.clone(),
                 insert_timeout,
                 read_threads: self.clickhouse_read_threads,
+                cluster: self.clickhouse_cluster.clone(),
+                insert_quorum: match (self.clickhouse_insert_quorum, &self.clickhouse_cluster) {
+                    (0, Some(_)) => DEFAULT_CLUSTER_INSERT_QUORUM,
+                    (quorum, _) => quorum,
+                },
+                sequential_reads: self.clickhouse_sequential_reads
+                    || self.clickhouse_cluster.is_some(),
             })
     }
 

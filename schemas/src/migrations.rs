@@ -114,6 +114,12 @@ pub const CLICKHOUSE: &[Migration] = &[
         sql: include_str!("../migrations/clickhouse/0008_webhooks.sql"),
         min_server: None,
     },
+    Migration {
+        version: 9,
+        name: "flush markers for replicated totals",
+        sql: include_str!("../migrations/clickhouse/0009_flush_markers.sql"),
+        min_server: None,
+    },
 ];
 
 /// `(table, column)` when `statement` is a single-action `ALTER TABLE <table> ADD COLUMN
@@ -174,9 +180,171 @@ pub fn statements(sql: &str) -> Vec<String> {
     statements
 }
 
+/// `statement` for a replicated cluster: its DDL runs `ON CLUSTER cluster` (on every
+/// replica, through ZooKeeper's DDL queue), and a `*MergeTree` engine becomes its
+/// `Replicated*` kin, kept in ZooKeeper under `/clickhouse/tables/{shard}/<database>/<table>`
+/// with the server's `{replica}` macro. Inserts stay as they are: replication carries them.
+/// The migrations are written for one server; this is the one place that knows clusters.
+pub fn on_cluster(statement: &str, cluster: &str, database: &str) -> String {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    let upper = |index: usize| words.get(index).map(|word| word.to_ascii_uppercase());
+    let if_exists = |at: usize| {
+        matches!(upper(at).as_deref(), Some("IF"))
+            && matches!(upper(at + 1).as_deref(), Some("NOT" | "EXISTS"))
+    };
+    // Where the object's name stands among the words.
+    let name_at = match (
+        upper(0).as_deref(),
+        upper(1).as_deref(),
+        upper(2).as_deref(),
+    ) {
+        (Some("CREATE"), Some("TABLE"), _) => Some(if if_exists(2) { 5 } else { 2 }),
+        (Some("CREATE"), Some("MATERIALIZED"), Some("VIEW")) => {
+            Some(if if_exists(3) { 6 } else { 3 })
+        }
+        (Some("ALTER"), Some("TABLE"), _) => Some(2),
+        (Some("DROP"), Some("TABLE"), _) => Some(if if_exists(2) { 4 } else { 2 }),
+        _ => None,
+    };
+    let Some(name) = name_at.and_then(|at| words.get(at)) else {
+        return statement.to_owned();
+    };
+    let name = name.trim_end_matches('(');
+    // The name's first occurrence after the statement's keywords is the name itself.
+    let keywords_end = words
+        .iter()
+        .take(name_at.unwrap_or(0))
+        .map(|word| statement.find(word).map_or(0, |at| at + word.len()))
+        .max()
+        .unwrap_or(0);
+    let Some(name_start) = statement[keywords_end..]
+        .find(name)
+        .map(|at| at + keywords_end)
+    else {
+        return statement.to_owned();
+    };
+    let name_end = name_start + name.len();
+    // Other replicas run the statement in their default database: every table it names is
+    // qualified with the store's.
+    let qualify = |table: &str| {
+        if table.contains('.') {
+            table.to_owned()
+        } else {
+            format!("{database}.{table}")
+        }
+    };
+    let mut rest = statement[name_end..].to_owned();
+    if words
+        .get(1)
+        .is_some_and(|word| word.eq_ignore_ascii_case("MATERIALIZED"))
+    {
+        for keyword in [" TO ", "FROM "] {
+            if let Some(at) = rest.find(keyword) {
+                let table_start = at + keyword.len();
+                let table_len = rest[table_start..]
+                    .find(|c: char| c.is_whitespace() || c == ';')
+                    .unwrap_or(rest.len() - table_start);
+                let table = rest[table_start..table_start + table_len].to_owned();
+                rest.replace_range(table_start..table_start + table_len, &qualify(&table));
+            }
+        }
+    }
+    let mut clustered = format!(
+        "{}{} ON CLUSTER `{cluster}`{rest}",
+        &statement[..name_start],
+        qualify(name)
+    );
+    if let Some(engine_at) = clustered.find("ENGINE = ") {
+        let engine_start = engine_at + "ENGINE = ".len();
+        let engine_len = clustered[engine_start..]
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(clustered.len() - engine_start);
+        let engine = clustered[engine_start..engine_start + engine_len].to_owned();
+        if engine.ends_with("MergeTree") && !engine.starts_with("Replicated") {
+            let after = engine_start + engine_len;
+            let (args, end) = if clustered[after..].starts_with('(') {
+                let mut depth = 0usize;
+                let mut close = after;
+                for (offset, c) in clustered[after..].char_indices() {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                close = after + offset;
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                (clustered[after + 1..close].to_owned(), close + 1)
+            } else {
+                (String::new(), after)
+            };
+            let table = name.rsplit('.').next().unwrap_or(name).trim_matches('`');
+            let separator = if args.is_empty() { "" } else { ", " };
+            let replicated = format!(
+                "Replicated{engine}('/clickhouse/tables/{{shard}}/{database}/{table}', '{{replica}}'{separator}{args})"
+            );
+            clustered.replace_range(engine_start..end, &replicated);
+        }
+    }
+    clustered
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn on_a_cluster_ddl_runs_on_every_replica_and_tables_are_replicated() {
+        let create = "CREATE TABLE IF NOT EXISTS mentor_totals (\n    mentor_id String\n) ENGINE = SummingMergeTree((clicks, conversions, next_offset))\nORDER BY (mentor_id)";
+        assert_eq!(
+            on_cluster(create, "main", "referral"),
+            "CREATE TABLE IF NOT EXISTS referral.mentor_totals ON CLUSTER `main` (\n    mentor_id String\n) ENGINE = ReplicatedSummingMergeTree('/clickhouse/tables/{shard}/referral/mentor_totals', '{replica}', (clicks, conversions, next_offset))\nORDER BY (mentor_id)"
+        );
+        assert_eq!(
+            on_cluster(
+                "CREATE TABLE IF NOT EXISTS t (v UInt64) ENGINE = ReplacingMergeTree\nORDER BY v",
+                "c",
+                "d"
+            ),
+            "CREATE TABLE IF NOT EXISTS d.t ON CLUSTER `c` (v UInt64) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/d/t', '{replica}')\nORDER BY v"
+        );
+        assert_eq!(
+            on_cluster("ALTER TABLE attributions ADD COLUMN x String", "c", "d"),
+            "ALTER TABLE d.attributions ON CLUSTER `c` ADD COLUMN x String"
+        );
+        assert_eq!(
+            on_cluster("DROP TABLE IF EXISTS feed", "c", "d"),
+            "DROP TABLE IF EXISTS d.feed ON CLUSTER `c`"
+        );
+        assert_eq!(
+            on_cluster(
+                "CREATE MATERIALIZED VIEW IF NOT EXISTS feed TO target\nAS SELECT * FROM t",
+                "c",
+                "d"
+            ),
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS d.feed ON CLUSTER `c` TO d.target\nAS SELECT * FROM d.t"
+        );
+        let insert = "INSERT INTO t (a) SELECT a FROM s";
+        assert_eq!(on_cluster(insert, "c", "d"), insert);
+        // Every shipped DDL statement runs on the cluster; every table is replicated.
+        for migration in CLICKHOUSE {
+            for statement in statements(migration.sql) {
+                let clustered = on_cluster(&statement, "c", "d");
+                if statement.starts_with("INSERT") {
+                    assert_eq!(clustered, statement);
+                    continue;
+                }
+                assert!(clustered.contains(" ON CLUSTER `c`"), "{statement}");
+                if statement.contains("ENGINE = ") {
+                    assert!(clustered.contains("ENGINE = Replicated"), "{clustered}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn versions_are_dense_and_ordered() {

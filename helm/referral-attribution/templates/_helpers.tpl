@@ -142,6 +142,9 @@ so a bad combination fails `helm install`, `helm upgrade` and `helm template` al
 {{- if and .Values.kafka.tls.caSecret (not (has .Values.kafka.securityProtocol (list "ssl" "sasl-ssl"))) }}
 {{- fail "kafka.tls.caSecret is set but kafka.securityProtocol is not ssl or sasl-ssl" }}
 {{- end }}
+{{- if and (gt (int64 .Values.clickhouse.insertQuorum) 0) (not .Values.clickhouse.cluster) }}
+{{- fail (printf "clickhouse.insertQuorum (%d) needs clickhouse.cluster: a quorum counts the replicas of a cluster, and with one server every binary refuses --clickhouse-insert-quorum. Set clickhouse.cluster to the remote_servers cluster of the replicas, or leave clickhouse.insertQuorum at 0 (on ClickHouse Cloud leave both unset)" (int64 .Values.clickhouse.insertQuorum)) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -186,6 +189,16 @@ REFERRAL_CLICKHOUSE_DATABASE: {{ .Values.clickhouse.database | quote }}
 REFERRAL_CLICKHOUSE_USER: {{ .Values.clickhouse.user | quote }}
 REFERRAL_CLICKHOUSE_INSERT_TIMEOUT: {{ .Values.clickhouse.insertTimeout | quote }}
 REFERRAL_CLICKHOUSE_READ_THREADS: {{ .Values.clickhouse.readThreads | quote }}
+{{- /* Only when set: the binaries take an empty variable for a set (empty) cluster. */}}
+{{- with .Values.clickhouse.cluster }}
+REFERRAL_CLICKHOUSE_CLUSTER: {{ . | quote }}
+{{- end }}
+{{- if gt (int64 .Values.clickhouse.insertQuorum) 0 }}
+REFERRAL_CLICKHOUSE_INSERT_QUORUM: {{ .Values.clickhouse.insertQuorum | int64 | quote }}
+{{- end }}
+{{- if .Values.clickhouse.sequentialReads }}
+REFERRAL_CLICKHOUSE_SEQUENTIAL_READS: "true"
+{{- end }}
 REFERRAL_ATTRIBUTION_WINDOW: {{ .Values.config.attributionWindow | quote }}
 REFERRAL_DEDUP_WINDOW: {{ .Values.config.dedupWindow | quote }}
 REFERRAL_TRUSTED_PROXIES: {{ .Values.config.trustedProxies | quote }}

@@ -47,6 +47,9 @@ impl Writer {
             password: None,
             insert_timeout: Duration::from_secs(300),
             read_threads: 0,
+            cluster: None,
+            insert_quorum: 0,
+            sequential_reads: false,
         };
         let sink = ClickHouseSink::connect(&settings)
             .await

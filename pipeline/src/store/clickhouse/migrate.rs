@@ -6,7 +6,7 @@
 //! twice. A migration the server is too old for is skipped and not recorded, so it is
 //! applied once the server is upgraded.
 
-use referral_schemas::migrations::{CLICKHOUSE, added_column, statements};
+use referral_schemas::migrations::{CLICKHOUSE, added_column, on_cluster, statements};
 
 use super::{ClickHouseSettings, ServerVersion, server_version};
 use crate::store::StoreError;
@@ -51,19 +51,28 @@ pub async fn refuse_newer_schema(settings: &ClickHouseSettings) -> Result<(), St
 pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, StoreError> {
     let server = settings.server_client();
     let version = server_version(&server).await?;
-    server
-        .query(&format!(
-            "CREATE DATABASE IF NOT EXISTS {}",
-            quoted_identifier(&settings.database)?
-        ))
-        .execute()
-        .await?;
+    let database = quoted_identifier(&settings.database)?;
+    let cluster = match &settings.cluster {
+        Some(cluster) => Some(quoted_identifier(cluster)?.trim_matches('`').to_owned()),
+        None => None,
+    };
+    // The migrations are written for one server; on a cluster each DDL statement is run
+    // on every replica with Replicated engines (`on_cluster`).
+    let for_store = |statement: &str| match &cluster {
+        Some(cluster) => on_cluster(statement, cluster, &settings.database),
+        None => statement.to_owned(),
+    };
+    let create_database = match &cluster {
+        Some(cluster) => format!("CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER `{cluster}`"),
+        None => format!("CREATE DATABASE IF NOT EXISTS {database}"),
+    };
+    server.query(&create_database).execute().await?;
     let client = settings.client();
     client
-        .query(
+        .query(&for_store(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, \
              applied_at DateTime) ENGINE = MergeTree ORDER BY version",
-        )
+        ))
         .execute()
         .await?;
     let done: Vec<u32> = client
@@ -97,7 +106,7 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, S
             {
                 continue;
             }
-            if let Err(error) = client.query(&statement).execute().await {
+            if let Err(error) = client.query(&for_store(&statement)).execute().await {
                 // Another runner added the column between the check and this ALTER.
                 match added {
                     Some((table, column)) if column_exists(&client, table, column).await? => {}

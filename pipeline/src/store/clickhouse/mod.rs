@@ -39,6 +39,13 @@
 //!   partition's pending batch is flushed or dropped inside the revocation callback, before
 //!   another consumer can own it.
 //!
+//! With replicas (`--clickhouse-cluster`), fact 2 needs the checkpoint read back to be the
+//! one stored, on whichever replica answers: every insert of the writer waits for
+//! `insert_quorum` replicas and its reads are sequentially consistent (a replica lacking
+//! a quorum-acknowledged part refuses them), and each commit insert carries a 'flush' row
+//! naming its offset ranges, so replicated block deduplication drops a retried flush, never
+//! a different one with equal totals (README, "ClickHouse with replicas").
+//!
 //! What it does not cover: two live consumers writing the same partition at once (a zombie
 //! that lost its group session but still reaches ClickHouse). librdkafka detects a lost
 //! session locally (`assignment_lost`), and the consumer stops writing a partition it no
@@ -69,6 +76,12 @@ pub struct ClickHouseSettings {
     pub insert_timeout: Duration,
     /// `max_threads` of the reader's queries (0: the server's default).
     pub read_threads: u64,
+    /// The cluster whose replicas hold the store (`ON CLUSTER`, Replicated engines).
+    pub cluster: Option<String>,
+    /// `insert_quorum` of the writer's inserts (0: off).
+    pub insert_quorum: u32,
+    /// The writer's reads with `select_sequential_consistency` (a cluster, or Cloud).
+    pub sequential_reads: bool,
 }
 
 impl ClickHouseSettings {

@@ -69,7 +69,21 @@ async fn fill_totals_backfill(client: &clickhouse::Client) -> Result<(), StoreEr
 impl ClickHouseSink {
     /// Connects and probes the server version.
     pub async fn connect(settings: &ClickHouseSettings) -> Result<Self, StoreError> {
-        let client = settings.client();
+        let mut client = settings.client();
+        if settings.insert_quorum > 0 {
+            // Every write reaches the quorum before it counts. The server stops waiting for
+            // the quorum when this process would.
+            let timeout_ms = settings.insert_timeout.as_millis().to_string();
+            client = client
+                .with_setting("insert_quorum", settings.insert_quorum.to_string())
+                .with_setting("insert_quorum_timeout", timeout_ms);
+        }
+        if settings.sequential_reads {
+            // Every read of the writer (its checkpoints, the state it decides on) comes
+            // from a replica holding every acknowledged write: after a failover it resumes
+            // from what the replica set stored.
+            client = client.with_setting("select_sequential_consistency", "1");
+        }
         let server = server_version(&client).await?;
         tracing::info!(server = %server.text, insert_tokens = server.has_insert_tokens(), "clickhouse connected");
         fill_totals_backfill(&client).await?;
@@ -269,9 +283,12 @@ impl StoreWriter for ClickHouseSink {
     /// The totals and checkpoint rows in one insert: the flush's commit point. `token`
     /// names the batch for servers that deduplicate inserts (22.2+).
     async fn commit(&mut self, plan: &Plan, token: &str) -> Result<(), StoreError> {
+        let mut rows = totals::rows(plan);
+        if self.settings.cluster.is_some() {
+            rows.push(totals::flush_marker(token));
+        }
         let token = self.server.has_insert_tokens().then_some(token);
-        self.insert("mentor_totals", &totals::rows(plan), token)
-            .await?;
+        self.insert("mentor_totals", &rows, token).await?;
         for moved in &plan.checkpoints {
             self.checkpoints
                 .insert((moved.topic.clone(), moved.partition), moved.to);

@@ -33,6 +33,21 @@ pub mod grain {
     /// Reversed conversions (in `clicks`), per hour and day of their `confirmed_at`.
     pub const REVERSAL_HOUR: i8 = 12;
     pub const REVERSAL_DAY: i8 = 13;
+    /// One zero row per commit insert on a cluster, keyed by the flush's token: makes
+    /// distinct flushes distinct blocks to replicated deduplication (migration 9).
+    pub const FLUSH: i8 = 14;
+}
+
+/// The 'flush' row of a commit insert named `token` (its offset ranges).
+pub fn flush_marker(token: &str) -> TotalsRow {
+    TotalsRow {
+        mentor_id: token.to_owned(),
+        grain: grain::FLUSH,
+        bucket: 0,
+        clicks: 0,
+        conversions: 0,
+        next_offset: 0,
+    }
 }
 
 /// The `mentor_id` of a 'time_hour' row: the hour in 10 digits, `:`, the mentor.
