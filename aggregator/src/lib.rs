@@ -150,7 +150,7 @@ pub async fn deliver(
         .clickhouse_settings(Duration::from_secs(30))
         .context("referral-aggregator deliver needs --clickhouse-url (embedded: referral-api delivers in process)")?;
     clickhouse_migrate::refuse_newer_schema(&clickhouse).await?;
-    let store: Arc<dyn WebhookStore> = Arc::new(ClickHouseWebhooks::new(&clickhouse));
+    let store: Arc<dyn WebhookStore> = Arc::new(ClickHouseWebhooks::for_deliverer(&clickhouse));
     let metrics = telemetry::metrics_handle();
     telemetry::spawn_metrics_upkeep(metrics.clone(), shutdown.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -672,7 +672,7 @@ impl ClickHouseReplicas {
                         "\n    <interserver_http_port>{interserver}</interserver_http_port>\
                          \n    <interserver_http_host>127.0.0.1</interserver_http_host>\
                          \n    <zookeeper><node><host>127.0.0.1</host><port>{zk}</port></node>\
-                         <session_timeout_ms>6000</session_timeout_ms></zookeeper>\
+                         <session_timeout_ms>3000</session_timeout_ms></zookeeper>\
                          \n    <macros><shard>01</shard><replica>replica{index}</replica></macros>\
                          \n    <remote_servers><{cluster}>{shard}</{cluster}></remote_servers>\
                          \n    <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>",

@@ -111,9 +111,26 @@ const NOT_DELETED: &str =
     "id NOT IN (SELECT id FROM webhook_endpoints WHERE isNotNull(deleted_at))";
 
 impl ClickHouseWebhooks {
+    /// For the API: endpoints, attempts and replays.
     pub fn new(settings: &ClickHouseSettings) -> Self {
+        Self::with_client(settings.client())
+    }
+
+    /// For the deliverer: on a cluster its reads are sequentially consistent, as the
+    /// writer's are, so that a replica that has fetched a flush's checkpoint but not yet
+    /// its events cannot move a cursor past events it has not seen.
+    pub fn for_deliverer(settings: &ClickHouseSettings) -> Self {
+        let client = settings.client();
+        Self::with_client(if settings.sequential_reads {
+            client.with_setting("select_sequential_consistency", "1")
+        } else {
+            client
+        })
+    }
+
+    fn with_client(client: Client) -> Self {
         Self {
-            client: settings.client(),
+            client,
             progress_versions: Arc::new(Mutex::new(HashMap::new())),
         }
     }

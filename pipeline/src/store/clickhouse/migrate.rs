@@ -66,15 +66,33 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, S
         Some(cluster) => format!("CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER `{cluster}`"),
         None => format!("CREATE DATABASE IF NOT EXISTS {database}"),
     };
-    server.query(&create_database).execute().await?;
-    let client = settings.client();
-    client
-        .query(&for_store(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, \
-             applied_at DateTime) ENGINE = MergeTree ORDER BY version",
-        ))
-        .execute()
+    // Asked locally first: on a cluster each DDL statement waits for every replica, so an
+    // aggregator starting while one is down must not issue any when nothing is pending.
+    let database_exists: u64 = server
+        .query("SELECT count() FROM system.databases WHERE name = ?")
+        .bind(&settings.database)
+        .fetch_one()
         .await?;
+    if database_exists == 0 {
+        server.query(&create_database).execute().await?;
+    }
+    let client = settings.client();
+    let ledger_exists: u64 = client
+        .query(
+            "SELECT count() FROM system.tables \
+             WHERE database = currentDatabase() AND name = 'schema_migrations'",
+        )
+        .fetch_one()
+        .await?;
+    if ledger_exists == 0 {
+        client
+            .query(&for_store(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, \
+                 applied_at DateTime) ENGINE = MergeTree ORDER BY version",
+            ))
+            .execute()
+            .await?;
+    }
     let done: Vec<u32> = client
         .query("SELECT DISTINCT version FROM schema_migrations")
         .fetch_all()
@@ -107,8 +125,14 @@ pub async fn migrate(settings: &ClickHouseSettings) -> Result<MigrationReport, S
                 continue;
             }
             if let Err(error) = client.query(&for_store(&statement)).execute().await {
-                // Another runner added the column between the check and this ALTER.
+                // Another runner added the column between the check and this ALTER; on a
+                // cluster, another replica had it already (the check asked this one only:
+                // code 44, the column exists).
+                let exists_elsewhere = cluster.is_some()
+                    && added.is_some()
+                    && matches!(&error, clickhouse::error::Error::BadResponse(message) if message.contains("Code: 44"));
                 match added {
+                    _ if exists_elsewhere => {}
                     Some((table, column)) if column_exists(&client, table, column).await? => {}
                     _ => return Err(error.into()),
                 }

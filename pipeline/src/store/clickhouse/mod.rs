@@ -44,7 +44,10 @@
 //! `insert_quorum` replicas and its reads are sequentially consistent (a replica lacking
 //! a quorum-acknowledged part refuses them), and each commit insert carries a 'flush' row
 //! naming its offset ranges, so replicated block deduplication drops a retried flush, never
-//! a different one with equal totals (README, "ClickHouse with replicas").
+//! a different one with equal totals. A commit stranded on a dead replica (quorum pending,
+//! rows hidden) blocks every other quorum insert, and before a checkpoint is read the
+//! writer makes a quorum insert of its own (`ClickHouseSink::quorum_barrier`), so the read
+//! includes it (README, "ClickHouse with replicas").
 //!
 //! What it does not cover: two live consumers writing the same partition at once (a zombie
 //! that lost its group session but still reaches ClickHouse). librdkafka detects a lost

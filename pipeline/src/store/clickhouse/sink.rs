@@ -70,6 +70,7 @@ impl ClickHouseSink {
     /// Connects and probes the server version.
     pub async fn connect(settings: &ClickHouseSettings) -> Result<Self, StoreError> {
         let mut client = settings.client();
+        let server = server_version(&client).await?;
         if settings.insert_quorum > 0 {
             // Every write reaches the quorum before it counts. The server stops waiting for
             // the quorum when this process would.
@@ -77,6 +78,12 @@ impl ClickHouseSink {
             client = client
                 .with_setting("insert_quorum", settings.insert_quorum.to_string())
                 .with_setting("insert_quorum_timeout", timeout_ms);
+            if server.at_least((20, 10)) {
+                // Parallel quorum inserts (the default of newer servers) void sequential
+                // consistency and the checkpoint barrier (`quorum_barrier`): one quorum
+                // insert at a time.
+                client = client.with_setting("insert_quorum_parallel", "0");
+            }
         }
         if settings.sequential_reads {
             // Every read of the writer (its checkpoints, the state it decides on) comes
@@ -84,7 +91,6 @@ impl ClickHouseSink {
             // from what the replica set stored.
             client = client.with_setting("select_sequential_consistency", "1");
         }
-        let server = server_version(&client).await?;
         tracing::info!(server = %server.text, insert_tokens = server.has_insert_tokens(), "clickhouse connected");
         fill_totals_backfill(&client).await?;
         Ok(Self {
@@ -156,6 +162,22 @@ impl ClickHouseSink {
     }
 }
 
+impl ClickHouseSink {
+    /// Before a checkpoint is read on a cluster: one quorum insert of a zero 'flush' row of
+    /// its own. A commit insert whose quorum is still pending (its replica died before
+    /// another fetched it) is stored on one replica and hidden from sequentially consistent
+    /// reads; resuming from the checkpoint without it, and applying those events again in
+    /// other batches, would count them twice once it arrives. ClickHouse refuses a quorum
+    /// insert while an earlier one's quorum is pending, so this succeeds only once every
+    /// commit the replica set took is visible to the read that follows; until then the
+    /// read fails and is retried.
+    async fn quorum_barrier(&self) -> Result<(), StoreError> {
+        let token = format!("barrier/{}", referral_schemas::id::new_command_id());
+        self.insert("mentor_totals", &[totals::flush_marker(&token)], None)
+            .await
+    }
+}
+
 #[async_trait]
 impl StoreWriter for ClickHouseSink {
     async fn checkpoints(
@@ -166,6 +188,9 @@ impl StoreWriter for ClickHouseSink {
             .iter()
             .filter(|key| !self.checkpoints.contains_key(*key))
             .collect();
+        if !missing.is_empty() && self.settings.insert_quorum > 0 {
+            self.quorum_barrier().await?;
+        }
         for (topic, partition) in missing {
             let next: i64 = super::queries::checkpoint(topic, *partition)
                 .to_clickhouse(&self.client)
