@@ -4,7 +4,8 @@
 //! `ON CLUSTER` with Replicated engines; the aggregator writes with `insert_quorum = 2`
 //! and reads its checkpoints with sequential consistency. Clicks flow through Kafka while
 //! one replica is killed and restarted, then the other: every acknowledged click is stored
-//! once, the totals are exact, and both replicas hold the same rows at the end.
+//! once, the totals are exact, both replicas hold the same rows at the end, and the API's
+//! reads through the one address work with either replica down.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,10 +20,13 @@ use referral_pipeline::consumer::fault::FaultPoint;
 use referral_pipeline::kafka::admin;
 use referral_pipeline::kafka::producer::KafkaLog;
 use referral_pipeline::log::EventLog;
+use referral_pipeline::store::AttributionReader;
 use referral_pipeline::store::clickhouse::migrate;
+use referral_pipeline::store::clickhouse::reader::ClickHouseReader;
 use referral_schemas::Timestamp;
 use referral_schemas::id::new_attribution_id;
 use referral_schemas::messages::{ClickEvent, LogEvent};
+use referral_schemas::query::HourRange;
 use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Parser)]
@@ -314,6 +318,26 @@ async fn replicas_fail_over_with_every_click_stored_once_and_end_equal() {
             );
         }
     }
+    // The API's reads work against whichever replica the Service reaches: with replica 1
+    // down, every mentor's totals through the balancer add up to every click.
+    replicas.replicas[1].stop();
+    let reader = ClickHouseReader::new(&settings);
+    let mut read = 0;
+    for mentor in 0..7 {
+        let totals = reader
+            .mentor_totals(
+                &format!("mentor-{mentor}"),
+                HourRange {
+                    from_hour: None,
+                    to_hour: None,
+                },
+            )
+            .await
+            .expect("a read through the balancer with one replica down");
+        read += totals.clicks;
+    }
+    assert_eq!(read, expected as u64, "totals read through the Service");
+    replicas.replicas[1].restart();
     // Both replicas hold the same totals, row for row.
     let totals = "SELECT mentor_id, grain, bucket, sum(clicks), sum(conversions), sum(next_offset) \
                   FROM referral.mentor_totals WHERE grain != 'flush' \
