@@ -12,7 +12,9 @@
 #     the lag stays bounded (the store keeps up).
 #  3. The Kafka edge (`referral-ingest`, tansu with its memory engine) at 64, 256 and 1,024
 #     connections, with its CPU per accepted click next to the baseline's CPU per request
-#     at the same connection count.
+#     at the same connection count, and its peak RSS; once with the default worker threads
+#     and once with `--worker-threads 1` (issue 19's goals). Recorded in its own block
+#     (<!-- kafka-edge:begin -->).
 #  4. Verdicts (issue 14): the embedded `referral-api` with click verdicts against the same
 #     binary built from the commit before them ($VERDICTS_BASELINE_REV, in a git worktree
 #     sharing this target directory), alternating in each of --rounds rounds at 256
@@ -70,6 +72,8 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 
 export RUST_LOG=error REFERRAL_RATE_LIMIT_PER_IP=0 REFERRAL_RATE_LIMIT_PER_CODE=0 REFERRAL_RATE_LIMIT_GLOBAL=0
+# One wrk process stands in for many clients: no per-client connection cap (as no rate limits).
+export REFERRAL_MAX_CONNECTIONS_PER_CLIENT=0
 hz=$(getconf CLK_TCK)
 api=18191
 base_port=18190
@@ -243,33 +247,49 @@ if want kafka; then
   (cd "$work" && exec tansu broker --listener-url tcp://127.0.0.1:19192 --advertised-listener-url tcp://127.0.0.1:19192 --storage-engine memory://tansu/ > "$work/tansu.log" 2>&1) & pids+=($!)
   wait_port 19192
   ./target/release/examples/seed_codes 127.0.0.1:19192 referral-events referral-codes 3 BENCH-1=usr_bench > /dev/null
-  REFERRAL_KAFKA_BROKERS=127.0.0.1:19192 REFERRAL_LISTEN=127.0.0.1:18193 ./target/release/referral-ingest 2>"$work/ingest.log" & ingest_pid=$!; pids+=($ingest_pid)
-  wait_port 18193
-  for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18193/readyz > /dev/null && break; sleep 0.1; done
   : > "$work/kafka.tsv"
-  for conns in 64 256 1024; do
-    start_baseline; bpid=${pids[-1]}
-    wrk -t1 -c"$conns" -d2s -s "$work/click.lua" "http://127.0.0.1:$base_port/" > /dev/null
-    read -r brps _ bp99 _ bcpu <<< "$(measure "$conns" "http://127.0.0.1:$base_port/api/v1/referral-attributions" "$seconds" "$work/click.lua" "$bpid")"
-    kill -9 "$bpid"; wait "$bpid" 2>/dev/null || true
-    wrk -t1 -c"$conns" -d2s -s "$work/click.lua" "http://127.0.0.1:18193/api/v1/referral-attributions" > /dev/null
-    read -r krps kp50 kp99 kbad kcpu <<< "$(measure "$conns" "http://127.0.0.1:18193/api/v1/referral-attributions" "$seconds" "$work/click.lua" "$ingest_pid")"
-    printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$conns" "$brps" "$bcpu" "$krps" "$kp50" "$kp99" "$kbad" "$kcpu" >> "$work/kafka.tsv"
-    echo "  c=$conns: baseline $brps, kafka edge $krps req/s" >&2
+  # The edge as deployed by default (a worker thread per CPU), then with one worker (the
+  # Kafka client's threads take the rest; --worker-threads).
+  for workers in default 1; do
+    threads=(); [ "$workers" = default ] || threads=(REFERRAL_WORKER_THREADS="$workers")
+    env "${threads[@]}" REFERRAL_KAFKA_BROKERS=127.0.0.1:19192 REFERRAL_LISTEN=127.0.0.1:18193 ./target/release/referral-ingest 2>"$work/ingest.log" & ingest_pid=$!; pids+=($ingest_pid)
+    wait_port 18193
+    for _ in $(seq 1 100); do curl -sf http://127.0.0.1:18193/readyz > /dev/null && break; sleep 0.1; done
+    for conns in 64 256 1024; do
+      start_baseline; bpid=${pids[-1]}
+      wrk -t1 -c"$conns" -d2s -s "$work/click.lua" "http://127.0.0.1:$base_port/" > /dev/null
+      read -r brps _ bp99 _ bcpu <<< "$(measure "$conns" "http://127.0.0.1:$base_port/api/v1/referral-attributions" "$seconds" "$work/click.lua" "$bpid")"
+      kill -9 "$bpid"; wait "$bpid" 2>/dev/null || true
+      wrk -t1 -c"$conns" -d2s -s "$work/click.lua" "http://127.0.0.1:18193/api/v1/referral-attributions" > /dev/null
+      read -r krps kp50 kp99 kbad kcpu <<< "$(measure "$conns" "http://127.0.0.1:18193/api/v1/referral-attributions" "$seconds" "$work/click.lua" "$ingest_pid")"
+      # Peak RSS so far (the connection counts only grow).
+      rss=$(awk '/VmHWM/ {print $2}' "/proc/$ingest_pid/status")
+      printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$workers" "$conns" "$brps" "$bcpu" "$krps" "$kp50" "$kp99" "$kbad" "$kcpu" "$rss" >> "$work/kafka.tsv"
+      echo "  workers=$workers c=$conns: baseline $brps, kafka edge $krps req/s" >&2
+    done
+    kill "$ingest_pid"; wait "$ingest_pid" 2>/dev/null || true
   done
-  python3 - "$work/kafka.tsv" "$seconds" >> "$report" <<'PY'
+  kafka_report="$work/kafka.md"
+  echo "### Kafka edge: click POST throughput, CPU and memory ($(date -u +%Y-%m-%d), $machine)" > "$kafka_report"
+  echo >> "$kafka_report"
+  python3 - "$work/kafka.tsv" "$seconds" >> "$kafka_report" <<'PY'
 import sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
 print(f"**Kafka edge** (`referral-ingest` on tansu 0.6.0, memory engine, `acks=all`, idempotent; `wrk -t1 -cN -d{sys.argv[2]}s`, "
       "the baseline measured right before at the same connection count). CPU per accepted click is the edge process's "
       "CPU time over the run divided by the requests served (broker not included).")
 print()
-print("| connections | baseline req/s | Kafka edge req/s | ratio | p50 / p99 ms | non-2xx | CPU µs per request: baseline | CPU µs per accepted click: edge | edge / baseline |")
-print("|---|---|---|---|---|---|---|---|---|")
-for conns, brps, bcpu, krps, kp50, kp99, kbad, kcpu in rows:
-    print(f"| {conns} | {int(float(brps)):,} | {int(float(krps)):,} | {float(krps)/float(brps):.2f} | {kp50} / {kp99} | {kbad} | {bcpu} | {kcpu} | {float(kcpu)/float(bcpu):.1f}x |")
+print("| edge workers | connections | baseline req/s | Kafka edge req/s | ratio | p50 / p99 ms | non-2xx | CPU µs per request: baseline | CPU µs per accepted click: edge | edge / baseline | edge peak RSS |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+for workers, conns, brps, bcpu, krps, kp50, kp99, kbad, kcpu, rss in rows:
+    workers = "one per CPU (default)" if workers == "default" else workers
+    print(f"| {workers} | {conns} | {int(float(brps)):,} | {int(float(krps)):,} | {float(krps)/float(brps):.2f} | {kp50} / {kp99} | {kbad} | {bcpu} | {kcpu} | {float(kcpu)/float(bcpu):.1f}x | {int(rss) / 1024:.0f} MiB |")
 print()
+print("Goals (issue 19): edge CPU per click <= 2.0x the baseline's per request at 256 connections; edge req/s >= 0.5 of the "
+      "baseline's at 256 and 1,024; edge peak RSS <= 64 MiB at 1,024 connections.")
 PY
+  cat "$kafka_report"
+  if $record; then record_block kafka-edge "$kafka_report" "--only kafka --record"; fi
 fi
 
 if want verdicts && [ "$only" = "verdicts" ]; then
@@ -345,4 +365,5 @@ fi
 
 cat "$report"
 
-if $record; then record_block edge "$report" "--record"; fi
+# The Kafka edge has its own block (issue 19); the edge block holds the embedded runs.
+if $record && { want burst || want sustain; }; then record_block edge "$report" "--record"; fi

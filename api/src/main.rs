@@ -10,14 +10,19 @@ use referral_kit::{shutdown, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     telemetry::init_tracing();
     let config = Config::parse();
     config.validate()?;
-    let shutdown = shutdown::on_signal();
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    referral_api::run(listener, config, shutdown).await
+    let runtime = config
+        .server
+        .runtime()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown::on_signal();
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        referral_api::run(listener, config, shutdown).await
+    })
 }

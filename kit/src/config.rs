@@ -48,6 +48,12 @@ pub struct ServerArgs {
     /// Longest wait for in-flight requests at shutdown.
     #[arg(long, env = "REFERRAL_DRAIN_TIMEOUT", default_value = DEFAULT_DRAIN_TIMEOUT, value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Threads that serve requests (default: the CPUs this process may use, its cgroup
+    /// quota included). The Kafka client runs threads of its own besides: where the edge
+    /// shares its cores with other work, fewer workers switch less (docs/BENCHMARKS.md).
+    #[arg(long, env = "REFERRAL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 /// Clicks handled at once at most: bounds memory and the log's queue under a burst; past
@@ -113,6 +119,15 @@ pub struct EdgeArgs {
 }
 
 impl ServerArgs {
+    /// The runtime that serves this process's requests.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = self.worker_threads {
+            builder.worker_threads(usize::from(threads));
+        }
+        builder.enable_all().build()
+    }
+
     pub fn settings(&self) -> anyhow::Result<ServerSettings> {
         anyhow::ensure!(
             self.max_connections >= 1,

@@ -45,9 +45,11 @@ pub const DEFAULT_CLUSTER_INSERT_QUORUM: u32 = 2;
 /// How long the producer retries one message. The edge's `--ack-timeout` may not exceed it,
 /// so a request never outlives its message's fate by more than this.
 pub const DEFAULT_KAFKA_MESSAGE_TIMEOUT: &str = "10s";
-/// Small: the edge answers after the ack, so linger adds straight to click latency; 5 ms
-/// still batches thousands of clicks per request at load.
-pub const DEFAULT_KAFKA_LINGER: &str = "5ms";
+/// Small: the edge answers after the ack, so linger adds straight to click latency and, with
+/// a client's connections each waiting for its ack, bounds the edge's rate (connections /
+/// round trip). 1 ms still batches hundreds of clicks per request at load; measured on
+/// tansu at 256 connections: 5 ms served 38k clicks/s, 1 ms 83k (docs/BENCHMARKS.md).
+pub const DEFAULT_KAFKA_LINGER: &str = "1ms";
 /// Local producer queue: 100k messages of a few hundred bytes is tens of MiB.
 pub const DEFAULT_KAFKA_QUEUE_MAX_MESSAGES: usize = 100_000;
 
@@ -369,6 +371,9 @@ pub const DEFAULT_BATCH_MAX_ROWS: usize = 50_000;
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 32 * 1024 * 1024;
 /// The longest a message waits for its batch: bounds freshness (POST -> visible in totals).
 pub const DEFAULT_BATCH_MAX_WAIT: &str = "250ms";
+/// The longest a command waits for its batch: a client waits for its verdict. Shorter than
+/// the batch wait, long enough that commands arriving together share a flush.
+pub const DEFAULT_COMMAND_MAX_WAIT: &str = "10ms";
 /// How long the broker may hold a fetch with nothing new. Kafka answers as soon as data
 /// arrives; some brokers (tansu) hold the fetch for the whole wait, so this bounds what the
 /// broker adds to freshness.
@@ -418,6 +423,11 @@ pub struct ConsumerArgs {
     /// Longest time a message waits for its flush.
     #[arg(long, env = "REFERRAL_BATCH_MAX_WAIT", default_value = DEFAULT_BATCH_MAX_WAIT, value_parser = humantime::parse_duration)]
     pub batch_max_wait: Duration,
+
+    /// Longest time a command (a confirmation, reversal, deletion, code change) waits for
+    /// its flush; a batch holding one is flushed this soon. At most --batch-max-wait.
+    #[arg(long, env = "REFERRAL_COMMAND_MAX_WAIT", default_value = DEFAULT_COMMAND_MAX_WAIT, value_parser = humantime::parse_duration)]
+    pub command_max_wait: Duration,
 
     /// Longest time one ClickHouse insert may take.
     #[arg(long, env = "REFERRAL_CLICKHOUSE_INSERT_TIMEOUT", default_value = DEFAULT_CLICKHOUSE_INSERT_TIMEOUT, value_parser = humantime::parse_duration)]

@@ -33,7 +33,7 @@ use crate::store::clickhouse::reader::ClickHouseReader;
 use crate::store::clickhouse::sink::ClickHouseSink;
 use crate::store::clickhouse::{ClickHouseSettings, migrate};
 use crate::store::{AttributionReader, StoreError};
-use crate::verdicts::VerdictWaiter;
+use crate::verdicts::{LandingWaiter, Landings, VerdictWaiter, Verdicts};
 use crate::webhooks::WebhookStore;
 use crate::webhooks::clickhouse::ClickHouseWebhooks;
 use crate::webhooks::deliver;
@@ -42,8 +42,9 @@ use crate::webhooks::sqlite::SqliteWebhooks;
 /// How often the production API looks up the verdicts it waits for (one query for all): a
 /// small share of the aggregator's flush time, which dominates a command's latency.
 const VERDICT_POLL: Duration = Duration::from_millis(25);
-/// How often a production read of a fresh id is tried again.
-const FRESH_POLL: Duration = Duration::from_millis(50);
+/// How often the production API asks whether the fresh clicks it waits for are stored (one
+/// query for all, without merging row versions).
+const LANDING_POLL: Duration = Duration::from_millis(25);
 /// How long one ClickHouse read may take in the API.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -92,8 +93,8 @@ enum Freshness {
     /// Embedded: until the consumer applied everything the log held when the read began.
     Applied(Arc<crate::log::file::FileLog>),
     /// Production: the id's creation time says whether to look again (the aggregator
-    /// stores a click within a batch wait).
-    Polled,
+    /// stores a click within a batch wait); the looks are batched across requests.
+    Polled(Arc<LandingWaiter>),
 }
 
 /// Says, while it lives, that a client waits for the embedded store (so its consumer does
@@ -116,7 +117,7 @@ impl Reads {
         StoreAwaited {
             _embedded: match &self.freshness {
                 Freshness::Applied(log) => Some(log.awaiting()),
-                Freshness::Polled => None,
+                Freshness::Polled(_) => None,
             },
         }
     }
@@ -128,7 +129,13 @@ impl Reads {
     pub async fn let_click_land(&self, id: &str, wait: Duration) -> Result<(), StoreError> {
         match &self.freshness {
             Freshness::Applied(_) => Ok(()),
-            Freshness::Polled => self.fresh_attribution(id, wait).await.map(drop),
+            Freshness::Polled(landings) => {
+                // Usually stored long ago (conversions follow clicks): one cheap look.
+                if !wait.is_zero() && !self.is_stored(id).await? {
+                    self.landed(landings, id, wait).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -152,23 +159,65 @@ impl Reads {
                     Ok(None)
                 }
             }
-            Freshness::Polled => {
-                let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
-                let now = referral_schemas::Timestamp::now().as_millis();
-                let Some(deadline) = attribution_created_at(id)
-                    .and_then(|made| fresh_wait_deadline(made.as_millis(), now, wait_ms))
-                else {
-                    return Ok(None);
-                };
-                while referral_schemas::Timestamp::now().as_millis() < deadline {
-                    tokio::time::sleep(FRESH_POLL).await;
-                    if let Some(found) = self.reader.attribution(id).await? {
-                        return Ok(Some(found));
-                    }
+            Freshness::Polled(landings) => {
+                if self.landed(landings, id, wait).await? {
+                    self.reader.attribution(id).await
+                } else {
+                    Ok(None)
                 }
-                Ok(None)
             }
         }
+    }
+
+    /// Production: waits while `id` is younger than `wait` for it to be stored, asking
+    /// together with every other waiting request; whether it was.
+    async fn landed(
+        &self,
+        landings: &LandingWaiter,
+        id: &str,
+        wait: Duration,
+    ) -> Result<bool, StoreError> {
+        let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+        let now = referral_schemas::Timestamp::now().as_millis();
+        let Some(deadline) = attribution_created_at(id)
+            .and_then(|made| fresh_wait_deadline(made.as_millis(), now, wait_ms))
+        else {
+            return Ok(false);
+        };
+        let stored = || async { self.is_stored(id).await };
+        if deadline <= now {
+            return stored().await;
+        }
+        let left = Duration::from_millis(u64::try_from(deadline - now).unwrap_or(0));
+        let Ok(landing) = landings.expect(id) else {
+            return stored().await; // shutting down
+        };
+        match tokio::time::timeout(left, landing).await {
+            Ok(Ok(())) => Ok(true),
+            // A last look: the click may have landed since the last round.
+            Err(_) => stored().await,
+            // The batched look-up failed for good (not a passing outage): this request
+            // looks on its own until its deadline, so the store's error reaches the client
+            // rather than a wrong "not stored".
+            Ok(Err(_)) => loop {
+                if stored().await? {
+                    return Ok(true);
+                }
+                if referral_schemas::Timestamp::now().as_millis() >= deadline {
+                    return Ok(false);
+                }
+                tokio::time::sleep(LANDING_POLL).await;
+            },
+        }
+    }
+
+    /// Whether attribution `id` is stored in any state (one cheap look).
+    async fn is_stored(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(!self
+            .reader
+            .stored_attribution_ids(&[id.to_owned()])
+            .await?
+            .is_empty())
     }
 }
 
@@ -272,12 +321,14 @@ impl Pipeline {
                         let reader: Arc<dyn AttributionReader> =
                             Arc::new(ClickHouseReader::new(&clickhouse));
                         let verdicts =
-                            VerdictWaiter::spawn(reader.clone(), VERDICT_POLL, stopped());
+                            VerdictWaiter::spawn(Verdicts(reader.clone()), VERDICT_POLL, stopped());
+                        let landings =
+                            LandingWaiter::spawn(Landings(reader.clone()), LANDING_POLL, stopped());
                         tracing::info!(clickhouse = %clickhouse.url, "reading ClickHouse");
                         Some(Reads {
                             reader,
                             verdicts,
-                            freshness: Freshness::Polled,
+                            freshness: Freshness::Polled(landings),
                         })
                     }
                     _ => None,
@@ -435,6 +486,10 @@ impl Aggregator {
                 batch_max_rows: consumer_args.batch_max_rows,
                 batch_max_bytes: consumer_args.batch_max_bytes,
                 batch_max_wait: consumer_args.batch_max_wait,
+                // A command never waits longer than any message.
+                command_max_wait: consumer_args
+                    .command_max_wait
+                    .min(consumer_args.batch_max_wait),
                 window_ms: args.attribution_window_ms(),
                 dedup_window_ms: args.dedup_window_ms(),
             },

@@ -1,50 +1,95 @@
-//! Waiting for the verdicts of commands, in both modes.
+//! Waiting for what the single writer stores: the verdicts of commands, and the landing of
+//! clicks that commands name. Both are answered in batches, in both modes.
 //!
-//! * Embedded ([`VerdictWaiter::in_process`]): the consumer that decided a command runs in
+//! * Embedded ([`BatchWaiter::in_process`]): the consumer that decided a command runs in
 //!   this process and hands every verdict over once its flush is stored
-//!   ([`VerdictWaiter::deliver`]); nothing polls the store.
-//! * Production ([`VerdictWaiter::spawn`]): the aggregator decides elsewhere and a verdict
-//!   appears in ClickHouse when the flush that decided it is stored (hundreds of
-//!   milliseconds). Polling the store once per waiting command costs a ClickHouse query per
-//!   command per poll: measured by `referral-load`, 50 commands/s took ClickHouse from 0.08
-//!   to 0.89 of a core and slowed every other read. One task looks up every waiting command
-//!   at once, every `poll` interval, and hands each verdict to its waiter: the store's work
-//!   no longer grows with the number of commands in flight.
+//!   ([`BatchWaiter::deliver`]); nothing polls the store.
+//! * Production ([`BatchWaiter::spawn`]): the aggregator writes elsewhere and a verdict (or
+//!   a click) appears in ClickHouse when the flush that holds it is stored (hundreds of
+//!   milliseconds). Polling the store once per waiting request costs a ClickHouse query per
+//!   request per poll: measured by `referral-load`, 50 commands/s took ClickHouse from 0.08
+//!   to 0.89 of a core and slowed every other read; again (2026-12-04) when each command
+//!   polled `attributions FINAL` for its fresh click, nine times per command on average.
+//!   One task looks up every waiting id at once, every `poll` interval, and hands each
+//!   answer to its waiters: the store's work no longer grows with the requests in flight.
 //!
-//! Invariant: a waiter is answered at most once, and only with a verdict whose flush was
-//! stored (checkpointed); a waiter that gives up (the command timeout) is dropped.
+//! Invariant: a waiter is answered at most once, and only with what a stored flush holds; a
+//! waiter that gives up (its caller's timeout) is dropped.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use referral_schemas::ApiError;
 use referral_schemas::messages::Verdict;
 use tokio::sync::{Notify, oneshot};
 
-use crate::store::AttributionReader;
+use crate::store::{AttributionReader, StoreError};
 
-/// Most command ids in one query (a bound on its size); a round queries all waiting ids.
+/// Most ids in one query (a bound on its size); a round queries all waiting ids.
 const MAX_IDS_PER_LOOKUP: usize = 1_000;
-/// Commands waited on before those whose waiter gave up are forgotten (in process nothing
-/// else forgets them: a command that was never decided has no verdict to deliver).
+/// Ids waited on before those whose waiter gave up are forgotten (in process nothing else
+/// forgets them: a command that was never decided has no verdict to deliver).
 const PRUNE_ABOVE: usize = 4_096;
 /// Longest one look-up may take; a hung store must not stop every answer.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Waiter = oneshot::Sender<Result<Verdict, ApiError>>;
+type Waiter<T> = oneshot::Sender<Result<T, ApiError>>;
 
-pub struct VerdictWaiter {
-    waiting: Mutex<HashMap<String, Vec<Waiter>>>,
-    /// Wakes the look-up task when the first command starts waiting.
+/// Commands waiting for their verdicts.
+pub type VerdictWaiter = BatchWaiter<Verdict>;
+/// Commands waiting for the click they name to be stored (production).
+pub type LandingWaiter = BatchWaiter<()>;
+
+/// How one round asks the store about every waiting id.
+#[async_trait]
+pub trait BatchLookup<T>: Send + Sync + 'static {
+    /// The answered ones among `ids`.
+    async fn look_up(&self, ids: &[String]) -> Result<Vec<(String, T)>, StoreError>;
+    /// What is looked up, for logs and the metric label.
+    fn what(&self) -> &'static str;
+}
+
+/// Verdicts of commands, once the flush that decided them is stored.
+pub struct Verdicts(pub Arc<dyn AttributionReader>);
+
+#[async_trait]
+impl BatchLookup<Verdict> for Verdicts {
+    async fn look_up(&self, ids: &[String]) -> Result<Vec<(String, Verdict)>, StoreError> {
+        self.0.verdicts(ids).await
+    }
+    fn what(&self) -> &'static str {
+        "verdicts"
+    }
+}
+
+/// Attributions stored in any state (a deleted one has landed too).
+pub struct Landings(pub Arc<dyn AttributionReader>);
+
+#[async_trait]
+impl BatchLookup<()> for Landings {
+    async fn look_up(&self, ids: &[String]) -> Result<Vec<(String, ())>, StoreError> {
+        let stored = self.0.stored_attribution_ids(ids).await?;
+        Ok(stored.into_iter().map(|id| (id, ())).collect())
+    }
+    fn what(&self) -> &'static str {
+        "landings"
+    }
+}
+
+/// Requests waiting for an answer under an id, answered together.
+pub struct BatchWaiter<T> {
+    waiting: Mutex<HashMap<String, Vec<Waiter<T>>>>,
+    /// Wakes the look-up task when the first request starts waiting.
     arrived: Notify,
-    /// Set at shutdown: waiting commands are answered 503 and no new one waits.
+    /// Set at shutdown: waiting requests are answered 503 and no new one waits.
     stopped: AtomicBool,
 }
 
-impl VerdictWaiter {
-    /// Waiters for verdicts that this process's consumer delivers.
+impl<T: Clone + Send + 'static> BatchWaiter<T> {
+    /// Waiters for answers that this process delivers itself.
     pub fn in_process() -> Arc<Self> {
         Arc::new(Self {
             waiting: Mutex::new(HashMap::new()),
@@ -55,7 +100,7 @@ impl VerdictWaiter {
 
     /// Starts the look-up task; it ends when `stop` resolves.
     pub fn spawn(
-        reader: Arc<dyn AttributionReader>,
+        lookup: impl BatchLookup<T>,
         poll: Duration,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Arc<Self> {
@@ -65,7 +110,7 @@ impl VerdictWaiter {
             tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    () = task.lookup_round(reader.as_ref(), poll) => {}
+                    () = task.lookup_round(&lookup, poll) => {}
                     () = &mut stop => {
                         task.stop();
                         return;
@@ -76,18 +121,19 @@ impl VerdictWaiter {
         waiter
     }
 
-    /// Resolves with the command's verdict once it is decided (the caller bounds the wait).
+    /// Resolves with the id's answer once it is there (the caller bounds the wait).
     #[cfg(test)]
-    pub async fn wait(&self, command_id: &str) -> Result<Verdict, ApiError> {
-        self.expect(command_id)?.await
+    pub async fn wait(&self, id: &str) -> Result<T, ApiError> {
+        self.expect(id)?.await
     }
 
-    /// Starts waiting for a command's verdict before the command is published, so that a
-    /// verdict delivered at once is not missed; the returned future resolves with it.
+    /// Starts waiting for an id's answer before the request that causes it is published,
+    /// so that an answer delivered at once is not missed; the returned future resolves
+    /// with it.
     pub fn expect(
         &self,
-        command_id: &str,
-    ) -> Result<impl Future<Output = Result<Verdict, ApiError>> + use<>, ApiError> {
+        id: &str,
+    ) -> Result<impl Future<Output = Result<T, ApiError>> + use<T>, ApiError> {
         let (sender, receiver) = oneshot::channel();
         {
             let mut waiting = self.lock();
@@ -102,32 +148,30 @@ impl VerdictWaiter {
                     !waiters.is_empty()
                 });
             }
-            waiting
-                .entry(command_id.to_owned())
-                .or_default()
-                .push(sender);
+            waiting.entry(id.to_owned()).or_default().push(sender);
         }
         self.arrived.notify_one();
         Ok(async move { receiver.await.unwrap_or_else(|_| Err(shutting_down())) })
     }
 
-    /// Hands each verdict of a stored flush to the commands waiting for it.
-    pub fn deliver(&self, verdicts: &[(String, Verdict)]) {
-        if verdicts.is_empty() {
+    /// Hands each answer to the requests waiting for it.
+    pub fn deliver(&self, answers: &[(String, T)]) {
+        if answers.is_empty() {
             return;
         }
         let mut waiting = self.lock();
         if waiting.is_empty() {
             return;
         }
-        for (command_id, verdict) in verdicts {
-            for waiter in waiting.remove(command_id).unwrap_or_default() {
-                let _ = waiter.send(Ok(verdict.clone()));
+        for (id, answer) in answers {
+            for waiter in waiting.remove(id).unwrap_or_default() {
+                let _ = waiter.send(Ok(answer.clone()));
             }
         }
     }
 
-    /// Answers every waiting command (503: it may still be applied) and refuses new ones.
+    /// Answers every waiting request (503: its command may still be applied) and refuses
+    /// new ones.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         let waiting = std::mem::take(&mut *self.lock());
@@ -136,13 +180,13 @@ impl VerdictWaiter {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiter>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Waiter<T>>>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// One look-up of every waiting command (in queries of at most
-    /// [`MAX_IDS_PER_LOOKUP`]), then a pause (or a wait for the first one).
-    async fn lookup_round(&self, reader: &dyn AttributionReader, poll: Duration) {
+    /// One look-up of every waiting id (in queries of at most [`MAX_IDS_PER_LOOKUP`]),
+    /// then a pause (or a wait for the first one).
+    async fn lookup_round(&self, lookup: &dyn BatchLookup<T>, poll: Duration) {
         let ids: Vec<String> = {
             let mut waiting = self.lock();
             waiting.retain(|_, waiters| {
@@ -155,30 +199,32 @@ impl VerdictWaiter {
             self.arrived.notified().await;
             return;
         }
-        metrics::histogram!("referral_verdict_lookup_commands").record(ids.len() as f64);
+        metrics::histogram!("referral_store_lookup_ids", "what" => lookup.what())
+            .record(ids.len() as f64);
         for chunk in ids.chunks(MAX_IDS_PER_LOOKUP) {
-            self.lookup(reader, chunk).await;
+            self.lookup(lookup, chunk).await;
         }
         tokio::time::sleep(poll).await;
     }
 
-    async fn lookup(&self, reader: &dyn AttributionReader, ids: &[String]) {
-        let found = match tokio::time::timeout(LOOKUP_TIMEOUT, reader.verdicts(ids)).await {
+    async fn lookup(&self, lookup: &dyn BatchLookup<T>, ids: &[String]) {
+        let what = lookup.what();
+        let found = match tokio::time::timeout(LOOKUP_TIMEOUT, lookup.look_up(ids)).await {
             Ok(found) => found,
             Err(_) => {
-                tracing::warn!(commands = ids.len(), "verdict look-up timed out; retried");
+                tracing::warn!(ids = ids.len(), what, "store look-up timed out; retried");
                 return;
             }
         };
         match found {
             Ok(found) => self.deliver(&found),
-            // The commands are on the log and will be decided: look again as the store
-            // comes back (each caller's command timeout bounds its wait).
+            // What is waited for is on the log and will be stored: look again as the store
+            // comes back (each caller's timeout bounds its wait).
             Err(error) if error.is_unavailable() => {
-                tracing::warn!(%error, "store unavailable; verdict look-up retried");
+                tracing::warn!(%error, what, "store unavailable; look-up retried");
             }
             Err(error) => {
-                tracing::error!(%error, "cannot read verdicts");
+                tracing::error!(%error, what, "cannot look up in the store");
                 let mut waiting = self.lock();
                 for id in ids {
                     for waiter in waiting.remove(id).unwrap_or_default() {
@@ -264,6 +310,17 @@ mod tests {
         async fn verdict(&self, _: &str) -> Result<Option<Verdict>, StoreError> {
             unreachable!("the waiter looks verdicts up in batches")
         }
+        async fn stored_attribution_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+            let round = self.lookups.fetch_add(1, Ordering::SeqCst) + 1;
+            if round < self.decide_after {
+                return Ok(Vec::new());
+            }
+            Ok(ids
+                .iter()
+                .filter(|id| !id.starts_with("never"))
+                .cloned()
+                .collect())
+        }
         async fn verdicts(&self, ids: &[String]) -> Result<Vec<(String, Verdict)>, StoreError> {
             let round = self.lookups.fetch_add(1, Ordering::SeqCst) + 1;
             if round < self.decide_after {
@@ -299,9 +356,10 @@ mod tests {
             decide_after: 3,
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let waiter = VerdictWaiter::spawn(reader.clone(), Duration::from_millis(10), async {
-            let _ = stopped.await;
-        });
+        let waiter =
+            VerdictWaiter::spawn(Verdicts(reader.clone()), Duration::from_millis(10), async {
+                let _ = stopped.await;
+            });
         let mut tasks = tokio::task::JoinSet::new();
         for index in 0..200 {
             let waiter = waiter.clone();
@@ -328,13 +386,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn clicks_waited_for_together_land_in_few_lookups_and_a_missing_one_waits() {
+        let reader = Arc::new(SlowWriter {
+            lookups: AtomicUsize::new(0),
+            decide_after: 3,
+        });
+        let (_stop, stopped) = oneshot::channel::<()>();
+        let landings =
+            LandingWaiter::spawn(Landings(reader.clone()), Duration::from_millis(10), async {
+                let _ = stopped.await;
+            });
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..100 {
+            let landings = landings.clone();
+            tasks.spawn(async move { landings.wait(&format!("attr_{index}")).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap().unwrap();
+        }
+        let lookups = reader.lookups.load(Ordering::SeqCst);
+        assert!(lookups < 15, "{lookups} look-ups for 100 clicks");
+        let missing =
+            tokio::time::timeout(Duration::from_millis(60), landings.wait("never-stored")).await;
+        assert!(missing.is_err(), "a click that is not stored does not land");
+    }
+
+    #[tokio::test]
     async fn shutdown_answers_every_waiter_and_refuses_new_ones() {
         let reader = Arc::new(SlowWriter {
             lookups: AtomicUsize::new(0),
             decide_after: usize::MAX,
         });
         let (stop, stopped) = oneshot::channel::<()>();
-        let waiter = VerdictWaiter::spawn(reader, Duration::from_millis(5), async {
+        let waiter = VerdictWaiter::spawn(Verdicts(reader), Duration::from_millis(5), async {
             let _ = stopped.await;
         });
         let pending = {
@@ -359,7 +443,7 @@ mod tests {
             decide_after: 1,
         });
         let (_stop, stopped) = oneshot::channel::<()>();
-        let waiter = VerdictWaiter::spawn(reader, Duration::from_millis(5), async {
+        let waiter = VerdictWaiter::spawn(Verdicts(reader), Duration::from_millis(5), async {
             let _ = stopped.await;
         });
         let gave_up =

@@ -480,6 +480,16 @@ fn api_queries() -> Vec<(&'static str, ReadQuery, &'static str)> {
             queries::verdicts(&["cmd_c3".to_owned(), "cmd_nope".to_owned()]),
             "",
         ),
+        (
+            "stored ids",
+            // attr_030: confirmed, then deleted (three versions): one row, still stored.
+            queries::stored_attribution_ids(&[
+                "attr_000".to_owned(),
+                "attr_030".to_owned(),
+                "attr_nope".to_owned(),
+            ]),
+            "",
+        ),
         ("checkpoints", queries::checkpoints(), ""),
         ("checkpoint", queries::checkpoint("referral-events", 0), ""),
         (
@@ -809,6 +819,10 @@ async fn schema_and_api_queries_give_the_same_answers_on_18_16_and_a_current_eng
     assert_eq!(answered["list all: page 3"], 19, "59 live attributions");
     assert_eq!(answered["mentor list"], 8);
     assert_eq!(answered["codes"], 2);
+    assert_eq!(
+        answered["stored ids"], 2,
+        "a deleted attribution is stored once"
+    );
     assert_eq!(answered["mentor bots"], 4);
     assert_eq!(answered["list duplicates"], 16);
     assert!(answered["click slots"] > 10);

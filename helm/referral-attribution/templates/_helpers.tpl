@@ -227,6 +227,7 @@ REFERRAL_RATE_LIMIT_GLOBAL_BURST: {{ .Values.config.rateLimit.globalBurst | int6
 REFERRAL_BATCH_MAX_ROWS: {{ .Values.config.batch.maxRows | int64 | quote }}
 REFERRAL_BATCH_MAX_BYTES: {{ .Values.config.batch.maxBytes | int64 | quote }}
 REFERRAL_BATCH_MAX_WAIT: {{ .Values.config.batch.maxWait | quote }}
+REFERRAL_COMMAND_MAX_WAIT: {{ .Values.config.batch.commandMaxWait | quote }}
 RUST_LOG: {{ .Values.config.logLevel | quote }}
 {{- range $name, $value := .Values.config.extraEnv }}
 {{ $name }}: {{ $value | quote }}

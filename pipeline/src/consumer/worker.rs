@@ -31,6 +31,9 @@ pub struct WorkerSettings {
     /// ready (the embedded store wants small, prompt transactions; ClickHouse wants big,
     /// rare inserts).
     pub batch_max_wait: Duration,
+    /// The longest a command waits for its flush: someone waits for its verdict, so a
+    /// batch that holds a command is flushed this soon (at most `batch_max_wait`).
+    pub command_max_wait: Duration,
     /// `--attribution-window` in milliseconds, for the planner.
     pub window_ms: i64,
     /// `--dedup-window` in milliseconds (0: no click is a duplicate).
@@ -48,6 +51,22 @@ struct Pending {
     messages: usize,
     bytes: usize,
     since: Instant,
+    /// When the batch's first command was read.
+    command_since: Option<Instant>,
+}
+
+impl Pending {
+    fn is_full(&self, settings: &WorkerSettings) -> bool {
+        self.messages >= settings.batch_max_rows || self.bytes >= settings.batch_max_bytes
+    }
+
+    /// When the batch is due by time: `batch_max_wait` after its first message, sooner
+    /// when it holds a command (someone waits for its verdict).
+    fn due_at(&self, settings: &WorkerSettings) -> Instant {
+        let by_age = self.since + settings.batch_max_wait;
+        self.command_since
+            .map_or(by_age, |at| by_age.min(at + settings.command_max_wait))
+    }
 }
 
 /// Why a flush failed. The batch stays pending and is retried.
@@ -118,12 +137,18 @@ impl Worker {
             messages: 0,
             bytes: 0,
             since: Instant::now(),
+            command_since: None,
         });
         pending.end = record.offset + 1;
         pending.messages += 1;
         pending.bytes += record.payload.map_or(0, <[u8]>::len);
         match decoded {
-            Ok(decoded) => pending.events.push((record.offset, decoded.event)),
+            Ok(decoded) => {
+                if pending.command_since.is_none() && decoded.event.command_id().is_some() {
+                    pending.command_since = Some(Instant::now());
+                }
+                pending.events.push((record.offset, decoded.event));
+            }
             Err(error) => {
                 let (label, reason) = match (&error, record.payload) {
                     (_, None) => ("empty", "the message has no payload".to_owned()),
@@ -145,18 +170,17 @@ impl Worker {
 
     /// Whether some partition's batch is full or old enough.
     pub fn due(&self) -> bool {
-        self.pending.values().any(|pending| {
-            pending.messages >= self.settings.batch_max_rows
-                || pending.bytes >= self.settings.batch_max_bytes
-                || pending.since.elapsed() >= self.settings.batch_max_wait
-        })
+        let now = Instant::now();
+        self.pending
+            .values()
+            .any(|pending| pending.is_full(&self.settings) || pending.due_at(&self.settings) <= now)
     }
 
-    /// When the oldest batch becomes due by time.
+    /// When the first batch becomes due by time.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.pending
             .values()
-            .map(|pending| pending.since + self.settings.batch_max_wait)
+            .map(|pending| pending.due_at(&self.settings))
             .min()
     }
 
@@ -483,4 +507,55 @@ fn checkpoint_at(checkpoints: &HashMap<PartitionKey, i64>, topic: &str, partitio
         .get(&(topic.to_owned(), partition))
         .copied()
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> WorkerSettings {
+        WorkerSettings {
+            batch_max_rows: 100,
+            batch_max_bytes: 1 << 20,
+            batch_max_wait: Duration::from_millis(250),
+            command_max_wait: Duration::from_millis(10),
+            window_ms: 0,
+            dedup_window_ms: 0,
+        }
+    }
+
+    fn pending(since: Instant, command_since: Option<Instant>, messages: usize) -> Pending {
+        Pending {
+            events: Vec::new(),
+            dead_letters: Vec::new(),
+            end: 0,
+            messages,
+            bytes: 0,
+            since,
+            command_since,
+        }
+    }
+
+    #[test]
+    fn a_batch_of_clicks_waits_the_batch_wait_and_a_command_only_the_command_wait() {
+        let settings = settings();
+        let start = Instant::now();
+        let clicks = pending(start, None, 5);
+        assert_eq!(clicks.due_at(&settings), start + settings.batch_max_wait);
+        let later = start + Duration::from_millis(100);
+        let with_command = pending(start, Some(later), 6);
+        assert_eq!(
+            with_command.due_at(&settings),
+            later + settings.command_max_wait
+        );
+        // A command read just before the batch is due by age does not delay it.
+        let late = start + Duration::from_millis(245);
+        let late_command = pending(start, Some(late), 6);
+        assert_eq!(
+            late_command.due_at(&settings),
+            start + settings.batch_max_wait
+        );
+        assert!(!clicks.is_full(&settings));
+        assert!(pending(start, None, 100).is_full(&settings));
+    }
 }

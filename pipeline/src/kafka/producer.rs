@@ -225,6 +225,14 @@ impl EventLog for KafkaLog {
         );
         let outcome = match delivery.await {
             Ok(Ok(_)) => Ok(()),
+            // Timed out in the local queue (MessageTimedOut) or sent and unanswered
+            // (OperationTimedOut): the message may still land, as after a caller's timeout.
+            Ok(Err((
+                KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut | RDKafkaErrorCode::OperationTimedOut,
+                ),
+                _,
+            ))) => Err(PublishError::TimedOut),
             Ok(Err((error, _))) => Err(PublishError::Failed(error.to_string())),
             // The producer was dropped (replaced) with the message in flight.
             Err(_) => Err(PublishError::Closed),
@@ -233,6 +241,12 @@ impl EventLog for KafkaLog {
             self.waiting_since_ms.store(0, Ordering::Relaxed);
         }
         outcome
+    }
+
+    /// librdkafka fails a message that was not delivered within `message.timeout.ms`
+    /// (it looks about once a second, so a failure may come up to a second later).
+    fn own_wait_bound(&self) -> Option<Duration> {
+        Some(self.settings.message_timeout)
     }
 
     fn readiness(&self) -> Result<(), String> {

@@ -8,6 +8,8 @@
 
 pub mod file;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use referral_schemas::messages::LogEvent;
 
@@ -22,6 +24,10 @@ pub enum PublishError {
     /// answered with 503 at once until the consumer catches up.
     #[error("the store is {lag} events behind the log (bound {bound})")]
     Backlogged { lag: u64, bound: u64 },
+    /// The log gave up on the event within its own bound ([`EventLog::own_wait_bound`]);
+    /// it may still land, as after a caller's timeout.
+    #[error("the log did not acknowledge the event in time")]
+    TimedOut,
     /// The log is closing or its appender is gone.
     #[error("the log is shutting down")]
     Closed,
@@ -40,4 +46,12 @@ pub trait EventLog: Send + Sync {
 
     /// Whether new events can be accepted now (readiness), and if not, why.
     fn readiness(&self) -> Result<(), String>;
+
+    /// The longest `publish` takes on its own before it fails with
+    /// [`PublishError::TimedOut`], if the log bounds it (Kafka: the message timeout). A
+    /// caller whose wait is no shorter needs no timer of its own: one timer per click is a
+    /// measurable share of the edge's CPU.
+    fn own_wait_bound(&self) -> Option<Duration> {
+        None
+    }
 }

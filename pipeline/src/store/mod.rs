@@ -258,6 +258,19 @@ pub trait AttributionReader: Send + Sync {
         }
         Ok(found)
     }
+    /// The ids among `ids` stored in any state, deleted included: whether a click has
+    /// landed, asked for every waiting command at once and without merging row versions
+    /// where the store can (one live read per id otherwise, so a deleted one never lands:
+    /// its command then waits out its caller's bound).
+    async fn stored_attribution_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut stored = Vec::new();
+        for id in ids {
+            if self.attribution(id).await?.is_some() {
+                stored.push(id.clone());
+            }
+        }
+        Ok(stored)
+    }
 }
 
 /// The consumer's interface to a store: it loads what the planner needs and writes what

@@ -151,6 +151,7 @@ pub fn run(options: &Options, logs: &TempDir) -> Result<FreshnessReport> {
             ("REFERRAL_RATE_LIMIT_PER_IP", "0".to_owned()),
             ("REFERRAL_RATE_LIMIT_PER_CODE", "0".to_owned()),
             ("REFERRAL_RATE_LIMIT_GLOBAL", "0".to_owned()),
+            ("REFERRAL_MAX_CONNECTIONS_PER_CLIENT", "0".to_owned()),
         ],
         logs,
     )?;
@@ -163,7 +164,7 @@ pub fn run(options: &Options, logs: &TempDir) -> Result<FreshnessReport> {
     // Warm-up at the same rate (every code, probes not timed) until the edge resolves them,
     // then wait until everything is applied, so the measured load starts on a steady state.
     eprintln!("freshness: warming up for {WARM_UP:?}");
-    let warm_up = Load::new(options, address, WARM_UP);
+    let warm_up = Load::new(options, address, WARM_UP, 0);
     let warmed = runtime.block_on(drive(warm_up, probes.clone()));
     if warmed.created == 0 {
         return Err(format!(
@@ -203,7 +204,12 @@ pub fn run(options: &Options, logs: &TempDir) -> Result<FreshnessReport> {
         });
         let cpu = CpuWindow::start(&window);
         let load = runtime.block_on(drive(
-            Load::new(options, address, Duration::from_secs(options.seconds)),
+            Load::new(
+                options,
+                address,
+                Duration::from_secs(options.seconds),
+                1 << 22,
+            ),
             probes.clone(),
         ));
         let cpu = cpu.finish();

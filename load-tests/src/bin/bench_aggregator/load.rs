@@ -29,13 +29,36 @@ pub struct Load {
     connections: usize,
     probe_every: u64,
     probe_mentors: u64,
-    load_bodies: Vec<Bytes>,
-    probe_bodies: Vec<Bytes>,
+    load_codes: Vec<String>,
+    probe_codes: Vec<String>,
+    /// The visitor of request 0: loads of one run number their visitors apart.
+    first_visitor: u64,
+}
+
+/// A browser's agent: clicks without one are bots, which totals do not count.
+const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+
+/// Click `index` on `code`, from a visitor of its own (an address per index) with a
+/// browser's agent: counted, never a duplicate or a bot, so the totals show every click.
+fn click_body(code: &str, index: u64) -> Bytes {
+    let ip = format!(
+        "10.{}.{}.{}",
+        (index >> 16) & 255,
+        (index >> 8) & 255,
+        index & 255
+    );
+    Bytes::from(format!(
+        "{{\"code\":\"{code}\",\"ip_address\":\"{ip}\",\"user_agent\":\"{BROWSER}\"}}"
+    ))
 }
 
 impl Load {
-    pub fn new(options: &Options, address: SocketAddr, duration: Duration) -> Arc<Self> {
-        let body = |code: String| Bytes::from(format!("{{\"code\":\"{code}\"}}"));
+    pub fn new(
+        options: &Options,
+        address: SocketAddr,
+        duration: Duration,
+        first_visitor: u64,
+    ) -> Arc<Self> {
         Arc::new(Self {
             address,
             rate: options.rate,
@@ -43,12 +66,11 @@ impl Load {
             connections: options.connections,
             probe_every: options.probe_every,
             probe_mentors: options.probe_mentors,
-            load_bodies: (0..LOAD_CODES)
-                .map(|n| body(format!("BENCH-{n}")))
+            load_codes: (0..LOAD_CODES).map(|n| format!("BENCH-{n}")).collect(),
+            probe_codes: (0..options.probe_mentors)
+                .map(|m| format!("PROBE-{m}"))
                 .collect(),
-            probe_bodies: (0..options.probe_mentors)
-                .map(|m| body(format!("PROBE-{m}")))
-                .collect(),
+            first_visitor,
         })
     }
 
@@ -155,10 +177,11 @@ async fn drive_connection(
         let probe = i
             .is_multiple_of(load.probe_every)
             .then(|| usize::try_from((i / load.probe_every) % load.probe_mentors).unwrap_or(0));
-        let body = match probe {
-            Some(mentor) => load.probe_bodies[mentor].clone(),
-            None => load.load_bodies[(i % load.load_bodies.len() as u64) as usize].clone(),
+        let code = match probe {
+            Some(mentor) => &load.probe_codes[mentor],
+            None => &load.load_codes[(i % load.load_codes.len() as u64) as usize],
         };
+        let body = click_body(code, load.first_visitor + i);
         let request = Request::builder()
             .method(Method::POST)
             .uri(CLICK_PATH)

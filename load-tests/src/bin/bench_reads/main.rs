@@ -246,6 +246,7 @@ fn start_api(
             ("REFERRAL_RATE_LIMIT_PER_IP", "0".to_owned()),
             ("REFERRAL_RATE_LIMIT_PER_CODE", "0".to_owned()),
             ("REFERRAL_RATE_LIMIT_GLOBAL", "0".to_owned()),
+            ("REFERRAL_MAX_CONNECTIONS_PER_CLIENT", "0".to_owned()),
             // Bound to 127.0.0.1 for the run only; reads measured without a token.
             ("REFERRAL_ALLOW_ANONYMOUS", "true".to_owned()),
         ],

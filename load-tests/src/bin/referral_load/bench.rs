@@ -345,6 +345,7 @@ fn run_options(mode: Mode, duration: Duration, seed: u64, probe: Option<Duration
                 duplicate: 0.02,
             },
             commands_per_second: 50.0,
+            command_min_age: Duration::ZERO,
             seed,
             progress: false,
             freshness_probe: probe,

@@ -58,6 +58,9 @@ pub struct LoadPlan {
     pub mix: Mix,
     /// Confirmations and deletes per second sent to the API (0 = none).
     pub commands_per_second: f64,
+    /// Commands name clicks acknowledged at least this long ago (0: the newest ones, racing
+    /// their clicks through the pipeline; conversions in life come minutes later).
+    pub command_min_age: Duration,
     pub seed: u64,
     pub progress: bool,
     /// Every this often, one click is followed until it reads back by id (freshness).
@@ -515,7 +518,8 @@ pub async fn drive(run: &Arc<Run>, plan: &LoadPlan) -> Duration {
         let run = run.clone();
         let rate = plan.commands_per_second;
         let seed = plan.seed ^ 0xC0FF_EE00;
-        tokio::spawn(async move { command_stream(run, rate, seed).await })
+        let min_age = plan.command_min_age;
+        tokio::spawn(async move { command_stream(run, rate, min_age, seed).await })
     });
     let prober = plan.freshness_probe.map(|interval| {
         let run = run.clone();
@@ -680,7 +684,7 @@ impl CommandKind {
     }
 }
 
-async fn command_stream(run: Arc<Run>, rate: f64, seed: u64) {
+async fn command_stream(run: Arc<Run>, rate: f64, min_age: Duration, seed: u64) {
     let mut rng = SmallRng::seed_from_u64(seed);
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let permits = Arc::new(Semaphore::new(32));
@@ -694,7 +698,7 @@ async fn command_stream(run: Arc<Run>, rate: f64, seed: u64) {
             break;
         };
         let kind = CommandKind::draw(&mut rng);
-        let Some(command) = plan_command(&run, kind, &mut rng, &mut member_serial) else {
+        let Some(command) = plan_command(&run, kind, &mut rng, &mut member_serial, min_age) else {
             continue;
         };
         let run = run.clone();
@@ -729,6 +733,7 @@ fn plan_command(
     kind: CommandKind,
     rng: &mut SmallRng,
     member_serial: &mut u64,
+    min_age: Duration,
 ) -> Option<PlannedCommand> {
     let mut ledger = lock(&run.ledger);
     let base = format!("{}/api/v1/referral-attributions", run.endpoints.api);
@@ -752,7 +757,7 @@ fn plan_command(
     };
     let (id, holder, method, body, member) = match kind {
         CommandKind::Confirm => {
-            let id = ledger.take_target(rng, false)?;
+            let id = ledger.take_target(rng, false, min_age)?;
             let code = &run.population.codes[ledger.clicks.get(&id)?.code].0;
             let member = fresh_member();
             let body = json!({"code": code, "new_member_id": member}).to_string();
@@ -760,7 +765,7 @@ fn plan_command(
         }
         CommandKind::MemberTaken => {
             let (holder, _, member) = confirmed(&mut ledger, rng)?;
-            let Some(id) = ledger.take_target(rng, false) else {
+            let Some(id) = ledger.take_target(rng, false, min_age) else {
                 ledger.release(&holder, None);
                 return None;
             };
@@ -778,7 +783,7 @@ fn plan_command(
             (id, None, Method::PUT, Some(body), Some(member))
         }
         CommandKind::Delete => (
-            ledger.take_target(rng, true)?,
+            ledger.take_target(rng, true, min_age)?,
             None,
             Method::DELETE,
             None,

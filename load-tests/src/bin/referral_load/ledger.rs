@@ -15,6 +15,9 @@ use std::collections::HashMap;
 
 use rand::Rng;
 use rand::rngs::SmallRng;
+use referral_schemas::Timestamp;
+use referral_schemas::id::attribution_created_at;
+use std::time::Duration;
 
 /// The expected state of an acknowledged click.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,15 +149,31 @@ impl Ledger {
     }
 
     /// A random recent attribution with no command in flight whose state is `Pending`
-    /// (or, when `confirmed_ok`, also `Confirmed` or `Reversed`); marks it busy.
-    pub fn take_target(&mut self, rng: &mut SmallRng, confirmed_ok: bool) -> Option<String> {
-        if self.order.is_empty() {
+    /// (or, when `confirmed_ok`, also `Confirmed` or `Reversed`), among the 5,000 newest
+    /// acknowledged at least `min_age` ago (ids carry their creation time); marks it busy.
+    pub fn take_target(
+        &mut self,
+        rng: &mut SmallRng,
+        confirmed_ok: bool,
+        min_age: Duration,
+    ) -> Option<String> {
+        let end = if min_age.is_zero() {
+            self.order.len()
+        } else {
+            let age_ms = i64::try_from(min_age.as_millis()).unwrap_or(i64::MAX);
+            let newest = Timestamp::now().as_millis().saturating_sub(age_ms);
+            // Acknowledgement order is creation order but for a few milliseconds.
+            self.order.partition_point(|id| {
+                attribution_created_at(id).is_some_and(|made| made.as_millis() <= newest)
+            })
+        };
+        if end == 0 {
             return None;
         }
         for _ in 0..16 {
             // Mostly recent clicks: conversions follow clicks.
-            let window = self.order.len().min(5_000);
-            let index = self.order.len() - 1 - rng.random_range(0..window);
+            let window = end.min(5_000);
+            let index = end - 1 - rng.random_range(0..window);
             let id = &self.order[index];
             if let Some(click) = self.clicks.get_mut(id) {
                 let eligible = match click.state {

@@ -190,6 +190,10 @@ struct LoadArgs {
     /// Confirmations and deletes per second (default: 5% of the click rate, 50 in max mode).
     #[arg(long, env = "REFERRAL_LOAD_COMMANDS_PER_SECOND")]
     commands_per_second: Option<f64>,
+    /// Commands name clicks acknowledged at least this long ago (0: the newest, racing
+    /// their clicks through the pipeline; conversions in life come minutes later).
+    #[arg(long, env = "REFERRAL_LOAD_COMMAND_MIN_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    command_min_age: Duration,
     /// Open loop: cap on requests in flight.
     #[arg(long, env = "REFERRAL_LOAD_MAX_IN_FLIGHT", default_value_t = 1024)]
     max_in_flight: usize,
@@ -246,6 +250,7 @@ impl LoadArgs {
                     duplicate: self.duplicate_share,
                 },
                 commands_per_second,
+                command_min_age: self.command_min_age,
                 seed: self.seed,
                 progress: !self.no_progress,
                 freshness_probe: None,
@@ -291,6 +296,7 @@ fn smoke_options() -> RunOptions {
                 duplicate: 0.02,
             },
             commands_per_second: 25.0,
+            command_min_age: Duration::ZERO,
             seed: 7,
             progress: false,
             freshness_probe: None,

@@ -182,6 +182,8 @@ impl Pipeline {
                         env("REFERRAL_RATE_LIMIT_PER_IP", "0"),
                         env("REFERRAL_RATE_LIMIT_PER_CODE", "0"),
                         env("REFERRAL_RATE_LIMIT_GLOBAL", "0"),
+                        // One generator stands in for many clients (as with the limits).
+                        env("REFERRAL_MAX_CONNECTIONS_PER_CLIENT", "0"),
                     ],
                     port: ports[0],
                 };
@@ -272,6 +274,8 @@ impl Pipeline {
                         env("REFERRAL_RATE_LIMIT_PER_IP", "0"),
                         env("REFERRAL_RATE_LIMIT_PER_CODE", "0"),
                         env("REFERRAL_RATE_LIMIT_GLOBAL", "0"),
+                        // One generator stands in for many clients (as with the limits).
+                        env("REFERRAL_MAX_CONNECTIONS_PER_CLIENT", "0"),
                     ],
                     port: ingest_port,
                 };

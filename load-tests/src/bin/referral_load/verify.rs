@@ -48,6 +48,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use referral_schemas::Timestamp;
+use referral_schemas::query::COUNT_BOUND;
 use referral_schemas::verdict::is_bot;
 use serde_json::Value;
 use tokio::task::JoinSet;
@@ -918,7 +919,11 @@ fn check_mentor(
         ));
     }
     for ((verdict, filtered), listed) in VERDICTS.iter().zip(state.verdict_totals).zip(by_verdict) {
-        if filtered != listed && !(listed == 0 && filtered <= 0) {
+        // The API counts a filtered list up to COUNT_BOUND matches (README: "pagination.total
+        // stays cheap"); past it, the total reads as the bound.
+        let bound = i64::try_from(COUNT_BOUND).unwrap_or(i64::MAX);
+        let bounded = filtered == bound && listed >= bound;
+        if filtered != listed && !(listed == 0 && filtered <= 0) && !bounded {
             result.inconsistent += 1;
             result.problem(format!(
                 "{mentor}'s list ?verdict={verdict} counts {filtered}, its listing holds \
@@ -1318,6 +1323,33 @@ mod tests {
             "reversed_conversions missing it"
         );
         assert_eq!(repeated.inconsistent, 0, "{repeated:?}");
+    }
+
+    #[test]
+    fn a_verdict_count_past_the_api_bound_reads_as_the_bound() {
+        let bound = i64::try_from(COUNT_BOUND).unwrap();
+        let rows: Vec<_> = (0..=bound)
+            .map(|n| row(&format!("d{n}"), "pending", "duplicate"))
+            .collect();
+        let state = |filtered| MentorState {
+            listed_total: bound + 1,
+            verdict_totals: [0, filtered, 0],
+            rows: rows.clone(),
+            exported: Vec::new(),
+            totals: Totals {
+                clicks: 0,
+                duplicates: bound + 1,
+                bots: 0,
+                conversions: 0,
+                reversals: 0,
+            },
+        };
+        let mut capped = Verification::default();
+        check_mentor(&mut capped, "usr", &[], &state(bound), &HashSet::new());
+        assert_eq!(capped.inconsistent, 0, "{capped:?}");
+        let mut short = Verification::default();
+        check_mentor(&mut short, "usr", &[], &state(bound - 1), &HashSet::new());
+        assert_eq!(short.inconsistent, 1, "{short:?}");
     }
 
     #[test]

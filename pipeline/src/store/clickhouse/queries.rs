@@ -804,6 +804,23 @@ pub fn verdicts(command_ids: &[String]) -> ReadQuery {
     query
 }
 
+/// Which of `ids` (at least one) are stored, in any version: `attributions` is sorted by id
+/// and nothing is merged (no `FINAL`), so this reads a granule of the `id` column per part
+/// and id: cheap enough to ask for every waiting command every few milliseconds.
+pub fn stored_attribution_ids(ids: &[String]) -> ReadQuery {
+    let placeholders = vec!["?"; ids.len().max(1)].join(", ");
+    let mut query = ReadQuery::new(format!(
+        "SELECT DISTINCT id FROM attributions WHERE id IN ({placeholders}) ORDER BY id"
+    ));
+    if ids.is_empty() {
+        query = query.bind(Bound::Text(String::new()));
+    }
+    for id in ids {
+        query = query.bind(Bound::Text(id.clone()));
+    }
+    query
+}
+
 /// Where a partition's counted clicks below its checkpoint are, for a dedup window's
 /// rebuild. `since_id`: only ids from this one on (ids start with their creation time and
 /// `attributions` is sorted by id, so this reads the recent granules only; None: all).

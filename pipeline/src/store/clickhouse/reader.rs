@@ -457,6 +457,16 @@ impl AttributionReader for ClickHouseReader {
             .map_err(|error| StoreError::Corrupt(format!("verdict {command_id}: {error}")))
     }
 
+    async fn stored_attribution_ids(&self, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(queries::stored_attribution_ids(ids)
+            .to_clickhouse(&self.client)
+            .fetch_all()
+            .await?)
+    }
+
     /// Two queries for any number of commands: their recorded verdicts, then every
     /// partition's checkpoint; a verdict counts once its flush passed the checkpoint.
     async fn verdicts(&self, command_ids: &[String]) -> Result<Vec<(String, Verdict)>, StoreError> {
