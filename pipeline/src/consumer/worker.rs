@@ -55,6 +55,26 @@ struct Pending {
     command_since: Option<Instant>,
 }
 
+/// Moves a partition's read position past `offset`; `Err(position)` when `offset` is below
+/// it (the record was read already and must not enter a batch twice).
+fn advance_read(
+    read_to: &mut HashMap<PartitionKey, i64>,
+    key: &PartitionKey,
+    offset: i64,
+) -> Result<(), i64> {
+    match read_to.get_mut(key) {
+        Some(next) if offset < *next => Err(*next),
+        Some(next) => {
+            *next = offset + 1;
+            Ok(())
+        }
+        None => {
+            read_to.insert(key.clone(), offset + 1);
+            Ok(())
+        }
+    }
+}
+
 impl Pending {
     fn is_full(&self, settings: &WorkerSettings) -> bool {
         self.messages >= settings.batch_max_rows || self.bytes >= settings.batch_max_bytes
@@ -87,6 +107,11 @@ pub struct Worker {
     settings: WorkerSettings,
     pending: BTreeMap<PartitionKey, Pending>,
     owned: HashSet<PartitionKey>,
+    /// Per owned partition, the offset after the last record read since its assignment. A
+    /// record below it was read already and is dropped: a batch must never hold a record
+    /// twice (the checkpoint filter only guards what is stored). tansu 0.6.0 was seen
+    /// answering a fetch with records before the fetch position under a 10 ms fetch wait.
+    read_to: HashMap<PartitionKey, i64>,
     /// The dedup window of each partition this worker has flushed since it was assigned,
     /// in step with the stored checkpoint. Dropped (and rebuilt from the store before the
     /// next flush) whenever it may not be: a failed flush, an assignment, a revocation.
@@ -111,6 +136,7 @@ impl Worker {
             handle,
             pending: BTreeMap::new(),
             owned: HashSet::new(),
+            read_to: HashMap::new(),
             dedup: DedupWindows::new(settings.dedup_window_ms),
             settings,
             fault,
@@ -124,6 +150,17 @@ impl Worker {
         let key = (record.topic.to_owned(), record.partition);
         if !self.owned.contains(&key) {
             // Fetched before a revocation: the new owner reads it again.
+            return;
+        }
+        if let Err(read_to) = advance_read(&mut self.read_to, &key, record.offset) {
+            metrics::counter!("referral_consumer_records_read_again_total").increment(1);
+            tracing::warn!(
+                topic = record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                read_to,
+                "a record came again from the log; dropped"
+            );
             return;
         }
         let decoded = match record.payload {
@@ -199,6 +236,9 @@ impl Worker {
 
     /// Partitions assigned to this consumer: their checkpoints are read afresh.
     pub fn assigned(&mut self, partitions: Vec<PartitionKey>) {
+        for key in &partitions {
+            self.read_to.remove(key);
+        }
         self.store.forget_checkpoints(&partitions);
         self.forget_windows(&partitions);
         self.owned.extend(partitions);
@@ -234,6 +274,7 @@ impl Worker {
         for key in &partitions {
             self.pending.remove(key);
             self.owned.remove(key);
+            self.read_to.remove(key);
             // Not ours any more: its new owner reports its lag. A frozen value here would
             // keep alerting (or hide real lag) long after the move.
             metrics::gauge!(
@@ -534,6 +575,23 @@ mod tests {
             since,
             command_since,
         }
+    }
+
+    #[test]
+    fn a_record_read_again_is_refused_and_the_position_only_moves_forward() {
+        let mut read_to = HashMap::new();
+        let key = ("referral-events".to_owned(), 0);
+        let other = ("referral-events".to_owned(), 1);
+        assert_eq!(advance_read(&mut read_to, &key, 10), Ok(()));
+        assert_eq!(advance_read(&mut read_to, &key, 11), Ok(()));
+        // A gap is the log's business (compaction, control records): accepted.
+        assert_eq!(advance_read(&mut read_to, &key, 15), Ok(()));
+        // A broker answering with records before the fetch position: refused.
+        assert_eq!(advance_read(&mut read_to, &key, 12), Err(16));
+        assert_eq!(advance_read(&mut read_to, &key, 15), Err(16));
+        assert_eq!(advance_read(&mut read_to, &key, 16), Ok(()));
+        // Partitions are independent.
+        assert_eq!(advance_read(&mut read_to, &other, 3), Ok(()));
     }
 
     #[test]
