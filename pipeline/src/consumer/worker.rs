@@ -109,8 +109,8 @@ pub struct Worker {
     owned: HashSet<PartitionKey>,
     /// Per owned partition, the offset after the last record read since its assignment. A
     /// record below it was read already and is dropped: a batch must never hold a record
-    /// twice (the checkpoint filter only guards what is stored). tansu 0.6.0 was seen
-    /// answering a fetch with records before the fetch position under a 10 ms fetch wait.
+    /// twice (the checkpoint filter only guards what is stored). Under a 10 ms fetch wait
+    /// on tansu 0.6.0 a consumer was seen getting records again (docs/BENCHMARKS.md).
     read_to: HashMap<PartitionKey, i64>,
     /// The dedup window of each partition this worker has flushed since it was assigned,
     /// in step with the stored checkpoint. Dropped (and rebuilt from the store before the
