@@ -985,6 +985,7 @@ def test_prometheus_rules() -> None:
         "ReferralHTTP503RatioHigh": "referral_http_requests_total",
         "ReferralHTTPLatencyP99High": "referral_http_request_duration_seconds_bucket",
         "ReferralAggregatorFlushFailing": "referral_flush_failures_total",
+        "ReferralLogGapAccepted": "referral_consumer_offset_gaps_total",
         "ReferralAggregatorNotReady": "kube_pod_status_ready",
         "ReferralAggregatorDown": "up",
         "ReferralWebhookDeliveriesFailed": "referral_webhook_deliveries_total",

@@ -136,6 +136,7 @@ impl Embedded {
                 batch_max_bytes: BATCH_MAX_BYTES,
                 batch_max_wait: BATCH_WAIT,
                 command_max_wait: BATCH_WAIT,
+                seek_gaps: false,
                 window_ms: args.attribution_window_ms(),
                 dedup_window_ms: args.dedup_window_ms(),
             },

@@ -490,6 +490,7 @@ impl Aggregator {
                 command_max_wait: consumer_args
                     .command_max_wait
                     .min(consumer_args.batch_max_wait),
+                seek_gaps: true,
                 window_ms: args.attribution_window_ms(),
                 dedup_window_ms: args.dedup_window_ms(),
             },

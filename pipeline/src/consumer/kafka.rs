@@ -21,6 +21,9 @@ use crate::config::ConsumerArgs;
 use crate::kafka::KafkaSettings;
 use crate::plan::PartitionKey;
 
+/// The longest a seek back over a gap in the offsets may block the consumer thread.
+const SEEK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The rdkafka context: rebalance callbacks and statistics.
 pub struct SourceContext {
     worker: SharedWorker,
@@ -144,20 +147,35 @@ impl KafkaSource {
 
 impl LogSource for KafkaSource {
     fn poll(&mut self, timeout: Duration, worker: &SharedWorker) -> Result<usize, String> {
-        match self.consumer.poll(timeout) {
+        let (key, seek_from) = match self.consumer.poll(timeout) {
             Some(Ok(message)) => {
-                lock(worker).add(&Record {
+                let seek_from = lock(worker).add(&Record {
                     topic: message.topic(),
                     partition: message.partition(),
                     offset: message.offset(),
                     key: message.key(),
                     payload: message.payload(),
                 });
-                Ok(1)
+                ((message.topic().to_owned(), message.partition()), seek_from)
             }
-            Some(Err(error)) => Err(error.to_string()),
-            None => Ok(0),
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Ok(0),
+        };
+        // Records were missing before the one just read: read the partition again
+        // (librdkafka drops what it had fetched for it before the seek).
+        if let Some(from) = seek_from {
+            let (topic, partition) = &key;
+            match self
+                .consumer
+                .seek(topic, *partition, Offset::Offset(from), SEEK_TIMEOUT)
+            {
+                Ok(()) => lock(worker).sought(&key),
+                Err(error) => {
+                    tracing::warn!(%error, topic, partition, from, "cannot seek back over a gap; tried again on a later record");
+                }
+            }
         }
+        Ok(1)
     }
 
     fn stored(&mut self, checkpoints: &[(PartitionKey, i64)], _: &SharedWorker) {

@@ -9,6 +9,7 @@
 //! ```
 //!
 //! * [`worker`]: pending batches and the flush (plan, write, commit point).
+//! * [`position`]: each partition's read position: repeats dropped, gaps read again.
 //! * [`announce`]: what a flush tells beyond the store, per mode.
 //! * [`kafka`]: the Kafka source (consumer group, rebalances).
 //! * [`file`]: the embedded file log as a source.
@@ -27,6 +28,7 @@ pub mod fault;
 pub mod file;
 pub mod kafka;
 pub mod pace;
+pub mod position;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,6 +228,9 @@ fn run<S: LogSource>(
                 status.ready.store(true, Ordering::Relaxed);
                 if paused {
                     paused = !source.pause(false);
+                    if !paused {
+                        lock(&worker).resumed_fetching();
+                    }
                 }
             }
             Err(error) => {

@@ -14,6 +14,11 @@ use tokio::runtime::Handle;
 
 use super::announce::Announcer;
 use super::fault::FaultPoint;
+use super::position::{Positions, ReadStep};
+
+/// How long after a failed read of the assigned partitions' checkpoints the store is asked
+/// again (records meanwhile are read again later).
+const CHECKPOINTS_RETRY: Duration = Duration::from_millis(500);
 use super::{DeadLetter, Record};
 use referral_schemas::verdict::{CountedVisit, DedupWindow, VisitorKey};
 
@@ -34,6 +39,10 @@ pub struct WorkerSettings {
     /// The longest a command waits for its flush: someone waits for its verdict, so a
     /// batch that holds a command is flushed this soon (at most `batch_max_wait`).
     pub command_max_wait: Duration,
+    /// A gap in a partition's offsets is read again (the source seeks back) before it is
+    /// taken. Kafka: yes (its offsets are dense on these topics). The file log: no (its
+    /// reader stops at a missing offset itself).
+    pub seek_gaps: bool,
     /// `--attribution-window` in milliseconds, for the planner.
     pub window_ms: i64,
     /// `--dedup-window` in milliseconds (0: no click is a duplicate).
@@ -53,26 +62,6 @@ struct Pending {
     since: Instant,
     /// When the batch's first command was read.
     command_since: Option<Instant>,
-}
-
-/// Moves a partition's read position past `offset`; `Err(position)` when `offset` is below
-/// it (the record was read already and must not enter a batch twice).
-fn advance_read(
-    read_to: &mut HashMap<PartitionKey, i64>,
-    key: &PartitionKey,
-    offset: i64,
-) -> Result<(), i64> {
-    match read_to.get_mut(key) {
-        Some(next) if offset < *next => Err(*next),
-        Some(next) => {
-            *next = offset + 1;
-            Ok(())
-        }
-        None => {
-            read_to.insert(key.clone(), offset + 1);
-            Ok(())
-        }
-    }
 }
 
 impl Pending {
@@ -107,11 +96,10 @@ pub struct Worker {
     settings: WorkerSettings,
     pending: BTreeMap<PartitionKey, Pending>,
     owned: HashSet<PartitionKey>,
-    /// Per owned partition, the offset after the last record read since its assignment. A
-    /// record below it was read already and is dropped: a batch must never hold a record
-    /// twice (the checkpoint filter only guards what is stored). Under a 10 ms fetch wait
-    /// on tansu 0.6.0 a consumer was seen getting records again (docs/BENCHMARKS.md).
-    read_to: HashMap<PartitionKey, i64>,
+    /// Per owned partition, the read position since its assignment (see [`Positions`]).
+    positions: Positions,
+    /// The store did not give the assigned partitions' checkpoints: not asked before this.
+    checkpoints_retry_at: Option<Instant>,
     /// The dedup window of each partition this worker has flushed since it was assigned,
     /// in step with the stored checkpoint. Dropped (and rebuilt from the store before the
     /// next flush) whenever it may not be: a failed flush, an assignment, a revocation.
@@ -136,7 +124,8 @@ impl Worker {
             handle,
             pending: BTreeMap::new(),
             owned: HashSet::new(),
-            read_to: HashMap::new(),
+            positions: Positions::default(),
+            checkpoints_retry_at: None,
             dedup: DedupWindows::new(settings.dedup_window_ms),
             settings,
             fault,
@@ -146,22 +135,67 @@ impl Worker {
     }
 
     /// Adds one message to its partition's batch; undecodable ones become dead letters.
-    pub fn add(&mut self, record: &Record<'_>) {
+    /// Returns where the source must read the partition again from, when records are
+    /// missing before this one (see [`Positions`]); the source reports a seek carried out
+    /// with [`Self::sought`].
+    #[must_use]
+    pub fn add(&mut self, record: &Record<'_>) -> Option<i64> {
         let key = (record.topic.to_owned(), record.partition);
         if !self.owned.contains(&key) {
             // Fetched before a revocation: the new owner reads it again.
-            return;
+            return None;
         }
-        if let Err(read_to) = advance_read(&mut self.read_to, &key, record.offset) {
-            metrics::counter!("referral_consumer_records_read_again_total").increment(1);
-            tracing::warn!(
-                topic = record.topic,
-                partition = record.partition,
-                offset = record.offset,
-                read_to,
-                "a record came again from the log; dropped"
-            );
-            return;
+        if self.settings.seek_gaps && !self.positions.has(&key) && !self.start_positions() {
+            // Without its checkpoint, a gap at the start could not be told: read it again.
+            return Some(record.offset);
+        }
+        match self
+            .positions
+            .read(&key, record.offset, Instant::now(), self.settings.seek_gaps)
+        {
+            ReadStep::Take => {}
+            ReadStep::Repeat { next } => {
+                metrics::counter!("referral_consumer_records_read_again_total").increment(1);
+                tracing::warn!(
+                    topic = record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    next,
+                    "a record came again from the log; dropped"
+                );
+                return None;
+            }
+            ReadStep::Behind { stored } => {
+                if stored {
+                    metrics::counter!("referral_events_skipped_total").increment(1);
+                }
+                return None;
+            }
+            ReadStep::SeekBack { next, from } => {
+                metrics::counter!("referral_consumer_offset_gaps_total", "outcome" => "sought")
+                    .increment(1);
+                tracing::warn!(
+                    topic = record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    next,
+                    from,
+                    "records missing before this one; reading the partition again"
+                );
+                return Some(from);
+            }
+            ReadStep::AwaitSeek => return None,
+            ReadStep::TakeOverGap { next } => {
+                metrics::counter!("referral_consumer_offset_gaps_total", "outcome" => "accepted")
+                    .increment(1);
+                tracing::error!(
+                    topic = record.topic,
+                    partition = record.partition,
+                    offset = record.offset,
+                    next,
+                    "offsets missing after reading again for a while; taken as the log's own"
+                );
+            }
         }
         let decoded = match record.payload {
             Some(bytes) => LogMessage::from_json(bytes),
@@ -203,6 +237,52 @@ impl Worker {
                 });
             }
         }
+        None
+    }
+
+    /// The source carried out the seek back that [`Self::add`] asked for.
+    pub fn sought(&mut self, key: &PartitionKey) {
+        self.positions.sought(key);
+    }
+
+    /// The source resumed fetching after a pause (see [`Positions::resumed`]).
+    pub fn resumed_fetching(&mut self) {
+        self.positions.resumed(Instant::now());
+    }
+
+    /// Starts every owned partition without a read position at its stored checkpoint (one
+    /// store read), so that records missing at the very start are read again too (a
+    /// partition without one starts at 0). False when the store
+    /// does not answer (then not asked again for [`CHECKPOINTS_RETRY`]).
+    fn start_positions(&mut self) -> bool {
+        if self
+            .checkpoints_retry_at
+            .is_some_and(|at| Instant::now() < at)
+        {
+            return false;
+        }
+        let keys: Vec<PartitionKey> = self
+            .owned
+            .iter()
+            .filter(|key| !self.positions.has(key))
+            .cloned()
+            .collect();
+        let handle = self.handle.clone();
+        match handle.block_on(self.store.checkpoints(&keys)) {
+            Ok(checkpoints) => {
+                for key in keys {
+                    let next = checkpoint_at(&checkpoints, &key.0, key.1);
+                    self.positions.start_at_checkpoint(key, next);
+                }
+                self.checkpoints_retry_at = None;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the checkpoints of assigned partitions; their records are read again later");
+                self.checkpoints_retry_at = Some(Instant::now() + CHECKPOINTS_RETRY);
+                false
+            }
+        }
     }
 
     /// Whether some partition's batch is full or old enough.
@@ -237,7 +317,7 @@ impl Worker {
     /// Partitions assigned to this consumer: their checkpoints are read afresh.
     pub fn assigned(&mut self, partitions: Vec<PartitionKey>) {
         for key in &partitions {
-            self.read_to.remove(key);
+            self.positions.forget(key);
         }
         self.store.forget_checkpoints(&partitions);
         self.forget_windows(&partitions);
@@ -274,7 +354,7 @@ impl Worker {
         for key in &partitions {
             self.pending.remove(key);
             self.owned.remove(key);
-            self.read_to.remove(key);
+            self.positions.forget(key);
             // Not ours any more: its new owner reports its lag. A frozen value here would
             // keep alerting (or hide real lag) long after the move.
             metrics::gauge!(
@@ -560,6 +640,7 @@ mod tests {
             batch_max_bytes: 1 << 20,
             batch_max_wait: Duration::from_millis(250),
             command_max_wait: Duration::from_millis(10),
+            seek_gaps: true,
             window_ms: 0,
             dedup_window_ms: 0,
         }
@@ -575,23 +656,6 @@ mod tests {
             since,
             command_since,
         }
-    }
-
-    #[test]
-    fn a_record_read_again_is_refused_and_the_position_only_moves_forward() {
-        let mut read_to = HashMap::new();
-        let key = ("referral-events".to_owned(), 0);
-        let other = ("referral-events".to_owned(), 1);
-        assert_eq!(advance_read(&mut read_to, &key, 10), Ok(()));
-        assert_eq!(advance_read(&mut read_to, &key, 11), Ok(()));
-        // A gap is the log's business (compaction, control records): accepted.
-        assert_eq!(advance_read(&mut read_to, &key, 15), Ok(()));
-        // A broker answering with records before the fetch position: refused.
-        assert_eq!(advance_read(&mut read_to, &key, 12), Err(16));
-        assert_eq!(advance_read(&mut read_to, &key, 15), Err(16));
-        assert_eq!(advance_read(&mut read_to, &key, 16), Ok(()));
-        // Partitions are independent.
-        assert_eq!(advance_read(&mut read_to, &other, 3), Ok(()));
     }
 
     #[test]
