@@ -349,17 +349,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn many_waiters_share_few_lookups_and_each_gets_its_own_verdict() {
-        let reader = Arc::new(SlowWriter {
+    const POLL: Duration = Duration::from_millis(10);
+
+    /// A store that decides (or lands) every id from its third look-up on.
+    fn slow_reader() -> Arc<SlowWriter> {
+        Arc::new(SlowWriter {
             lookups: AtomicUsize::new(0),
             decide_after: 3,
-        });
+        })
+    }
+
+    /// A waiter's shutdown signal: the sender dropped or sent.
+    async fn until(stopped: oneshot::Receiver<()>) {
+        let _ = stopped.await;
+    }
+
+    #[tokio::test]
+    async fn many_waiters_share_few_lookups_and_each_gets_its_own_verdict() {
+        let reader = slow_reader();
         let (stop, stopped) = oneshot::channel::<()>();
-        let waiter =
-            VerdictWaiter::spawn(Verdicts(reader.clone()), Duration::from_millis(10), async {
-                let _ = stopped.await;
-            });
+        let waiter = VerdictWaiter::spawn(Verdicts(reader.clone()), POLL, until(stopped));
         let mut tasks = tokio::task::JoinSet::new();
         for index in 0..200 {
             let waiter = waiter.clone();
@@ -387,15 +396,9 @@ mod tests {
 
     #[tokio::test]
     async fn clicks_waited_for_together_land_in_few_lookups_and_a_missing_one_waits() {
-        let reader = Arc::new(SlowWriter {
-            lookups: AtomicUsize::new(0),
-            decide_after: 3,
-        });
+        let reader = slow_reader();
         let (_stop, stopped) = oneshot::channel::<()>();
-        let landings =
-            LandingWaiter::spawn(Landings(reader.clone()), Duration::from_millis(10), async {
-                let _ = stopped.await;
-            });
+        let landings = LandingWaiter::spawn(Landings(reader.clone()), POLL, until(stopped));
         let mut tasks = tokio::task::JoinSet::new();
         for index in 0..100 {
             let landings = landings.clone();
