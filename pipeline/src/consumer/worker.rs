@@ -15,15 +15,15 @@ use tokio::runtime::Handle;
 use super::announce::Announcer;
 use super::fault::FaultPoint;
 use super::position::{Positions, ReadStep};
-
-/// How long after a failed read of the assigned partitions' checkpoints the store is asked
-/// again (records meanwhile are read again later).
-const CHECKPOINTS_RETRY: Duration = Duration::from_millis(500);
 use super::{DeadLetter, Record};
 use referral_schemas::verdict::{CountedVisit, DedupWindow, VisitorKey};
 
 use crate::plan::{self, DedupWindows, PartitionBatch, PartitionKey, Plan, References};
 use crate::store::{StoreError, StoreWriter};
+
+/// How long after a failed read of the assigned partitions' checkpoints the store is asked
+/// again (records meanwhile are read again later).
+const CHECKPOINTS_RETRY: Duration = Duration::from_millis(500);
 
 /// How the worker batches and decides.
 #[derive(Clone, Debug)]
@@ -252,8 +252,8 @@ impl Worker {
 
     /// Starts every owned partition without a read position at its stored checkpoint (one
     /// store read), so that records missing at the very start are read again too (a
-    /// partition without one starts at 0). False when the store
-    /// does not answer (then not asked again for [`CHECKPOINTS_RETRY`]).
+    /// partition without one starts at 0). False when the store does not answer (then not
+    /// asked again for [`CHECKPOINTS_RETRY`]).
     fn start_positions(&mut self) -> bool {
         if self
             .checkpoints_retry_at
