@@ -29,7 +29,7 @@
 #
 #   ./scripts/bench-edge.sh [--record] [--rounds N] [--seconds S] [--sustain-seconds S]
 #                           [--rates "10000 20000 30000 40000"]
-#                           [--only burst|sustain|kafka|verdicts]
+#                           [--only burst|sustain|edge|kafka|verdicts]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,7 +51,12 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+# --only edge: the embedded runs (burst and sustained), the block --record rewrites whole.
+want() { [ -z "$only" ] || [ "$only" = "$1" ] || { [ "$only" = edge ] && [ "$1" != kafka ] && [ "$1" != verdicts ]; }; }
+case "$only" in
+  ""|burst|sustain|edge|kafka|verdicts) ;;
+  *) echo "unknown --only $only (burst, sustain, edge, kafka or verdicts)" >&2; exit 2 ;;
+esac
 # The last commit before click verdicts (issue 14): the "without" side of the verdicts run.
 VERDICTS_BASELINE_REV="${VERDICTS_BASELINE_REV:-5902c34}"
 

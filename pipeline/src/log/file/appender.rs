@@ -2,8 +2,8 @@
 //!
 //! Group commit: it takes every event waiting in the queue (up to `batch_max_events`),
 //! writes them as one batch with one write, fsyncs, and only then acknowledges each
-//! publisher. While one batch is being fsynced the next gathers in the queue, so batches
-//! grow with load. An fsync starts at most every `--log-fsync-interval` (250 µs): an fsync
+//! publisher (through one task on the runtime, see [`Answerer`]). While one batch is being
+//! fsynced the next gathers in the queue, so batches grow with load. An fsync starts at most every `--log-fsync-interval` (250 µs): an fsync
 //! costs tens of microseconds of CPU however small the batch, and on a fast disk the
 //! batches of a busy edge stayed small (about 16 clicks at 50k clicks/s); with the interval
 //! they grow, and the edge served 3-12% more clicks at 256 connections, and the same at 64
@@ -47,6 +47,80 @@ pub(crate) enum Envelope {
 }
 
 type Acknowledgement = oneshot::Sender<Result<u64, PublishError>>;
+
+/// One written batch's outcome and its publishers, in offset order.
+pub(crate) struct AckBatch {
+    outcome: Result<u64, PublishError>,
+    publishers: Vec<Acknowledgement>,
+}
+
+impl AckBatch {
+    /// Tells each publisher its offset (or the batch's error).
+    fn answer(self) {
+        for (index, acknowledge) in self.publishers.into_iter().enumerate() {
+            // A publisher that gave up waiting dropped its receiver; nothing to tell it.
+            let _ = acknowledge.send(self.outcome.clone().map(|first| first + index as u64));
+        }
+    }
+}
+
+/// How the appender's answers reach the publishers.
+///
+/// A publisher's task is woken when its answer is sent. Woken from the appender's thread,
+/// each wake goes through the runtime's shared queue and may unpark a worker (up to a futex
+/// call and a context switch per click); woken from a task on the runtime, the wakes go to
+/// that worker's own queue. So, in a runtime, the appender hands each batch to one task
+/// that answers its publishers: one cross-thread wake per batch (docs/BENCHMARKS.md).
+pub(crate) enum Answerer {
+    /// Answers sent by the appender's thread (a log opened outside a runtime).
+    Direct,
+    /// Batches handed to the answering task. Unbounded, yet bounded in fact: every batch
+    /// holds publishers that were let into the log's bounded queue.
+    Task(mpsc::UnboundedSender<AckBatch>),
+}
+
+/// The answering task's inbox. Dropped with the task (its runtime shut down), it answers
+/// what is still queued and refuses later batches, which the appender then answers itself:
+/// a written record is never reported lost.
+struct AnswerInbox(mpsc::UnboundedReceiver<AckBatch>);
+
+impl Drop for AnswerInbox {
+    fn drop(&mut self) {
+        self.0.close();
+        while let Ok(batch) = self.0.try_recv() {
+            batch.answer();
+        }
+    }
+}
+
+impl Answerer {
+    /// In a tokio runtime, starts the answering task on it; else answers directly.
+    pub(crate) fn start() -> Self {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Self::Direct;
+        };
+        let (batches, inbox) = mpsc::unbounded_channel::<AckBatch>();
+        let mut inbox = AnswerInbox(inbox);
+        runtime.spawn(async move {
+            while let Some(batch) = inbox.0.recv().await {
+                batch.answer();
+            }
+        });
+        Self::Task(batches)
+    }
+
+    fn answer(&self, batch: AckBatch) {
+        match self {
+            Self::Direct => batch.answer(),
+            Self::Task(batches) => {
+                // The task ended with its runtime: answer from here.
+                if let Err(mpsc::error::SendError(batch)) = batches.send(batch) {
+                    batch.answer();
+                }
+            }
+        }
+    }
+}
 
 /// The file the next segment is prepared in (not a segment name: recovery ignores it).
 const SPARE_FILE: &str = "next-segment.tmp";
@@ -152,7 +226,7 @@ impl Appender {
         })
     }
 
-    pub(crate) fn run(mut self, mut inbox: mpsc::Receiver<Envelope>) {
+    pub(crate) fn run(mut self, mut inbox: mpsc::Receiver<Envelope>, answerer: Answerer) {
         let mut payloads: Vec<Vec<u8>> = Vec::with_capacity(self.batch_max_events);
         let mut acknowledgements: Vec<Acknowledgement> = Vec::with_capacity(self.batch_max_events);
         // An event that did not fit the last batch's bytes: the first of the next.
@@ -220,10 +294,13 @@ impl Appender {
             }
             let outcome = self.append(&payloads);
             payloads.clear();
-            for (index, acknowledge) in acknowledgements.drain(..).enumerate() {
-                // A publisher that gave up waiting dropped its receiver; nothing to tell it.
-                let _ = acknowledge.send(outcome.clone().map(|first| first + index as u64));
-            }
+            // Sized once; the gathering buffer keeps its capacity for the next batch.
+            let mut publishers = Vec::with_capacity(acknowledgements.len());
+            publishers.append(&mut acknowledgements);
+            answerer.answer(AckBatch {
+                outcome,
+                publishers,
+            });
         }
         self.shared.closed.store(true, Ordering::Release);
         self.shared.appended.notify_all();
@@ -360,5 +437,80 @@ impl Appender {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A batch of `publishers` answered with the first offset `first`, and their receivers.
+    fn batch(
+        publishers: usize,
+        first: u64,
+    ) -> (AckBatch, Vec<oneshot::Receiver<Result<u64, PublishError>>>) {
+        let (senders, receivers) = (0..publishers).map(|_| oneshot::channel()).unzip();
+        let batch = AckBatch {
+            outcome: Ok(first),
+            publishers: senders,
+        };
+        (batch, receivers)
+    }
+
+    fn offsets(receivers: Vec<oneshot::Receiver<Result<u64, PublishError>>>) -> Vec<u64> {
+        receivers
+            .into_iter()
+            .map(|mut receiver| receiver.try_recv().unwrap().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn outside_a_runtime_the_appender_answers_itself() {
+        let answerer = Answerer::start();
+        assert!(matches!(answerer, Answerer::Direct));
+        let (batch, receivers) = batch(3, 7);
+        answerer.answer(batch);
+        assert_eq!(offsets(receivers), vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn in_a_runtime_the_task_answers_each_publisher_its_offset() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let answerer = runtime.block_on(async { Answerer::start() });
+        assert!(matches!(answerer, Answerer::Task(_)));
+        let (batch, receivers) = batch(3, 0);
+        answerer.answer(batch);
+        let answered = runtime.block_on(async {
+            let mut offsets = Vec::new();
+            for receiver in receivers {
+                let answer = tokio::time::timeout(Duration::from_secs(5), receiver).await;
+                offsets.push(answer.unwrap().unwrap().unwrap());
+            }
+            offsets
+        });
+        assert_eq!(answered, vec![0, 1, 2]);
+    }
+
+    /// A batch queued for the task when its runtime shuts down is answered all the same, and
+    /// so is every batch after it: a written record is never reported lost.
+    #[test]
+    fn batches_are_answered_when_the_runtime_of_the_task_is_gone() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        // Started but never polled: the batch waits in the task's inbox.
+        let answerer = runtime.block_on(async { Answerer::start() });
+        let (queued, queued_receivers) = batch(2, 10);
+        answerer.answer(queued);
+        drop(runtime);
+        assert_eq!(offsets(queued_receivers), vec![10, 11]);
+        let (later, later_receivers) = batch(2, 12);
+        answerer.answer(later);
+        assert_eq!(offsets(later_receivers), vec![12, 13]);
     }
 }

@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use referral_schemas::messages::{LogEvent, LogMessage};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::appender::{Appender, Envelope};
+use self::appender::{Answerer, Appender, Envelope};
 use self::reader::LogReader;
 use self::segment::Segment;
 use super::{EventLog, PublishError};
@@ -215,7 +215,9 @@ pub struct FileLog {
 impl FileLog {
     /// Recovers the log in `settings.dir` (creating it), checks it against the store's
     /// `checkpoint`, and starts the appender. Returns the log and a reader positioned at the
-    /// checkpoint.
+    /// checkpoint. Called in a tokio runtime, publishers are answered by a task on it (see
+    /// [`appender::Answerer`]), which must keep being driven while the log is used from
+    /// elsewhere; once it shuts down, the appender answers them itself.
     pub fn open(
         settings: &FileLogSettings,
         checkpoint: u64,
@@ -267,9 +269,10 @@ impl FileLog {
         });
         let (queue, inbox) = mpsc::channel(settings.queue_capacity.max(1));
         let appender = Appender::open(shared.clone(), settings, end, active_base, active_len)?;
+        let answerer = Answerer::start();
         let thread = std::thread::Builder::new()
             .name("referral-log".into())
-            .spawn(move || appender.run(inbox))
+            .spawn(move || appender.run(inbox, answerer))
             .map_err(|error| LogError::io(&settings.dir, error))?;
         let reader = LogReader::new(shared.clone(), checkpoint);
         tracing::info!(dir = %settings.dir.display(), end, checkpoint, "embedded log open");

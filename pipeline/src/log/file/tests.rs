@@ -381,3 +381,42 @@ fn efbig_child() {
         std::fs::write(dir.join("acknowledged"), acknowledged.to_string()).unwrap();
     });
 }
+
+/// Publishers are answered whichever way the answers travel: by the answering task of the
+/// runtime that opened the log, from the appender's thread when the log was opened outside
+/// a runtime, and from the appender's thread again once the opening runtime is gone.
+#[test]
+fn publishers_are_answered_with_or_without_the_answering_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let publish_three = |log: &FileLog, runtime: &tokio::runtime::Runtime, from: usize| {
+        runtime.block_on(async {
+            for n in from..from + 3 {
+                let published = tokio::time::timeout(Duration::from_secs(5), log.publish(click(n)));
+                published.await.unwrap().unwrap();
+            }
+        });
+    };
+    let publishing = tokio::runtime::Runtime::new().unwrap();
+    // Opened outside any runtime: no answering task.
+    let (log, reader) = FileLog::open(&settings(dir.path()), 0).unwrap();
+    publish_three(&log, &publishing, 0);
+    assert_eq!(log.end(), 3);
+    publishing.block_on(log.close(Duration::from_secs(5)));
+    drop((log, reader));
+    // Opened in a runtime that is then shut down: its answering task is gone with it.
+    let opening = tokio::runtime::Runtime::new().unwrap();
+    let (log, mut reader) = opening
+        .block_on(async { FileLog::open(&settings(dir.path()), 0) })
+        .unwrap();
+    publish_three(&log, &publishing, 3);
+    drop(opening);
+    publish_three(&log, &publishing, 6);
+    assert_eq!(log.end(), 9);
+    publishing.block_on(log.close(Duration::from_secs(5)));
+    let ids: Vec<String> = read_all(&mut reader)
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    let expected: Vec<String> = (0..9).map(|n| format!("attr_{n:08}")).collect();
+    assert_eq!(ids, expected);
+}
