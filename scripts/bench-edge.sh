@@ -57,6 +57,10 @@ case "$only" in
   ""|burst|sustain|edge|kafka|verdicts) ;;
   *) echo "unknown --only $only (burst, sustain, edge, kafka or verdicts)" >&2; exit 2 ;;
 esac
+if $record && { [ "$only" = burst ] || [ "$only" = sustain ]; }; then
+  # The edge block holds both tables: recording one would drop the other.
+  echo "--record needs both embedded parts: use --only edge (or no --only)" >&2; exit 2
+fi
 # The last commit before click verdicts (issue 14): the "without" side of the verdicts run.
 VERDICTS_BASELINE_REV="${VERDICTS_BASELINE_REV:-5902c34}"
 
