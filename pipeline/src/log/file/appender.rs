@@ -3,11 +3,12 @@
 //! Group commit: it takes every event waiting in the queue (up to `batch_max_events`),
 //! writes them as one batch with one write, fsyncs, and only then acknowledges each
 //! publisher (through one task on the runtime, see [`Answerer`]). While one batch is being
-//! fsynced the next gathers in the queue, so batches grow with load. An fsync starts at most every `--log-fsync-interval` (250 µs): an fsync
-//! costs tens of microseconds of CPU however small the batch, and on a fast disk the
-//! batches of a busy edge stayed small (about 16 clicks at 50k clicks/s); with the interval
-//! they grow, and the edge served 3-12% more clicks at 256 connections, and the same at 64
-//! (docs/BENCHMARKS.md). An idle log adds at most the interval to a click's answer.
+//! fsynced the next gathers in the queue, so batches grow with load. An fsync starts at
+//! most every `--log-fsync-interval` (250 µs): an fsync costs tens of microseconds of CPU
+//! however small the batch, and on a fast disk the batches of a busy edge stayed small
+//! (about 16 clicks at 50k clicks/s); with the interval they grow, and the edge served
+//! 3-12% more clicks at 256 connections, and the same at 64 (docs/BENCHMARKS.md). An idle
+//! log adds at most the interval to a click's answer.
 //!
 //! Failures: a write that fails (a full disk) is cut off the file again and refused to every
 //! publisher of its batch; the log stays usable. An fsync that fails leaves the file's state
