@@ -1,6 +1,7 @@
 //! Reading a request body under a size limit and a time limit, as the one [`ApiError`] on
 //! failure.
 
+use std::future::Future as _;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,14 +50,25 @@ where
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| {
+    let mut collect = std::pin::pin!(Limited::new(body, limit).collect());
+    // A small body usually came with the headers: take it without a timer, and set one
+    // (a registration in tokio's timer wheel) only when the body is still on its way.
+    let ready = std::future::poll_fn(|context| {
+        std::task::Poll::Ready(match collect.as_mut().poll(context) {
+            std::task::Poll::Ready(collected) => Some(collected),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    let collected = match ready {
+        Some(collected) => collected,
+        None => tokio::time::timeout(timeout, collect).await.map_err(|_| {
             ApiError::new(
                 ErrorKind::RequestTimeout,
                 format!("the body did not arrive within {} ms", timeout.as_millis()),
             )
-        })?;
+        })?,
+    };
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),

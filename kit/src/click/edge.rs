@@ -5,6 +5,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::client_ip::TrustedProxies;
+use super::in_flight::InFlight;
+use super::rate_limit::{ClickLimits, Limited, Limiter};
+use crate::body::read_limited;
+use crate::error::{error_response, publish_error, serialize_response};
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, REFERER, USER_AGENT};
 use http::{HeaderMap, Response, StatusCode};
@@ -17,12 +22,6 @@ use referral_schemas::validation::{
     validate_http_url, validate_user_agent,
 };
 use referral_schemas::{ApiError, Attribution, ErrorKind, Timestamp, state};
-use tokio::sync::Semaphore;
-
-use super::client_ip::TrustedProxies;
-use super::rate_limit::{ClickLimits, Limited, Limiter};
-use crate::body::read_limited;
-use crate::error::{error_response, publish_error, serialize_response};
 
 /// Settings of the edge; see [`crate::config::EdgeArgs`].
 #[derive(Clone, Debug)]
@@ -55,8 +54,8 @@ pub struct ClickEdge {
     codes: Arc<CodeResolver>,
     limits: Arc<ClickLimits>,
     settings: EdgeSettings,
-    /// Permits for clicks being handled now.
-    in_flight: Semaphore,
+    /// Slots for clicks being handled now.
+    in_flight: InFlight,
     /// `referral_clicks_accepted_total`, registered once (see [`crate::telemetry::RouteMetrics`]).
     accepted: metrics::Counter,
 }
@@ -68,7 +67,7 @@ impl ClickEdge {
         limits: Arc<ClickLimits>,
         settings: EdgeSettings,
     ) -> Self {
-        let in_flight = Semaphore::new(settings.max_in_flight.max(1));
+        let in_flight = InFlight::new(settings.max_in_flight);
         let _ = crate::telemetry::metrics_handle();
         Self {
             log,
@@ -92,8 +91,8 @@ impl ClickEdge {
     /// Serves one click POST, from the request's headers and body to the response.
     ///
     /// The cheap refusal comes first: the per-IP limit, before the body is read. The body
-    /// is read (bounded in size and time) before an in-flight permit is taken, so a client
-    /// trickling its body holds a connection, not one of the permits that guard the work
+    /// is read (bounded in size and time) before an in-flight slot is taken, so a client
+    /// trickling its body holds a connection, not one of the slots that guard the work
     /// (validation, publishing, the wait for the log's acknowledgement).
     pub async fn handle<In, Out>(
         &self,
@@ -113,7 +112,7 @@ impl ClickEdge {
         };
         let outcome = match read_limited(headers, body, MAX_BODY_BYTES).await {
             Ok(bytes) => {
-                let Ok(_permit) = self.in_flight.try_acquire() else {
+                let Some(_slot) = self.in_flight.try_take() else {
                     metrics::counter!(
                         "referral_clicks_rejected_total",
                         "cause" => "in_flight_limit"
@@ -217,7 +216,7 @@ impl ClickEdge {
         if !client_allowed || self.limits.check_code_and_global(&code).is_err() {
             return Visit::not_recorded(Some(target), VisitLoss::RateLimited);
         }
-        let Ok(_permit) = self.in_flight.try_acquire() else {
+        let Some(_slot) = self.in_flight.try_take() else {
             return Visit::not_recorded(Some(target), VisitLoss::Overloaded);
         };
         let received_at = Timestamp::now();
