@@ -8,6 +8,7 @@
 //! ```
 //!
 //! * [`server`]: the hyper 1.x accept loop, with graceful drain.
+//! * [`idle_watch`]: the header-read timeout, kept per connection (not a timer per request).
 //! * [`shutdown`]: the one shutdown signal every task watches.
 //! * [`telemetry`]: logs and the Prometheus recorder.
 //! * [`ops`]: `/healthz`, `/readyz` and `/metrics`, answered the same way by every binary.
@@ -21,6 +22,7 @@ pub mod body;
 pub mod click;
 pub mod config;
 pub mod error;
+pub mod idle_watch;
 pub mod ops;
 pub mod server;
 pub mod shutdown;

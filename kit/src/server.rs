@@ -14,13 +14,14 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::click::client_ip::TrustedProxies;
 use crate::click::rate_limit::client_network;
+use crate::idle_watch::{Activity, Counted, idle_for};
 use crate::shutdown::Shutdown;
 
 /// Limits of the server; see [`crate::config::ServerArgs`] for their defaults.
@@ -130,8 +131,9 @@ pub async fn serve<F, S, B>(
     });
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
+        // The header-read timeout is kept per connection by `idle_watch`, not by a timer
+        // hyper arms per request.
+        .header_read_timeout(Option::<Duration>::None)
         // hyper's default read buffer allows ~408 KiB of request head per connection, which
         // times --max-connections is gigabytes a slow client can pin; real heads (a pixel
         // GET with its cookies, a click POST) fit well inside 32 KiB. Past it: 431.
@@ -169,12 +171,23 @@ pub async fn serve<F, S, B>(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let connection =
-            graceful.watch(builder.serve_connection(TokioIo::new(stream), make_service(peer)));
+        let activity = Arc::new(Activity::default());
+        let service = Counted::new(make_service(peer), activity.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let header_read_timeout = settings.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                // Client resets and header timeouts land here; they are not our errors.
-                tracing::debug!(%error, %peer, "connection ended with an error");
+            tokio::select! {
+                biased;
+                ended = connection => if let Err(error) = ended {
+                    // Client resets land here; they are not our errors.
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                },
+                () = idle_for(activity, header_read_timeout) => {
+                    // No request head within the timeout: a slow or idle client.
+                    metrics::counter!("referral_connections_closed_total", "cause" => "header_read_timeout")
+                        .increment(1);
+                    tracing::debug!(%peer, "connection closed: no request within the header-read timeout");
+                }
             }
             drop(slot);
             drop(permit);
