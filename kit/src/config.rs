@@ -32,7 +32,8 @@ pub struct ServerArgs {
     #[arg(long, env = "REFERRAL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Longest time to receive a request's headers.
+    /// Longest a connection may go without a request in progress: a client sending its
+    /// headers slowly, or an idle kept-alive connection, is closed (at most a quarter later).
     #[arg(long, env = "REFERRAL_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 

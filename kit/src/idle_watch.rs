@@ -4,13 +4,14 @@
 //! it waits for a request head: on a kept-alive connection, after every response. That is
 //! an allocation, a wheel insertion and a removal per request (with the ack wait, tokio's
 //! timers were ~6% of the edge's samples; docs/BENCHMARKS.md). Here each connection counts
-//! the requests it starts and finishes (two relaxed atomic adds per request), and one
+//! the requests it starts and finishes (two relaxed atomic adds per request; a request
+//! finishes when its response's body has been sent or dropped), and one
 //! watch per connection looks at the counts four times per timeout: a connection with no
 //! request in progress, started or finished for a whole timeout is closed. A client that
 //! trickles its headers, or opens a connection and sends nothing, is cut off between one
 //! and one and a quarter timeouts after its last answer (or its connection), as an idle
-//! kept-alive connection is; a request being served (a command waiting for its verdict, a body on
-//! its way, bounded by its own limits) keeps its connection open.
+//! kept-alive connection is; a request being served (a command waiting for its verdict, a
+//! body on its way, bounded by its own limits, a streamed export) keeps its connection.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,9 +36,10 @@ impl Activity {
     /// The counts the watch compares between two looks: (started, finished).
     fn look(&self) -> (u64, u64) {
         // `finished` first: a request finishing between the two loads can only make the
-        // connection look busier, never idle by mistake.
-        let finished = self.finished.load(Ordering::Acquire);
-        let started = self.started.load(Ordering::Acquire);
+        // connection look busier, never idle by mistake. Relaxed: the counts are only
+        // compared with themselves (every count is made in the connection's own task).
+        let finished = self.finished.load(Ordering::Relaxed);
+        let started = self.started.load(Ordering::Relaxed);
         (started, finished)
     }
 }
@@ -67,7 +69,8 @@ impl IdleRule {
 /// Resolves once the connection behind `activity` has been idle for `timeout` (at most a
 /// quarter of it more).
 pub async fn idle_for(activity: Arc<Activity>, timeout: Duration) {
-    let period = timeout / CHECKS_PER_TIMEOUT;
+    // tokio's timers have a millisecond's resolution (and an interval cannot be zero).
+    let period = (timeout / CHECKS_PER_TIMEOUT).max(Duration::from_millis(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rule = IdleRule::default();
@@ -92,30 +95,31 @@ impl<S> Counted<S> {
     }
 }
 
-impl<S, R> hyper::service::Service<R> for Counted<S>
+impl<S, R, B> hyper::service::Service<R> for Counted<S>
 where
-    S: hyper::service::Service<R>,
+    S: hyper::service::Service<R, Response = http::Response<B>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<B>>;
     type Error = S::Error;
     type Future = CountedFuture<S::Future>;
 
     fn call(&self, request: R) -> Self::Future {
-        self.activity.started.fetch_add(1, Ordering::AcqRel);
+        self.activity.started.fetch_add(1, Ordering::Relaxed);
         CountedFuture {
             inner: self.inner.call(request),
-            finished: Finished(self.activity.clone()),
+            finished: Some(Finished(self.activity.clone())),
         }
     }
 }
 
-/// Counts a request finished when its future is dropped (answered or abandoned).
+/// Counts a request finished when dropped: with its response's body once that is sent (or
+/// abandoned), or with the request's future when there is no response.
 #[derive(Debug)]
 struct Finished(Arc<Activity>);
 
 impl Drop for Finished {
     fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::AcqRel);
+        self.0.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -124,15 +128,58 @@ pin_project! {
     pub struct CountedFuture<F> {
         #[pin]
         inner: F,
-        finished: Finished,
+        finished: Option<Finished>,
     }
 }
 
-impl<F: Future> Future for CountedFuture<F> {
-    type Output = F::Output;
+impl<F, B, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<CountedBody<B>>, E>;
 
-    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<F::Output> {
-        self.project().inner.poll(context)
+    fn poll(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answered = std::task::ready!(this.inner.poll(context));
+        // The request stays in progress while its body is sent: hyper drops this future
+        // once it has the head, and a streamed body (an export) can take longer than the
+        // timeout.
+        let finished = this.finished.take();
+        Poll::Ready(answered.map(|response| {
+            response.map(|body| CountedBody {
+                inner: body,
+                _finished: finished,
+            })
+        }))
+    }
+}
+
+pin_project! {
+    /// A response body that counts its request finished when dropped.
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        _finished: Option<Finished>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -193,14 +240,14 @@ mod tests {
     struct Sleeper;
 
     impl hyper::service::Service<u64> for Sleeper {
-        type Response = u64;
+        type Response = http::Response<String>;
         type Error = std::convert::Infallible;
-        type Future = Pin<Box<dyn Future<Output = Result<u64, Self::Error>> + Send>>;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
         fn call(&self, millis: u64) -> Self::Future {
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(millis)).await;
-                Ok(millis)
+                Ok(http::Response::new(millis.to_string()))
             })
         }
     }
@@ -215,12 +262,17 @@ mod tests {
         assert_eq!(activity.look(), (1, 0));
         let watch = idle_for(activity.clone(), Duration::from_millis(200));
         tokio::pin!(watch);
-        tokio::select! {
+        let response = tokio::select! {
             biased;
-            answer = slow => assert_eq!(answer.ok(), Some(1_000)),
+            answer = slow => answer.ok(),
             () = &mut watch => panic!("closed while a request was in progress"),
-        }
-        assert_eq!(activity.look(), (1, 1));
+        };
+        // Answered, but its body not sent yet: still in progress.
+        assert_eq!(activity.look(), (1, 0));
+        let body = response.map(http::Response::into_body);
+        assert_eq!(body.as_ref().map(|body| body.inner.as_str()), Some("1000"));
+        drop(body);
+        assert_eq!(activity.look(), (1, 1), "finished once its body is gone");
         drop(service.call(5));
         assert_eq!(
             activity.look(),
@@ -231,5 +283,16 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), &mut watch)
             .await
             .expect("an idle connection is closed");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_too_short_for_the_timers_still_works() {
+        let activity = Arc::new(Activity::default());
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            idle_for(activity, Duration::from_nanos(3)),
+        )
+        .await
+        .expect("closed after the shortest period tokio can time");
     }
 }

@@ -183,8 +183,9 @@ pub async fn serve<F, S, B>(
                     tracing::debug!(%error, %peer, "connection ended with an error");
                 },
                 () = idle_for(activity, header_read_timeout) => {
-                    // No request head within the timeout: a slow or idle client.
-                    metrics::counter!("referral_connections_closed_total", "cause" => "header_read_timeout")
+                    // No request for the header-read timeout: an idle kept-alive connection,
+                    // or a client sending its head too slowly.
+                    metrics::counter!("referral_connections_closed_total", "cause" => "idle")
                         .increment(1);
                     tracing::debug!(%peer, "connection closed: no request within the header-read timeout");
                 }
@@ -200,5 +201,110 @@ pub async fn serve<F, S, B>(
         () = tokio::time::sleep(settings.drain_timeout) => {
             tracing::warn!(timeout = ?settings.drain_timeout, "drain timed out; closing remaining connections");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A body of `left` chunks, one every `every`: a download slower than the timeout.
+    struct Trickle {
+        left: u32,
+        every: tokio::time::Interval,
+    }
+
+    impl hyper::body::Body for Trickle {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            context: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            std::task::ready!(self.every.poll_tick(context));
+            self.left -= 1;
+            Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                b"chunk;",
+            )))))
+        }
+    }
+
+    async fn start(
+        header_read_timeout: Duration,
+    ) -> (SocketAddr, crate::shutdown::ShutdownTrigger) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let settings = ServerSettings {
+            header_read_timeout,
+            max_connections: 16,
+            max_connections_per_client: 0,
+            exempt: TrustedProxies::default(),
+            drain_timeout: Duration::from_secs(1),
+        };
+        let make_service = |_peer: SocketAddr| {
+            hyper::service::service_fn(|_request: Request<Incoming>| async {
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                Ok::<_, Infallible>(Response::new(Trickle { left: 12, every }))
+            })
+        };
+        tokio::spawn(serve(listener, make_service, settings, shutdown));
+        (address, trigger)
+    }
+
+    /// Reads until the server closes the connection; what arrived.
+    async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+        let mut text = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut text)).await;
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_download_longer_than_the_timeout_arrives_whole_then_the_idle_connection_closes() {
+        let timeout = Duration::from_millis(300);
+        let (address, _trigger) = start(timeout).await;
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /export HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let text = read_to_close(&mut stream).await;
+        // 12 chunks 100 ms apart (~1.1 s, almost four timeouts), all there, the chunked
+        // body ended, and then the kept-alive connection closed as idle.
+        assert_eq!(text.matches("chunk;").count(), 12, "{text}");
+        assert!(text.ends_with("0\r\n\r\n"), "{text}");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(1_100 + 300), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_half_a_head_is_cut_off_after_the_timeout() {
+        let timeout = Duration::from_millis(300);
+        let (address, _trigger) = start(timeout).await;
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let started = Instant::now();
+        stream
+            .write_all(b"GET /export HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        let text = read_to_close(&mut stream).await;
+        assert!(!text.contains("chunk;"), "{text}");
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(280), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     }
 }

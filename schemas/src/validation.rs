@@ -271,9 +271,9 @@ fn scan(body: &[u8], limit: usize) -> Structure {
     }
 }
 
-/// Bodies up to this size are parsed with the thread's reused buffers; a larger one (only
-/// endpoints with a bigger limit send one) gets buffers of its own, so no thread keeps
-/// a large buffer for good.
+/// Bodies up to this size are parsed with the thread's reused buffers; a larger one (none
+/// reaches here today: every route reads at most this much) would get buffers of its
+/// own, so no thread keeps a large buffer for good.
 const REUSED_BUFFERS_UP_TO: usize = MAX_BODY_BYTES;
 
 thread_local! {
