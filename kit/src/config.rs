@@ -11,8 +11,8 @@ use crate::click::edge::EdgeSettings;
 use crate::click::rate_limit::{ClickLimits, RateQuota};
 use crate::server::ServerSettings;
 
-/// How long a client may take to send its request headers: slow-header (slowloris) clients
-/// are cut off after this.
+/// How long a connection may go without a request in progress: slow-header (slowloris)
+/// clients and idle kept-alive connections are cut off after this.
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 /// Open connections at most; further clients wait in the kernel's accept backlog.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
