@@ -215,10 +215,12 @@ mod tests {
 
     use super::*;
 
-    /// A body of `left` chunks, one every `every`: a download slower than the timeout.
+    /// A body of `left` chunks, one every `every`: a download slower than the timeout. With
+    /// `sized`, its length is known up front (hyper then sends `Content-Length`).
     struct Trickle {
         left: u32,
         every: tokio::time::Interval,
+        sized: bool,
     }
 
     impl hyper::body::Body for Trickle {
@@ -238,6 +240,14 @@ mod tests {
                 b"chunk;",
             )))))
         }
+
+        fn size_hint(&self) -> hyper::body::SizeHint {
+            if self.sized {
+                hyper::body::SizeHint::with_exact(6 * u64::from(self.left))
+            } else {
+                hyper::body::SizeHint::default()
+            }
+        }
     }
 
     async fn start(
@@ -254,10 +264,18 @@ mod tests {
             drain_timeout: Duration::from_secs(1),
         };
         let make_service = |_peer: SocketAddr| {
-            hyper::service::service_fn(|_request: Request<Incoming>| async {
-                let mut every = tokio::time::interval(Duration::from_millis(100));
+            hyper::service::service_fn(|request: Request<Incoming>| async move {
+                // `/small`: two chunks at once, its length known; anything else: a download.
+                let small = request.uri().path() == "/small";
+                let period = Duration::from_millis(if small { 1 } else { 100 });
+                let mut every = tokio::time::interval(period);
                 every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                Ok::<_, Infallible>(Response::new(Trickle { left: 12, every }))
+                let left = if small { 2 } else { 12 };
+                Ok::<_, Infallible>(Response::new(Trickle {
+                    left,
+                    every,
+                    sized: small,
+                }))
             })
         };
         tokio::spawn(serve(listener, make_service, settings, shutdown));
@@ -289,6 +307,40 @@ mod tests {
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(1_100 + 300), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_serves_request_after_request_then_closes_when_idle() {
+        let timeout = Duration::from_millis(300);
+        let (address, _trigger) = start(timeout).await;
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        // Four requests 150 ms apart: over two timeouts in all, never one idle.
+        for _ in 0..4 {
+            stream
+                .write_all(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut text = Vec::new();
+            while !text.ends_with(b"chunk;chunk;") {
+                let mut buffer = [0u8; 512];
+                let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+                    .await
+                    .expect("an answer")
+                    .unwrap();
+                let so_far = String::from_utf8_lossy(&text).into_owned();
+                assert!(read > 0, "closed while in use: {so_far}");
+                text.extend_from_slice(&buffer[..read]);
+            }
+            let text = String::from_utf8_lossy(&text).to_lowercase();
+            assert!(text.contains("content-length: 12\r\n"), "{text}");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let idle_from = Instant::now();
+        let rest = read_to_close(&mut stream).await;
+        assert!(rest.is_empty(), "{rest}");
+        let idle = idle_from.elapsed();
+        assert!(idle >= Duration::from_millis(100), "{idle:?}");
+        assert!(idle < Duration::from_secs(3), "{idle:?}");
     }
 
     #[tokio::test]
