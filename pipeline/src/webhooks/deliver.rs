@@ -19,7 +19,7 @@ use referral_schemas::Timestamp;
 use referral_schemas::webhook::{
     DeliveryAttempt, DeliveryOutcome, EventType, SIGNATURE_HEADER, WebhookEvent,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key};
@@ -80,7 +80,7 @@ struct Shared {
     store: Arc<dyn WebhookStore>,
     client: reqwest::Client,
     settings: DelivererSettings,
-    attempts: mpsc::UnboundedSender<(String, DeliveryAttempt)>,
+    attempts: mpsc::UnboundedSender<ToRecorder>,
     /// Per partition, the stored end of the log, read once per poll for every endpoint:
     /// an endpoint reads the outbox only when it moved past its cursor.
     checkpoints: watch::Receiver<Cursor>,
@@ -466,6 +466,13 @@ impl Saver {
         if *progress == self.saved || (!force && self.at.elapsed() < SAVE_EVERY) {
             return;
         }
+        // The attempts the cursor covers are written first: a cursor stored ahead of them
+        // and a SIGKILL would leave delivered events out of the attempt log for good (they
+        // are not sent again).
+        if !attempts_recorded(shared).await {
+            tracing::warn!(endpoint = %endpoint_id, "delivery attempts not written yet; the cursor waits");
+            return;
+        }
         match shared.store.save_progress(endpoint_id, progress).await {
             Ok(()) => {
                 self.saved = progress.clone();
@@ -541,7 +548,7 @@ async fn deliver(
         };
         metrics::counter!("referral_webhook_deliveries_total", "outcome" => outcome.as_str())
             .increment(1);
-        let _ = shared.attempts.send((
+        let _ = shared.attempts.send(ToRecorder::Attempt(
             endpoint.id.clone(),
             DeliveryAttempt {
                 event_id: event.event_id.clone(),
@@ -631,22 +638,50 @@ fn describe(error: reqwest::Error) -> String {
     }
 }
 
-/// Writes attempts in batches until every sender is gone.
+/// What the attempt recorder is sent.
+enum ToRecorder {
+    /// An attempt of the endpoint with this id.
+    Attempt(String, DeliveryAttempt),
+    /// Answered once every attempt sent before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+/// Longest a cursor's save waits for the attempts before it to be written.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether every attempt sent so far has been written (waits at most [`FLUSH_WAIT`]).
+async fn attempts_recorded(shared: &Shared) -> bool {
+    let (flushed, written) = oneshot::channel();
+    if shared.attempts.send(ToRecorder::Flush(flushed)).is_err() {
+        return false;
+    }
+    matches!(tokio::time::timeout(FLUSH_WAIT, written).await, Ok(Ok(())))
+}
+
+/// Writes attempts in batches until every sender is gone; answers a flush once what came
+/// before it is written.
 async fn record_attempts(
     store: Arc<dyn WebhookStore>,
-    mut recorded: mpsc::UnboundedReceiver<(String, DeliveryAttempt)>,
+    mut recorded: mpsc::UnboundedReceiver<ToRecorder>,
 ) {
     let mut batch = Vec::new();
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    let take = |message: ToRecorder,
+                batch: &mut Vec<(String, DeliveryAttempt)>,
+                flushes: &mut Vec<oneshot::Sender<()>>| match message {
+        ToRecorder::Attempt(endpoint, attempt) => batch.push((endpoint, attempt)),
+        ToRecorder::Flush(flushed) => flushes.push(flushed),
+    };
     loop {
         let open = tokio::select! {
-            attempt = recorded.recv() => match attempt {
-                Some(attempt) => { batch.push(attempt); true }
+            message = recorded.recv() => match message {
+                Some(message) => { take(message, &mut batch, &mut flushes); true }
                 None => false,
             },
             () = tokio::time::sleep(RECORD_EVERY), if !batch.is_empty() => true,
         };
-        while let Ok(attempt) = recorded.try_recv() {
-            batch.push(attempt);
+        while let Ok(message) = recorded.try_recv() {
+            take(message, &mut batch, &mut flushes);
         }
         if !batch.is_empty() {
             match store.record_attempts(&batch).await {
@@ -657,6 +692,13 @@ async fn record_attempts(
                         batch.clear();
                     }
                 }
+            }
+        }
+        if batch.is_empty() {
+            // Everything sent before these flushes is written (a flush waiting behind a
+            // failed write waits for the retry, or gives up after its own bound).
+            for flushed in flushes.drain(..) {
+                let _ = flushed.send(());
             }
         }
         if !open {
@@ -671,6 +713,40 @@ async fn record_attempts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flush_is_answered_only_once_the_attempts_before_it_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::store::sqlite::open(dir.path(), crate::config::SqliteSynchronous::Normal).unwrap();
+        let store: Arc<dyn WebhookStore> =
+            Arc::new(super::super::sqlite::SqliteWebhooks::open(dir.path()).unwrap());
+        let (to_recorder, recorded) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record_attempts(store.clone(), recorded));
+        for attempt in 1..=3 {
+            to_recorder
+                .send(ToRecorder::Attempt(
+                    "wh_1".to_owned(),
+                    DeliveryAttempt {
+                        event_id: format!("evt_{attempt}"),
+                        kind: EventType::ConversionConfirmed,
+                        attempt,
+                        status_code: Some(500),
+                        error: None,
+                        outcome: DeliveryOutcome::Retrying,
+                        attempted_at: Timestamp::from_millis(1_000 + i64::from(attempt)),
+                    },
+                ))
+                .unwrap();
+        }
+        let (flushed, written) = oneshot::channel();
+        to_recorder.send(ToRecorder::Flush(flushed)).unwrap();
+        written.await.unwrap();
+        // No wait: the flush's answer means the three are in the store now.
+        let stored = store.deliveries("wh_1", 10).await.unwrap();
+        assert_eq!(stored.len(), 3, "{stored:?}");
+        drop(to_recorder);
+        recorder.await.unwrap();
+    }
 
     #[test]
     fn the_first_retry_comes_within_five_seconds_and_later_ones_back_off_to_an_hour() {
