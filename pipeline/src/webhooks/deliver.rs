@@ -28,7 +28,8 @@ use crate::plan::rows::EventRow;
 
 /// Events read from the outbox at once, per partition.
 const EVENTS_PER_READ: u32 = 200;
-/// Longest time a delivered cursor stays unsaved (what a SIGKILL re-sends at most).
+/// Longest time a delivered cursor stays unsaved (what a SIGKILL re-sends at most) while the
+/// attempt log takes writes; the cursor waits for the attempts it covers.
 pub const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts of one event.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(3_600);
@@ -350,6 +351,8 @@ async fn serve_endpoint(
                     Ended::Disabled => {
                         tracing::warn!(endpoint = %endpoint.id, url = %endpoint.url, "webhook endpoint disabled: failing for too long");
                         // Retried: until it is stored, the endpoint would be started again.
+                        // Its attempts go first (bounded: the disabling is stored anyway).
+                        attempts_recorded(&shared).await;
                         retry_store(&shared, &mut stop, || {
                             shared.store.save_progress(&endpoint.id, &progress)
                         })
@@ -471,6 +474,8 @@ impl Saver {
         // are not sent again).
         if !attempts_recorded(shared).await {
             tracing::warn!(endpoint = %endpoint_id, "delivery attempts not written yet; the cursor waits");
+            // Tried again a period from now, not at every event meanwhile.
+            self.at = Instant::now();
             return;
         }
         match shared.store.save_progress(endpoint_id, progress).await {
@@ -575,7 +580,10 @@ async fn deliver(
             }
             DeliveryOutcome::Retrying => {}
         }
-        if let Err(error) = shared.store.save_progress(&endpoint.id, progress).await {
+        // The progress carries the cursor past events just delivered: their attempts first.
+        if !attempts_recorded(shared).await {
+            tracing::warn!(endpoint = %endpoint.id, "delivery attempts not written yet; the retries are stored at the next failure");
+        } else if let Err(error) = shared.store.save_progress(&endpoint.id, progress).await {
             tracing::warn!(%error, endpoint = %endpoint.id, "cannot store a webhook's retries; will retry");
         }
         let delay = retry_delay(attempt, shared.settings.retry_base, rand::random::<f64>());
@@ -653,6 +661,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(5);
 async fn attempts_recorded(shared: &Shared) -> bool {
     let (flushed, written) = oneshot::channel();
     if shared.attempts.send(ToRecorder::Flush(flushed)).is_err() {
+        tracing::error!("the delivery attempt recorder is gone; cursors are not stored");
         return false;
     }
     matches!(tokio::time::timeout(FLUSH_WAIT, written).await, Ok(Ok(())))
@@ -740,7 +749,10 @@ mod tests {
         }
         let (flushed, written) = oneshot::channel();
         to_recorder.send(ToRecorder::Flush(flushed)).unwrap();
-        written.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), written)
+            .await
+            .expect("the flush is answered")
+            .unwrap();
         // No wait: the flush's answer means the three are in the store now.
         let stored = store.deliveries("wh_1", 10).await.unwrap();
         assert_eq!(stored.len(), 3, "{stored:?}");
