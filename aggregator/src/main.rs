@@ -5,6 +5,13 @@ use clap::Parser;
 use referral_aggregator::config::{Cli, Command};
 use referral_kit::{shutdown, telemetry};
 
+/// mimalloc: a flush allocates and frees hundreds of thousands of small buffers (decoded
+/// events, planned rows, encoded inserts) in bursts; with glibc malloc half of the
+/// consumer's samples were in `malloc`, `free` and `malloc_consolidate`
+/// (docs/BENCHMARKS.md, "Aggregator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     telemetry::init_tracing();

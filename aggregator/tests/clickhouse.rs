@@ -74,6 +74,10 @@ impl Services {
             .env("REFERRAL_KAFKA_SESSION_TIMEOUT", "6s")
             .env("REFERRAL_BATCH_MAX_WAIT", "200ms")
             .env("REFERRAL_BATCH_MAX_ROWS", "500")
+            // Flushes here hold at most a few hundred clicks: split them as bulk flushes
+            // are, so that every crash and rebalance below also covers two concurrent
+            // attribution inserts.
+            .env("REFERRAL_CLICKHOUSE_INSERT_SPLIT_ROWS", "100")
             .env("RUST_LOG", "info")
             .env_remove("REFERRAL_FAULT_INJECTION")
             .stdout(Stdio::null())
@@ -432,6 +436,20 @@ async fn n_clicks_become_exactly_n_attributions_and_totals() {
     assert!(metrics.contains(caught_up), "{metrics}");
     assert!(metrics.contains("referral_batch_rows"), "{metrics}");
     assert!(metrics.contains("referral_clickhouse_insert_duration_seconds"));
+    // The attributions went in as two inserts per flush of 100 or more.
+    let count = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let flushes = count("referral_flush_duration_seconds_count");
+    let inserts =
+        count(r#"referral_clickhouse_insert_duration_seconds_count{table="attributions"}"#);
+    assert!(
+        flushes > 0.0 && inserts > flushes,
+        "{flushes} flushes, {inserts} inserts"
+    );
     aggregator.terminate();
 }
 

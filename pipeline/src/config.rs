@@ -383,6 +383,7 @@ pub const DEFAULT_COMMAND_MAX_WAIT: &str = "10ms";
 pub const DEFAULT_KAFKA_FETCH_WAIT: &str = "100ms";
 /// One insert slower than this is treated as failed and the flush retried.
 pub const DEFAULT_CLICKHOUSE_INSERT_TIMEOUT: &str = "30s";
+pub const DEFAULT_CLICKHOUSE_INSERT_SPLIT_ROWS: usize = 10_000;
 
 /// Settings of `referral-aggregator run`: the consumer group and its batches.
 #[derive(Args, Clone, Debug)]
@@ -435,6 +436,11 @@ pub struct ConsumerArgs {
     /// Longest time one ClickHouse insert may take.
     #[arg(long, env = "REFERRAL_CLICKHOUSE_INSERT_TIMEOUT", default_value = DEFAULT_CLICKHOUSE_INSERT_TIMEOUT, value_parser = humantime::parse_duration)]
     pub clickhouse_insert_timeout: Duration,
+
+    /// From this many attribution rows in a flush, they are written as two concurrent
+    /// inserts (0: always one). Ignored with an insert quorum.
+    #[arg(long, env = "REFERRAL_CLICKHOUSE_INSERT_SPLIT_ROWS", default_value_t = DEFAULT_CLICKHOUSE_INSERT_SPLIT_ROWS)]
+    pub clickhouse_insert_split_rows: usize,
 
     /// Do not apply migrations at start (the Helm chart runs `migrate` as a job).
     #[arg(long, env = "REFERRAL_NO_MIGRATE")]

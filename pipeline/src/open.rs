@@ -468,7 +468,9 @@ impl Aggregator {
             tracing::info!(applied = ?report.applied, deferred = ?report.deferred, "migrations checked");
         }
         migrate::refuse_newer_schema(&clickhouse).await?;
-        let sink = ClickHouseSink::connect(&clickhouse).await?;
+        let sink = ClickHouseSink::connect(&clickhouse)
+            .await?
+            .split_attributions_from(consumer_args.clickhouse_insert_split_rows);
         let producer: FutureProducer = producer::producer_config(&kafka)
             .create()
             .context("cannot create the Kafka producer")?;

@@ -188,6 +188,7 @@ REFERRAL_CLICKHOUSE_URL: {{ .Values.clickhouse.url | quote }}
 REFERRAL_CLICKHOUSE_DATABASE: {{ .Values.clickhouse.database | quote }}
 REFERRAL_CLICKHOUSE_USER: {{ .Values.clickhouse.user | quote }}
 REFERRAL_CLICKHOUSE_INSERT_TIMEOUT: {{ .Values.clickhouse.insertTimeout | quote }}
+REFERRAL_CLICKHOUSE_INSERT_SPLIT_ROWS: {{ .Values.clickhouse.insertSplitRows | int64 | quote }}
 REFERRAL_CLICKHOUSE_READ_THREADS: {{ .Values.clickhouse.readThreads | quote }}
 {{- /* Only when set: the binaries take an empty variable for a set (empty) cluster. */}}
 {{- with .Values.clickhouse.cluster }}

@@ -49,6 +49,29 @@ pub struct WorkerSettings {
     pub dedup_window_ms: i64,
 }
 
+/// Times a flush's phases (`referral_flush_phase_duration_seconds{phase}`): where a slow
+/// flush spends its time, reads, planning, state inserts or the commit, tells whether the
+/// store or the writer bounds it.
+struct PhaseTimer {
+    since: Instant,
+}
+
+impl PhaseTimer {
+    fn start() -> Self {
+        Self {
+            since: Instant::now(),
+        }
+    }
+
+    /// Records the phase that ends now; the next one starts.
+    fn lap(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        metrics::histogram!("referral_flush_phase_duration_seconds", "phase" => phase)
+            .record(now.duration_since(self.since).as_secs_f64());
+        self.since = now;
+    }
+}
+
 /// One partition's messages since its last flush.
 #[derive(Debug)]
 struct Pending {
@@ -485,6 +508,7 @@ impl Worker {
         keys: &[PartitionKey],
         batches: &[PartitionBatch],
     ) -> Result<Plan, FlushError> {
+        let mut phases = PhaseTimer::start();
         let checkpoints = self.store.checkpoints(keys).await?;
         let checkpoint_of =
             |batch: &PartitionBatch| checkpoint_at(&checkpoints, &batch.topic, batch.partition);
@@ -498,6 +522,7 @@ impl Worker {
         }));
         let known = self.store.load(&references).await?;
         self.load_windows(keys, &checkpoints).await?;
+        phases.lap("read");
         let plan = plan::plan(
             batches,
             &checkpoints,
@@ -506,12 +531,15 @@ impl Worker {
             &mut self.dedup,
             Timestamp::now(),
         );
+        phases.lap("plan");
         self.store.write_state(&plan).await?;
+        phases.lap("state");
         let dead_letters = self.dead_letters_at_or_past(keys, &checkpoints);
         self.announcer
             .before_commit(&plan, &dead_letters)
             .await
             .map_err(FlushError::Announce)?;
+        phases.lap("announce");
         if self.fault.crash_before_checkpoint(self.attempts) {
             super::fault::kill_self("after the state writes, before the commit point");
         }
@@ -529,6 +557,7 @@ impl Worker {
             .collect::<Vec<_>>()
             .join(",");
         self.store.commit(&plan, &token).await?;
+        phases.lap("commit");
         if self.fault.lose_totals_ack(self.attempts) {
             return Err(FlushError::Injected("commit acknowledged, ack lost"));
         }

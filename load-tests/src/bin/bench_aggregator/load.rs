@@ -36,20 +36,26 @@ pub struct Load {
 }
 
 /// A browser's agent: clicks without one are bots, which totals do not count.
-const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+pub const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
 
 /// Click `index` on `code`, from a visitor of its own (an address per index) with a
 /// browser's agent: counted, never a duplicate or a bot, so the totals show every click.
 fn click_body(code: &str, index: u64) -> Bytes {
-    let ip = format!(
+    let ip = visitor_ip(index);
+    Bytes::from(format!(
+        "{{\"code\":\"{code}\",\"ip_address\":\"{ip}\",\"user_agent\":\"{BROWSER}\"}}"
+    ))
+}
+
+/// The address of visitor `index`: distinct for 16,777,216 visitors, so that none of their
+/// clicks is a repeat visit.
+pub fn visitor_ip(index: u64) -> String {
+    format!(
         "10.{}.{}.{}",
         (index >> 16) & 255,
         (index >> 8) & 255,
         index & 255
-    );
-    Bytes::from(format!(
-        "{{\"code\":\"{code}\",\"ip_address\":\"{ip}\",\"user_agent\":\"{BROWSER}\"}}"
-    ))
+    )
 }
 
 impl Load {

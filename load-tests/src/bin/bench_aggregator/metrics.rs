@@ -1,5 +1,6 @@
 //! The aggregator's own account of its flushes, scraped from its /metrics (Prometheus
-//! text): flushes, rows per flush, and the share of flush time spent in ClickHouse inserts.
+//! text): flushes, rows per flush, the share of flush time in each phase, and the mean
+//! insert per table.
 
 use std::fmt::Write as _;
 
@@ -26,6 +27,10 @@ pub struct FlushStats {
     flushes: f64,
     rows: f64,
     flush_seconds: f64,
+    /// Seconds per flush phase (`referral_flush_phase_duration_seconds`), in flush order.
+    phase_seconds: Vec<(&'static str, f64)>,
+    /// Seconds per table's inserts; the state inserts of a flush run concurrently, so
+    /// these may sum to more than the flush.
     insert_seconds: Vec<(String, f64)>,
 }
 
@@ -36,6 +41,7 @@ impl FlushStats {
         };
         let tables = [
             "command_verdicts",
+            "webhook_events",
             "attributions",
             "attributed_members",
             "referral_codes",
@@ -45,6 +51,18 @@ impl FlushStats {
             flushes: metric(&text, "referral_flush_duration_seconds_count", None),
             rows: metric(&text, "referral_batch_rows_sum", None),
             flush_seconds: metric(&text, "referral_flush_duration_seconds_sum", None),
+            phase_seconds: ["read", "plan", "state", "announce", "commit"]
+                .into_iter()
+                .map(|phase| {
+                    let label = format!("phase=\"{phase}\"");
+                    let seconds = metric(
+                        &text,
+                        "referral_flush_phase_duration_seconds_sum",
+                        Some(&label),
+                    );
+                    (phase, seconds)
+                })
+                .collect(),
             insert_seconds: tables
                 .iter()
                 .map(|table| {
@@ -73,25 +91,28 @@ impl FlushStats {
         )
     }
 
+    /// Each phase's share of the flush time, then each table's mean insert.
     pub fn insert_shares(&self) -> String {
-        if self.flush_seconds == 0.0 {
+        if self.flush_seconds == 0.0 || self.flushes == 0.0 {
             return "-".to_owned();
         }
         let mut out = String::new();
-        let mut inserts = 0.0;
-        for (table, seconds) in &self.insert_seconds {
-            inserts += seconds;
+        for (phase, seconds) in &self.phase_seconds {
             let _ = write!(
                 out,
-                "{table} {:.0}%, ",
+                "{phase} {:.0}%, ",
                 seconds / self.flush_seconds * 100.0
             );
         }
-        let _ = write!(
-            out,
-            "everything else (decode, plan, checkpoint reads, encoding) {:.0}%",
-            (1.0 - inserts / self.flush_seconds) * 100.0
-        );
+        out.truncate(out.trim_end_matches(", ").len());
+        let inserts: Vec<String> = self
+            .insert_seconds
+            .iter()
+            .map(|(table, seconds)| format!("{table} {:.0}", seconds / self.flushes * 1000.0))
+            .collect();
+        if !inserts.is_empty() {
+            let _ = write!(out, "; insert ms per flush: {}", inserts.join(", "));
+        }
         out
     }
 }
@@ -115,7 +136,16 @@ mod tests {
             flushes: 4.0,
             rows: 200_000.0,
             flush_seconds: 2.0,
-            insert_seconds: vec![("attributions".to_owned(), 1.0)],
+            phase_seconds: vec![
+                ("read", 0.2),
+                ("plan", 0.3),
+                ("state", 1.2),
+                ("commit", 0.3),
+            ],
+            insert_seconds: vec![
+                ("attributions".to_owned(), 1.0),
+                ("mentor_totals".to_owned(), 0.3),
+            ],
         };
         assert_eq!(
             stats.summary(),
@@ -123,7 +153,7 @@ mod tests {
         );
         assert_eq!(
             stats.insert_shares(),
-            "attributions 50%, everything else (decode, plan, checkpoint reads, encoding) 50%"
+            "read 10%, plan 15%, state 60%, commit 15%; insert ms per flush: attributions 250, mentor_totals 75"
         );
         assert_eq!(FlushStats::default().summary(), "(no /metrics)");
     }

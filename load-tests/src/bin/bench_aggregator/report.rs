@@ -87,7 +87,7 @@ pub fn render(
                 report.flush.summary(),
             ),
             (
-                "flush time spent in ClickHouse inserts".to_owned(),
+                "flush time by phase (state: the state inserts, run concurrently); insert time per flush by table (concurrent inserts summed)".to_owned(),
                 report.flush.insert_shares(),
             ),
             (
@@ -235,7 +235,7 @@ pub fn render(
                 report.flush.summary(),
             ),
             (
-                "flush time spent in ClickHouse inserts".to_owned(),
+                "flush time by phase (state: the state inserts, run concurrently); insert time per flush by table (concurrent inserts summed)".to_owned(),
                 report.flush.insert_shares(),
             ),
             (

@@ -16,6 +16,7 @@ use referral_schemas::id::new_attribution_id;
 use referral_schemas::messages::{ClickEvent, LogEvent, LogMessage, SCHEMA_VERSION};
 use tempfile::TempDir;
 
+use crate::load::{BROWSER, visitor_ip};
 use crate::metrics::FlushStats;
 use crate::options::Options;
 use crate::stack::{
@@ -158,8 +159,9 @@ async fn preload(brokers: &str, options: &Options) -> Result<BTreeMap<i32, i64>>
             attribution_id: new_attribution_id(),
             code: format!("BENCH-{}", n % options.mentors),
             mentor_id: mentor.clone(),
-            ip_address: "203.0.113.9".into(),
-            user_agent: Some("Mozilla/5.0 (bench-aggregator)".into()),
+            // A visitor of its own with a browser's agent: counted, never a repeat or a bot.
+            ip_address: visitor_ip(n),
+            user_agent: Some(BROWSER.into()),
             referrer_url: None,
             // A backlog of the last hour: a few hourly and daily buckets per mentor.
             occurred_at: Timestamp::from_millis(now - ((n * 7_919) % 3_600_000) as i64),
