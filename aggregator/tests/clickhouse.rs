@@ -75,8 +75,8 @@ impl Services {
             .env("REFERRAL_BATCH_MAX_WAIT", "200ms")
             .env("REFERRAL_BATCH_MAX_ROWS", "500")
             // Flushes here hold at most a few hundred clicks: split them as bulk flushes
-            // are, so that every crash and rebalance below also covers two concurrent
-            // attribution inserts.
+            // are, so that the crashes, restarts and rebalances below happen with two
+            // concurrent attribution inserts per flush.
             .env("REFERRAL_CLICKHOUSE_INSERT_SPLIT_ROWS", "100")
             .env("RUST_LOG", "info")
             .env_remove("REFERRAL_FAULT_INJECTION")

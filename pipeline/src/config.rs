@@ -439,7 +439,11 @@ pub struct ConsumerArgs {
 
     /// From this many attribution rows in a flush, they are written as two concurrent
     /// inserts (0: always one). Ignored with an insert quorum.
-    #[arg(long, env = "REFERRAL_CLICKHOUSE_INSERT_SPLIT_ROWS", default_value_t = DEFAULT_CLICKHOUSE_INSERT_SPLIT_ROWS)]
+    #[arg(
+        long,
+        env = "REFERRAL_CLICKHOUSE_INSERT_SPLIT_ROWS",
+        default_value_t = DEFAULT_CLICKHOUSE_INSERT_SPLIT_ROWS
+    )]
     pub clickhouse_insert_split_rows: usize,
 
     /// Do not apply migrations at start (the Helm chart runs `migrate` as a job).

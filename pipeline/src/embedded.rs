@@ -139,6 +139,7 @@ impl Embedded {
                 seek_gaps: false,
                 window_ms: args.attribution_window_ms(),
                 dedup_window_ms: args.dedup_window_ms(),
+                overlap_flushes: false,
             },
             fault,
         )));

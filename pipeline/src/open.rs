@@ -470,7 +470,7 @@ impl Aggregator {
         migrate::refuse_newer_schema(&clickhouse).await?;
         let sink = ClickHouseSink::connect(&clickhouse)
             .await?
-            .split_attributions_from(consumer_args.clickhouse_insert_split_rows);
+            .with_attribution_split(consumer_args.clickhouse_insert_split_rows);
         let producer: FutureProducer = producer::producer_config(&kafka)
             .create()
             .context("cannot create the Kafka producer")?;
@@ -495,6 +495,8 @@ impl Aggregator {
                 seek_gaps: true,
                 window_ms: args.attribution_window_ms(),
                 dedup_window_ms: args.dedup_window_ms(),
+                // The next batch is read and decoded while ClickHouse inserts the last.
+                overlap_flushes: true,
             },
             fault,
         )));

@@ -8,7 +8,8 @@
 //!                                                   └──▶ Announcer (codes, verdicts, dead letters)
 //! ```
 //!
-//! * [`worker`]: pending batches and the flush (plan, write, commit point).
+//! * [`worker`]: pending batches and the flush (plan, write, commit point), on its own
+//!   thread while the next batch is read (Kafka).
 //! * [`position`]: each partition's read position: repeats dropped, gaps read again.
 //! * [`announce`]: what a flush tells beyond the store, per mode.
 //! * [`kafka`]: the Kafka source (consumer group, rebalances).
@@ -18,10 +19,11 @@
 //! * [`fault`]: crash points for the exactly-once tests.
 //!
 //! Why one plain thread: librdkafka runs rebalance callbacks inside `poll`, on the polling
-//! thread. With flushes on the same thread, no write is ever in flight while a callback runs,
-//! so a revoked partition's batch can be flushed or dropped inside the callback, before the
-//! revocation completes. While the store is down the thread keeps polling (with fetching
-//! paused) so that it stays in its group, and retries the flush with a capped backoff.
+//! thread. A callback first waits for the flush in flight (at most one, see [`worker`]),
+//! so no write is in flight while it runs, and a revoked partition's batch can be flushed
+//! or dropped inside the callback, before the revocation completes. While the store is
+//! down the thread keeps polling (with fetching paused) so that it stays in its group, and
+//! retries the flush with a capped backoff.
 
 pub mod announce;
 pub mod fault;
@@ -42,6 +44,9 @@ use worker::Worker;
 /// The longest the thread blocks in `poll`: bounds how late it notices shutdown or a due
 /// batch.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest the thread blocks in `poll` while a flush is in flight: how late it notices
+/// that the flush ended (and the next may start).
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(2);
 /// Backoff between failed flushes, doubling up to the cap.
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_CAP: Duration = Duration::from_secs(5);
@@ -193,63 +198,117 @@ fn run<S: LogSource>(
     drain: Duration,
 ) {
     let _running = RunningFlag(status.clone());
-    let mut retry: Option<(Instant, Duration)> = None;
-    let mut paused = false;
+    let mut retry = Retry::default();
     status.ready.store(lock(&worker).ping(), Ordering::Relaxed);
     while !status.stopping.load(Ordering::Relaxed) {
         let timeout = {
             let worker = lock(&worker);
-            let wake = match retry {
+            let wake = match retry.at {
                 Some((at, _)) => Some(at),
                 None => worker.next_deadline(),
             };
-            wake.map_or(POLL_INTERVAL, |at| {
+            let timeout = wake.map_or(POLL_INTERVAL, |at| {
                 at.saturating_duration_since(Instant::now())
                     .min(POLL_INTERVAL)
-            })
+            });
+            if worker.flush_in_flight() {
+                timeout.min(IN_FLIGHT_POLL)
+            } else {
+                timeout
+            }
         };
         if let Err(error) = source.poll(timeout, &worker) {
             metrics::counter!("referral_consumer_errors_total").increment(1);
             tracing::warn!(%error, "consumer error");
         }
         let mut locked = lock(&worker);
-        let attempt = match retry {
+        if let Some(outcome) = locked.take_finished() {
+            drop(locked);
+            retry.after(outcome, &mut source, &worker, &status);
+            locked = lock(&worker);
+        }
+        if locked.flush_in_flight() {
+            if locked.batch_full() {
+                // Memory stays bounded: a full batch waits for the flush in flight.
+                locked.settle();
+            }
+            continue;
+        }
+        let attempt = match retry.at {
             Some((at, _)) => Instant::now() >= at,
             None => locked.due(),
         };
         if !attempt {
             continue;
         }
-        match locked.flush(None) {
+        if locked.overlaps_flushes() {
+            // Its outcome comes back through `take_finished` while the reading goes on.
+            locked.start_flush();
+            continue;
+        }
+        let outcome = locked.flush(None);
+        drop(locked);
+        retry.after(outcome, &mut source, &worker, &status);
+    }
+    drain_and_leave(&mut source, &worker, drain);
+}
+
+/// The loop's state between flushes: when a failed flush is tried again, and whether
+/// fetching is paused meanwhile.
+#[derive(Debug, Default)]
+struct Retry {
+    /// When the next attempt is due, and the backoff that led to it.
+    at: Option<(Instant, Duration)>,
+    paused: bool,
+}
+
+impl Retry {
+    /// Acts on a flush's outcome: its checkpoints go to the source, or the flush is tried
+    /// again after a capped backoff with fetching paused.
+    fn after<S: LogSource>(
+        &mut self,
+        outcome: worker::FlushOutcome,
+        source: &mut S,
+        worker: &SharedWorker,
+        status: &ConsumerStatus,
+    ) {
+        match outcome {
             Ok(stored) => {
-                drop(locked);
-                source.stored(&stored, &worker);
-                retry = None;
+                source.stored(&stored, worker);
+                self.at = None;
                 status.ready.store(true, Ordering::Relaxed);
-                if paused {
-                    paused = !source.pause(false);
-                    if !paused {
-                        lock(&worker).resumed_fetching();
+                if self.paused {
+                    self.paused = !source.pause(false);
+                    if !self.paused {
+                        lock(worker).resumed_fetching();
                     }
                 }
             }
             Err(error) => {
-                let backoff = retry.map_or(RETRY_FIRST, |(_, last)| (last * 2).min(RETRY_CAP));
-                tracing::warn!(%error, retry_in = ?backoff, pending = locked.pending_rows(), "flush failed; batches kept");
-                drop(locked);
-                retry = Some((Instant::now() + backoff, backoff));
+                let backoff = self
+                    .at
+                    .map_or(RETRY_FIRST, |(_, last)| (last * 2).min(RETRY_CAP));
+                tracing::warn!(%error, retry_in = ?backoff, pending = lock(worker).pending_rows(), "flush failed; batches kept");
+                self.at = Some((Instant::now() + backoff, backoff));
                 status.ready.store(false, Ordering::Relaxed);
                 // Stop fetching until the store is back: memory stays bounded.
-                paused = source.pause(true) || paused;
+                self.paused = source.pause(true) || self.paused;
             }
         }
     }
-    drain_and_leave(&mut source, &worker, drain);
 }
 
 /// Flushes what is pending (retrying until `drain` passes), then leaves.
 fn drain_and_leave<S: LogSource>(source: &mut S, worker: &SharedWorker, drain: Duration) {
     let deadline = Instant::now() + drain;
+    let finished = {
+        let mut locked = lock(worker);
+        locked.settle();
+        locked.take_finished()
+    };
+    if let Some(Ok(stored)) = finished {
+        source.stored(&stored, worker);
+    }
     loop {
         let mut locked = lock(worker);
         if !locked.has_pending() {

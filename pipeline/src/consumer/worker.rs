@@ -4,8 +4,19 @@
 //! that a Kafka rebalance callback (which runs inside the poll) can flush or drop a revoked
 //! partition's batch before the revocation completes. Knows nothing of where its records
 //! come from ([`super::LogSource`]) or which store it writes ([`StoreWriter`]).
+//!
+//! A flush may overlap the reading of the next batch (`overlap_flushes`): its batches are
+//! taken out of `pending` and written on a thread of its own by the [`Writer`] (the store,
+//! the announcer and the dedup windows), while records read meanwhile start new batches.
+//! At most one flush is in flight, and everything that needs the writer (the next flush, a
+//! rebalance, a checkpoint read) first waits for it to end ([`Worker::settle`]): the next
+//! flush is planned only on what the one before it stored. A failed flush puts its batches
+//! back in front of what was read since.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use referral_schemas::Timestamp;
@@ -47,6 +58,10 @@ pub struct WorkerSettings {
     pub window_ms: i64,
     /// `--dedup-window` in milliseconds (0: no click is a duplicate).
     pub dedup_window_ms: i64,
+    /// A flush runs on a thread of its own while the consumer reads the next batch
+    /// (Kafka + ClickHouse: the inserts and the reading take turns otherwise). The embedded
+    /// consumer keeps its flushes on its own thread, whose CPU priority its pacing sets.
+    pub overlap_flushes: bool,
 }
 
 /// Times a flush's phases (`referral_flush_phase_duration_seconds{phase}`): where a slow
@@ -99,6 +114,19 @@ impl Pending {
         self.command_since
             .map_or(by_age, |at| by_age.min(at + settings.command_max_wait))
     }
+
+    /// This batch (of a flush that failed) followed by `later`, read while it was in flight.
+    fn followed_by(mut self, later: Option<Pending>) -> Pending {
+        if let Some(later) = later {
+            self.events.extend(later.events);
+            self.dead_letters.extend(later.dead_letters);
+            self.end = later.end;
+            self.messages += later.messages;
+            self.bytes += later.bytes;
+            self.command_since = self.command_since.or(later.command_since);
+        }
+        self
+    }
 }
 
 /// Why a flush failed. The batch stays pending and is retried.
@@ -110,19 +138,17 @@ pub enum FlushError {
     Announce(String),
     #[error("injected fault: {0}")]
     Injected(&'static str),
+    #[error("the flush thread got no batches; its partitions are read again")]
+    Lost,
 }
 
-pub struct Worker {
+/// What a flush writes with. Shared with the flush's thread, which holds it for the time
+/// of one flush.
+struct Writer {
     store: Box<dyn StoreWriter>,
     announcer: Box<dyn Announcer>,
     handle: Handle,
     settings: WorkerSettings,
-    pending: BTreeMap<PartitionKey, Pending>,
-    owned: HashSet<PartitionKey>,
-    /// Per owned partition, the read position since its assignment (see [`Positions`]).
-    positions: Positions,
-    /// The store did not give the assigned partitions' checkpoints: not asked before this.
-    checkpoints_retry_at: Option<Instant>,
     /// The dedup window of each partition this worker has flushed since it was assigned,
     /// in step with the stored checkpoint. Dropped (and rebuilt from the store before the
     /// next flush) whenever it may not be: a failed flush, an assignment, a revocation.
@@ -133,6 +159,45 @@ pub struct Worker {
     attempts: u64,
 }
 
+/// One flush's batches, taken out of `pending`.
+struct FlushJob {
+    keys: Vec<PartitionKey>,
+    batches: Vec<PartitionBatch>,
+    dead_letters: Vec<(PartitionKey, DeadLetter)>,
+}
+
+/// What a flush's thread hands back: the plan stored, or the error and the batches.
+type JobResult = Result<Plan, (FlushError, Vec<PartitionBatch>)>;
+
+/// A flush on its own thread, and the batches it took (their events are in the job).
+struct InFlight {
+    thread: JoinHandle<Option<JobResult>>,
+    taken: Vec<(PartitionKey, Pending)>,
+    started: Instant,
+}
+
+/// The checkpoints a flush stored, or why it failed.
+pub type FlushOutcome = Result<Vec<(PartitionKey, i64)>, FlushError>;
+
+pub struct Worker {
+    writer: Arc<Mutex<Writer>>,
+    handle: Handle,
+    settings: WorkerSettings,
+    pending: BTreeMap<PartitionKey, Pending>,
+    owned: HashSet<PartitionKey>,
+    /// Per owned partition, the read position since its assignment (see [`Positions`]).
+    positions: Positions,
+    /// The store did not give the assigned partitions' checkpoints: not asked before this.
+    checkpoints_retry_at: Option<Instant>,
+    in_flight: Option<InFlight>,
+    /// The outcome of a flush that ended in the background, for [`Self::take_finished`].
+    finished: Option<FlushOutcome>,
+}
+
+fn lock_writer(writer: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    writer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Worker {
     pub fn new(
         store: Box<dyn StoreWriter>,
@@ -141,19 +206,26 @@ impl Worker {
         settings: WorkerSettings,
         fault: FaultPoint,
     ) -> Self {
-        Self {
+        let writer = Writer {
             store,
             announcer,
+            handle: handle.clone(),
+            dedup: DedupWindows::new(settings.dedup_window_ms),
+            settings: settings.clone(),
+            fault,
+            flushes: 0,
+            attempts: 0,
+        };
+        Self {
+            writer: Arc::new(Mutex::new(writer)),
             handle,
             pending: BTreeMap::new(),
             owned: HashSet::new(),
             positions: Positions::default(),
             checkpoints_retry_at: None,
-            dedup: DedupWindows::new(settings.dedup_window_ms),
             settings,
-            fault,
-            flushes: 0,
-            attempts: 0,
+            in_flight: None,
+            finished: None,
         }
     }
 
@@ -290,8 +362,10 @@ impl Worker {
             .filter(|key| !self.positions.has(key))
             .cloned()
             .collect();
+        self.settle();
         let handle = self.handle.clone();
-        match handle.block_on(self.store.checkpoints(&keys)) {
+        let checkpoints = handle.block_on(lock_writer(&self.writer).store.checkpoints(&keys));
+        match checkpoints {
             Ok(checkpoints) => {
                 for key in keys {
                     let next = checkpoint_at(&checkpoints, &key.0, key.1);
@@ -339,11 +413,11 @@ impl Worker {
 
     /// Partitions assigned to this consumer: their checkpoints are read afresh.
     pub fn assigned(&mut self, partitions: Vec<PartitionKey>) {
+        self.settle();
         for key in &partitions {
             self.positions.forget(key);
         }
-        self.store.forget_checkpoints(&partitions);
-        self.forget_windows(&partitions);
+        lock_writer(&self.writer).forget(&partitions);
         self.owned.extend(partitions);
     }
 
@@ -356,6 +430,9 @@ impl Worker {
         partitions: Vec<PartitionKey>,
         lost: bool,
     ) -> Vec<(PartitionKey, i64)> {
+        // A flush in flight ends first: one that failed puts its batches back, to be
+        // flushed or dropped with the rest below.
+        self.settle();
         let with_batches: Vec<PartitionKey> = partitions
             .iter()
             .filter(|key| self.pending.contains_key(*key))
@@ -387,30 +464,142 @@ impl Worker {
             )
             .set(0.0);
         }
-        self.store.forget_checkpoints(&partitions);
-        self.forget_windows(&partitions);
+        lock_writer(&self.writer).forget(&partitions);
         stored
     }
 
-    fn forget_windows(&mut self, partitions: &[PartitionKey]) {
-        for key in partitions {
-            self.dedup.partitions.remove(key);
+    /// Whether a flush runs on its own thread now.
+    pub fn flush_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// Whether some partition's batch is full: the reading waits for the flush in flight.
+    pub fn batch_full(&self) -> bool {
+        self.pending
+            .values()
+            .any(|pending| pending.is_full(&self.settings))
+    }
+
+    /// Whether flushes overlap the reading (see [`WorkerSettings::overlap_flushes`]).
+    pub fn overlaps_flushes(&self) -> bool {
+        self.settings.overlap_flushes
+    }
+
+    /// Plans and writes the pending batches (all, or those of `only`) on this thread and
+    /// returns the checkpoints now stored, for the source to act on (a Kafka commit, log
+    /// segments to delete). A flush in flight ends first (its outcome is kept for
+    /// [`Self::take_finished`]). On error the batches stay pending and their cached
+    /// checkpoints are forgotten.
+    pub fn flush(&mut self, only: Option<&[PartitionKey]>) -> FlushOutcome {
+        self.settle();
+        let Some((job, taken)) = self.take_job(only) else {
+            return Ok(Vec::new());
+        };
+        let started = Instant::now();
+        let result = lock_writer(&self.writer).run(job);
+        self.complete(taken, result, started)
+    }
+
+    /// Starts a flush of every pending batch on a thread of its own and returns at once;
+    /// its outcome comes from [`Self::take_finished`]. Runs it here when no thread can be
+    /// started.
+    pub fn start_flush(&mut self) {
+        self.settle();
+        let Some((job, taken)) = self.take_job(None) else {
+            return;
+        };
+        let started = Instant::now();
+        // The job goes to the thread once it runs: if it cannot start, the job is still
+        // here (its events are the only copy past the log's read position).
+        let (hand_over, receive) = mpsc::sync_channel::<FlushJob>(1);
+        let writer = self.writer.clone();
+        let spawned = std::thread::Builder::new()
+            .name("referral-flush".into())
+            .spawn(move || {
+                let job = receive.recv().ok()?;
+                Some(lock_writer(&writer).run(job))
+            });
+        let job = match spawned {
+            Ok(thread) => match hand_over.send(job) {
+                Ok(()) => {
+                    self.in_flight = Some(InFlight {
+                        thread,
+                        taken,
+                        started,
+                    });
+                    return;
+                }
+                Err(mpsc::SendError(job)) => job,
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a flush thread; flushing on the consumer's");
+                job
+            }
+        };
+        let result = lock_writer(&self.writer).run(job);
+        let outcome = self.complete(taken, result, started);
+        self.keep_finished(outcome);
+    }
+
+    /// The outcome of a flush that ended in the background since the last call, if any
+    /// (one still running is not waited for).
+    pub fn take_finished(&mut self) -> Option<FlushOutcome> {
+        if self
+            .in_flight
+            .as_ref()
+            .is_some_and(|in_flight| in_flight.thread.is_finished())
+        {
+            self.settle();
         }
-        self.report_window_size();
+        self.finished.take()
     }
 
-    fn report_window_size(&self) {
-        let visitors: usize = self.dedup.partitions.values().map(DedupWindow::len).sum();
-        metrics::gauge!("referral_dedup_window_visitors").set(visitors as f64);
+    /// Waits for the flush in flight, if any, and keeps its outcome for
+    /// [`Self::take_finished`]. A panic on its thread goes on here, as it would have on
+    /// this thread.
+    pub fn settle(&mut self) {
+        let Some(in_flight) = self.in_flight.take() else {
+            return;
+        };
+        let result = match in_flight.thread.join() {
+            Ok(Some(result)) => result,
+            Ok(None) => {
+                // The job never reached the thread (not possible once it was handed over,
+                // but its events would be the only copy): its partitions are read again
+                // from their stored checkpoints, as after an assignment.
+                let keys: Vec<PartitionKey> =
+                    in_flight.taken.into_iter().map(|(key, _)| key).collect();
+                for key in &keys {
+                    self.pending.remove(key);
+                    self.positions.forget(key);
+                }
+                lock_writer(&self.writer).forget(&keys);
+                self.keep_finished(Err(FlushError::Lost));
+                return;
+            }
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        let outcome = self.complete(in_flight.taken, result, in_flight.started);
+        self.keep_finished(outcome);
     }
 
-    /// Plans and writes the pending batches (all, or those of `only`) and returns the
-    /// checkpoints now stored, for the source to act on (a Kafka commit, log segments to
-    /// delete). On error the batches stay pending and their cached checkpoints are forgotten.
-    pub fn flush(
+    fn keep_finished(&mut self, outcome: FlushOutcome) {
+        self.finished = Some(match (self.finished.take(), outcome) {
+            (Some(Ok(mut earlier)), Ok(stored)) => {
+                earlier.extend(stored);
+                Ok(earlier)
+            }
+            (Some(Err(error)), _) | (_, Err(error)) => Err(error),
+            (None, outcome) => outcome,
+        });
+    }
+
+    /// Takes the batches of `only` (or all) out of `pending`; their events move into the
+    /// job (no copy) and come back if the flush fails.
+    fn take_job(
         &mut self,
         only: Option<&[PartitionKey]>,
-    ) -> Result<Vec<(PartitionKey, i64)>, FlushError> {
+    ) -> Option<(FlushJob, Vec<(PartitionKey, Pending)>)> {
         let keys: Vec<PartitionKey> = self
             .pending
             .keys()
@@ -418,35 +607,67 @@ impl Worker {
             .cloned()
             .collect();
         if keys.is_empty() {
-            return Ok(Vec::new());
+            return None;
         }
-        let started = Instant::now();
-        let handle = self.handle.clone();
-        let plan = match handle.block_on(self.write(&keys)) {
+        let mut taken = Vec::with_capacity(keys.len());
+        let mut batches = Vec::with_capacity(keys.len());
+        let mut dead_letters = Vec::new();
+        for key in &keys {
+            let Some(mut pending) = self.pending.remove(key) else {
+                continue;
+            };
+            batches.push(PartitionBatch {
+                topic: key.0.clone(),
+                partition: key.1,
+                events: std::mem::take(&mut pending.events),
+                end: pending.end,
+            });
+            dead_letters.extend(
+                pending
+                    .dead_letters
+                    .iter()
+                    .map(|letter| (key.clone(), letter.clone())),
+            );
+            taken.push((key.clone(), pending));
+        }
+        let job = FlushJob {
+            keys,
+            batches,
+            dead_letters,
+        };
+        Some((job, taken))
+    }
+
+    /// Ends a flush: the checkpoints it stored, or its batches back in front of what was
+    /// read since.
+    fn complete(
+        &mut self,
+        taken: Vec<(PartitionKey, Pending)>,
+        result: JobResult,
+        started: Instant,
+    ) -> FlushOutcome {
+        let plan = match result {
             Ok(plan) => plan,
-            Err(error) => {
-                self.store.abandon();
-                self.store.forget_checkpoints(&keys);
-                // The windows advanced past a flush that is not stored.
-                self.forget_windows(&keys);
-                metrics::counter!("referral_flush_failures_total").increment(1);
+            Err((error, batches)) => {
+                let mut events: HashMap<PartitionKey, Vec<(i64, LogEvent)>> = batches
+                    .into_iter()
+                    .map(|batch| ((batch.topic, batch.partition), batch.events))
+                    .collect();
+                for (key, mut pending) in taken {
+                    pending.events = events.remove(&key).unwrap_or_default();
+                    let later = self.pending.remove(&key);
+                    self.pending.insert(key, pending.followed_by(later));
+                }
                 return Err(error);
             }
         };
-        self.flushes += 1;
-        if self.fault.crash_after_checkpoint(self.flushes) {
-            super::fault::kill_self("after the commit point, before the source's commit");
-        }
-        self.announcer.after_commit(&plan);
-        let mut stored = Vec::with_capacity(keys.len());
+        let mut stored = Vec::with_capacity(taken.len());
         let mut rows = 0;
         let mut bytes = 0;
-        for key in keys {
-            if let Some(pending) = self.pending.remove(&key) {
-                rows += pending.messages;
-                bytes += pending.bytes;
-                stored.push((key, pending.end));
-            }
+        for (key, pending) in taken {
+            rows += pending.messages;
+            bytes += pending.bytes;
+            stored.push((key, pending.end));
         }
         metrics::histogram!("referral_batch_rows").record(rows as f64);
         metrics::histogram!("referral_batch_bytes").record(bytes as f64);
@@ -454,13 +675,52 @@ impl Worker {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("referral_events_applied_total")
             .increment(rows.saturating_sub(plan.skipped) as u64);
+        Ok(stored)
+    }
+
+    /// Makes every flush stored so far durable in the store (see
+    /// [`StoreWriter::make_durable`]).
+    pub fn make_store_durable(&mut self) -> Result<(), StoreError> {
+        self.settle();
+        let handle = self.handle.clone();
+        handle.block_on(lock_writer(&self.writer).store.make_durable())
+    }
+
+    /// Whether the store answers (for readiness while flushes fail).
+    pub fn ping(&mut self) -> bool {
+        self.settle();
+        let handle = self.handle.clone();
+        handle.block_on(lock_writer(&self.writer).store.ping())
+    }
+}
+
+impl Writer {
+    /// Plans and writes one flush. On error the cached checkpoints and the dedup windows
+    /// of its partitions are forgotten (read again from the store by the next flush) and
+    /// the batches come back.
+    fn run(&mut self, job: FlushJob) -> JobResult {
+        let handle = self.handle.clone();
+        let plan = match handle.block_on(self.write_batches(&job)) {
+            Ok(plan) => plan,
+            Err(error) => {
+                self.store.abandon();
+                self.forget(&job.keys);
+                metrics::counter!("referral_flush_failures_total").increment(1);
+                return Err((error, job.batches));
+            }
+        };
+        self.flushes += 1;
+        if self.fault.crash_after_checkpoint(self.flushes) {
+            super::fault::kill_self("after the commit point, before the source's commit");
+        }
+        self.announcer.after_commit(&plan);
         if plan.skipped > 0 {
             metrics::counter!("referral_events_skipped_total").increment(plan.skipped as u64);
         }
         for outcome in &plan.outcomes {
             metrics::counter!("referral_commands_total", "outcome" => *outcome).increment(1);
         }
-        let verdicts = plan.click_verdicts;
+        let verdicts = &plan.click_verdicts;
         for (verdict, count) in [
             ("counted", verdicts.counted),
             ("duplicate", verdicts.duplicate),
@@ -475,39 +735,27 @@ impl Worker {
             window.trim_if_grown();
         }
         self.report_window_size();
-        Ok(stored)
+        Ok(plan)
     }
 
-    async fn write(&mut self, keys: &[PartitionKey]) -> Result<Plan, FlushError> {
-        self.attempts += 1;
-        // The events move into the batches (no copy) and come back if the flush fails.
-        let batches: Vec<PartitionBatch> = keys
-            .iter()
-            .filter_map(|key| {
-                self.pending.get_mut(key).map(|pending| PartitionBatch {
-                    topic: key.0.clone(),
-                    partition: key.1,
-                    events: std::mem::take(&mut pending.events),
-                    end: pending.end,
-                })
-            })
-            .collect();
-        let result = self.write_batches(keys, &batches).await;
-        if result.is_err() {
-            for batch in batches {
-                if let Some(pending) = self.pending.get_mut(&(batch.topic, batch.partition)) {
-                    pending.events = batch.events;
-                }
-            }
+    /// Partitions whose stored state may have moved without this writer: their cached
+    /// checkpoints and dedup windows are read again before their next flush.
+    fn forget(&mut self, partitions: &[PartitionKey]) {
+        self.store.forget_checkpoints(partitions);
+        for key in partitions {
+            self.dedup.partitions.remove(key);
         }
-        result
+        self.report_window_size();
     }
 
-    async fn write_batches(
-        &mut self,
-        keys: &[PartitionKey],
-        batches: &[PartitionBatch],
-    ) -> Result<Plan, FlushError> {
+    fn report_window_size(&self) {
+        let visitors: usize = self.dedup.partitions.values().map(DedupWindow::len).sum();
+        metrics::gauge!("referral_dedup_window_visitors").set(visitors as f64);
+    }
+
+    async fn write_batches(&mut self, job: &FlushJob) -> Result<Plan, FlushError> {
+        self.attempts += 1;
+        let (keys, batches) = (&job.keys, &job.batches);
         let mut phases = PhaseTimer::start();
         let checkpoints = self.store.checkpoints(keys).await?;
         let checkpoint_of =
@@ -534,7 +782,14 @@ impl Worker {
         phases.lap("plan");
         self.store.write_state(&plan).await?;
         phases.lap("state");
-        let dead_letters = self.dead_letters_at_or_past(keys, &checkpoints);
+        // The undecodable messages at or past their partition's checkpoint (those below
+        // were moved aside by an earlier flush).
+        let dead_letters: Vec<(PartitionKey, DeadLetter)> = job
+            .dead_letters
+            .iter()
+            .filter(|(key, letter)| letter.offset >= checkpoint_at(&checkpoints, &key.0, key.1))
+            .cloned()
+            .collect();
         self.announcer
             .before_commit(&plan, &dead_letters)
             .await
@@ -613,43 +868,6 @@ impl Worker {
         }
         Ok(())
     }
-
-    /// The undecodable messages at or past their partition's checkpoint (those below were
-    /// moved aside by an earlier flush).
-    fn dead_letters_at_or_past(
-        &self,
-        keys: &[PartitionKey],
-        checkpoints: &HashMap<PartitionKey, i64>,
-    ) -> Vec<(PartitionKey, DeadLetter)> {
-        let mut letters = Vec::new();
-        for key in keys {
-            let Some(pending) = self.pending.get(key) else {
-                continue;
-            };
-            let checkpoint = checkpoint_at(checkpoints, &key.0, key.1);
-            letters.extend(
-                pending
-                    .dead_letters
-                    .iter()
-                    .filter(|letter| letter.offset >= checkpoint)
-                    .map(|letter| (key.clone(), letter.clone())),
-            );
-        }
-        letters
-    }
-
-    /// Makes every flush stored so far durable in the store (see
-    /// [`StoreWriter::make_durable`]).
-    pub fn make_store_durable(&mut self) -> Result<(), StoreError> {
-        let handle = self.handle.clone();
-        handle.block_on(self.store.make_durable())
-    }
-
-    /// Whether the store answers (for readiness while flushes fail).
-    pub fn ping(&mut self) -> bool {
-        let handle = self.handle.clone();
-        handle.block_on(self.store.ping())
-    }
 }
 
 fn checkpoint_at(checkpoints: &HashMap<PartitionKey, i64>, topic: &str, partition: i32) -> i64 {
@@ -662,6 +880,239 @@ fn checkpoint_at(checkpoints: &HashMap<PartitionKey, i64>, topic: &str, partitio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Condvar;
+
+    use async_trait::async_trait;
+    use referral_schemas::messages::ClickEvent;
+
+    use crate::plan::Known;
+    use crate::store::CountedClick;
+
+    /// A store in memory whose commits wait at a gate (a flush stays in flight until the
+    /// test opens it) and whose state writes fail on demand.
+    #[derive(Clone, Default)]
+    struct GatedStore {
+        shared: Arc<GatedShared>,
+    }
+
+    #[derive(Default)]
+    struct GatedShared {
+        open: Mutex<bool>,
+        opened: Condvar,
+        fail_writes: Mutex<bool>,
+        checkpoint: Mutex<i64>,
+        /// The source offsets of each committed flush's attribution rows.
+        committed: Mutex<Vec<Vec<i64>>>,
+    }
+
+    impl GatedStore {
+        fn open(&self, open: bool) {
+            *self.shared.open.lock().unwrap() = open;
+            self.shared.opened.notify_all();
+        }
+
+        fn fail_writes(&self, fail: bool) {
+            *self.shared.fail_writes.lock().unwrap() = fail;
+        }
+
+        fn committed(&self) -> Vec<Vec<i64>> {
+            self.shared.committed.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl StoreWriter for GatedStore {
+        async fn checkpoints(
+            &mut self,
+            partitions: &[PartitionKey],
+        ) -> Result<HashMap<PartitionKey, i64>, StoreError> {
+            let checkpoint = *self.shared.checkpoint.lock().unwrap();
+            Ok(partitions
+                .iter()
+                .map(|key| (key.clone(), checkpoint))
+                .collect())
+        }
+
+        fn forget_checkpoints(&mut self, _: &[PartitionKey]) {}
+
+        async fn load(&mut self, _: &References) -> Result<Known, StoreError> {
+            Ok(Known::default())
+        }
+
+        async fn counted_clicks(
+            &mut self,
+            _: &PartitionKey,
+            _: i64,
+            _: i64,
+        ) -> Result<Vec<CountedClick>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn write_state(&mut self, _: &Plan) -> Result<(), StoreError> {
+            if *self.shared.fail_writes.lock().unwrap() {
+                return Err(StoreError::Corrupt("injected".into()));
+            }
+            Ok(())
+        }
+
+        async fn commit(&mut self, plan: &Plan, _: &str) -> Result<(), StoreError> {
+            let mut open = self.shared.open.lock().unwrap();
+            while !*open {
+                open = self.shared.opened.wait(open).unwrap();
+            }
+            drop(open);
+            if let Some(moved) = plan.checkpoints.last() {
+                *self.shared.checkpoint.lock().unwrap() = moved.to;
+            }
+            let offsets = plan
+                .attributions
+                .iter()
+                .map(|row| row.source_offset)
+                .collect();
+            self.shared.committed.lock().unwrap().push(offsets);
+            Ok(())
+        }
+
+        fn abandon(&mut self) {}
+
+        async fn ping(&mut self) -> bool {
+            true
+        }
+    }
+
+    struct Silent;
+
+    #[async_trait]
+    impl Announcer for Silent {
+        async fn before_commit(
+            &mut self,
+            _: &Plan,
+            _: &[(PartitionKey, DeadLetter)],
+        ) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn after_commit(&mut self, _: &Plan) {}
+    }
+
+    const TOPIC: &str = "referral-events";
+
+    fn overlapping_worker(runtime: &tokio::runtime::Runtime, store: &GatedStore) -> Worker {
+        let settings = WorkerSettings {
+            seek_gaps: false,
+            overlap_flushes: true,
+            ..settings()
+        };
+        let mut worker = Worker::new(
+            Box::new(store.clone()),
+            Box::new(Silent),
+            runtime.handle().clone(),
+            settings,
+            FaultPoint::default(),
+        );
+        worker.assigned(vec![(TOPIC.to_owned(), 0)]);
+        worker
+    }
+
+    fn add_clicks(worker: &mut Worker, offsets: std::ops::Range<i64>) {
+        for offset in offsets {
+            let click = ClickEvent {
+                attribution_id: referral_schemas::id::new_attribution_id(),
+                code: "JAN-VERV-8F3A".into(),
+                mentor_id: "usr_jan".into(),
+                ip_address: format!("198.51.100.{offset}"),
+                user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
+                referrer_url: None,
+                occurred_at: Timestamp::now(),
+                received_at: Timestamp::now(),
+            };
+            let payload = LogMessage::new(LogEvent::Click(click)).to_json().unwrap();
+            let record = Record {
+                topic: TOPIC,
+                partition: 0,
+                offset,
+                key: None,
+                payload: Some(&payload),
+            };
+            assert_eq!(worker.add(&record), None);
+        }
+    }
+
+    fn wait_finished(worker: &mut Worker) -> FlushOutcome {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(outcome) = worker.take_finished() {
+                return outcome;
+            }
+            assert!(Instant::now() < deadline, "the flush did not end");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn records_read_while_a_flush_is_in_flight_wait_for_the_next_flush() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let store = GatedStore::default();
+        let mut worker = overlapping_worker(&runtime, &store);
+        add_clicks(&mut worker, 0..3);
+        worker.start_flush();
+        assert!(worker.flush_in_flight());
+        // Read on while the flush waits at the store.
+        add_clicks(&mut worker, 3..5);
+        assert_eq!(worker.pending_rows(), 2);
+        assert!(worker.take_finished().is_none());
+        store.open(true);
+        let key = (TOPIC.to_owned(), 0);
+        assert_eq!(wait_finished(&mut worker).unwrap(), vec![(key.clone(), 3)]);
+        assert!(!worker.flush_in_flight());
+        assert_eq!(worker.pending_rows(), 2);
+        assert_eq!(worker.flush(None).unwrap(), vec![(key, 5)]);
+        assert_eq!(store.committed(), vec![vec![0, 1, 2], vec![3, 4]]);
+    }
+
+    #[test]
+    fn a_failed_flush_puts_its_batch_back_before_what_was_read_since() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let store = GatedStore::default();
+        let mut worker = overlapping_worker(&runtime, &store);
+        store.fail_writes(true);
+        add_clicks(&mut worker, 0..3);
+        worker.start_flush();
+        add_clicks(&mut worker, 3..5);
+        store.open(true);
+        assert!(wait_finished(&mut worker).is_err());
+        assert_eq!(worker.pending_rows(), 5);
+        store.fail_writes(false);
+        let key = (TOPIC.to_owned(), 0);
+        assert_eq!(worker.flush(None).unwrap(), vec![(key, 5)]);
+        assert_eq!(store.committed(), vec![vec![0, 1, 2, 3, 4]]);
+    }
+
+    #[test]
+    fn a_revocation_waits_for_the_flush_in_flight() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let store = GatedStore::default();
+        let mut worker = overlapping_worker(&runtime, &store);
+        add_clicks(&mut worker, 0..3);
+        worker.start_flush();
+        add_clicks(&mut worker, 3..4);
+        let opener = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                store.open(true);
+            })
+        };
+        let key = (TOPIC.to_owned(), 0);
+        // The revocation flushes what was read since, after the flush in flight.
+        assert_eq!(
+            worker.revoked(vec![key.clone()], false),
+            vec![(key.clone(), 4)]
+        );
+        assert_eq!(worker.take_finished().unwrap().unwrap(), vec![(key, 3)]);
+        assert_eq!(store.committed(), vec![vec![0, 1, 2], vec![3]]);
+        opener.join().unwrap();
+    }
 
     fn settings() -> WorkerSettings {
         WorkerSettings {
@@ -672,6 +1123,7 @@ mod tests {
             seek_gaps: true,
             window_ms: 0,
             dedup_window_ms: 0,
+            overlap_flushes: false,
         }
     }
 

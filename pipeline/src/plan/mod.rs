@@ -362,14 +362,14 @@ pub fn plan(
     .attribution_ids;
     // Nearly every event of a bulk flush is a click that becomes one row: sized once, the
     // rows are not copied over and over as the vector grows (8% of a 50,000-row flush).
-    let events = batches.iter().map(|batch| batch.events.len()).sum();
+    let incoming = batches.iter().map(|batch| batch.events.len()).sum();
     let mut planner = Planner {
         known,
         referenced,
         window_ms,
         now,
         plan: Plan {
-            attributions: Vec::with_capacity(events),
+            attributions: Vec::with_capacity(incoming),
             ..Plan::default()
         },
         deltas: BTreeMap::new(),

@@ -20,9 +20,10 @@
 //!    recorded *before* their effects and keyed by command id, so a replayed command is
 //!    never decided again (see [`crate::plan`]).
 //!
-//! A flush writes, in this order: decisions, attribution/member/code rows, code publications
-//! and dead letters (Kafka), then the totals-and-checkpoint insert (the commit point), and
-//! only then commits the Kafka offsets. A consumer that gets a partition reads its checkpoint
+//! A flush writes, in this order: decisions, then the attribution/member/code/webhook-event
+//! rows (at once), code publications and dead letters (Kafka), then the
+//! totals-and-checkpoint insert (the commit point), and only then commits the Kafka
+//! offsets. A consumer that gets a partition reads its checkpoint
 //! from ClickHouse and skips every message below it, whatever Kafka's committed offset says.
 //!
 //! Why each failure is safe:

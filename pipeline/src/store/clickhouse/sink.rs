@@ -1,8 +1,9 @@
 //! The consumer's [`StoreWriter`] on ClickHouse: its reads and inserts.
 //!
 //! Reads use `FINAL` so that ReplacingMergeTree rows are seen at their latest version even
-//! before a merge. Inserts are one request per table per flush, written in [`Plan`] order;
-//! the commit point is the one `mentor_totals` insert that carries the totals deltas and
+//! before a merge. A flush inserts its decisions first, then its other state rows at once
+//! (the attributions in two inserts when many, see
+//! [`ClickHouseSink::with_attribution_split`]); the commit point is the one `mentor_totals` insert that carries the totals deltas and
 //! the checkpoint increments (see [`super`] for why that is exactly-once).
 
 use std::collections::HashMap;
@@ -35,7 +36,7 @@ pub struct ClickHouseSink {
     /// (topic, partition) -> next offset to apply, as stored.
     checkpoints: HashMap<PartitionKey, i64>,
     /// From this many attribution rows a flush inserts them as two concurrent inserts
-    /// (0: never; see [`Self::split_attributions_from`]).
+    /// (0: never; see [`Self::with_attribution_split`]).
     split_attributions_from: usize,
 }
 
@@ -84,7 +85,7 @@ impl ClickHouseSink {
             if server.at_least((20, 10)) {
                 // Parallel quorum inserts (the default of newer servers) void sequential
                 // consistency and the checkpoint barrier (`quorum_barrier`): one quorum
-                // insert at a time.
+                // insert at a time per table.
                 client = client.with_setting("insert_quorum_parallel", "0");
             }
         }
@@ -111,7 +112,7 @@ impl ClickHouseSink {
     /// once took a 50,000-row flush from 240 to 164 ms. Never with `insert_quorum`: a
     /// server without parallel quorum inserts refuses a second one into the same table
     /// while the first waits for its quorum.
-    pub fn split_attributions_from(mut self, rows: usize) -> Self {
+    pub fn with_attribution_split(mut self, rows: usize) -> Self {
         self.split_attributions_from = if self.settings.insert_quorum > 0 {
             0
         } else {
@@ -315,7 +316,10 @@ impl StoreWriter for ClickHouseSink {
     async fn write_state(&mut self, plan: &Plan) -> Result<(), StoreError> {
         self.insert("command_verdicts", &plan.decisions, None)
             .await?;
-        // Then every state row at once: nothing reads them before the commit point.
+        // Then every state row at once: their order among themselves does not matter
+        // (each is idempotent, and the totals move only with the commit point). Each
+        // insert ends, failed or not, before the flush fails: none is left running
+        // behind a retry.
         let rows = plan.attributions.len();
         let split = if self.split_attributions_from > 0 && rows >= self.split_attributions_from {
             rows / 2
@@ -323,13 +327,18 @@ impl StoreWriter for ClickHouseSink {
             0
         };
         let (first, second) = plan.attributions.split_at(split);
-        tokio::try_join!(
+        let (events, first, second, members, codes) = tokio::join!(
             self.insert("webhook_events", &plan.events, None),
             self.insert("attributions", first, None),
             self.insert("attributions", second, None),
             self.insert("attributed_members", &plan.members, None),
             self.insert("referral_codes", &plan.codes, None),
-        )?;
+        );
+        events?;
+        first?;
+        second?;
+        members?;
+        codes?;
         Ok(())
     }
 
