@@ -74,10 +74,10 @@ impl Services {
             .env("REFERRAL_KAFKA_SESSION_TIMEOUT", "6s")
             .env("REFERRAL_BATCH_MAX_WAIT", "200ms")
             .env("REFERRAL_BATCH_MAX_ROWS", "500")
-            // Flushes here hold at most a few hundred clicks: split them as bulk flushes
+            // Flushes here hold a few to a few hundred clicks: split them as bulk flushes
             // are, so that the crashes, restarts and rebalances below happen with two
             // concurrent attribution inserts per flush.
-            .env("REFERRAL_CLICKHOUSE_INSERT_SPLIT_ROWS", "100")
+            .env("REFERRAL_CLICKHOUSE_INSERT_SPLIT_ROWS", "2")
             .env("RUST_LOG", "info")
             .env_remove("REFERRAL_FAULT_INJECTION")
             .stdout(Stdio::null())
@@ -436,7 +436,7 @@ async fn n_clicks_become_exactly_n_attributions_and_totals() {
     assert!(metrics.contains(caught_up), "{metrics}");
     assert!(metrics.contains("referral_batch_rows"), "{metrics}");
     assert!(metrics.contains("referral_clickhouse_insert_duration_seconds"));
-    // The attributions went in as two inserts per flush of 100 or more.
+    // The attributions went in as two inserts per flush of two or more.
     let count = |series: &str| {
         metrics
             .lines()

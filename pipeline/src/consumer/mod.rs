@@ -18,8 +18,8 @@
 //!   background, or at normal priority when behind or awaited.
 //! * [`fault`]: crash points for the exactly-once tests.
 //!
-//! Why one plain thread: librdkafka runs rebalance callbacks inside `poll`, on the polling
-//! thread. A callback first waits for the flush in flight (at most one, see [`worker`]),
+//! Why the callbacks never race a write: librdkafka runs rebalance callbacks inside `poll`,
+//! on the polling thread. A callback first waits for the flush in flight (at most one, see [`worker`]),
 //! so no write is in flight while it runs, and a revoked partition's batch can be flushed
 //! or dropped inside the callback, before the revocation completes. While the store is
 //! down the thread keeps polling (with fetching paused) so that it stays in its group, and
@@ -228,11 +228,16 @@ fn run<S: LogSource>(
             locked = lock(&worker);
         }
         if locked.flush_in_flight() {
-            if locked.batch_full() {
-                // Memory stays bounded: a full batch waits for the flush in flight.
-                locked.settle();
+            if !locked.batch_full() {
+                continue;
             }
-            continue;
+            // Memory stays bounded: a full batch waits for the flush in flight, then goes.
+            locked.settle();
+            if let Some(outcome) = locked.take_finished() {
+                drop(locked);
+                retry.after(outcome, &mut source, &worker, &status);
+                locked = lock(&worker);
+            }
         }
         let attempt = match retry.at {
             Some((at, _)) => Instant::now() >= at,

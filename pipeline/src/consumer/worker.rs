@@ -173,7 +173,6 @@ type JobResult = Result<Plan, (FlushError, Vec<PartitionBatch>)>;
 struct InFlight {
     thread: JoinHandle<Option<JobResult>>,
     taken: Vec<(PartitionKey, Pending)>,
-    started: Instant,
 }
 
 /// The checkpoints a flush stored, or why it failed.
@@ -215,6 +214,13 @@ impl Worker {
             fault,
             flushes: 0,
             attempts: 0,
+        };
+        // A flush in flight is rebuilt, in the unforeseen case that its thread never got
+        // it, by reading its partitions again (`settle`): only a source that seeks back
+        // over a gap can. The file log's consumer never overlaps its flushes.
+        let settings = WorkerSettings {
+            overlap_flushes: settings.overlap_flushes && settings.seek_gaps,
+            ..settings
         };
         Self {
             writer: Arc::new(Mutex::new(writer)),
@@ -431,8 +437,18 @@ impl Worker {
         lost: bool,
     ) -> Vec<(PartitionKey, i64)> {
         // A flush in flight ends first: one that failed puts its batches back, to be
-        // flushed or dropped with the rest below.
+        // flushed or dropped with the rest below; the checkpoints one stored for these
+        // partitions go out with this revocation's (before a later flush's, for Kafka's
+        // commit to move forward only).
         self.settle();
+        let mut earlier = Vec::new();
+        if let Some(Ok(finished)) = &mut self.finished {
+            let (revoked, kept): (Vec<_>, Vec<_>) = finished
+                .drain(..)
+                .partition(|(key, _)| partitions.contains(key));
+            *finished = kept;
+            earlier = revoked;
+        }
         let with_batches: Vec<PartitionKey> = partitions
             .iter()
             .filter(|key| self.pending.contains_key(*key))
@@ -451,6 +467,9 @@ impl Worker {
                 }
             }
         }
+        earlier.retain(|(key, _)| stored.iter().all(|(later, _)| later != key));
+        earlier.extend(stored);
+        let stored = earlier;
         for key in &partitions {
             self.pending.remove(key);
             self.owned.remove(key);
@@ -495,9 +514,8 @@ impl Worker {
         let Some((job, taken)) = self.take_job(only) else {
             return Ok(Vec::new());
         };
-        let started = Instant::now();
         let result = lock_writer(&self.writer).run(job);
-        self.complete(taken, result, started)
+        self.complete(taken, result)
     }
 
     /// Starts a flush of every pending batch on a thread of its own and returns at once;
@@ -508,7 +526,6 @@ impl Worker {
         let Some((job, taken)) = self.take_job(None) else {
             return;
         };
-        let started = Instant::now();
         // The job goes to the thread once it runs: if it cannot start, the job is still
         // here (its events are the only copy past the log's read position).
         let (hand_over, receive) = mpsc::sync_channel::<FlushJob>(1);
@@ -522,11 +539,7 @@ impl Worker {
         let job = match spawned {
             Ok(thread) => match hand_over.send(job) {
                 Ok(()) => {
-                    self.in_flight = Some(InFlight {
-                        thread,
-                        taken,
-                        started,
-                    });
+                    self.in_flight = Some(InFlight { thread, taken });
                     return;
                 }
                 Err(mpsc::SendError(job)) => job,
@@ -537,12 +550,14 @@ impl Worker {
             }
         };
         let result = lock_writer(&self.writer).run(job);
-        let outcome = self.complete(taken, result, started);
+        let outcome = self.complete(taken, result);
         self.keep_finished(outcome);
     }
 
     /// The outcome of a flush that ended in the background since the last call, if any
-    /// (one still running is not waited for).
+    /// (one still running is not waited for). Checkpoints of partitions revoked since are
+    /// left out: their new owner reads from the store's checkpoint, and a late commit of
+    /// ours would only move Kafka's hint back.
     pub fn take_finished(&mut self) -> Option<FlushOutcome> {
         if self
             .in_flight
@@ -551,7 +566,11 @@ impl Worker {
         {
             self.settle();
         }
-        self.finished.take()
+        let mut outcome = self.finished.take()?;
+        if let Ok(stored) = &mut outcome {
+            stored.retain(|(key, _)| self.owned.contains(key));
+        }
+        Some(outcome)
     }
 
     /// Waits for the flush in flight, if any, and keeps its outcome for
@@ -579,7 +598,7 @@ impl Worker {
             }
             Err(panic) => std::panic::resume_unwind(panic),
         };
-        let outcome = self.complete(in_flight.taken, result, in_flight.started);
+        let outcome = self.complete(in_flight.taken, result);
         self.keep_finished(outcome);
     }
 
@@ -640,12 +659,7 @@ impl Worker {
 
     /// Ends a flush: the checkpoints it stored, or its batches back in front of what was
     /// read since.
-    fn complete(
-        &mut self,
-        taken: Vec<(PartitionKey, Pending)>,
-        result: JobResult,
-        started: Instant,
-    ) -> FlushOutcome {
+    fn complete(&mut self, taken: Vec<(PartitionKey, Pending)>, result: JobResult) -> FlushOutcome {
         let plan = match result {
             Ok(plan) => plan,
             Err((error, batches)) => {
@@ -671,8 +685,6 @@ impl Worker {
         }
         metrics::histogram!("referral_batch_rows").record(rows as f64);
         metrics::histogram!("referral_batch_bytes").record(bytes as f64);
-        metrics::histogram!("referral_flush_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
         metrics::counter!("referral_events_applied_total")
             .increment(rows.saturating_sub(plan.skipped) as u64);
         Ok(stored)
@@ -699,6 +711,7 @@ impl Writer {
     /// of its partitions are forgotten (read again from the store by the next flush) and
     /// the batches come back.
     fn run(&mut self, job: FlushJob) -> JobResult {
+        let started = Instant::now();
         let handle = self.handle.clone();
         let plan = match handle.block_on(self.write_batches(&job)) {
             Ok(plan) => plan,
@@ -709,6 +722,8 @@ impl Writer {
                 return Err((error, job.batches));
             }
         };
+        metrics::histogram!("referral_flush_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
         self.flushes += 1;
         if self.fault.crash_after_checkpoint(self.flushes) {
             super::fault::kill_self("after the commit point, before the source's commit");
@@ -999,7 +1014,6 @@ mod tests {
 
     fn overlapping_worker(runtime: &tokio::runtime::Runtime, store: &GatedStore) -> Worker {
         let settings = WorkerSettings {
-            seek_gaps: false,
             overlap_flushes: true,
             ..settings()
         };
@@ -1011,6 +1025,7 @@ mod tests {
             FaultPoint::default(),
         );
         worker.assigned(vec![(TOPIC.to_owned(), 0)]);
+        assert!(worker.overlaps_flushes());
         worker
     }
 
@@ -1105,11 +1120,10 @@ mod tests {
         };
         let key = (TOPIC.to_owned(), 0);
         // The revocation flushes what was read since, after the flush in flight.
-        assert_eq!(
-            worker.revoked(vec![key.clone()], false),
-            vec![(key.clone(), 4)]
-        );
-        assert_eq!(worker.take_finished().unwrap().unwrap(), vec![(key, 3)]);
+        assert_eq!(worker.revoked(vec![key.clone()], false), vec![(key, 4)]);
+        // The flush in flight stored 3 first: its checkpoint went out with the revocation
+        // (superseded by 4), not later.
+        assert_eq!(worker.take_finished().unwrap().unwrap(), vec![]);
         assert_eq!(store.committed(), vec![vec![0, 1, 2], vec![3]]);
         opener.join().unwrap();
     }
