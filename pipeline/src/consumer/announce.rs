@@ -21,7 +21,7 @@ use referral_schemas::ReferralCode;
 
 use super::DeadLetter;
 use crate::codes::{CodeChange, CodeDirectory};
-use crate::kafka::codes::{publish_assignment, publish_retirement};
+use crate::kafka::codes;
 use crate::plan::rows::CodeRow;
 use crate::plan::{PartitionKey, Plan};
 use crate::verdicts::VerdictWaiter;
@@ -67,12 +67,20 @@ impl Announcer for KafkaAnnouncer {
         plan: &Plan,
         dead_letters: &[(PartitionKey, DeadLetter)],
     ) -> Result<(), String> {
+        // Every code of the flush enqueued in order, then every acknowledgement awaited:
+        // a bulk assignment of a thousand codes costs one round trip, not a thousand.
+        let mut deliveries = Vec::with_capacity(plan.codes.len());
         for row in &plan.codes {
-            let sent = match live_code(row) {
-                Some(code) => publish_assignment(&self.producer, &self.codes_topic, &code).await,
-                None => publish_retirement(&self.producer, &self.codes_topic, &row.code).await,
-            };
-            sent.map_err(|error| format!("code publication: {error}"))?;
+            let code = live_code(row);
+            let delivery =
+                codes::enqueue(&self.producer, &self.codes_topic, &row.code, code.as_ref())
+                    .map_err(|error| format!("code publication: {error}"))?;
+            deliveries.push(delivery);
+        }
+        for delivery in deliveries {
+            codes::delivered(delivery)
+                .await
+                .map_err(|error| format!("code publication: {error}"))?;
         }
         for (partition, letter) in dead_letters {
             self.send_dead_letter(partition, letter).await?;

@@ -21,7 +21,7 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Message, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use referral_schemas::ReferralCode;
 use referral_schemas::messages::SCHEMA_VERSION;
@@ -67,9 +67,7 @@ pub async fn publish_assignment(
     topic: &str,
     code: &ReferralCode,
 ) -> Result<(), KafkaError> {
-    let payload =
-        serde_json::to_vec(code).map_err(|error| KafkaError::Subscription(error.to_string()))?;
-    send(producer, topic, &code.code, Some(&payload)).await
+    delivered(enqueue(producer, topic, &code.code, Some(code))?).await
 }
 
 /// Publishes a code's tombstone (after the writer applied a retirement).
@@ -78,30 +76,44 @@ pub async fn publish_retirement(
     topic: &str,
     code: &str,
 ) -> Result<(), KafkaError> {
-    send(producer, topic, code, None).await
+    delivered(enqueue(producer, topic, code, None)?).await
 }
 
-async fn send(
+/// Enqueues a code's state (its record, or `None` for a retirement's tombstone) without
+/// waiting for the broker. Messages enqueued one after the other reach the topic in that
+/// order (the producer is idempotent), so a writer enqueues a flush's codes at once and
+/// then waits for them all: one round trip per flush, not one per code. A full local queue
+/// is an error now.
+pub fn enqueue(
     producer: &FutureProducer,
     topic: &str,
     code: &str,
-    payload: Option<&[u8]>,
-) -> Result<(), KafkaError> {
+    record: Option<&ReferralCode>,
+) -> Result<DeliveryFuture, KafkaError> {
+    let payload = record
+        .map(serde_json::to_vec)
+        .transpose()
+        .map_err(|error| KafkaError::Subscription(error.to_string()))?;
     let version = SCHEMA_VERSION.to_string();
     let headers = OwnedHeaders::new().insert(Header {
         key: SCHEMA_VERSION_HEADER,
         value: Some(version.as_str()),
     });
-    let mut record: FutureRecord<'_, str, [u8]> =
+    let mut message: FutureRecord<'_, str, [u8]> =
         FutureRecord::to(topic).key(code).headers(headers);
-    if let Some(payload) = payload {
-        record = record.payload(payload);
+    if let Some(payload) = &payload {
+        message = message.payload(payload);
     }
-    producer
-        .send(record, Duration::from_secs(0))
-        .await
-        .map(|_| ())
-        .map_err(|(error, _)| error)
+    producer.send_result(message).map_err(|(error, _)| error)
+}
+
+/// Waits for an enqueued code's acknowledgement.
+pub async fn delivered(delivery: DeliveryFuture) -> Result<(), KafkaError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((error, _))) => Err(error),
+        Err(_) => Err(KafkaError::Canceled),
+    }
 }
 
 /// What the follower tells the edge about its progress.
