@@ -454,7 +454,12 @@ async fn webhooks_are_delivered_at_least_once_in_order_and_signed(production: bo
             .iter()
             .filter(|attempt| attempt["outcome"] == "delivered")
             .count();
-        if saw_500 == FAILS_FIRST && saw_timeout && delivered >= expected.len() {
+        // The receiver answered FAILS_FIRST 500s. One of them may be missing from the log:
+        // the attempt in flight when the deliverer was SIGKILLed (its POST reached the
+        // receiver; its outcome was never written). Its event was sent again after the
+        // restart, so every delivery is in the log; nothing else may be missing.
+        assert!(saw_500 <= FAILS_FIRST, "{saw_500} 500s logged");
+        if saw_500 + 1 >= FAILS_FIRST && saw_timeout && delivered >= expected.len() {
             break;
         }
         assert!(
