@@ -1037,6 +1037,7 @@ def test_grafana_dashboard(case) -> None:
         "referral_consumer_lag",
         "referral_flush_failures_total",
         "referral_flush_duration_seconds_bucket",
+        "referral_flush_phase_duration_seconds_sum",
         "referral_events_applied_total",
     ):
         assert metric in expressions, metric
