@@ -4,7 +4,7 @@
 //! Every test checks exact results: N acknowledged clicks -> exactly N attributions and
 //! totals N, whatever crashes, restarts, redeliveries or rebalances happen in between.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -214,6 +214,41 @@ impl Services {
             "SELECT verdict FROM {{db}}.command_verdicts FINAL WHERE command_id = '{command_id}' FORMAT TSVRaw"
         ));
         (!text.is_empty()).then(|| serde_json::from_str(&text).expect("verdict JSON"))
+    }
+
+    /// The distinct keys of the records on `topic`, read from the beginning of every
+    /// partition until none comes for two seconds (tansu's watermarks do not count the
+    /// records of a batch).
+    fn topic_keys(&self, topic: &str) -> HashSet<Vec<u8>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.settings.brokers)
+            .set("group.id", "topic-reader")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .expect("metadata");
+        let mut assignment = TopicPartitionList::new();
+        for partition in metadata
+            .topics()
+            .iter()
+            .flat_map(|topic| topic.partitions())
+        {
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .expect("partition");
+        }
+        consumer.assign(&assignment).expect("assign");
+        let mut keys = HashSet::new();
+        let mut last_seen = Instant::now();
+        while last_seen.elapsed() < Duration::from_secs(2) {
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                keys.insert(message.key().unwrap_or_default().to_vec());
+                last_seen = Instant::now();
+            }
+        }
+        keys
     }
 
     /// Messages on the dead-letter topic: (reason header, payload).
@@ -714,5 +749,61 @@ async fn a_backlog_of_commands_larger_than_one_query_is_decided_in_one_flush() {
         services.verdict("cmd_backlog_07999_0123456789abcdef"),
         Some(Verdict::Rejected { .. })
     ));
+    aggregator.terminate();
+}
+
+/// A flush holding more code assignments than the producer's local queue holds: every code
+/// reaches the codes topic all the same (a full queue waits for the oldest acknowledgement
+/// instead of failing the flush, and again at every retry).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flush_with_more_codes_than_the_producer_queue_publishes_them_all() {
+    const CODES: usize = 300;
+    let services = Services::start().await;
+    let now = Timestamp::now();
+    let assignments: Vec<LogEvent> = (0..CODES)
+        .map(|n| {
+            LogEvent::AssignCode(AssignCode {
+                command_id: format!("cmd_bulk_code_{n}"),
+                code: format!("BULK-{n:04}"),
+                mentor_id: "usr_bulk".into(),
+                destination_url: None,
+                issued_at: now,
+            })
+        })
+        .collect();
+    services.publish(assignments).await;
+    // The whole backlog in one flush, and a queue of 50 messages.
+    let mut aggregator = services.aggregator(&[
+        ("REFERRAL_KAFKA_QUEUE_MAX_MESSAGES", "50"),
+        ("REFERRAL_BATCH_MAX_WAIT", "5s"),
+        ("REFERRAL_BATCH_MAX_ROWS", "50000"),
+    ]);
+    aggregator.wait_ready();
+    services.wait_caught_up(Duration::from_secs(120));
+    let created = (0..CODES)
+        .filter(|n| {
+            matches!(
+                services.verdict(&format!("cmd_bulk_code_{n}")),
+                Some(Verdict::CodeAssigned { created: true, .. })
+            )
+        })
+        .count();
+    let missing: Vec<String> = (0..CODES)
+        .filter_map(|n| {
+            let verdict = services.verdict(&format!("cmd_bulk_code_{n}"));
+            (!matches!(verdict, Some(Verdict::CodeAssigned { created: true, .. })))
+                .then(|| format!("{n}: {verdict:?}"))
+        })
+        .take(5)
+        .collect();
+    assert_eq!(created, CODES, "{missing:?}");
+    let published = services.topic_keys("referral-codes");
+    assert_eq!(published.len(), CODES);
+    assert!(published.contains(b"BULK-0299".as_slice()));
+    let (_, metrics) = aggregator.get("/metrics");
+    assert!(
+        !metrics.contains("referral_flush_failures_total"),
+        "a flush failed: {metrics}"
+    );
     aggregator.terminate();
 }

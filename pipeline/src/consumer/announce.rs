@@ -8,13 +8,15 @@
 //!   the commit point; after it, code changes reach this process's code directory and every
 //!   verdict reaches the request waiting for it, without a look-up in the store.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use referral_schemas::ReferralCode;
@@ -40,6 +42,10 @@ pub trait Announcer: Send {
     /// After the commit point: what only a stored flush may tell.
     fn after_commit(&mut self, plan: &Plan);
 }
+
+/// How long a flush's code publication waits for room in an empty-handed full queue
+/// (another producer of this process filled it) before it tries again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(5);
 
 /// The code record of a code row: `None` when it is retired.
 fn live_code(row: &CodeRow) -> Option<ReferralCode> {
@@ -68,19 +74,34 @@ impl Announcer for KafkaAnnouncer {
         dead_letters: &[(PartitionKey, DeadLetter)],
     ) -> Result<(), String> {
         // Every code of the flush enqueued in order, then every acknowledgement awaited:
-        // a bulk assignment of a thousand codes costs one round trip, not a thousand.
-        let mut deliveries = Vec::with_capacity(plan.codes.len());
+        // a bulk assignment of a thousand codes costs one round trip, not a thousand. A
+        // full local queue waits for the oldest acknowledgement (within the produce
+        // timeout), so a flush with more codes than the queue holds still goes through.
+        let published = |error: KafkaError| format!("code publication: {error}");
+        let deadline = Instant::now() + self.produce_timeout;
+        let mut deliveries = VecDeque::with_capacity(plan.codes.len());
         for row in &plan.codes {
             let code = live_code(row);
-            let delivery =
-                codes::enqueue(&self.producer, &self.codes_topic, &row.code, code.as_ref())
-                    .map_err(|error| format!("code publication: {error}"))?;
-            deliveries.push(delivery);
+            loop {
+                match codes::enqueue(&self.producer, &self.codes_topic, &row.code, code.as_ref()) {
+                    Ok(delivery) => {
+                        deliveries.push_back(delivery);
+                        break;
+                    }
+                    Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+                        if Instant::now() < deadline =>
+                    {
+                        match deliveries.pop_front() {
+                            Some(oldest) => codes::delivered(oldest).await.map_err(published)?,
+                            None => tokio::time::sleep(QUEUE_FULL_PAUSE).await,
+                        }
+                    }
+                    Err(error) => return Err(published(error)),
+                }
+            }
         }
         for delivery in deliveries {
-            codes::delivered(delivery)
-                .await
-                .map_err(|error| format!("code publication: {error}"))?;
+            codes::delivered(delivery).await.map_err(published)?;
         }
         for (partition, letter) in dead_letters {
             self.send_dead_letter(partition, letter).await?;

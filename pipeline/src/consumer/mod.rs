@@ -212,7 +212,9 @@ fn run<S: LogSource>(
                     .min(POLL_INTERVAL)
             });
             if worker.flush_in_flight() {
-                timeout.min(IN_FLIGHT_POLL)
+                // Nothing can start before it ends (a due batch or retry included): no
+                // busy polling meanwhile.
+                IN_FLIGHT_POLL
             } else {
                 timeout
             }
@@ -248,7 +250,12 @@ fn run<S: LogSource>(
         }
         if locked.overlaps_flushes() {
             // Its outcome comes back through `take_finished` while the reading goes on.
-            locked.start_flush();
+            if !locked.start_flush() {
+                // Nothing was left to flush (a revocation took the batches of a failed
+                // flush): the retry is over, and fetching resumes.
+                drop(locked);
+                retry.after(Ok(Vec::new()), &mut source, &worker, &status);
+            }
             continue;
         }
         let outcome = locked.flush(None);

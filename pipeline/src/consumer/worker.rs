@@ -442,7 +442,9 @@ impl Worker {
         // commit to move forward only).
         self.settle();
         let mut earlier = Vec::new();
-        if let Some(Ok(finished)) = &mut self.finished {
+        if let Some(Ok(finished)) = &mut self.finished
+            && !lost
+        {
             let (revoked, kept): (Vec<_>, Vec<_>) = finished
                 .drain(..)
                 .partition(|(key, _)| partitions.contains(key));
@@ -520,11 +522,11 @@ impl Worker {
 
     /// Starts a flush of every pending batch on a thread of its own and returns at once;
     /// its outcome comes from [`Self::take_finished`]. Runs it here when no thread can be
-    /// started.
-    pub fn start_flush(&mut self) {
+    /// started. False when nothing was pending (no outcome will come).
+    pub fn start_flush(&mut self) -> bool {
         self.settle();
         let Some((job, taken)) = self.take_job(None) else {
-            return;
+            return false;
         };
         // The job goes to the thread once it runs: if it cannot start, the job is still
         // here (its events are the only copy past the log's read position).
@@ -540,7 +542,7 @@ impl Worker {
             Ok(thread) => match hand_over.send(job) {
                 Ok(()) => {
                     self.in_flight = Some(InFlight { thread, taken });
-                    return;
+                    return true;
                 }
                 Err(mpsc::SendError(job)) => job,
             },
@@ -552,6 +554,7 @@ impl Worker {
         let result = lock_writer(&self.writer).run(job);
         let outcome = self.complete(taken, result);
         self.keep_finished(outcome);
+        true
     }
 
     /// The outcome of a flush that ended in the background since the last call, if any
