@@ -19,9 +19,9 @@
 //! * [`fault`]: crash points for the exactly-once tests.
 //!
 //! Why the callbacks never race a write: librdkafka runs rebalance callbacks inside `poll`,
-//! on the polling thread. A callback first waits for the flush in flight (at most one, see [`worker`]),
-//! so no write is in flight while it runs, and a revoked partition's batch can be flushed
-//! or dropped inside the callback, before the revocation completes. While the store is
+//! on the polling thread. A callback first waits for the flush in flight (at most one, see
+//! [`worker`]), so no write is in flight while it runs, and a revoked partition's batch can
+//! be flushed or dropped inside the callback, before the revocation completes. While the store is
 //! down the thread keeps polling (with fetching paused) so that it stays in its group, and
 //! retries the flush with a capped backoff.
 
