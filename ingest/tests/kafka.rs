@@ -21,45 +21,100 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use referral_pipeline::kafka::producer::KafkaLog;
 use referral_pipeline::kafka::{KafkaSettings, admin, codes, producer};
-use referral_schemas::messages::{LogEvent, LogMessage};
+use referral_pipeline::log::EventLog;
+use referral_schemas::messages::{ClickEvent, LogEvent, LogMessage};
 use referral_schemas::{ReferralCode, Timestamp};
 use serde_json::Value;
-use support::{ChildGuard, free_address, free_port};
+use support::{ChildGuard, free_address, free_port, free_port_but};
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A broker restarted on its port must find the port free: a test that picks ports while
-/// another one's broker is down could take it (and the restarted test would then talk to
-/// the wrong broker). The restart test runs alone; the others share.
+/// A broker that comes back on its port must find the port free: a test that picks ports
+/// while another one's broker is away could take it (and the test whose broker came back
+/// would then talk to the wrong broker). The stopped-broker test runs alone; the others share.
 static BROKER_PORTS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-/// A tansu broker. `durable` keeps its data in `dir` (SQLite); otherwise it is in memory.
+/// A tansu broker.
 ///
-/// tansu 0.6.0's SQLite engine panics on the first produce of an idempotent producer that
-/// outlived a broker restart (`idempotent_message_check`: "more or less than one row") and
-/// then refuses everything, so the restart test uses the memory engine: a restart there is a
-/// broker that lost its state, which the edge must survive too.
+/// A broker that goes away and comes back ([`Broker::start_behind_relay`]) serves behind a
+/// TCP relay on its advertised port: cutting the relay (the port refuses connections, open
+/// ones are cut) is the broker's death as clients see it, and reopening it is the broker
+/// back with its topics, as an Apache Kafka broker comes back from a restart. That broker
+/// keeps its data in memory: on tansu 0.6.0's SQLite engine it closed every connection once
+/// the relay was back (an idempotent producer's batch sent again after a cut; its SQLite
+/// engine also panics on the first produce of an idempotent producer that outlived a
+/// restart). tansu itself is not restarted: its memory engine comes back with new topic ids,
+/// and asked to fetch by an old id it answers with a zero topic id and a current leader,
+/// which makes librdkafka 2.12.1 (`rd_kafka_metadata_update_op`) look the topic up by a null
+/// name in its metadata cache: a `strcmp(NULL, ...)` that killed the edge without a word in
+/// about one run in fifteen (SIGSEGV, seen in a core dump). Apache Kafka answers an unknown
+/// topic id with `UNKNOWN_TOPIC_ID` and the id asked for.
 struct Broker {
-    process: Option<ChildGuard>,
+    process: ChildGuard,
+    /// The port clients use (and the broker advertises).
     port: u16,
     dir: tempfile::TempDir,
-    durable: bool,
+    /// Set for a broker behind a relay: tansu's own port, and the relay while it is open.
+    relay: Option<(u16, Option<Relay>)>,
 }
 
 impl Broker {
+    /// A broker on its own port.
     async fn start() -> Self {
-        Self::start_with(true).await
+        let port = free_port();
+        Self::spawn(port, port, "sqlite://tansu.db", None).await
     }
 
-    async fn start_with(durable: bool) -> Self {
-        let mut broker = Self {
-            process: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            durable,
+    /// A broker behind a relay, for [`Broker::stop`] and [`Broker::come_back`].
+    async fn start_behind_relay() -> Self {
+        let port = free_port();
+        let backend = free_port_but(port);
+        let relay = Relay::open(port, backend).await;
+        Self::spawn(
+            port,
+            backend,
+            "memory://tansu/",
+            Some((backend, Some(relay))),
+        )
+        .await
+    }
+
+    /// Starts tansu on `engine`, listening on `listen_port`, advertising `port`.
+    async fn spawn(
+        port: u16,
+        listen_port: u16,
+        engine: &str,
+        relay: Option<(u16, Option<Relay>)>,
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("tansu")
+            .args(["broker", "--listener-url"])
+            .arg(format!("tcp://127.0.0.1:{listen_port}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{port}"))
+            .args(["--storage-engine", engine])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu is not installed: run ./scripts/test.sh, which installs it");
+        let broker = Self {
+            process: ChildGuard(child),
+            port,
+            dir,
+            relay,
         };
-        broker.restart().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", listen_port))
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         broker
     }
 
@@ -67,43 +122,103 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    async fn restart(&mut self) {
-        let url = format!("tcp://{}", self.address());
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                if self.durable {
-                    "sqlite://tansu.db"
-                } else {
-                    "memory://tansu/"
-                },
-            ])
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu is not installed: run ./scripts/test.sh, which installs it");
-        self.process = Some(ChildGuard(child));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(self.address())
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    /// The broker goes away for its clients: its port refuses connections and every open
+    /// connection is cut.
+    async fn stop(&mut self) {
+        let (_, relay) = self.relay.as_mut().expect("a broker behind a relay");
+        if let Some(relay) = relay.take() {
+            relay.close().await;
         }
     }
 
-    fn stop(&mut self) {
-        self.process = None;
+    /// A fresh broker takes this one's place on its port, its `topics` (one partition each)
+    /// created before any client reaches it: a broker that lost its state.
+    async fn replace_with_fresh(&mut self, topics: &[&str]) {
+        self.stop().await;
+        let backend = free_port_but(self.port);
+        let fresh = Self::spawn(self.port, backend, "memory://tansu/", None).await;
+        for topic in topics {
+            let mut create = ChildGuard(
+                Command::new("tansu")
+                    .args(["topic", "create", "--partitions", "1", "--broker"])
+                    .arg(format!("tcp://127.0.0.1:{backend}"))
+                    .arg(topic)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let created = loop {
+                if let Some(status) = create.0.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "tansu topic create {topic}: no end in 20 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert!(created.success(), "tansu topic create {topic}: {created}");
+        }
+        self.process = fresh.process;
+        self.dir = fresh.dir;
+        self.relay = Some((backend, None));
+        self.come_back().await;
+    }
+
+    /// The broker is back on its port, with its topics and state.
+    async fn come_back(&mut self) {
+        let port = self.port;
+        let (backend, relay) = self.relay.as_mut().expect("a broker behind a relay");
+        *relay = Some(Relay::open(port, *backend).await);
+    }
+}
+
+/// Relays TCP connections from a loopback port to a backend port until closed (or, a moment
+/// later, dropped): then the port refuses connections and every relayed connection is cut,
+/// as a broker's death would.
+struct Relay(tokio::task::JoinHandle<()>);
+
+impl Relay {
+    async fn open(port: u16, backend: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        Self(tokio::spawn(async move {
+            // Owned by this task: aborting it aborts every connection's copy.
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    // Out of descriptors, say: no busy loop on a two-core machine.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backend)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                // Reap finished connections.
+                while connections.try_join_next().is_some() {}
+            }
+        }))
+    }
+}
+
+impl Relay {
+    /// Closes the port before returning (its relayed connections are cut with it: their
+    /// tasks belong to the aborted one).
+    async fn close(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -147,11 +262,14 @@ struct Edge {
     _process: ChildGuard,
     base: String,
     client: HttpClient,
+    /// The edge's log (`RUST_LOG=info`), printed when a wait on it fails.
+    log: tempfile::NamedTempFile,
 }
 
 impl Edge {
     async fn start(settings: &KafkaSettings, extra_env: &[(&str, &str)]) -> Self {
         let address = free_address();
+        let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_referral-ingest"))
             .env("REFERRAL_LISTEN", &address)
             .env("REFERRAL_KAFKA_BROKERS", &settings.brokers)
@@ -159,15 +277,16 @@ impl Edge {
             .env("REFERRAL_KAFKA_CODES_TOPIC", &settings.codes_topic)
             .env("REFERRAL_KAFKA_MESSAGE_TIMEOUT", "3s")
             .env("REFERRAL_ACK_TIMEOUT", "2s")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .envs(extra_env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let edge = Self {
             _process: ChildGuard(child),
             base: format!("http://{address}"),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            log,
         };
         edge.wait_ready(true, Duration::from_secs(30)).await;
         edge
@@ -176,16 +295,48 @@ impl Edge {
     async fn wait_ready(&self, ready: bool, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let status = self
-                .call(Method::GET, "/readyz", &[], "")
-                .await
-                .map(|answer| answer.0);
-            if (status == Ok(StatusCode::OK)) == ready {
+            let answer = self.call(Method::GET, "/readyz", &[], "").await;
+            if answer
+                .as_ref()
+                .is_ok_and(|answer| answer.0 == StatusCode::OK)
+                == ready
+            {
                 return;
             }
-            assert!(Instant::now() < deadline, "/readyz did not become {ready}");
+            assert!(
+                Instant::now() < deadline,
+                "/readyz did not become {ready} (last: {:?}); the edge's log:\n{}",
+                answer.map(|(status, _, body)| (status, body)),
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The edge's process state and log, for a failure message.
+    fn log_text(&self) -> String {
+        let pid = self._process.0.id();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("State:"))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "no such process".into());
+        // A zombie's wait status is the last field of its stat (signal in the low 7 bits).
+        let wait_status = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| stat.split_whitespace().last().map(str::to_owned))
+            .unwrap_or_default();
+        let connect = std::net::TcpStream::connect(self.base.trim_start_matches("http://"))
+            .map(|_| "accepts".to_owned())
+            .unwrap_or_else(|error| error.to_string());
+        format!(
+            "process {pid}: {state} (wait status {wait_status}); its port: {connect}\n{}",
+            std::fs::read_to_string(self.log.path()).unwrap_or_default()
+        )
     }
 
     async fn call(
@@ -395,10 +546,10 @@ async fn acknowledged_clicks_are_on_the_topic_exactly_once_and_refused_ones_neve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_broker_gives_503_within_the_timeout_then_201_after_restart() {
+async fn a_stopped_broker_gives_503_within_the_timeout_then_201_once_it_is_back() {
     // Alone: its broker comes back on the same port, which no other test may take meanwhile.
     let _alone = BROKER_PORTS.write().await;
-    let mut broker = Broker::start_with(false).await;
+    let mut broker = Broker::start_behind_relay().await;
     let settings = settings(&broker, "restart");
     admin::ensure_topics(&settings, 1, 1).await.unwrap();
     assign(&settings, "JAN-1", "usr_1").await;
@@ -408,7 +559,7 @@ async fn a_stopped_broker_gives_503_within_the_timeout_then_201_after_restart() 
         StatusCode::CREATED
     );
 
-    broker.stop();
+    broker.stop().await;
     let started = Instant::now();
     let (status, headers, body) = edge.click(r#"{"code":"JAN-1"}"#, &[]).await;
     let waited = started.elapsed();
@@ -419,10 +570,21 @@ async fn a_stopped_broker_gives_503_within_the_timeout_then_201_after_restart() 
         "answered after {waited:?}, past the 2 s ack timeout"
     );
     edge.wait_ready(false, Duration::from_secs(10)).await;
+    // `/readyz` says why: the probe's own failure, not only that it failed.
+    let (_, _, readiness) = edge
+        .call(Method::GET, "/readyz", &[], "")
+        .await
+        .unwrap_or_else(|error| panic!("{error}; {}", edge.log_text()));
+    let reason = readiness["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!(
+            "the Kafka topic {} is not ready: metadata request failed",
+            settings.topic
+        )),
+        "{readiness}"
+    );
 
-    broker.restart().await;
-    // The memory engine came back empty: recreate the topics, as an operator would.
-    admin::ensure_topics(&settings, 1, 1).await.unwrap();
+    broker.come_back().await;
     edge.wait_ready(true, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -438,7 +600,8 @@ async fn a_stopped_broker_gives_503_within_the_timeout_then_201_after_restart() 
         else {
             assert!(
                 Instant::now() < deadline,
-                "no 201 after the broker came back"
+                "no 201 after the broker came back; the edge's log:\n{}",
+                edge.log_text()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
@@ -457,10 +620,77 @@ async fn a_stopped_broker_gives_503_within_the_timeout_then_201_after_restart() 
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert!(
             Instant::now() < deadline,
-            "no 201 after the broker came back"
+            "no 201 after the broker came back ({status}: {body}); the edge's log:\n{}",
+            edge.log_text()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A broker that lost its state (a fresh one on the same address, its topics recreated, as
+/// after losing its disks) knows nothing of the producer's idempotence state. Publishing
+/// must work again: the readiness probe replaces a producer that is stuck. The log alone,
+/// in process: an edge's codes follower would meet librdkafka's crash on a broker with new
+/// topic ids (see [`Broker`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_publishes_again_after_the_broker_lost_its_state() {
+    let _alone = BROKER_PORTS.write().await;
+    let mut broker = Broker::start_behind_relay().await;
+    let settings = settings(&broker, "lost");
+    admin::ensure_topics(&settings, 1, 1).await.unwrap();
+    let log = std::sync::Arc::new(KafkaLog::connect(&settings).await.unwrap());
+    log.spawn_readiness_probe(std::future::pending());
+    let click = |id: &str| {
+        LogEvent::Click(ClickEvent {
+            attribution_id: id.to_owned(),
+            code: "JAN-1".into(),
+            mentor_id: "usr_1".into(),
+            ip_address: "192.0.2.1".into(),
+            user_agent: None,
+            referrer_url: None,
+            occurred_at: Timestamp::now(),
+            received_at: Timestamp::now(),
+        })
+    };
+    log.publish(click("att_before")).await.unwrap();
+
+    broker
+        .replace_with_fresh(&[&settings.topic, &settings.codes_topic])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut attempts = 0;
+    let acknowledged = loop {
+        attempts += 1;
+        let id = format!("att_after_{attempts}");
+        if let Ok(Ok(())) =
+            tokio::time::timeout(Duration::from_secs(5), log.publish(click(&id))).await
+        {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing acknowledged in 40 s after the broker lost its state"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let on_topic: Vec<String> = read_topic(&settings)
+        .await
+        .into_iter()
+        .filter_map(
+            |(_, _, payload)| match LogMessage::from_json(&payload).ok()?.event {
+                LogEvent::Click(click) => Some(click.attribution_id),
+                _ => None,
+            },
+        )
+        .collect();
+    assert!(
+        on_topic.contains(&acknowledged),
+        "{acknowledged} acknowledged but not on the fresh broker's topic: {on_topic:?}"
+    );
+    assert!(
+        !on_topic.iter().any(|id| id == "att_before"),
+        "the fresh broker has the old broker's record: it did not lose its state"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A free loopback port other than `taken` (which may have been freed a moment ago).
+pub fn free_port_but(taken: u16) -> u16 {
+    loop {
+        let port = free_port();
+        if port != taken {
+            return port;
+        }
+    }
+}
+
 /// `127.0.0.1:PORT` on a free port.
 pub fn free_address() -> String {
     format!("127.0.0.1:{}", free_port())

@@ -11,7 +11,7 @@
 //! the old one's in-flight messages fail (503 to their clients, never a false 201).
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,6 +62,8 @@ pub struct KafkaLog {
     topic: String,
     /// Set by the readiness probe: the broker answered for the topic recently.
     ready: Arc<AtomicBool>,
+    /// Why the last probe failed, for `/readyz` and the log.
+    not_ready_because: Mutex<String>,
     /// When (ms since the epoch) a message was enqueued with no successful delivery since;
     /// 0 while deliveries succeed. Clients may stop waiting for their delivery reports, so
     /// the age of unanswered work is the signal, not counted failures.
@@ -77,15 +79,16 @@ impl KafkaLog {
             settings: settings.clone(),
             topic: settings.topic.clone(),
             ready: Arc::new(AtomicBool::new(false)),
+            not_ready_because: Mutex::new(String::new()),
             waiting_since_ms: AtomicI64::new(0),
         };
-        let reachable = log.probe(super::METADATA_TIMEOUT).await;
-        log.ready.store(reachable, Ordering::Relaxed);
-        if !reachable {
+        if let Err(why) = log.probe(super::METADATA_TIMEOUT).await {
+            tracing::warn!(topic = %log.topic, why, "the topic is not ready");
             return Err(KafkaError::MetadataFetch(
                 RDKafkaErrorCode::UnknownTopicOrPartition,
             ));
         }
+        log.ready.store(true, Ordering::Relaxed);
         Ok(log)
     }
 
@@ -124,23 +127,32 @@ impl KafkaLog {
         }
     }
 
-    /// Whether the broker lists the topic with at least one partition.
-    async fn probe(&self, timeout: Duration) -> bool {
+    /// Whether the broker lists the topic with at least one partition; if not, why.
+    async fn probe(&self, timeout: Duration) -> Result<(), String> {
         let producer = self.producer();
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
-            producer
+            let metadata = producer
                 .client()
                 .fetch_metadata(Some(&topic), timeout)
-                .map(|metadata| {
-                    metadata.topics().iter().any(|t| {
-                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                    })
-                })
-                .unwrap_or(false)
+                .map_err(|error| format!("metadata request failed: {error}"))?;
+            let listed = metadata.topics().iter().find(|t| t.name() == topic);
+            match listed {
+                None => Err("the broker does not list the topic".to_owned()),
+                Some(listed) => match listed.error() {
+                    Some(error) => Err(format!(
+                        "the broker lists the topic with an error: {}",
+                        RDKafkaErrorCode::from(error)
+                    )),
+                    None if listed.partitions().is_empty() => {
+                        Err("the broker lists the topic with no partitions".to_owned())
+                    }
+                    None => Ok(()),
+                },
+            }
         })
         .await
-        .unwrap_or(false)
+        .unwrap_or_else(|error| Err(format!("the probe task failed: {error}")))
     }
 
     /// Keeps [`EventLog::readiness`] current until `stop` resolves.
@@ -152,15 +164,33 @@ impl KafkaLog {
         tokio::spawn(async move {
             tokio::pin!(stop);
             loop {
-                let reachable = log.probe(READINESS_PROBE_TIMEOUT).await;
-                if reachable && log.is_stuck() {
+                let probed = log.probe(READINESS_PROBE_TIMEOUT).await;
+                if probed.is_ok() && log.is_stuck() {
                     log.replace_producer();
                 }
-                if reachable != log.ready.swap(reachable, Ordering::Relaxed) {
-                    if reachable {
-                        tracing::info!(topic = %log.topic, "broker reachable again");
-                    } else {
-                        tracing::warn!(topic = %log.topic, "broker unreachable; not ready");
+                match probed {
+                    Ok(()) => {
+                        if !log.ready.swap(true, Ordering::Relaxed) {
+                            tracing::info!(topic = %log.topic, "broker reachable again");
+                        }
+                    }
+                    Err(why) => {
+                        // The reason first: `/readyz` reads it once `ready` is false.
+                        let mut because = log
+                            .not_ready_because
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        let other_kind = failure_kind(&because) != failure_kind(&why);
+                        *because = why;
+                        // Logged when it starts and when its kind changes (not when a
+                        // transport failure and a timeout alternate), not every probe.
+                        if log.ready.swap(false, Ordering::Relaxed) || other_kind {
+                            tracing::warn!(
+                                topic = %log.topic,
+                                why = %because,
+                                "broker unreachable; not ready"
+                            );
+                        }
                     }
                 }
                 tokio::select! {
@@ -182,6 +212,12 @@ impl KafkaLog {
             Err(error) => tracing::warn!(%error, "producer flush task failed"),
         }
     }
+}
+
+/// A probe failure's kind: its text up to the first colon ("metadata request failed",
+/// "the broker does not list the topic", ...).
+fn failure_kind(why: &str) -> &str {
+    why.split(':').next().unwrap_or(why)
 }
 
 #[async_trait]
@@ -253,8 +289,12 @@ impl EventLog for KafkaLog {
         if self.ready.load(Ordering::Relaxed) {
             Ok(())
         } else {
+            let because = self
+                .not_ready_because
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             Err(format!(
-                "the broker does not answer for topic {}",
+                "the Kafka topic {} is not ready: {because}",
                 self.topic
             ))
         }
