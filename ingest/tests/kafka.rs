@@ -147,17 +147,8 @@ impl Broker {
                     .spawn()
                     .unwrap(),
             );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let created = loop {
-                if let Some(status) = create.0.try_wait().unwrap() {
-                    break status;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "tansu topic create {topic}: no end in 20 s"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
+            let created =
+                exit_of(&mut create.0, Duration::from_secs(20), "tansu topic create").await;
             assert!(created.success(), "tansu topic create {topic}: {created}");
         }
         self.process = fresh.process;
@@ -219,6 +210,25 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Waits, at most `within`, for `child` to exit; `what` names it in the failure.
+async fn exit_of(
+    child: &mut std::process::Child,
+    within: Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not exit in {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -891,17 +901,12 @@ async fn sigterm_drains_requests_and_every_201_is_on_the_topic() {
             "201 for {id}, but it is not on the topic"
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(15);
     let mut edge = std::sync::Arc::into_inner(edge).expect("all clients finished");
-    let exit = loop {
-        if let Some(exit) = edge._process.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the edge did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = exit_of(
+        &mut edge._process.0,
+        Duration::from_secs(15),
+        "the edge after SIGTERM",
+    )
+    .await;
     assert!(exit.success(), "graceful shutdown must exit 0, got {exit}");
 }
