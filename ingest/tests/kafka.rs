@@ -483,6 +483,20 @@ async fn read_topic(settings: &KafkaSettings) -> Vec<(String, HashMap<String, St
     messages
 }
 
+/// The attribution ids of the clicks on the log's topic, in log order.
+async fn clicks_on_topic(settings: &KafkaSettings) -> Vec<String> {
+    read_topic(settings)
+        .await
+        .into_iter()
+        .filter_map(
+            |(_, _, payload)| match LogMessage::from_json(&payload).ok()?.event {
+                LogEvent::Click(click) => Some(click.attribution_id),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_clicks_are_on_the_topic_exactly_once_and_refused_ones_never() {
     let _shared = BROKER_PORTS.read().await;
@@ -683,16 +697,7 @@ async fn the_log_publishes_again_after_the_broker_lost_its_state() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let on_topic: Vec<String> = read_topic(&settings)
-        .await
-        .into_iter()
-        .filter_map(
-            |(_, _, payload)| match LogMessage::from_json(&payload).ok()?.event {
-                LogEvent::Click(click) => Some(click.attribution_id),
-                _ => None,
-            },
-        )
-        .collect();
+    let on_topic: Vec<String> = clicks_on_topic(&settings).await;
     assert!(
         on_topic.contains(&acknowledged),
         "{acknowledged} acknowledged but not on the fresh broker's topic: {on_topic:?}"
@@ -885,16 +890,8 @@ async fn sigterm_drains_requests_and_every_201_is_on_the_topic() {
         !acked.is_empty(),
         "no click was acknowledged before the shutdown"
     );
-    let on_topic: std::collections::HashSet<String> = read_topic(&settings)
-        .await
-        .into_iter()
-        .filter_map(
-            |(_, _, payload)| match LogMessage::from_json(&payload).ok()?.event {
-                LogEvent::Click(click) => Some(click.attribution_id),
-                _ => None,
-            },
-        )
-        .collect();
+    let on_topic: std::collections::HashSet<String> =
+        clicks_on_topic(&settings).await.into_iter().collect();
     for id in &acked {
         assert!(
             on_topic.contains(id),
