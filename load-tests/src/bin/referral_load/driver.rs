@@ -268,8 +268,8 @@ impl Run {
         self.started.elapsed().as_secs_f64()
     }
 
-    /// Sends one click and records its answer. `due`: when it was scheduled.
-    async fn click(self: &Arc<Self>, request: ClickRequest, due: Instant) {
+    /// The POST of a click to the edge, with its headers.
+    fn click_call(&self, request: &ClickRequest) -> Call<'static> {
         let mut call = Call {
             method: Method::POST,
             url: format!("{}{}", self.endpoints.ingest, request.path),
@@ -282,7 +282,12 @@ impl Run {
         if let Some(referer) = request.referer {
             call.headers.push((header::REFERER, referer));
         }
-        let outcome = self.client.send(call, false).await;
+        call
+    }
+
+    /// Sends one click and records its answer. `due`: when it was scheduled.
+    async fn click(self: &Arc<Self>, request: ClickRequest, due: Instant) {
+        let outcome = self.client.send(self.click_call(&request), false).await;
         let latency = due.elapsed();
         let succeeded = self.judge_click(&request, &outcome);
         self.answered.fetch_add(1, Ordering::Relaxed);
@@ -394,19 +399,7 @@ impl Run {
     /// for a fresh id as soon as it is stored (it polls every 50 ms), so a GET is re-sent
     /// only after a 404.
     async fn probe_freshness(self: &Arc<Self>, request: ClickRequest) {
-        let mut call = Call {
-            method: Method::POST,
-            url: format!("{}{}", self.endpoints.ingest, request.path),
-            body: Some((request.body.clone(), request.content_type)),
-            headers: Vec::new(),
-        };
-        if let Some(agent) = request.user_agent {
-            call.headers.push((header::USER_AGENT, agent));
-        }
-        if let Some(referer) = request.referer {
-            call.headers.push((header::REFERER, referer));
-        }
-        let outcome = self.client.send(call, false).await;
+        let outcome = self.client.send(self.click_call(&request), false).await;
         let acknowledged = Instant::now();
         if self.judge_click(&request, &outcome) != Some(true) {
             return;
