@@ -7,6 +7,8 @@
 #     the embedded API: CPU per request, the apply lag at the end (the store applies the log
 #     after the 201) and how long the store then took to catch up. Each embedded run starts
 #     on a fresh data directory, warmed up for 2 s and caught up before it is measured.
+#     Before it, the machine's fsync latency (a 9 KB write + fdatasync) is stated: the ratio
+#     depends on it as well as on the CPU.
 #  2. Sustained: the embedded API at fixed click rates for --sustain-seconds (60) each (wrk
 #     with a per-connection delay), the lag sampled every second: the highest rate at which
 #     the lag stays bounded (the store keeps up).
@@ -158,6 +160,34 @@ report="$work/report.md"
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "### Edge: click POST throughput ($(date -u +%Y-%m-%d), $machine)" >> "$report"
 echo >> "$report"
+
+# The machine's durable-append latency, on the file system of the embedded log: the 201
+# waits for one such fsync, whose wall time does not scale with the CPU that the baseline
+# measures, so the ratio moves between machines (docs/BENCHMARKS.md, "Edge throughput").
+fsync_probe() {
+  python3 - "$work" <<'PY'
+import os, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_TRUNC)
+os.posix_fallocate(fd, 0, 64 << 20)
+os.fsync(fd)
+record, offset, took = b"x" * 9000, 0, []
+for _ in range(2000):
+    started = time.perf_counter()
+    os.pwrite(fd, record, offset)
+    os.fdatasync(fd)
+    took.append(time.perf_counter() - started)
+    offset += len(record)
+os.close(fd)
+os.unlink(path)
+took.sort()
+print(f"{sum(took) / len(took) * 1e6:.0f} µs mean, {took[len(took) // 2] * 1e6:.0f} p50, {took[len(took) * 99 // 100] * 1e6:.0f} p99")
+PY
+}
+if want burst || want sustain; then
+  echo "The log's durable append on this machine (a 9 KB \`pwrite\` + \`fdatasync\` into a preallocated file, 2,000 times, on the data directory's file system): $(fsync_probe)." >> "$report"
+  echo >> "$report"
+fi
 
 if want burst; then
   echo "burst: $rounds rounds at 64 and 256 connections, ${seconds}s each" >&2
