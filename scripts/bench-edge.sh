@@ -7,8 +7,8 @@
 #     the embedded API: CPU per request, the apply lag at the end (the store applies the log
 #     after the 201) and how long the store then took to catch up. Each embedded run starts
 #     on a fresh data directory, warmed up for 2 s and caught up before it is measured.
-#     Before it, the machine's fsync latency (a 9 KB write + fdatasync) is stated: the ratio
-#     depends on it as well as on the CPU.
+#     Before parts 1 and 2, the machine's fsync latency (a 9 KB write + fdatasync) is stated:
+#     the ratio depends on it as well as on the CPU.
 #  2. Sustained: the embedded API at fixed click rates for --sustain-seconds (60) each (wrk
 #     with a per-connection delay), the lag sampled every second: the highest rate at which
 #     the lag stays bounded (the store keeps up).
@@ -185,7 +185,8 @@ print(f"{sum(took) / len(took) * 1e6:.0f} µs mean, {took[len(took) // 2] * 1e6:
 PY
 }
 if want burst || want sustain; then
-  echo "The log's durable append on this machine (a 9 KB \`pwrite\` + \`fdatasync\` into a preallocated file, 2,000 times, on the data directory's file system): $(fsync_probe)." >> "$report"
+  fsync_figures=$(fsync_probe) || { echo "the fsync probe failed" >&2; exit 1; }
+  echo "The log's durable append on this machine (a 9 KB \`pwrite\` + \`fdatasync\` into a preallocated file, 2,000 times, on the data directory's file system): $fsync_figures." >> "$report"
   echo >> "$report"
 fi
 
