@@ -155,6 +155,25 @@ PY
   echo "recorded in docs/BENCHMARKS.md"
 }
 
+# Profiles the edge ($2, workers $1) under wrk at 256 connections for 6 s; appends its top
+# threads and functions (perf, 499 Hz, self time) to $work/profiles.md.
+profile_edge() {
+  local workers=$1 pid=$2 label
+  label="one per CPU (default)"; [ "$workers" = default ] || label="$workers"
+  [ -f "$work/profiles.md" ] || echo "Profile of the edge at 256 connections (\`perf record -F 499 -p <referral-ingest> -- sleep 5\` under \`wrk -t1 -c256 -d6s\`; \`perf report --no-children --sort comm|sym\`, share of the edge's samples):" > "$work/profiles.md"
+  if ! command -v perf > /dev/null; then echo "* workers $label: no profile (perf is not installed)" >> "$work/profiles.md"; return 0; fi
+  wrk -t1 -c256 -d6s -s "$work/click.lua" "http://127.0.0.1:18193/api/v1/referral-attributions" > /dev/null & local wrk_pid=$!
+  sleep 0.5
+  perf record -q -F 499 -p "$pid" -o "$work/perf.data" -- sleep 5 > /dev/null 2>&1 || true
+  wait "$wrk_pid" || true
+  { printf '* workers %s: threads ' "$label"
+    perf report -i "$work/perf.data" --stdio --no-children -q --sort comm 2>/dev/null | awk 'NF >= 2 && n < 4 { pct = $1; $1 = ""; sub(/^ +/, ""); printf "%s%s %s", (n++ ? ", " : ""), $0, pct }'
+    printf '; functions '
+    perf report -i "$work/perf.data" --stdio --no-children -q --sort sym 2>/dev/null | awk 'NF >= 3 && n < 8 { k = ($2 == "[k]") ? " [k]" : ""; $2 = ""; pct = $1; $1 = ""; sub(/^ +/, ""); gsub(/\|/, "/"); printf "%s%s%s %s", (n++ ? ", " : ""), $0, k, pct }'
+    echo; } >> "$work/profiles.md"
+  rm -f "$work/perf.data"
+}
+
 report="$work/report.md"
 : > "$report"
 machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
@@ -307,12 +326,14 @@ if want kafka; then
       printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n" "$workers" "$conns" "$brps" "$bcpu" "$krps" "$kp50" "$kp99" "$kbad" "$kcpu" "$rss" >> "$work/kafka.tsv"
       echo "  workers=$workers c=$conns: baseline $brps, kafka edge $krps req/s" >&2
     done
+    # Where the edge's CPU goes at 256 connections (the goals' load): threads and functions.
+    profile_edge "$workers" "$ingest_pid"
     kill "$ingest_pid"; wait "$ingest_pid" 2>/dev/null || true
   done
   kafka_report="$work/kafka.md"
   echo "### Kafka edge: click POST throughput, CPU and memory ($(date -u +%Y-%m-%d), $machine)" > "$kafka_report"
   echo >> "$kafka_report"
-  python3 - "$work/kafka.tsv" "$seconds" >> "$kafka_report" <<'PY'
+  python3 - "$work/kafka.tsv" "$seconds" "$work/profiles.md" >> "$kafka_report" <<'PY'
 import sys
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1]) if line.strip()]
 print(f"**Kafka edge** (`referral-ingest` on tansu 0.6.0, memory engine, `acks=all`, idempotent; `wrk -t1 -cN -d{sys.argv[2]}s`, "
@@ -327,6 +348,21 @@ for workers, conns, brps, bcpu, krps, kp50, kp99, kbad, kcpu, rss in rows:
 print()
 print("Goals (issue 19): edge CPU per click <= 2.0x the baseline's per request at 256 connections; edge req/s >= 0.5 of the "
       "baseline's at 256 and 1,024; edge peak RSS <= 64 MiB at 1,024 connections.")
+print()
+def status(ok): return "**met**" if ok else "not met"
+for workers in ("default", "1"):
+    by = {conns: row for row in rows if row[0] == workers for conns in [row[1]]}
+    if not {"256", "1024"} <= by.keys():
+        continue
+    cost = float(by["256"][8]) / float(by["256"][3])
+    r256 = float(by["256"][4]) / float(by["256"][2])
+    r1024 = float(by["1024"][4]) / float(by["1024"][2])
+    rss = int(by["1024"][9]) / 1024
+    label = "one worker per CPU (default)" if workers == "default" else "one worker"
+    print(f"* {label}: goal 1 {cost:.1f}x ({status(cost <= 2.0)}); goal 2 {r256:.2f} at 256 and {r1024:.2f} at 1,024 "
+          f"({status(r256 >= 0.5 and r1024 >= 0.5)}); memory {rss:.0f} MiB at 1,024 ({status(rss <= 64)}).")
+print()
+print(open(sys.argv[3]).read().strip())
 PY
   cat "$kafka_report"
   if $record; then record_block kafka-edge "$kafka_report" "--only kafka --record"; fi

@@ -8,11 +8,15 @@
 //! - [`net`]: plain GETs to a service, waiting for it to be ready, and keep-alive
 //!   connections for load;
 //! - [`record`]: recording a report into the benchmark document;
+//! - [`profile`]: `perf` on a process during a measured window, its top threads and functions;
+//! - [`flush_stats`]: the aggregator's own account of its flushes, from its /metrics;
 //! - here: figures as a report prints them, and the async runtime of a driver.
 
 pub mod args;
+pub mod flush_stats;
 pub mod net;
 pub mod process;
+pub mod profile;
 pub mod record;
 
 use std::fs;
@@ -20,8 +24,10 @@ use std::process::Command;
 use std::thread;
 
 pub use args::BenchArgs;
+pub use flush_stats::FlushStats;
 pub use net::{connect, http_get, wait_http_ok};
 pub use process::{CpuWindow, Service, clock_ticks_per_second, cpu_ticks, migrate, pid_text};
+pub use profile::{Profile, ProfileSummary};
 pub use record::record_section;
 
 type Result<T, E = String> = std::result::Result<T, E>;

@@ -23,13 +23,13 @@ use referral_load_tests::services::{ClickHouseServer, TansuBroker, free_port};
 use tempfile::TempDir;
 
 use crate::load::{LOAD_CODES, Load, LoadStats, drive};
-use crate::metrics::FlushStats;
 use crate::options::Options;
 use crate::probes::{PollerStats, Probes, lock, poll_probes, probe_mentor};
 use crate::stack::{
     attributions, daily_clicks, log_end, migrate, start_aggregator, wait_caught_up,
 };
 use crate::{Result, TOPIC};
+use referral_load_tests::bench::FlushStats;
 
 const CODES_TOPIC: &str = "referral-codes";
 /// How long the freshness phase warms up (connections, producer, group, first flushes).

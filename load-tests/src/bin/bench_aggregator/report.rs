@@ -8,7 +8,10 @@ use referral_load_tests::bench::{cpu_line, machine, quantile, thousands};
 use crate::freshness::{FreshnessReport, WARM_UP};
 use crate::options::Options;
 use crate::throughput::ThroughputReport;
-use crate::{GOAL_FRESHNESS_P99, GOAL_RATE, GOAL_ROWS_PER_SECOND};
+use crate::{
+    GOAL_FRESHNESS_P99, GOAL_RATE, GOAL_ROWS_PER_SECOND, ISSUE_19_FRESHNESS_P99,
+    ISSUE_19_ROWS_PER_SECOND,
+};
 
 /// The aggregator's defaults (aggregator/src/config.rs), shown in the report.
 const DEFAULT_BATCH: &str = "50000 rows, 33554432 bytes, 250ms; fetch wait 100ms";
@@ -60,10 +63,12 @@ pub fn render(
             (
                 "**rows/s, first stored checkpoint -> caught up**".to_owned(),
                 format!(
-                    "**{}** (goal >= {}: {})",
+                    "**{}** (goal >= {}: {}; issue 19's >= {}: {})",
                     thousands(report.rows_per_second as u64),
                     thousands(GOAL_ROWS_PER_SECOND as u64),
-                    met(report.rows_per_second >= GOAL_ROWS_PER_SECOND)
+                    met(report.rows_per_second >= GOAL_ROWS_PER_SECOND),
+                    thousands(ISSUE_19_ROWS_PER_SECOND as u64),
+                    met(report.rows_per_second >= ISSUE_19_ROWS_PER_SECOND)
                 ),
             ),
             (
@@ -105,6 +110,15 @@ pub fn render(
             ),
         ];
         table(&mut out, &rows);
+        let _ = writeln!(
+            out,
+            "\nProfile of the first seconds of the catch-up (`perf record -F 499 -p PID` for \
+             4 s from the aggregator's start; `perf report --no-children --sort comm|sym`, share \
+             of each process's samples):\n"
+        );
+        for profile in &report.profiles {
+            let _ = writeln!(out, "- {}", profile.line());
+        }
     }
     if let Some(report) = throughput.filter(|_| !sweep.is_empty()) {
         let _ = writeln!(
@@ -144,6 +158,8 @@ pub fn render(
         let at_rate = options.rate >= GOAL_RATE && achieved >= 0.98 * GOAL_RATE as f64;
         let visible_all = sorted.len() as u64 == report.probes_sent;
         let goal = p99.is_some_and(|p99| p99 <= GOAL_FRESHNESS_P99) && at_rate && visible_all;
+        let issue_19 =
+            p99.is_some_and(|p99| p99 <= ISSUE_19_FRESHNESS_P99) && at_rate && visible_all;
         let mut latency = report.load.latency_us.clone();
         latency.sort_unstable();
         let mut lateness = report.load.lateness_us.clone();
@@ -181,13 +197,15 @@ pub fn render(
             (
                 "**freshness p50 / p99 / max (ms)**".to_owned(),
                 format!(
-                    "**{} / {} / {}** (goal p99 <= {} ms at {} clicks/s: {})",
+                    "**{} / {} / {}** (goal p99 <= {} ms at {} clicks/s: {}; issue 19's <= {} ms: {})",
                     ms(quantile(&sorted, 0.5)),
                     ms(p99),
                     ms(sorted.last().copied()),
                     GOAL_FRESHNESS_P99.as_millis(),
                     thousands(GOAL_RATE),
-                    met(goal)
+                    met(goal),
+                    ISSUE_19_FRESHNESS_P99.as_millis(),
+                    met(issue_19)
                 ),
             ),
             (

@@ -9,7 +9,9 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use referral_load_tests::bench::{CpuWindow, pid_text, runtime, thousands};
+use referral_load_tests::bench::{
+    CpuWindow, FlushStats, Profile, ProfileSummary, pid_text, runtime, thousands,
+};
 use referral_load_tests::services::{ClickHouseServer, TansuBroker};
 use referral_schemas::Timestamp;
 use referral_schemas::id::new_attribution_id;
@@ -17,7 +19,6 @@ use referral_schemas::messages::{ClickEvent, LogEvent, LogMessage, SCHEMA_VERSIO
 use tempfile::TempDir;
 
 use crate::load::{BROWSER, visitor_ip};
-use crate::metrics::FlushStats;
 use crate::options::Options;
 use crate::stack::{
     attributions, daily_clicks, log_end, migrate, start_aggregator, wait_caught_up,
@@ -26,6 +27,9 @@ use crate::{Result, TOPIC};
 
 /// Delivery reports the pre-load producer waits for at most at once.
 const PRELOAD_IN_FLIGHT: usize = 200_000;
+/// How long the profile of ClickHouse and the aggregator lasts from the aggregator's start
+/// (the catch-up takes ~5 s at 1,000,000 clicks).
+const PROFILE_FOR: Duration = Duration::from_secs(4);
 /// How long the aggregator may take to apply the pre-loaded log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -41,6 +45,8 @@ pub struct ThroughputReport {
     pub attributions: i64,
     pub daily_clicks: i64,
     pub cpu: Vec<(&'static str, f64)>,
+    /// Where ClickHouse and the aggregator spent their CPU while catching up.
+    pub profiles: Vec<ProfileSummary>,
 }
 
 /// One run of the phase, on fresh services.
@@ -93,10 +99,16 @@ pub fn run(options: &Options, logs: &TempDir) -> Result<ThroughputReport> {
     ];
     let (mut aggregator, port) = start_aggregator(options, &broker, &clickhouse, &batch, logs)?;
     cpu.add_started("aggregator", pid_text(aggregator.pid()));
+    let profiles = [
+        ("ClickHouse", pid_text(clickhouse.pid())),
+        ("aggregator", pid_text(aggregator.pid())),
+    ]
+    .map(|(name, pid)| Profile::start(name, &pid, PROFILE_FOR, logs.path()));
     let ((first_at, first_rows), done_at) =
         wait_caught_up(&clickhouse, &mut aggregator, end, CATCH_UP_TIMEOUT)?;
     let cpu = cpu.finish();
     let flush = FlushStats::scrape(port);
+    let profiles = profiles.map(|profile| profile.finish(6)).to_vec();
     aggregator.stop();
 
     let catch_up = done_at.duration_since(first_at);
@@ -113,6 +125,7 @@ pub fn run(options: &Options, logs: &TempDir) -> Result<ThroughputReport> {
         attributions: attributions(&clickhouse)?,
         daily_clicks: daily_clicks(&clickhouse)?,
         cpu,
+        profiles,
     };
     eprintln!(
         "throughput: {:.0} rows/s after the first flush, {:.0} rows/s from the start",

@@ -535,6 +535,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode> {
                 fault_at: 0.35,
                 down_for: None,
                 report_dir: args.record.then(|| args.assets.join("scenarios")),
+                profile: None,
             };
             let report = match scenario::run_scenario(&scenario, &options).await {
                 Ok(report) => report,

@@ -6,6 +6,7 @@
 //!   the load, verifies.
 //! - `smoke`: a short aggregator-kill scenario; part of the test command.
 //! - `bench`: the benchmark report in `docs/BENCHMARKS.md`.
+//! - `goals`: issue 19's end-to-end goals with a profile of every process (`--record`).
 //! - `serve`: the pipeline for another tool to run against (the API fuzzer in the tests).
 //!
 //! The traffic mixes click POSTs, redirect and pixel GETs, HEAD previews, bots and returning
@@ -20,6 +21,7 @@
 mod bench;
 mod chart;
 mod driver;
+mod goals;
 mod http;
 mod ledger;
 mod links;
@@ -103,6 +105,9 @@ enum Command {
     },
     /// Measure and write the benchmark report (docs/BENCHMARKS.md with --record).
     Bench(bench::BenchArgs),
+    /// Measure issue 19's end-to-end goals (3, 6, 7, 8) with a profile of every process
+    /// (docs/BENCHMARKS.md with --record).
+    Goals(goals::GoalsArgs),
     /// Start the pipeline on this machine, run COMMAND against it, stop it. COMMAND gets
     /// REFERRAL_API_URL, REFERRAL_INGEST_URL and REFERRAL_API_TOKEN (an admin token); the
     /// run fails when COMMAND fails or a service logged an ERROR line meanwhile.
@@ -154,6 +159,12 @@ struct LocalArgs {
     /// the log on a restart, as no real Kafka cluster does).
     #[arg(long, env = "REFERRAL_LOAD_DURABLE_BROKER")]
     durable_broker: bool,
+    /// Profile every process (`perf record`) from this far into the load, for
+    /// `--profile-for`; the top threads and functions go into the report.
+    #[arg(long, env = "REFERRAL_LOAD_PROFILE_AT", value_parser = humantime::parse_duration)]
+    profile_at: Option<Duration>,
+    #[arg(long, env = "REFERRAL_LOAD_PROFILE_FOR", default_value = "10s", value_parser = humantime::parse_duration)]
+    profile_for: Duration,
 }
 
 #[derive(Args, Clone)]
@@ -315,6 +326,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::BaselineServer { listen } => bench::baseline_server(listen),
         Command::Bench(args) => runtime().and_then(|runtime| runtime.block_on(bench::run(args))),
+        Command::Goals(args) => runtime().and_then(|runtime| runtime.block_on(goals::run(args))),
         Command::Serve { topology, command } => {
             runtime().and_then(|runtime| runtime.block_on(serve::serve(topology.topology, command)))
         }
@@ -371,6 +383,10 @@ fn main() -> ExitCode {
                 fault_at: local.fault_at,
                 down_for: local.down_for,
                 report_dir: local.report_dir,
+                profile: local.profile_at.map(|at| scenario::ProfileWindow {
+                    at,
+                    length: local.profile_for,
+                }),
             };
             let report = runtime()?.block_on(scenario::run_scenario(&scenario, &options))?;
             Ok(conclude(&report))
@@ -390,6 +406,7 @@ fn main() -> ExitCode {
                 fault_at: 0.2,
                 down_for: None,
                 report_dir,
+                profile: None,
             };
             let report =
                 runtime()?.block_on(scenario::run_scenario(&scenario, &smoke_options()))?;

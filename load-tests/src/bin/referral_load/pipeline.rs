@@ -423,6 +423,11 @@ impl Pipeline {
         }
     }
 
+    /// Port of the aggregator's HTTP listener (`/metrics`), on the Kafka topology.
+    pub fn aggregator_port(&self) -> Option<u16> {
+        self.aggregator.as_ref().map(|running| running.launch.port)
+    }
+
     /// (name, pid) of every process of the pipeline running now, for CPU accounting.
     pub fn processes(&self) -> Vec<(&'static str, String)> {
         let mut processes = Vec::new();

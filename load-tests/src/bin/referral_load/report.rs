@@ -130,6 +130,9 @@ pub struct RunReport {
     /// Cores used over the load phase, per process (1.0 = one core busy throughout; a
     /// process restarted during the load counts its first life only).
     pub cpu_cores: Vec<(String, f64)>,
+    /// Where the processes spent their CPU during the profile window (`perf`, one line per
+    /// process), and the aggregator's flushes over it; empty without `--profile-at`.
+    pub profile: Vec<String>,
     pub timeline: Vec<TimelinePoint>,
 }
 
@@ -174,6 +177,7 @@ impl RunReport {
             verification,
             peak_rss,
             cpu_cores: Vec::new(),
+            profile: Vec::new(),
             // The last, partial second would read as a drop in throughput.
             timeline: recorder
                 .timeline()
@@ -406,6 +410,12 @@ impl RunReport {
                 .map(|(name, bytes)| format!("{name} {:.0} MiB", *bytes as f64 / 1048576.0))
                 .collect();
             let _ = writeln!(out, "\nPeak RSS (VmHWM): {}.", rss.join(", "));
+        }
+        if !self.profile.is_empty() {
+            let _ = writeln!(out, "\nProfile:\n");
+            for line in &self.profile {
+                let _ = writeln!(out, "- {line}");
+            }
         }
         if !v.problems.is_empty() {
             let _ = writeln!(out, "\nProblems found:\n");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use serde_json::json;
 
-use referral_load_tests::bench::CpuWindow;
+use referral_load_tests::bench::{CpuWindow, FlushStats, Profile};
 
 use crate::driver::{Endpoints, LoadPlan, Mode, Run, drive, lock};
 use crate::http::{Call, HttpClient, Outcome};
@@ -86,6 +86,15 @@ pub struct ScenarioOptions {
     /// How long the component stays down; default: [`default_down_for`].
     pub down_for: Option<Duration>,
     pub report_dir: Option<PathBuf>,
+    /// Profile every process during this window of the load (the report's `profile`).
+    pub profile: Option<ProfileWindow>,
+}
+
+/// When to profile the pipeline's processes, from the load's start, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct ProfileWindow {
+    pub at: Duration,
+    pub length: Duration,
 }
 
 fn run_id(seed: u64) -> String {
@@ -343,6 +352,7 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
         cpu_of: pipeline.processes(),
         ..options.clone()
     };
+    let aggregator_port = pipeline.aggregator_port();
     let pipeline = Arc::new(std::sync::Mutex::new(Some(pipeline)));
     let fault = scenario.fault;
     let at = options
@@ -353,7 +363,18 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
         .down_for
         .unwrap_or_else(|| default_down_for(fault, topology));
     let injector_pipeline = pipeline.clone();
+    let profiled = scenario
+        .profile
+        .map(|window| (window, options.cpu_of.clone(), aggregator_port));
+    let profiler = Arc::new(std::sync::Mutex::new(None));
+    let profiler_slot = profiler.clone();
     let outcome = load_and_verify(endpoints, options, fault.name(), move |run| {
+        if let Some((window, processes, port)) = profiled {
+            let run = run.clone();
+            *lock(&profiler_slot) = Some(std::thread::spawn(move || {
+                profile_pipeline(&run, window, &processes, port)
+            }));
+        }
         (fault != Fault::None).then(|| {
             std::thread::spawn(move || inject(&injector_pipeline, &run, fault, at, down_for))
         })
@@ -375,6 +396,12 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
             pipeline.stop();
             return Err(format!("{error}\n{tails}"));
         }
+    };
+    let profiler = lock(&profiler).take();
+    let profile = match profiler.map(std::thread::JoinHandle::join) {
+        Some(Ok(lines)) => lines,
+        Some(Err(_)) => vec!["no profile: the profiler thread panicked".to_owned()],
+        None => Vec::new(),
     };
     let mut verification = verification;
     if pipeline.broker_panicked() {
@@ -403,11 +430,52 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
         peak_rss,
     )
     .with_cpu(cpu);
+    let report = RunReport { profile, ..report };
     if let Some(dir) = &scenario.report_dir {
         report.write(dir, fault.name())?;
         eprintln!("referral-load: report written to {}", dir.display());
     }
     Ok(report)
+}
+
+/// Runs on its own thread: waits for the window, records every process of the pipeline and
+/// this tool with `perf` at once, and scrapes the aggregator's flush account around it.
+/// One line per process, then the flushes'.
+fn profile_pipeline(
+    run: &Run,
+    window: ProfileWindow,
+    processes: &[(&'static str, String)],
+    aggregator_port: Option<u16>,
+) -> Vec<String> {
+    std::thread::sleep(window.at.saturating_sub(run.started.elapsed()));
+    let Ok(dir) = tempfile::tempdir() else {
+        return vec!["no profile: cannot create a temporary directory".to_owned()];
+    };
+    let from = run.elapsed_seconds();
+    let before = aggregator_port.map(FlushStats::scrape);
+    let own = std::process::id().to_string();
+    let profiles: Vec<Profile> = processes
+        .iter()
+        .map(|(name, pid)| (*name, pid.as_str()))
+        .chain([("referral-load (this tool)", own.as_str())])
+        .map(|(name, pid)| Profile::start(name, pid, window.length, dir.path()))
+        .collect();
+    let mut lines = vec![format!(
+        "`perf record -F 499 -p PID` of each process from {from:.0} s to {:.0} s of the \
+         load, `perf report --no-children --sort comm|sym`: the top threads and functions \
+         by share of the process's samples",
+        from + window.length.as_secs_f64()
+    )];
+    lines.extend(profiles.into_iter().map(|profile| profile.finish(6).line()));
+    if let (Some(port), Some(before)) = (aggregator_port, before) {
+        let flushes = FlushStats::scrape(port).since(&before);
+        lines.push(format!(
+            "**referral-aggregator's flushes** over the window: {}; {}",
+            flushes.summary(),
+            flushes.insert_shares()
+        ));
+    }
+    lines
 }
 
 /// Runs on its own thread with its own runtime: kills the component at `at` after the load

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use referral_load_tests::bench::{http_get, thousands};
+use super::{http_get, thousands};
 
 /// Sum (over label sets) of a metric's value in Prometheus text, filtered by a label.
 fn metric(text: &str, name: &str, label: Option<&str>) -> f64 {
@@ -73,6 +73,43 @@ impl FlushStats {
                         Some(&label),
                     );
                     ((*table).to_owned(), seconds)
+                })
+                .filter(|(_, seconds)| *seconds > 0.0)
+                .collect(),
+        }
+    }
+
+    /// What happened between `earlier` and this scrape (both of the same aggregator life).
+    pub fn since(&self, earlier: &Self) -> Self {
+        let minus = |later: &[(String, f64)], name: &str, seconds: f64| {
+            let before = later
+                .iter()
+                .find(|(other, _)| other == name)
+                .map_or(0.0, |(_, seconds)| *seconds);
+            (seconds - before).max(0.0)
+        };
+        let earlier_phases: Vec<(String, f64)> = earlier
+            .phase_seconds
+            .iter()
+            .map(|(phase, seconds)| ((*phase).to_owned(), *seconds))
+            .collect();
+        Self {
+            flushes: (self.flushes - earlier.flushes).max(0.0),
+            rows: (self.rows - earlier.rows).max(0.0),
+            flush_seconds: (self.flush_seconds - earlier.flush_seconds).max(0.0),
+            phase_seconds: self
+                .phase_seconds
+                .iter()
+                .map(|(phase, seconds)| (*phase, minus(&earlier_phases, phase, *seconds)))
+                .collect(),
+            insert_seconds: self
+                .insert_seconds
+                .iter()
+                .map(|(table, seconds)| {
+                    (
+                        table.clone(),
+                        minus(&earlier.insert_seconds, table, *seconds),
+                    )
                 })
                 .filter(|(_, seconds)| *seconds > 0.0)
                 .collect(),
@@ -156,5 +193,21 @@ mod tests {
             "read 10%, plan 15%, state 60%, commit 15%; insert ms per flush: attributions 250, mentor_totals 75"
         );
         assert_eq!(FlushStats::default().summary(), "(no /metrics)");
+        let earlier = FlushStats {
+            flushes: 1.0,
+            rows: 50_000.0,
+            flush_seconds: 0.5,
+            phase_seconds: vec![("read", 0.1), ("state", 0.4)],
+            insert_seconds: vec![("attributions".to_owned(), 0.25)],
+        };
+        let window = stats.since(&earlier);
+        assert_eq!(
+            window.summary(),
+            "3 flushes, 50,000 rows per flush, 500 ms per flush (mean)"
+        );
+        assert_eq!(
+            window.insert_shares(),
+            "read 7%, plan 20%, state 53%, commit 20%; insert ms per flush: attributions 250, mentor_totals 100"
+        );
     }
 }
