@@ -17,14 +17,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-record=()
+record=""
 case "${1:-}" in
-  --record) record=(--record) ;;
+  --record) record=--record ;;
   "") ;;
   *) echo "usage: $0 [--record]" >&2; exit 2 ;;
 esac
+command -v perf > /dev/null || echo "perf not found: the reports will say their profiles are missing (apt-get install linux-perf)" >&2
 ./scripts/install-test-services.sh >/dev/null
 cargo build --release --quiet --workspace --bins --examples
-./scripts/bench-edge.sh --only kafka "${record[@]}"
-./scripts/bench-aggregator.sh "${record[@]}"
-./target/release/referral-load goals "${record[@]}"
+./scripts/bench-edge.sh --only kafka $record
+./scripts/bench-aggregator.sh $record
+./target/release/referral-load goals $record

@@ -35,9 +35,15 @@ pub struct FlushStats {
 }
 
 impl FlushStats {
+    /// The account so far; empty when the aggregator does not answer.
     pub fn scrape(port: u16) -> Self {
+        Self::try_scrape(port).unwrap_or_default()
+    }
+
+    /// The account so far, or `None` when the aggregator does not answer.
+    pub fn try_scrape(port: u16) -> Option<Self> {
         let Some((200, text)) = http_get(port, "/metrics") else {
-            return Self::default();
+            return None;
         };
         let tables = [
             "command_verdicts",
@@ -47,7 +53,7 @@ impl FlushStats {
             "referral_codes",
             "mentor_totals",
         ];
-        Self {
+        Some(Self {
             flushes: metric(&text, "referral_flush_duration_seconds_count", None),
             rows: metric(&text, "referral_batch_rows_sum", None),
             flush_seconds: metric(&text, "referral_flush_duration_seconds_sum", None),
@@ -76,17 +82,17 @@ impl FlushStats {
                 })
                 .filter(|(_, seconds)| *seconds > 0.0)
                 .collect(),
-        }
+        })
     }
 
     /// What happened between `earlier` and this scrape (both of the same aggregator life).
     pub fn since(&self, earlier: &Self) -> Self {
-        let minus = |later: &[(String, f64)], name: &str, seconds: f64| {
-            let before = later
+        let minus = |earlier: &[(String, f64)], name: &str, now: f64| {
+            let before = earlier
                 .iter()
                 .find(|(other, _)| other == name)
-                .map_or(0.0, |(_, seconds)| *seconds);
-            (seconds - before).max(0.0)
+                .map_or(0.0, |(_, before_seconds)| *before_seconds);
+            (now - before).max(0.0)
         };
         let earlier_phases: Vec<(String, f64)> = earlier
             .phase_seconds
@@ -114,6 +120,11 @@ impl FlushStats {
                 .filter(|(_, seconds)| *seconds > 0.0)
                 .collect(),
         }
+    }
+
+    /// Flushes counted (in a window: flushes in it).
+    pub fn flushes(&self) -> u64 {
+        self.flushes as u64
     }
 
     pub fn summary(&self) -> String {

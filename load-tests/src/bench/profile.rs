@@ -1,7 +1,9 @@
-//! Where a process spends its CPU during a measured window: `perf record` on its pid, then
-//! `perf report`'s top threads and functions, for the report next to the figure they
-//! explain. Sampled without call graphs (cheap at 499 Hz; self time is what a report
-//! shows) and with the profiler's own failure as a note instead of an error: a machine
+//! Where the processes of a benchmark spend their CPU during a measured window: one
+//! system-wide `perf record`, then `perf report`'s top threads and functions of each
+//! process, for the report next to the figure they explain. System-wide because `perf
+//! record -p` follows only the threads that exist when it attaches (and fails when one of
+//! them ends meanwhile); sampled without call graphs (cheap at 499 Hz; self time is what a
+//! report shows); the profiler's own failure is a note instead of an error, so a machine
 //! without `perf` still gets its figures.
 
 use std::path::{Path, PathBuf};
@@ -11,15 +13,14 @@ use std::time::Duration;
 /// Samples per second per CPU.
 const FREQUENCY: &str = "499";
 
-/// A `perf record` of one process, running for a fixed time.
+/// A system-wide `perf record`, running for a fixed time.
 pub struct Profile {
-    name: String,
     recorder: Option<Child>,
     data: PathBuf,
     failure: Option<String>,
 }
 
-/// What a profile found: shares of the samples, biggest first.
+/// What a profile found for one process: shares of its samples, biggest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProfileSummary {
     pub name: String,
@@ -32,12 +33,12 @@ pub struct ProfileSummary {
 }
 
 impl Profile {
-    /// Starts `perf record` on `pid` for `length`; its data goes into `dir`.
-    pub fn start(name: &str, pid: &str, length: Duration, dir: &Path) -> Self {
-        let data = dir.join(format!("perf-{pid}.data"));
+    /// Starts recording every CPU for `length`; the data goes into `dir`.
+    pub fn start(length: Duration, dir: &Path) -> Self {
+        let data = dir.join(format!("perf-{}.data", std::process::id()));
         let seconds = format!("{:.1}", length.as_secs_f64());
         let spawned = Command::new("perf")
-            .args(["record", "-q", "-F", FREQUENCY, "-p", pid, "-o"])
+            .args(["record", "-q", "-a", "-F", FREQUENCY, "-o"])
             .arg(&data)
             .args(["--", "sleep", &seconds])
             .stdin(Stdio::null())
@@ -49,31 +50,41 @@ impl Profile {
             Err(error) => (None, Some(format!("perf could not start: {error}"))),
         };
         Self {
-            name: name.to_owned(),
             recorder,
             data,
             failure,
         }
     }
 
-    /// Waits for the recording to end and summarizes it (`top` entries of each list).
-    pub fn finish(mut self, top: usize) -> ProfileSummary {
-        let mut summary = ProfileSummary {
-            name: self.name.clone(),
-            ..ProfileSummary::default()
-        };
+    /// Waits for the recording to end (its data stays for [`Profile::summarize`]).
+    pub fn wait(&mut self) {
         if let Some(mut recorder) = self.recorder.take() {
             match recorder.wait() {
                 Ok(status) if status.success() => {}
-                Ok(status) => self.failure = Some(format!("perf record ended with {status}")),
+                Ok(status) => {
+                    self.failure = Some(format!(
+                        "perf record ended with {status} (system-wide profiles need root or \
+                         kernel.perf_event_paranoid <= 0)"
+                    ));
+                }
                 Err(error) => self.failure = Some(format!("perf record: {error}")),
             }
         }
-        if let Some(failure) = self.failure.take() {
-            summary.note = Some(failure);
+    }
+
+    /// Process `pid`'s share of the recording, named `name` (`top` entries of each list).
+    /// `perf report` resolves symbols for seconds of CPU: call this after the measured load.
+    pub fn summarize(&mut self, name: &str, pid: &str, top: usize) -> ProfileSummary {
+        self.wait();
+        let mut summary = ProfileSummary {
+            name: name.to_owned(),
+            ..ProfileSummary::default()
+        };
+        if let Some(failure) = &self.failure {
+            summary.note = Some(failure.clone());
             return summary;
         }
-        match (self.report("comm"), self.report("sym")) {
+        match (self.report(pid, "comm"), self.report(pid, "sym")) {
             (Ok(threads), Ok(functions)) => {
                 summary.threads = threads.into_iter().take(top).collect();
                 summary.functions = functions.into_iter().take(top).collect();
@@ -83,17 +94,17 @@ impl Profile {
             }
             (Err(error), _) | (_, Err(error)) => summary.note = Some(error),
         }
-        let _ = std::fs::remove_file(&self.data);
         summary
     }
 
-    fn report(&self, sort: &str) -> Result<Vec<(f64, String)>, String> {
+    fn report(&self, pid: &str, sort: &str) -> Result<Vec<(f64, String)>, String> {
         let output = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "-q"])
             .args([
-                "report",
-                "--stdio",
-                "--no-children",
-                "-q",
+                "--percentage",
+                "relative",
+                "--pid",
+                pid,
                 "--sort",
                 sort,
                 "-i",
@@ -108,6 +119,17 @@ impl Profile {
             ));
         }
         Ok(parse_report(&String::from_utf8_lossy(&output.stdout)))
+    }
+}
+
+/// A profile dropped before its end (an error path) stops its recorder; its data goes.
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(mut recorder) = self.recorder.take() {
+            let _ = recorder.kill();
+            let _ = recorder.wait();
+        }
+        let _ = std::fs::remove_file(&self.data);
     }
 }
 
@@ -130,7 +152,7 @@ pub fn parse_report(text: &str) -> Vec<(f64, String)> {
 }
 
 impl ProfileSummary {
-    /// `name: thread 36%, thread 60%; top functions: f 3.0%, ...` for one report cell.
+    /// `**name**: threads t 60.0%, ...; functions f 3.0%, ...` for one line of a report.
     pub fn line(&self) -> String {
         if let Some(note) = &self.note {
             return format!("{}: no profile ({note})", self.name);

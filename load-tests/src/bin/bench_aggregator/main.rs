@@ -87,7 +87,7 @@ fn run(options: &Options) -> Result<()> {
         .tempdir()
         .map_err(|error| format!("cannot create a temp dir: {error}"))?;
     let throughput = if options.throughput() {
-        Some(throughput::run(options, &logs)?)
+        Some(throughput::run(options, &logs, true)?)
     } else {
         None
     };
@@ -96,7 +96,7 @@ fn run(options: &Options) -> Result<()> {
         for &rows in &options.sweep_rows {
             let mut variant = options.clone();
             variant.batch_max_rows = rows;
-            sweep.push((rows, throughput::run(&variant, &logs)?));
+            sweep.push((rows, throughput::run(&variant, &logs, false)?));
         }
     }
     let freshness = if options.freshness() {

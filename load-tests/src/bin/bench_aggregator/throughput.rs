@@ -27,9 +27,10 @@ use crate::{Result, TOPIC};
 
 /// Delivery reports the pre-load producer waits for at most at once.
 const PRELOAD_IN_FLIGHT: usize = 200_000;
-/// How long the profile of ClickHouse and the aggregator lasts from the aggregator's start
-/// (the catch-up takes ~5 s at 1,000,000 clicks).
-const PROFILE_FOR: Duration = Duration::from_secs(4);
+/// The profile of ClickHouse and the aggregator: from this long after the aggregator's
+/// start, for this long (the catch-up takes 5-8 s at 1,000,000 clicks).
+pub const PROFILE_AFTER: Duration = Duration::from_secs(1);
+pub const PROFILE_FOR: Duration = Duration::from_secs(4);
 /// How long the aggregator may take to apply the pre-loaded log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -49,8 +50,9 @@ pub struct ThroughputReport {
     pub profiles: Vec<ProfileSummary>,
 }
 
-/// One run of the phase, on fresh services.
-pub fn run(options: &Options, logs: &TempDir) -> Result<ThroughputReport> {
+/// One run of the phase, on fresh services; `profile`: with ClickHouse's and the
+/// aggregator's profile over [`PROFILE_FOR`] of the catch-up.
+pub fn run(options: &Options, logs: &TempDir, profile: bool) -> Result<ThroughputReport> {
     eprintln!("throughput: starting tansu and ClickHouse 18.16");
     let broker = TansuBroker::start();
     let clickhouse = ClickHouseServer::start();
@@ -99,16 +101,32 @@ pub fn run(options: &Options, logs: &TempDir) -> Result<ThroughputReport> {
     ];
     let (mut aggregator, port) = start_aggregator(options, &broker, &clickhouse, &batch, logs)?;
     cpu.add_started("aggregator", pid_text(aggregator.pid()));
-    let profiles = [
+    // After the aggregator's first moments (group join, first batch).
+    let processes = [
         ("ClickHouse", pid_text(clickhouse.pid())),
         ("aggregator", pid_text(aggregator.pid())),
-    ]
-    .map(|(name, pid)| Profile::start(name, &pid, PROFILE_FOR, logs.path()));
+    ];
+    let profiler = profile.then(|| {
+        let dir = logs.path().to_path_buf();
+        std::thread::spawn(move || {
+            std::thread::sleep(PROFILE_AFTER);
+            let mut profile = Profile::start(PROFILE_FOR, &dir);
+            profile.wait();
+            profile
+        })
+    });
     let ((first_at, first_rows), done_at) =
         wait_caught_up(&clickhouse, &mut aggregator, end, CATCH_UP_TIMEOUT)?;
     let cpu = cpu.finish();
     let flush = FlushStats::scrape(port);
-    let profiles = profiles.map(|profile| profile.finish(6)).to_vec();
+    let profiles = match profiler.map(std::thread::JoinHandle::join) {
+        Some(Ok(mut profile)) => processes
+            .iter()
+            .map(|(name, pid)| profile.summarize(name, pid, 6))
+            .collect(),
+        Some(Err(_)) => return Err("the profiler thread panicked".to_owned()),
+        None => Vec::new(),
+    };
     aggregator.stop();
 
     let catch_up = done_at.duration_since(first_at);

@@ -163,6 +163,7 @@ struct LocalArgs {
     /// `--profile-for`; the top threads and functions go into the report.
     #[arg(long, env = "REFERRAL_LOAD_PROFILE_AT", value_parser = humantime::parse_duration)]
     profile_at: Option<Duration>,
+    /// Length of the profile window (within the load: `--profile-at` + this <= `--duration`).
     #[arg(long, env = "REFERRAL_LOAD_PROFILE_FOR", default_value = "10s", value_parser = humantime::parse_duration)]
     profile_for: Duration,
 }
@@ -372,6 +373,14 @@ fn main() -> ExitCode {
         })(),
         Command::Scenario { fault, local, load } => (|| {
             let options = load.options()?;
+            if local
+                .profile_at
+                .is_some_and(|at| at + local.profile_for > load.duration)
+            {
+                return Err(
+                    "--profile-at + --profile-for must end within the load's --duration".to_owned(),
+                );
+            }
             let scenario = ScenarioOptions {
                 fault,
                 pipeline: PipelineOptions {

@@ -399,7 +399,7 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
     };
     let profiler = lock(&profiler).take();
     let profile = match profiler.map(std::thread::JoinHandle::join) {
-        Some(Ok(lines)) => lines,
+        Some(Ok(window)) => window.summarize(),
         Some(Err(_)) => vec!["no profile: the profiler thread panicked".to_owned()],
         None => Vec::new(),
     };
@@ -438,44 +438,94 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
     Ok(report)
 }
 
+/// What the profiler thread recorded: the window, the `perf` data (summarized after the
+/// run, as `perf report` takes CPU of its own) with the processes to summarize, the
+/// aggregator's flushes then.
+struct RecordedWindow {
+    header: String,
+    profile: Option<Profile>,
+    processes: Vec<(&'static str, String)>,
+    flushes: Option<String>,
+    /// Holds the profile's data until it is summarized.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl RecordedWindow {
+    /// One line per process, then the flushes' (the report's `profile`).
+    fn summarize(mut self) -> Vec<String> {
+        let mut lines = vec![self.header];
+        if let Some(profile) = self.profile.as_mut() {
+            lines.extend(
+                self.processes
+                    .iter()
+                    .map(|(name, pid)| profile.summarize(name, pid, 6).line()),
+            );
+        }
+        // The data goes before its directory.
+        self.profile = None;
+        lines.extend(self.flushes);
+        lines
+    }
+}
+
 /// Runs on its own thread: waits for the window, records every process of the pipeline and
 /// this tool with `perf` at once, and scrapes the aggregator's flush account around it.
-/// One line per process, then the flushes'.
 fn profile_pipeline(
     run: &Run,
     window: ProfileWindow,
     processes: &[(&'static str, String)],
     aggregator_port: Option<u16>,
-) -> Vec<String> {
+) -> RecordedWindow {
     std::thread::sleep(window.at.saturating_sub(run.started.elapsed()));
-    let Ok(dir) = tempfile::tempdir() else {
-        return vec!["no profile: cannot create a temporary directory".to_owned()];
-    };
     let from = run.elapsed_seconds();
-    let before = aggregator_port.map(FlushStats::scrape);
-    let own = std::process::id().to_string();
-    let profiles: Vec<Profile> = processes
-        .iter()
-        .map(|(name, pid)| (*name, pid.as_str()))
-        .chain([("referral-load (this tool)", own.as_str())])
-        .map(|(name, pid)| Profile::start(name, pid, window.length, dir.path()))
-        .collect();
-    let mut lines = vec![format!(
-        "`perf record -F 499 -p PID` of each process from {from:.0} s to {:.0} s of the \
-         load, `perf report --no-children --sort comm|sym`: the top threads and functions \
-         by share of the process's samples",
+    let header = format!(
+        "`perf record -a -F 499` from {from:.0} s to {:.0} s of the load, `perf report \
+         --no-children --percentage relative --pid PID --sort comm|sym`: each process's top \
+         threads and functions by share of its samples",
         from + window.length.as_secs_f64()
-    )];
-    lines.extend(profiles.into_iter().map(|profile| profile.finish(6).line()));
-    if let (Some(port), Some(before)) = (aggregator_port, before) {
-        let flushes = FlushStats::scrape(port).since(&before);
-        lines.push(format!(
-            "**referral-aggregator's flushes** over the window: {}; {}",
-            flushes.summary(),
-            flushes.insert_shares()
-        ));
+    );
+    let Ok(dir) = tempfile::tempdir() else {
+        return RecordedWindow {
+            header: format!("{header}: none, no temporary directory"),
+            profile: None,
+            processes: Vec::new(),
+            flushes: None,
+            _dir: None,
+        };
+    };
+    let before = aggregator_port.and_then(FlushStats::try_scrape);
+    let mut processes = processes.to_vec();
+    processes.push(("referral-load (this tool)", std::process::id().to_string()));
+    let mut profile = Profile::start(window.length, dir.path());
+    profile.wait();
+    let after = aggregator_port.and_then(FlushStats::try_scrape);
+    let flushes = match (before, after) {
+        (Some(before), Some(after)) => {
+            let flushes = after.since(&before);
+            Some(if flushes.flushes() == 0 {
+                "**referral-aggregator's flushes** over the window: none".to_owned()
+            } else {
+                format!(
+                    "**referral-aggregator's flushes** over the window: {}; {}",
+                    flushes.summary(),
+                    flushes.insert_shares()
+                )
+            })
+        }
+        (None, None) => None,
+        _ => Some(
+            "**referral-aggregator's flushes**: its /metrics did not answer at both ends of \
+             the window"
+                .to_owned(),
+        ),
+    };
+    RecordedWindow {
+        header,
+        profile: Some(profile),
+        processes,
+        flushes,
+        _dir: Some(dir),
     }
-    lines
 }
 
 /// Runs on its own thread with its own runtime: kills the component at `at` after the load
