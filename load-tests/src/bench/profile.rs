@@ -1,10 +1,10 @@
-//! Where the processes of a benchmark spend their CPU during a measured window: one
-//! system-wide `perf record`, then `perf report`'s top threads and functions of each
-//! process, for the report next to the figure they explain. System-wide because `perf
-//! record -p` follows only the threads that exist when it attaches (and fails when one of
-//! them ends meanwhile); sampled without call graphs (cheap at 499 Hz; self time is what a
-//! report shows); the profiler's own failure is a note instead of an error, so a machine
-//! without `perf` still gets its figures.
+//! Where a process spends its CPU during a measured window: `perf record -p` on its pid,
+//! then `perf report`'s top threads and functions, for the report next to the figure they
+//! explain. `-p` follows only the threads that exist when it attaches, so a window starts
+//! once a process is up (a system-wide recording filtered by pid was tried: it mislabels
+//! threads). Sampled without call graphs (cheap at 499 Hz; self time is what a report
+//! shows); the profiler's own failure is a note instead of an error, so a machine without
+//! `perf` still gets its figures.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,14 +13,15 @@ use std::time::Duration;
 /// Samples per second per CPU.
 const FREQUENCY: &str = "499";
 
-/// A system-wide `perf record`, running for a fixed time.
+/// A `perf record` of one process, running for a fixed time.
 pub struct Profile {
+    name: String,
     recorder: Option<Child>,
     data: PathBuf,
     failure: Option<String>,
 }
 
-/// What a profile found for one process: shares of its samples, biggest first.
+/// What a profile found: shares of the process's samples, biggest first.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProfileSummary {
     pub name: String,
@@ -33,12 +34,13 @@ pub struct ProfileSummary {
 }
 
 impl Profile {
-    /// Starts recording every CPU for `length`; the data goes into `dir`.
-    pub fn start(length: Duration, dir: &Path) -> Self {
-        let data = dir.join(format!("perf-{}.data", std::process::id()));
+    /// Starts `perf record` on process `pid` (named `name`) for `length`; its data goes
+    /// into `dir`.
+    pub fn start(name: &str, pid: &str, length: Duration, dir: &Path) -> Self {
+        let data = dir.join(format!("perf-{pid}.data"));
         let seconds = format!("{:.1}", length.as_secs_f64());
         let spawned = Command::new("perf")
-            .args(["record", "-q", "-a", "-F", FREQUENCY, "-o"])
+            .args(["record", "-q", "-F", FREQUENCY, "-p", pid, "-o"])
             .arg(&data)
             .args(["--", "sleep", &seconds])
             .stdin(Stdio::null())
@@ -50,6 +52,7 @@ impl Profile {
             Err(error) => (None, Some(format!("perf could not start: {error}"))),
         };
         Self {
+            name: name.to_owned(),
             recorder,
             data,
             failure,
@@ -63,8 +66,9 @@ impl Profile {
                 Ok(status) if status.success() => {}
                 Ok(status) => {
                     self.failure = Some(format!(
-                        "perf record ended with {status} (system-wide profiles need root or \
-                         kernel.perf_event_paranoid <= 0)"
+                        "perf record ended with {status}: the process ended, one of its \
+                         threads ended while perf attached, or kernel.perf_event_paranoid \
+                         forbids it"
                     ));
                 }
                 Err(error) => self.failure = Some(format!("perf record: {error}")),
@@ -72,19 +76,19 @@ impl Profile {
         }
     }
 
-    /// Process `pid`'s share of the recording, named `name` (`top` entries of each list).
-    /// `perf report` resolves symbols for seconds of CPU: call this after the measured load.
-    pub fn summarize(&mut self, name: &str, pid: &str, top: usize) -> ProfileSummary {
+    /// Waits for the recording, then summarizes it (`top` entries of each list). `perf
+    /// report` resolves symbols for seconds of CPU: call this after the measured load.
+    pub fn summarize(mut self, top: usize) -> ProfileSummary {
         self.wait();
         let mut summary = ProfileSummary {
-            name: name.to_owned(),
+            name: self.name.clone(),
             ..ProfileSummary::default()
         };
         if let Some(failure) = &self.failure {
             summary.note = Some(failure.clone());
             return summary;
         }
-        match (self.report(pid, "comm"), self.report(pid, "sym")) {
+        match (self.report("comm"), self.report("sym")) {
             (Ok(threads), Ok(functions)) => {
                 summary.threads = threads.into_iter().take(top).collect();
                 summary.functions = functions.into_iter().take(top).collect();
@@ -97,14 +101,13 @@ impl Profile {
         summary
     }
 
-    fn report(&self, pid: &str, sort: &str) -> Result<Vec<(f64, String)>, String> {
+    fn report(&self, sort: &str) -> Result<Vec<(f64, String)>, String> {
         let output = Command::new("perf")
-            .args(["report", "--stdio", "--no-children", "-q"])
             .args([
-                "--percentage",
-                "relative",
-                "--pid",
-                pid,
+                "report",
+                "--stdio",
+                "--no-children",
+                "-q",
                 "--sort",
                 sort,
                 "-i",

@@ -112,9 +112,9 @@ pub fn render(
         table(&mut out, &rows);
         let _ = writeln!(
             out,
-            "\nProfile of the catch-up (`perf record -a -F 499` for {} s from {} s after the \
-             aggregator's start; `perf report --no-children --percentage relative --pid PID \
-             --sort comm|sym`, share of each process's samples):\n",
+            "\nProfile of the catch-up (`perf record -F 499 -p PID` for {} s from {} s after \
+             the aggregator's start; `perf report --no-children --sort comm|sym`, share of \
+             each process's samples):\n",
             crate::throughput::PROFILE_FOR.as_secs(),
             crate::throughput::PROFILE_AFTER.as_secs()
         );

@@ -101,18 +101,22 @@ pub fn run(options: &Options, logs: &TempDir, profile: bool) -> Result<Throughpu
     ];
     let (mut aggregator, port) = start_aggregator(options, &broker, &clickhouse, &batch, logs)?;
     cpu.add_started("aggregator", pid_text(aggregator.pid()));
-    // After the aggregator's first moments (group join, first batch).
-    let processes = [
-        ("ClickHouse", pid_text(clickhouse.pid())),
-        ("aggregator", pid_text(aggregator.pid())),
-    ];
+    // `perf record -p` follows only the threads that exist when it attaches: the
+    // aggregator's consumer and flush threads start in its first moments.
     let profiler = profile.then(|| {
+        let processes = [
+            ("ClickHouse", pid_text(clickhouse.pid())),
+            ("aggregator", pid_text(aggregator.pid())),
+        ];
         let dir = logs.path().to_path_buf();
         std::thread::spawn(move || {
             std::thread::sleep(PROFILE_AFTER);
-            let mut profile = Profile::start(PROFILE_FOR, &dir);
-            profile.wait();
-            profile
+            let mut profiles =
+                processes.map(|(name, pid)| Profile::start(name, &pid, PROFILE_FOR, &dir));
+            for profile in &mut profiles {
+                profile.wait();
+            }
+            profiles
         })
     });
     let ((first_at, first_rows), done_at) =
@@ -120,10 +124,7 @@ pub fn run(options: &Options, logs: &TempDir, profile: bool) -> Result<Throughpu
     let cpu = cpu.finish();
     let flush = FlushStats::scrape(port);
     let profiles = match profiler.map(std::thread::JoinHandle::join) {
-        Some(Ok(mut profile)) => processes
-            .iter()
-            .map(|(name, pid)| profile.summarize(name, pid, 6))
-            .collect(),
+        Some(Ok(profiles)) => profiles.map(|profile| profile.summarize(6)).to_vec(),
         Some(Err(_)) => return Err("the profiler thread panicked".to_owned()),
         None => Vec::new(),
     };

@@ -438,31 +438,25 @@ pub async fn run_scenario(scenario: &ScenarioOptions, options: &RunOptions) -> R
     Ok(report)
 }
 
-/// What the profiler thread recorded: the window, the `perf` data (summarized after the
-/// run, as `perf report` takes CPU of its own) with the processes to summarize, the
-/// aggregator's flushes then.
+/// What the profiler thread recorded: the window, each process's `perf` data (summarized
+/// after the run, as `perf report` takes CPU of its own), the aggregator's flushes then.
 struct RecordedWindow {
     header: String,
-    profile: Option<Profile>,
-    processes: Vec<(&'static str, String)>,
+    profiles: Vec<Profile>,
     flushes: Option<String>,
-    /// Holds the profile's data until it is summarized.
+    /// Holds the profiles' data until they are summarized.
     _dir: Option<tempfile::TempDir>,
 }
 
 impl RecordedWindow {
     /// One line per process, then the flushes' (the report's `profile`).
-    fn summarize(mut self) -> Vec<String> {
+    fn summarize(self) -> Vec<String> {
         let mut lines = vec![self.header];
-        if let Some(profile) = self.profile.as_mut() {
-            lines.extend(
-                self.processes
-                    .iter()
-                    .map(|(name, pid)| profile.summarize(name, pid, 6).line()),
-            );
-        }
-        // The data goes before its directory.
-        self.profile = None;
+        lines.extend(
+            self.profiles
+                .into_iter()
+                .map(|profile| profile.summarize(6).line()),
+        );
         lines.extend(self.flushes);
         lines
     }
@@ -479,25 +473,30 @@ fn profile_pipeline(
     std::thread::sleep(window.at.saturating_sub(run.started.elapsed()));
     let from = run.elapsed_seconds();
     let header = format!(
-        "`perf record -a -F 499` from {from:.0} s to {:.0} s of the load, `perf report \
-         --no-children --percentage relative --pid PID --sort comm|sym`: each process's top \
-         threads and functions by share of its samples",
+        "`perf record -F 499 -p PID` of each process from {from:.0} s to {:.0} s of the \
+         load, `perf report --no-children --sort comm|sym`: the top threads and functions \
+         by share of the process's samples",
         from + window.length.as_secs_f64()
     );
     let Ok(dir) = tempfile::tempdir() else {
         return RecordedWindow {
             header: format!("{header}: none, no temporary directory"),
-            profile: None,
-            processes: Vec::new(),
+            profiles: Vec::new(),
             flushes: None,
             _dir: None,
         };
     };
     let before = aggregator_port.and_then(FlushStats::try_scrape);
-    let mut processes = processes.to_vec();
-    processes.push(("referral-load (this tool)", std::process::id().to_string()));
-    let mut profile = Profile::start(window.length, dir.path());
-    profile.wait();
+    let own = std::process::id().to_string();
+    let mut profiles: Vec<Profile> = processes
+        .iter()
+        .map(|(name, pid)| (*name, pid.as_str()))
+        .chain([("referral-load (this tool)", own.as_str())])
+        .map(|(name, pid)| Profile::start(name, pid, window.length, dir.path()))
+        .collect();
+    for profile in &mut profiles {
+        profile.wait();
+    }
     let after = aggregator_port.and_then(FlushStats::try_scrape);
     let flushes = match (before, after) {
         (Some(before), Some(after)) => {
@@ -521,8 +520,7 @@ fn profile_pipeline(
     };
     RecordedWindow {
         header,
-        profile: Some(profile),
-        processes,
+        profiles,
         flushes,
         _dir: Some(dir),
     }
