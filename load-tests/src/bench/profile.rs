@@ -8,14 +8,21 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Samples per second per CPU.
 const FREQUENCY: &str = "499";
+/// `perf record -p` fails at once when a thread of the process ends while it attaches (a
+/// runtime's blocking threads come and go): it is tried again after this, this many times.
+const ATTACH_CHECK: Duration = Duration::from_millis(200);
+const ATTACH_ATTEMPTS: u32 = 4;
 
 /// A `perf record` of one process, running for a fixed time.
 pub struct Profile {
     name: String,
+    pid: String,
+    /// When the window ends (a recorder started again records what is left of it).
+    until: Instant,
     recorder: Option<Child>,
     data: PathBuf,
     failure: Option<String>,
@@ -35,28 +42,64 @@ pub struct ProfileSummary {
 
 impl Profile {
     /// Starts `perf record` on process `pid` (named `name`) for `length`; its data goes
-    /// into `dir`.
+    /// into `dir`. Call [`Profile::attached`] on the profiles started together.
     pub fn start(name: &str, pid: &str, length: Duration, dir: &Path) -> Self {
-        let data = dir.join(format!("perf-{pid}.data"));
-        let seconds = format!("{:.1}", length.as_secs_f64());
+        let mut profile = Self {
+            name: name.to_owned(),
+            pid: pid.to_owned(),
+            until: Instant::now() + length,
+            recorder: None,
+            data: dir.join(format!("perf-{pid}.data")),
+            failure: None,
+        };
+        profile.spawn();
+        profile
+    }
+
+    fn spawn(&mut self) {
+        let seconds = format!(
+            "{:.1}",
+            self.until
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+        );
         let spawned = Command::new("perf")
-            .args(["record", "-q", "-F", FREQUENCY, "-p", pid, "-o"])
-            .arg(&data)
+            .args(["record", "-q", "-F", FREQUENCY, "-p", &self.pid, "-o"])
+            .arg(&self.data)
             .args(["--", "sleep", &seconds])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
-        let (recorder, failure) = match spawned {
-            Ok(child) => (Some(child), None),
-            Err(error) => (None, Some(format!("perf could not start: {error}"))),
-        };
-        Self {
-            name: name.to_owned(),
-            recorder,
-            data,
-            failure,
+        match spawned {
+            Ok(child) => self.recorder = Some(child),
+            Err(error) => self.failure = Some(format!("perf could not start: {error}")),
         }
+    }
+
+    /// Checks that each recorder attached (a recorder that failed at once is started again,
+    /// for what is left of its window); returns the profiles.
+    pub fn attached(mut profiles: Vec<Self>) -> Vec<Self> {
+        for _ in 1..ATTACH_ATTEMPTS {
+            std::thread::sleep(ATTACH_CHECK);
+            let mut retried = false;
+            for profile in &mut profiles {
+                let failed = profile
+                    .recorder
+                    .as_mut()
+                    .and_then(|recorder| recorder.try_wait().ok().flatten())
+                    .is_some_and(|status| !status.success());
+                if failed {
+                    profile.recorder = None;
+                    profile.spawn();
+                    retried = true;
+                }
+            }
+            if !retried {
+                break;
+            }
+        }
+        profiles
     }
 
     /// Waits for the recording to end (its data stays for [`Profile::summarize`]).

@@ -111,8 +111,11 @@ pub fn run(options: &Options, logs: &TempDir, profile: bool) -> Result<Throughpu
         let dir = logs.path().to_path_buf();
         std::thread::spawn(move || {
             std::thread::sleep(PROFILE_AFTER);
-            let mut profiles =
-                processes.map(|(name, pid)| Profile::start(name, &pid, PROFILE_FOR, &dir));
+            let started = processes
+                .iter()
+                .map(|(name, pid)| Profile::start(name, pid, PROFILE_FOR, &dir))
+                .collect();
+            let mut profiles = Profile::attached(started);
             for profile in &mut profiles {
                 profile.wait();
             }
@@ -124,7 +127,10 @@ pub fn run(options: &Options, logs: &TempDir, profile: bool) -> Result<Throughpu
     let cpu = cpu.finish();
     let flush = FlushStats::scrape(port);
     let profiles = match profiler.map(std::thread::JoinHandle::join) {
-        Some(Ok(profiles)) => profiles.map(|profile| profile.summarize(6)).to_vec(),
+        Some(Ok(profiles)) => profiles
+            .into_iter()
+            .map(|profile| profile.summarize(6))
+            .collect(),
         Some(Err(_)) => return Err("the profiler thread panicked".to_owned()),
         None => Vec::new(),
     };

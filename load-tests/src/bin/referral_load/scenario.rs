@@ -494,6 +494,7 @@ fn profile_pipeline(
         .chain([("referral-load (this tool)", own.as_str())])
         .map(|(name, pid)| Profile::start(name, pid, window.length, dir.path()))
         .collect();
+    profiles = Profile::attached(profiles);
     for profile in &mut profiles {
         profile.wait();
     }
