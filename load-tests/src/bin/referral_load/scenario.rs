@@ -474,8 +474,9 @@ fn profile_pipeline(
     let from = run.elapsed_seconds();
     let header = format!(
         "`perf record -F 499 -p PID` of each process from {from:.0} s to {:.0} s of the \
-         load, `perf report --no-children --sort comm|sym`: the top threads and functions \
-         by share of the process's samples",
+         load (a recorder that failed to attach is started again for the rest), `perf report \
+         --no-children --sort comm|sym`: the top threads and functions by share of the \
+         process's samples; flushes counted from the aggregator's /metrics at both ends",
         from + window.length.as_secs_f64()
     );
     let Ok(dir) = tempfile::tempdir() else {
