@@ -1,7 +1,7 @@
 //! `referral-aggregator` flags. Every one has a `REFERRAL_*` environment variable.
 
 use clap::{Args, Parser, Subcommand};
-use referral_pipeline::config::{ConsumerArgs, PipelineArgs, WebhookArgs};
+use referral_pipeline::config::{ConsumerArgs, PipelineArgs, WebhookArgs, WebhookGroupArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "referral-aggregator", version, about)]
@@ -27,6 +27,8 @@ pub struct DeliverArgs {
     pub pipeline: PipelineArgs,
     #[command(flatten)]
     pub webhooks: WebhookArgs,
+    #[command(flatten)]
+    pub group: WebhookGroupArgs,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "REFERRAL_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,

@@ -26,6 +26,7 @@ use referral_pipeline::embedded::DataDirLock;
 use referral_pipeline::kafka::admin;
 use referral_pipeline::store::clickhouse::migrate as clickhouse_migrate;
 use referral_pipeline::store::sqlite;
+use referral_pipeline::webhooks::group::{DeliveryGroup, Serving};
 use referral_pipeline::webhooks::{self, WebhookStore, clickhouse::ClickHouseWebhooks};
 use referral_schemas::{ApiError, ErrorKind};
 use tokio::net::TcpListener;
@@ -144,6 +145,7 @@ pub async fn deliver(
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     args.pipeline.validate()?;
+    args.group.validate()?;
     let settings = args.webhooks.settings()?;
     let clickhouse = args
         .pipeline
@@ -153,8 +155,27 @@ pub async fn deliver(
     let store: Arc<dyn WebhookStore> = Arc::new(ClickHouseWebhooks::for_deliverer(&clickhouse));
     let metrics = telemetry::metrics_handle();
     telemetry::spawn_metrics_upkeep(metrics.clone(), shutdown.clone());
+    // With Kafka, the deliverers' group decides which endpoints this one serves; without,
+    // it is the only deliverer and serves them all.
+    let (group, serving) = match args.pipeline.kafka_settings("referral-deliverer") {
+        Some(kafka) => {
+            let (group, serving) = DeliveryGroup::join(
+                &kafka,
+                &args.group.webhook_group,
+                args.group.webhook_session_timeout,
+            )
+            .context("cannot join the webhook deliverers' consumer group")?;
+            (Some(group), serving)
+        }
+        None => {
+            tracing::warn!(
+                "no --kafka-brokers: this deliverer serves every endpoint; run only one"
+            );
+            (None, Serving::everything())
+        }
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let deliverer = tokio::spawn(webhooks::deliver::run(store, settings, stopped));
+    let deliverer = tokio::spawn(webhooks::deliver::run(store, settings, serving, stopped));
     let (stop_ops, ops_shutdown) = referral_kit::shutdown::channel();
     let make_service = move |_| {
         let metrics = metrics.clone();
@@ -181,6 +202,12 @@ pub async fn deliver(
     tracing::info!("shutdown requested: storing webhook cursors");
     stop.send_replace(true);
     let delivered = deliverer.await;
+    // Only now: the endpoints go to another deliverer once their cursors are stored.
+    if let Some(group) = group {
+        tokio::task::spawn_blocking(move || group.leave())
+            .await
+            .ok();
+    }
     stop_ops.trigger();
     let _ = ops.await;
     match delivered {

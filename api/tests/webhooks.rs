@@ -5,6 +5,8 @@
 //! production: `referral-aggregator deliver`). Every event must reach every receiver at
 //! least once, in log order per endpoint (first 2xx of each event id), and every request's
 //! signature must verify with Python's `hmac` (an implementation independent of ours).
+//! In production, deliverers in their consumer group split the endpoints, and a dead one's
+//! endpoints move on.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,6 +28,9 @@ const WEBHOOK_FLAGS: [&str; 7] = [
     "--webhook-poll",
     "100ms",
 ];
+
+/// The deliverers' group session in production (tansu joins take ~3 s at 6 s).
+const GROUP_SESSION: Duration = Duration::from_secs(6);
 
 fn api_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_referral-api"))
@@ -192,10 +197,16 @@ impl Deployment {
         ];
         run.extend(backends.iter().cloned());
         let aggregator = spawn(&aggregator_binary(), &run, &dir.join("aggregator.log"));
+        // A member of the deliverers' group: a restarted one waits for its dead
+        // predecessor's session to time out before the endpoints are its own.
         let mut deliver_args = vec![
             "deliver".to_owned(),
             "--clickhouse-url".into(),
             clickhouse_url,
+            "--kafka-brokers".into(),
+            brokers.clone(),
+            "--webhook-session-timeout".into(),
+            format!("{}s", GROUP_SESSION.as_secs()),
             "--listen".into(),
             format!("127.0.0.1:{}", ports[2]),
         ];
@@ -231,6 +242,45 @@ impl Deployment {
         ));
     }
 
+    /// Another `referral-aggregator deliver` in the same group, its ops on `port`.
+    fn another_deliverer(&self, port: u16, name: &str) -> ChildGuard {
+        let mut args = self.deliver_args.clone();
+        if let Some(listen) = args.iter().position(|arg| arg == "--listen") {
+            args[listen + 1] = format!("127.0.0.1:{port}");
+        }
+        spawn(
+            &aggregator_binary(),
+            &args,
+            &self.dir.join(format!("{name}.log")),
+        )
+    }
+
+    /// The first deliverer's ops port.
+    fn deliverer_port(&self) -> u16 {
+        self.deliver_args
+            .iter()
+            .position(|arg| arg == "--listen")
+            .and_then(|listen| self.deliver_args[listen + 1].rsplit(':').next())
+            .and_then(|port| port.parse().ok())
+            .unwrap()
+    }
+
+    /// A gauge of the process whose ops listen on `port` (None while it does not answer).
+    async fn gauge(&self, port: u16, name: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    }
+
     async fn start_api(&mut self) {
         let log = self
             .dir
@@ -253,11 +303,18 @@ impl Deployment {
     }
 
     /// SIGKILL of the process that runs the deliverer, then a new one on the same state.
+    ///
+    /// In production the new deliverer starts once the dead one's group session is over:
+    /// tansu 0.6.0 hands a member that joins earlier only part of the partitions (the rest
+    /// stay with the dead member), and when a heartbeat later notices the death it keeps
+    /// the group's old assignments instead of rebalancing. A Kafka cluster rebalances then
+    /// (and a survivor takes the partitions over alone).
     async fn kill_deliverer(&mut self) {
         if self.deliverer.is_some() {
             if let Some(deliverer) = self.deliverer.take() {
                 deliverer.kill();
             }
+            tokio::time::sleep(GROUP_SESSION + Duration::from_secs(1)).await;
             self.start_deliverer();
         } else {
             if let Some(api) = self.api.take() {
@@ -730,4 +787,203 @@ async fn retries_end_after_retry_for_and_an_endpoint_failing_too_long_is_disable
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Production with two deliverers in their group: the group splits the endpoints (each
+/// event reaches each endpoint exactly once while both run: no endpoint is served twice),
+/// and when one is SIGKILLed mid-stream its endpoints move to the live deliverers from their
+/// stored cursors: every event still reaches every endpoint, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let deployment = Deployment::production(dir.path()).await;
+    let first = deployment.deliverer_port();
+    let second_port = free_ports(1)[0];
+    let second = deployment.another_deliverer(second_port, "deliver-second");
+    // Both hold partitions of the log (3: two and one).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = (
+            deployment
+                .gauge(first, "referral_webhook_group_partitions")
+                .await,
+            deployment
+                .gauge(second_port, "referral_webhook_group_partitions")
+                .await,
+        );
+        if let (Some(a), Some(b)) = held
+            && a >= 1.0
+            && b >= 1.0
+            && a + b == 3.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the group never split: {held:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _) = deployment
+        .call(
+            Method::PUT,
+            &format!("/api/v1/referral-codes/{CODE}"),
+            Some(json!({"mentor_id": "mentor-group"})),
+        )
+        .await;
+    assert!(status == 200 || status == 201);
+
+    // Endpoints until each deliverer serves some (ids are random: usually the first 12).
+    let ports = free_ports(32);
+    let mut receivers: Vec<(Receiver, String)> = Vec::new();
+    loop {
+        for _ in 0..4 {
+            let mut receiver = Receiver::new(
+                dir.path(),
+                &format!("receiver-{}", receivers.len()),
+                ports[receivers.len()],
+                &[],
+            );
+            receiver.start();
+            let (status, created) = deployment
+                .call(
+                    Method::POST,
+                    "/api/v1/webhooks",
+                    Some(json!({"url": receiver.url(), "events": ["conversion.confirmed"]})),
+                )
+                .await;
+            assert_eq!(status, 201, "{created}");
+            receivers.push((receiver, created["secret"].as_str().unwrap().to_owned()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let served = loop {
+            let served = (
+                deployment
+                    .gauge(first, "referral_webhook_served_endpoints")
+                    .await
+                    .unwrap_or(0.0),
+                deployment
+                    .gauge(second_port, "referral_webhook_served_endpoints")
+                    .await
+                    .unwrap_or(0.0),
+            );
+            if served.0 + served.1 == receivers.len() as f64 {
+                break served;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{served:?} endpoints served of {}",
+                receivers.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        if (served.0 >= 1.0 && served.1 >= 1.0) || receivers.len() + 4 > ports.len() {
+            assert!(served.0 >= 1.0 && served.1 >= 1.0, "{served:?}");
+            break;
+        }
+    }
+
+    let mut expected: Vec<(String, String)> = Vec::new();
+    let confirm = |i: usize| {
+        let deployment = &deployment;
+        async move {
+            let (status, click) = deployment
+                .call(
+                    Method::POST,
+                    "/api/v1/referral-attributions",
+                    Some(json!({
+                        "code": CODE,
+                        "ip_address": format!("203.0.113.{}", i + 1),
+                        "user_agent": format!("Mozilla/5.0 (X11; Linux x86_64) Firefox/122.{i}"),
+                    })),
+                )
+                .await;
+            assert_eq!(status, 201, "{click}");
+            let id = click["id"].as_str().unwrap().to_owned();
+            let (status, body) = deployment
+                .call(
+                    Method::PUT,
+                    &format!("/api/v1/referral-attributions/{id}"),
+                    Some(json!({"code": CODE, "new_member_id": format!("group-{i}")})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            ("conversion.confirmed".to_owned(), id)
+        }
+    };
+    let all_received = |expected: Vec<(String, String)>, exactly_once: bool| {
+        let receivers = &receivers;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for (receiver, secret) in receivers {
+                loop {
+                    let report = receiver.verify(secret);
+                    assert_eq!(report["failed"], json!([]), "{}", receiver.url());
+                    let got: Vec<(String, String)> = report["events"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|event| {
+                            (
+                                event["type"].as_str().unwrap().to_owned(),
+                                event["attribution_id"].as_str().unwrap().to_owned(),
+                            )
+                        })
+                        .collect();
+                    assert!(
+                        expected.starts_with(&got),
+                        "{}: out of order:\n got {got:?}\n want {expected:?}",
+                        receiver.url()
+                    );
+                    if got == expected {
+                        if exactly_once {
+                            assert_eq!(
+                                report["requests"].as_u64(),
+                                Some(expected.len() as u64),
+                                "{}: an endpoint served by both deliverers",
+                                receiver.url()
+                            );
+                        }
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{}: {} of {} events after 60 s",
+                        receiver.url(),
+                        got.len(),
+                        expected.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    };
+    for i in 0..4 {
+        expected.push(confirm(i).await);
+    }
+    all_received(expected.clone(), true).await;
+    // Settled (every cursor stored past them), then one deliverer dies mid-stream.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    expected.push(confirm(4).await);
+    second.kill();
+    // Its replacement joins, as Kubernetes starts one, once the dead one's session is over
+    // (see `Deployment::kill_deliverer`).
+    tokio::time::sleep(GROUP_SESSION + Duration::from_secs(1)).await;
+    let third_port = free_ports(1)[0];
+    let _third = deployment.another_deliverer(third_port, "deliver-third");
+    for i in 5..9 {
+        expected.push(confirm(i).await);
+    }
+    all_received(expected.clone(), false).await;
+    let served = deployment
+        .gauge(first, "referral_webhook_served_endpoints")
+        .await
+        .unwrap_or(0.0)
+        + deployment
+            .gauge(third_port, "referral_webhook_served_endpoints")
+            .await
+            .unwrap_or(0.0);
+    assert_eq!(
+        served,
+        receivers.len() as f64,
+        "the live deliverers serve every endpoint"
+    );
 }

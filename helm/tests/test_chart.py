@@ -65,6 +65,8 @@ WEBHOOK_ENV = {
     "disableAfter": "REFERRAL_WEBHOOK_DISABLE_AFTER",
     "retryBase": "REFERRAL_WEBHOOK_RETRY_BASE",
     "poll": "REFERRAL_WEBHOOK_POLL",
+    "group": "REFERRAL_WEBHOOK_GROUP",
+    "sessionTimeout": "REFERRAL_WEBHOOK_SESSION_TIMEOUT",
 }
 
 # The chart refuses to render an API without tokens (unless auth.allowAnonymous); tests of
@@ -189,8 +191,9 @@ def test_lint_strict(values_file: str) -> None:
         ({"clickhouse": {"cluster": "c" * 65}}, "/clickhouse/cluster"),
         ({"clickhouse": {"cluster": 1}}, "/clickhouse/cluster"),
         ({"config": {"batch": {"maxWait": 250}}}, "/config/batch/maxWait"),
-        # One deliverer only: there is no replicas key to raise.
-        ({"deliverer": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"deliverer": {"replicas": -1}}, "/deliverer/replicas"),
+        ({"deliverer": {"webhooks": {"group": ""}}}, "/deliverer/webhooks/group"),
+        ({"deliverer": {"webhooks": {"sessionTimeout": 10}}}, "/deliverer/webhooks/sessionTimeout"),
         ({"deliverer": {"webhooks": {"timeout": 10}}}, "/deliverer/webhooks/timeout"),
         ({"deliverer": {"webhooks": {"allowPrivate": "yes"}}}, "/deliverer/webhooks/allowPrivate"),
     ],
@@ -579,6 +582,8 @@ def test_deliverer_settings_and_disabling() -> None:
         "disableAfter": "6h",
         "retryBase": "1s",
         "poll": "1s",
+        "group": "webhooks-eu",
+        "sessionTimeout": "20s",
     }
     objects = render({"deliverer": {"webhooks": settings}})
     env = env_of(deployment(objects, "deliverer")["spec"]["template"]["spec"]["containers"][0])
@@ -589,6 +594,8 @@ def test_deliverer_settings_and_disabling() -> None:
         "REFERRAL_WEBHOOK_DISABLE_AFTER": "6h",
         "REFERRAL_WEBHOOK_RETRY_BASE": "1s",
         "REFERRAL_WEBHOOK_POLL": "1s",
+        "REFERRAL_WEBHOOK_GROUP": "webhooks-eu",
+        "REFERRAL_WEBHOOK_SESSION_TIMEOUT": "20s",
     }
     api = env_of(deployment(objects, "api")["spec"]["template"]["spec"]["containers"][0])
     assert api["REFERRAL_WEBHOOK_ALLOW_PRIVATE"]["value"] == "true"
@@ -824,10 +831,15 @@ def test_autoscaling(case) -> None:
     assert aggregator["replicas"] == values["aggregator"]["replicas"] <= values["kafka"]["partitions"]
     # One release writes at a time: the old aggregators leave before the new ones start.
     assert aggregator["strategy"] == {"type": "Recreate"}
-    # Exactly one deliverer, never two at once (not even during a rollout), and no HPA.
+    # Deliverers share the endpoints through their group, so a rollout may surge: the old
+    # pod gives its endpoints up (cursors stored) before the new one gets them. No HPA (the
+    # group, not the CPU, decides who works).
     deliverer = deployment(objects, "deliverer")["spec"]
-    assert deliverer["replicas"] == 1
-    assert deliverer["strategy"] == {"type": "Recreate"}
+    assert deliverer["replicas"] == values["deliverer"]["replicas"]
+    assert deliverer["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     assert f"{FULLNAME}-deliverer" not in hpas
 
 
@@ -849,11 +861,7 @@ def test_disruption_budgets_and_services_select_their_pods(case) -> None:
         # scraped too.
         assert service.get("publishNotReadyAddresses", False) == (component in METRICS_ONLY)
         assert service["ports"][0]["targetPort"] == "http"
-        if component == "deliverer":
-            # One replica: a budget would block every drain or allow every eviction.
-            assert "podDisruptionBudget" not in values[component]
-            assert name not in budgets
-        elif values[component]["podDisruptionBudget"]["enabled"]:
+        if values[component]["podDisruptionBudget"]["enabled"]:
             selector = budgets[name]["spec"]["selector"]["matchLabels"]
             assert selector.items() <= labels.items(), component
             assert budgets[name]["spec"]["maxUnavailable"] == values[component]["podDisruptionBudget"]["maxUnavailable"]
@@ -991,6 +999,7 @@ def test_prometheus_rules() -> None:
         "ReferralWebhookDeliveriesFailed": "referral_webhook_deliveries_total",
         "ReferralWebhookEndpointsDisabled": "referral_webhook_disabled_endpoints",
         "ReferralWebhookLagHigh": "referral_webhook_lag_seconds",
+        "ReferralWebhookPartitionsUnserved": "referral_webhook_group_partitions",
         "ReferralDelivererDown": "up",
     }
     for alert, metric in expected_metric.items():
@@ -1006,7 +1015,8 @@ def test_prometheus_rules() -> None:
     assert f'job="{FULLNAME}-aggregator"' in alerts["ReferralConsumerLagHigh"]["expr"]
     assert "> 100000" in alerts["ReferralConsumerLagHigh"]["expr"]
     for alert in ("ReferralWebhookDeliveriesFailed", "ReferralWebhookEndpointsDisabled",
-                  "ReferralWebhookLagHigh", "ReferralDelivererDown"):
+                  "ReferralWebhookLagHigh", "ReferralWebhookPartitionsUnserved",
+                  "ReferralDelivererDown"):
         assert f'job="{FULLNAME}-deliverer"' in alerts[alert]["expr"], alert
     assert 'outcome="failed"' in alerts["ReferralWebhookDeliveriesFailed"]["expr"]
     assert "> 1800" in alerts["ReferralWebhookLagHigh"]["expr"]

@@ -513,6 +513,37 @@ pub struct WebhookArgs {
     pub webhook_poll: Duration,
 }
 
+/// The deliverers' consumer group (`referral-aggregator deliver` with `--kafka-brokers`).
+#[derive(Args, Clone, Debug)]
+pub struct WebhookGroupArgs {
+    /// The deliverers' own consumer group on the attribution log: it splits the endpoints
+    /// between the deliverers that run.
+    #[arg(
+        long,
+        env = "REFERRAL_WEBHOOK_GROUP",
+        default_value = "referral-webhooks"
+    )]
+    pub webhook_group: String,
+
+    /// Session timeout in that group: how soon a dead deliverer's endpoints move to another.
+    #[arg(long, env = "REFERRAL_WEBHOOK_SESSION_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub webhook_session_timeout: Duration,
+}
+
+impl WebhookGroupArgs {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.webhook_session_timeout >= Duration::from_secs(1),
+            "--webhook-session-timeout must be at least 1s"
+        );
+        anyhow::ensure!(
+            !self.webhook_group.trim().is_empty(),
+            "--webhook-group must not be empty"
+        );
+        Ok(())
+    }
+}
+
 impl WebhookArgs {
     pub fn settings(&self) -> anyhow::Result<crate::webhooks::deliver::DelivererSettings> {
         anyhow::ensure!(

@@ -37,6 +37,7 @@ use crate::verdicts::{LandingWaiter, Landings, VerdictWaiter, Verdicts};
 use crate::webhooks::WebhookStore;
 use crate::webhooks::clickhouse::ClickHouseWebhooks;
 use crate::webhooks::deliver;
+use crate::webhooks::group::Serving;
 use crate::webhooks::sqlite::SqliteWebhooks;
 
 /// How often the production API looks up the verdicts it waits for (one query for all): a
@@ -360,7 +361,9 @@ impl Pipeline {
                     let settings = args.settings()?;
                     let stop = self.stop.subscribe();
                     async move {
-                        if let Err(error) = deliver::run(store, settings, stop).await {
+                        if let Err(error) =
+                            deliver::run(store, settings, Serving::everything(), stop).await
+                        {
                             tracing::error!(%error, "the webhook deliverer stopped");
                         }
                     }

@@ -9,7 +9,7 @@ One component's Deployment. Call with a dict:
   (every container gets REFERRAL_KAFKA_SASL_PASSWORD from it with a SASL protocol)
   env        optional: the component's own env entries (a list of EnvVar), after the
              secrets and before values.extraEnv; they win over the ConfigMap's
-  replicas   optional: a fixed spec.replicas (the deliverer's 1), instead of values.replicas
+  replicas   optional: a fixed spec.replicas, instead of values.replicas
   autoscaled true: an HPA owns spec.replicas
   strategy   the Deployment strategy (a dict)
 */}}

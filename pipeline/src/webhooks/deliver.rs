@@ -22,6 +22,7 @@ use referral_schemas::webhook::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::group::{Assignment, Serving, Share};
 use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key};
 use super::{ATTEMPT_RETENTION_MS, guard, sign};
 use crate::plan::rows::EventRow;
@@ -113,11 +114,20 @@ impl Running {
 }
 
 /// Runs the deliverer until `stop` turns true; then lets each endpoint store its cursor.
+///
+/// It serves the endpoints of `serving`'s share (all of them in the embedded mode; those the
+/// deliverers' group gives it in production) and, once it runs nothing outside a new
+/// share, says so on `serving.released` (a revocation waits for that).
 pub async fn run(
     store: Arc<dyn WebhookStore>,
     settings: DelivererSettings,
+    serving: Serving,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let Serving {
+        share: mut assignments,
+        released,
+    } = serving;
     let client = http_client(&settings)?;
     let (attempts, recorded) = mpsc::unbounded_channel();
     let recorder = tokio::spawn(record_attempts(store.clone(), recorded));
@@ -143,12 +153,17 @@ pub async fn run(
         if *stop_signal.borrow() {
             break;
         }
+        let assignment = assignments.borrow_and_update().clone();
+        // A new share interrupts the store's calls (a rebalance waits for its release).
         let read = tokio::select! {
-            read = store.checkpoints() => read,
+            read = store.checkpoints() => Some(read),
+            () = share_changed(&mut assignments) => None,
             () = stopped(&mut stop_signal) => break,
         };
+        let share_moved = read.is_none();
         match read {
-            Ok(stored) => {
+            None => {}
+            Some(Ok(stored)) => {
                 checkpoints.send_if_modified(|known| {
                     let moved = *known != stored;
                     *known = stored;
@@ -156,22 +171,44 @@ pub async fn run(
                 });
                 have_checkpoints = true;
             }
-            Err(error) => tracing::warn!(%error, "cannot read the log's stored ends; retrying"),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "cannot read the log's stored ends; retrying");
+            }
         }
         // Endpoint tasks start from the log's stored ends: not before they are known (a
         // new endpoint would otherwise scan the whole outbox).
-        if have_checkpoints {
+        if have_checkpoints && !share_moved {
             let endpoints = tokio::select! {
-                endpoints = store.endpoints() => endpoints,
+                endpoints = store.endpoints() => Some(endpoints),
+                () = share_changed(&mut assignments) => None,
                 () = stopped(&mut stop_signal) => break,
             };
             match endpoints {
-                Ok(endpoints) => supervise(&shared, &mut running, endpoints),
-                Err(error) => {
+                None => {}
+                Some(Ok(endpoints)) => {
+                    let served = endpoints
+                        .into_iter()
+                        .filter(|(endpoint, _)| assignment.share.serves(&endpoint.id))
+                        .collect();
+                    supervise(&shared, &mut running, served);
+                }
+                Some(Err(error)) => {
                     tracing::warn!(%error, "cannot read the webhook endpoints; retrying");
                 }
             }
         }
+        // Whatever the store does: endpoints outside the newest share stop, and once none
+        // runs the share is released (the next owner starts from their stored cursors).
+        let assignment = assignments.borrow_and_update().clone();
+        let releasing = !release(&mut running, &assignment.share);
+        if !releasing {
+            released.send_if_modified(|done| {
+                let moved = *done < assignment.generation;
+                *done = (*done).max(assignment.generation);
+                moved
+            });
+        }
+        metrics::gauge!("referral_webhook_served_endpoints").set(running.len() as f64);
         let now = Timestamp::now().as_millis();
         let lag_ms = running
             .values()
@@ -187,8 +224,15 @@ pub async fn run(
                 tracing::warn!(%error, "cannot prune old delivery attempts");
             }
         }
+        // Stopping tasks are watched closely: a rebalance waits for them.
+        let wait = if releasing {
+            settings.poll.min(Duration::from_millis(50))
+        } else {
+            settings.poll
+        };
         tokio::select! {
-            () = tokio::time::sleep(settings.poll) => {}
+            () = tokio::time::sleep(wait) => {}
+            () = share_changed(&mut assignments) => {}
             () = stopped(&mut stop_signal) => break,
         }
     }
@@ -205,10 +249,31 @@ pub async fn run(
             abort.abort();
         }
     }
+    // Nothing runs any more: no revocation waits for this deliverer.
+    released.send_replace(u64::MAX);
     drop(shared);
     let _ = recorder.await;
     tracing::info!("webhook deliverer stopped");
     Ok(())
+}
+
+/// Resolves when the share changes; never once no one can change it (the embedded mode).
+async fn share_changed(assignments: &mut watch::Receiver<Assignment>) {
+    if assignments.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Asks the tasks of endpoints outside `share` to stop; true once none of them runs.
+fn release(running: &mut HashMap<String, Running>, share: &Share) -> bool {
+    running.retain(|id, endpoint| {
+        if share.serves(id) {
+            return true;
+        }
+        endpoint.ask_to_stop();
+        !endpoint.task.is_finished()
+    });
+    running.keys().all(|id| share.serves(id))
 }
 
 /// Resolves once the deliverer is asked to stop, or once no one can ask any more (the

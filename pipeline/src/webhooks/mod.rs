@@ -12,6 +12,9 @@
 //!   SQLite ([`sqlite`]) and ClickHouse ([`clickhouse`]) implementations.
 //! * [`deliver`]: the deliverer (`referral-aggregator deliver`, or a task of the embedded
 //!   `referral-api`).
+//! * [`group`]: the deliverers' own consumer group on the log, which decides the endpoints
+//!   each `referral-aggregator deliver` serves (one deliverer per endpoint, however many
+//!   run).
 //! * [`sign`]: the `Referral-Signature` header.
 //! * [`guard`]: where a webhook may point (no SSRF).
 //!
@@ -25,6 +28,7 @@
 
 pub mod clickhouse;
 pub mod deliver;
+pub mod group;
 pub mod guard;
 pub mod sign;
 pub mod sqlite;
