@@ -16,8 +16,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Consume the log and apply it to ClickHouse (needs --kafka-brokers and --clickhouse-url).
     Run(RunArgs),
-    /// Deliver webhooks from ClickHouse's event outbox (needs --clickhouse-url). Run one
-    /// replica: each endpoint's events go out in order from one deliverer.
+    /// Deliver webhooks from ClickHouse's event outbox (needs --clickhouse-url). With
+    /// --kafka-brokers, deliverers join their own consumer group, which splits the
+    /// endpoints between them; without, run only one.
     Deliver(DeliverArgs),
 }
 

@@ -26,7 +26,7 @@ use referral_pipeline::embedded::DataDirLock;
 use referral_pipeline::kafka::admin;
 use referral_pipeline::store::clickhouse::migrate as clickhouse_migrate;
 use referral_pipeline::store::sqlite;
-use referral_pipeline::webhooks::group::{DeliveryGroup, Serving};
+use referral_pipeline::webhooks::group::{DeliveryGroup, Membership, Serving};
 use referral_pipeline::webhooks::{self, WebhookStore, clickhouse::ClickHouseWebhooks};
 use referral_schemas::{ApiError, ErrorKind};
 use tokio::net::TcpListener;
@@ -174,15 +174,18 @@ pub async fn deliver(
             (None, Serving::everything())
         }
     };
+    let membership = group.as_ref().map(DeliveryGroup::membership);
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let deliverer = tokio::spawn(webhooks::deliver::run(store, settings, serving, stopped));
+    let mut deliverer = tokio::spawn(webhooks::deliver::run(store, settings, serving, stopped));
     let (stop_ops, ops_shutdown) = referral_kit::shutdown::channel();
     let make_service = move |_| {
         let metrics = metrics.clone();
+        let membership = membership.clone();
         hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let ready = || membership.as_ref().map_or(Ok(()), Membership::readiness);
             let response: http::Response<http_body_util::Full<bytes::Bytes>> =
                 match OpsRoute::of(request.uri().path()) {
-                    Some(route) => ops::answer(route, request.method(), || Ok(()), &metrics),
+                    Some(route) => ops::answer(route, request.method(), ready, &metrics),
                     None => error::error_response(&ApiError::new(
                         ErrorKind::RouteNotFound,
                         "no such route",
@@ -198,10 +201,18 @@ pub async fn deliver(
         ops_shutdown,
     ));
     let mut shutdown = shutdown;
-    shutdown.wait().await;
-    tracing::info!("shutdown requested: storing webhook cursors");
-    stop.send_replace(true);
-    let delivered = deliverer.await;
+    // A deliverer that ends by itself leaves the group at once: its endpoints go to others.
+    let (delivered, by_itself) = tokio::select! {
+        () = shutdown.wait() => {
+            tracing::info!("shutdown requested: storing webhook cursors");
+            stop.send_replace(true);
+            ((&mut deliverer).await, false)
+        }
+        ended = &mut deliverer => {
+            tracing::error!("the webhook deliverer ended unexpectedly; leaving the group");
+            (ended, true)
+        }
+    };
     // Only now: the endpoints go to another deliverer once their cursors are stored.
     if let Some(group) = group {
         tokio::task::spawn_blocking(move || group.leave())
@@ -211,6 +222,7 @@ pub async fn deliver(
     stop_ops.trigger();
     let _ = ops.await;
     match delivered {
+        Ok(Ok(())) if by_itself => Err(anyhow::anyhow!("the webhook deliverer ended unexpectedly")),
         Ok(result) => result,
         Err(error) => Err(anyhow::anyhow!("the deliverer failed: {error}")),
     }

@@ -255,6 +255,14 @@ impl Deployment {
         )
     }
 
+    /// The broker's address (production).
+    fn brokers(&self) -> String {
+        self._services
+            .as_ref()
+            .map(|(broker, _)| broker.address())
+            .unwrap()
+    }
+
     /// The first deliverer's ops port.
     fn deliverer_port(&self) -> u16 {
         self.deliver_args
@@ -789,10 +797,11 @@ async fn retries_end_after_retry_for_and_an_endpoint_failing_too_long_is_disable
     }
 }
 
-/// Production with two deliverers in their group: the group splits the endpoints (each
-/// event reaches each endpoint exactly once while both run: no endpoint is served twice),
-/// and when one is SIGKILLed mid-stream its endpoints move to the live deliverers from their
-/// stored cursors: every event still reaches every endpoint, in order.
+/// Production with deliverers in their group: the group splits the endpoints (each event
+/// reaches each endpoint exactly once while two run: no endpoint is served twice); a third
+/// joins mid-stream and the endpoints are shared out again; one is SIGKILLed mid-stream and
+/// its endpoints move to the live deliverers from their stored cursors. Every event reaches
+/// every endpoint, in order, and the group's committed offsets end at the log's end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on() {
     use reqwest::Method;
@@ -960,30 +969,87 @@ async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on()
         expected.push(confirm(i).await);
     }
     all_received(expected.clone(), true).await;
-    // Settled (every cursor stored past them), then one deliverer dies mid-stream.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // A third deliverer joins mid-stream: the endpoints are shared out again while events
+    // go out (at least once then: an event in flight at the revocation is sent again by
+    // its next deliverer), still in order.
     expected.push(confirm(4).await);
-    second.kill();
-    // Its replacement joins, as Kubernetes starts one, once the dead one's session is over
-    // (see `Deployment::kill_deliverer`).
-    tokio::time::sleep(GROUP_SESSION + Duration::from_secs(1)).await;
     let third_port = free_ports(1)[0];
     let _third = deployment.another_deliverer(third_port, "deliver-third");
     for i in 5..9 {
         expected.push(confirm(i).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     all_received(expected.clone(), false).await;
-    let served = deployment
-        .gauge(first, "referral_webhook_served_endpoints")
-        .await
-        .unwrap_or(0.0)
-        + deployment
-            .gauge(third_port, "referral_webhook_served_endpoints")
+    // Settled (every cursor stored past them), then one deliverer dies mid-stream.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    expected.push(confirm(9).await);
+    second.kill();
+    // Its replacement joins, as Kubernetes starts one, once the dead one's session is over
+    // (see `Deployment::kill_deliverer`).
+    tokio::time::sleep(GROUP_SESSION + Duration::from_secs(1)).await;
+    let fourth_port = free_ports(1)[0];
+    let _fourth = deployment.another_deliverer(fourth_port, "deliver-fourth");
+    for i in 10..14 {
+        expected.push(confirm(i).await);
+    }
+    all_received(expected.clone(), false).await;
+    let mut served = 0.0;
+    for port in [first, third_port, fourth_port] {
+        served += deployment
+            .gauge(port, "referral_webhook_served_endpoints")
             .await
             .unwrap_or(0.0);
+    }
     assert_eq!(
         served,
         receivers.len() as f64,
         "the live deliverers serve every endpoint"
     );
+    // The group's committed offsets are the deliverers' position on the log: with every
+    // endpoint caught up, each partition's end (the dead one's too, committed by its new
+    // holder).
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", deployment.brokers())
+        .set("group.id", "referral-webhooks")
+        .create()
+        .unwrap();
+    let topic = "referral-events";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        for partition in 0..3 {
+            partitions.add_partition(topic, partition);
+        }
+        let committed = reader
+            .committed_offsets(partitions, Duration::from_secs(5))
+            .unwrap();
+        let mut behind = Vec::new();
+        let mut written = 0;
+        for partition in 0..3 {
+            let (_, end) = reader
+                .fetch_watermarks(topic, partition, Duration::from_secs(5))
+                .unwrap();
+            written += end;
+            let at = committed
+                .find_partition(topic, partition)
+                .map(|element| element.offset());
+            let caught_up = match at {
+                Some(rdkafka::Offset::Offset(at)) => at == end,
+                _ => end == 0,
+            };
+            if !caught_up {
+                behind.push((partition, at, end));
+            }
+        }
+        assert!(written > 0);
+        if behind.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group's position is not the log's end: {behind:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -1062,6 +1062,8 @@ def test_notes_render(case) -> None:
     open_api = not values["existingSecret"] and not values["auth"]["apiTokens"]
     assert open_api == values["auth"]["allowAnonymous"]
     assert ("WARNING: no API tokens" in notes) == open_api
+    deliverer = values["deliverer"]
+    assert (f"{deliverer['replicas']} in consumer group {deliverer['webhooks']['group']}" in notes) == deliverer["enabled"]
 
 
 def test_sequential_reads_reach_the_clickhouse_clients_only_when_set() -> None:

@@ -22,7 +22,7 @@ use referral_schemas::webhook::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::group::{Assignment, Serving, Share};
+use super::group::{self, Assignment, Serving, Share};
 use super::store::{Cursor, Progress, StoredEndpoint, WebhookStore, partition_key};
 use super::{ATTEMPT_RETENTION_MS, guard, sign};
 use crate::plan::rows::EventRow;
@@ -117,7 +117,9 @@ impl Running {
 ///
 /// It serves the endpoints of `serving`'s share (all of them in the embedded mode; those the
 /// deliverers' group gives it in production) and, once it runs nothing outside a new
-/// share, says so on `serving.released` (a revocation waits for that).
+/// share, says so on `serving.released` (a revocation waits for that). Every poll it
+/// publishes the deliverers' position on the log (from the stored cursors) for the group
+/// to commit.
 pub async fn run(
     store: Arc<dyn WebhookStore>,
     settings: DelivererSettings,
@@ -127,6 +129,7 @@ pub async fn run(
     let Serving {
         share: mut assignments,
         released,
+        positions,
     } = serving;
     let client = http_client(&settings)?;
     let (attempts, recorded) = mpsc::unbounded_channel();
@@ -153,52 +156,9 @@ pub async fn run(
         if *stop_signal.borrow() {
             break;
         }
-        let assignment = assignments.borrow_and_update().clone();
-        // A new share interrupts the store's calls (a rebalance waits for its release).
-        let read = tokio::select! {
-            read = store.checkpoints() => Some(read),
-            () = share_changed(&mut assignments) => None,
-            () = stopped(&mut stop_signal) => break,
-        };
-        let share_moved = read.is_none();
-        match read {
-            None => {}
-            Some(Ok(stored)) => {
-                checkpoints.send_if_modified(|known| {
-                    let moved = *known != stored;
-                    *known = stored;
-                    moved
-                });
-                have_checkpoints = true;
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%error, "cannot read the log's stored ends; retrying");
-            }
-        }
-        // Endpoint tasks start from the log's stored ends: not before they are known (a
-        // new endpoint would otherwise scan the whole outbox).
-        if have_checkpoints && !share_moved {
-            let endpoints = tokio::select! {
-                endpoints = store.endpoints() => Some(endpoints),
-                () = share_changed(&mut assignments) => None,
-                () = stopped(&mut stop_signal) => break,
-            };
-            match endpoints {
-                None => {}
-                Some(Ok(endpoints)) => {
-                    let served = endpoints
-                        .into_iter()
-                        .filter(|(endpoint, _)| assignment.share.serves(&endpoint.id))
-                        .collect();
-                    supervise(&shared, &mut running, served);
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "cannot read the webhook endpoints; retrying");
-                }
-            }
-        }
-        // Whatever the store does: endpoints outside the newest share stop, and once none
-        // runs the share is released (the next owner starts from their stored cursors).
+        // First, and before any store call: endpoints outside the newest share stop, and
+        // once none runs the share is released (a rebalance waits for that; the next owner
+        // starts from their stored cursors). While some still run, the store is left alone.
         let assignment = assignments.borrow_and_update().clone();
         let releasing = !release(&mut running, &assignment.share);
         if !releasing {
@@ -207,6 +167,53 @@ pub async fn run(
                 *done = (*done).max(assignment.generation);
                 moved
             });
+            // A new share cuts a store call short: back to the top to release it.
+            let read = tokio::select! {
+                read = store.checkpoints() => read,
+                () = share_changed(&mut assignments) => continue,
+                () = stopped(&mut stop_signal) => break,
+            };
+            match read {
+                Ok(stored) => {
+                    checkpoints.send_if_modified(|known| {
+                        let moved = *known != stored;
+                        *known = stored;
+                        moved
+                    });
+                    have_checkpoints = true;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the log's stored ends; retrying");
+                }
+            }
+        }
+        // Endpoint tasks start from the log's stored ends: not before they are known (a
+        // new endpoint would otherwise scan the whole outbox).
+        if !releasing && have_checkpoints {
+            let endpoints = tokio::select! {
+                endpoints = store.endpoints() => endpoints,
+                () = share_changed(&mut assignments) => continue,
+                () = stopped(&mut stop_signal) => break,
+            };
+            match endpoints {
+                Ok(endpoints) => {
+                    // The deliverers' position on the log, for the group to commit.
+                    let position = group::position(&checkpoints.borrow(), &endpoints);
+                    positions.send_if_modified(|known| {
+                        let moved = *known != position;
+                        *known = position;
+                        moved
+                    });
+                    let served = endpoints
+                        .into_iter()
+                        .filter(|(endpoint, _)| assignment.share.serves(&endpoint.id))
+                        .collect();
+                    supervise(&shared, &mut running, served);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the webhook endpoints; retrying");
+                }
+            }
         }
         metrics::gauge!("referral_webhook_served_endpoints").set(running.len() as f64);
         let now = Timestamp::now().as_millis();
@@ -218,9 +225,14 @@ pub async fn run(
             .max()
             .unwrap_or(0);
         metrics::gauge!("referral_webhook_lag_seconds").set(lag_ms as f64 / 1_000.0);
-        if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+        if !releasing && last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
             last_prune = Some(Instant::now());
-            if let Err(error) = store.prune_attempts(now - ATTEMPT_RETENTION_MS).await {
+            let pruned = tokio::select! {
+                pruned = store.prune_attempts(now - ATTEMPT_RETENTION_MS) => pruned,
+                () = share_changed(&mut assignments) => continue,
+                () = stopped(&mut stop_signal) => break,
+            };
+            if let Err(error) = pruned {
                 tracing::warn!(%error, "cannot prune old delivery attempts");
             }
         }

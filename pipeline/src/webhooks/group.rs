@@ -8,7 +8,11 @@
 //! deliverer that dies move to the others once its session times out.
 //!
 //! The partitions are held, not read (paused): an endpoint's events come from the outbox
-//! the single writer fills (see the module map), and its position is its cursor there.
+//! the single writer fills (see the module map), and its position is its cursor there. The
+//! group's committed offset of a partition is the deliverers' position on the log: every
+//! live endpoint has had every event below it ([`position`], from the stored cursors),
+//! committed by the deliverer holding the partition, so Kafka's tooling shows the
+//! deliverers' lag like any consumer group's.
 //!
 //! A revocation is held inside the rebalance callback (the broker's rebalance waits for
 //! it) until the deliverer has stopped the tasks of the endpoints it gives up and stored
@@ -24,17 +28,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rdkafka::Offset;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use tokio::sync::watch;
 
+use super::store::{Cursor, Progress, StoredEndpoint, partition_key};
 use crate::kafka::{KafkaSettings, METADATA_TIMEOUT};
 
 /// The longest a revocation waits for the deliverer to stop the endpoints it gives up:
 /// longer than the deliverer's own grace for a task stuck in a call.
 const RELEASE_WAIT: Duration = Duration::from_secs(15);
+/// How often a partition count that could not be read is asked for again.
+const COUNT_RETRY: Duration = Duration::from_secs(2);
 
 /// The partition of `partitions` an endpoint hashes onto (64-bit FNV-1a of its id): the
 /// same on every deliverer and every version, so all agree on who serves it.
@@ -45,6 +53,28 @@ pub fn owner(endpoint_id: &str, partitions: u32) -> u32 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     u32::try_from(hash % u64::from(partitions.max(1))).unwrap_or(0)
+}
+
+/// The deliverers' position on the log, per partition of `stored_ends` (the store's
+/// checkpoints): the lowest stored cursor of the enabled endpoints (0 where one has none),
+/// at most the stored end.
+/// Every enabled endpoint has had every event below it. An endpoint not started yet (no
+/// progress) starts at the stored ends or later; a disabled one gets nothing until a
+/// replay, which re-sends from its own `since` whatever this said.
+pub fn position(stored_ends: &Cursor, endpoints: &[(StoredEndpoint, Option<Progress>)]) -> Cursor {
+    let mut position = stored_ends.clone();
+    for (_, progress) in endpoints {
+        let Some(progress) = progress else { continue };
+        if progress.disabled_at.is_some() {
+            continue;
+        }
+        for (key, at) in &mut position {
+            // No cursor there yet: the endpoint reads that partition from its start.
+            let cursor = progress.cursor.get(key).copied().unwrap_or(0);
+            *at = (*at).min(cursor);
+        }
+    }
+    position
 }
 
 /// Which endpoints a deliverer serves.
@@ -90,11 +120,12 @@ pub struct Assignment {
     pub share: Share,
 }
 
-/// The deliverer's side of the group: the current share, and where it says which share's
-/// endpoints alone it still runs.
+/// The deliverer's side of the group: the current share, where it says which share's
+/// endpoints alone it still runs, and the deliverers' [`position`] to commit.
 pub struct Serving {
     pub share: watch::Receiver<Assignment>,
     pub released: watch::Sender<u64>,
+    pub positions: watch::Sender<Cursor>,
 }
 
 impl Serving {
@@ -107,6 +138,7 @@ impl Serving {
         Self {
             share,
             released: watch::channel(0).0,
+            positions: watch::channel(Cursor::new()).0,
         }
     }
 }
@@ -119,28 +151,41 @@ struct GroupContext {
     generation: AtomicU64,
     /// Partitions assigned whose share is not out yet (the partition count was not known).
     unshared: std::sync::Mutex<Option<BTreeSet<u32>>>,
+    /// A commit failed: every held position is committed again.
+    recommit: AtomicBool,
+    /// An assignment was received and not revoked since: a member of the group (with or
+    /// without partitions), for the readiness check.
+    in_group: Arc<AtomicBool>,
+    /// When the partition count was last asked for, to space out the retries.
+    counted_at: std::sync::Mutex<Option<Instant>>,
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(_) => return,
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => {
-                // The assignment stands: the next rebalance settles it.
-                metrics::counter!("referral_webhook_rebalances_total", "kind" => "error")
-                    .increment(1);
-                tracing::warn!(%error, "webhook group rebalance error");
-                return;
-            }
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::debug!(%error, "webhook position commit failed; tried again");
+            self.recommit.store(true, Ordering::SeqCst);
         }
-        metrics::counter!("referral_webhook_rebalances_total", "kind" => "revoke").increment(1);
+    }
+
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // rdkafka unassigns after an error too: both give the whole share up.
+        let kind = match rebalance {
+            Rebalance::Assign(_) => return,
+            Rebalance::Revoke(_) => "revoke",
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "webhook group rebalance error: giving the share up");
+                "error"
+            }
+        };
+        metrics::counter!("referral_webhook_rebalances_total", "kind" => kind).increment(1);
         tracing::info!(
             lost = consumer.assignment_lost(),
             "webhook partitions revoked: stopping their endpoints"
         );
+        self.in_group.store(false, Ordering::SeqCst);
         metrics::gauge!("referral_webhook_group_partitions").set(0.0);
         self.set_unshared(None);
         let generation = self.publish(Share::nothing());
@@ -151,6 +196,9 @@ impl ConsumerContext for GroupContext {
         let Rebalance::Assign(partitions) = rebalance else {
             return;
         };
+        // New partitions get their positions committed.
+        self.recommit.store(true, Ordering::SeqCst);
+        self.in_group.store(true, Ordering::SeqCst);
         metrics::counter!("referral_webhook_rebalances_total", "kind" => "assign").increment(1);
         // Held, not read: the events come from the outbox.
         if let Err(error) = consumer.pause(partitions) {
@@ -162,6 +210,45 @@ impl ConsumerContext for GroupContext {
 }
 
 impl GroupContext {
+    /// Commits the positions of the held partitions that changed since the last commit.
+    fn commit_positions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        positions: &Cursor,
+        committed: &mut std::collections::HashMap<i32, i64>,
+    ) {
+        if self.recommit.swap(false, Ordering::SeqCst) {
+            committed.clear();
+        }
+        let Ok(held) = consumer.assignment() else {
+            return;
+        };
+        let mut offsets = TopicPartitionList::new();
+        for element in held.elements() {
+            let partition = element.partition();
+            let key = partition_key(element.topic(), partition);
+            let Some(next) = positions.get(&key).copied() else {
+                continue;
+            };
+            if committed.get(&partition) == Some(&next) {
+                continue;
+            }
+            if offsets
+                .add_partition_offset(element.topic(), partition, Offset::Offset(next))
+                .is_ok()
+            {
+                committed.insert(partition, next);
+            }
+        }
+        if offsets.count() == 0 {
+            return;
+        }
+        if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+            tracing::warn!(%error, "cannot commit the webhook position; tried again");
+            self.recommit.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn owned(&self, partitions: &TopicPartitionList) -> BTreeSet<u32> {
         partitions
             .elements()
@@ -181,6 +268,10 @@ impl GroupContext {
     /// Publishes the share of `owned` once the log's partition count is known; until then
     /// nothing is served and the poll loop asks again.
     fn share_when_counted(&self, consumer: &BaseConsumer<Self>, owned: BTreeSet<u32>) {
+        *self
+            .counted_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         match partition_count(consumer, &self.topic) {
             Ok(count) => {
                 tracing::info!(partitions = ?owned, of = count, "webhook partitions assigned");
@@ -213,6 +304,7 @@ impl GroupContext {
                 return;
             }
             if Instant::now() >= deadline {
+                metrics::counter!("referral_webhook_release_timeouts_total").increment(1);
                 tracing::warn!(
                     "the deliverer did not release its endpoints in time; the rebalance goes on"
                 );
@@ -238,10 +330,26 @@ fn partition_count(consumer: &BaseConsumer<GroupContext>, topic: &str) -> Result
     }
 }
 
+/// Whether a deliverer is in its group now: not before its first assignment, nor between a
+/// revocation (a lost session included) and the next assignment.
+#[derive(Clone)]
+pub struct Membership(Arc<AtomicBool>);
+
+impl Membership {
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.0.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("not in the webhook deliverers' group (joining, rebalancing, or the brokers are unreachable)".into())
+        }
+    }
+}
+
 /// A member of the deliverers' group, polled on its own thread.
 pub struct DeliveryGroup {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+    in_group: Arc<AtomicBool>,
 }
 
 impl DeliveryGroup {
@@ -258,6 +366,8 @@ impl DeliveryGroup {
             share: Share::nothing(),
         });
         let (released, released_seen) = watch::channel(0);
+        let (positions, positions_seen) = watch::channel(Cursor::new());
+        let in_group = Arc::new(AtomicBool::new(false));
         let consumer: BaseConsumer<GroupContext> = settings
             .client_config()
             .set("client.id", &settings.client_id)
@@ -276,6 +386,9 @@ impl DeliveryGroup {
                 released: released_seen,
                 generation: AtomicU64::new(0),
                 unshared: std::sync::Mutex::new(None),
+                recommit: AtomicBool::new(false),
+                in_group: in_group.clone(),
+                counted_at: std::sync::Mutex::new(None),
             })?;
         consumer.subscribe(&[settings.topic.as_str()])?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -283,7 +396,7 @@ impl DeliveryGroup {
             .name("webhook-group".into())
             .spawn({
                 let stop = stop.clone();
-                move || poll_group(&consumer, &stop)
+                move || poll_group(&consumer, positions_seen, &stop)
             })
             .map_err(|error| KafkaError::ClientCreation(error.to_string()))?;
         tracing::info!(group = group_id, topic = %settings.topic, "joining the webhook deliverers' group");
@@ -291,12 +404,19 @@ impl DeliveryGroup {
             Self {
                 thread: Some(thread),
                 stop,
+                in_group,
             },
             Serving {
                 share: share_seen,
                 released,
+                positions,
             },
         ))
+    }
+
+    /// Whether it is a member of the group, for `/readyz`.
+    pub fn membership(&self) -> Membership {
+        Membership(self.in_group.clone())
     }
 
     /// Leaves the group (call once the deliverer has stopped: its endpoints go to others).
@@ -314,23 +434,42 @@ impl Drop for DeliveryGroup {
     }
 }
 
-/// Serves the group protocol (rebalance callbacks run inside `poll`) until `stop`.
-fn poll_group(consumer: &BaseConsumer<GroupContext>, stop: &AtomicBool) {
+/// Serves the group protocol (rebalance callbacks run inside `poll`) and commits the
+/// deliverers' position until `stop`.
+fn poll_group(
+    consumer: &BaseConsumer<GroupContext>,
+    mut positions: watch::Receiver<Cursor>,
+    stop: &AtomicBool,
+) {
+    let mut committed = std::collections::HashMap::new();
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(200)) {
             // A record fetched before the pause took effect: not ours to read.
             Some(Ok(_)) | None => {}
             Some(Err(error)) => tracing::warn!(%error, "webhook group consumer error"),
         }
-        let unshared = consumer
-            .context()
-            .unshared
+        let context = consumer.context();
+        let retry_count = context
+            .counted_at
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take();
+            .is_none_or(|at| at.elapsed() >= COUNT_RETRY);
+        let unshared = retry_count
+            .then(|| {
+                context
+                    .unshared
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .take()
+            })
+            .flatten();
         if let Some(owned) = unshared {
-            consumer.context().share_when_counted(consumer, owned);
+            context.share_when_counted(consumer, owned);
         }
+        let current = positions.borrow_and_update().clone();
+        consumer
+            .context()
+            .commit_positions(consumer, &current, &mut committed);
     }
     consumer.unsubscribe();
     // Serve the revocation that unsubscribing triggers (the deliverer is gone: no wait).
@@ -367,6 +506,72 @@ mod tests {
         assert_eq!(
             owner("a", u32::MAX),
             (0xaf63_dc4c_8601_ec8c_u64 % u64::from(u32::MAX)) as u32
+        );
+    }
+
+    fn endpoint(id: &str, progress: Option<Progress>) -> (StoredEndpoint, Option<Progress>) {
+        (
+            StoredEndpoint {
+                id: id.to_owned(),
+                url: "https://example.com/hooks".to_owned(),
+                events: Vec::new(),
+                secret: "whsec_x".to_owned(),
+                created_at: 0,
+                replay: None,
+            },
+            progress,
+        )
+    }
+
+    fn cursor(entries: &[(&str, i64)]) -> Cursor {
+        entries
+            .iter()
+            .map(|(key, at)| ((*key).to_owned(), *at))
+            .collect()
+    }
+
+    #[test]
+    fn the_position_is_the_slowest_enabled_endpoint_at_most_the_stored_end() {
+        let ends = cursor(&[("log/0", 100), ("log/1", 50)]);
+        assert_eq!(position(&ends, &[]), ends, "no endpoint: nothing owed");
+        let slow = Progress {
+            cursor: cursor(&[("log/0", 40), ("log/1", 50)]),
+            ..Progress::default()
+        };
+        let fast = Progress {
+            cursor: cursor(&[("log/0", 90), ("log/1", 50)]),
+            ..Progress::default()
+        };
+        let disabled = Progress {
+            cursor: cursor(&[("log/0", 1), ("log/1", 1)]),
+            disabled_at: Some(5),
+            ..Progress::default()
+        };
+        // A cursor past the stored end (a stored end read before the cursor moved).
+        let ahead = Progress {
+            cursor: cursor(&[("log/0", 100), ("log/1", 70)]),
+            ..Progress::default()
+        };
+        let endpoints = [
+            endpoint("wh_slow", Some(slow)),
+            endpoint("wh_fast", Some(fast)),
+            endpoint("wh_disabled", Some(disabled)),
+            endpoint("wh_ahead", Some(ahead)),
+            endpoint("wh_new", None),
+        ];
+        assert_eq!(
+            position(&ends, &endpoints),
+            cursor(&[("log/0", 40), ("log/1", 50)])
+        );
+        // A partition an endpoint has no cursor in yet (it appeared after the endpoint
+        // started): that endpoint reads it from its start, so nothing there is passed.
+        let before_the_partition = Progress {
+            cursor: cursor(&[("log/0", 100)]),
+            ..Progress::default()
+        };
+        assert_eq!(
+            position(&ends, &[endpoint("wh_old", Some(before_the_partition))]),
+            cursor(&[("log/0", 100), ("log/1", 0)])
         );
     }
 
