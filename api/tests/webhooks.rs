@@ -918,7 +918,9 @@ async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on()
             ("conversion.confirmed".to_owned(), id)
         }
     };
-    let all_received = |expected: Vec<(String, String)>, exactly_once: bool| {
+    // `resent`: how many requests beyond one per event an endpoint may have had (0: exactly
+    // once; None: any, as after a SIGKILL).
+    let all_received = |expected: Vec<(String, String)>, resent: Option<u64>| {
         let receivers = &receivers;
         async move {
             let deadline = Instant::now() + Duration::from_secs(60);
@@ -943,12 +945,13 @@ async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on()
                         receiver.url()
                     );
                     if got == expected {
-                        if exactly_once {
-                            assert_eq!(
-                                report["requests"].as_u64(),
-                                Some(expected.len() as u64),
-                                "{}: an endpoint served by both deliverers",
-                                receiver.url()
+                        if let Some(resent) = resent {
+                            let requests = report["requests"].as_u64().unwrap();
+                            assert!(
+                                requests <= expected.len() as u64 + resent,
+                                "{}: {requests} requests for {} events: an endpoint served by two deliverers",
+                                receiver.url(),
+                                expected.len()
                             );
                         }
                         break;
@@ -968,10 +971,11 @@ async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on()
     for i in 0..4 {
         expected.push(confirm(i).await);
     }
-    all_received(expected.clone(), true).await;
+    all_received(expected.clone(), Some(0)).await;
     // A third deliverer joins mid-stream: the endpoints are shared out again while events
-    // go out (at least once then: an event in flight at the revocation is sent again by
-    // its next deliverer), still in order.
+    // go out, still in order; an event in flight at a revocation is sent again by its next
+    // deliverer (a rebalance or two: at most two resent per endpoint; two deliverers
+    // serving one endpoint would resend every event).
     expected.push(confirm(4).await);
     let third_port = free_ports(1)[0];
     let _third = deployment.another_deliverer(third_port, "deliver-third");
@@ -979,7 +983,7 @@ async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on()
         expected.push(confirm(i).await);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    all_received(expected.clone(), false).await;
+    all_received(expected.clone(), Some(2)).await;
     // Settled (every cursor stored past them), then one deliverer dies mid-stream.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     expected.push(confirm(9).await);
@@ -992,7 +996,7 @@ async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on()
     for i in 10..14 {
         expected.push(confirm(i).await);
     }
-    all_received(expected.clone(), false).await;
+    all_received(expected.clone(), None).await;
     let mut served = 0.0;
     for port in [first, third_port, fourth_port] {
         served += deployment

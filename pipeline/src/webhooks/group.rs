@@ -43,6 +43,9 @@ use crate::kafka::{KafkaSettings, METADATA_TIMEOUT};
 const RELEASE_WAIT: Duration = Duration::from_secs(15);
 /// How often a partition count that could not be read is asked for again.
 const COUNT_RETRY: Duration = Duration::from_secs(2);
+/// How often the position is committed at most (as librdkafka's auto-commit; a new
+/// assignment or a failed commit commits at once).
+const COMMIT_EVERY: Duration = Duration::from_secs(5);
 
 /// The partition of `partitions` an endpoint hashes onto (64-bit FNV-1a of its id): the
 /// same on every deliverer and every version, so all agree on who serves it.
@@ -56,21 +59,28 @@ pub fn owner(endpoint_id: &str, partitions: u32) -> u32 {
 }
 
 /// The deliverers' position on the log, per partition of `stored_ends` (the store's
-/// checkpoints): the lowest stored cursor of the enabled endpoints (0 where one has none),
-/// at most the stored end.
-/// Every enabled endpoint has had every event below it. An endpoint not started yet (no
-/// progress) starts at the stored ends or later; a disabled one gets nothing until a
-/// replay, which re-sends from its own `since` whatever this said.
+/// checkpoints): the lowest stored cursor of the endpoints that are to get events, at most
+/// the stored end. Every such endpoint has had every event below it. An endpoint whose
+/// start is not stored yet (no progress: its task has not run) or that is about to go back
+/// (a replay not applied yet) may still get any event: 0. A disabled one gets nothing until
+/// a replay, which counts as the latter.
 pub fn position(stored_ends: &Cursor, endpoints: &[(StoredEndpoint, Option<Progress>)]) -> Cursor {
     let mut position = stored_ends.clone();
-    for (_, progress) in endpoints {
-        let Some(progress) = progress else { continue };
-        if progress.disabled_at.is_some() {
-            continue;
-        }
+    for (endpoint, progress) in endpoints {
+        let replay = endpoint.replay.map_or(0, |(_, at)| at);
+        let cursor = match progress {
+            Some(progress) if replay <= progress.replay_applied => {
+                if progress.disabled_at.is_some() {
+                    continue;
+                }
+                &progress.cursor
+            }
+            // Not started, or a replay pending: anything may still go out.
+            _ => &Cursor::new(),
+        };
         for (key, at) in &mut position {
             // No cursor there yet: the endpoint reads that partition from its start.
-            let cursor = progress.cursor.get(key).copied().unwrap_or(0);
+            let cursor = cursor.get(key).copied().unwrap_or(0);
             *at = (*at).min(cursor);
         }
     }
@@ -153,9 +163,8 @@ struct GroupContext {
     unshared: std::sync::Mutex<Option<BTreeSet<u32>>>,
     /// A commit failed: every held position is committed again.
     recommit: AtomicBool,
-    /// An assignment was received and not revoked since: a member of the group (with or
-    /// without partitions), for the readiness check.
-    in_group: Arc<AtomicBool>,
+    /// For the readiness check.
+    membership: Membership,
     /// When the partition count was last asked for, to space out the retries.
     counted_at: std::sync::Mutex<Option<Instant>>,
 }
@@ -185,7 +194,7 @@ impl ConsumerContext for GroupContext {
             lost = consumer.assignment_lost(),
             "webhook partitions revoked: stopping their endpoints"
         );
-        self.in_group.store(false, Ordering::SeqCst);
+        self.membership.set(MemberState::Out(Instant::now()));
         metrics::gauge!("referral_webhook_group_partitions").set(0.0);
         self.set_unshared(None);
         let generation = self.publish(Share::nothing());
@@ -198,7 +207,6 @@ impl ConsumerContext for GroupContext {
         };
         // New partitions get their positions committed.
         self.recommit.store(true, Ordering::SeqCst);
-        self.in_group.store(true, Ordering::SeqCst);
         metrics::counter!("referral_webhook_rebalances_total", "kind" => "assign").increment(1);
         // Held, not read: the events come from the outbox.
         if let Err(error) = consumer.pause(partitions) {
@@ -210,16 +218,21 @@ impl ConsumerContext for GroupContext {
 }
 
 impl GroupContext {
-    /// Commits the positions of the held partitions that changed since the last commit.
+    /// Commits the positions of the held partitions that changed since the last commit, at
+    /// most every [`COMMIT_EVERY`].
     fn commit_positions(
         &self,
         consumer: &BaseConsumer<Self>,
         positions: &Cursor,
         committed: &mut std::collections::HashMap<i32, i64>,
+        last_commit: &mut Option<Instant>,
     ) {
         if self.recommit.swap(false, Ordering::SeqCst) {
             committed.clear();
+        } else if last_commit.is_some_and(|at| at.elapsed() < COMMIT_EVERY) {
+            return;
         }
+        *last_commit = Some(Instant::now());
         let Ok(held) = consumer.assignment() else {
             return;
         };
@@ -268,14 +281,17 @@ impl GroupContext {
     /// Publishes the share of `owned` once the log's partition count is known; until then
     /// nothing is served and the poll loop asks again.
     fn share_when_counted(&self, consumer: &BaseConsumer<Self>, owned: BTreeSet<u32>) {
+        let count = partition_count(consumer, &self.topic);
+        // After the fetch, which may take its whole timeout: retries are spaced from its end.
         *self
             .counted_at
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
-        match partition_count(consumer, &self.topic) {
+        match count {
             Ok(count) => {
                 tracing::info!(partitions = ?owned, of = count, "webhook partitions assigned");
                 metrics::gauge!("referral_webhook_group_partitions").set(owned.len() as f64);
+                self.membership.set(MemberState::In);
                 self.set_unshared(None);
                 self.publish(Share::Partitions { owned, count });
             }
@@ -330,17 +346,48 @@ fn partition_count(consumer: &BaseConsumer<GroupContext>, topic: &str) -> Result
     }
 }
 
-/// Whether a deliverer is in its group now: not before its first assignment, nor between a
-/// revocation (a lost session included) and the next assignment.
+/// Where a deliverer stands in its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MemberState {
+    /// No share yet.
+    Joining,
+    /// Its share is out (possibly empty: a standby).
+    In,
+    /// Revoked (a rebalance, or the session lost) at this time.
+    Out(Instant),
+}
+
+/// Whether a deliverer is in its group, for `/readyz`: not until its first share is out,
+/// and not once it has been out of the group for longer than a rebalance takes (every
+/// deliverer goes through each rebalance at once: a drain must not find them all unready).
 #[derive(Clone)]
-pub struct Membership(Arc<AtomicBool>);
+pub struct Membership {
+    state: Arc<std::sync::Mutex<MemberState>>,
+    grace: Duration,
+}
 
 impl Membership {
+    fn set(&self, state: MemberState) {
+        let mut current = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Revoked before its first share: still joining.
+        if !(matches!(state, MemberState::Out(_)) && *current == MemberState::Joining) {
+            *current = state;
+        }
+    }
+
     pub fn readiness(&self) -> Result<(), String> {
-        if self.0.load(Ordering::SeqCst) {
-            Ok(())
-        } else {
-            Err("not in the webhook deliverers' group (joining, rebalancing, or the brokers are unreachable)".into())
+        let state = *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state {
+            MemberState::In => Ok(()),
+            MemberState::Out(since) if since.elapsed() < self.grace => Ok(()),
+            MemberState::Out(_) => Err("out of the webhook deliverers' group (the brokers unreachable, or a rebalance stuck)".into()),
+            MemberState::Joining => Err("joining the webhook deliverers' group".into()),
         }
     }
 }
@@ -349,7 +396,7 @@ impl Membership {
 pub struct DeliveryGroup {
     thread: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
-    in_group: Arc<AtomicBool>,
+    membership: Membership,
 }
 
 impl DeliveryGroup {
@@ -367,7 +414,13 @@ impl DeliveryGroup {
         });
         let (released, released_seen) = watch::channel(0);
         let (positions, positions_seen) = watch::channel(Cursor::new());
-        let in_group = Arc::new(AtomicBool::new(false));
+        let membership = Membership {
+            state: Arc::new(std::sync::Mutex::new(MemberState::Joining)),
+            grace: session_timeout + RELEASE_WAIT,
+        };
+        // Present (0) from the start: a deliverer that never gets a share shows as holding
+        // nothing, which the alert on unserved partitions sees.
+        metrics::gauge!("referral_webhook_group_partitions").set(0.0);
         let consumer: BaseConsumer<GroupContext> = settings
             .client_config()
             .set("client.id", &settings.client_id)
@@ -387,7 +440,7 @@ impl DeliveryGroup {
                 generation: AtomicU64::new(0),
                 unshared: std::sync::Mutex::new(None),
                 recommit: AtomicBool::new(false),
-                in_group: in_group.clone(),
+                membership: membership.clone(),
                 counted_at: std::sync::Mutex::new(None),
             })?;
         consumer.subscribe(&[settings.topic.as_str()])?;
@@ -404,7 +457,7 @@ impl DeliveryGroup {
             Self {
                 thread: Some(thread),
                 stop,
-                in_group,
+                membership,
             },
             Serving {
                 share: share_seen,
@@ -416,7 +469,7 @@ impl DeliveryGroup {
 
     /// Whether it is a member of the group, for `/readyz`.
     pub fn membership(&self) -> Membership {
-        Membership(self.in_group.clone())
+        self.membership.clone()
     }
 
     /// Leaves the group (call once the deliverer has stopped: its endpoints go to others).
@@ -442,6 +495,7 @@ fn poll_group(
     stop: &AtomicBool,
 ) {
     let mut committed = std::collections::HashMap::new();
+    let mut last_commit = None;
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(200)) {
             // A record fetched before the pause took effect: not ours to read.
@@ -469,7 +523,7 @@ fn poll_group(
         let current = positions.borrow_and_update().clone();
         consumer
             .context()
-            .commit_positions(consumer, &current, &mut committed);
+            .commit_positions(consumer, &current, &mut committed, &mut last_commit);
     }
     consumer.unsubscribe();
     // Serve the revocation that unsubscribing triggers (the deliverer is gone: no wait).
@@ -553,14 +607,29 @@ mod tests {
             ..Progress::default()
         };
         let endpoints = [
-            endpoint("wh_slow", Some(slow)),
+            endpoint("wh_slow", Some(slow.clone())),
             endpoint("wh_fast", Some(fast)),
-            endpoint("wh_disabled", Some(disabled)),
+            endpoint("wh_disabled", Some(disabled.clone())),
             endpoint("wh_ahead", Some(ahead)),
-            endpoint("wh_new", None),
         ];
         assert_eq!(
             position(&ends, &endpoints),
+            cursor(&[("log/0", 40), ("log/1", 50)])
+        );
+        // An endpoint whose task has not stored where it starts, or with a replay not
+        // applied yet (a disabled one included: the replay enables it): anything may go out.
+        let nothing_passed = cursor(&[("log/0", 0), ("log/1", 0)]);
+        assert_eq!(position(&ends, &[endpoint("wh_new", None)]), nothing_passed);
+        let mut replayed = endpoint("wh_replayed", Some(disabled));
+        replayed.0.replay = Some((0, 9));
+        assert_eq!(position(&ends, &[replayed.clone()]), nothing_passed);
+        // Once the replay is applied (stored with its new cursor), its cursor counts again.
+        replayed.1 = Some(Progress {
+            replay_applied: 9,
+            ..slow
+        });
+        assert_eq!(
+            position(&ends, &[replayed]),
             cursor(&[("log/0", 40), ("log/1", 50)])
         );
         // A partition an endpoint has no cursor in yet (it appeared after the endpoint
