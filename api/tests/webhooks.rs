@@ -125,6 +125,21 @@ impl Receiver {
     }
 }
 
+/// The (type, attribution id) of each event a receiver answered 2xx, in first-answer order.
+fn received(report: &Value) -> Vec<(String, String)> {
+    report["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap().to_owned(),
+                event["attribution_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// The processes of one mode; `restart_deliverer` SIGKILLs whatever runs the deliverer and
 /// starts it again.
 struct Deployment {
@@ -332,6 +347,28 @@ impl Deployment {
         }
     }
 
+    /// A click on [`CODE`] from `ip_address`, confirmed for `member`: its id.
+    async fn confirmed_click(&self, ip_address: &str, user_agent: &str, member: &str) -> String {
+        let (status, click) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/referral-attributions",
+                Some(json!({"code": CODE, "ip_address": ip_address, "user_agent": user_agent})),
+            )
+            .await;
+        assert_eq!(status, 201, "{click}");
+        let id = click["id"].as_str().unwrap().to_owned();
+        let (status, body) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/v1/referral-attributions/{id}"),
+                Some(json!({"code": CODE, "new_member_id": member})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        id
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
             .http
@@ -403,28 +440,14 @@ async fn webhooks_are_delivered_at_least_once_in_order_and_signed(production: bo
     // The stream: each click confirmed; every second one reversed, every fourth deleted.
     let mut expected: Vec<(String, String)> = Vec::new();
     for i in 0..CLICKS {
-        let (status, click) = deployment
-            .call(
-                Method::POST,
-                "/api/v1/referral-attributions",
-                Some(json!({
-                    "code": CODE,
-                    "ip_address": format!("198.51.100.{}", i + 1),
-                    "user_agent": format!("Mozilla/5.0 (X11; Linux x86_64) Firefox/120.{i}"),
-                })),
+        let id = deployment
+            .confirmed_click(
+                &format!("198.51.100.{}", i + 1),
+                &format!("Mozilla/5.0 (X11; Linux x86_64) Firefox/120.{i}"),
+                &format!("member-{i}"),
             )
             .await;
-        assert_eq!(status, 201, "{click}");
-        let id = click["id"].as_str().unwrap().to_owned();
         let path = format!("/api/v1/referral-attributions/{id}");
-        let (status, body) = deployment
-            .call(
-                Method::PUT,
-                &path,
-                Some(json!({"code": CODE, "new_member_id": format!("member-{i}")})),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
         expected.push(("conversion.confirmed".into(), id.clone()));
         if i % 2 == 0 {
             let (status, body) = deployment
@@ -455,17 +478,7 @@ async fn webhooks_are_delivered_at_least_once_in_order_and_signed(production: bo
     for (receiver, (_, secret)) in [&failing, &slow, &late].iter().zip(&endpoints) {
         loop {
             let report = receiver.verify(secret);
-            let got: Vec<(String, String)> = report["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|event| {
-                    (
-                        event["type"].as_str().unwrap().to_owned(),
-                        event["attribution_id"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect();
+            let got = received(&report);
             assert_eq!(
                 report["failed"],
                 json!([]),
@@ -685,29 +698,13 @@ async fn retries_end_after_retry_for_and_an_endpoint_failing_too_long_is_disable
         )
         .await;
     for i in 0..3 {
-        let (_, click) = deployment
-            .call(
-                Method::POST,
-                "/api/v1/referral-attributions",
-                Some(json!({
-                    "code": CODE,
-                    "ip_address": format!("198.51.100.{}", i + 50),
-                    "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Firefox/121.0",
-                })),
+        deployment
+            .confirmed_click(
+                &format!("198.51.100.{}", i + 50),
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/121.0",
+                &format!("down-{i}"),
             )
             .await;
-        let path = format!(
-            "/api/v1/referral-attributions/{}",
-            click["id"].as_str().unwrap()
-        );
-        let (status, _) = deployment
-            .call(
-                Method::PUT,
-                &path,
-                Some(json!({"code": CODE, "new_member_id": format!("down-{i}")})),
-            )
-            .await;
-        assert_eq!(status, 200);
     }
     // A crash while the first event is being retried.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
@@ -894,27 +891,13 @@ async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on()
     let confirm = |i: usize| {
         let deployment = &deployment;
         async move {
-            let (status, click) = deployment
-                .call(
-                    Method::POST,
-                    "/api/v1/referral-attributions",
-                    Some(json!({
-                        "code": CODE,
-                        "ip_address": format!("203.0.113.{}", i + 1),
-                        "user_agent": format!("Mozilla/5.0 (X11; Linux x86_64) Firefox/122.{i}"),
-                    })),
+            let id = deployment
+                .confirmed_click(
+                    &format!("203.0.113.{}", i + 1),
+                    &format!("Mozilla/5.0 (X11; Linux x86_64) Firefox/122.{i}"),
+                    &format!("group-{i}"),
                 )
                 .await;
-            assert_eq!(status, 201, "{click}");
-            let id = click["id"].as_str().unwrap().to_owned();
-            let (status, body) = deployment
-                .call(
-                    Method::PUT,
-                    &format!("/api/v1/referral-attributions/{id}"),
-                    Some(json!({"code": CODE, "new_member_id": format!("group-{i}")})),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
             ("conversion.confirmed".to_owned(), id)
         }
     };
@@ -928,17 +911,7 @@ async fn deliverers_in_their_group_split_the_endpoints_and_a_dead_ones_move_on()
                 loop {
                     let report = receiver.verify(secret);
                     assert_eq!(report["failed"], json!([]), "{}", receiver.url());
-                    let got: Vec<(String, String)> = report["events"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|event| {
-                            (
-                                event["type"].as_str().unwrap().to_owned(),
-                                event["attribution_id"].as_str().unwrap().to_owned(),
-                            )
-                        })
-                        .collect();
+                    let got = received(&report);
                     assert!(
                         expected.starts_with(&got),
                         "{}: out of order:\n got {got:?}\n want {expected:?}",
